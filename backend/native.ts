@@ -1,0 +1,186 @@
+// Loads the C++ addon (build/Release/vhost_tap.node) and declares its shape.
+// This is the whole contract between backend/ and native/: nothing else in
+// backend/ calls into C++. Errors thrown by the addon are plain Errors with
+// `code` (errno name such as 'EPERM', or 'EVHOST_*') and `syscall`; backend/errors.ts
+// turns them into typed errors once, at this boundary.
+
+import * as path from 'node:path';
+
+/** An Error as thrown by the addon. */
+export interface NativeError extends Error {
+  code: string;
+  errno?: number;
+  syscall?: string;
+}
+
+/** Per-virtqueue counters kept by an engine (monotonic, read without stopping it). */
+export interface NativeQueueStats {
+  /** Frames moved (TX: written to the TAP; RX: read from the TAP into the ring). */
+  packets: number;
+  /** Bytes of frame moved, virtio_net_hdr excluded. */
+  bytes: number;
+  /** Chains returned to the used ring. */
+  usedChains: number;
+  /** Times the device signalled the call eventfd. */
+  interrupts: number;
+  /** Times the worker woke up because of this queue's kick eventfd. */
+  kicks: number;
+  /** Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names. */
+  drops: Record<string, number>;
+  /** True when the queue stopped because the guest broke a rule. */
+  broken: boolean;
+  /** Next avail index the device will read. */
+  lastAvailIdx: number;
+  /** used.idx the device last published. */
+  usedIdx: number;
+}
+
+export interface NativeEngineStats {
+  rx: NativeQueueStats;
+  tx: NativeQueueStats;
+  /** Which I/O method the worker uses ('readv/writev' or 'io_uring'). */
+  io: string;
+  /** Worker wake-ups (epoll_wait returns). */
+  wakeups: number;
+  running: boolean;
+}
+
+export interface NativeQueueConfig {
+  /** Virtqueue index in the device (2p for RX, 2p+1 for TX): used in error reports only. */
+  index: number;
+  /** Queue size, a power of two, 1..32768. */
+  size: number;
+  /** Guest addresses of the three parts. */
+  desc: number;
+  avail: number;
+  used: number;
+  /** eventfd the guest writes after publishing avail.idx. */
+  kickFd: number;
+  /** eventfd the device writes when an interrupt is due. */
+  callFd: number;
+  /** Where to resume (0 for a fresh queue). */
+  lastAvailIdx?: number;
+  usedIdx?: number;
+}
+
+export interface NativeEngineOptions {
+  /** Guest memory: one region at guest address 0. */
+  memory: SharedArrayBuffer;
+  /** TAP queue fd (or, in tests, one end of a SOCK_SEQPACKET socketpair). */
+  tapFd: number;
+  /** virtio_net_hdr size the guest uses and the TAP was told (10, 12 or 20). */
+  hdrLen: number;
+  /** VIRTIO_NET_F_MRG_RXBUF negotiated: RX frames may span several chains; num_buffers is set. */
+  mergeable: boolean;
+  /** VIRTIO_F_RING_EVENT_IDX negotiated. */
+  eventIdx: boolean;
+  /** VIRTIO_F_RING_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+  /**
+   * Largest RX frame, virtio_net_hdr included, that the negotiated features allow.
+   * Mergeable: the device gathers chains until they hold this many bytes before a read.
+   * Not mergeable: a chain smaller than this breaks rule 'rx-chain-too-small'.
+   */
+  rxFrameMax: number;
+  rx: NativeQueueConfig;
+  tx: NativeQueueConfig;
+  /**
+   * Called on the JS thread (through a thread-safe function) when the guest broke a
+   * rule and the queue stopped: (queueIndex, rule, detail). Rules are kebab-case names:
+   * 'desc-out-of-bounds', 'desc-index-out-of-range', 'chain-too-long', 'nested-indirect',
+   * 'indirect-with-next', 'indirect-bad-len', 'indirect-not-negotiated',
+   * 'indirect-out-of-bounds', 'writable-on-tx', 'readable-on-rx',
+   * 'readable-after-writable', 'header-too-short', 'avail-idx-jump',
+   * 'rx-chain-too-small', 'ring-out-of-bounds', 'empty-chain'.
+   */
+  onBroken: (queueIndex: number, rule: string, detail: string) => void;
+}
+
+/** One worker thread serving one queue pair. */
+export interface NativeEngine {
+  /** Start the worker thread. Throws if already running. */
+  start(): void;
+  /** Stop and join the worker; afterwards stats().rx/tx.lastAvailIdx/usedIdx say where to resume. */
+  stop(): void;
+  stats(): NativeEngineStats;
+}
+
+export interface NetdevInfo {
+  ifindex: number;
+  /** 'aa:bb:cc:dd:ee:ff' */
+  mac: string;
+  mtu: number;
+  /** IFF_* interface flags (IFF_UP = 1, IFF_RUNNING = 0x40, IFF_LOWER_UP = 0x10000 not included). */
+  flags: number;
+}
+
+export interface Addon {
+  /** Every numeric constant native/virtio.h defines, by the same names as backend/virtio.ts groups them: 'F_CSUM', 'RING_DESC_F_NEXT', 'HDR_GSO_TCPV4', 'TUN_F_USO4', ... */
+  constants: Record<string, number>;
+
+  // --- TAP (native/tap.cc) ---------------------------------------------------
+  /**
+   * Open one queue of TAP `name` with IFF_TAP|IFF_NO_PI|IFF_VNET_HDR|IFF_MULTI_QUEUE
+   * (plus `extraFlags`, e.g. IFF_NAPI), creating the device on the first call.
+   * With `netnsPath` (e.g. '/run/netns/NS') the calling thread enters that network
+   * namespace for the open and returns to its own afterwards, so the device lives there.
+   * Returns the fd (O_NONBLOCK, O_CLOEXEC) and the kernel's name for the device.
+   */
+  tapOpen(name: string, netnsPath: string | null, extraFlags: number): { fd: number; name: string };
+  /** TUNGETFEATURES: IFF_* flags this kernel's tun supports. */
+  tapGetFeatures(fd: number): number;
+  tapSetVnetHdrSz(fd: number, size: number): void;
+  tapGetVnetHdrSz(fd: number): number;
+  /** TUNSETVNETLE */
+  tapSetVnetLe(fd: number, on: boolean): void;
+  /** TUNSETOFFLOAD with TUN_F_* flags. */
+  tapSetOffload(fd: number, flags: number): void;
+  /** TUNSETQUEUE with IFF_ATTACH_QUEUE or IFF_DETACH_QUEUE. */
+  tapSetQueue(fd: number, attach: boolean): void;
+  /** TUNSETCARRIER */
+  tapSetCarrier(fd: number, up: boolean): void;
+  /** TUNSETTXFILTER: flags (TUN_FLT_ALLMULTI = 1) and a Buffer of 6-byte addresses. */
+  tapSetTxFilter(fd: number, flags: number, macs: Uint8Array): void;
+  /** TUNSETSNDBUF */
+  tapSetSndBuf(fd: number, bytes: number): void;
+  /** close(2) */
+  close(fd: number): void;
+
+  // --- network device control, via an ioctl socket in the given namespace -----
+  netdevInfo(netnsPath: string | null, name: string): NetdevInfo;
+  netdevSetUp(netnsPath: string | null, name: string, up: boolean): void;
+  netdevSetMtu(netnsPath: string | null, name: string, mtu: number): void;
+  netdevSetMac(netnsPath: string | null, name: string, mac: string): void;
+
+  // --- notifications (native/notify.cc) ---------------------------------------
+  /** A new eventfd (EFD_NONBLOCK | EFD_CLOEXEC). */
+  eventfd(): number;
+  /** Add 1 to an eventfd. Safe from any thread, including worker_threads Workers. */
+  kick(fd: number): void;
+  /**
+   * Block the calling thread until one of `fds` is readable or `timeoutMs` passes
+   * (-1 waits forever). Reads (and so clears) every readable eventfd.
+   * Returns a bit mask: bit i set when fds[i] had fired; 0 on timeout.
+   */
+  waitCall(fds: number[], timeoutMs: number): number;
+  /** Calls `cb` on the JS thread each time `fd` (an eventfd) fires, after reading it. */
+  FdWatcher: new (fd: number, cb: () => void) => { close(): void };
+
+  // --- test support ---------------------------------------------------------------
+  /** socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC): message boundaries like a TAP. */
+  seqpacketPair(): [number, number];
+
+  // --- engine (native/engine.cc) ------------------------------------------------
+  Engine: new (opts: NativeEngineOptions) => NativeEngine;
+}
+
+let cached: Addon | undefined;
+
+/** The addon, loaded once per thread (it is context-aware, so Workers may load it too). */
+export function addon(): Addon {
+  if (!cached) {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    cached = require(path.join(__dirname, '..', '..', 'build', 'Release', 'vhost_tap.node')) as Addon;
+  }
+  return cached;
+}

@@ -1,0 +1,213 @@
+// virtio 1.x constants for a network device: feature bits, status bits, ring
+// layout, virtio_net_hdr layout, config space offsets and TUN ioctl values.
+// native/virtio.h defines the same numbers for C++; test/constants.test.ts
+// compares the two so they cannot drift.
+
+/** Feature bit numbers (virtio 1.x §6 and §5.1.3). */
+export const F = {
+  CSUM: 0,
+  GUEST_CSUM: 1,
+  CTRL_GUEST_OFFLOADS: 2,
+  MTU: 3,
+  MAC: 5,
+  GUEST_TSO4: 7,
+  GUEST_TSO6: 8,
+  GUEST_ECN: 9,
+  GUEST_UFO: 10,
+  HOST_TSO4: 11,
+  HOST_TSO6: 12,
+  HOST_ECN: 13,
+  HOST_UFO: 14,
+  MRG_RXBUF: 15,
+  STATUS: 16,
+  CTRL_VQ: 17,
+  CTRL_RX: 18,
+  CTRL_VLAN: 19,
+  CTRL_RX_EXTRA: 20,
+  GUEST_ANNOUNCE: 21,
+  MQ: 22,
+  CTRL_MAC_ADDR: 23,
+  NOTIFY_ON_EMPTY: 24,
+  ANY_LAYOUT: 27,
+  RING_INDIRECT_DESC: 28,
+  RING_EVENT_IDX: 29,
+  VERSION_1: 32,
+  ACCESS_PLATFORM: 33,
+  RING_PACKED: 34,
+  IN_ORDER: 35,
+  ORDER_PLATFORM: 36,
+  NOTIFICATION_DATA: 38,
+  RING_RESET: 40,
+  DEVICE_STATS: 50,
+  VQ_NOTF_COAL: 52,
+  NOTF_COAL: 53,
+  GUEST_USO4: 54,
+  GUEST_USO6: 55,
+  HOST_USO: 56,
+  HASH_REPORT: 57,
+  GUEST_HDRLEN: 59,
+  RSS: 60,
+  RSC_EXT: 61,
+  STANDBY: 62,
+  SPEED_DUPLEX: 63,
+} as const;
+
+export type FeatureName = keyof typeof F;
+
+/** The feature bit as a bigint mask. */
+export function bit(name: FeatureName): bigint {
+  return 1n << BigInt(F[name]);
+}
+
+/** Mask of several features. */
+export function bits(...names: FeatureName[]): bigint {
+  let m = 0n;
+  for (const n of names) m |= bit(n);
+  return m;
+}
+
+export function has(features: bigint, name: FeatureName): boolean {
+  return (features & bit(name)) !== 0n;
+}
+
+/** Names of the bits set in a mask, for messages and `capabilities()`. */
+export function featureNames(features: bigint): string[] {
+  const out: string[] = [];
+  for (const [name, b] of Object.entries(F)) {
+    if ((features >> BigInt(b)) & 1n) out.push(name);
+  }
+  return out;
+}
+
+/** device_status bits (virtio 1.x §2.1). */
+export const STATUS = {
+  ACKNOWLEDGE: 1,
+  DRIVER: 2,
+  DRIVER_OK: 4,
+  FEATURES_OK: 8,
+  DEVICE_NEEDS_RESET: 64,
+  FAILED: 128,
+} as const;
+
+/** Split virtqueue layout (virtio 1.x §2.7). */
+export const RING = {
+  MAX_SIZE: 32768,
+  DESC_SIZE: 16,
+  DESC_ALIGN: 16,
+  AVAIL_ALIGN: 2,
+  USED_ALIGN: 4,
+  USED_ELEM_SIZE: 8,
+  DESC_F_NEXT: 1,
+  DESC_F_WRITE: 2,
+  DESC_F_INDIRECT: 4,
+  AVAIL_F_NO_INTERRUPT: 1,
+  USED_F_NO_NOTIFY: 1,
+} as const;
+
+/** Byte sizes of the three parts of a split ring of `size` entries (event fields included). */
+export function splitRingSizes(size: number): { desc: number; avail: number; used: number } {
+  return {
+    desc: RING.DESC_SIZE * size,
+    avail: 4 + 2 * size + 2,
+    used: 4 + RING.USED_ELEM_SIZE * size + 2,
+  };
+}
+
+/** virtio_net_hdr (virtio 1.x §5.1.6). */
+export const HDR = {
+  F_NEEDS_CSUM: 1,
+  F_DATA_VALID: 2,
+  F_RSC_INFO: 4,
+  GSO_NONE: 0,
+  GSO_TCPV4: 1,
+  GSO_UDP: 3,
+  GSO_TCPV6: 4,
+  GSO_UDP_L4: 5,
+  GSO_ECN: 0x80,
+  OFF_FLAGS: 0,
+  OFF_GSO_TYPE: 1,
+  OFF_HDR_LEN: 2,
+  OFF_GSO_SIZE: 4,
+  OFF_CSUM_START: 6,
+  OFF_CSUM_OFFSET: 8,
+  OFF_NUM_BUFFERS: 10,
+  SIZE_LEGACY: 10,
+  SIZE_V1: 12,
+  SIZE_HASH: 20,
+} as const;
+
+/** Header size the negotiated features imply (virtio 1.x §5.1.6). */
+export function netHdrSize(features: bigint): number {
+  if (has(features, 'HASH_REPORT')) return HDR.SIZE_HASH;
+  if (has(features, 'VERSION_1') || has(features, 'MRG_RXBUF')) return HDR.SIZE_V1;
+  return HDR.SIZE_LEGACY;
+}
+
+/** virtio_net_config offsets (virtio 1.x §5.1.4). */
+export const CONFIG = {
+  OFF_MAC: 0,
+  OFF_STATUS: 6,
+  OFF_MAX_VQ_PAIRS: 8,
+  OFF_MTU: 10,
+  OFF_SPEED: 12,
+  OFF_DUPLEX: 16,
+  SIZE: 17,
+  S_LINK_UP: 1,
+  S_ANNOUNCE: 2,
+} as const;
+
+/** Control virtqueue classes and commands (virtio 1.x §5.1.6.5). */
+export const CTRL = {
+  OK: 0,
+  ERR: 1,
+  CLASS_RX: 0,
+  RX_PROMISC: 0,
+  RX_ALLMULTI: 1,
+  RX_ALLUNI: 2,
+  RX_NOMULTI: 3,
+  RX_NOUNI: 4,
+  RX_NOBCAST: 5,
+  CLASS_MAC: 1,
+  MAC_TABLE_SET: 0,
+  MAC_ADDR_SET: 1,
+  CLASS_VLAN: 2,
+  VLAN_ADD: 0,
+  VLAN_DEL: 1,
+  CLASS_ANNOUNCE: 3,
+  ANNOUNCE_ACK: 0,
+  CLASS_MQ: 4,
+  MQ_VQ_PAIRS_SET: 0,
+  MQ_VQ_PAIRS_MIN: 1,
+  MQ_VQ_PAIRS_MAX: 0x8000,
+  CLASS_GUEST_OFFLOADS: 5,
+  GUEST_OFFLOADS_SET: 0,
+} as const;
+
+/** linux/if_tun.h values the backend uses (USO4/6 are missing from Debian 12's headers). */
+export const TUN = {
+  IFF_TUN: 0x0001,
+  IFF_TAP: 0x0002,
+  IFF_NAPI: 0x0010,
+  IFF_NAPI_FRAGS: 0x0020,
+  IFF_MULTI_QUEUE: 0x0100,
+  IFF_ATTACH_QUEUE: 0x0200,
+  IFF_DETACH_QUEUE: 0x0400,
+  IFF_NO_PI: 0x1000,
+  IFF_VNET_HDR: 0x4000,
+  F_CSUM: 0x01,
+  F_TSO4: 0x02,
+  F_TSO6: 0x04,
+  F_TSO_ECN: 0x08,
+  F_UFO: 0x10,
+  F_USO4: 0x20,
+  F_USO6: 0x40,
+  /** Linux's MAX_TAP_QUEUES. */
+  MAX_QUEUES: 256,
+  /** IFNAMSIZ - 1. */
+  MAX_NAME: 15,
+} as const;
+
+/** Virtqueue index of receiveq/transmitq of pair `p` and of the control queue. */
+export const rxq = (p: number): number => 2 * p;
+export const txq = (p: number): number => 2 * p + 1;
+export const ctrlq = (pairs: number): number => 2 * pairs;

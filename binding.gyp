@@ -1,0 +1,28 @@
+{
+  "targets": [
+    {
+      "target_name": "vhost_tap",
+      "sources": [
+        "native/addon.cc",
+        "native/errors.cc",
+        "native/tap.cc",
+        "native/tap_binding.cc",
+        "native/notify.cc",
+        "native/virtqueue.cc",
+        "native/engine.cc",
+        "native/engine_binding.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fexceptions"],
+      "conditions": [
+        ["'<!(echo $VHOST_TAP_SANITIZE)'=='1'", {
+          "cflags_cc": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"],
+          "ldflags": ["-fsanitize=address,undefined"]
+        }]
+      ]
+    }
+  ]
+}

@@ -1,0 +1,25 @@
+// Module entry: registers the TAP, notification and engine bindings and
+// exports native/virtio.h's constants for the cross-language check.
+#include <napi.h>
+
+#include "virtio.h"
+
+namespace vt {
+void InitTap(Napi::Env env, Napi::Object exports);      // tap_binding.cc
+void InitNotify(Napi::Env env, Napi::Object exports);   // notify.cc
+void InitEngine(Napi::Env env, Napi::Object exports);   // engine_binding.cc
+}  // namespace vt
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  Napi::Object c = Napi::Object::New(env);
+#define VT_EXPORT_CONST(name, value) c.Set(#name, Napi::Number::New(env, static_cast<double>(value)));
+  VT_CONSTANTS(VT_EXPORT_CONST)
+#undef VT_EXPORT_CONST
+  exports.Set("constants", c);
+  vt::InitTap(env, exports);
+  vt::InitNotify(env, exports);
+  vt::InitEngine(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(vhost_tap, Init)
