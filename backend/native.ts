@@ -167,6 +167,11 @@ export interface Addon {
   FdWatcher: new (fd: number, cb: () => void) => { close(): void };
 
   // --- test support ---------------------------------------------------------------
+  /**
+   * readlink('/proc/thread-self/ns/net') for the calling thread, e.g. 'net:[4026531840]'.
+   * Lets tests check that tapOpen/netdev* with a netnsPath left the thread where it was.
+   */
+  currentNetns(): string;
   /** socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC): message boundaries like a TAP. */
   seqpacketPair(): [number, number];
 
