@@ -1,1 +1,428 @@
-// STUB, to be replaced.
+// The vhost worker loop (see engine.h): epoll on the TAP, both kick eventfds
+// and a stop eventfd; per round TX then RX, each within a budget.
+#include "engine.h"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstddef>
+#include <cstring>
+
+namespace vt {
+
+namespace {
+
+// Per-round budgets, as Linux vhost-net's VHOST_NET_WEIGHT (bytes) and
+// VHOST_NET_PKT_WEIGHT (frames): after this much work in one direction the
+// worker turns to the other direction and to its stop flag, so a flood one
+// way cannot starve the other way nor make stop() wait for long. The packet
+// bound matters for small frames, the byte bound for large GSO frames.
+constexpr uint32_t kBudgetPackets = 256;
+constexpr uint64_t kBudgetBytes = 512 * 1024;
+
+// readv/writev take at most IOV_MAX segments. RX gathers stashed chains up to
+// this many segments for one read; a TX chain with more cannot be written in
+// one call, which a TAP requires (one write = one frame), so it is dropped.
+constexpr size_t kMaxIov = IOV_MAX;
+
+// epoll_event.data tags.
+enum : uint32_t { kTagStop, kTagRxKick, kTagTxKick, kTagTap };
+
+constexpr int kMaxEvents = 8;
+
+void CountWriteError(QueueStats& st, int err) {
+  int which = kTapWriteError;
+  if (err == EINVAL) which = kTapWriteEinval;
+  else if (err == EIO) which = kTapWriteEio;
+  else if (err == EFAULT) which = kTapWriteEfault;
+  st.drops[which].fetch_add(1, std::memory_order_relaxed);
+}
+
+// Writes `len` bytes at `offset` of the buffers described by iov. The net
+// header may be split across descriptors, so never assume it is contiguous.
+void WriteIov(const iovec* iov, size_t cnt, size_t offset, const void* data, size_t len) {
+  const uint8_t* src = static_cast<const uint8_t*>(data);
+  for (size_t i = 0; i < cnt && len > 0; i++) {
+    if (offset >= iov[i].iov_len) {
+      offset -= iov[i].iov_len;
+      continue;
+    }
+    size_t n = std::min(len, iov[i].iov_len - offset);
+    memcpy(static_cast<uint8_t*>(iov[i].iov_base) + offset, src, n);
+    src += n;
+    len -= n;
+    offset = 0;
+  }
+}
+
+}  // namespace
+
+bool Engine::Validate(const EngineConfig& c, std::string* err) {
+  if (c.hdr_len != HDR_SIZE_LEGACY && c.hdr_len != HDR_SIZE_V1 && c.hdr_len != HDR_SIZE_HASH) {
+    *err = "hdrLen must be 10, 12 or 20";
+    return false;
+  }
+  if (c.mergeable && c.hdr_len < HDR_SIZE_V1) {
+    *err = "mergeable RX buffers need a header with num_buffers (hdrLen >= 12)";
+    return false;
+  }
+  // 64 KiB of frame plus header is what GSO can produce; allow headroom, but a
+  // bound keeps the u32 arithmetic and the stash size sane.
+  if (c.rx_frame_max < c.hdr_len || c.rx_frame_max > (1u << 20)) {
+    *err = "rxFrameMax must be between hdrLen and 1048576";
+    return false;
+  }
+  if (c.tap_fd < 0 || c.rx.kick_fd < 0 || c.rx.call_fd < 0 || c.tx.kick_fd < 0 || c.tx.call_fd < 0) {
+    *err = "tapFd, kickFd and callFd must be open file descriptors";
+    return false;
+  }
+  for (const QueueConfig* q : {&c.rx, &c.tx}) {
+    SplitQueue probe;
+    Violation v;
+    if (!probe.Init(c.mem, q->layout, c.event_idx, c.indirect, q->last_avail_idx, q->used_idx, &v)) {
+      *err = std::string(q == &c.rx ? "rx" : "tx") + " queue: " + v.detail;
+      return false;
+    }
+  }
+  return true;
+}
+
+Engine::Engine(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on_broken_(std::move(on_broken)) {
+  Violation v;
+  // Validate() ran first; Init cannot fail here.
+  rx_.Init(cfg_.mem, cfg_.rx.layout, cfg_.event_idx, cfg_.indirect, cfg_.rx.last_avail_idx, cfg_.rx.used_idx, &v);
+  tx_.Init(cfg_.mem, cfg_.tx.layout, cfg_.event_idx, cfg_.indirect, cfg_.tx.last_avail_idx, cfg_.tx.used_idx, &v);
+  rx_stats.last_avail_idx = cfg_.rx.last_avail_idx;
+  rx_stats.used_idx = cfg_.rx.used_idx;
+  tx_stats.last_avail_idx = cfg_.tx.last_avail_idx;
+  tx_stats.used_idx = cfg_.tx.used_idx;
+}
+
+Engine::~Engine() { Stop(); }
+
+int Engine::Start(const char** syscall) {
+  if (running_) {
+    *syscall = "start";
+    return EBUSY;
+  }
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) {
+    *syscall = "epoll_create1";
+    return errno;
+  }
+  stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (stop_fd_ < 0) {
+    int e = errno;
+    close(epoll_fd_);
+    epoll_fd_ = -1;
+    *syscall = "eventfd";
+    return e;
+  }
+  const std::pair<int, uint32_t> fds[] = {{stop_fd_, kTagStop}, {cfg_.rx.kick_fd, kTagRxKick}, {cfg_.tx.kick_fd, kTagTxKick}};
+  for (auto [fd, tag] : fds) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u32 = tag;
+    if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
+      int e = errno;
+      close(epoll_fd_);
+      close(stop_fd_);
+      epoll_fd_ = stop_fd_ = -1;
+      *syscall = "epoll_ctl";
+      return e;
+    }
+  }
+  // A restart starts from a clean I/O state; the rings carry the rest.
+  tap_events_ = 0;
+  tap_hup_ = false;
+  tx_blocked_ = false;
+  rx_tap_readable_ = true;
+  stop_ = false;
+  running_ = true;
+  thread_ = std::thread([this] { Run(); });
+  return 0;
+}
+
+void Engine::Stop() {
+  if (!thread_.joinable()) return;
+  stop_ = true;
+  uint64_t one = 1;
+  ssize_t r = write(stop_fd_, &one, sizeof one);
+  (void)r;  // the flag alone also stops the worker at its next round
+  thread_.join();
+  close(epoll_fd_);
+  close(stop_fd_);
+  epoll_fd_ = stop_fd_ = -1;
+  // Chains popped for RX but not used go back to the guest's view of the
+  // ring: the resume point is the first of them (they are the newest pops).
+  rx_.UndoPop(static_cast<uint16_t>(rx_stash_.size()));
+  rx_stash_.clear();
+  rx_stash_iov_.clear();
+  rx_stash_bytes_ = 0;
+  rx_stats.last_avail_idx = rx_.last_avail();
+  running_ = false;
+}
+
+void Engine::Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v) {
+  (&q == &rx_ ? rx_broken_ : tx_broken_) = true;
+  st.broken = true;
+  on_broken_(qc.index, v.rule, v.detail);
+}
+
+void Engine::Flush(SplitQueue& q, QueueStats& st, const QueueConfig& qc, uint16_t stashed) {
+  const uint16_t before = static_cast<uint16_t>(st.used_idx.load(std::memory_order_relaxed));
+  if (q.PublishUsed()) {
+    uint64_t one = 1;
+    // A full eventfd counter (EAGAIN) already means "interrupt pending".
+    if (write(qc.call_fd, &one, sizeof one) == sizeof one || errno == EAGAIN)
+      st.interrupts.fetch_add(1, std::memory_order_relaxed);
+  }
+  st.used_chains.fetch_add(static_cast<uint16_t>(q.used_idx() - before), std::memory_order_relaxed);
+  st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
+  st.last_avail_idx.store(static_cast<uint16_t>(q.last_avail() - stashed), std::memory_order_relaxed);
+}
+
+bool Engine::ProcessTx() {
+  if (tx_blocked_) return false;
+  tx_.DisableNotify();
+  uint32_t packets = 0;
+  uint64_t bytes = 0;
+  bool more = false;
+  for (;;) {
+    if (packets >= kBudgetPackets || bytes >= kBudgetBytes) {
+      more = true;
+      break;
+    }
+    uint16_t head;
+    Violation v;
+    SplitQueue::Pop p = tx_.PopAvail(&head, &v);
+    if (p == SplitQueue::Pop::kEmpty) {
+      if (tx_.EnableNotify()) {
+        tx_.DisableNotify();
+        continue;
+      }
+      break;
+    }
+    if (p == SplitQueue::Pop::kBroken || !tx_.ReadTxChain(head, cfg_.hdr_len, &scratch_, &v)) {
+      Break(tx_, tx_stats, cfg_.tx, v);
+      break;
+    }
+    packets++;  // attempts count toward the budget, so failing writes cannot hog the worker
+    if (scratch_.iov.size() > kMaxIov) {
+      tx_stats.drops[kTxTooManySegments].fetch_add(1, std::memory_order_relaxed);
+      tx_.AddUsed(head, 0);
+      continue;
+    }
+    ssize_t n;
+    do {
+      n = writev(cfg_.tap_fd, scratch_.iov.data(), static_cast<int>(scratch_.iov.size()));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      // Not consumed: the same chain is taken again when the TAP has room.
+      tx_.UndoPop();
+      tx_blocked_ = true;
+      break;
+    }
+    if (n < 0) {
+      CountWriteError(tx_stats, errno);
+    } else {
+      const uint64_t frame = scratch_.bytes - cfg_.hdr_len;
+      bytes += scratch_.bytes;
+      tx_stats.packets.fetch_add(1, std::memory_order_relaxed);
+      tx_stats.bytes.fetch_add(frame, std::memory_order_relaxed);
+    }
+    tx_.AddUsed(head, 0);  // TX chains: the device wrote nothing
+  }
+  Flush(tx_, tx_stats, cfg_.tx, 0);
+  return more;
+}
+
+bool Engine::RxNeedsMore() const {
+  if (!cfg_.mergeable) return rx_stash_.empty();
+  // Mergeable: gather until the largest frame fits. Also stop when the stash
+  // already holds every buffer the ring can hold (a small ring would otherwise
+  // never become "ready" and RX would deadlock: the guest cannot post more) or
+  // when one read could not take more segments.
+  return rx_stash_bytes_ < cfg_.rx_frame_max && rx_stash_.size() < rx_.size() &&
+         rx_stash_iov_.size() < kMaxIov;
+}
+
+bool Engine::FillRxStash() {
+  while (RxNeedsMore()) {
+    uint16_t head;
+    Violation v;
+    SplitQueue::Pop p = rx_.PopAvail(&head, &v);
+    if (p == SplitQueue::Pop::kEmpty) {
+      if (rx_.EnableNotify()) {
+        rx_.DisableNotify();
+        continue;
+      }
+      return true;  // kicks stay enabled: we sleep until the guest posts buffers
+    }
+    if (p == SplitQueue::Pop::kBroken || !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v)) {
+      Break(rx_, rx_stats, cfg_.rx, v);
+      return false;
+    }
+    if (!cfg_.mergeable && scratch_.bytes < cfg_.rx_frame_max) {
+      v.rule = "rx-chain-too-small";
+      v.detail = "chain at head " + std::to_string(head) + " holds " + std::to_string(scratch_.bytes) +
+                 " bytes; without mergeable buffers each needs rxFrameMax = " + std::to_string(cfg_.rx_frame_max);
+      Break(rx_, rx_stats, cfg_.rx, v);
+      return false;
+    }
+    rx_stash_.push_back(Stashed{head, static_cast<uint32_t>(scratch_.iov.size()), scratch_.bytes});
+    rx_stash_iov_.insert(rx_stash_iov_.end(), scratch_.iov.begin(), scratch_.iov.end());
+    rx_stash_bytes_ += scratch_.bytes;
+  }
+  return true;
+}
+
+bool Engine::ProcessRx() {
+  rx_.DisableNotify();
+  uint32_t packets = 0;
+  uint64_t bytes = 0;
+  bool more = false;
+  for (;;) {
+    if (packets >= kBudgetPackets || bytes >= kBudgetBytes) {
+      more = true;
+      break;
+    }
+    if (!FillRxStash()) break;
+    if (RxNeedsMore()) {
+      // Too few buffers: leave frames queued in the kernel until the guest posts more.
+      rx_want_tap_ = false;
+      break;
+    }
+    rx_want_tap_ = true;
+    if (tap_hup_ || !rx_tap_readable_) break;
+
+    // The chains one read may fill: stash order, whole chains, within kMaxIov.
+    size_t niov = 0, nchains = 0;
+    uint64_t cap = 0;
+    for (const Stashed& s : rx_stash_) {
+      if (niov + s.iov_count > kMaxIov) break;
+      niov += s.iov_count;
+      cap += s.bytes;
+      nchains++;
+      if (!cfg_.mergeable) break;
+    }
+    ssize_t n;
+    do {
+      n = readv(cfg_.tap_fd, rx_stash_iov_.data(), static_cast<int>(niov));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        rx_stats.drops[kTapReadError].fetch_add(1, std::memory_order_relaxed);
+      rx_tap_readable_ = false;  // wait for EPOLLIN rather than retrying now
+      break;
+    }
+    if (n == 0) {
+      // A TAP never returns 0; a socket does at EOF. Stop polling it.
+      tap_hup_ = true;
+      break;
+    }
+    packets++;
+    const uint64_t got = static_cast<uint64_t>(n);
+    if (got < cfg_.hdr_len) {
+      rx_stats.drops[kRxRunt].fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    if (got > cap) {
+      // tun returns the frame's full length even when it had to cut it. A
+      // partial frame is worse than none: drop it, count it, and keep the
+      // buffers (nothing was published) for the next frame.
+      rx_stats.drops[kRxTruncated].fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    // Spread the frame over the first k chains, each filled before the next.
+    uint64_t left = got;
+    size_t k = 0;
+    while (left > 0) {
+      const uint64_t use = std::min(left, rx_stash_[k].bytes);
+      left -= use;
+      k++;
+    }
+    if (cfg_.mergeable || cfg_.hdr_len >= HDR_SIZE_V1) {
+      // num_buffers: the TAP leaves it alone, and it exists whenever the header
+      // is at least 12 bytes (VERSION_1 without mergeable buffers: always 1).
+      const uint16_t nb = ToLe16(static_cast<uint16_t>(k));
+      WriteIov(rx_stash_iov_.data(), rx_stash_[0].iov_count, HDR_OFF_NUM_BUFFERS, &nb, sizeof nb);
+    }
+    left = got;
+    size_t used_iov = 0;
+    for (size_t i = 0; i < k; i++) {
+      const uint64_t use = std::min(left, rx_stash_[i].bytes);
+      rx_.AddUsed(rx_stash_[i].head, static_cast<uint32_t>(use));
+      left -= use;
+      used_iov += rx_stash_[i].iov_count;
+      rx_stash_bytes_ -= rx_stash_[i].bytes;
+    }
+    rx_stash_.erase(rx_stash_.begin(), rx_stash_.begin() + static_cast<ptrdiff_t>(k));
+    rx_stash_iov_.erase(rx_stash_iov_.begin(), rx_stash_iov_.begin() + static_cast<ptrdiff_t>(used_iov));
+    bytes += got;
+    rx_stats.packets.fetch_add(1, std::memory_order_relaxed);
+    rx_stats.bytes.fetch_add(got - cfg_.hdr_len, std::memory_order_relaxed);
+  }
+  Flush(rx_, rx_stats, cfg_.rx, static_cast<uint16_t>(rx_stash_.size()));
+  return more;
+}
+
+void Engine::UpdateTapInterest() {
+  uint32_t want = 0;
+  if (!tap_hup_ && !rx_broken_ && rx_want_tap_) want |= EPOLLIN;
+  if (!tx_broken_ && tx_blocked_) want |= EPOLLOUT;
+  if (want == tap_events_) return;
+  // Level-triggered, and registered only while wanted: epoll reports HUP/ERR
+  // even with no events requested, which would wake a worker that has nothing to do.
+  epoll_event ev{};
+  ev.events = want;
+  ev.data.u32 = kTagTap;
+  int op = want == 0 ? EPOLL_CTL_DEL : tap_events_ == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  if (epoll_ctl(epoll_fd_, op, cfg_.tap_fd, &ev) == 0) {
+    tap_events_ = want;
+  } else if (op != EPOLL_CTL_DEL) {
+    // The fd cannot be polled (closed under us?): stop using it rather than spin.
+    tap_hup_ = true;
+    tx_blocked_ = false;
+  }
+}
+
+void Engine::DrainKick(int fd, QueueStats& st) {
+  uint64_t v;
+  if (read(fd, &v, sizeof v) == sizeof v) st.kicks.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Engine::Run() {
+  epoll_event evs[kMaxEvents];
+  while (!stop_.load(std::memory_order_relaxed)) {
+    bool more = false;
+    if (!tx_broken_) more |= ProcessTx();
+    if (!rx_broken_) more |= ProcessRx();
+    if (more) continue;  // out of budget with work left: next round, no sleep
+
+    UpdateTapInterest();
+    int n = epoll_wait(epoll_fd_, evs, kMaxEvents, -1);
+    wakeups.fetch_add(1, std::memory_order_relaxed);
+    for (int i = 0; i < n; i++) {
+      switch (evs[i].data.u32) {
+        case kTagStop: return;
+        case kTagRxKick: DrainKick(cfg_.rx.kick_fd, rx_stats); break;
+        case kTagTxKick: DrainKick(cfg_.tx.kick_fd, tx_stats); break;
+        case kTagTap:
+          if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) rx_tap_readable_ = true;
+          if (evs[i].events & (EPOLLOUT | EPOLLHUP | EPOLLERR)) tx_blocked_ = false;
+          if (evs[i].events & (EPOLLHUP | EPOLLERR)) {
+            // Let each side see the error from its own syscall once, then stop polling.
+            if (!(evs[i].events & EPOLLIN)) tap_hup_ = true;
+          }
+          break;
+      }
+    }
+  }
+}
+
+}  // namespace vt

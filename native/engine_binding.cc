@@ -1,5 +1,191 @@
-// STUB, to be replaced: keeps the addon linking while this file is written.
+// JS face of the engine: the `Engine` class of backend/native.ts. Parses and
+// checks options, pins the guest memory for the engine's whole life, and
+// carries rule violations back to the JS thread.
 #include <napi.h>
+
+#include <memory>
+
+#include "engine.h"
+#include "errors.h"
+
 namespace vt {
-void InitEngine(Napi::Env env, Napi::Object exports) {}
+
+namespace {
+
+struct BrokenReport {
+  uint32_t index;
+  std::string rule;
+  std::string detail;
+};
+
+[[noreturn]] void BadArg(Napi::Env env, const std::string& msg) { ThrowCode(env, "EVHOST_BADARG", msg); }
+
+int64_t GetRange(const Napi::Object& o, const char* name, int64_t lo, int64_t hi, const char* where) {
+  int64_t v = GetInt(o, name);
+  if (v < lo || v > hi)
+    BadArg(o.Env(), std::string(where) + "'" + name + "' = " + std::to_string(v) + " is outside " +
+                        std::to_string(lo) + ".." + std::to_string(hi));
+  return v;
+}
+
+QueueConfig ParseQueue(const Napi::Object& opts, const char* key) {
+  Napi::Env env = opts.Env();
+  Napi::Value v = opts.Get(key);
+  if (!v.IsObject()) BadArg(env, std::string("option '") + key + "' must be an object");
+  Napi::Object q = v.As<Napi::Object>();
+  const std::string where = std::string(key) + ".";
+  constexpr int64_t kMaxSafe = (int64_t{1} << 53) - 1;
+  QueueConfig c;
+  c.index = static_cast<uint32_t>(GetRange(q, "index", 0, 0xffff, where.c_str()));
+  c.layout.size = static_cast<uint32_t>(GetRange(q, "size", 1, RING_MAX_SIZE, where.c_str()));
+  c.layout.desc = static_cast<uint64_t>(GetRange(q, "desc", 0, kMaxSafe, where.c_str()));
+  c.layout.avail = static_cast<uint64_t>(GetRange(q, "avail", 0, kMaxSafe, where.c_str()));
+  c.layout.used = static_cast<uint64_t>(GetRange(q, "used", 0, kMaxSafe, where.c_str()));
+  c.kick_fd = static_cast<int>(GetRange(q, "kickFd", 0, INT32_MAX, where.c_str()));
+  c.call_fd = static_cast<int>(GetRange(q, "callFd", 0, INT32_MAX, where.c_str()));
+  if (!q.Get("lastAvailIdx").IsUndefined())
+    c.last_avail_idx = static_cast<uint16_t>(GetRange(q, "lastAvailIdx", 0, 0xffff, where.c_str()));
+  if (!q.Get("usedIdx").IsUndefined())
+    c.used_idx = static_cast<uint16_t>(GetRange(q, "usedIdx", 0, 0xffff, where.c_str()));
+  return c;
+}
+
+Napi::Object QueueStatsObject(Napi::Env env, const QueueStats& s, const char* const* names, size_t ndrops) {
+  auto num = [&](uint64_t v) { return Napi::Number::New(env, static_cast<double>(v)); };
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("packets", num(s.packets.load(std::memory_order_relaxed)));
+  o.Set("bytes", num(s.bytes.load(std::memory_order_relaxed)));
+  o.Set("usedChains", num(s.used_chains.load(std::memory_order_relaxed)));
+  o.Set("interrupts", num(s.interrupts.load(std::memory_order_relaxed)));
+  o.Set("kicks", num(s.kicks.load(std::memory_order_relaxed)));
+  Napi::Object drops = Napi::Object::New(env);
+  for (size_t i = 0; i < ndrops; i++) drops.Set(names[i], num(s.drops[i].load(std::memory_order_relaxed)));
+  o.Set("drops", drops);
+  o.Set("broken", Napi::Boolean::New(env, s.broken.load()));
+  o.Set("lastAvailIdx", num(s.last_avail_idx.load(std::memory_order_relaxed)));
+  o.Set("usedIdx", num(s.used_idx.load(std::memory_order_relaxed)));
+  return o;
+}
+
+}  // namespace
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Engine",
+                       {InstanceMethod<&EngineWrap::Start>("start"), InstanceMethod<&EngineWrap::Stop>("stop"),
+                        InstanceMethod<&EngineWrap::Stats>("stats")});
+  }
+
+  explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsObject()) BadArg(env, "Engine options must be an object");
+    Napi::Object opts = info[0].As<Napi::Object>();
+
+    EngineConfig cfg;
+    cfg.mem = PinMemory(opts);
+    cfg.tap_fd = static_cast<int>(GetRange(opts, "tapFd", 0, INT32_MAX, ""));
+    cfg.hdr_len = static_cast<uint32_t>(GetRange(opts, "hdrLen", 0, 64, ""));
+    cfg.mergeable = GetBool(opts, "mergeable");
+    cfg.event_idx = GetBool(opts, "eventIdx");
+    cfg.indirect = GetBool(opts, "indirect");
+    cfg.rx_frame_max = static_cast<uint32_t>(GetRange(opts, "rxFrameMax", 0, UINT32_MAX, ""));
+    cfg.rx = ParseQueue(opts, "rx");
+    cfg.tx = ParseQueue(opts, "tx");
+    Napi::Value cb = opts.Get("onBroken");
+    if (!cb.IsFunction()) BadArg(env, "option 'onBroken' must be a function");
+    std::string err;
+    if (!Engine::Validate(cfg, &err)) BadArg(env, err);
+
+    on_broken_ = Napi::ThreadSafeFunction::New(env, cb.As<Napi::Function>(), "vhost-tap onBroken", 0, 1);
+    // A quiet engine must not keep the process alive; stop() is what ends it.
+    on_broken_.Unref(env);
+    tsfn_live_ = true;
+    Napi::ThreadSafeFunction tsfn = on_broken_;
+    engine_ = std::make_unique<Engine>(cfg, [tsfn](uint32_t index, const char* rule, const std::string& detail) mutable {
+      auto* r = new BrokenReport{index, rule, detail};
+      napi_status s = tsfn.NonBlockingCall(r, [](Napi::Env env, Napi::Function fn, BrokenReport* rep) {
+        std::unique_ptr<BrokenReport> own(rep);
+        if (env == nullptr || fn.IsEmpty()) return;  // the function is being torn down
+        fn.Call({Napi::Number::New(env, rep->index), Napi::String::New(env, rep->rule),
+                 Napi::String::New(env, rep->detail)});
+      });
+      if (s != napi_ok) delete r;
+    });
+    napi_add_env_cleanup_hook(env_, &EngineWrap::OnEnvCleanup, this);
+  }
+
+  ~EngineWrap() override {
+    Shutdown();
+    if (engine_) napi_remove_env_cleanup_hook(env_, &EngineWrap::OnEnvCleanup, this);
+  }
+
+ private:
+  // The guest memory must be a SharedArrayBuffer (a plain ArrayBuffer could be
+  // detached under the worker). Node-API has no SharedArrayBuffer accessor in
+  // Node 20 (napi_get_arraybuffer_info rejects it), but a Uint8Array over it
+  // is an ordinary typed array whose data pointer Node-API does hand out. The
+  // reference to the buffer keeps its backing store alive as long as we are.
+  GuestMemory PinMemory(const Napi::Object& opts) {
+    Napi::Env env = opts.Env();
+    Napi::Value mem = opts.Get("memory");
+    Napi::Function sab_ctor = env.Global().Get("SharedArrayBuffer").As<Napi::Function>();
+    if (!mem.IsObject() || !mem.As<Napi::Object>().InstanceOf(sab_ctor))
+      BadArg(env, "option 'memory' must be a SharedArrayBuffer");
+    Napi::Function u8_ctor = env.Global().Get("Uint8Array").As<Napi::Function>();
+    Napi::Value view = u8_ctor.New({mem});
+    napi_typedarray_type type;
+    size_t length = 0, offset = 0;
+    void* data = nullptr;
+    napi_value ab;
+    if (napi_get_typedarray_info(env, view, &type, &length, &data, &ab, &offset) != napi_ok)
+      BadArg(env, "cannot get the SharedArrayBuffer's memory");
+    if (length == 0 || data == nullptr) BadArg(env, "option 'memory' is empty");
+    memory_ = Napi::Persistent(mem.As<Napi::Object>());
+    return GuestMemory{static_cast<uint8_t*>(data), length};
+  }
+
+  void Shutdown() {
+    if (engine_) engine_->Stop();
+    if (tsfn_live_) {
+      tsfn_live_ = false;
+      on_broken_.Release();
+    }
+  }
+
+  static void OnEnvCleanup(void* arg) {
+    auto* self = static_cast<EngineWrap*>(arg);
+    self->Shutdown();
+  }
+
+  void Start(const Napi::CallbackInfo& info) {
+    if (!tsfn_live_) ThrowCode(info.Env(), "EVHOST_STATE", "engine was shut down");
+    if (engine_->running()) ThrowCode(info.Env(), "EVHOST_STATE", "engine is already running");
+    const char* sc = "";
+    int err = engine_->Start(&sc);
+    if (err) ThrowErrno(info.Env(), err, sc, "starting the engine worker");
+  }
+
+  void Stop(const Napi::CallbackInfo&) { engine_->Stop(); }
+
+  Napi::Value Stats(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("rx", QueueStatsObject(env, engine_->rx_stats, kRxDropNames.data(), kRxDropNames.size()));
+    o.Set("tx", QueueStatsObject(env, engine_->tx_stats, kTxDropNames.data(), kTxDropNames.size()));
+    o.Set("io", Napi::String::New(env, "readv/writev"));
+    o.Set("wakeups", Napi::Number::New(env, static_cast<double>(engine_->wakeups.load())));
+    o.Set("running", Napi::Boolean::New(env, engine_->running()));
+    return o;
+  }
+
+  napi_env env_;
+  std::unique_ptr<Engine> engine_;
+  Napi::ObjectReference memory_;
+  Napi::ThreadSafeFunction on_broken_;
+  bool tsfn_live_ = false;
+};
+
+void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", EngineWrap::Define(env)); }
+
 }  // namespace vt

@@ -1,0 +1,136 @@
+// The vhost worker for one queue pair: a thread that moves frames between the
+// guest's RX/TX virtqueues and a TAP fd with readv/writev straight into guest
+// memory. Knows nothing about JS; engine_binding.cc wraps it.
+#pragma once
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "guest_memory.h"
+#include "virtqueue.h"
+
+namespace vt {
+
+// Named drop counters. Every frame the engine gives up on is counted under one
+// of these; the names are the keys of stats().rx/tx.drops and never change.
+enum TxDrop : int {
+  kTapWriteEinval,      // the TAP rejected the frame (typically a bad virtio_net_hdr)
+  kTapWriteEio,         // the TAP is down or detached
+  kTapWriteEfault,      // the kernel could not read a buffer
+  kTapWriteError,       // any other writev error
+  kTxTooManySegments,   // more buffers than writev accepts in one call
+  kTxDropCount
+};
+inline constexpr std::array<const char*, kTxDropCount> kTxDropNames = {
+    "tap_write_einval", "tap_write_eio", "tap_write_efault", "tap_write_error", "tx_too_many_segments"};
+
+enum RxDrop : int {
+  kRxTruncated,   // the frame was larger than the buffers offered; discarded, buffers reused
+  kRxRunt,        // a read shorter than the net header (not a TAP frame)
+  kTapReadError,  // readv failed with something other than EAGAIN
+  kRxDropCount
+};
+inline constexpr std::array<const char*, kRxDropCount> kRxDropNames = {"rx_truncated", "rx_runt",
+                                                                      "tap_read_error"};
+
+struct QueueStats {
+  std::atomic<uint64_t> packets{0};
+  std::atomic<uint64_t> bytes{0};
+  std::atomic<uint64_t> used_chains{0};
+  std::atomic<uint64_t> interrupts{0};
+  std::atomic<uint64_t> kicks{0};
+  std::atomic<bool> broken{false};
+  std::atomic<uint32_t> last_avail_idx{0};
+  std::atomic<uint32_t> used_idx{0};
+  // Sized for the larger of the two drop sets; a queue uses its own names only.
+  std::array<std::atomic<uint64_t>, 8> drops{};
+};
+
+struct QueueConfig {
+  uint32_t index = 0;  // virtqueue index in the device, for error reports
+  QueueLayout layout;
+  int kick_fd = -1;
+  int call_fd = -1;
+  uint16_t last_avail_idx = 0;
+  uint16_t used_idx = 0;
+};
+
+struct EngineConfig {
+  GuestMemory mem;
+  int tap_fd = -1;
+  uint32_t hdr_len = 0;
+  bool mergeable = false;
+  bool event_idx = false;
+  bool indirect = false;
+  uint32_t rx_frame_max = 0;
+  QueueConfig rx, tx;
+};
+
+// Called on the worker thread when the guest broke a rule (queue index, rule, detail).
+using BrokenFn = std::function<void(uint32_t, const char*, const std::string&)>;
+
+class Engine {
+ public:
+  // Checks a configuration; on failure returns false and says why in *err.
+  static bool Validate(const EngineConfig& cfg, std::string* err);
+
+  Engine(const EngineConfig& cfg, BrokenFn on_broken);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Starts the worker. On a system call failure returns its errno and sets *syscall.
+  int Start(const char** syscall);
+  // Stops and joins the worker; idempotent.
+  void Stop();
+  bool running() const { return running_.load(std::memory_order_relaxed); }
+
+  QueueStats rx_stats, tx_stats;
+  std::atomic<uint64_t> wakeups{0};
+
+ private:
+  // One popped RX chain waiting for a frame; its iovecs live in rx_stash_iov_.
+  struct Stashed {
+    uint16_t head;
+    uint32_t iov_count;
+    uint64_t bytes;
+  };
+
+  void Run();
+  bool ProcessTx();
+  bool ProcessRx();
+  bool FillRxStash();
+  bool RxNeedsMore() const;
+  void Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
+  void Flush(SplitQueue& q, QueueStats& st, const QueueConfig& qc, uint16_t stashed);
+  void UpdateTapInterest();
+  void DrainKick(int fd, QueueStats& st);
+
+  EngineConfig cfg_;
+  BrokenFn on_broken_;
+  SplitQueue rx_, tx_;
+  bool rx_broken_ = false, tx_broken_ = false;
+
+  std::thread thread_;
+  std::atomic<bool> running_{false};
+  std::atomic<bool> stop_{false};
+  int epoll_fd_ = -1;
+  int stop_fd_ = -1;
+
+  // Worker-thread state.
+  bool tx_blocked_ = false;        // writev said EAGAIN: wait for EPOLLOUT
+  bool rx_tap_readable_ = true;    // not yet seen EAGAIN since the last EPOLLIN
+  bool rx_want_tap_ = false;       // RX buffers are ready, so a frame could be taken
+  bool tap_hup_ = false;           // the TAP (or socket peer) hung up: stop polling it
+  uint32_t tap_events_ = 0;        // what the TAP is registered for in epoll (0: not registered)
+  Chain scratch_;
+  std::vector<Stashed> rx_stash_;
+  std::vector<iovec> rx_stash_iov_;
+  uint64_t rx_stash_bytes_ = 0;
+};
+
+}  // namespace vt
