@@ -106,6 +106,8 @@ export class VirtioNetDevice extends EventEmitter {
   private ctrlWatcher: { close(): void } | undefined;
   private callWatchers: { close(): void }[] = [];
   private activePairs = 1;
+  /** Whether each TAP queue is attached (the kernel refuses to attach twice); all are after open. */
+  private attached: boolean[] = [];
   private guestOffloads = 0n;
   private closed = false;
   private featuresError: string | null = null;
@@ -149,6 +151,7 @@ export class VirtioNetDevice extends EventEmitter {
         name = q.name;
       }
       this.tapName = name;
+      this.attached = this.tapFds.map(() => true);
       const probe = probeOffloads((flags) => native(what, () => a.tapSetOffload(this.tapFds[0], flags)));
       this.caps = probe.caps;
       let offered = BASE_FEATURES | probe.offered;
@@ -416,16 +419,22 @@ export class VirtioNetDevice extends EventEmitter {
     const what = `TAP '${this.tapName}'`;
     for (let p = 0; p < this.queuePairs; p++) {
       if (p < n && !this.engines[p]) {
-        native(what, () => a.tapSetQueue(this.tapFds[p], true));
+        this.attachQueue(p, true);
         this.engines[p] = this.makeEngine(p);
         this.engines[p]!.start();
       } else if (p >= n) {
         this.stopEngine(p);
         // Detached queues get no frames from the kernel's steering; pair 0 never detaches.
-        if (p > 0) native(what, () => a.tapSetQueue(this.tapFds[p], false));
+        if (p > 0) this.attachQueue(p, false);
       }
     }
     this.activePairs = n;
+  }
+
+  private attachQueue(p: number, attach: boolean): void {
+    if (this.attached[p] === attach) return;
+    native(`TAP '${this.tapName}'`, () => addon().tapSetQueue(this.tapFds[p], attach));
+    this.attached[p] = attach;
   }
 
   private makeEngine(p: number): NativeEngine {
@@ -484,7 +493,7 @@ export class VirtioNetDevice extends EventEmitter {
     // Ring positions start from 0 after a reset; counters stay monotonic.
     this.positions.clear();
     const a = addon();
-    for (let p = 1; p < this.queuePairs; p++) native(`TAP '${this.tapName}'`, () => a.tapSetQueue(this.tapFds[p], true));
+    for (let p = 1; p < this.queuePairs; p++) this.attachQueue(p, true);
     for (const fd of this.tapFds) native(`TAP '${this.tapName}'`, () => a.tapSetCarrier(fd, false));
     this._status = 0;
     this._driverFeatures = 0n;

@@ -1,0 +1,60 @@
+// The driver side of the control virtqueue: one command in flight at a time,
+// { class, command, data } readable, one ack byte writable, as Linux's
+// virtio_net does. Runs on the main thread, where the device processes the
+// queue, so waiting is asynchronous.
+
+import { CTRL, VirtioNetDevice } from '../backend';
+import { DriverQueue, QueueAddrs } from './virtqueue';
+
+/** Bytes reserved for one command: class, command and the largest data we send (MAC tables). */
+export const CTRL_BUF_BYTES = 8192;
+
+/** A command the device does not answer within this time means the device is stuck. */
+const CTRL_TIMEOUT_MS = 5000;
+
+export class ControlDriver {
+  private readonly q: DriverQueue;
+  private readonly u8: Uint8Array;
+  private busy: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly device: VirtioNetDevice,
+    mem: SharedArrayBuffer,
+    private readonly index: number,
+    addrs: QueueAddrs,
+    eventIdx: boolean,
+    /** Guest address of CTRL_BUF_BYTES + 1 bytes for the command and its ack. */
+    private readonly buf: number,
+  ) {
+    this.q = new DriverQueue(mem, addrs, { eventIdx });
+    this.u8 = new Uint8Array(mem);
+  }
+
+  /** Sends one command and resolves with the device's ack (CTRL.OK or CTRL.ERR). */
+  command(cls: number, cmd: number, data: Uint8Array = new Uint8Array(0)): Promise<number> {
+    const next = this.busy.then(() => this.send(cls, cmd, data));
+    this.busy = next.catch(() => undefined);
+    return next;
+  }
+
+  private async send(cls: number, cmd: number, data: Uint8Array): Promise<number> {
+    if (2 + data.length > CTRL_BUF_BYTES) throw new RangeError(`control command data of ${data.length} bytes is too long`);
+    const ack = this.buf + CTRL_BUF_BYTES;
+    this.u8[this.buf] = cls;
+    this.u8[this.buf + 1] = cmd;
+    this.u8.set(data, this.buf + 2);
+    this.u8[ack] = 0xff;
+    this.q.add([
+      { addr: this.buf, len: 2 + data.length, write: false },
+      { addr: ack, len: 1, write: true },
+    ]);
+    if (this.q.publish()) this.device.kick(this.index);
+    const deadline = Date.now() + CTRL_TIMEOUT_MS;
+    for (;;) {
+      const u = this.q.popUsed();
+      if (u) return this.u8[ack] === CTRL.OK ? CTRL.OK : CTRL.ERR;
+      if (Date.now() > deadline) throw new Error(`control command ${cls}/${cmd}: no answer from the device within ${CTRL_TIMEOUT_MS} ms`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+}
