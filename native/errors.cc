@@ -33,6 +33,7 @@ static const char* ErrnoName(int err) {
     case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
     case ENETDOWN: return "ENETDOWN";
     case ENXIO: return "ENXIO";
+    case EBADFD: return "EBADFD";
     default: return "EUNKNOWN";
   }
 }
