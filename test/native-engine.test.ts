@@ -1,0 +1,710 @@
+// The native engine against a SOCK_SEQPACKET pair standing in for the TAP:
+// frames both ways, mergeable RX, notification suppression, hostile rings
+// (each must stop the queue with the right rule and leave guest memory
+// alone), a descriptor fuzz loop, and the notify helpers from Workers.
+import test from 'ava';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+
+import { addon, NativeEngine, NativeEngineOptions } from '../backend/native';
+import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem } from './helpers/rings';
+
+const A = addon();
+const ADDON_PATH = path.join(__dirname, '..', '..', 'build', 'Release', 'vhost_tap.node');
+
+const KNOWN_RULES = new Set([
+  'desc-out-of-bounds', 'desc-index-out-of-range', 'chain-too-long', 'nested-indirect', 'indirect-with-next',
+  'indirect-bad-len', 'indirect-not-negotiated', 'indirect-out-of-bounds', 'writable-on-tx', 'readable-on-rx',
+  'readable-after-writable', 'header-too-short', 'avail-idx-jump', 'rx-chain-too-small', 'ring-out-of-bounds',
+  'empty-chain',
+]);
+
+const RX_BASE = 0;
+const TX_BASE = 0x8000;
+const HEAP = 0x10000;
+
+interface RigOptions {
+  memSize?: number;
+  qsize?: number;
+  hdrLen?: number;
+  mergeable?: boolean;
+  eventIdx?: boolean;
+  indirect?: boolean;
+  rxFrameMax?: number;
+  sab?: SharedArrayBuffer;
+  pattern?: boolean;
+}
+
+interface Rig {
+  mem: GuestMem;
+  rx: DriverQueue;
+  tx: DriverQueue;
+  engine: NativeEngine;
+  opts: NativeEngineOptions;
+  peer: number;
+  rxCall: number;
+  txCall: number;
+  rxKick: number;
+  txKick: number;
+  broken: Array<[number, string, string]>;
+  close(): void;
+}
+
+function rig(o: RigOptions = {}): Rig {
+  const qsize = o.qsize ?? 16;
+  const mem = new GuestMem(o.memSize ?? 1 << 20, HEAP, o.sab);
+  if (o.pattern !== false) mem.fillPattern();
+  const rx = new DriverQueue(mem, qsize, RX_BASE);
+  const tx = new DriverQueue(mem, qsize, TX_BASE);
+  const [tapFd, peer] = A.seqpacketPair();
+  const fds = { rxKick: A.eventfd(), rxCall: A.eventfd(), txKick: A.eventfd(), txCall: A.eventfd() };
+  const broken: Array<[number, string, string]> = [];
+  const opts: NativeEngineOptions = {
+    memory: mem.sab,
+    tapFd,
+    hdrLen: o.hdrLen ?? 12,
+    mergeable: o.mergeable ?? true,
+    eventIdx: o.eventIdx ?? false,
+    indirect: o.indirect ?? true,
+    rxFrameMax: o.rxFrameMax ?? 1526,
+    rx: { index: 0, ...rx.layout, kickFd: fds.rxKick, callFd: fds.rxCall },
+    tx: { index: 1, ...tx.layout, kickFd: fds.txKick, callFd: fds.txCall },
+    onBroken: (q, rule, detail) => broken.push([q, rule, detail]),
+  };
+  const engine = new A.Engine(opts);
+  let closed = false;
+  return {
+    mem, rx, tx, engine, opts, peer, broken, ...fds,
+    close() {
+      if (closed) return;
+      closed = true;
+      engine.stop();
+      for (const fd of [tapFd, peer, fds.rxKick, fds.rxCall, fds.txKick, fds.txCall]) fs.closeSync(fd);
+    },
+  };
+}
+
+async function waitFor(cond: () => boolean, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return false;
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  return true;
+}
+
+function readPeer(fd: number, max = 1 << 20): Buffer | null {
+  const buf = Buffer.alloc(max);
+  try {
+    const n = fs.readSync(fd, buf, 0, max, null);
+    return buf.subarray(0, n);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EAGAIN') return null;
+    throw e;
+  }
+}
+
+async function readPeerWait(fd: number): Promise<Buffer> {
+  let got: Buffer | null = null;
+  await waitFor(() => (got = readPeer(fd)) !== null);
+  if (!got) throw new Error('no frame arrived');
+  return got;
+}
+
+function pattern(len: number, seed: number): Buffer {
+  const b = Buffer.alloc(len);
+  for (let i = 0; i < len; i++) b[i] = (i * 7 + seed) & 0xff;
+  return b;
+}
+
+/** Writes `bytes` into guest memory at `addr`. */
+function put(mem: GuestMem, addr: number, bytes: Uint8Array): void {
+  mem.u8.set(bytes, addr);
+}
+
+// ---- happy paths ----------------------------------------------------------------------
+
+test('TX: a frame split over descriptors arrives whole, header bytes intact; used len 0', async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  r.engine.start();
+  const hdr = Buffer.from([1, 4, 0x36, 0, 0xa8, 5, 34, 0, 16, 0, 0x99, 0x88]); // NEEDS_CSUM, TCPV6, odd num_buffers
+  const payload = pattern(1000, 3);
+  const a = r.mem.alloc(8), b = r.mem.alloc(600), c = r.mem.alloc(404);
+  const whole = Buffer.concat([hdr, payload]);
+  put(r.mem, a, whole.subarray(0, 8));
+  put(r.mem, b, whole.subarray(8, 608));
+  put(r.mem, c, whole.subarray(608));
+  r.tx.setChain(0, [[a, 8, false], [b, 600, false], [c, 404, false]]);
+  r.tx.post(0);
+  A.kick(r.txKick);
+  const got = await readPeerWait(r.peer);
+  t.deepEqual(got, whole);
+  t.true(await waitFor(() => r.tx.usedIdx === 1));
+  t.deepEqual(r.tx.usedElem(0), { id: 0, len: 0 });
+  const s = r.engine.stats();
+  t.is(s.tx.packets, 1);
+  t.is(s.tx.bytes, 1000);
+  t.is(s.tx.usedChains, 1);
+  t.is(s.tx.lastAvailIdx, 1);
+  t.is(s.tx.usedIdx, 1);
+  t.true(s.tx.kicks >= 1);
+  t.is(s.io, 'readv/writev');
+  t.true(s.running);
+});
+
+test('TX: through an indirect table', async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  r.engine.start();
+  const whole = pattern(12 + 300, 9);
+  const a = r.mem.alloc(12), b = r.mem.alloc(300), table = r.mem.alloc(32);
+  put(r.mem, a, whole.subarray(0, 12));
+  put(r.mem, b, whole.subarray(12));
+  r.tx.setChain(0, [[a, 12, false], [b, 300, false]], table);
+  r.tx.setDesc(5, table, 32, DESC_F_INDIRECT);
+  r.tx.post(5);
+  A.kick(r.txKick);
+  t.deepEqual(await readPeerWait(r.peer), whole);
+  t.true(await waitFor(() => r.tx.usedIdx === 1));
+  t.is(r.tx.usedElem(0).id, 5);
+});
+
+test('TX: a batch of chains is one interrupt; NO_INTERRUPT suppresses it', async (t) => {
+  for (const suppress of [false, true]) {
+    const r = rig();
+    t.teardown(() => r.close());
+    r.tx.availFlags = suppress ? 1 : 0;
+    r.engine.start();
+    for (let i = 0; i < 8; i++) {
+      const a = r.mem.alloc(100);
+      put(r.mem, a, pattern(100, i));
+      r.tx.setChain(i, [[a, 100, false]]);
+      r.tx.place(i);
+    }
+    r.tx.publish();
+    A.kick(r.txKick);
+    t.true(await waitFor(() => r.tx.usedIdx === 8));
+    for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
+    const s = r.engine.stats();
+    t.is(s.tx.usedChains, 8);
+    t.is(s.tx.interrupts, suppress ? 0 : 1);
+    t.is(A.waitCall([r.txCall], 0), suppress ? 0 : 1);
+    // Idle: kicks are re-enabled (used.flags NO_NOTIFY clear).
+    t.true(await waitFor(() => r.tx.usedFlags === 0));
+  }
+});
+
+test('EVENT_IDX: used_event decides the interrupt; avail_event follows the device', async (t) => {
+  const r = rig({ eventIdx: true });
+  t.teardown(() => r.close());
+  r.tx.usedEvent = 5; // interrupt only once used.idx passes 5
+  r.engine.start();
+  const send = async (i: number) => {
+    const a = r.mem.alloc(40);
+    r.tx.setChain(i, [[a, 40, false]]);
+    r.tx.post(i);
+    A.kick(r.txKick);
+    t.truthy(await readPeerWait(r.peer));
+    await waitFor(() => r.tx.usedIdx === i + 1);
+  };
+  await send(0);
+  t.is(r.engine.stats().tx.interrupts, 0);
+  t.is(A.waitCall([r.txCall], 0), 0);
+  t.true(await waitFor(() => r.tx.availEvent === 1));
+  r.tx.usedEvent = 1; // used.idx going 1 -> 2 passes 1
+  await send(1);
+  t.true(await waitFor(() => r.engine.stats().tx.interrupts === 1));
+  t.is(A.waitCall([r.txCall], 1000), 1);
+});
+
+test('RX mergeable: a frame spans several small chains; num_buffers written across descriptors', async (t) => {
+  const r = rig({ mergeable: true, hdrLen: 12, rxFrameMax: 1526 });
+  t.teardown(() => r.close());
+  // 8 chains of 256 bytes; chain 0's header is split 8 + 248 so num_buffers straddles descriptors.
+  const bufs: number[][] = [];
+  let d = 0;
+  for (let i = 0; i < 8; i++) {
+    if (i === 0) {
+      const a = r.mem.alloc(8), b = r.mem.alloc(248);
+      bufs.push([a, 8], [b, 248]);
+      r.rx.setChain(d, [[a, 8, true], [b, 248, true]]);
+      r.rx.place(d);
+      d += 2;
+    } else {
+      const a = r.mem.alloc(256);
+      bufs.push([a, 256]);
+      r.rx.setChain(d, [[a, 256, true]]);
+      r.rx.place(d);
+      d += 1;
+    }
+  }
+  r.rx.publish();
+  const snap = r.mem.snapshot();
+  r.engine.start();
+  A.kick(r.rxKick);
+  const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee]), pattern(1000, 5)]);
+  fs.writeSync(r.peer, frame);
+  t.true(await waitFor(() => r.rx.usedIdx === 4));
+  const used = [0, 1, 2, 3].map((i) => r.rx.usedElem(i));
+  t.deepEqual(used, [{ id: 0, len: 256 }, { id: 2, len: 256 }, { id: 3, len: 256 }, { id: 4, len: 1012 - 768 }]);
+  // Reassemble what the guest sees.
+  const got = Buffer.concat(bufs.map(([a, l]) => Buffer.from(r.mem.u8.subarray(a, a + l)))).subarray(0, 1012);
+  t.is(got.readUInt16LE(10), 4);
+  t.deepEqual(got.subarray(0, 10), frame.subarray(0, 10));
+  t.deepEqual(got.subarray(12), frame.subarray(12));
+  // Nothing outside the used buffers and the used ring changed.
+  const allowed: Array<[number, number]> = bufs.map(([a, l]) => [a, a + l] as [number, number]);
+  t.is(r.mem.diffOutside(snap, [...allowed, r.rx.usedRegion(), r.tx.usedRegion()]), -1);
+  const s = r.engine.stats();
+  t.is(s.rx.packets, 1);
+  t.is(s.rx.bytes, 1000);
+  t.is(s.rx.usedChains, 4);
+  t.is(s.rx.interrupts, 1);
+  // The remaining 4 chains are stashed; they are handed back on stop.
+  r.engine.stop();
+  t.is(r.engine.stats().rx.lastAvailIdx, 4);
+  t.false(r.engine.stats().running);
+});
+
+test('RX mergeable: a small ring is read once it holds every buffer it can', async (t) => {
+  const r = rig({ mergeable: true, qsize: 4, rxFrameMax: 1526 });
+  t.teardown(() => r.close());
+  const bufs: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const a = r.mem.alloc(128);
+    bufs.push(a);
+    r.rx.setChain(i, [[a, 128, true]]);
+    r.rx.place(i);
+  }
+  r.rx.publish();
+  r.engine.start();
+  fs.writeSync(r.peer, pattern(300, 1));
+  t.true(await waitFor(() => r.rx.usedIdx === 3));
+  t.deepEqual([0, 1, 2].map((i) => r.rx.usedElem(i).len), [128, 128, 44]);
+  t.is(r.mem.dv.getUint16(bufs[0] + 10, true), 3);
+});
+
+test('RX mergeable: with too few buffers frames wait in the kernel, then flow when buffers come', async (t) => {
+  const r = rig({ mergeable: true, qsize: 16, rxFrameMax: 1526 });
+  t.teardown(() => r.close());
+  r.engine.start();
+  fs.writeSync(r.peer, pattern(100, 2));
+  fs.writeSync(r.peer, pattern(200, 3));
+  const a = r.mem.alloc(1024);
+  r.rx.setChain(0, [[a, 1024, true]]);
+  r.rx.post(0);
+  A.kick(r.rxKick);
+  await new Promise((res) => setTimeout(res, 50));
+  t.is(r.rx.usedIdx, 0); // 1024 < rxFrameMax and the ring could hold more
+  t.is(r.engine.stats().rx.drops.rx_truncated, 0);
+  const b = r.mem.alloc(1024);
+  r.rx.setChain(1, [[b, 1024, true]]);
+  r.rx.post(1);
+  A.kick(r.rxKick);
+  t.true(await waitFor(() => r.rx.usedIdx === 1));
+  t.deepEqual(r.rx.usedElem(0), { id: 0, len: 100 });
+  const c = r.mem.alloc(1024);
+  r.rx.setChain(2, [[c, 1024, true]]);
+  r.rx.post(2);
+  A.kick(r.rxKick);
+  t.true(await waitFor(() => r.rx.usedIdx === 2));
+  t.deepEqual(r.rx.usedElem(1), { id: 1, len: 200 });
+  t.deepEqual(Buffer.from(r.mem.u8.subarray(b + 12, b + 200)), pattern(200, 3).subarray(12));
+  const s = r.engine.stats();
+  t.is(s.rx.packets, 2);
+  t.is(Object.values(s.rx.drops).reduce((x, y) => x + y, 0), 0);
+});
+
+test('RX without mergeable: one chain per frame; num_buffers = 1 with a 12-byte header, untouched with 10', async (t) => {
+  for (const hdrLen of [12, 10]) {
+    const r = rig({ mergeable: false, hdrLen, rxFrameMax: 1514 + hdrLen });
+    t.teardown(() => r.close());
+    const a = r.mem.alloc(1600);
+    r.rx.setChain(0, [[a, 1600, true]]);
+    r.rx.post(0);
+    r.engine.start();
+    const frame = pattern(hdrLen + 60, 11);
+    fs.writeSync(r.peer, frame);
+    t.true(await waitFor(() => r.rx.usedIdx === 1));
+    t.deepEqual(r.rx.usedElem(0), { id: 0, len: hdrLen + 60 });
+    const got = Buffer.from(r.mem.u8.subarray(a, a + hdrLen + 60));
+    if (hdrLen === 12) {
+      t.is(got.readUInt16LE(10), 1);
+      t.deepEqual(got.subarray(12), frame.subarray(12));
+    } else {
+      t.deepEqual(got, frame);
+    }
+  }
+});
+
+test('TX: EAGAIN leaves chains in the ring until the TAP has room; nothing dropped', async (t) => {
+  const r = rig({ qsize: 128, memSize: 4 << 20 });
+  t.teardown(() => r.close());
+  r.engine.start();
+  const N = 128;
+  for (let i = 0; i < N; i++) {
+    const a = r.mem.alloc(16384);
+    r.mem.dv.setUint32(a + 12, i, true);
+    r.tx.setChain(i, [[a, 16384, false]]);
+    r.tx.place(i);
+  }
+  r.tx.publish();
+  A.kick(r.txKick);
+  await new Promise((res) => setTimeout(res, 100));
+  const mid = r.engine.stats().tx;
+  t.true(mid.usedIdx < N, 'the socket buffer cannot take 2 MiB');
+  for (let i = 0; i < N; i++) {
+    const f = await readPeerWait(r.peer);
+    t.is(f.length, 16384);
+    t.is(f.readUInt32LE(12), i);
+  }
+  t.true(await waitFor(() => r.tx.usedIdx === N));
+  const s = r.engine.stats().tx;
+  t.is(s.packets, N);
+  t.is(Object.values(s.drops).reduce((x, y) => x + y, 0), 0);
+});
+
+test('TX: a write error is counted, the chain is returned, the queue keeps going', async (t) => {
+  const r = rig({ memSize: 4 << 20 });
+  t.teardown(() => r.close());
+  r.engine.start();
+  const big = r.mem.alloc(1 << 21); // larger than a socket can take in one message: EMSGSIZE
+  r.tx.setChain(0, [[big, 1 << 21, false]]);
+  const small = r.mem.alloc(64);
+  r.tx.setChain(1, [[small, 64, false]]);
+  r.tx.post(0, 1);
+  A.kick(r.txKick);
+  t.true(await waitFor(() => r.tx.usedIdx === 2));
+  t.deepEqual(r.tx.usedElem(0), { id: 0, len: 0 });
+  t.is((await readPeerWait(r.peer)).length, 64);
+  const s = r.engine.stats().tx;
+  t.is(s.drops.tap_write_error, 1);
+  t.is(s.packets, 1);
+  t.false(s.broken);
+});
+
+test('guest memory may be a shared WebAssembly.Memory buffer', async (t) => {
+  // lib is ES2022 without DOM, so WebAssembly is not in the type environment.
+  type WasmMemory = new (d: { initial: number; maximum: number; shared: boolean }) => { buffer: SharedArrayBuffer };
+  const Memory = (globalThis as unknown as { WebAssembly: { Memory: WasmMemory } }).WebAssembly.Memory;
+  const wm = new Memory({ initial: 16, maximum: 32, shared: true });
+  t.true(wm.buffer instanceof SharedArrayBuffer);
+  const r = rig({ sab: wm.buffer });
+  t.teardown(() => r.close());
+  r.engine.start();
+  const whole = pattern(80, 4);
+  const a = r.mem.alloc(80);
+  put(r.mem, a, whole);
+  r.tx.setChain(0, [[a, 80, false]]);
+  r.tx.post(0);
+  A.kick(r.txKick);
+  t.deepEqual(await readPeerWait(r.peer), whole);
+  t.true(await waitFor(() => r.tx.usedIdx === 1));
+});
+
+test('start twice throws; stop is idempotent; restart resumes', async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  r.engine.start();
+  t.throws(() => r.engine.start(), { code: 'EVHOST_STATE' } as never);
+  r.engine.stop();
+  r.engine.stop();
+  r.engine.start();
+  const a = r.mem.alloc(20);
+  r.tx.setChain(0, [[a, 20, false]]);
+  r.tx.post(0);
+  A.kick(r.txKick);
+  t.is((await readPeerWait(r.peer)).length, 20);
+});
+
+test('constructor rejects bad rings and options with EVHOST_BADARG', (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  const bad = (patch: (o: NativeEngineOptions) => NativeEngineOptions) =>
+    t.throws(() => new A.Engine(patch(r.opts)), { code: 'EVHOST_BADARG' } as never);
+  bad((o) => ({ ...o, rx: { ...o.rx, size: 12 } }));
+  bad((o) => ({ ...o, rx: { ...o.rx, size: 65536 } }));
+  bad((o) => ({ ...o, rx: { ...o.rx, desc: 8 } }));
+  bad((o) => ({ ...o, tx: { ...o.tx, avail: 0x9001 } }));
+  bad((o) => ({ ...o, tx: { ...o.tx, used: 0x9002 } }));
+  bad((o) => ({ ...o, tx: { ...o.tx, used: (1 << 20) - 16 } }));
+  bad((o) => ({ ...o, rx: { ...o.rx, desc: 2 ** 52 } }));
+  bad((o) => ({ ...o, hdrLen: 11 }));
+  bad((o) => ({ ...o, mergeable: true, hdrLen: 10 }));
+  bad((o) => ({ ...o, memory: new ArrayBuffer(4096) as unknown as SharedArrayBuffer }));
+  // used ring ending exactly where avail_event would not fit: fine without EVENT_IDX, not with it.
+  const end = (1 << 20) - (4 + 8 * 16);
+  t.notThrows(() => new A.Engine({ ...r.opts, eventIdx: false, tx: { ...r.opts.tx, used: end } }));
+  bad((o) => ({ ...o, eventIdx: true, tx: { ...o.tx, used: end } }));
+});
+
+// ---- hostile rings ----------------------------------------------------------------------
+
+interface Hostile {
+  name: string;
+  queue: 'rx' | 'tx';
+  rule: string;
+  opts?: RigOptions;
+  /** Lay out the bad chain; return guest ranges the device may legitimately write besides used rings. */
+  setup(r: Rig): void;
+}
+
+const MEM = 1 << 20;
+const hostile: Hostile[] = [
+  { name: 'buffer past the end of memory', queue: 'tx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, MEM - 4, 100, 0); r.tx.post(0); } },
+  { name: 'addr + len wraps past 2^64', queue: 'tx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, 2n ** 64n - 8n, 64, 0); r.tx.post(0); } },
+  { name: 'addr + len wraps past 2^64 (RX)', queue: 'rx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.rx.setDesc(0, 2n ** 64n - 0x100n, 0x200, DESC_F_WRITE); r.rx.post(0); } },
+  { name: 'head index out of range', queue: 'tx', rule: 'desc-index-out-of-range',
+    setup: (r) => { r.tx.post(16 + 3); } },
+  { name: 'next index out of range', queue: 'tx', rule: 'desc-index-out-of-range',
+    setup: (r) => { const a = r.mem.alloc(64); r.tx.setDesc(0, a, 64, DESC_F_NEXT, 40); r.tx.post(0); } },
+  { name: 'a loop in the descriptor table', queue: 'tx', rule: 'chain-too-long',
+    setup: (r) => { const a = r.mem.alloc(64); r.tx.setDesc(0, a, 32, DESC_F_NEXT, 1); r.tx.setDesc(1, a, 32, DESC_F_NEXT, 0); r.tx.post(0); } },
+  { name: 'a self-loop on RX', queue: 'rx', rule: 'chain-too-long',
+    setup: (r) => { const a = r.mem.alloc(64); r.rx.setDesc(3, a, 64, DESC_F_NEXT | DESC_F_WRITE, 3); r.rx.post(3); } },
+  { name: 'an over-long chain inside an indirect table', queue: 'tx', rule: 'chain-too-long',
+    setup: (r) => {
+      const a = r.mem.alloc(64), t = r.mem.alloc(64);
+      for (let i = 0; i < 4; i++) r.tx.setDesc(i, a, 16, DESC_F_NEXT, (i + 1) % 4, t);
+      r.tx.setDesc(0, t, 64, DESC_F_INDIRECT); r.tx.post(0);
+    } },
+  { name: 'nested indirect', queue: 'tx', rule: 'nested-indirect',
+    setup: (r) => {
+      const t1 = r.mem.alloc(32), t2 = r.mem.alloc(16), a = r.mem.alloc(64);
+      r.tx.setDesc(0, a, 64, 0, 0, t2);
+      r.tx.setDesc(0, a, 12, DESC_F_NEXT, 1, t1); r.tx.setDesc(1, t2, 16, DESC_F_INDIRECT, 0, t1);
+      r.tx.setDesc(0, t1, 32, DESC_F_INDIRECT); r.tx.post(0);
+    } },
+  { name: 'INDIRECT with NEXT', queue: 'tx', rule: 'indirect-with-next',
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(64); r.tx.setDesc(0, a, 64, 0, 0, t); r.tx.setDesc(0, t, 16, DESC_F_INDIRECT | DESC_F_NEXT, 1); r.tx.post(0); } },
+  { name: 'indirect len not a multiple of 16', queue: 'tx', rule: 'indirect-bad-len',
+    setup: (r) => { const t = r.mem.alloc(32); r.tx.setDesc(0, t, 24, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect len 0', queue: 'rx', rule: 'indirect-bad-len',
+    setup: (r) => { r.rx.setDesc(0, HEAP, 0, DESC_F_INDIRECT); r.rx.post(0); } },
+  { name: 'indirect table larger than 32768 entries', queue: 'tx', rule: 'indirect-bad-len',
+    setup: (r) => { r.tx.setDesc(0, 0, 16 * 32769, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect table outside memory', queue: 'tx', rule: 'indirect-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, MEM - 16, 32, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect when not negotiated', queue: 'tx', rule: 'indirect-not-negotiated', opts: { indirect: false },
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(64); r.tx.setDesc(0, a, 64, 0, 0, t); r.tx.setDesc(0, t, 16, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'writable buffer on TX', queue: 'tx', rule: 'writable-on-tx',
+    setup: (r) => { const a = r.mem.alloc(64), b = r.mem.alloc(64); r.tx.setChain(0, [[a, 64, false], [b, 64, true]]); r.tx.post(0); } },
+  { name: 'read-only buffer on RX', queue: 'rx', rule: 'readable-on-rx',
+    setup: (r) => { const a = r.mem.alloc(2048); r.rx.setChain(0, [[a, 2048, false]]); r.rx.post(0); } },
+  { name: 'readable after writable', queue: 'rx', rule: 'readable-after-writable',
+    setup: (r) => { const a = r.mem.alloc(2048), b = r.mem.alloc(64); r.rx.setChain(0, [[a, 2048, true], [b, 64, false]]); r.rx.post(0); } },
+  { name: 'TX chain shorter than the header', queue: 'tx', rule: 'header-too-short',
+    setup: (r) => { const a = r.mem.alloc(6); r.tx.setChain(0, [[a, 6, false]]); r.tx.post(0); } },
+  { name: 'RX chain shorter than the header', queue: 'rx', rule: 'header-too-short',
+    setup: (r) => { const a = r.mem.alloc(8); r.rx.setChain(0, [[a, 8, true]]); r.rx.post(0); } },
+  { name: 'empty chain', queue: 'tx', rule: 'empty-chain',
+    setup: (r) => { r.tx.setChain(0, [[HEAP, 0, false]]); r.tx.post(0); } },
+  { name: 'avail.idx jumps past the ring', queue: 'tx', rule: 'avail-idx-jump',
+    setup: (r) => { r.tx.setAvailIdx(16 + 5); } },
+  { name: 'avail.idx jumps backwards', queue: 'rx', rule: 'avail-idx-jump',
+    setup: (r) => { r.rx.setAvailIdx(0xfff0); } },
+  { name: 'non-mergeable RX chain smaller than rxFrameMax', queue: 'rx', rule: 'rx-chain-too-small',
+    opts: { mergeable: false, rxFrameMax: 1526 },
+    setup: (r) => { const a = r.mem.alloc(1000); r.rx.setChain(0, [[a, 1000, true]]); r.rx.post(0); } },
+];
+
+for (const h of hostile) {
+  test(`hostile ring: ${h.name} -> ${h.rule}`, async (t) => {
+    const r = rig(h.opts);
+    t.teardown(() => r.close());
+    h.setup(r);
+    const snap = r.mem.snapshot();
+    r.engine.start();
+    A.kick(h.queue === 'rx' ? r.rxKick : r.txKick);
+    // Something to read, so an RX queue that wrongly survived would write into guest memory.
+    fs.writeSync(r.peer, pattern(200, 1));
+    t.true(await waitFor(() => r.broken.length > 0), 'onBroken was called');
+    t.is(r.broken.length, 1);
+    const [q, rule, detail] = r.broken[0];
+    t.is(rule, h.rule, detail);
+    t.is(q, h.queue === 'rx' ? 0 : 1);
+    t.true(detail.length > 0);
+    const s = r.engine.stats();
+    t.true(s[h.queue].broken);
+    t.false(s[h.queue === 'rx' ? 'tx' : 'rx'].broken, 'the other direction keeps running');
+    t.is(r.mem.diffOutside(snap, [r.rx.usedRegion(), r.tx.usedRegion()]), -1, 'guest memory untouched');
+    t.is(h.queue === 'rx' ? r.rx.usedIdx : r.tx.usedIdx, 0);
+  });
+}
+
+test('a broken TX queue does not stop RX', async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  r.tx.post(99);
+  const a = r.mem.alloc(2048);
+  r.rx.setChain(0, [[a, 2048, true]]);
+  r.rx.post(0);
+  r.engine.start();
+  A.kick(r.txKick);
+  t.true(await waitFor(() => r.broken.length === 1));
+  fs.writeSync(r.peer, pattern(100, 8));
+  t.true(await waitFor(() => r.rx.usedIdx === 1));
+});
+
+// ---- fuzz ---------------------------------------------------------------------------------
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 2 ** 32;
+  };
+}
+
+test('fuzz: random descriptor tables never crash and either run or break a known rule', async (t) => {
+  const ITER = 1000;
+  const memSize = 1 << 17;
+  const [tapFd, peer] = A.seqpacketPair();
+  const fds = [A.eventfd(), A.eventfd(), A.eventfd(), A.eventfd()];
+  t.teardown(() => [tapFd, peer, ...fds].forEach((fd) => fs.closeSync(fd)));
+  const rand = rng(0xc0ffee);
+  const int = (n: number) => Math.floor(rand() * n);
+  let brokenRuns = 0, cleanRuns = 0;
+  const rules = new Map<string, number>();
+  for (let it = 0; it < ITER; it++) {
+    const qsize = [1, 2, 4, 8, 16][int(5)];
+    const mem = new GuestMem(memSize, HEAP);
+    mem.fillPattern();
+    const rx = new DriverQueue(mem, qsize, RX_BASE);
+    const tx = new DriverQueue(mem, qsize, TX_BASE);
+    const addr = (): number | bigint => {
+      const k = int(10);
+      if (k < 6) return HEAP + int(memSize - HEAP);
+      if (k === 6) return memSize - int(64);
+      if (k === 7) return 2n ** 64n - BigInt(int(4096));
+      if (k === 8) return HEAP + int(64) * 16;
+      return int(2 ** 32) * 65536 + int(65536);
+    };
+    const len = () => [0, 1, 6, 12, 16, 64, 1500, 4096, int(2 ** 32), 16 * int(40)][int(10)];
+    const tables = [HEAP, HEAP + 0x400];
+    for (const q of [rx, tx]) {
+      for (let i = 0; i < qsize; i++) q.setDesc(i, addr(), len(), int(8), int(qsize + 2));
+      for (const tbl of tables) for (let i = 0; i < 64; i++) q.setDesc(i, addr(), len(), int(8), int(70), tbl);
+      // Mostly a plausible number of entries; sometimes more than the ring holds.
+      const n = rand() < 0.05 ? qsize + 1 + int(3) : int(qsize + 1);
+      for (let i = 0; i < n; i++) q.place(int(qsize + 1));
+      q.publish();
+    }
+    const broken: string[] = [];
+    const engine = new A.Engine({
+      memory: mem.sab, tapFd, hdrLen: 12, mergeable: rand() < 0.5, eventIdx: rand() < 0.5, indirect: rand() < 0.7,
+      rxFrameMax: 1526,
+      rx: { index: 0, ...rx.layout, kickFd: fds[0], callFd: fds[1] },
+      tx: { index: 1, ...tx.layout, kickFd: fds[2], callFd: fds[3] },
+      onBroken: (_q, rule) => broken.push(rule),
+    });
+    const snap = mem.snapshot();
+    engine.start();
+    A.kick(fds[0]);
+    await waitFor(() => {
+      while (readPeer(peer)) { /* drain */ }
+      const s = engine.stats();
+      // A wake-up means the first round, which walked RX too, is over.
+      return (s.tx.broken || s.tx.usedIdx === tx.published) && s.wakeups >= 1;
+    }, 2000);
+    await new Promise((res) => setImmediate(res));
+    engine.stop();
+    while (readPeer(peer)) { /* drain */ }
+    A.waitCall(fds, 0);
+    const s = engine.stats();
+    await waitFor(() => broken.length === Number(s.rx.broken) + Number(s.tx.broken), 1000);
+    for (const rule of broken) {
+      if (!KNOWN_RULES.has(rule)) t.fail(`unknown rule ${rule}`);
+      rules.set(rule, (rules.get(rule) ?? 0) + 1);
+    }
+    if (!s.tx.broken) t.is(s.tx.usedIdx, tx.published, `iteration ${it}: TX neither finished nor broke`);
+    const diff = mem.diffOutside(snap, [rx.usedRegion(), tx.usedRegion()]);
+    if (diff !== -1) t.fail(`iteration ${it}: guest memory changed at ${diff}`);
+    if (broken.length) brokenRuns++;
+    else cleanRuns++;
+  }
+  t.log(`broken ${brokenRuns}, clean ${cleanRuns}, rules ${JSON.stringify(Object.fromEntries(rules))}`);
+  t.true(brokenRuns > 0);
+  t.true(cleanRuns > 0);
+});
+
+// ---- notify helpers -------------------------------------------------------------------------
+
+test('eventfd/kick/waitCall: mask, timeout, clearing', (t) => {
+  const a = A.eventfd(), b = A.eventfd();
+  t.teardown(() => [a, b].forEach((fd) => fs.closeSync(fd)));
+  t.is(A.waitCall([a, b], 0), 0);
+  A.kick(b);
+  A.kick(b);
+  t.is(A.waitCall([a, b], 100), 2);
+  t.is(A.waitCall([a, b], 0), 0, 'reading cleared it');
+  const t0 = Date.now();
+  t.is(A.waitCall([a], 50), 0);
+  t.true(Date.now() - t0 >= 45);
+});
+
+test('waitCall and kick from a worker_threads Worker', async (t) => {
+  const toWorker = A.eventfd(), toMain = A.eventfd();
+  t.teardown(() => [toWorker, toMain].forEach((fd) => fs.closeSync(fd)));
+  const code = `
+    const { parentPort, workerData } = require('node:worker_threads');
+    const a = require(workerData.addonPath);
+    parentPort.postMessage('ready');
+    const mask = a.waitCall([workerData.toWorker], 5000);
+    a.kick(workerData.toMain);
+    parentPort.postMessage(mask);
+  `;
+  const w = new Worker(code, { eval: true, workerData: { addonPath: ADDON_PATH, toWorker, toMain } });
+  const msgs: unknown[] = [];
+  const done = new Promise<void>((res, rej) => {
+    w.on('message', (m) => {
+      msgs.push(m);
+      if (m === 'ready') A.kick(toWorker);
+      else res();
+    });
+    w.on('error', rej);
+  });
+  await done;
+  t.deepEqual(msgs, ['ready', 1]);
+  t.is(A.waitCall([toMain], 5000), 1);
+  await w.terminate();
+});
+
+test('FdWatcher calls back on the JS thread and stops on close', async (t) => {
+  const fd = A.eventfd();
+  t.teardown(() => fs.closeSync(fd));
+  let calls = 0;
+  const w = new A.FdWatcher(fd, () => calls++);
+  A.kick(fd);
+  t.true(await waitFor(() => calls === 1));
+  A.kick(fd);
+  t.true(await waitFor(() => calls === 2));
+  w.close();
+  w.close();
+  A.kick(fd);
+  await new Promise((res) => setTimeout(res, 30));
+  t.is(calls, 2);
+});
+
+test('engine interrupts reach an FdWatcher', async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  let calls = 0;
+  const w = new A.FdWatcher(r.txCall, () => calls++);
+  t.teardown(() => w.close());
+  r.engine.start();
+  const a = r.mem.alloc(64);
+  r.tx.setChain(0, [[a, 64, false]]);
+  r.tx.post(0);
+  A.kick(r.txKick);
+  t.true(await waitFor(() => calls === 1));
+});
