@@ -29,7 +29,10 @@ export interface NativeQueueStats {
   drops: Record<string, number>;
   /** True when the queue stopped because the guest broke a rule. */
   broken: boolean;
-  /** Next avail index the device will read. */
+  /**
+   * Next avail index the device will read. RX chains the worker popped but has not
+   * filled yet (the mergeable stash) are not counted: they are handed back at stop().
+   */
   lastAvailIdx: number;
   /** used.idx the device last published. */
   usedIdx: number;
@@ -86,7 +89,8 @@ export interface NativeEngineOptions {
   tx: NativeQueueConfig;
   /**
    * Called on the JS thread (through a thread-safe function) when the guest broke a
-   * rule and the queue stopped: (queueIndex, rule, detail). Rules are kebab-case names:
+   * rule and the queue stopped: (queueIndex, rule, detail). Only that queue stops; the
+   * other direction of the pair keeps running. Rules are kebab-case names:
    * 'desc-out-of-bounds', 'desc-index-out-of-range', 'chain-too-long', 'nested-indirect',
    * 'indirect-with-next', 'indirect-bad-len', 'indirect-not-negotiated',
    * 'indirect-out-of-bounds', 'writable-on-tx', 'readable-on-rx',
@@ -98,7 +102,7 @@ export interface NativeEngineOptions {
 
 /** One worker thread serving one queue pair. */
 export interface NativeEngine {
-  /** Start the worker thread. Throws if already running. */
+  /** Start the worker thread (again after stop(), resuming). Throws code 'EVHOST_STATE' if already running. */
   start(): void;
   /** Stop and join the worker; afterwards stats().rx/tx.lastAvailIdx/usedIdx say where to resume. */
   stop(): void;

@@ -167,6 +167,10 @@ void Engine::Stop() {
   running_ = false;
 }
 
+// Only the offending queue stops: the backend resets the whole device anyway
+// (DEVICE_NEEDS_RESET), and until it does the healthy direction loses nothing
+// by running. A broken queue is never touched again, so nothing the guest
+// writes to it afterwards can reach the device.
 void Engine::Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v) {
   (&q == &rx_ ? rx_broken_ : tx_broken_) = true;
   st.broken = true;
