@@ -92,6 +92,8 @@ export function convert(what: string, e: unknown): Error {
       return new PermissionError(`${err.message} (${what} needs CAP_NET_ADMIN: run as root or grant the capability)`);
     case 'EVHOST_BADARG':
       return new InvalidArgumentError(`${what}: ${err.message}`);
+    case 'EVHOST_STATE':
+      return new DeviceStateError(`${what}: ${err.message}`);
     case 'ENOENT':
       if (err.syscall === 'open' && /netns|namespace/i.test(err.message)) return new NamespaceError(err.message);
       return new TapError(`${what}: ${err.message}`, err.code);
