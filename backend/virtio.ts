@@ -73,9 +73,13 @@ export function has(features: bigint, name: FeatureName): boolean {
 /** Names of the bits set in a mask, for messages and `capabilities()`. */
 export function featureNames(features: bigint): string[] {
   const out: string[] = [];
+  let named = 0n;
   for (const [name, b] of Object.entries(F)) {
+    named |= 1n << BigInt(b);
     if ((features >> BigInt(b)) & 1n) out.push(name);
   }
+  // Reserved bits have no name; still say which they are.
+  for (let b = 0n, rest = features & ~named; rest >> b; b++) if ((rest >> b) & 1n) out.push(`bit ${b}`);
   return out;
 }
 
