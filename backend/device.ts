@@ -412,6 +412,10 @@ export class VirtioNetDevice extends EventEmitter {
   private applyRxFilter(): void {
     const { flags, macs } = this.rxFilter.tapFilter();
     native(`TAP '${this.tapName}'`, () => addon().tapSetTxFilter(this.tapFds[0], flags, macs));
+    // The TAP's filter is coarse (exact for 8 addresses, hashed after; no VLANs):
+    // the engines apply the exact rules to what it lets through.
+    const snap = this.rxFilter.snapshot();
+    for (const e of this.engines) e?.setRxFilter(snap);
   }
 
   /** Starts engines for pairs [0, n), stops the rest; attaches/detaches TAP queues to match. */
@@ -422,6 +426,7 @@ export class VirtioNetDevice extends EventEmitter {
       if (p < n && !this.engines[p]) {
         this.attachQueue(p, true);
         this.engines[p] = this.makeEngine(p);
+        this.engines[p]!.setRxFilter(this.rxFilter.snapshot());
         this.engines[p]!.start();
       } else if (p >= n) {
         this.stopEngine(p);
@@ -560,6 +565,7 @@ export class VirtioNetDevice extends EventEmitter {
           if (cmd === CTRL.VLAN_ADD) this.rxFilter.setVlan(vid, true);
           else if (cmd === CTRL.VLAN_DEL) this.rxFilter.setVlan(vid, false);
           else return CTRL.ERR;
+          this.applyRxFilter();
           this.emit('rx-filter', this.rxFilter.describe());
           return CTRL.OK;
         }

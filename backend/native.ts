@@ -6,6 +6,8 @@
 
 import * as path from 'node:path';
 
+import type { RxFilterSnapshot } from './rxfilter';
+
 /** An Error as thrown by the addon. */
 export interface NativeError extends Error {
   code: string;
@@ -25,7 +27,12 @@ export interface NativeQueueStats {
   interrupts: number;
   /** Times the worker woke up because of this queue's kick eventfd. */
   kicks: number;
-  /** Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names. */
+  /**
+   * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
+   * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_filtered' (refused by setRxFilter's
+   * filter). TX: 'tap_write_einval', 'tap_write_eio', 'tap_write_efault', 'tap_write_error',
+   * 'tx_too_many_segments'.
+   */
   drops: Record<string, number>;
   /** True when the queue stopped because the guest broke a rule. */
   broken: boolean;
@@ -107,6 +114,18 @@ export interface NativeEngine {
   /** Stop and join the worker; afterwards stats().rx/tx.lastAvailIdx/usedIdx say where to resume. */
   stop(): void;
   stats(): NativeEngineStats;
+  /**
+   * The exact per-frame RX filter (RX modes, primary MAC + unicast table, multicast table,
+   * VLAN filter), with the semantics of RxFilter.accepts() in backend/rxfilter.ts; null (the
+   * initial state) accepts every frame. Applied after the read, on the Ethernet header in
+   * guest memory (802.1Q tag 0x8100 gives the VLAN id; untagged frames pass the VLAN filter;
+   * `vlans: null` turns VLAN filtering off). A refused frame is counted in rx.drops.rx_filtered
+   * and its buffers take the next frame. Callable from the JS thread at any time, running or
+   * not; the worker switches filters atomically at its next RX round and keeps the filter
+   * across stop()/start(). Throws 'EVHOST_BADARG' for a malformed snapshot (tables not whole
+   * 6-byte addresses, vlans not 512 bytes).
+   */
+  setRxFilter(snapshot: RxFilterSnapshot | null): void;
 }
 
 export interface NetdevInfo {

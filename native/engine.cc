@@ -59,6 +59,48 @@ void WriteIov(const iovec* iov, size_t cnt, size_t offset, const void* data, siz
   }
 }
 
+// Reads up to `len` bytes at `offset` of the buffers described by iov into
+// `out`; returns how many it could (fewer when the buffers end first). The
+// copy is what gets inspected, so a guest rewriting its buffer meanwhile
+// cannot make two checks see different bytes.
+size_t ReadIov(const iovec* iov, size_t cnt, size_t offset, void* out, size_t len) {
+  uint8_t* dst = static_cast<uint8_t*>(out);
+  size_t done = 0;
+  for (size_t i = 0; i < cnt && done < len; i++) {
+    if (offset >= iov[i].iov_len) {
+      offset -= iov[i].iov_len;
+      continue;
+    }
+    size_t n = std::min(len - done, iov[i].iov_len - offset);
+    memcpy(dst + done, static_cast<const uint8_t*>(iov[i].iov_base) + offset, n);
+    done += n;
+    offset = 0;
+  }
+  __atomic_signal_fence(__ATOMIC_SEQ_CST);
+  return done;
+}
+
+// Ethernet header fields the RX filter needs: destination MAC at 0, and an
+// 802.1Q tag (TPID 0x8100 at 12, TCI at 14) for the VLAN id.
+constexpr size_t kEthDstLen = 6;
+constexpr size_t kEthTpidOff = 12;
+constexpr size_t kEthVlanHdrLen = 16;  // dst, src, TPID, TCI
+constexpr uint16_t kEthP8021Q = 0x8100;
+
+// Whether the filter lets a frame of `frame_len` bytes (net header excluded),
+// whose Ethernet header starts at `offset` of the iovecs, through.
+bool FilterAccepts(const RxFilter& f, const iovec* iov, size_t cnt, size_t offset, uint64_t frame_len) {
+  uint8_t eth[kEthVlanHdrLen];
+  const size_t want = static_cast<size_t>(std::min<uint64_t>(frame_len, kEthVlanHdrLen));
+  const size_t got = ReadIov(iov, cnt, offset, eth, want);
+  // Too short to name a destination: no filter rule can ask for it.
+  if (got < kEthDstLen) return false;
+  int vid = -1;
+  if (got >= kEthVlanHdrLen && ((eth[kEthTpidOff] << 8) | eth[kEthTpidOff + 1]) == kEthP8021Q)
+    vid = ((eth[kEthTpidOff + 2] << 8) | eth[kEthTpidOff + 3]) & 0xfff;
+  return f.Accepts(eth, vid);
+}
+
 }  // namespace
 
 bool Engine::Validate(const EngineConfig& c, std::string* err) {
@@ -287,6 +329,9 @@ bool Engine::FillRxStash() {
 
 bool Engine::ProcessRx() {
   rx_.DisableNotify();
+  // One load per round, not per frame: a new filter applies from the next round.
+  const std::shared_ptr<const RxFilter> filter = std::atomic_load(&rx_filter_);
+  const RxFilter* check = filter && !filter->AcceptsAll() ? filter.get() : nullptr;
   uint32_t packets = 0;
   uint64_t bytes = 0;
   bool more = false;
@@ -340,6 +385,11 @@ bool Engine::ProcessRx() {
       // partial frame is worse than none: drop it, count it, and keep the
       // buffers (nothing was published) for the next frame.
       rx_stats.drops[kRxTruncated].fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    if (check && !FilterAccepts(*check, rx_stash_iov_.data(), niov, cfg_.hdr_len, got - cfg_.hdr_len)) {
+      // As a NIC's filter: the guest never sees it, the buffers take the next frame.
+      rx_stats.drops[kRxFiltered].fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     // Spread the frame over the first k chains, each filled before the next.

@@ -6,11 +6,13 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "guest_memory.h"
+#include "rx_filter.h"
 #include "virtqueue.h"
 
 namespace vt {
@@ -32,10 +34,11 @@ enum RxDrop : int {
   kRxTruncated,   // the frame was larger than the buffers offered; discarded, buffers reused
   kRxRunt,        // a read shorter than the net header (not a TAP frame)
   kTapReadError,  // readv failed with something other than EAGAIN
+  kRxFiltered,    // the guest's RX filter (modes, MAC tables, VLANs) refused it; buffers reused
   kRxDropCount
 };
 inline constexpr std::array<const char*, kRxDropCount> kRxDropNames = {"rx_truncated", "rx_runt",
-                                                                      "tap_read_error"};
+                                                                      "tap_read_error", "rx_filtered"};
 
 struct QueueStats {
   std::atomic<uint64_t> packets{0};
@@ -89,6 +92,11 @@ class Engine {
   void Stop();
   bool running() const { return running_.load(std::memory_order_relaxed); }
 
+  // Replaces the RX filter (nullptr: accept every frame). Any thread, at any
+  // time; the worker picks it up at its next RX round. The object is never
+  // modified after this call, so the worker reads it without a lock.
+  void SetRxFilter(std::shared_ptr<const RxFilter> f) { std::atomic_store(&rx_filter_, std::move(f)); }
+
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
 
@@ -114,6 +122,12 @@ class Engine {
   BrokenFn on_broken_;
   SplitQueue rx_, tx_;
   bool rx_broken_ = false, tx_broken_ = false;
+
+  // Swapped whole with std::atomic_store/atomic_load (C++17's atomic
+  // shared_ptr access): the worker loads it once per RX round, so a filter
+  // change costs it one reference count, never a lock held by the JS thread
+  // across a frame.
+  std::shared_ptr<const RxFilter> rx_filter_;
 
   std::thread thread_;
   std::atomic<bool> running_{false};

@@ -67,6 +67,45 @@ Napi::Object QueueStatsObject(Napi::Env env, const QueueStats& s, const char* co
   return o;
 }
 
+// A Uint8Array field of a snapshot: its bytes, or nullptr with *len = 0 when
+// `nullable` and the field is null.
+const uint8_t* BytesField(const Napi::Object& o, const char* name, bool nullable, size_t* len) {
+  Napi::Value v = o.Get(name);
+  *len = 0;
+  if (nullable && v.IsNull()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+    BadArg(o.Env(), std::string("rx filter '") + name + "' must be a Uint8Array" + (nullable ? " or null" : ""));
+  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
+  *len = a.ByteLength();
+  return a.Data();
+}
+
+// RxFilterSnapshot (backend/rxfilter.ts) -> an immutable RxFilter.
+std::shared_ptr<const RxFilter> ParseRxFilter(const Napi::Object& o) {
+  Napi::Env env = o.Env();
+  auto f = std::make_shared<RxFilter>();
+  f->promisc = GetBool(o, "promisc");
+  f->allmulti = GetBool(o, "allmulti");
+  f->alluni = GetBool(o, "alluni");
+  f->nomulti = GetBool(o, "nomulti");
+  f->nouni = GetBool(o, "nouni");
+  f->nobcast = GetBool(o, "nobcast");
+  size_t n;
+  const uint8_t* uni = BytesField(o, "unicast", false, &n);
+  if (n % 6) BadArg(env, "rx filter 'unicast' must hold whole 6-byte addresses");
+  f->SetUnicast(uni, n / 6);
+  const uint8_t* multi = BytesField(o, "multicast", false, &n);
+  if (n % 6) BadArg(env, "rx filter 'multicast' must hold whole 6-byte addresses");
+  f->SetMulticast(multi, n / 6);
+  const uint8_t* vlans = BytesField(o, "vlans", true, &n);
+  if (vlans) {
+    if (n != f->vlans.size()) BadArg(env, "rx filter 'vlans' must be 512 bytes (4096 bits) or null");
+    std::copy(vlans, vlans + n, f->vlans.begin());
+    f->vlan_enabled = true;
+  }
+  return f;
+}
+
 }  // namespace
 
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
@@ -74,7 +113,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Engine",
                        {InstanceMethod<&EngineWrap::Start>("start"), InstanceMethod<&EngineWrap::Stop>("stop"),
-                        InstanceMethod<&EngineWrap::Stats>("stats")});
+                        InstanceMethod<&EngineWrap::Stats>("stats"),
+                        InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter")});
   }
 
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info), env_(info.Env()) {
@@ -167,6 +207,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   void Stop(const Napi::CallbackInfo&) { engine_->Stop(); }
+
+  // setRxFilter(snapshot | null); null accepts every frame.
+  void SetRxFilter(const Napi::CallbackInfo& info) {
+    Napi::Value v = info[0];
+    if (v.IsNull() || v.IsUndefined()) {
+      engine_->SetRxFilter(nullptr);
+      return;
+    }
+    if (!v.IsObject()) BadArg(info.Env(), "setRxFilter takes an RxFilterSnapshot or null");
+    engine_->SetRxFilter(ParseRxFilter(v.As<Napi::Object>()));
+  }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();

@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { addon, NativeEngine, NativeEngineOptions } from '../backend/native';
+import { RxFilter, RxFilterSnapshot } from '../backend/rxfilter';
 import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem } from './helpers/rings';
 
 const A = addon();
@@ -707,4 +708,184 @@ test('engine interrupts reach an FdWatcher', async (t) => {
   r.tx.post(0);
   A.kick(r.txKick);
   t.true(await waitFor(() => calls === 1));
+});
+
+// ---- RX filter ------------------------------------------------------------------------------
+
+const PRIMARY = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const OTHER_UNI = [0x52, 0x54, 0x00, 0xaa, 0xbb, 0xcc];
+const TABLE_UNI = [0x02, 0x00, 0x00, 0x00, 0x00, 0x07];
+const BCAST = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+const MC_IN = [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01];
+const MC_OUT = [0x33, 0x33, 0x00, 0x00, 0x00, 0x02];
+
+interface TestFrame {
+  dst: number[];
+  vid?: number;
+}
+
+/** virtio_net_hdr (zero) + Ethernet (optionally 802.1Q-tagged) + a payload carrying `id`. */
+function ethFrame(hdrLen: number, f: TestFrame, id: number): Buffer {
+  const tag = f.vid === undefined ? [] : [0x81, 0x00, (f.vid >> 8) & 0x0f, f.vid & 0xff];
+  const b = Buffer.concat([Buffer.alloc(hdrLen), Buffer.from([...f.dst, 0x02, 0, 0, 0, 0, 0x09, ...tag, 0x08, 0x00]), Buffer.alloc(46)]);
+  b.writeUInt32LE(id, b.length - 46);
+  return b;
+}
+
+function snapshot(over: Partial<RxFilterSnapshot> = {}): RxFilterSnapshot {
+  return {
+    promisc: false, allmulti: false, alluni: false, nomulti: false, nouni: false, nobcast: false,
+    unicast: Uint8Array.from([...PRIMARY, ...TABLE_UNI]), multicast: Uint8Array.from(MC_IN), vlans: null,
+    ...over,
+  };
+}
+
+function vlanTable(...vids: number[]): Uint8Array {
+  const t = new Uint8Array(512);
+  for (const v of vids) t[v >> 3] |= 1 << (v & 7);
+  return t;
+}
+
+/**
+ * Posts 64 RX chains whose first descriptor ends 3 bytes into the destination MAC (so the
+ * filter must read across descriptors), sends `frames`, and returns the ids the guest got,
+ * in used-ring order, once every frame was either delivered or filtered.
+ */
+async function filterRun(t: { teardown(fn: () => void): void }, filter: RxFilterSnapshot | null, frames: TestFrame[],
+  opts: RigOptions = {}): Promise<{ got: number[]; filtered: number; r: Rig }> {
+  const r = rig({ qsize: 64, mergeable: true, rxFrameMax: 1526, memSize: 1 << 20, ...opts });
+  t.teardown(() => r.close());
+  const hdrLen = r.opts.hdrLen;
+  const heads = new Map<number, number>();
+  for (let i = 0; i < 32; i++) {
+    const a = r.mem.alloc(hdrLen + 3), b = r.mem.alloc(2048);
+    r.rx.setChain(2 * i, [[a, hdrLen + 3, true], [b, 2048, true]]);
+    heads.set(2 * i, b - (hdrLen + 3));
+    r.rx.place(2 * i);
+  }
+  r.rx.publish();
+  r.engine.setRxFilter(filter);
+  r.engine.start();
+  frames.forEach((f, i) => fs.writeSync(r.peer, ethFrame(hdrLen, f, i)));
+  const done = await waitFor(() => {
+    const s = r.engine.stats().rx;
+    return s.packets + s.drops.rx_filtered === frames.length;
+  });
+  if (!done) throw new Error(`not every frame was accounted for: ${JSON.stringify(r.engine.stats().rx)}`);
+  const got: number[] = [];
+  for (let i = 0; i < r.rx.usedIdx; i++) {
+    const base = heads.get(r.rx.usedElem(i).id)!;
+    // payload id sits at hdrLen + 14 (+4 with a tag) + ...: find it from the frame's length.
+    const len = r.rx.usedElem(i).len;
+    const second = base + hdrLen + 3;
+    got.push(r.mem.dv.getUint32(second + (len - (hdrLen + 3)) - 46, true));
+  }
+  return { got, filtered: r.engine.stats().rx.drops.rx_filtered, r };
+}
+
+const ALL: TestFrame[] = [
+  { dst: PRIMARY }, { dst: OTHER_UNI }, { dst: TABLE_UNI }, { dst: BCAST }, { dst: MC_IN }, { dst: MC_OUT },
+];
+
+const filterCases: Array<{ name: string; filter: RxFilterSnapshot | null; frames?: TestFrame[]; want: number[] }> = [
+  { name: 'null accepts everything', filter: null, want: [0, 1, 2, 3, 4, 5] },
+  { name: 'promisc accepts everything', filter: snapshot({ promisc: true }), want: [0, 1, 2, 3, 4, 5] },
+  { name: 'default: primary, unicast table, broadcast, multicast table', filter: snapshot(), want: [0, 2, 3, 4] },
+  { name: 'allmulti: every multicast', filter: snapshot({ allmulti: true }), want: [0, 2, 3, 4, 5] },
+  { name: 'alluni: every unicast', filter: snapshot({ alluni: true }), want: [0, 1, 2, 3, 4] },
+  { name: 'nomulti beats allmulti and the table', filter: snapshot({ nomulti: true, allmulti: true }), want: [0, 2, 3] },
+  { name: 'nouni beats alluni and the primary MAC', filter: snapshot({ nouni: true, alluni: true }), want: [3, 4] },
+  { name: 'nobcast', filter: snapshot({ nobcast: true }), want: [0, 2, 4] },
+  { name: 'empty tables: primary only (plus broadcast)', filter: snapshot({ unicast: Uint8Array.from(PRIMARY), multicast: new Uint8Array(0) }), want: [0, 3] },
+  {
+    name: 'VLAN filter: untagged always, tagged only for listed ids',
+    filter: snapshot({ vlans: vlanTable(5, 4095) }),
+    frames: [{ dst: PRIMARY }, { dst: PRIMARY, vid: 5 }, { dst: PRIMARY, vid: 6 }, { dst: PRIMARY, vid: 0 }, { dst: PRIMARY, vid: 4095 }, { dst: OTHER_UNI, vid: 5 }, { dst: BCAST, vid: 7 }],
+    want: [0, 1, 4],
+  },
+  {
+    name: 'VLAN filter applies in promiscuous mode too (as RxFilter.accepts)',
+    filter: snapshot({ promisc: true, vlans: vlanTable(5) }),
+    frames: [{ dst: OTHER_UNI }, { dst: OTHER_UNI, vid: 5 }, { dst: OTHER_UNI, vid: 6 }],
+    want: [0, 1],
+  },
+  {
+    name: 'VLAN filtering off (vlans null): every id passes',
+    filter: snapshot({ vlans: null }),
+    frames: [{ dst: PRIMARY, vid: 1 }, { dst: PRIMARY, vid: 4000 }, { dst: OTHER_UNI, vid: 1 }],
+    want: [0, 1],
+  },
+];
+
+for (const c of filterCases) {
+  test(`RX filter: ${c.name}`, async (t) => {
+    const frames = c.frames ?? ALL;
+    const { got, filtered, r } = await filterRun(t, c.filter, frames);
+    t.deepEqual(got, c.want);
+    t.is(filtered, frames.length - c.want.length);
+    const s = r.engine.stats().rx;
+    t.is(s.packets, c.want.length);
+    t.is(s.usedChains, c.want.length, 'a filtered frame uses no chain');
+    t.is(s.drops.rx_truncated + s.drops.rx_runt + s.drops.tap_read_error, 0);
+  });
+}
+
+test('RX filter: agrees with RxFilter.accepts on random filters and frames (10-byte header too)', async (t) => {
+  const rand = rng(0xf11);
+  const int = (n: number) => Math.floor(rand() * n);
+  const macs = [PRIMARY, OTHER_UNI, TABLE_UNI, BCAST, MC_IN, MC_OUT, [0x01, 0x80, 0xc2, 0, 0, 0x0e]];
+  for (let round = 0; round < 24; round++) {
+    const f = new RxFilter();
+    f.reset(Uint8Array.from(PRIMARY), rand() < 0.5);
+    for (let cmd = 0; cmd <= 5; cmd++) f.setMode(cmd, rand() < 0.3);
+    const uni = macs.filter((m) => !(m[0] & 1) && rand() < 0.5);
+    const multi = macs.filter((m) => m[0] & 1 && rand() < 0.5);
+    const tbl = Buffer.alloc(8 + 6 * (uni.length + multi.length));
+    tbl.writeUInt32LE(uni.length, 0);
+    uni.forEach((m, i) => tbl.set(m, 4 + 6 * i));
+    tbl.writeUInt32LE(multi.length, 4 + 6 * uni.length);
+    multi.forEach((m, i) => tbl.set(m, 8 + 6 * (uni.length + i)));
+    t.true(f.setTables(tbl));
+    for (let i = 0; i < 4; i++) if (rand() < 0.5) f.setVlan([0, 1, 5, 100, 4095][int(5)], true);
+    const frames: TestFrame[] = [];
+    for (let i = 0; i < 30; i++) frames.push({ dst: macs[int(macs.length)], vid: rand() < 0.4 ? [0, 1, 5, 100, 4095, 7][int(6)] : undefined });
+    const want = frames.flatMap((fr, i) => (f.accepts(Uint8Array.from(fr.dst), fr.vid ?? -1) ? [i] : []));
+    const hdrLen = round % 3 === 0 ? 10 : 12;
+    const { got } = await filterRun(t, f.snapshot(), frames, { hdrLen, mergeable: hdrLen === 12, rxFrameMax: 1514 + hdrLen });
+    t.deepEqual(got, want, `round ${round}: ${JSON.stringify(f.describe())}`);
+  }
+});
+
+test('RX filter: a new filter applies to frames after it; null lifts it; it survives stop/start', async (t) => {
+  const { r } = await filterRun(t, snapshot(), [{ dst: OTHER_UNI }]);
+  t.is(r.rx.usedIdx, 0);
+  r.engine.setRxFilter(snapshot({ alluni: true }));
+  fs.writeSync(r.peer, ethFrame(12, { dst: OTHER_UNI }, 1));
+  t.true(await waitFor(() => r.rx.usedIdx === 1));
+  r.engine.stop();
+  r.engine.setRxFilter(snapshot({ nouni: true }));
+  r.engine.start();
+  fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, 2));
+  t.true(await waitFor(() => r.engine.stats().rx.drops.rx_filtered === 2));
+  r.engine.setRxFilter(null);
+  fs.writeSync(r.peer, ethFrame(12, { dst: OTHER_UNI, vid: 9 }, 3));
+  t.true(await waitFor(() => r.rx.usedIdx === 2));
+  // A frame too short to carry a destination MAC cannot match a filter.
+  r.engine.setRxFilter(snapshot({ alluni: true, allmulti: true }));
+  fs.writeSync(r.peer, Buffer.alloc(12 + 4, 0));
+  t.true(await waitFor(() => r.engine.stats().rx.drops.rx_filtered === 3));
+});
+
+test('RX filter: malformed snapshots are refused with EVHOST_BADARG', (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  const bad = (s: unknown) => t.throws(() => r.engine.setRxFilter(s as RxFilterSnapshot), { code: 'EVHOST_BADARG' } as never);
+  bad(snapshot({ unicast: new Uint8Array(7) }));
+  bad(snapshot({ multicast: new Uint8Array(5) }));
+  bad(snapshot({ vlans: new Uint8Array(511) }));
+  bad({ ...snapshot(), promisc: 1 });
+  bad({ ...snapshot(), unicast: [1, 2, 3, 4, 5, 6] });
+  bad(42);
+  t.notThrows(() => r.engine.setRxFilter(snapshot()));
+  t.notThrows(() => r.engine.setRxFilter(null));
 });
