@@ -135,10 +135,13 @@ export class RxFilter {
     return { flags: this.allmulti && !this.nomulti ? TUN_FLT_ALLMULTI : 0, macs };
   }
 
-  /** Whether the guest asked for a frame with this destination MAC and VLAN id (-1: untagged). */
+  /**
+   * Whether the guest asked for a frame with this destination MAC and VLAN id (-1: untagged).
+   * Promiscuous mode takes everything, whatever the VLAN filter says, as QEMU's device does.
+   */
   accepts(dst: Uint8Array, vid: number): boolean {
-    if (vid >= 0 && this.vlans && !(this.vlans[vid >> 3] & (1 << (vid & 7)))) return false;
     if (this.promisc) return true;
+    if (vid >= 0 && this.vlans && !(this.vlans[vid >> 3] & (1 << (vid & 7)))) return false;
     const isBroadcast = dst.every((b) => b === 0xff);
     if (isBroadcast) return !this.nobcast;
     if (dst[0] & 1) {

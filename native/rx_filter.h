@@ -26,13 +26,14 @@ class RxFilter {
   void SetMulticast(const uint8_t* macs, size_t count) { Fill(&multicast_, macs, count); }
 
   // Nothing is ever refused: the worker may skip reading the Ethernet header.
-  bool AcceptsAll() const { return promisc && !vlan_enabled; }
+  // Promiscuous means every frame, VLAN filter included, as QEMU's device does.
+  bool AcceptsAll() const { return promisc; }
 
   // `vid` is the 802.1Q VLAN id, or -1 for an untagged frame (which the VLAN
   // filter always lets through).
   bool Accepts(const uint8_t dst[6], int vid) const {
-    if (vid >= 0 && vlan_enabled && !(vlans[vid >> 3] & (1u << (vid & 7)))) return false;
     if (promisc) return true;
+    if (vid >= 0 && vlan_enabled && !(vlans[vid >> 3] & (1u << (vid & 7)))) return false;
     const uint64_t key = Key(dst);
     if (key == 0xffffffffffffull) return !nobcast;
     if (dst[0] & 1) return !nomulti && (allmulti || std::binary_search(multicast_.begin(), multicast_.end(), key));

@@ -804,8 +804,14 @@ const filterCases: Array<{ name: string; filter: RxFilterSnapshot | null; frames
     want: [0, 1, 4],
   },
   {
-    name: 'VLAN filter applies in promiscuous mode too (as RxFilter.accepts)',
+    name: 'promiscuous takes every VLAN, as QEMU (and RxFilter.accepts) do',
     filter: snapshot({ promisc: true, vlans: vlanTable(5) }),
+    frames: [{ dst: OTHER_UNI }, { dst: OTHER_UNI, vid: 5 }, { dst: OTHER_UNI, vid: 6 }],
+    want: [0, 1, 2],
+  },
+  {
+    name: 'VLAN filter applies outside promiscuous mode',
+    filter: snapshot({ promisc: false, alluni: true, vlans: vlanTable(5) }),
     frames: [{ dst: OTHER_UNI }, { dst: OTHER_UNI, vid: 5 }, { dst: OTHER_UNI, vid: 6 }],
     want: [0, 1],
   },
@@ -888,4 +894,22 @@ test('RX filter: malformed snapshots are refused with EVHOST_BADARG', (t) => {
   bad(42);
   t.notThrows(() => r.engine.setRxFilter(snapshot()));
   t.notThrows(() => r.engine.setRxFilter(null));
+});
+
+test('the worker thread is named vt-pair<p> after its RX queue while it runs', async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  const names = () => fs.readdirSync('/proc/self/task').map((id) => {
+    try {
+      return fs.readFileSync(`/proc/self/task/${id}/comm`, 'utf8').trim();
+    } catch {
+      return '';
+    }
+  });
+  const e = new A.Engine({ ...r.opts, rx: { ...r.opts.rx, index: 6 }, tx: { ...r.opts.tx, index: 7 } });
+  t.teardown(() => e.stop());
+  e.start();
+  t.true(await waitFor(() => names().includes('vt-pair3')), names().join(','));
+  e.stop();
+  t.true(await waitFor(() => !names().includes('vt-pair3')));
 });

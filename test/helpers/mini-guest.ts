@@ -1,0 +1,179 @@
+// A bare driver on the test's main thread, for tests that need to see
+// exactly which frames reach the guest (filters, resets): brings the device
+// up with chosen features, keeps RX buffers posted on every pair, collects
+// received frames with their virtio_net_hdr, and speaks the control queue.
+
+import { bits, ctrlq, has, netHdrSize, rxq, STATUS, txq, VirtioNetDevice } from '../../backend';
+import { CTRL_BUF_BYTES, ControlDriver } from '../../guest-sim/control';
+import { DriverQueue } from '../../guest-sim/virtqueue';
+
+const QSIZE = 64;
+const RX_BUF = 2048;
+
+export interface RxFrame {
+  pair: number;
+  hdr: Uint8Array;
+  frame: Uint8Array;
+}
+
+export class MiniGuest {
+  readonly mem: SharedArrayBuffer;
+  readonly u8: Uint8Array;
+  ctrl: ControlDriver | undefined;
+  private rx: { q: DriverQueue; bufOf: Int32Array; base: number }[] = [];
+  private tx: { q: DriverQueue; base: number; next: number }[] = [];
+  features = 0n;
+  hdrLen = 12;
+
+  constructor(
+    readonly device: VirtioNetDevice,
+    mem: SharedArrayBuffer,
+  ) {
+    this.mem = mem;
+    this.u8 = new Uint8Array(mem);
+  }
+
+  /** Guest memory enough for `pairs` pairs of 64-entry rings with 2 KiB buffers, plus the control queue. */
+  static memoryBytes(pairs: number): number {
+    return (1 << 20) + pairs * (2 * QSIZE * RX_BUF + 8192);
+  }
+
+  /** Handshake, rings, DRIVER_OK, RX buffers posted; `want` masks the offered features. */
+  async init(want: bigint, pairs = this.device.queuePairs): Promise<void> {
+    const d = this.device;
+    d.status = STATUS.ACKNOWLEDGE;
+    d.status |= STATUS.DRIVER;
+    this.features = d.deviceFeatures & want;
+    d.driverFeatures = this.features;
+    d.status |= STATUS.FEATURES_OK;
+    if (!(d.status & STATUS.FEATURES_OK)) throw new Error(`FEATURES_OK refused: ${d.featuresRefusal}`);
+    this.hdrLen = netHdrSize(this.features);
+    const eventIdx = has(this.features, 'RING_EVENT_IDX');
+    let next = 0;
+    const ring = (): { size: number; desc: number; avail: number; used: number } => {
+      const l = DriverQueue.layout(next, QSIZE);
+      next = l.end;
+      return { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used };
+    };
+    const usePairs = has(this.features, 'MQ') ? pairs : 1;
+    const layouts: { r: ReturnType<typeof ring>; t: ReturnType<typeof ring>; rb: number; tb: number }[] = [];
+    for (let p = 0; p < usePairs; p++) {
+      const r = ring();
+      const t = ring();
+      const rb = Math.ceil(next / 64) * 64;
+      next = rb + QSIZE * RX_BUF;
+      const tb = next;
+      next = tb + QSIZE * RX_BUF;
+      d.setQueue(rxq(p), r);
+      d.setQueue(txq(p), t);
+      layouts.push({ r, t, rb, tb });
+    }
+    let ctrlAddrs;
+    if (has(this.features, 'CTRL_VQ')) {
+      const l = DriverQueue.layout(next, 16);
+      const buf = Math.ceil(l.end / 64) * 64;
+      next = buf + CTRL_BUF_BYTES + 64;
+      ctrlAddrs = { size: 16, desc: l.desc, avail: l.avail, used: l.used, buf };
+      d.setQueue(ctrlq(d.queuePairs), { size: 16, desc: l.desc, avail: l.avail, used: l.used });
+    }
+    if (next > this.mem.byteLength) throw new Error('MiniGuest: guest memory too small');
+    this.rx = layouts.map(({ r, rb }) => ({ q: new DriverQueue(this.mem, r, { eventIdx }), bufOf: new Int32Array(QSIZE), base: rb }));
+    this.tx = layouts.map(({ t, tb }) => ({ q: new DriverQueue(this.mem, t, { eventIdx }), base: tb, next: 0 }));
+    this.ctrl = ctrlAddrs
+      ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), { size: 16, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used }, eventIdx, ctrlAddrs.buf)
+      : undefined;
+    d.status |= STATUS.DRIVER_OK;
+    this.rx.forEach((r, p) => {
+      for (let i = 0; i < QSIZE; i++) r.bufOf[r.q.addBuf(r.base + i * RX_BUF, RX_BUF, true)] = i;
+      r.q.publish();
+      d.kick(rxq(p));
+    });
+  }
+
+  /** Frames received since the last call (copies), with buffers re-posted. */
+  drain(): RxFrame[] {
+    const out: RxFrame[] = [];
+    this.rx.forEach((r, p) => {
+      let any = false;
+      for (let u = r.q.popUsed(); u; u = r.q.popUsed()) {
+        any = true;
+        const i = r.bufOf[u.id];
+        const a = r.base + i * RX_BUF;
+        out.push({ pair: p, hdr: this.u8.slice(a, a + this.hdrLen), frame: this.u8.slice(a + this.hdrLen, a + u.len) });
+        r.bufOf[r.q.addBuf(a, RX_BUF, true)] = i;
+      }
+      if (any && r.q.publish()) this.device.kick(rxq(p));
+    });
+    return out;
+  }
+
+  /** Collects frames until `until(frames)` holds or `ms` passes (a bound on waiting, not an assertion). */
+  async collect(ms: number, until: (f: RxFrame[]) => boolean = () => false): Promise<RxFrame[]> {
+    const all: RxFrame[] = [];
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      all.push(...this.drain());
+      if (until(all)) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    return all;
+  }
+
+  /** Sends one frame (no offloads) on pair p. */
+  send(p: number, frame: Uint8Array): void {
+    const t = this.tx[p];
+    for (let u = t.q.popUsed(); u; u = t.q.popUsed());
+    const a = t.base + (t.next++ % QSIZE) * RX_BUF;
+    this.u8.fill(0, a, a + this.hdrLen);
+    this.u8.set(frame, a + this.hdrLen);
+    t.q.addBuf(a, this.hdrLen + frame.length, false);
+    if (t.q.publish()) this.device.kick(txq(p));
+  }
+}
+
+export const MINI_FEATURES = bits(
+  'VERSION_1',
+  'MAC',
+  'MTU',
+  'STATUS',
+  'RING_EVENT_IDX',
+  'CTRL_VQ',
+  'CTRL_RX',
+  'CTRL_RX_EXTRA',
+  'CTRL_VLAN',
+  'CTRL_MAC_ADDR',
+  'CTRL_GUEST_OFFLOADS',
+  'GUEST_ANNOUNCE',
+  'GUEST_CSUM',
+  'MQ',
+);
+
+/**
+ * A python3 one-shot that sends raw Ethernet frames out of `ifname` through an
+ * AF_PACKET socket (so the kernel transmits them into the TAP, towards the guest).
+ * Each frame is hex.
+ */
+export function rawSendScript(ifname: string, framesHex: string[]): string[] {
+  const py = `import socket,sys
+s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)
+s.bind((${JSON.stringify(ifname)},0))
+for h in sys.argv[1:]:
+    s.send(bytes.fromhex(h))`;
+  return ['-c', py, ...framesHex];
+}
+
+/** An Ethernet frame: dst, src, optional 802.1Q tag, EtherType 0x88b5 (local experimental), a marker payload. */
+export function testFrame(dst: string, marker: number, vid = -1, src = '02:00:00:00:00:01'): string {
+  const mac = (s: string): string => s.split(':').join('');
+  const tag = vid >= 0 ? `8100${vid.toString(16).padStart(4, '0')}` : '';
+  const payload = marker.toString(16).padStart(8, '0') + '00'.repeat(42);
+  return mac(dst) + mac(src) + tag + '88b5' + payload;
+}
+
+/** The marker of a frame built by testFrame, or -1. */
+export function markerOf(f: Uint8Array): number {
+  let off = 12;
+  if (f[off] === 0x81 && f[off + 1] === 0x00) off += 4;
+  if (f[off] !== 0x88 || f[off + 1] !== 0xb5) return -1;
+  return new DataView(f.buffer, f.byteOffset).getUint32(off + 2);
+}

@@ -1,0 +1,273 @@
+// Integration for multiqueue and the control queue on a real TAP in a
+// namespace the test creates: every pair carries traffic, VQ_PAIRS_SET under
+// traffic, RX modes / MAC tables / VLAN filter deliver exactly what they
+// should, GUEST_OFFLOADS changes what the kernel hands the guest, link state
+// reaches the kernel, and reset x100 under traffic leaks nothing.
+
+import * as fs from 'node:fs';
+
+import test from 'ava';
+
+import { CTRL, STATUS, VirtioNetDevice } from '../backend';
+import { GuestSim } from '../guest-sim/guest';
+import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, RxFrame, testFrame } from './helpers/mini-guest';
+import { Netns, withNetns } from './helpers/netns';
+import { udpEcho } from './helpers/udp';
+
+const HOST4 = '10.203.2.1';
+const GUEST4 = '10.203.2.2';
+const GUEST_MAC = '52:54:00:12:34:56';
+const OTHER_MAC = '52:54:00:aa:bb:cc';
+
+function range(from: number, to: number): number[] {
+  return Array.from({ length: to - from + 1 }, (_, i) => from + i);
+}
+
+async function miniGuest(ns: Netns, pairs = 1, want = MINI_FEATURES): Promise<{ g: MiniGuest; tap: string }> {
+  const tap = ns.ifname();
+  const mem = new SharedArrayBuffer(MiniGuest.memoryBytes(pairs));
+  const device = new VirtioNetDevice({ memory: mem, tap, netns: ns.name, queuePairs: pairs, mac: GUEST_MAC });
+  ns.defer(() => void device.close());
+  const g = new MiniGuest(device, mem);
+  await g.init(want);
+  return { g, tap };
+}
+
+/** Sends raw frames out of `tap` in the namespace (towards the guest), then returns the markers that arrived. */
+async function deliver(ns: Netns, g: MiniGuest, tap: string, frames: string[]): Promise<number[]> {
+  g.drain();
+  ns.exec('python3', rawSendScript(tap, frames));
+  // Frames are sent before the call returns; a short settle collects them all.
+  const got = await g.collect(300);
+  return got.map((f) => markerOf(f.frame)).filter((m) => m >= 0).sort((a, b) => a - b);
+}
+
+async function ctrl(g: MiniGuest, cls: number, cmd: number, data: number[] | Uint8Array): Promise<number> {
+  return g.ctrl!.command(cls, cmd, Uint8Array.from(data));
+}
+
+function macTable(uni: string[], multi: string[]): Uint8Array {
+  const out: number[] = [];
+  for (const t of [uni, multi]) {
+    out.push(t.length & 0xff, (t.length >> 8) & 0xff, 0, 0);
+    for (const m of t) out.push(...m.split(':').map((x) => parseInt(x, 16)));
+  }
+  return Uint8Array.from(out);
+}
+
+test.serial('4 queue pairs: traffic from many host flows reaches every pair', async (t) => {
+  await withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: 4, ip4: `${GUEST4}/24` });
+    ns.defer(() => void guest.stop());
+    t.is(guest.device.activeQueuePairs, 4);
+    ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
+    const u = udpEcho(ns, GUEST4, range(64, 71), 64);
+    t.deepEqual([u.echoed, u.corrupt], [u.sent, 0]);
+    const s = guest.stats();
+    const perPair = [0, 2, 4, 6].map((i) => s.device.queues[i].packets);
+    t.true(perPair.every((n) => n > 0), `every RX queue carried frames: ${perPair.join(', ')}`);
+  });
+});
+
+test.serial('VQ_PAIRS_SET 4 -> 1 -> 4 under traffic: the guest keeps answering, losses are accounted for', async (t) => {
+  await withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: 4, ip4: `${GUEST4}/24`, mac: GUEST_MAC });
+    ns.defer(() => void guest.stop());
+    ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
+    ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
+    // A paced sender with unique ids on 32 source ports; replies are matched by id, late ones count.
+    const script = `
+const dgram = require('node:dgram');
+const socks = [], seen = new Set(); let sent = 0;
+for (let i = 0; i < 32; i++) { const s = dgram.createSocket('udp4'); s.on('message', (m) => seen.add(m.readUInt32BE(0))); socks.push(s); }
+const timer = setInterval(() => { for (let k = 0; k < 8; k++) { const b = Buffer.alloc(64); b.writeUInt32BE(sent, 0); socks[sent % 32].send(b, 7, '${GUEST4}'); sent++; } }, 2);
+setTimeout(() => { clearInterval(timer); setTimeout(() => { console.log(JSON.stringify({ sent, echoed: seen.size })); socks.forEach((s) => s.close()); }, 1500); }, 4000);`;
+    const child = require('node:child_process').spawn('ip', ['netns', 'exec', ns.name, process.execPath, '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    ns.defer(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d));
+    const done = new Promise((r) => child.once('exit', r));
+    const tapDropsBefore = tapTxDropped(ns, tap);
+    for (const n of [1, 4, 1, 4]) {
+      await new Promise((r) => setTimeout(r, 700));
+      await guest.setQueuePairs(n);
+      t.is(guest.device.activeQueuePairs, n);
+    }
+    await done;
+    const r = JSON.parse(out.trim()) as { sent: number; echoed: number };
+    const s = guest.stats();
+    const accounted = s.device.totals.drops + (tapTxDropped(ns, tap) - tapDropsBefore);
+    t.true(r.sent > 1000, `traffic ran: ${out}`);
+    t.true(r.sent - r.echoed <= accounted, `lost ${r.sent - r.echoed} of ${r.sent}; accounted for by statistics: ${accounted} ${JSON.stringify(s.device.queues.map((q) => q.drops))}`);
+    const after = udpEcho(ns, GUEST4, [100, 200], 16);
+    t.is(after.echoed, after.sent, 'the guest answers on all pairs after the changes');
+  });
+});
+
+function tapTxDropped(ns: Netns, tap: string): number {
+  const [l] = ns.ipJson<{ stats64: { tx: { dropped: number } } }[]>('-s', 'link', 'show', tap);
+  return l.stats64.tx.dropped;
+}
+
+test.serial('RX modes: promiscuous off drops frames for other MACs, on delivers them; NOBCAST, ALLMULTI, NOMULTI', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns);
+    const mine = testFrame(GUEST_MAC, 1);
+    const other = testFrame(OTHER_MAC, 2);
+    const bcast = testFrame('ff:ff:ff:ff:ff:ff', 3);
+    const mcast = testFrame('01:00:5e:01:02:03', 4);
+    const all = [mine, other, bcast, mcast];
+    t.deepEqual(await deliver(ns, g, tap, all), [1, 2, 3, 4], 'promiscuous after reset: everything');
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
+    const before = g.device.stats().filtered;
+    t.deepEqual(await deliver(ns, g, tap, all), [1, 3], 'promiscuous off: own MAC and broadcast only');
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_NOBCAST, [1]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, all), [1]);
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_ALLMULTI, [1]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, all), [1, 4]);
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_NOMULTI, [1]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, all), [1]);
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_NOUNI, [1]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, all), []);
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [1]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, all), [1, 2, 3, 4], 'promiscuous on again: everything');
+    // Frames the kernel's own TAP filter drops never reach the engine; the rest are counted as filtered.
+    const kernelDrops = tapTxDropped(ns, tap);
+    t.true(g.device.stats().filtered - before + kernelDrops > 0, 'filtered frames are counted');
+    t.is(await ctrl(g, CTRL.CLASS_RX, 9, [1]), CTRL.ERR, 'unknown RX command: ERR');
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [1, 2]), CTRL.ERR, 'bad length: ERR');
+  });
+});
+
+test.serial('MAC table and ADDR_SET deliver exactly the listed addresses', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns);
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
+    const uni = ['52:54:00:00:00:0a', '52:54:00:00:00:0b'];
+    const multi = ['33:33:00:00:00:01', '01:00:5e:00:00:fb'];
+    t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_TABLE_SET, macTable(uni, multi)), CTRL.OK);
+    const frames = [
+      testFrame(GUEST_MAC, 1),
+      testFrame(uni[0], 2),
+      testFrame(uni[1], 3),
+      testFrame('52:54:00:00:00:0c', 4),
+      testFrame(multi[0], 5),
+      testFrame(multi[1], 6),
+      testFrame('33:33:00:00:00:02', 7),
+      testFrame('01:00:5e:00:00:fc', 8),
+    ];
+    t.deepEqual(await deliver(ns, g, tap, frames), [1, 2, 3, 5, 6]);
+    // More than the tun filter's 8 exact slots: the native check must still be exact.
+    const many = range(1, 12).map((i) => `52:54:00:00:01:${i.toString(16).padStart(2, '0')}`);
+    t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_TABLE_SET, macTable(many, [])), CTRL.OK);
+    const got = await deliver(ns, g, tap, [...many.map((m, i) => testFrame(m, 10 + i)), testFrame('52:54:00:00:01:ff', 99), testFrame(multi[0], 98)]);
+    t.deepEqual(got, range(10, 21));
+    t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_ADDR_SET, [0x52, 0x54, 0, 0, 0x77, 0x77]), CTRL.OK);
+    t.deepEqual(Array.from(new Uint8Array(g.device.config.buffer, 0, 6)), [0x52, 0x54, 0, 0, 0x77, 0x77], 'config space follows ADDR_SET');
+    t.deepEqual(await deliver(ns, g, tap, [testFrame('52:54:00:00:77:77', 1), testFrame(GUEST_MAC, 2)]), [1]);
+    t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_TABLE_SET, [1, 0, 0, 0, 1, 2]), CTRL.ERR, 'truncated table: ERR');
+  });
+});
+
+test.serial('VLAN filter: tagged frames only for added VLAN ids, untagged always', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns);
+    const frames = [testFrame(GUEST_MAC, 1), testFrame(GUEST_MAC, 2, 10), testFrame(GUEST_MAC, 3, 20), testFrame(GUEST_MAC, 4, 4095)];
+    t.deepEqual(await deliver(ns, g, tap, frames), [1, 2, 3, 4], 'promiscuous (after reset) takes every VLAN');
+    t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, frames), [1], 'VLAN filtering on with CTRL_VLAN, no ids added');
+    t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_ADD, [10, 0]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, frames), [1, 2]);
+    t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_ADD, [20, 0]), CTRL.OK);
+    t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_DEL, [10, 0]), CTRL.OK);
+    t.deepEqual(await deliver(ns, g, tap, frames), [1, 3]);
+    t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_ADD, [0, 0x10]), CTRL.ERR, 'vid 4096: ERR');
+  });
+});
+
+test.serial('GUEST_OFFLOADS SET changes what the kernel hands the guest', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns);
+    ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
+    ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
+    const sendUdp = (): Promise<RxFrame[]> => {
+      g.drain();
+      ns.exec(process.execPath, ['-e', `const s=require('node:dgram').createSocket('udp4');s.send(Buffer.alloc(200,1),9999,'${GUEST4}',()=>s.close())`]);
+      return g.collect(2000, (f) => f.some((x) => x.frame[23] === 17));
+    };
+    const flagsOf = (f: RxFrame[]): number => f.find((x) => x.frame[23] === 17)!.hdr[0];
+    t.is(flagsOf(await sendUdp()) & 1, 1, 'GUEST_CSUM on: the kernel leaves the checksum to the guest (NEEDS_CSUM)');
+    t.is(await ctrl(g, CTRL.CLASS_GUEST_OFFLOADS, CTRL.GUEST_OFFLOADS_SET, [0, 0, 0, 0, 0, 0, 0, 0]), CTRL.OK);
+    t.is(flagsOf(await sendUdp()) & 1, 0, 'all guest offloads off: the kernel completes the checksum');
+    t.is(await ctrl(g, CTRL.CLASS_GUEST_OFFLOADS, CTRL.GUEST_OFFLOADS_SET, [2, 0, 0, 0, 0, 0, 0, 0]), CTRL.OK);
+    t.is(flagsOf(await sendUdp()) & 1, 1, 'back on');
+    t.is(await ctrl(g, CTRL.CLASS_GUEST_OFFLOADS, CTRL.GUEST_OFFLOADS_SET, [0x80, 0, 0, 0, 0, 0, 0, 0]), CTRL.ERR, 'a bit not negotiated: ERR');
+  });
+});
+
+test.serial('setLink(false) makes the kernel see no carrier; the guest sees LINK_UP cleared and a config event', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns);
+    const link = (): string => ns.ip('link', 'show', tap);
+    t.notRegex(link(), /NO-CARRIER/);
+    let configEvents = 0;
+    g.device.on('config', () => configEvents++);
+    g.device.setLink(false);
+    t.regex(link(), /NO-CARRIER/);
+    t.is(g.device.config.getUint16(6, true) & 1, 0);
+    g.device.setLink(true);
+    t.notRegex(link(), /NO-CARRIER/);
+    t.is(g.device.config.getUint16(6, true) & 1, 1);
+    t.is(configEvents, 2);
+    g.device.announce();
+    t.is(g.device.config.getUint16(6, true) & 2, 2, 'ANNOUNCE set');
+    t.is(await ctrl(g, 3, 0, []), CTRL.OK, 'ANNOUNCE_ACK');
+    t.is(g.device.config.getUint16(6, true) & 2, 0, 'ANNOUNCE cleared by the ack');
+  });
+});
+
+function countFds(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+function countThreads(): number {
+  return fs.readdirSync('/proc/self/task').length;
+}
+function rssBytes(): number {
+  return Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
+}
+
+test.serial('reset x100 under traffic: fds, threads and RSS stay flat; each re-initialisation works', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns, 2);
+    ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
+    ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
+    const flood = require('node:child_process').spawn('ip', ['netns', 'exec', ns.name, process.execPath, '-e',
+      `const s=require('node:dgram').createSocket('udp4');const b=Buffer.alloc(100);let p=0;setInterval(()=>{for(let i=0;i<20;i++)s.send(b,1000+(p++%50),'${GUEST4}')},1)`], { stdio: 'ignore' });
+    ns.defer(() => {
+      if (flood.exitCode === null) flood.kill('SIGKILL');
+    });
+    let base: { fds: number; threads: number; rss: number } | undefined;
+    let received = 0;
+    for (let i = 0; i < 100; i++) {
+      const got = await g.collect(1000, (f) => f.length >= 3);
+      t.true(got.length > 0, `iteration ${i}: frames arrived after initialisation`);
+      received += got.length;
+      g.send(0, Uint8Array.from(Buffer.from(testFrame('02:00:00:00:00:99', i), 'hex')));
+      g.device.status = 0;
+      t.is(g.device.status, 0);
+      t.is(g.device.driverFeatures, 0n);
+      await g.init(MINI_FEATURES);
+      t.truthy(g.device.status & STATUS.DRIVER_OK);
+      if (i === 9) base = { fds: countFds(), threads: countThreads(), rss: rssBytes() };
+    }
+    const end = { fds: countFds(), threads: countThreads(), rss: rssBytes() };
+    t.is(end.fds, base!.fds, 'fd count flat');
+    t.is(end.threads, base!.threads, 'thread count flat');
+    t.true(end.rss - base!.rss < 32 << 20, `RSS growth ${(end.rss - base!.rss) >> 10} KiB over 90 resets`);
+    t.true(received >= 100);
+  });
+});
