@@ -56,7 +56,10 @@ export interface NativeEngineStats {
 }
 
 export interface NativeQueueConfig {
-  /** Virtqueue index in the device (2p for RX, 2p+1 for TX): used in error reports only. */
+  /**
+   * Virtqueue index in the device (2p for RX, 2p+1 for TX): used in error reports, and the
+   * worker thread is named 'vt-pair<p>' after the RX queue's (see /proc/self/task/N/comm).
+   */
   index: number;
   /** Queue size, a power of two, 1..32768. */
   size: number;
