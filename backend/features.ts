@@ -43,8 +43,9 @@ export const OFFLOADS: ReadonlyArray<{ feature: FeatureName; tun: number }> = [
   { feature: 'GUEST_TSO6', tun: TUN.F_CSUM | TUN.F_TSO6 },
   { feature: 'GUEST_ECN', tun: TUN.F_CSUM | TUN.F_TSO4 | TUN.F_TSO_ECN },
   { feature: 'GUEST_UFO', tun: TUN.F_CSUM | TUN.F_UFO },
-  { feature: 'GUEST_USO4', tun: TUN.F_CSUM | TUN.F_USO4 },
-  { feature: 'GUEST_USO6', tun: TUN.F_CSUM | TUN.F_USO6 },
+  // tun takes TUN_F_USO4 and TUN_F_USO6 only as a pair (EINVAL for either alone).
+  { feature: 'GUEST_USO4', tun: TUN.F_CSUM | TUN.F_USO4 | TUN.F_USO6 },
+  { feature: 'GUEST_USO6', tun: TUN.F_CSUM | TUN.F_USO4 | TUN.F_USO6 },
 ];
 
 export const OFFLOAD_FEATURES: bigint = OFFLOADS.reduce((m, o) => m | bit(o.feature), 0n);
@@ -141,8 +142,9 @@ export function tunOffloads(features: bigint): number {
   if (has(features, 'GUEST_TSO6')) f |= TUN.F_TSO6;
   if (has(features, 'GUEST_ECN')) f |= TUN.F_TSO_ECN;
   if (has(features, 'GUEST_UFO')) f |= TUN.F_UFO;
-  if (has(features, 'GUEST_USO4')) f |= TUN.F_USO4;
-  if (has(features, 'GUEST_USO6')) f |= TUN.F_USO6;
+  // tun refuses one USO flag without the other; a driver taking only one gets
+  // neither, and the kernel segments UDP GSO in software before the TAP.
+  if (has(features, 'GUEST_USO4') && has(features, 'GUEST_USO6')) f |= TUN.F_USO4 | TUN.F_USO6;
   return f;
 }
 

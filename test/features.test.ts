@@ -123,10 +123,12 @@ test('tunOffloads maps GUEST_* features to TUNSETOFFLOAD flags', (t) => {
     ['GUEST_TSO4', TUN.F_TSO4],
     ['GUEST_TSO6', TUN.F_TSO6],
     ['GUEST_UFO', TUN.F_UFO],
-    ['GUEST_USO4', TUN.F_USO4],
-    ['GUEST_USO6', TUN.F_USO6],
   ];
   for (const [f, flag] of map) t.is(tunOffloads(bits('GUEST_CSUM', f)), TUN.F_CSUM | flag, f);
+  // tun takes the two USO flags only together: one alone maps to neither.
+  t.is(tunOffloads(bits('GUEST_CSUM', 'GUEST_USO4')), TUN.F_CSUM);
+  t.is(tunOffloads(bits('GUEST_CSUM', 'GUEST_USO6')), TUN.F_CSUM);
+  t.is(tunOffloads(bits('GUEST_CSUM', 'GUEST_USO4', 'GUEST_USO6')), TUN.F_CSUM | TUN.F_USO4 | TUN.F_USO6);
   t.is(tunOffloads(bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_ECN')), TUN.F_CSUM | TUN.F_TSO4 | TUN.F_TSO_ECN);
   t.is(
     tunOffloads(bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6')),
