@@ -19,6 +19,7 @@ Usage: vhost-tap <command> [options]
 Commands:
   run       run a simulated guest behind a TAP until SIGINT/SIGTERM
   demo      create a namespace, run a guest in it, ping and UDP-echo it, clean up
+  gso-check check checksum/segmentation offloads both ways against this kernel
 
 Run 'vhost-tap <command> --help' for a command's options.`,
   run: `Usage: vhost-tap run --tap NAME [options]
@@ -207,6 +208,8 @@ async function main(argv: string[]): Promise<number> {
       return cmdRun(rest);
     case 'demo':
       return cmdDemo(rest);
+    case 'gso-check':
+      return (await import('./gso-check')).gsoCheckMain(rest);
     default:
       throw new UsageError(`unknown command '${cmd}' (see 'vhost-tap --help')`);
   }
