@@ -6,7 +6,7 @@
 import { parseArgs, ParseArgsConfig } from 'node:util';
 
 import { VhostTapError } from '../backend';
-import { GuestSim } from './guest';
+import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from './guest';
 import { haveProgram, Netns } from './netns';
 
 class UsageError extends Error {}
@@ -26,7 +26,12 @@ Run 'vhost-tap <command> --help' for a command's options.`,
 
 Runs a simulated virtio-net guest behind TAP NAME (created; in namespace NS with
 --netns) until SIGINT or SIGTERM, then removes the TAP and prints statistics.
-The guest answers ARP, ping, IPv6 neighbour discovery, ping -6 and UDP echo (port 7).
+The guest answers ARP, ping, IPv6 neighbour discovery, ping -6 and UDP echo (port 7),
+and serves TCP (IPv4 and IPv6):
+  port 7    echo
+  port 9    discard: when the peer closes, prints one line
+            'discard: PEER bytes N sha256 HEX' (everything received)
+  port 19   source: sends --source-bytes bytes (byte i = i mod 251), then closes
 
 Options:
   --tap NAME          TAP device name (at most 15 bytes)             (required)
@@ -36,6 +41,12 @@ Options:
   --ip ADDR/PREFIX    guest IPv4 address, e.g. 10.0.0.2/24
   --ip6 ADDR/PREFIX   guest IPv6 address, e.g. fd00::2/64
   --mtu N             MTU of the guest and the TAP (default 1500)
+  --offloads LIST     offloads the guest negotiates: 'none', or a comma-separated
+                      list of ${Object.keys(OFFLOAD_NAMES).join(', ')}
+                      (csum/tso4/tso6/uso: guest → kernel; guest-*: kernel → guest).
+                      Default: every one the device offers. tso4, tso6 and uso need
+                      csum; guest-tso*/guest-uso* need guest-csum.
+  --source-bytes N    bytes the TCP source (port 19) sends per connection (default 1073741824)
   --json              print the final statistics as JSON
   -h, --help          this help`,
   demo: `Usage: vhost-tap demo [--queues N]
@@ -64,6 +75,12 @@ function int(name: string, v: string | boolean | undefined, def: number): number
   const n = Number(v);
   if (typeof v !== 'string' || !/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new UsageError(`--${name} must be a whole number, got '${v}'`);
   return n;
+}
+
+/** The negotiated offloads in --offloads spelling. */
+function offloadList(features: bigint): string {
+  const on = Object.entries(OFFLOAD_NAMES).filter(([, b]) => (features & b) !== 0n).map(([n]) => n);
+  return on.length ? on.join(',') : 'none';
 }
 
 function waitForSignal(): Promise<string> {
@@ -101,6 +118,8 @@ async function cmdRun(argv: string[]): Promise<number> {
     ip: { type: 'string' },
     ip6: { type: 'string' },
     mtu: { type: 'string' },
+    offloads: { type: 'string' },
+    'source-bytes': { type: 'string' },
     json: { type: 'boolean' },
   });
   if (o.help) {
@@ -110,6 +129,15 @@ async function cmdRun(argv: string[]): Promise<number> {
   if (typeof o.tap !== 'string') throw new UsageError("--tap NAME is required (see 'vhost-tap run --help')");
   const queues = int('queues', o.queues, 1);
   if (queues < 1) throw new UsageError('--queues must be at least 1');
+  let features: bigint | undefined;
+  if (o.offloads !== undefined) {
+    try {
+      features = parseOffloads(String(o.offloads));
+    } catch (e) {
+      throw new UsageError(`--offloads: ${(e as Error).message}`);
+    }
+  }
+  const sourceBytes = int('source-bytes', o['source-bytes'], 1 << 30);
   const guest = await GuestSim.start({
     tap: o.tap,
     netns: o.netns as string | undefined,
@@ -118,10 +146,13 @@ async function cmdRun(argv: string[]): Promise<number> {
     ip4: o.ip as string | undefined,
     ip6: o.ip6 as string | undefined,
     mtu: o.mtu === undefined ? undefined : int('mtu', o.mtu, 1500),
+    features,
+    sourceBytes,
   });
   guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
+  guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
-  console.log(`ready: tap ${guest.device.tapName}${where}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s)`);
+  console.log(`ready: tap ${guest.device.tapName}${where}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}`);
   const sig = await waitForSignal();
   const s = await guest.stop();
   if (!o.json) console.log(`stopped on ${sig}`);

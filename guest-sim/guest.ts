@@ -24,7 +24,7 @@ import {
 import { CTRL_BUF_BYTES, ControlDriver } from './control';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
 import { DriverQueue } from './virtqueue';
-import { CTL, CTL_BYTES, PairConfig } from './worker';
+import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';
 
 /** Features guest-sim knows how to drive; the device offers, the guest takes the intersection. */
 export const GUEST_SUPPORTED: bigint = bits(
@@ -41,7 +41,56 @@ export const GUEST_SUPPORTED: bigint = bits(
   'MQ',
   'CSUM',
   'GUEST_CSUM',
+  // Segmentation offloads guest-sim's TCP and UDP drive (see tcp.ts, responder.ts). Not UFO
+  // (IP fragmentation, gone from Linux's send side) and not HOST_ECN (guest-sim sends no CWR).
+  'HOST_TSO4',
+  'HOST_TSO6',
+  'HOST_USO',
+  'GUEST_TSO4',
+  'GUEST_TSO6',
+  'GUEST_ECN',
+  'GUEST_USO4',
+  'GUEST_USO6',
 );
+
+/** `--offloads` names → feature bits (what each lets the guest negotiate). */
+export const OFFLOAD_NAMES: Readonly<Record<string, bigint>> = {
+  csum: bits('CSUM'),
+  tso4: bits('HOST_TSO4'),
+  tso6: bits('HOST_TSO6'),
+  uso: bits('HOST_USO'),
+  'guest-csum': bits('GUEST_CSUM'),
+  'guest-tso4': bits('GUEST_TSO4'),
+  'guest-tso6': bits('GUEST_TSO6'),
+  'guest-ecn': bits('GUEST_ECN'),
+  'guest-uso4': bits('GUEST_USO4'),
+  'guest-uso6': bits('GUEST_USO6'),
+};
+
+/** Every offload bit guest-sim may negotiate. */
+export const OFFLOAD_MASK: bigint = Object.values(OFFLOAD_NAMES).reduce((a, b) => a | b, 0n);
+
+/**
+ * Parses `--offloads`: 'none', or a comma-separated list of OFFLOAD_NAMES.
+ * Returns the features mask for GuestOptions.features (non-offload features all kept).
+ * A list that breaks a dependency (tso4 without csum...) is refused at FEATURES_OK, so say so here.
+ */
+export function parseOffloads(list: string): bigint {
+  const names = list === 'none' ? [] : list.split(',').map((n) => n.trim()).filter((n) => n !== '');
+  let m = 0n;
+  for (const n of names) {
+    const b = OFFLOAD_NAMES[n];
+    if (b === undefined) throw new RangeError(`unknown offload '${n}'; known: ${Object.keys(OFFLOAD_NAMES).join(', ')}, or 'none'`);
+    m |= b;
+  }
+  const needs = (what: string, dep: string): void => {
+    if (names.includes(what) && !names.includes(dep)) throw new RangeError(`offload '${what}' needs '${dep}'`);
+  };
+  for (const n of ['tso4', 'tso6', 'uso']) needs(n, 'csum');
+  for (const n of ['guest-tso4', 'guest-tso6', 'guest-uso4', 'guest-uso6']) needs(n, 'guest-csum');
+  if (names.includes('guest-ecn') && !names.includes('guest-tso4') && !names.includes('guest-tso6')) throw new RangeError("offload 'guest-ecn' needs 'guest-tso4' or 'guest-tso6'");
+  return (GUEST_SUPPORTED & ~OFFLOAD_MASK) | m;
+}
 
 export interface GuestOptions {
   tap: string;
@@ -58,6 +107,18 @@ export interface GuestOptions {
   queueSize?: number;
   /** Use every queue pair the device has (VQ_PAIRS_SET) right after start; default true. */
   useAllPairs?: boolean;
+  /** Bytes the TCP source service (port 19) sends per connection; default 1 GiB. */
+  sourceBytes?: number;
+  /** Largest TCP receive window per connection; default 4 MiB with GUEST_TSO, 1 MiB without. */
+  tcpRcvBuf?: number;
+}
+
+/** One TCP discard (port 9) connection closed by its peer. */
+export interface DiscardEvent {
+  pair: number;
+  peer: string;
+  bytes: number;
+  sha256: string;
 }
 
 export interface GuestStats {
@@ -107,10 +168,15 @@ export class GuestSim extends EventEmitter {
     const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;
     const ip6 = opts.ip6 ? parseCidr(opts.ip6, 6) : undefined;
 
-    // Memory is sized from the worst case the guest may negotiate, then laid out.
+    // Memory is sized before negotiation (the device needs it to exist), from the
+    // worst case the guest may negotiate; the layout below uses what was negotiated.
     const rxBufMax = 65562;
-    const txSlot = alignUp(20 + 14 + 4 + Math.max(mtu, 1500), 64);
-    const perPair = 2 * (DriverQueue.layout(0, qsize, 4096).end + 4096) + qsize * rxBufMax + qsize * txSlot;
+    const wantedMask = GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED);
+    const txSlotFor = (f: bigint): number =>
+      // A TSO/USO super-frame is up to 64 KiB of IP packet behind Ethernet (+ VLAN) and the 20-byte maximal header.
+      alignUp(20 + 14 + 4 + ((f & bits('HOST_TSO4', 'HOST_TSO6', 'HOST_USO')) !== 0n ? 65535 : Math.max(mtu, 1500)), 64);
+    const txSlotMax = txSlotFor(wantedMask);
+    const perPair = 2 * (DriverQueue.layout(0, qsize, 4096).end + 4096) + qsize * rxBufMax + qsize * txSlotMax;
     const memBytes = alignUp(pairs * perPair + DriverQueue.layout(0, CTRL_QUEUE_SIZE, 4096).end + 4096 + CTRL_BUF_BYTES + 4096, 1 << 20);
     const mem = new SharedArrayBuffer(memBytes);
 
@@ -135,6 +201,17 @@ export class GuestSim extends EventEmitter {
       const rxBufSize = mergeable ? MRG_RX_BUF : gso ? rxBufMax : hdrLen + 14 + mtu;
       const eventIdx = has(features, 'RING_EVENT_IDX');
       const usePairs = has(features, 'MQ') ? pairs : 1;
+      const txSlot = txSlotFor(features);
+      const offloads = {
+        csum: has(features, 'CSUM'),
+        tso4: has(features, 'HOST_TSO4'),
+        tso6: has(features, 'HOST_TSO6'),
+        uso: has(features, 'HOST_USO'),
+      };
+      // The kernel's TAP queue holds 1000 frames (txqueuelen): a window much larger than
+      // that many MSS-sized frames only turns into drops when the guest falls behind.
+      const guestTso = (features & bits('GUEST_TSO4', 'GUEST_TSO6')) !== 0n;
+      const tcpRcvBuf = opts.tcpRcvBuf ?? (guestTso ? 4 << 20 : 1 << 20);
 
       guest = new GuestSim(device, mem, mac, features);
       let next = 0;
@@ -170,6 +247,9 @@ export class GuestSim extends EventEmitter {
           ip4,
           ip6,
           mtu,
+          offloads,
+          tcpRcvBuf,
+          sourceBytes: opts.sourceBytes ?? 1 << 30,
         });
       }
       if (has(features, 'CTRL_VQ')) {
@@ -208,8 +288,9 @@ export class GuestSim extends EventEmitter {
       });
     });
     done.catch(() => undefined);
-    port1.on('message', (m: { final?: boolean; responder?: Record<string, number> }) => {
-      if (m.final) this.emit('pair-stats', cfg.pair, m.responder);
+    port1.on('message', (m: PairMessage) => {
+      if ('discard' in m) this.emit('discard', { pair: cfg.pair, ...m.discard } satisfies DiscardEvent);
+      else if ('final' in m) this.emit('pair-stats', cfg.pair, m.responder, m.tcp);
     });
     port1.unref();
     this.workers.push({ worker, ctl: cfg.ctl, port: port1, done });

@@ -2,7 +2,15 @@
 // IPv6 neighbour solicitations and UDP echo (port 7) so that host tools can
 // talk to the guest, and builds frames for the guest to originate. Replies are
 // written straight into a TX buffer the caller hands out (guest memory).
+//
+// UDP segmentation offload: a USO super-frame received (gso_type UDP_L4, the
+// payload being many gso_size datagrams) is echoed as one USO super-frame
+// with the same gso_size when HOST_USO was negotiated — the kernel cuts it
+// into the same datagrams — and otherwise as one frame per datagram.
+// sendUdp() with HOST_USO sends payloads larger than the MTU as USO.
 
+import { HDR } from '../backend';
+import type { TxHdr } from './tcp';
 import {
   ARP_LEN,
   ARP_OP,
@@ -21,6 +29,7 @@ import {
   UNSPECIFIED_6,
   bytesEqual,
   checksumOk,
+  csumFold,
   decodeArp,
   decodeEthernet,
   decodeIPv4,
@@ -43,6 +52,10 @@ import {
   fillUdp6Checksum,
   isFragment,
   isIPv6Multicast,
+  get16,
+  pseudoSum4,
+  pseudoSum6,
+  put16,
   l4ChecksumOk4,
   l4ChecksumOk6,
   linkLocalFromMac,
@@ -69,14 +82,17 @@ export interface ResponderConfig {
   ip6?: { addr: Uint8Array; prefix: number };
   /** Largest L3 packet sent or answered, as an interface MTU. */
   mtu: number;
+  /** TX offloads negotiated: CSUM (partial checksums) and HOST_USO (UDP super-frames). */
+  offloads?: { csum: boolean; uso: boolean };
 }
 
 /**
  * Hands out a TX buffer of `len` bytes: calls `fill(buf)` synchronously,
  * exactly once, with a buffer of at least `len` bytes, and returns true; or
- * returns false without calling `fill` when the TX ring is full.
+ * returns false without calling `fill` when the TX ring is full. `hdr`: the
+ * virtio_net_hdr offload fields for the frame (none when omitted).
  */
-export type OutFn = (len: number, fill: (buf: Uint8Array) => void) => boolean;
+export type OutFn = (len: number, fill: (buf: Uint8Array) => void, hdr?: TxHdr) => boolean;
 
 /**
  * 'verify': check L4 checksums. 'trust': skip them because the virtio header
@@ -93,6 +109,9 @@ export interface ResponderStats {
   icmp6_echo: number;
   nd_adverts: number;
   udp_echo: number;
+  /** USO super-frames received on the echo port, and sent (echoes as USO, or sendUdp). */
+  uso_rx: number;
+  uso_tx: number;
   /** Destination MAC or IP is not ours (nor broadcast / a group we are in). */
   not_for_us: number;
   bad_checksum: number;
@@ -116,6 +135,8 @@ function newStats(): ResponderStats {
     icmp6_echo: 0,
     nd_adverts: 0,
     udp_echo: 0,
+    uso_rx: 0,
+    uso_tx: 0,
     not_for_us: 0,
     bad_checksum: 0,
     unsupported: 0,
@@ -138,6 +159,8 @@ export class Responder {
   readonly ip6: Uint8Array | null;
   readonly linkLocal: Uint8Array | null;
   readonly mtu: number;
+  readonly uso: boolean;
+  readonly csumOffload: boolean;
   readonly stats: ResponderStats = newStats();
 
   // IPv6 destinations we accept: unicast addresses, their solicited-node groups, all-nodes.
@@ -154,6 +177,11 @@ export class Responder {
   private readonly nd: NdInfo = { target: 0, lladdr: -1, flags: 0 };
   private readonly udp: UdpInfo = { srcPort: 0, dstPort: 0, length: 0, checksum: 0, payload: 0, payloadLen: 0 };
   private req: Uint8Array = new Uint8Array(0);
+  /** The part of the request's UDP payload the echo being built carries, and whether it goes as USO. */
+  private chunkOff = 0;
+  private chunkLen = 0;
+  private chunkGso = false;
+  private readonly usoHdr: TxHdr = { flags: HDR.F_NEEDS_CSUM, gsoType: HDR.GSO_UDP_L4, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 6 };
   /** Source address for an IPv6 reply (ours: global or link-local). */
   private src6: Uint8Array = new Uint8Array(16);
   private naDstIp: Uint8Array = ALL_NODES_6;
@@ -178,6 +206,9 @@ export class Responder {
     }
     this.mac = Uint8Array.from(cfg.mac);
     this.mtu = cfg.mtu;
+    this.uso = !!cfg.offloads?.uso;
+    this.csumOffload = !!cfg.offloads?.csum;
+    if (this.uso && !this.csumOffload) throw new Error('Responder: HOST_USO needs CSUM (virtio 1.x §5.1.3.1)');
     this.ip4 = cfg.ip4 ? Uint8Array.from(cfg.ip4.addr) : null;
     this.ip6 = cfg.ip6 ? Uint8Array.from(cfg.ip6.addr) : null;
     this.linkLocal = cfg.ip6 ? linkLocalFromMac(this.mac) : null;
@@ -223,19 +254,23 @@ export class Responder {
       const f = this.req;
       const u = this.udp;
       const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.IPV4, this.eth.tci);
-      const l4 = encodeIPv4(buf, l3, this.ip4!, f.subarray(this.v4.src, this.v4.src + 4), IPPROTO.UDP, UDP_HLEN + u.payloadLen, 64, this.nextIpId());
-      encodeUdpHeader(buf, l4, u.dstPort, u.srcPort, u.payloadLen);
-      buf.set(f.subarray(u.payload, u.payload + u.payloadLen), l4 + UDP_HLEN);
-      fillUdp4Checksum(buf, l3, l4);
+      const n = this.chunkLen;
+      const l4 = encodeIPv4(buf, l3, this.ip4!, f.subarray(this.v4.src, this.v4.src + 4), IPPROTO.UDP, UDP_HLEN + n, 64, this.nextIpId());
+      encodeUdpHeader(buf, l4, u.dstPort, u.srcPort, n);
+      buf.set(f.subarray(this.chunkOff, this.chunkOff + n), l4 + UDP_HLEN);
+      if (this.chunkGso) partialUdp4(buf, l3, l4);
+      else fillUdp4Checksum(buf, l3, l4);
     };
     this.fillUdp6 = (buf) => {
       const f = this.req;
       const u = this.udp;
       const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.IPV6, this.eth.tci);
-      const l4 = encodeIPv6(buf, l3, this.src6, f.subarray(this.v6.src, this.v6.src + 16), IPPROTO.UDP, UDP_HLEN + u.payloadLen, 64);
-      encodeUdpHeader(buf, l4, u.dstPort, u.srcPort, u.payloadLen);
-      buf.set(f.subarray(u.payload, u.payload + u.payloadLen), l4 + UDP_HLEN);
-      fillUdp6Checksum(buf, l3, l4);
+      const n = this.chunkLen;
+      const l4 = encodeIPv6(buf, l3, this.src6, f.subarray(this.v6.src, this.v6.src + 16), IPPROTO.UDP, UDP_HLEN + n, 64);
+      encodeUdpHeader(buf, l4, u.dstPort, u.srcPort, n);
+      buf.set(f.subarray(this.chunkOff, this.chunkOff + n), l4 + UDP_HLEN);
+      if (this.chunkGso) partialUdp6(buf, l3, l4);
+      else fillUdp6Checksum(buf, l3, l4);
     };
   }
 
@@ -248,7 +283,7 @@ export class Responder {
    * Handles one received Ethernet frame (no virtio header) and answers it
    * through `out` if it calls for an answer. `frame` is only read during the call.
    */
-  handle(frame: Uint8Array, out: OutFn, csum: CsumMode = 'verify'): void {
+  handle(frame: Uint8Array, out: OutFn, csum: CsumMode = 'verify', usoSize = 0): void {
     const s = this.stats;
     s.rx++;
     const eth = decodeEthernet(frame, frame.length, this.eth);
@@ -273,9 +308,9 @@ export class Responder {
       case ETHERTYPE.ARP:
         return this.onArp(frame, l3, l3len, out);
       case ETHERTYPE.IPV4:
-        return this.onIPv4(frame, l3, l3len, out, csum);
+        return this.onIPv4(frame, l3, l3len, out, csum, usoSize);
       case ETHERTYPE.IPV6:
-        return this.onIPv6(frame, l3, l3len, out, csum);
+        return this.onIPv6(frame, l3, l3len, out, csum, usoSize);
       default:
         s.unsupported++;
     }
@@ -303,7 +338,7 @@ export class Responder {
     this.send(ethHeaderLen(this.eth.tci) + ARP_LEN, ARP_LEN, this.fillArp, out, 'arp_replies');
   }
 
-  private onIPv4(f: Uint8Array, l3: number, len: number, out: OutFn, csum: CsumMode): void {
+  private onIPv4(f: Uint8Array, l3: number, len: number, out: OutFn, csum: CsumMode, usoSize: number): void {
     const s = this.stats;
     if (this.ip4 === null) {
       s.not_for_us++;
@@ -355,14 +390,13 @@ export class Responder {
         s.unsupported++;
         return;
       }
-      const l3out = IPV4_HLEN + UDP_HLEN + u.payloadLen;
-      this.send(ethHeaderLen(this.eth.tci) + l3out, l3out, this.fillUdp4, out, 'udp_echo');
+      this.echoUdp(IPV4_HLEN, u, usoSize, this.fillUdp4, out);
     } else {
       s.unsupported++;
     }
   }
 
-  private onIPv6(f: Uint8Array, l3: number, len: number, out: OutFn, csum: CsumMode): void {
+  private onIPv6(f: Uint8Array, l3: number, len: number, out: OutFn, csum: CsumMode, usoSize: number): void {
     const s = this.stats;
     if (this.ip6 === null || this.linkLocal === null) {
       s.not_for_us++;
@@ -403,8 +437,7 @@ export class Responder {
         s.unsupported++;
         return;
       }
-      const l3out = IPV6_HLEN + UDP_HLEN + u.payloadLen;
-      this.send(ethHeaderLen(this.eth.tci) + l3out, l3out, this.fillUdp6, out, 'udp_echo');
+      this.echoUdp(IPV6_HLEN, u, usoSize, this.fillUdp6, out);
       return;
     }
 
@@ -462,6 +495,43 @@ export class Responder {
     this.send(ethHeaderLen(this.eth.tci) + l3out, l3out, this.fillNa, out, 'nd_adverts');
   }
 
+  /** UDP echo of the request in this.udp: whole, per USO datagram, or as one USO super-frame. */
+  private echoUdp(ipHlen: number, u: UdpInfo, usoSize: number, fill: (buf: Uint8Array) => void, out: OutFn): void {
+    const eth = ethHeaderLen(this.eth.tci);
+    if (usoSize > 0 && u.payloadLen > usoSize) {
+      this.stats.uso_rx++;
+      if (this.uso) {
+        this.chunkOff = u.payload;
+        this.chunkLen = u.payloadLen;
+        this.chunkGso = true;
+        const h = this.usoHdr;
+        h.hdrLen = eth + ipHlen + UDP_HLEN;
+        h.csumStart = eth + ipHlen;
+        h.gsoSize = usoSize;
+        // The limit is the 16-bit IP length, not the MTU: the kernel cuts it into datagrams of gso_size.
+        const l3 = ipHlen + UDP_HLEN + u.payloadLen;
+        if (out(eth + l3, fill, h)) {
+          this.stats.udp_echo++;
+          this.stats.uso_tx++;
+        } else this.stats.tx_ring_full++;
+        return;
+      }
+      for (let o = 0; o < u.payloadLen; o += usoSize) {
+        this.chunkOff = u.payload + o;
+        this.chunkLen = Math.min(usoSize, u.payloadLen - o);
+        this.chunkGso = false;
+        const l3 = ipHlen + UDP_HLEN + this.chunkLen;
+        this.send(eth + l3, l3, fill, out, 'udp_echo');
+      }
+      return;
+    }
+    this.chunkOff = u.payload;
+    this.chunkLen = u.payloadLen;
+    this.chunkGso = false;
+    const l3 = ipHlen + UDP_HLEN + u.payloadLen;
+    this.send(eth + l3, l3, fill, out, 'udp_echo');
+  }
+
   private send(
     frameLen: number,
     l3Len: number,
@@ -512,10 +582,42 @@ export class Responder {
     return udpFrameLen(dstIp.length === 4 ? 4 : 6, payloadLen, tci);
   }
 
-  /** buildUdp() into a TX buffer from `out`; false (and tx_ring_full counted) when none is free. */
-  sendUdp(out: OutFn, dst: { mac: Uint8Array; ip: Uint8Array; port: number }, srcPort: number, payload: Uint8Array, tci = -1): boolean {
+  /**
+   * buildUdp() into a TX buffer from `out`; false (and tx_ring_full counted)
+   * when none is free. With HOST_USO negotiated, a payload too big for the
+   * MTU goes as one USO super-frame that the device side cuts into datagrams
+   * of `gsoSize` bytes (default: the most one MTU-sized packet carries).
+   */
+  sendUdp(out: OutFn, dst: { mac: Uint8Array; ip: Uint8Array; port: number }, srcPort: number, payload: Uint8Array, tci = -1, gsoSize?: number): boolean {
     const len = this.udpFrameLen(dst.ip, payload.length, tci);
-    this.family(dst.ip, 'sendUdp');
+    const v = this.family(dst.ip, 'sendUdp');
+    const ipH = v === 4 ? IPV4_HLEN : IPV6_HLEN;
+    const seg = gsoSize ?? this.mtu - ipH - UDP_HLEN;
+    if (this.uso && (ipH + UDP_HLEN + payload.length > this.mtu || (gsoSize !== undefined && payload.length > gsoSize))) {
+      if (!Number.isInteger(seg) || seg < 1 || ipH + UDP_HLEN + seg > this.mtu) throw new RangeError(`sendUdp: gso_size ${seg} does not fit the MTU of ${this.mtu}`);
+      if (UDP_HLEN + payload.length > 0xffff - (v === 4 ? IPV4_HLEN : 0)) throw new RangeError(`sendUdp: ${payload.length}-byte USO payload exceeds the 16-bit IP length`);
+      const eth = ethHeaderLen(tci);
+      const h: TxHdr = { flags: HDR.F_NEEDS_CSUM, gsoType: HDR.GSO_UDP_L4, hdrLen: eth + ipH + UDP_HLEN, gsoSize: seg, csumStart: eth + ipH, csumOffset: 6 };
+      const ok = out(
+        len,
+        (buf) => {
+          const l3 = encodeEthernet(buf, 0, dst.mac, this.mac, v === 4 ? ETHERTYPE.IPV4 : ETHERTYPE.IPV6, tci);
+          const udpLen = UDP_HLEN + payload.length;
+          const l4 =
+            v === 4
+              ? encodeIPv4(buf, l3, this.ip4!, dst.ip, IPPROTO.UDP, udpLen, 64, this.nextIpId())
+              : encodeIPv6(buf, l3, this.sourceFor6(dst.ip), dst.ip, IPPROTO.UDP, udpLen, 64);
+          encodeUdpHeader(buf, l4, srcPort, dst.port, payload.length);
+          buf.set(payload, l4 + UDP_HLEN);
+          if (v === 4) partialUdp4(buf, l3, l4);
+          else partialUdp6(buf, l3, l4);
+        },
+        h,
+      );
+      if (ok) this.stats.uso_tx++;
+      else this.stats.tx_ring_full++;
+      return ok;
+    }
     this.checkMtu(dst.ip.length === 4 ? 4 : 6, UDP_HLEN + payload.length, 'sendUdp');
     const ok = out(len, (buf) => {
       this.buildUdp(buf, dst, srcPort, payload, tci);
@@ -566,4 +668,19 @@ export class Responder {
   private sourceFor6(dst: Uint8Array): Uint8Array {
     return dst[0] === 0xfe && (dst[1] & 0xc0) === 0x80 ? this.linkLocal! : this.ip6!;
   }
+}
+
+/**
+ * The UDP checksum field of a partial-checksum (NEEDS_CSUM) datagram: the
+ * folded pseudo-header sum, not complemented, over the whole (super-)datagram
+ * length — the kernel's USO adjusts it per datagram, like Linux's own sends.
+ */
+function partialUdp4(b: Uint8Array, ip4: number, l4: number): void {
+  const len = get16(b, l4 + 4);
+  put16(b, l4 + 6, csumFold(pseudoSum4(b, ip4 + 12, b, ip4 + 16, IPPROTO.UDP, len)));
+}
+
+function partialUdp6(b: Uint8Array, ip6: number, l4: number): void {
+  const len = get16(b, l4 + 4);
+  put16(b, l4 + 6, csumFold(pseudoSum6(b, ip6 + 8, b, ip6 + 24, IPPROTO.UDP, len)));
 }
