@@ -1,0 +1,237 @@
+// Integration: guest-sim's TCP against the kernel's, through `vhost-tap run`
+// behind a real TAP in a namespace the test creates. 1 GiB each way (host →
+// guest discard with SHA-256 checked, guest → host source with the pattern
+// checked) with TSO on and with --offloads none; TCP echo; super-frames in
+// the device's TX statistics; USO both ways. The host side is the kernel
+// stack in the namespace, driven by a child Node (or Python, for UDP_SEGMENT)
+// process started with `ip netns exec`.
+
+import test, { ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+
+import { GuestSim } from '../guest-sim/guest';
+import { RunningCli, startRun } from './helpers/cli';
+import { Netns, withNetns } from './helpers/netns';
+
+const HOST4 = '10.203.2.1';
+const GUEST4 = '10.203.2.2';
+const HOST6 = 'fd00:cb:2::1';
+const GUEST6 = 'fd00:cb:2::2';
+/** 1 GiB as the issue asks; VT_TCP_BYTES overrides it for quick local runs. */
+const BIG = Number(process.env.VT_TCP_BYTES ?? 1 << 30);
+
+function hostSide(ns: Netns, tap: string): void {
+  ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
+  ns.ip('-6', 'addr', 'add', `${HOST6}/64`, 'dev', tap, 'nodad');
+}
+
+/** Runs a program inside the namespace without blocking this process; resolves with its output. */
+function nsRun(ns: Netns, cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('ip', ['netns', 'exec', ns.name, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    ns.defer(() => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** Host → guest:9: sends `bytes` of pseudo-random data, prints its SHA-256 and the elapsed time. */
+const SENDER = `
+const net = require('node:net'), crypto = require('node:crypto');
+const [host, total] = [process.argv[1], Number(process.argv[2])];
+const chunk = crypto.randomBytes(1 << 20);
+const h = crypto.createHash('sha256');
+const t0 = process.hrtime.bigint();
+const s = net.connect({ host, port: 9 }, () => {
+  let sent = 0, k = 0;
+  const pump = () => {
+    while (sent < total) {
+      // Vary the chunk so a stuck or repeated window would change the hash.
+      chunk[0] = k & 255; chunk[1] = (k >> 8) & 255; k++;
+      const n = Math.min(chunk.length, total - sent);
+      const b = Buffer.from(chunk.subarray(0, n));
+      h.update(b); sent += n;
+      if (!s.write(b)) return s.once('drain', pump);
+    }
+    s.end();
+  };
+  pump();
+});
+s.on('close', () => console.log(JSON.stringify({ sha256: h.digest('hex'), ms: Number(process.hrtime.bigint() - t0) / 1e6 })));
+s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
+
+/** Guest:19 → host: reads to EOF, checks byte i = i mod 251, prints count, mismatches and time. */
+const RECEIVER = `
+const net = require('node:net');
+const host = process.argv[1];
+const P = 251, pat = Buffer.alloc(P * 1100); for (let i = 0; i < pat.length; i++) pat[i] = i % P;
+let n = 0, bad = -1;
+const t0 = process.hrtime.bigint();
+const s = net.connect({ host, port: 19 });
+s.on('data', (d) => {
+  for (let o = 0; o < d.length && bad < 0; ) {
+    const k = Math.min(d.length - o, pat.length - P);
+    const st = (n + o) % P;
+    if (!d.subarray(o, o + k).equals(pat.subarray(st, st + k))) {
+      for (let j = 0; j < k; j++) if (d[o + j] !== (n + o + j) % P) { bad = n + o + j; break; }
+    }
+    o += k;
+  }
+  n += d.length;
+});
+s.on('end', () => console.log(JSON.stringify({ bytes: n, bad, ms: Number(process.hrtime.bigint() - t0) / 1e6 })));
+s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
+
+async function startGuest(t: ExecutionContext, ns: Netns, extra: string[]): Promise<RunningCli> {
+  const tap = ns.ifname();
+  const cli = await startRun(['--tap', tap, '--netns', ns.name, '--ip', `${GUEST4}/24`, '--ip6', `${GUEST6}/64`, ...extra]);
+  ns.defer(() => {
+    if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+  });
+  hostSide(ns, tap);
+  t.log(cli.ready);
+  return cli;
+}
+
+function mbps(bytes: number, ms: number): string {
+  return `${((bytes * 8) / ms / 1000).toFixed(0)} Mbit/s`;
+}
+
+async function waitFor(get: () => string, re: RegExp, ms: number): Promise<RegExpExecArray | null> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const m = re.exec(get());
+    if (m || Date.now() > end) return m;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+interface TxStats {
+  packets: number;
+  bytes: number;
+}
+
+function txQueueStats(stdout: string): TxStats {
+  const m = /queue 1 tx: (\d+) frames (\d+) B/.exec(stdout);
+  return m ? { packets: Number(m[1]), bytes: Number(m[2]) } : { packets: 0, bytes: 0 };
+}
+
+for (const mode of ['tso', 'none'] as const) {
+  const extra = mode === 'none' ? ['--offloads', 'none'] : [];
+
+  test.serial(`host → guest ${BIG} bytes to TCP discard (port 9), offloads ${mode}: SHA-256 matches`, async (t) => {
+    await withNetns(async (ns) => {
+      const cli = await startGuest(t, ns, extra);
+      if (mode === 'tso') t.regex(cli.ready, /offloads .*guest-tso4/);
+      else t.regex(cli.ready, /offloads none$/);
+      const r = await nsRun(ns, process.execPath, ['-e', SENDER, GUEST4, String(BIG)], 180_000);
+      t.is(r.code, 0, r.stderr);
+      const sent = JSON.parse(r.stdout) as { sha256: string; ms: number };
+      const m = await waitFor(cli.output, /^discard: (\S+) bytes (\d+) sha256 ([0-9a-f]{64})$/m, 10_000);
+      t.truthy(m, cli.output());
+      t.is(m![1].split(':')[0], HOST4);
+      t.is(Number(m![2]), BIG);
+      t.is(m![3], sent.sha256);
+      t.is(cli.output().split('\n').filter((l) => l.startsWith('discard:')).length, 1, 'one line per connection');
+      t.log(`host → guest ${BIG} B, offloads ${mode}: ${sent.ms.toFixed(0)} ms, ${mbps(BIG, sent.ms)}`);
+      const { code } = await cli.stop('SIGINT');
+      t.is(code, 0);
+    });
+  });
+
+  test.serial(`guest → host ${BIG} bytes from TCP source (port 19), offloads ${mode}: pattern and count verified`, async (t) => {
+    await withNetns(async (ns) => {
+      const cli = await startGuest(t, ns, [...extra, '--source-bytes', String(BIG)]);
+      const r = await nsRun(ns, process.execPath, ['-e', RECEIVER, GUEST4], 180_000);
+      t.is(r.code, 0, r.stderr);
+      const got = JSON.parse(r.stdout) as { bytes: number; bad: number; ms: number };
+      t.is(got.bytes, BIG);
+      t.is(got.bad, -1, `first wrong byte at ${got.bad}`);
+      t.log(`guest → host ${BIG} B, offloads ${mode}: ${got.ms.toFixed(0)} ms, ${mbps(BIG, got.ms)}`);
+      const { code, stdout } = await cli.stop('SIGINT');
+      t.is(code, 0);
+      const tx = txQueueStats(stdout);
+      const perFrame = tx.bytes / tx.packets;
+      t.log(`device TX queue: ${tx.packets} frames, ${tx.bytes} B, ${perFrame.toFixed(0)} B/frame`);
+      if (mode === 'tso') t.true(perFrame > 1460 * 4, `TSO super-frames reach the device: ${perFrame.toFixed(0)} B per frame`);
+      else t.true(perFrame <= 1514, `without TSO every frame fits the MTU: ${perFrame.toFixed(0)} B per frame`);
+    });
+  });
+}
+
+test.serial('TCP echo (port 7) over IPv4 and IPv6 returns the stream intact', async (t) => {
+  await withNetns(async (ns) => {
+    const cli = await startGuest(t, ns, []);
+    const script = `
+const net = require('node:net'), crypto = require('node:crypto');
+const [host, total] = [process.argv[1], Number(process.argv[2])];
+const data = crypto.randomBytes(total);
+const got = [];
+const s = net.connect({ host, port: 7 }, () => { s.end(data); });
+s.on('data', (d) => got.push(d));
+s.on('end', () => console.log(Buffer.concat(got).equals(data) ? 'ok' : 'corrupt ' + Buffer.concat(got).length));
+s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
+    for (const host of [GUEST4, GUEST6]) {
+      const r = await nsRun(ns, process.execPath, ['-e', script, host, String(8 << 20)], 60_000);
+      t.is(r.stdout.trim(), 'ok', `${host}: ${r.stdout} ${r.stderr}`);
+    }
+    await cli.stop('SIGINT');
+  });
+});
+
+/** Sends one UDP_SEGMENT (USO) super-datagram from the host and counts the echoed datagrams. */
+const USO_CLIENT = `
+import socket, sys, json
+host, seg, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(2)
+payload = bytes((i * 7 + i // seg) & 255 for i in range(seg * n))
+s.setsockopt(socket.IPPROTO_UDP, 103, seg)  # UDP_SEGMENT
+s.sendto(payload, (host, 7))
+got = []
+try:
+    while len(got) < n:
+        got.append(s.recv(65535))
+except socket.timeout:
+    pass
+print(json.dumps({"count": len(got), "sizes": sorted(set(len(g) for g in got)), "ok": b"".join(got) == payload}))
+`;
+
+test.serial('USO: a host UDP_SEGMENT send arrives as one super-frame and is echoed as USO, segmented by the kernel', async (t) => {
+  await withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const guest = await GuestSim.start({ tap, netns: ns.name, ip4: `${GUEST4}/24`, ip6: `${GUEST6}/64` });
+    ns.defer(() => void guest.stop());
+    hostSide(ns, tap);
+    let responder: Record<string, number> = {};
+    guest.on('pair-stats', (_p: number, r: Record<string, number>) => (responder = r));
+    const caps = guest.device.capabilities();
+    if (!caps.offloads.includes('HOST_USO') || !caps.offloads.includes('GUEST_USO4')) {
+      t.log(`kernel lacks USO: ${JSON.stringify(caps.missing)}`);
+      await guest.stop();
+      t.pass();
+      return;
+    }
+    for (const host of [GUEST4, GUEST6]) {
+      const r = await nsRun(ns, 'python3', ['-c', USO_CLIENT, host, '1000', '20'], 30_000);
+      t.is(r.code, 0, r.stderr);
+      t.deepEqual(JSON.parse(r.stdout), { count: 20, sizes: [1000], ok: true }, host);
+    }
+    const s = await guest.stop();
+    await new Promise((r) => setTimeout(r, 100));
+    t.true(responder.uso_rx >= 2, `USO super-frames received: ${JSON.stringify(responder)}`);
+    t.true(responder.uso_tx >= 2, 'echoed as USO super-frames');
+    const tx = s.device.queues[1];
+    t.true(tx.bytes / tx.packets > 1500 || tx.packets < 20, `device TX saw super-frames: ${tx.packets} frames ${tx.bytes} B`);
+  });
+});
