@@ -1,0 +1,448 @@
+// The three things the benchmark races on the same TAP with the same traffic:
+// vhost-tap (VirtioNetDevice + native engine), the C syscall loop
+// (bench/baseline.c) and the plain-Node JS device (bench/node-loop.ts). Each
+// runs one trial: set up, warm up, measure a window, tear down, and returns
+// counters and per-thread CPU for that window only.
+
+import { ChildProcess, execFileSync, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+
+import { bits, rxq, STATUS, txq, VirtioNetDevice, ctrlq, CTRL, TUN } from '../backend';
+import { addon } from '../backend/native';
+import { ControlDriver, CTRL_BUF_BYTES } from '../guest-sim/control';
+import { DriverQueue } from '../guest-sim/virtqueue';
+import { GUEST_MAC, HDR_LEN, Records } from './frames';
+import { NodeLoopConfig } from './node-loop';
+import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
+
+export type Contender = 'vhost' | 'c' | 'node';
+export const CONTENDERS: Contender[] = ['vhost', 'c', 'node'];
+
+export interface Trial {
+  dir: 'tx' | 'rx';
+  gso: boolean;
+  queues: number;
+  recs: Records;
+  /** Path of recs written to disk, for the C programs. */
+  file: string;
+}
+
+export interface Env {
+  ns: string;
+  tap: string;
+  outDir: string;
+  warmupMs: number;
+  durationMs: number;
+  ringSize: number;
+  txqlen: number;
+  /** Children the harness must end on SIGINT, by pid. */
+  children: Set<ChildProcess>;
+}
+
+export interface Sample {
+  frames: number;
+  bytes: number;
+  wallNs: number;
+  /** CPU of the threads that are the backend (engine threads, JS device workers, C I/O threads). */
+  backendCpuNs: number;
+  backendThreads: number;
+  /** CPU of the guest's traffic workers (not for the C loop, which has no guest). */
+  guestCpuNs: number | null;
+  /** vhost-tap only: stats().io, drops, wake-ups of the guest, interrupts, kicks. */
+  io?: string;
+  drops?: number;
+  interrupts?: number;
+  kicks?: number;
+  guestWakeups?: number;
+  /** RX: what the source sent and what the TAP dropped (queue full) during the trial. */
+  source?: { sent: number; drops: number };
+  /** TX: frames the namespace's stack received from the TAP (the sink), whole trial. */
+  sinkRxPackets?: number;
+}
+
+const RX_BUF = 2048;
+const RX_BUF_GSO = 16384;
+const RX_FRAME_MAX_GSO = HDR_LEN + 14 + 65535 + 13; // what backend/features.ts allows with GUEST_TSO4
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
+
+/** Run time of one of this process's threads, ns (schedstat), or from stat ticks if schedstat is missing. */
+export function threadCpuNs(tid: number): number {
+  try {
+    return Number(fs.readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]);
+  } catch {
+    try {
+      const f = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ');
+      return (Number(f[11]) + Number(f[12])) * 1e7;
+    } catch {
+      return 0; // the thread is gone
+    }
+  }
+}
+
+function tids(): Set<number> {
+  return new Set(fs.readdirSync('/proc/self/task').map(Number));
+}
+
+function cpuOf(list: number[]): number {
+  return list.reduce((s, t) => s + threadCpuNs(t), 0);
+}
+
+/** Guest memory for `queues` pairs: rings plus the buffers of the direction under test. */
+interface Layout {
+  mem: SharedArrayBuffer;
+  pairs: { rx: { desc: number; avail: number; used: number }; tx: { desc: number; avail: number; used: number }; base: number; slot: number; len: number }[];
+  ctrl?: { addrs: { size: number; desc: number; avail: number; used: number }; buf: number };
+}
+
+function layout(t: Trial, ringSize: number, withCtrl: boolean): Layout {
+  const slot = t.dir === 'tx' ? alignUp(t.recs.reclen, 64) : t.gso ? RX_BUF_GSO : RX_BUF;
+  const len = t.dir === 'tx' ? t.recs.reclen : slot;
+  let next = 0;
+  const ring = (size: number): { desc: number; avail: number; used: number } => {
+    const l = DriverQueue.layout(next, size, 4096);
+    next = alignUp(l.end, 4096);
+    return { desc: l.desc, avail: l.avail, used: l.used };
+  };
+  const pairs = [];
+  for (let p = 0; p < t.queues; p++) {
+    const rx = ring(ringSize);
+    const tx = ring(ringSize);
+    const base = next;
+    next = alignUp(base + ringSize * slot, 4096);
+    pairs.push({ rx, tx, base, slot, len });
+  }
+  let ctrl: Layout['ctrl'];
+  if (withCtrl) {
+    const addrs = { size: 64, ...ring(64) };
+    ctrl = { addrs, buf: next };
+    next = alignUp(next + CTRL_BUF_BYTES + 64, 4096);
+  }
+  const mem = new SharedArrayBuffer(alignUp(next, 1 << 20));
+  if (t.dir === 'tx') {
+    // Pre-written once: the guest only re-posts these, never rewrites frame bytes.
+    const u8 = new Uint8Array(mem);
+    for (const p of pairs) {
+      for (let i = 0; i < ringSize; i++) {
+        const r = i % t.recs.nrec;
+        u8.set(t.recs.data.subarray(r * t.recs.reclen, (r + 1) * t.recs.reclen), p.base + i * p.slot);
+      }
+    }
+  }
+  return { mem, pairs, ctrl };
+}
+
+interface Spawned {
+  worker: Worker;
+  ctl: SharedArrayBuffer;
+  exited: Promise<void>;
+}
+
+function spawnWorker(file: string, data: Record<string, unknown>, ctl: SharedArrayBuffer): Spawned {
+  const worker = new Worker(path.join(__dirname, file), { workerData: data });
+  const exited = new Promise<void>((resolve, reject) => {
+    worker.once('exit', () => resolve());
+    worker.once('error', reject);
+  });
+  exited.catch(() => undefined);
+  return { worker, ctl, exited };
+}
+
+async function waitReady(ws: Spawned[], timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (ws.every((w) => new Float64Array(w.ctl, 8, TCTL.SIZE)[TCTL.READY] === 1)) return;
+    if (Date.now() > end) throw new Error('bench worker did not get ready');
+    await Promise.race([sleep(2), ...ws.map((w) => w.exited.then(() => { throw new Error('bench worker exited early'); }))]);
+  }
+}
+
+async function stopWorkers(ws: Spawned[], callFds: number[]): Promise<void> {
+  for (const w of ws) Atomics.store(new Int32Array(w.ctl, 0, 1), 0, 1);
+  // Wake halted guests and idle JS devices so they see the stop word now.
+  for (const fd of callFds) addon().kick(fd);
+  await Promise.all(ws.map((w) => w.exited.catch(() => undefined)));
+}
+
+function counters(ws: Spawned[]): { frames: number; bytes: number; wakeups: number } {
+  let frames = 0;
+  let bytes = 0;
+  let wakeups = 0;
+  for (const w of ws) {
+    const c = new Float64Array(w.ctl, 8, TCTL.SIZE);
+    frames += c[TCTL.FRAMES];
+    bytes += c[TCTL.BYTES];
+    wakeups += c[TCTL.WAKEUPS];
+  }
+  return { frames, bytes, wakeups };
+}
+
+function workerTids(ws: Spawned[]): number[] {
+  return ws.map((w) => new Float64Array(w.ctl, 8, TCTL.SIZE)[TCTL.TID]);
+}
+
+// --- traffic source (RX) and sink counters --------------------------------------------
+
+interface Source {
+  stop(): Promise<{ sent: number; drops: number }>;
+}
+
+function startSource(env: Env, t: Trial): Source {
+  const child = spawn('ip', ['netns', 'exec', env.ns, path.join(env.outDir, 'pktsrc'), env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec), t.gso ? 'gso' : 'plain', 'pace'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  env.children.add(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  return {
+    async stop() {
+      if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGTERM');
+      const code = await exited;
+      env.children.delete(child);
+      if (code !== 0) throw new Error(`pktsrc failed (${code}): ${err.trim()}`);
+      return JSON.parse(out.trim()) as { sent: number; drops: number };
+    },
+  };
+}
+
+function ipNs(env: Env, ...args: string[]): string {
+  return execFileSync('ip', ['-n', env.ns, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function tapRxPackets(env: Env): number {
+  const j = JSON.parse(ipNs(env, '-j', '-s', 'link', 'show', 'dev', env.tap)) as { stats64?: { rx?: { packets?: number } } }[];
+  return j[0]?.stats64?.rx?.packets ?? 0;
+}
+
+/** Warm-up, then the measured window; `snap` reads the contender's counters. */
+async function window<T>(env: Env, snap: () => T): Promise<{ a: T; b: T; wallNs: number }> {
+  await sleep(env.warmupMs);
+  const t0 = process.hrtime.bigint();
+  const a = snap();
+  await sleep(env.durationMs);
+  const t1 = process.hrtime.bigint();
+  const b = snap();
+  return { a, b, wallNs: Number(t1 - t0) };
+}
+
+// --- vhost-tap ---------------------------------------------------------------------------
+
+export async function runVhost(env: Env, t: Trial): Promise<Sample> {
+  const mq = t.queues > 1;
+  const L = layout(t, env.ringSize, mq);
+  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500 });
+  const workers: Spawned[] = [];
+  const callFds: number[] = [];
+  let source: Source | undefined;
+  try {
+    device.status = 0;
+    device.status = STATUS.ACKNOWLEDGE;
+    device.status = STATUS.ACKNOWLEDGE | STATUS.DRIVER;
+    let want = bits('VERSION_1', 'MAC', 'MTU', 'MRG_RXBUF', 'RING_EVENT_IDX', 'CSUM', 'HOST_TSO4');
+    // GUEST_TSO4 only where RX super-frames are wanted: it makes every RX read gather 64 KB of buffers.
+    if (t.dir === 'rx' && t.gso) want |= bits('GUEST_CSUM', 'GUEST_TSO4');
+    if (mq) want |= bits('CTRL_VQ', 'MQ');
+    if ((device.deviceFeatures & want) !== want) throw new Error(`device does not offer every feature the bench needs (missing 0x${(want & ~device.deviceFeatures).toString(16)})`);
+    device.driverFeatures = want;
+    device.status |= STATUS.FEATURES_OK;
+    if (!(device.status & STATUS.FEATURES_OK)) throw new Error(`device refused features: ${device.featuresRefusal}`);
+    L.pairs.forEach((p, i) => {
+      device.setQueue(rxq(i), { size: env.ringSize, ...p.rx });
+      device.setQueue(txq(i), { size: env.ringSize, ...p.tx });
+    });
+    let ctrl: ControlDriver | undefined;
+    if (L.ctrl) {
+      device.setQueue(ctrlq(t.queues), L.ctrl.addrs);
+      ctrl = new ControlDriver(device, L.mem, ctrlq(t.queues), L.ctrl.addrs, true, L.ctrl.buf);
+    }
+    // The engine threads are unnamed: they are the threads that appear when the pairs start.
+    const before = tids();
+    device.status |= STATUS.DRIVER_OK;
+    if (ctrl) {
+      const ack = await ctrl.command(CTRL.CLASS_MQ, CTRL.MQ_VQ_PAIRS_SET, new Uint8Array([t.queues & 0xff, t.queues >> 8]));
+      if (ack !== CTRL.OK) throw new Error('device refused VQ_PAIRS_SET');
+    }
+    const engineTids = [...tids()].filter((x) => !before.has(x));
+    ipNs(env, 'link', 'set', 'dev', env.tap, 'txqueuelen', String(env.txqlen));
+
+    L.pairs.forEach((p, i) => {
+      const qi = t.dir === 'tx' ? txq(i) : rxq(i);
+      const n = device.notifier(qi);
+      callFds.push(n.callFd);
+      const cfg: TrafficConfig = {
+        mode: t.dir,
+        mem: L.mem,
+        ctl: new SharedArrayBuffer(TCTL_BYTES),
+        q: { size: env.ringSize, ...(t.dir === 'tx' ? p.tx : p.rx), ...n },
+        eventIdx: true,
+        hdrLen: HDR_LEN,
+        base: p.base,
+        slot: p.slot,
+        len: p.len,
+        mergeable: true,
+      };
+      workers.push(spawnWorker('traffic-worker.js', { traffic: cfg }, cfg.ctl));
+    });
+    await waitReady(workers);
+    if (t.dir === 'rx') source = startSource(env, t);
+    const gTids = workerTids(workers);
+    const snap = () => {
+      const s = device.stats();
+      return {
+        frames: t.dir === 'tx' ? s.totals.txPackets : s.totals.rxPackets,
+        bytes: t.dir === 'tx' ? s.totals.txBytes : s.totals.rxBytes,
+        drops: s.totals.drops,
+        interrupts: s.queues.reduce((n, q) => n + q.interrupts, 0),
+        kicks: s.queues.reduce((n, q) => n + q.kicks, 0),
+        wakeups: counters(workers).wakeups,
+        backend: cpuOf(engineTids),
+        guest: cpuOf(gTids),
+        io: s.io,
+      };
+    };
+    const w = await window(env, snap);
+    const src = source ? await source.stop() : undefined;
+    source = undefined;
+    const broken = device.stats().queues.filter((q) => q.broken);
+    if (broken.length) throw new Error(`queue ${broken[0].index} broke during the trial`);
+    return {
+      frames: w.b.frames - w.a.frames,
+      bytes: w.b.bytes - w.a.bytes,
+      wallNs: w.wallNs,
+      backendCpuNs: w.b.backend - w.a.backend,
+      backendThreads: engineTids.length,
+      guestCpuNs: w.b.guest - w.a.guest,
+      io: w.b.io,
+      drops: w.b.drops - w.a.drops,
+      interrupts: w.b.interrupts - w.a.interrupts,
+      kicks: w.b.kicks - w.a.kicks,
+      guestWakeups: w.b.wakeups - w.a.wakeups,
+      source: src,
+      sinkRxPackets: t.dir === 'tx' ? tapRxPackets(env) : undefined,
+    };
+  } finally {
+    if (source) await source.stop().catch(() => undefined);
+    await stopWorkers(workers, callFds);
+    await device.close();
+  }
+}
+
+// --- the C syscall loop -----------------------------------------------------------------
+
+export async function runC(env: Env, t: Trial): Promise<Sample> {
+  const offloads = t.dir === 'rx' && t.gso ? TUN.F_CSUM | TUN.F_TSO4 : 0;
+  const args = [
+    'netns', 'exec', env.ns, path.join(env.outDir, 'baseline'), t.dir, env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec),
+    String(t.queues), String(env.warmupMs), String(env.durationMs), String(offloads), String(env.txqlen),
+  ];
+  const child = spawn('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  env.children.add(child);
+  let out = '';
+  let err = '';
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  let source: Source | undefined;
+  const ready = new Promise<void>((resolve) => {
+    child.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('ready\n')) resolve();
+    });
+  });
+  child.stderr!.on('data', (d) => (err += d));
+  try {
+    const code0 = await Promise.race([ready.then(() => null), exited]);
+    if (code0 !== null || child.exitCode !== null) throw new Error(`baseline failed: ${err.trim()}`);
+    if (t.dir === 'rx') source = startSource(env, t);
+    const code = await exited;
+    if (code !== 0) throw new Error(`baseline exited ${code}: ${err.trim()}`);
+    const src = source ? await source.stop() : undefined;
+    source = undefined;
+    const r = JSON.parse(out.split('\n').filter((l) => l.startsWith('{'))[0]) as { frames: number; bytes: number; cpuNs: number; wallNs: number };
+    return { frames: r.frames, bytes: r.bytes, wallNs: r.wallNs, backendCpuNs: r.cpuNs, backendThreads: t.queues, guestCpuNs: null, source: src };
+  } finally {
+    if (source) await source.stop().catch(() => undefined);
+    if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
+    await exited;
+    env.children.delete(child);
+  }
+}
+
+// --- the plain Node loop --------------------------------------------------------------------
+
+export async function runNode(env: Env, t: Trial): Promise<Sample> {
+  const a = addon();
+  const nsPath = `/run/netns/${env.ns}`;
+  const L = layout(t, env.ringSize, false);
+  const fds: number[] = [];
+  const evfds: number[] = [];
+  const guests: Spawned[] = [];
+  const devices: Spawned[] = [];
+  let source: Source | undefined;
+  try {
+    for (let i = 0; i < t.queues; i++) {
+      const { fd } = a.tapOpen(env.tap, nsPath, 0);
+      fds.push(fd);
+      a.tapSetVnetHdrSz(fd, HDR_LEN);
+      a.tapSetVnetLe(fd, true);
+    }
+    a.tapSetOffload(fds[0], t.dir === 'rx' && t.gso ? TUN.F_CSUM | TUN.F_TSO4 : 0);
+    a.netdevSetUp(nsPath, env.tap, true);
+    ipNs(env, 'link', 'set', 'dev', env.tap, 'txqueuelen', String(env.txqlen));
+    const qs = L.pairs.map((p) => {
+      const kickFd = a.eventfd();
+      const callFd = a.eventfd();
+      evfds.push(kickFd, callFd);
+      return { size: env.ringSize, ...(t.dir === 'tx' ? p.tx : p.rx), kickFd, callFd };
+    });
+    // Guests first: they initialise the rings the JS devices then read.
+    L.pairs.forEach((p, i) => {
+      const cfg: TrafficConfig = { mode: t.dir, mem: L.mem, ctl: new SharedArrayBuffer(TCTL_BYTES), q: qs[i], eventIdx: true, hdrLen: HDR_LEN, base: p.base, slot: p.slot, len: p.len, mergeable: true };
+      guests.push(spawnWorker('traffic-worker.js', { traffic: cfg }, cfg.ctl));
+    });
+    await waitReady(guests);
+    L.pairs.forEach((_, i) => {
+      const cfg: NodeLoopConfig = {
+        mode: t.dir,
+        mem: L.mem,
+        ctl: new SharedArrayBuffer(TCTL_BYTES),
+        q: qs[i],
+        tapFd: fds[i],
+        hdrLen: HDR_LEN,
+        mergeable: true,
+        rxFrameMax: t.gso ? RX_FRAME_MAX_GSO : HDR_LEN + 14 + 1500 + 4,
+      };
+      devices.push(spawnWorker('node-loop.js', { nodeLoop: cfg }, cfg.ctl));
+    });
+    await waitReady(devices);
+    // The guests' first kick may have come before the devices listened: nudge them once.
+    for (const q of qs) a.kick(q.kickFd);
+    if (t.dir === 'rx') source = startSource(env, t);
+    const dTids = workerTids(devices);
+    const gTids = workerTids(guests);
+    const w = await window(env, () => ({ ...counters(devices), backend: cpuOf(dTids), guest: cpuOf(gTids) }));
+    const src = source ? await source.stop() : undefined;
+    source = undefined;
+    return {
+      frames: w.b.frames - w.a.frames,
+      bytes: w.b.bytes - w.a.bytes,
+      wallNs: w.wallNs,
+      backendCpuNs: w.b.backend - w.a.backend,
+      backendThreads: dTids.length,
+      guestCpuNs: w.b.guest - w.a.guest,
+      source: src,
+      sinkRxPackets: t.dir === 'tx' ? tapRxPackets(env) : undefined,
+    };
+  } finally {
+    if (source) await source.stop().catch(() => undefined);
+    const calls = evfds.filter((_, i) => i % 2 === 1);
+    const kicks = evfds.filter((_, i) => i % 2 === 0);
+    await stopWorkers(devices, kicks);
+    await stopWorkers(guests, calls);
+    for (const fd of [...fds, ...evfds]) a.close(fd);
+  }
+}

@@ -1,0 +1,81 @@
+// Hand-written SVG chart of a bench report: frames/s by frame size (one
+// queue pair) and Gbps by size including the 64 KB super-frames, grouped
+// bars per contender. No dependencies; the output is committed as
+// bench/results.svg.
+
+import type { BenchReport, CaseResult } from './run';
+
+const COLORS: Record<string, string> = { vhost: '#1f77b4', c: '#7f7f7f', node: '#ff7f0e' };
+const NAMES: Record<string, string> = { vhost: 'vhost-tap', c: 'C write()/read() loop', node: 'Node loop' };
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+function niceMax(v: number): number {
+  if (v <= 0) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+function panel(x0: number, y0: number, w: number, h: number, title: string, unit: string, groups: { label: string; r: CaseResult }[], value: (r: CaseResult, k: string) => number | undefined): string {
+  const keys = ['vhost', 'c', 'node'];
+  const max = niceMax(Math.max(0, ...groups.flatMap((g) => keys.map((k) => value(g.r, k) ?? 0))));
+  const left = 56;
+  const bottom = 40;
+  const pw = w - left - 10;
+  const ph = h - bottom - 30;
+  const out: string[] = [];
+  out.push(`<text x="${x0 + w / 2}" y="${y0 + 18}" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`);
+  for (let i = 0; i <= 5; i++) {
+    const v = (max * i) / 5;
+    const y = y0 + 30 + ph - (ph * i) / 5;
+    out.push(`<line x1="${x0 + left}" x2="${x0 + left + pw}" y1="${y}" y2="${y}" stroke="#ddd"/>`);
+    out.push(`<text x="${x0 + left - 6}" y="${y + 4}" text-anchor="end" font-size="11">${+v.toPrecision(3)}</text>`);
+  }
+  out.push(`<text transform="translate(${x0 + 14},${y0 + 30 + ph / 2}) rotate(-90)" text-anchor="middle" font-size="12">${esc(unit)}</text>`);
+  const gw = pw / Math.max(1, groups.length);
+  const bw = (gw * 0.8) / keys.length;
+  groups.forEach((g, gi) => {
+    const gx = x0 + left + gi * gw + gw * 0.1;
+    keys.forEach((k, ki) => {
+      const v = value(g.r, k);
+      if (v === undefined) return;
+      const bh = (ph * v) / max;
+      const y = y0 + 30 + ph - bh;
+      out.push(`<rect x="${(gx + ki * bw).toFixed(1)}" y="${y.toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${bh.toFixed(1)}" fill="${COLORS[k]}"><title>${esc(`${NAMES[k]} ${g.label}: ${v.toPrecision(3)} ${unit}`)}</title></rect>`);
+    });
+    out.push(`<text x="${(gx + gw * 0.4).toFixed(1)}" y="${y0 + 30 + ph + 16}" text-anchor="middle" font-size="11">${esc(g.label)}</text>`);
+  });
+  out.push(`<line x1="${x0 + left}" x2="${x0 + left + pw}" y1="${y0 + 30 + ph}" y2="${y0 + 30 + ph}" stroke="#333"/>`);
+  return out.join('\n');
+}
+
+export function renderSvg(report: BenchReport): string {
+  const one = report.results.filter((r) => r.queues === 1);
+  const label = (r: CaseResult): string => `${r.dir.toUpperCase()} ${r.gso ? '64K' : r.size}`;
+  const frameGroups = one.filter((r) => !r.gso).map((r) => ({ label: label(r), r }));
+  const allGroups = one.map((r) => ({ label: label(r), r }));
+  const W = 960;
+  const H = 300;
+  const parts: string[] = [];
+  parts.push(panel(0, 30, W / 2, H, 'frames per second (1 queue pair)', 'Mframes/s', frameGroups, (r, k) => {
+    const m = r.contenders[k as 'vhost']?.median;
+    return m ? m.framesPerSec / 1e6 : undefined;
+  }));
+  parts.push(panel(W / 2, 30, W / 2, H, 'throughput (1 queue pair)', 'Gbit/s of frame bytes', allGroups, (r, k) => r.contenders[k as 'vhost']?.median.gbps));
+  const legend = ['vhost', 'c', 'node']
+    .map((k, i) => `<rect x="${20 + i * 220}" y="${H + 40}" width="12" height="12" fill="${COLORS[k]}"/><text x="${38 + i * 220}" y="${H + 51}" font-size="12">${esc(NAMES[k])}</text>`)
+    .join('\n');
+  const m = report.machine;
+  const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}; medians of ${report.options.rounds} rounds; io ${report.io ?? '?'}`;
+  return `<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H + 70}" viewBox="0 0 ${W} ${H + 70}" font-family="sans-serif">
+<rect width="100%" height="100%" fill="white"/>
+<text x="${W / 2}" y="20" text-anchor="middle" font-size="12" fill="#555">${esc(sub)}</text>
+${parts.join('\n')}
+${legend}
+</svg>
+`;
+}

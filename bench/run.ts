@@ -1,0 +1,388 @@
+#!/usr/bin/env node
+// `vhost-tap bench` / `npm run bench`: measures vhost-tap against its
+// baselines in one run — the C write()/read() loop on the same TAP (the
+// syscall ceiling) and a plain Node JS device — alternating them over several
+// rounds and reporting medians, ratios, CPU per frame and issue 5's targets.
+// Everything happens inside a throw-away 'vt…' namespace deleted at the end,
+// also on failure or SIGINT.
+
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+
+import { Netns } from '../guest-sim/netns';
+import { CONTENDERS, Contender, Env, runC, runNode, runVhost, Sample, Trial } from './contenders';
+import { buildRecords, GSO_FRAME_LEN } from './frames';
+import { renderSvg } from './plot';
+
+const HELP = `Usage: vhost-tap bench [options]
+
+Measures vhost-tap against a C write()/read() loop on the same TAP and a plain
+Node loop, alternating them over several rounds; prints medians and ratios.
+Needs root (creates a network namespace 'vtb…' and deletes it at the end).
+
+Cases:
+  tx        guest → TAP frames at each --sizes (sink: the namespace drops them)
+  rx        TAP → guest frames at each --sizes (source: bench/pktsrc.c, AF_PACKET)
+  tx-gso    guest → TAP 64 KB TCPv4 super-frames (HOST_TSO4, NEEDS_CSUM)
+  rx-gso    TAP → guest 64 KB TCPv4 GSO frames (GUEST_TSO4)
+  tcp-h2g, tcp-g2h   TCP through the guest's stack (unavailable until guest-sim has TCP)
+  tx and rx run with 1 queue pair at every size and with every other --queues
+  count at the smallest size (the queue-scaling comparison).
+
+Options:
+  --duration S     measured seconds per trial (default 1)
+  --warmup MS      warm-up before each measured window (default 300)
+  --rounds N       rounds; contenders alternate within each (default 3)
+  --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514)
+  --queues LIST    queue pair counts (default 1,2)
+  --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h)
+  --contenders L   vhost,c,node (default all)
+  --ring N         virtqueue size (default 256)
+  --json           print the results as JSON on stdout instead of the table
+  --plot FILE.svg  write a chart of frames/s and Gbps by size
+  -h, --help       this help`;
+
+const ALL_CASES = ['tx', 'rx', 'tx-gso', 'rx-gso', 'tcp-h2g', 'tcp-g2h'];
+const FLOWS = 64;
+
+interface CaseSpec {
+  id: string;
+  case: string;
+  dir: 'tx' | 'rx';
+  gso: boolean;
+  size: number;
+  queues: number;
+}
+
+interface Median {
+  framesPerSec: number;
+  gbps: number;
+  backendNsPerFrame: number;
+  guestNsPerFrame: number | null;
+  /** Frames per second of backend CPU: the per-core efficiency the queue-scaling target uses. */
+  framesPerBackendCpuSec: number;
+}
+
+export interface CaseResult extends CaseSpec {
+  contenders: Partial<Record<Contender, { median: Median; rounds: Sample[] }>>;
+  /** vhost-tap's median frames/s over each baseline's, and its frames per backend CPU second over theirs. */
+  ratios: { vsC?: number; vsNode?: number; cpuVsC?: number; cpuVsNode?: number };
+  /** RX only: true when the TAP never dropped during the C loop's rounds, i.e. the source, not the reader, set its pace. */
+  cSourceLimited?: boolean;
+}
+
+export interface Target {
+  name: string;
+  want: string;
+  measured: number | null;
+  met: boolean | null;
+  note?: string;
+}
+
+export interface BenchReport {
+  machine: { cpus: number; model: string; kernel: string; node: string; date: string; loadavgBefore: number[]; loadavgAfter?: number[] };
+  options: Record<string, unknown>;
+  io: string | null;
+  results: CaseResult[];
+  unavailable: { case: string; reason: string }[];
+  targets: Target[];
+}
+
+class UsageError extends Error {}
+
+function list(v: string | undefined, def: string): string[] {
+  return (v ?? def).split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+function nums(name: string, v: string | undefined, def: string): number[] {
+  return list(v, def).map((s) => {
+    const n = Number(s);
+    if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name}: '${s}' is not a positive integer`);
+    return n;
+  });
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+function summarize(rounds: Sample[]): Median {
+  return {
+    framesPerSec: median(rounds.map((r) => (r.frames * 1e9) / r.wallNs)),
+    gbps: median(rounds.map((r) => (r.bytes * 8) / r.wallNs)),
+    backendNsPerFrame: median(rounds.map((r) => r.backendCpuNs / Math.max(1, r.frames))),
+    guestNsPerFrame: rounds[0].guestCpuNs === null ? null : median(rounds.map((r) => (r.guestCpuNs ?? 0) / Math.max(1, r.frames))),
+    framesPerBackendCpuSec: median(rounds.map((r) => (r.frames * 1e9) / Math.max(1, r.backendCpuNs))),
+  };
+}
+
+function machine(): BenchReport['machine'] {
+  return { cpus: os.cpus().length, model: os.cpus()[0]?.model ?? 'unknown', kernel: os.release(), node: process.version, date: new Date().toISOString(), loadavgBefore: os.loadavg() };
+}
+
+function build(outDir: string): void {
+  fs.mkdirSync(outDir, { recursive: true });
+  const src = path.join(__dirname, '..', '..', 'bench');
+  for (const [name, extra] of [['pktsrc', []], ['baseline', ['-pthread']]] as const) {
+    const c = path.join(src, `${name}.c`);
+    const bin = path.join(outDir, name);
+    if (fs.existsSync(bin) && fs.statSync(bin).mtimeMs > fs.statSync(c).mtimeMs) continue;
+    const r = spawnSync('cc', ['-O2', '-Wall', ...extra, '-o', bin, c], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`building ${c} failed (a C compiler 'cc' is needed): ${r.stderr || r.error}`);
+  }
+}
+
+function progress(s: string): void {
+  if (process.stderr.isTTY) process.stderr.write(`\r\x1b[K${s}`);
+  else process.stderr.write(`${s}\n`);
+}
+
+function fmt(n: number | null | undefined, digits = 2): string {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '-';
+  if (Math.abs(n) >= 1e6) return `${(n / 1e6).toFixed(digits)}M`;
+  if (Math.abs(n) >= 1e3) return `${(n / 1e3).toFixed(digits)}k`;
+  return n.toFixed(digits);
+}
+
+function sizeLabel(c: CaseSpec): string {
+  return c.gso ? '64K' : `${c.size}`;
+}
+
+function table(r: BenchReport): string {
+  const lines: string[] = [];
+  lines.push(`vhost-tap bench — ${r.machine.model}, ${r.machine.cpus} CPUs, Linux ${r.machine.kernel}, Node ${r.machine.node}; io: ${r.io ?? '?'}`);
+  lines.push(`medians of ${r.options.rounds} rounds × ${r.options.duration} s; CPU = ns of CPU per frame (backend thread(s) / guest worker(s))`);
+  lines.push('');
+  const head = ['case', 'size', 'q', 'contender', 'frames/s', 'Gbps', 'backend ns/f', 'guest ns/f', 'vs C', 'vs Node', 'CPU vs C', 'CPU vs Node'];
+  const rows: string[][] = [head];
+  for (const c of r.results) {
+    for (const k of CONTENDERS) {
+      const m = c.contenders[k]?.median;
+      if (!m) continue;
+      rows.push([
+        c.case,
+        sizeLabel(c),
+        String(c.queues),
+        k === 'vhost' ? 'vhost-tap' : k === 'c' ? 'C loop' : 'Node loop',
+        fmt(m.framesPerSec),
+        m.gbps.toFixed(2),
+        m.backendNsPerFrame.toFixed(0),
+        m.guestNsPerFrame === null ? '-' : m.guestNsPerFrame.toFixed(0),
+        k === 'vhost' && c.ratios.vsC !== undefined ? `${c.ratios.vsC.toFixed(2)}×` : '',
+        k === 'vhost' && c.ratios.vsNode !== undefined ? `${c.ratios.vsNode.toFixed(2)}×` : '',
+        k === 'vhost' && c.ratios.cpuVsC !== undefined ? `${c.ratios.cpuVsC.toFixed(2)}×` : '',
+        k === 'vhost' && c.ratios.cpuVsNode !== undefined ? `${c.ratios.cpuVsNode.toFixed(2)}×` : '',
+      ]);
+    }
+  }
+  const w = head.map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  for (const [i, row] of rows.entries()) {
+    lines.push(row.map((x, j) => (j >= 4 ? x.padStart(w[j]) : x.padEnd(w[j]))).join('  '));
+    if (i === 0) lines.push(w.map((n) => '-'.repeat(n)).join('  '));
+  }
+  for (const u of r.unavailable) lines.push(`${u.case}: unavailable — ${u.reason}`);
+  lines.push('vs C / vs Node: ratio of frames/s. CPU vs …: ratio of frames per second of backend CPU (efficiency, robust to a busy machine).');
+  for (const c of r.results) if (c.cSourceLimited) lines.push(`${c.case} ${sizeLabel(c)} q${c.queues}: the C read loop kept up with the source (no TAP drops): its frames/s is a lower bound`);
+  const la = r.machine.loadavgAfter ?? r.machine.loadavgBefore;
+  if (Math.max(r.machine.loadavgBefore[0], la[0]) > r.machine.cpus) {
+    lines.push(`warning: load average ${r.machine.loadavgBefore[0].toFixed(1)} → ${la[0].toFixed(1)} on ${r.machine.cpus} CPUs: other work shared the machine; frames/s figures are noisy`);
+  }
+  lines.push('');
+  lines.push('targets (issue 5):');
+  for (const t of r.targets) {
+    const v = t.met === null ? 'not measured' : t.met ? 'MET' : 'NOT MET';
+    lines.push(`  [${v}] ${t.name}: want ${t.want}, measured ${t.measured === null ? '-' : `${t.measured.toFixed(2)}×`}${t.note ? ` (${t.note})` : ''}`);
+  }
+  return lines.join('\n');
+}
+
+function targets(results: CaseResult[], smallest: number): Target[] {
+  const find = (c: string, q = 1): CaseResult | undefined => results.find((r) => r.case === c && !r.gso && r.size === smallest && r.queues === q);
+  const t: Target[] = [];
+  const ratio = (name: string, want: number, x: number | undefined, cpu: number | undefined, extra = ''): void => {
+    const note = [cpu === undefined ? '' : `per backend CPU second ${cpu.toFixed(2)}×`, extra].filter(Boolean).join('; ');
+    t.push({ name, want: `≥ ${want.toFixed(1)}×`, measured: x ?? null, met: x === undefined ? null : x >= want, note: note || undefined });
+  };
+  const tx = find('tx');
+  const rx = find('rx');
+  ratio(`TX ${smallest} B vs C write loop, frames/s`, 1.2, tx?.ratios.vsC, tx?.ratios.cpuVsC);
+  ratio(`RX ${smallest} B vs C read loop, frames/s`, 1.0, rx?.ratios.vsC, rx?.ratios.cpuVsC, rx?.cSourceLimited ? 'C loop source-limited' : '');
+  ratio(`TX ${smallest} B vs Node loop, frames/s`, 10, tx?.ratios.vsNode, tx?.ratios.cpuVsNode);
+  ratio(`RX ${smallest} B vs Node loop, frames/s`, 10, rx?.ratios.vsNode, rx?.ratios.cpuVsNode);
+  for (const dir of ['tx', 'rx']) {
+    const one = find(dir, 1)?.contenders.vhost?.median;
+    const two = find(dir, 2)?.contenders.vhost?.median;
+    const x = one && two ? two.framesPerBackendCpuSec / one.framesPerBackendCpuSec : undefined;
+    t.push({
+      name: `${dir.toUpperCase()} ${smallest} B, 2 queue pairs vs 1, backend frames per backend CPU second`,
+      want: '≥ 1.7×',
+      measured: x ?? null,
+      met: x === undefined ? null : x >= 1.7,
+      note: one && two ? `frames/s ratio ${(two.framesPerSec / one.framesPerSec).toFixed(2)}×` : undefined,
+    });
+  }
+  return t;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let o: Record<string, string | boolean | undefined>;
+  try {
+    o = parseArgs({
+      args: argv,
+      strict: true,
+      options: {
+        duration: { type: 'string' },
+        warmup: { type: 'string' },
+        rounds: { type: 'string' },
+        sizes: { type: 'string' },
+        queues: { type: 'string' },
+        cases: { type: 'string' },
+        contenders: { type: 'string' },
+        ring: { type: 'string' },
+        json: { type: 'boolean' },
+        plot: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }).values as Record<string, string | boolean | undefined>;
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap bench --help')`);
+  }
+  if (o.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const duration = Number(o.duration ?? 1);
+  if (!(duration > 0 && duration <= 600)) throw new UsageError('--duration must be a number of seconds in (0, 600]');
+  const warmupMs = nums('warmup', o.warmup as string | undefined, '300')[0];
+  const rounds = nums('rounds', o.rounds as string | undefined, '3')[0];
+  const sizes = nums('sizes', o.sizes as string | undefined, '64,512,1514');
+  for (const s of sizes) if (s < 60 || s > 1514) throw new UsageError(`--sizes: ${s} is outside 60..1514 (super-frames are the *-gso cases)`);
+  const queues = nums('queues', o.queues as string | undefined, '1,2');
+  for (const q of queues) if (q > 16) throw new UsageError('--queues: at most 16');
+  const cases = list(o.cases as string | undefined, ALL_CASES.join(','));
+  for (const c of cases) if (!ALL_CASES.includes(c)) throw new UsageError(`--cases: unknown case '${c}' (known: ${ALL_CASES.join(', ')})`);
+  const contenders = list(o.contenders as string | undefined, CONTENDERS.join(',')) as Contender[];
+  for (const c of contenders) if (!CONTENDERS.includes(c)) throw new UsageError(`--contenders: unknown '${c}' (known: ${CONTENDERS.join(', ')})`);
+  const ringSize = nums('ring', o.ring as string | undefined, '256')[0];
+  if (ringSize & (ringSize - 1) || ringSize > 32768) throw new UsageError('--ring must be a power of two up to 32768');
+  if (process.getuid?.() !== 0) throw new Error('the benchmark needs root (it creates a network namespace and TAPs)');
+
+  const smallest = Math.min(...sizes);
+  const specs: CaseSpec[] = [];
+  const unavailable: BenchReport['unavailable'] = [];
+  const qs = [...new Set([1, ...queues])].sort((a, b) => a - b);
+  for (const c of cases) {
+    if (c === 'tx' || c === 'rx') {
+      for (const s of sizes) specs.push({ id: `${c}-${s}-q1`, case: c, dir: c, gso: false, size: s, queues: 1 });
+      for (const q of qs) if (q !== 1) specs.push({ id: `${c}-${smallest}-q${q}`, case: c, dir: c, gso: false, size: smallest, queues: q });
+    } else if (c === 'tx-gso' || c === 'rx-gso') {
+      specs.push({ id: `${c}-q1`, case: c, dir: c === 'tx-gso' ? 'tx' : 'rx', gso: true, size: GSO_FRAME_LEN, queues: 1 });
+    } else {
+      const tcp = path.join(__dirname, '..', 'guest-sim', 'tcp.js');
+      unavailable.push({
+        case: c,
+        reason: fs.existsSync(tcp)
+          ? 'guest-sim/tcp exists but the bench does not drive it yet'
+          : 'guest-sim has no TCP yet (guest-sim/tcp.ts is being written); the *-gso cases measure super-frames without one',
+      });
+    }
+  }
+
+  const outDir = path.join(__dirname, '..', '..', 'bench', 'out');
+  build(outDir);
+  const ns = Netns.create('b');
+  const env: Env = {
+    ns: ns.name,
+    tap: `vtb${process.pid.toString(36)}`.slice(0, 15),
+    outDir,
+    warmupMs,
+    durationMs: Math.round(duration * 1000),
+    ringSize,
+    txqlen: 2048,
+    children: new Set(),
+  };
+  const cleanup = (): void => {
+    for (const c of env.children) if (c.exitCode === null && c.pid) try { process.kill(c.pid, 'SIGKILL'); } catch { /* already gone */ }
+    ns.delete();
+  };
+  const onSignal = (sig: NodeJS.Signals): void => {
+    process.stderr.write(`\nvhost-tap bench: ${sig}, cleaning up namespace ${ns.name}\n`);
+    cleanup();
+    process.exit(130);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const mach = machine();
+  const results: CaseResult[] = [];
+  let io: string | null = null;
+  try {
+    // IPv6 off: the kernel's own DAD/RS/MLD frames would otherwise reach the RX consumers.
+    execFileSync('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+    const total = specs.length * rounds * contenders.length;
+    let done = 0;
+    for (const spec of specs) {
+      const recs = buildRecords(spec.size, spec.gso, FLOWS, spec.dir);
+      const file = path.join(outDir, `frames-${spec.dir}-${spec.gso ? 'gso' : spec.size}.bin`);
+      fs.writeFileSync(file, recs.data);
+      const trial: Trial = { dir: spec.dir, gso: spec.gso, queues: spec.queues, recs, file };
+      const samples: Partial<Record<Contender, Sample[]>> = {};
+      for (let r = 0; r < rounds; r++) {
+        // Rotate the order each round so no contender always runs first (or right after another).
+        const order = contenders.map((_, i) => contenders[(i + r) % contenders.length]);
+        for (const k of order) {
+          progress(`[${++done}/${total}] ${spec.case} ${sizeLabel(spec)} B q${spec.queues} ${k} round ${r + 1}/${rounds}`);
+          const s = await (k === 'vhost' ? runVhost : k === 'c' ? runC : runNode)(env, trial);
+          if (s.io) io = s.io;
+          if (s.frames === 0) throw new Error(`${spec.id} ${k}: no frames moved in the measured window`);
+          (samples[k] ??= []).push(s);
+        }
+      }
+      const res: CaseResult = { ...spec, contenders: {}, ratios: {} };
+      for (const k of contenders) if (samples[k]) res.contenders[k] = { median: summarize(samples[k]!), rounds: samples[k]! };
+      const v = res.contenders.vhost?.median.framesPerSec;
+      if (v !== undefined && res.contenders.c) res.ratios.vsC = v / res.contenders.c.median.framesPerSec;
+      if (v !== undefined && res.contenders.node) res.ratios.vsNode = v / res.contenders.node.median.framesPerSec;
+      const e = res.contenders.vhost?.median.framesPerBackendCpuSec;
+      if (e !== undefined && res.contenders.c) res.ratios.cpuVsC = e / res.contenders.c.median.framesPerBackendCpuSec;
+      if (e !== undefined && res.contenders.node) res.ratios.cpuVsNode = e / res.contenders.node.median.framesPerBackendCpuSec;
+      if (spec.dir === 'rx' && samples.c) res.cSourceLimited = samples.c.every((x) => (x.source?.drops ?? 0) === 0);
+      results.push(res);
+    }
+    progress('done');
+    if (process.stderr.isTTY) process.stderr.write('\n');
+  } finally {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+    cleanup();
+  }
+
+  const report: BenchReport = {
+    machine: { ...mach, loadavgAfter: os.loadavg() },
+    options: { duration, warmupMs, rounds, sizes, queues, cases, contenders, ringSize, flows: FLOWS, txqueuelen: env.txqlen },
+    io,
+    results,
+    unavailable,
+    targets: targets(results, smallest),
+  };
+  if (typeof o.plot === 'string') fs.writeFileSync(o.plot, renderSvg(report));
+  console.log(o.json ? JSON.stringify(report, null, 2) : table(report));
+  return 0;
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e: unknown) => {
+      process.stderr.write(`\nvhost-tap bench: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exitCode = e instanceof UsageError ? 2 : 1;
+    },
+  );
+}

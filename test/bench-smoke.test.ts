@@ -1,0 +1,37 @@
+// Smoke test of the benchmark harness: a very short run of one case with every
+// contender must produce the JSON report with non-zero counters and leave no
+// namespace behind. No timing is asserted: throughput is measured, not tested.
+
+import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+const RUN = path.join(__dirname, '..', 'bench', 'run.js');
+
+test('bench: one short TX case produces a complete JSON report', (t) => {
+  if (process.getuid?.() !== 0) return t.pass('needs root');
+  const before = new Set(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []);
+  const r = spawnSync(process.execPath, [RUN, '--cases', 'tx', '--sizes', '64', '--queues', '1', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  const rep = JSON.parse(r.stdout);
+  t.is(rep.results.length, 1);
+  const res = rep.results[0];
+  t.is(res.case, 'tx');
+  for (const k of ['vhost', 'c', 'node']) {
+    const s = res.contenders[k].rounds[0];
+    t.true(s.frames > 0, `${k} moved frames`);
+    t.true(s.bytes > 0, `${k} moved bytes`);
+    t.true(s.backendCpuNs > 0, `${k} backend CPU measured`);
+  }
+  t.is(typeof rep.io, 'string');
+  t.is(res.contenders.vhost.rounds[0].backendThreads, 1, 'one engine thread found');
+  t.true(typeof res.ratios.vsC === 'number' && typeof res.ratios.vsNode === 'number');
+  t.true(rep.targets.length >= 4);
+  t.true(rep.unavailable.length === 0);
+  const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
+  t.deepEqual(after.filter((n) => n.startsWith('vtb') && !before.has(n)), [], 'bench namespace deleted');
+});
