@@ -20,6 +20,7 @@ Commands:
   run       run a simulated guest behind a TAP until SIGINT/SIGTERM
   demo      create a namespace, run a guest in it, ping and UDP-echo it, clean up
   gso-check check checksum/segmentation offloads both ways against this kernel
+  bench     measure throughput against a C syscall loop and a Node loop (bench/)
 
 Run 'vhost-tap <command> --help' for a command's options.`,
   run: `Usage: vhost-tap run --tap NAME [options]
@@ -241,6 +242,14 @@ async function main(argv: string[]): Promise<number> {
       return cmdDemo(rest);
     case 'gso-check':
       return (await import('./gso-check')).gsoCheckMain(rest);
+    case 'bench': {
+      // A child process, so guest-sim never imports bench/ (it lives outside the package's runtime).
+      const { spawnSync } = await import('node:child_process');
+      const runJs = (await import('node:path')).join(__dirname, '..', 'bench', 'run.js');
+      const r = spawnSync(process.execPath, [runJs, ...rest], { stdio: 'inherit' });
+      if (r.error) throw r.error;
+      return r.status ?? 1;
+    }
     default:
       throw new UsageError(`unknown command '${cmd}' (see 'vhost-tap --help')`);
   }
