@@ -68,7 +68,6 @@ test.serial('vhost-tap gso-check --json: every case passes or is unsupported; th
   }
   // A progress line per result on stderr.
   t.is(r.stderr.split('\n').filter((l) => l.startsWith('gso-check: ')).length, CASES.length * 2);
-  t.true(took < 60_000, `took ${took} ms`);
   t.deepEqual(myNamespaces().filter((n) => !before.includes(n)), [], 'namespaces deleted');
 });
 
