@@ -207,6 +207,8 @@ export class TcpConn {
   iss = 0;
   sndUna = 0;
   sndNxt = 0;
+  /** Highest sequence number sent: after a timeout sndNxt goes back to sndUna, but ACKs up to here are valid. */
+  sndMax = 0;
   sndWnd = 0;
   sndWl1 = 0;
   sndWl2 = 0;
@@ -412,6 +414,7 @@ export class TcpStack {
     c.iss = this.isn() >>> 0;
     c.sndUna = c.iss;
     c.sndNxt = seqAdd(c.iss, 1);
+    c.sndMax = c.sndNxt;
     c.mss = v6 ? 1220 : 536;
     c.rto = 1000;
     c.ipId = (Math.random() * 0x10000) & 0xffff;
@@ -744,7 +747,7 @@ export class TcpStack {
   /** Step 5 of SEGMENT ARRIVES; false when the segment must be dropped. */
   private processAck(c: TcpConn): boolean {
     const s = this.seg;
-    if (seqGt(s.ack, c.sndNxt)) {
+    if (seqGt(s.ack, c.sndMax)) {
       // ACK for something not yet sent.
       c.ackNow = true;
       this.output(c);
@@ -754,14 +757,21 @@ export class TcpStack {
     // A peer that answers our probes with a closed window is alive: persist forever (RFC 9293 §3.8.6.1).
     if (wnd === 0) c.retries = 0;
     if (seqGt(s.ack, c.sndUna)) {
-      let acked = seqDiff(s.ack, c.sndUna);
+      const acked = seqDiff(s.ack, c.sndUna);
       c.sndUna = s.ack;
-      if (c.finSent && s.ack === c.sndNxt && !c.finAcked) {
+      let dataAcked = acked;
+      // Only the FIN lies beyond the last data byte.
+      if (c.finQueued && c.ackedBytes + acked > c.sndEnd) {
         c.finAcked = true;
-        acked--;
+        dataAcked = c.sndEnd - c.ackedBytes;
       }
-      const dataAcked = Math.min(acked, c.nxtOff - c.ackedBytes);
       c.ackedBytes += dataAcked;
+      // After a timeout rewound sndNxt, the peer may acknowledge what it already had.
+      if (seqGt(s.ack, c.sndNxt)) {
+        c.sndNxt = s.ack;
+        c.nxtOff = c.ackedBytes;
+        if (c.finAcked) c.finSent = true;
+      }
       c.retries = 0;
       // RTT sample (Karn: rttSeq is cleared whenever we retransmit).
       if (c.rttSeq >= 0 && seqGe(s.ack, c.rttSeq)) {
@@ -778,7 +788,7 @@ export class TcpStack {
           this.retransmitOne(c);
           c.cwnd = Math.max(c.cwnd - dataAcked + c.mss, c.mss);
         }
-      } else if (c.cwnd < c.ssthresh) c.cwnd += Math.min(dataAcked, c.mss);
+      } else if (c.cwnd < c.ssthresh) c.cwnd += dataAcked; // slow start counts bytes acked, as Linux does (RFC 3465): our peers ACK whole batches
       else c.cwnd += Math.max(1, Math.floor((c.mss * c.mss) / c.cwnd)) * Math.max(1, Math.floor(dataAcked / c.mss));
       c.dupAcks = 0;
       c.rtoAt = seqGt(c.sndNxt, c.sndUna) ? this.now + c.rto : -1;
@@ -1151,6 +1161,7 @@ export class TcpStack {
           c.rttTime = this.now;
         }
         c.sndNxt = seqAdd(c.sndNxt, len + (wantFin ? 1 : 0));
+        if (seqGt(c.sndNxt, c.sndMax)) c.sndMax = c.sndNxt;
         c.nxtOff += len;
         if (wantFin) {
           c.finSent = true;
@@ -1228,6 +1239,7 @@ export class TcpStack {
         // Window probe: one byte beyond the closed window.
         if (this.sendData(c, c.sndNxt, c.nxtOff, 1, false)) {
           c.sndNxt = seqAdd(c.sndNxt, 1);
+          if (seqGt(c.sndNxt, c.sndMax)) c.sndMax = c.sndNxt;
           c.nxtOff += 1;
         }
         c.rtoAt = now + c.rto;
@@ -1242,12 +1254,8 @@ export class TcpStack {
       c.dupAcks = 0;
       c.sndNxt = c.sndUna;
       c.nxtOff = c.ackedBytes;
-      if (c.finSent && !c.finAcked) {
-        c.finSent = false;
-        if (c.state === 'FIN_WAIT_1') c.state = 'ESTABLISHED';
-        else if (c.state === 'LAST_ACK') c.state = 'CLOSE_WAIT';
-        else if (c.state === 'CLOSING') c.state = 'CLOSE_WAIT';
-      }
+      // The FIN goes again after the data (the state stays: FIN_WAIT_1, CLOSING or LAST_ACK).
+      if (c.finSent && !c.finAcked) c.finSent = false;
       c.rtoAt = now + c.rto;
       this.output(c);
     }
