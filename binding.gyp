@@ -9,6 +9,7 @@
         "native/tap_binding.cc",
         "native/notify.cc",
         "native/virtqueue.cc",
+        "native/uring.cc",
         "native/engine.cc",
         "native/engine_binding.cc"
       ],

@@ -48,8 +48,15 @@ export interface NativeQueueStats {
 export interface NativeEngineStats {
   rx: NativeQueueStats;
   tx: NativeQueueStats;
-  /** Which I/O method the worker uses ('readv/writev' or 'io_uring'). */
-  io: string;
+  /**
+   * Which I/O method the worker uses: 'io_uring' (TX: up to 64 linked WRITEVs per
+   * io_uring_enter, order kept across EAGAIN; RX: up to 64 READVs per submission when
+   * frames are queued and each RX chain holds rxFrameMax alone) or 'readv/writev' (one
+   * system call per frame). Chosen at each start(): io_uring unless the kernel refuses it
+   * (ENOSYS, EPERM: kernel.io_uring_disabled, seccomp) or the environment variable
+   * VHOST_TAP_IO=readv forces readv/writev. Both move the same frames in the same order.
+   */
+  io: 'io_uring' | 'readv/writev';
   /** Worker wake-ups (epoll_wait returns). */
   wakeups: number;
   running: boolean;

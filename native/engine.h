@@ -13,6 +13,7 @@
 
 #include "guest_memory.h"
 #include "rx_filter.h"
+#include "uring.h"
 #include "virtqueue.h"
 
 namespace vt {
@@ -99,6 +100,8 @@ class Engine {
 
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
+  // 'io_uring' or 'readv/writev': what the last Start() chose (string literal).
+  std::atomic<const char*> io_name{"readv/writev"};
 
  private:
   // One popped RX chain waiting for a frame; its iovecs live in rx_stash_iov_.
@@ -110,7 +113,13 @@ class Engine {
 
   void Run();
   bool ProcessTx();
+  bool ProcessTxBatched();
   bool ProcessRx();
+  void ReadRxBatch(size_t g, uint32_t* packets, uint64_t* bytes, const RxFilter* check);
+  size_t RxBatchable() const;
+  // Reaps completions for user_data 0..n-1 into batch_res_, waiting as needed;
+  // false when the ring failed (the engine then falls back to readv/writev).
+  bool WaitBatch(unsigned n);
   bool FillRxStash();
   bool RxNeedsMore() const;
   void Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
@@ -142,6 +151,12 @@ class Engine {
   bool tap_hup_ = false;           // the TAP (or socket peer) hung up: stop polling it
   uint32_t tap_events_ = 0;        // what the TAP is registered for in epoll (0: not registered)
   Chain scratch_;
+
+  // io_uring batching (see engine.cc kBatch): null when readv/writev is used.
+  std::unique_ptr<Uring> uring_;
+  std::vector<Chain> tx_slots_;           // the chains of one TX batch; iovecs live until reaped
+  std::vector<int32_t> batch_res_;        // CQE result per slot of the current batch
+  size_t rx_batch_ = 1;                   // adaptive RX batch: reads to post next time
   std::vector<Stashed> rx_stash_;
   std::vector<iovec> rx_stash_iov_;
   uint64_t rx_stash_bytes_ = 0;

@@ -224,7 +224,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object o = Napi::Object::New(env);
     o.Set("rx", QueueStatsObject(env, engine_->rx_stats, kRxDropNames.data(), kRxDropNames.size()));
     o.Set("tx", QueueStatsObject(env, engine_->tx_stats, kTxDropNames.data(), kTxDropNames.size()));
-    o.Set("io", Napi::String::New(env, "readv/writev"));
+    o.Set("io", Napi::String::New(env, engine_->io_name.load()));
     o.Set("wakeups", Napi::Number::New(env, static_cast<double>(engine_->wakeups.load())));
     o.Set("running", Napi::Boolean::New(env, engine_->running()));
     return o;

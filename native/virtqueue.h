@@ -112,6 +112,11 @@ class SplitQueue {
   bool EnableNotify();
 
   uint16_t last_avail() const { return last_avail_; }
+  // avail.idx as the driver last published it: a hint for "is there more?"
+  // (batching, busy polling). PopAvail() re-reads it with acquire ordering.
+  uint16_t AvailIdx() const {
+    return Le16(__atomic_load_n(reinterpret_cast<const uint16_t*>(avail_ + 2), __ATOMIC_RELAXED));
+  }
   uint16_t used_idx() const { return used_idx_; }
   uint32_t size() const { return size_; }
 

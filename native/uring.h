@@ -1,0 +1,63 @@
+// A minimal io_uring: setup, the two mmapped rings, submit-and-wait, reaping
+// completions. Only the kernel's uapi header <linux/io_uring.h> and raw
+// system calls: liburing is not on a fresh machine, and the engine needs
+// just READV/WRITEV on one fd. One thread uses a ring (the engine's worker).
+#pragma once
+#include <linux/io_uring.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+
+namespace vt {
+
+class Uring {
+ public:
+  Uring() = default;
+  ~Uring();
+  Uring(const Uring&) = delete;
+  Uring& operator=(const Uring&) = delete;
+
+  // Sets up a ring of `entries` submission slots. Returns 0 or an errno
+  // (ENOSYS on kernels without io_uring, EPERM where it is disabled by
+  // kernel.io_uring_disabled or a seccomp policy, ENOMEM for locked memory).
+  int Init(unsigned entries);
+  bool ok() const { return fd_ >= 0; }
+
+  // Queues a READV/WRITEV of iov[0..cnt) on `fd` at the current file position
+  // (offset -1, the only thing a TAP or socket understands). `link` chains it
+  // to the next one queued: that one starts only if this one fully succeeded.
+  // Always RWF_NOWAIT: a read with no frame or a write with no room completes
+  // at once with -EAGAIN. Without it, recent kernels arm a poll even on an
+  // O_NONBLOCK fd and complete the request only when the TAP becomes ready,
+  // so a batch would wait for traffic that may never come (and stop() with it).
+  // False when the submission ring is full.
+  bool Queue(uint8_t op, int fd, const iovec* iov, unsigned cnt, uint64_t user_data, bool link);
+  // Submits what was queued and waits until `wait` completions are ready.
+  // Returns 0 or an errno (EINTR is retried here).
+  int SubmitAndWait(unsigned wait);
+  // Takes the next completion; false when none is ready.
+  bool Reap(uint64_t* user_data, int32_t* res);
+
+ private:
+  int fd_ = -1;
+  void* sq_map_ = nullptr;
+  size_t sq_map_len_ = 0;
+  void* cq_map_ = nullptr;  // == sq_map_ with IORING_FEAT_SINGLE_MMAP
+  size_t cq_map_len_ = 0;
+  io_uring_sqe* sqes_ = nullptr;
+  size_t sqes_len_ = 0;
+
+  unsigned* sq_head_ = nullptr;
+  unsigned* sq_tail_ = nullptr;
+  unsigned sq_mask_ = 0;
+  unsigned sq_entries_ = 0;
+  unsigned* sq_array_ = nullptr;
+  unsigned* cq_head_ = nullptr;
+  unsigned* cq_tail_ = nullptr;
+  unsigned cq_mask_ = 0;
+  io_uring_cqe* cqes_ = nullptr;
+
+  unsigned queued_ = 0;  // SQEs written but not yet submitted
+};
+
+}  // namespace vt
