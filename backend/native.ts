@@ -57,7 +57,7 @@ export interface NativeEngineStats {
    * VHOST_TAP_IO=readv forces readv/writev. Both move the same frames in the same order.
    */
   io: 'io_uring' | 'readv/writev';
-  /** Worker wake-ups (epoll_wait returns). */
+  /** Worker wake-ups (epoll_wait returns after sleeping; busy-poll hits are not counted). */
   wakeups: number;
   running: boolean;
 }
@@ -104,6 +104,14 @@ export interface NativeEngineOptions {
   rxFrameMax: number;
   rx: NativeQueueConfig;
   tx: NativeQueueConfig;
+  /**
+   * Opt-in busy polling, as vhost-net's busyloop_timeout: before sleeping, the worker polls
+   * avail.idx of both rings and the TAP for up to this many microseconds (0..1000000,
+   * default 0 = never) and goes on without sleeping when it finds work. Costs a CPU while
+   * idle; saves wake-up latency and lets a guest that skips a kick still be served.
+   * stats().wakeups counts only real sleeps that ended, not busy-poll hits.
+   */
+  busyPollUs?: number;
   /**
    * Called on the JS thread (through a thread-safe function) when the guest broke a
    * rule and the queue stopped: (queueIndex, rule, detail). Only that queue stops; the

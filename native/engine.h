@@ -71,6 +71,9 @@ struct EngineConfig {
   bool event_idx = false;
   bool indirect = false;
   uint32_t rx_frame_max = 0;
+  // Before sleeping, poll the rings and the TAP for up to this long (vhost-net's
+  // busyloop_timeout): trades CPU for latency and fewer kicks. 0 = never.
+  uint32_t busy_poll_us = 0;
   QueueConfig rx, tx;
 };
 
@@ -126,6 +129,7 @@ class Engine {
   void Flush(SplitQueue& q, QueueStats& st, const QueueConfig& qc, uint16_t stashed);
   void UpdateTapInterest();
   void DrainKick(int fd, QueueStats& st);
+  bool BusyPoll();
 
   EngineConfig cfg_;
   BrokenFn on_broken_;

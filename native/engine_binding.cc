@@ -130,6 +130,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.event_idx = GetBool(opts, "eventIdx");
     cfg.indirect = GetBool(opts, "indirect");
     cfg.rx_frame_max = static_cast<uint32_t>(GetRange(opts, "rxFrameMax", 0, UINT32_MAX, ""));
+    // A second at most: longer is a spinning thread, not a latency trade.
+    if (!opts.Get("busyPollUs").IsUndefined())
+      cfg.busy_poll_us = static_cast<uint32_t>(GetRange(opts, "busyPollUs", 0, 1000000, ""));
     cfg.rx = ParseQueue(opts, "rx");
     cfg.tx = ParseQueue(opts, "tx");
     Napi::Value cb = opts.Get("onBroken");

@@ -971,3 +971,24 @@ test('RX burst: queued frames land in order, holes left by filtered frames are c
     t.is(r.engine.stats().rx.lastAvailIdx, want.length, 'unused chains are handed back');
   }
 });
+
+test('busyPollUs: a frame posted without a kick is still sent within the window; without it, it waits', async (t) => {
+  for (const busyPollUs of [0, 300000]) {
+    const r = rig();
+    t.teardown(() => r.close());
+    const e = new A.Engine({ ...r.opts, busyPollUs });
+    t.teardown(() => e.stop());
+    e.start();
+    await waitFor(() => e.stats().wakeups >= 0);
+    await new Promise((res) => setTimeout(res, 20));
+    const a = r.mem.alloc(64);
+    r.tx.setChain(0, [[a, 64, false]]);
+    r.tx.post(0); // no kick
+    const sent = await waitFor(() => r.tx.usedIdx === 1, 150);
+    t.is(sent, busyPollUs > 0, `busyPollUs ${busyPollUs}`);
+    if (busyPollUs > 0) t.is(e.stats().wakeups, 0, 'busy-poll hits are not wake-ups');
+  }
+  const r = rig();
+  t.teardown(() => r.close());
+  t.throws(() => new A.Engine({ ...r.opts, busyPollUs: 2e6 }), { code: 'EVHOST_BADARG' } as never);
+});
