@@ -43,6 +43,10 @@ export interface VirtioNetDeviceOptions {
   mtu?: number;
   /** Mask applied to what the device would offer. */
   features?: bigint;
+  /** Busy-poll window in microseconds before a worker sleeps (as vhost-net's busyloop_timeout); 0 .. 1000000, default 0 (off). */
+  busyPollUs?: number;
+  /** Open the TAP with IFF_NAPI: frames the guest sends go through NAPI/GRO in the kernel; default false. */
+  napi?: boolean;
 }
 
 export interface QueueStats {
@@ -73,7 +77,10 @@ interface QueueSetup {
   used: number;
 }
 
-const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features']);
+const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi']);
+
+/** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
+const MAX_BUSY_POLL_US = 1_000_000;
 
 /** Default MTU when none is given: Ethernet's. */
 const DEFAULT_MTU = 1500;
@@ -101,6 +108,7 @@ export class VirtioNetDevice extends EventEmitter {
   private readonly positions: Map<number, { lastAvailIdx: number; usedIdx: number }> = new Map();
   private readonly caps: Capabilities;
   private readonly mtu: number;
+  private readonly busyPollUs: number;
   private readonly macBytes: Uint8Array;
   private ctrl: ControlQueue | undefined;
   private ctrlWatcher: { close(): void } | undefined;
@@ -132,6 +140,12 @@ export class VirtioNetDevice extends EventEmitter {
     if (!Number.isInteger(this.mtu) || this.mtu < 68 || this.mtu > 65535) throw new InvalidArgumentError(`mtu must be an integer from 68 to 65535, got ${opts.mtu}`);
     this.macBytes = opts.mac === undefined ? randomMac() : parseMacOption(opts.mac);
     if (opts.features !== undefined && typeof opts.features !== 'bigint') throw new InvalidArgumentError("option 'features' must be a bigint mask");
+    this.busyPollUs = opts.busyPollUs ?? 0;
+    if (!Number.isInteger(this.busyPollUs) || this.busyPollUs < 0 || this.busyPollUs > MAX_BUSY_POLL_US) {
+      throw new InvalidArgumentError(`busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (microseconds), got ${opts.busyPollUs}`);
+    }
+    if (opts.napi !== undefined && typeof opts.napi !== 'boolean') throw new InvalidArgumentError("option 'napi' must be a boolean");
+    const tapFlags = opts.napi ? TUN.IFF_NAPI : 0;
 
     this.netns = opts.netns;
     this.netnsPath = null;
@@ -146,7 +160,7 @@ export class VirtioNetDevice extends EventEmitter {
     let name = opts.tap;
     try {
       for (let i = 0; i < this.queuePairs; i++) {
-        const q = native(what, () => a.tapOpen(opts.tap, this.netnsPath, 0));
+        const q = native(what, () => a.tapOpen(opts.tap, this.netnsPath, tapFlags));
         this.tapFds.push(q.fd);
         name = q.name;
       }
@@ -458,6 +472,7 @@ export class VirtioNetDevice extends EventEmitter {
         eventIdx: has(f, 'RING_EVENT_IDX'),
         indirect: has(f, 'RING_INDIRECT_DESC'),
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
+        busyPollUs: this.busyPollUs,
         rx: { index: 2 * p, ...rx, kickFd: this.kickFds[2 * p], callFd: this.callFds[2 * p], ...resume(2 * p) },
         tx: { index: 2 * p + 1, ...tx, kickFd: this.kickFds[2 * p + 1], callFd: this.callFds[2 * p + 1], ...resume(2 * p + 1) },
         onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),
