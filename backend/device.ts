@@ -432,10 +432,26 @@ export class VirtioNetDevice extends EventEmitter {
     for (const e of this.engines) e?.setRxFilter(snap);
   }
 
-  /** Starts engines for pairs [0, n), stops the rest; attaches/detaches TAP queues to match. */
+  /**
+   * Starts engines for pairs [0, n), stops the rest; attaches/detaches TAP queues to match.
+   * Detaching a TAP queue drops what the kernel still holds for it, so before pairs go away
+   * all new frames are steered to queue 0, the leaving pairs drain into their rings, and
+   * only then are their queues detached.
+   */
   private setActivePairs(n: number): void {
     const a = addon();
     const what = `TAP '${this.tapName}'`;
+    const shrinking = this.engines.some((e, p) => e && p >= n);
+    if (shrinking) native(what, () => a.tapSteerAllTo(this.tapFds[0], 0));
+    try {
+      this.switchPairs(n);
+    } finally {
+      if (shrinking) native(what, () => a.tapSteerAllTo(this.tapFds[0], -1));
+    }
+    this.activePairs = n;
+  }
+
+  private switchPairs(n: number): void {
     for (let p = 0; p < this.queuePairs; p++) {
       if (p < n && !this.engines[p]) {
         this.attachQueue(p, true);
@@ -443,12 +459,11 @@ export class VirtioNetDevice extends EventEmitter {
         this.engines[p]!.setRxFilter(this.rxFilter.snapshot());
         this.engines[p]!.start();
       } else if (p >= n) {
-        this.stopEngine(p);
+        this.stopEngine(p, true);
         // Detached queues get no frames from the kernel's steering; pair 0 never detaches.
         if (p > 0) this.attachQueue(p, false);
       }
     }
-    this.activePairs = n;
   }
 
   private attachQueue(p: number, attach: boolean): void {
@@ -481,10 +496,10 @@ export class VirtioNetDevice extends EventEmitter {
   }
 
   /** Stops pair p's engine and keeps its counters and ring positions. */
-  private stopEngine(p: number): void {
+  private stopEngine(p: number, drainRx = false): void {
     const e = this.engines[p];
     if (!e) return;
-    e.stop();
+    e.stop(drainRx);
     const s = e.stats();
     for (const [i, kind, live] of [[2 * p, 'rx', s.rx], [2 * p + 1, 'tx', s.tx]] as const) {
       this.retired.set(i, this.merge(i, kind, live));

@@ -129,8 +129,12 @@ export interface NativeEngineOptions {
 export interface NativeEngine {
   /** Start the worker thread (again after stop(), resuming). Throws code 'EVHOST_STATE' if already running. */
   start(): void;
-  /** Stop and join the worker; afterwards stats().rx/tx.lastAvailIdx/usedIdx say where to resume. */
-  stop(): void;
+  /**
+   * Stop and join the worker; afterwards stats().rx/tx.lastAvailIdx/usedIdx say where to resume.
+   * With `drainRx`, the worker first moves the frames its TAP queue holds into posted guest
+   * buffers (bounded), because detaching the queue would drop them.
+   */
+  stop(drainRx?: boolean): void;
   stats(): NativeEngineStats;
   /**
    * The exact per-frame RX filter (RX modes, primary MAC + unicast table, multicast table,
@@ -180,6 +184,11 @@ export interface Addon {
   tapSetQueue(fd: number, attach: boolean): void;
   /** TUNSETCARRIER */
   tapSetCarrier(fd: number, up: boolean): void;
+  /**
+   * TUNSETSTEERINGEBPF with a program that sends every frame to `queue`; -1 removes it
+   * and the kernel's flow steering applies again.
+   */
+  tapSteerAllTo(fd: number, queue: number): void;
   /** TUNSETTXFILTER: flags (TUN_FLT_ALLMULTI = 1) and a Buffer of 6-byte addresses. */
   tapSetTxFilter(fd: number, flags: number, macs: Uint8Array): void;
   /** TUNSETSNDBUF */

@@ -27,6 +27,11 @@ namespace {
 // way cannot starve the other way nor make stop() wait for long. The packet
 // bound matters for small frames, the byte bound for large GSO frames.
 constexpr uint32_t kBudgetPackets = 256;
+// Rounds of RX a draining stop may run: detaching a TAP queue drops whatever
+// the kernel still holds for it, so before a pair is taken away the worker
+// moves what it can into the guest's buffers. Bounded so a flood that keeps
+// the queue full cannot hold stop() up: 16 rounds are 4096 frames.
+constexpr int kDrainRounds = 16;
 constexpr uint64_t kBudgetBytes = 512 * 1024;
 
 // readv/writev take at most IOV_MAX segments. RX gathers stashed chains up to
@@ -244,8 +249,9 @@ int Engine::Start(const char** syscall) {
   return 0;
 }
 
-void Engine::Stop() {
+void Engine::Stop(bool drain_rx) {
   if (!thread_.joinable()) return;
+  drain_rx_ = drain_rx;
   stop_ = true;
   uint64_t one = 1;
   ssize_t r = write(stop_fd_, &one, sizeof one);
@@ -761,6 +767,13 @@ bool Engine::BusyPoll() {
   }
 }
 
+void Engine::DrainRx() {
+  for (int i = 0; i < kDrainRounds && !rx_broken_ && !tap_hup_; i++) {
+    rx_tap_readable_ = true;
+    if (!ProcessRx()) break;  // EAGAIN, or no guest buffers left
+  }
+}
+
 void Engine::Run() {
   // "vt-pair<p>" (p = RX virtqueue index / 2): lets tools and the benchmark find
   // this worker's CPU time in /proc/self/task/*/comm. Linux keeps 15 bytes of a
@@ -769,6 +782,11 @@ void Engine::Run() {
   snprintf(name, sizeof name, "vt-pair%u", (cfg_.rx.index / 2) & 0xffff);
   pthread_setname_np(pthread_self(), name);
 
+  Loop();
+  if (drain_rx_.load(std::memory_order_relaxed)) DrainRx();
+}
+
+void Engine::Loop() {
   epoll_event evs[kMaxEvents];
   while (!stop_.load(std::memory_order_relaxed)) {
     bool more = false;
@@ -782,7 +800,8 @@ void Engine::Run() {
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {
       switch (evs[i].data.u32) {
-        case kTagStop: return;
+        case kTagStop:
+          return;
         case kTagRxKick: DrainKick(cfg_.rx.kick_fd, rx_stats); break;
         case kTagTxKick: DrainKick(cfg_.tx.kick_fd, tx_stats); break;
         case kTagTap:

@@ -93,7 +93,9 @@ class Engine {
   // Starts the worker. On a system call failure returns its errno and sets *syscall.
   int Start(const char** syscall);
   // Stops and joins the worker; idempotent.
-  void Stop();
+  // With drain_rx, the worker first moves frames the TAP queue still holds into
+  // the guest's posted buffers (used before detaching a queue, which drops them).
+  void Stop(bool drain_rx = false);
   bool running() const { return running_.load(std::memory_order_relaxed); }
 
   // Replaces the RX filter (nullptr: accept every frame). Any thread, at any
@@ -115,6 +117,8 @@ class Engine {
   };
 
   void Run();
+  void Loop();
+  void DrainRx();
   bool ProcessTx();
   bool ProcessTxBatched();
   bool ProcessRx();
@@ -145,6 +149,7 @@ class Engine {
   std::thread thread_;
   std::atomic<bool> running_{false};
   std::atomic<bool> stop_{false};
+  std::atomic<bool> drain_rx_{false};
   int epoll_fd_ = -1;
   int stop_fd_ = -1;
 

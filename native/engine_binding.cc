@@ -209,7 +209,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (err) ThrowErrno(info.Env(), err, sc, "starting the engine worker");
   }
 
-  void Stop(const Napi::CallbackInfo&) { engine_->Stop(); }
+  // stop(drainRx?: boolean)
+  void Stop(const Napi::CallbackInfo& info) {
+    const bool drain = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
+    engine_->Stop(drain);
+  }
 
   // setRxFilter(snapshot | null); null accepts every frame.
   void SetRxFilter(const Napi::CallbackInfo& info) {

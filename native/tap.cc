@@ -7,8 +7,10 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <net/if_arp.h>
+#include <linux/bpf.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -43,6 +45,7 @@ constexpr unsigned long kTunSetIff = _IOW('T', 202, int);
 constexpr unsigned long kTunGetFeatures = _IOR('T', 207, unsigned int);
 constexpr unsigned long kTunSetOffload = _IOW('T', 208, unsigned int);
 constexpr unsigned long kTunSetTxFilter = _IOW('T', 209, unsigned int);
+constexpr unsigned long kTunSetSteeringEbpf = _IOR('T', 224, int);
 constexpr unsigned long kTunSetSndBuf = _IOW('T', 212, int);
 constexpr unsigned long kTunGetVnetHdrSz = _IOR('T', 215, int);
 constexpr unsigned long kTunSetVnetHdrSz = _IOW('T', 216, int);
@@ -251,6 +254,34 @@ TapResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t c
   // exactly, so only a negative result is a failure (the same test is used
   // for every ioctl in this file).
   if (::ioctl(fd, kTunSetTxFilter, buf.data()) < 0) return Fail("ioctl(TUNSETTXFILTER)", kStepIoctl, errno);
+  return Ok();
+}
+
+TapResult TapSteerAllTo(int fd, int queue) {
+  int prog = -1;
+  if (queue >= 0) {
+    // A two-instruction socket filter, "r0 = queue; exit": tun takes its return
+    // value modulo the number of queues as the queue for every frame.
+    bpf_insn insns[2];
+    std::memset(insns, 0, sizeof insns);
+    insns[0].code = BPF_ALU64 | BPF_MOV | BPF_K;
+    insns[0].dst_reg = BPF_REG_0;
+    insns[0].imm = queue;
+    insns[1].code = BPF_JMP | BPF_EXIT;
+    bpf_attr attr;
+    std::memset(&attr, 0, sizeof attr);
+    attr.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+    attr.insn_cnt = 2;
+    attr.insns = reinterpret_cast<uintptr_t>(insns);
+    attr.license = reinterpret_cast<uintptr_t>("Dual MIT/GPL");
+    prog = static_cast<int>(::syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
+    if (prog < 0) return Fail("bpf(BPF_PROG_LOAD)", kStepIoctl, errno);
+  }
+  // tun holds its own reference to the program; ours goes right away.
+  const int r = ::ioctl(fd, kTunSetSteeringEbpf, &prog);
+  const int err = errno;
+  if (prog >= 0) ::close(prog);
+  if (r < 0) return Fail("ioctl(TUNSETSTEERINGEBPF)", kStepIoctl, err);
   return Ok();
 }
 

@@ -52,6 +52,10 @@ TapResult TapSetOffload(int fd, unsigned tunFlags);
 // attach: IFF_ATTACH_QUEUE, else IFF_DETACH_QUEUE.
 TapResult TapSetQueue(int fd, bool attach);
 TapResult TapSetCarrier(int fd, bool up);
+// Steers every frame the kernel sends to the TAP to queue `queue` (a BPF
+// program set with TUNSETSTEERINGEBPF); a negative queue removes the program
+// and the kernel's own flow steering applies again.
+TapResult TapSteerAllTo(int fd, int queue);
 // `macs` holds `count` 6-byte addresses back to back.
 TapResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count);
 TapResult TapSetSndBuf(int fd, int bytes);

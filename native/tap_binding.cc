@@ -252,6 +252,15 @@ Napi::Value TapSetCarrierJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value TapSteerAllToJs(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (!info[1].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", "queue must be a number (-1 to remove steering)");
+  const int queue = info[1].As<Napi::Number>().Int32Value();
+  TapResult r = TapSteerAllTo(fd, queue);
+  if (!r.ok()) ThrowTap(info.Env(), r, std::string("setting the steering program via ") + FdDesc(fd), nullptr);
+  return info.Env().Undefined();
+}
+
 Napi::Value TapSetTxFilterJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
@@ -369,6 +378,7 @@ void InitTap(Napi::Env env, Napi::Object exports) {
   add("tapSetOffload", TapSetOffloadJs);
   add("tapSetQueue", TapSetQueueJs);
   add("tapSetCarrier", TapSetCarrierJs);
+  add("tapSteerAllTo", TapSteerAllToJs);
   add("tapSetTxFilter", TapSetTxFilterJs);
   add("tapSetSndBuf", TapSetSndBufJs);
   add("close", CloseJs);
