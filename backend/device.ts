@@ -47,6 +47,8 @@ export interface VirtioNetDeviceOptions {
   busyPollUs?: number;
   /** Open the TAP with IFF_NAPI: frames the guest sends go through NAPI/GRO in the kernel; default false. */
   napi?: boolean;
+  /** Data path I/O: 'auto' (default) io_uring batching where the kernel allows it, 'readv' one readv/writev per frame; stats().io says which runs. */
+  io?: 'auto' | 'readv';
 }
 
 export interface QueueStats {
@@ -77,7 +79,7 @@ interface QueueSetup {
   used: number;
 }
 
-const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi']);
+const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io']);
 
 /** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
 const MAX_BUSY_POLL_US = 1_000_000;
@@ -109,6 +111,7 @@ export class VirtioNetDevice extends EventEmitter {
   private readonly caps: Capabilities;
   private readonly mtu: number;
   private readonly busyPollUs: number;
+  private readonly io: 'auto' | 'readv';
   private readonly macBytes: Uint8Array;
   private ctrl: ControlQueue | undefined;
   private ctrlWatcher: { close(): void } | undefined;
@@ -145,6 +148,8 @@ export class VirtioNetDevice extends EventEmitter {
       throw new InvalidArgumentError(`busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (microseconds), got ${opts.busyPollUs}`);
     }
     if (opts.napi !== undefined && typeof opts.napi !== 'boolean') throw new InvalidArgumentError("option 'napi' must be a boolean");
+    if (opts.io !== undefined && opts.io !== 'auto' && opts.io !== 'readv') throw new InvalidArgumentError("option 'io' must be 'auto' or 'readv'");
+    this.io = opts.io ?? 'auto';
     const tapFlags = opts.napi ? TUN.IFF_NAPI : 0;
 
     this.netns = opts.netns;
@@ -488,6 +493,7 @@ export class VirtioNetDevice extends EventEmitter {
         indirect: has(f, 'RING_INDIRECT_DESC'),
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
         busyPollUs: this.busyPollUs,
+        io: this.io,
         rx: { index: 2 * p, ...rx, kickFd: this.kickFds[2 * p], callFd: this.callFds[2 * p], ...resume(2 * p) },
         tx: { index: 2 * p + 1, ...tx, kickFd: this.kickFds[2 * p + 1], callFd: this.callFds[2 * p + 1], ...resume(2 * p + 1) },
         onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),

@@ -113,6 +113,11 @@ export interface NativeEngineOptions {
    */
   busyPollUs?: number;
   /**
+   * 'auto' (default): io_uring batching where the kernel allows it, else readv/writev.
+   * 'readv': readv/writev even where io_uring works (stats().io says which runs).
+   */
+  io?: 'auto' | 'readv';
+  /**
    * Called on the JS thread (through a thread-safe function) when the guest broke a
    * rule and the queue stopped: (queueIndex, rule, detail). Only that queue stops; the
    * other direction of the pair keeps running. Rules are kebab-case names:

@@ -228,7 +228,7 @@ int Engine::Start(const char** syscall) {
   // are correct, one is faster. Made per Start() and released at Stop() so a
   // stopped engine holds no ring fd.
   uring_.reset();
-  if (UringWanted()) {
+  if (!cfg_.force_readv && UringWanted()) {
     auto u = std::make_unique<Uring>();
     if (u->Init(kBatch) == 0) uring_ = std::move(u);
   }

@@ -74,6 +74,9 @@ struct EngineConfig {
   // Before sleeping, poll the rings and the TAP for up to this long (vhost-net's
   // busyloop_timeout): trades CPU for latency and fewer kicks. 0 = never.
   uint32_t busy_poll_us = 0;
+  // Use readv/writev even where io_uring works (option io: 'readv'): lets one
+  // process compare both paths per device; VHOST_TAP_IO=readv does it for all.
+  bool force_readv = false;
   QueueConfig rx, tx;
 };
 

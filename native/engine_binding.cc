@@ -133,6 +133,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     // A second at most: longer is a spinning thread, not a latency trade.
     if (!opts.Get("busyPollUs").IsUndefined())
       cfg.busy_poll_us = static_cast<uint32_t>(GetRange(opts, "busyPollUs", 0, 1000000, ""));
+    Napi::Value io = opts.Get("io");
+    if (!io.IsUndefined()) {
+      const std::string v = io.IsString() ? io.As<Napi::String>().Utf8Value() : "";
+      if (v != "auto" && v != "readv") BadArg(env, "option 'io' must be 'auto' or 'readv'");
+      cfg.force_readv = v == "readv";
+    }
     cfg.rx = ParseQueue(opts, "rx");
     cfg.tx = ParseQueue(opts, "tx");
     Napi::Value cb = opts.Get("onBroken");

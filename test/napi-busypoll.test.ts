@@ -65,4 +65,5 @@ test('device options busyPollUs and napi are checked', (t) => {
     t.throws(() => new VirtioNetDevice({ memory, tap: 'vtx0', busyPollUs }), { name: 'InvalidArgumentError' });
   }
   t.throws(() => new VirtioNetDevice({ memory, tap: 'vtx0', napi: 1 as unknown as boolean }), { name: 'InvalidArgumentError' });
+  t.throws(() => new VirtioNetDevice({ memory, tap: 'vtx0', io: 'uring' as never }), { name: 'InvalidArgumentError' });
 });

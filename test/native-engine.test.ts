@@ -992,3 +992,26 @@ test('busyPollUs: a frame posted without a kick is still sent within the window;
   t.teardown(() => r.close());
   t.throws(() => new A.Engine({ ...r.opts, busyPollUs: 2e6 }), { code: 'EVHOST_BADARG' } as never);
 });
+
+test("option io: 'readv' picks readv/writev for this engine alone; anything else but 'auto' is refused", async (t) => {
+  const r = rig();
+  t.teardown(() => r.close());
+  const e = new A.Engine({ ...r.opts, io: 'readv' });
+  t.teardown(() => e.stop());
+  e.start();
+  t.is(e.stats().io, 'readv/writev');
+  // The forced path still moves frames.
+  const a = r.mem.alloc(12 + 60);
+  put(r.mem, a, pattern(72, 3));
+  r.tx.setChain(0, [[a, 72, false]]);
+  r.tx.post(0);
+  A.kick(r.txKick);
+  t.deepEqual(await readPeerWait(r.peer), pattern(72, 3));
+  e.stop();
+  const auto = new A.Engine({ ...r.opts, io: 'auto' });
+  t.teardown(() => auto.stop());
+  auto.start();
+  t.is(auto.stats().io, EXPECTED_IO);
+  auto.stop();
+  t.throws(() => new A.Engine({ ...r.opts, io: 'uring' as never }), { code: 'EVHOST_BADARG' } as never);
+});
