@@ -111,6 +111,8 @@ export interface GuestOptions {
   sourceBytes?: number;
   /** Largest TCP receive window per connection; default 4 MiB with GUEST_TSO, 1 MiB without. */
   tcpRcvBuf?: number;
+  /** The device's I/O method (VirtioNetDevice option io); default 'auto'. */
+  io?: 'auto' | 'readv';
 }
 
 /** One TCP discard (port 9) connection closed by its peer. */
@@ -180,7 +182,7 @@ export class GuestSim extends EventEmitter {
     const memBytes = alignUp(pairs * perPair + DriverQueue.layout(0, CTRL_QUEUE_SIZE, 4096).end + 4096 + CTRL_BUF_BYTES + 4096, 1 << 20);
     const mem = new SharedArrayBuffer(memBytes);
 
-    const device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu });
+    const device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io });
     let guest: GuestSim | undefined;
     try {
       // Linux's order (virtio 1.x §3.1.1): reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, queues, DRIVER_OK.
