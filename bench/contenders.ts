@@ -17,8 +17,12 @@ import { GUEST_MAC, HDR_LEN, Records } from './frames';
 import { NodeLoopConfig } from './node-loop';
 import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
 
-export type Contender = 'vhost' | 'c' | 'node';
-export const CONTENDERS: Contender[] = ['vhost', 'c', 'node'];
+// 'vhost' is the default engine (io_uring batching where the kernel allows it);
+// 'vhost-readv' is the same device with option io: 'readv' (one readv/writev per
+// frame), so the table shows what batching buys next to the same baselines.
+export type Contender = 'vhost' | 'vhost-readv' | 'c' | 'node';
+export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'c', 'node'];
+export const CONTENDER_NAMES: Record<Contender, string> = { vhost: 'vhost-tap', 'vhost-readv': 'vhost-tap readv', c: 'C loop', node: 'Node loop' };
 
 export interface Trial {
   dir: 'tx' | 'rx';
@@ -83,11 +87,11 @@ export function threadCpuNs(tid: number): number {
   }
 }
 
-function tids(): Set<number> {
+export function tids(): Set<number> {
   return new Set(fs.readdirSync('/proc/self/task').map(Number));
 }
 
-function cpuOf(list: number[]): number {
+export function cpuOf(list: number[]): number {
   return list.reduce((s, t) => s + threadCpuNs(t), 0);
 }
 
@@ -211,7 +215,7 @@ function startSource(env: Env, t: Trial): Source {
   };
 }
 
-function ipNs(env: Env, ...args: string[]): string {
+export function ipNs(env: Env, ...args: string[]): string {
   return execFileSync('ip', ['-n', env.ns, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
@@ -233,10 +237,10 @@ async function window<T>(env: Env, snap: () => T): Promise<{ a: T; b: T; wallNs:
 
 // --- vhost-tap ---------------------------------------------------------------------------
 
-export async function runVhost(env: Env, t: Trial): Promise<Sample> {
+export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'): Promise<Sample> {
   const mq = t.queues > 1;
   const L = layout(t, env.ringSize, mq);
-  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500 });
+  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io });
   const workers: Spawned[] = [];
   const callFds: number[] = [];
   let source: Source | undefined;
@@ -309,6 +313,7 @@ export async function runVhost(env: Env, t: Trial): Promise<Sample> {
     const w = await window(env, snap);
     const src = source ? await source.stop() : undefined;
     source = undefined;
+    if (io === 'readv' && w.b.io !== 'readv/writev') throw new Error(`option io 'readv' ran ${w.b.io}`);
     const broken = device.stats().queues.filter((q) => q.broken);
     if (broken.length) throw new Error(`queue ${broken[0].index} broke during the trial`);
     return {

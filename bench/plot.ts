@@ -1,12 +1,20 @@
 // Hand-written SVG chart of a bench report: frames/s by frame size (one
-// queue pair) and Gbps by size including the 64 KB super-frames, grouped
-// bars per contender. No dependencies; the output is committed as
-// bench/results.svg.
+// queue pair) and Gbps by size including the 64 KB super-frames and the TCP
+// cases, grouped bars per contender. The Gbps panel is log-scaled: 64 B
+// frames (~0.2 Gbps) and super-frames (~100 Gbps) differ by three orders of
+// magnitude, and on a linear axis the small sizes are invisible. No
+// dependencies; the output is committed as bench/results.svg.
 
-import type { BenchReport, CaseResult } from './run';
+import type { BenchReport } from './run';
 
-const COLORS: Record<string, string> = { vhost: '#1f77b4', c: '#7f7f7f', node: '#ff7f0e' };
-const NAMES: Record<string, string> = { vhost: 'vhost-tap', c: 'C write()/read() loop', node: 'Node loop' };
+const KEYS = ['vhost', 'vhost-readv', 'c', 'node'];
+const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', c: '#7f7f7f', node: '#ff7f0e' };
+const NAMES: Record<string, string> = { vhost: 'vhost-tap (io_uring)', 'vhost-readv': 'vhost-tap (readv/writev)', c: 'C write()/read() loop', node: 'Node loop' };
+
+interface Group {
+  label: string;
+  values: Partial<Record<string, number>>;
+}
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
@@ -19,18 +27,24 @@ function niceMax(v: number): number {
   return 10 * p;
 }
 
-function panel(x0: number, y0: number, w: number, h: number, title: string, unit: string, groups: { label: string; r: CaseResult }[], value: (r: CaseResult, k: string) => number | undefined): string {
-  const keys = ['vhost', 'c', 'node'];
-  const max = niceMax(Math.max(0, ...groups.flatMap((g) => keys.map((k) => value(g.r, k) ?? 0))));
+function panel(x0: number, y0: number, w: number, h: number, title: string, unit: string, groups: Group[], log: boolean): string {
+  const keys = KEYS.filter((k) => groups.some((g) => g.values[k] !== undefined));
+  const all = groups.flatMap((g) => keys.map((k) => g.values[k] ?? 0)).filter((v) => v > 0);
+  const max = log ? 10 ** Math.ceil(Math.log10(Math.max(1e-9, ...all))) : niceMax(Math.max(0, ...all));
+  const min = log ? 10 ** Math.floor(Math.log10(Math.min(max / 10, ...all))) : 0;
+  const decades = log ? Math.round(Math.log10(max / min)) : 5;
+  // Fraction of the axis height for a value.
+  const frac = (v: number): number => (log ? Math.max(0, Math.log10(v / min) / decades) : v / max);
   const left = 56;
   const bottom = 40;
   const pw = w - left - 10;
   const ph = h - bottom - 30;
   const out: string[] = [];
   out.push(`<text x="${x0 + w / 2}" y="${y0 + 18}" text-anchor="middle" font-size="14" font-weight="bold">${esc(title)}</text>`);
-  for (let i = 0; i <= 5; i++) {
-    const v = (max * i) / 5;
-    const y = y0 + 30 + ph - (ph * i) / 5;
+  const ticks = log ? decades : 5;
+  for (let i = 0; i <= ticks; i++) {
+    const v = log ? min * 10 ** i : (max * i) / 5;
+    const y = y0 + 30 + ph - (ph * i) / ticks;
     out.push(`<line x1="${x0 + left}" x2="${x0 + left + pw}" y1="${y}" y2="${y}" stroke="#ddd"/>`);
     out.push(`<text x="${x0 + left - 6}" y="${y + 4}" text-anchor="end" font-size="11">${+v.toPrecision(3)}</text>`);
   }
@@ -40,9 +54,9 @@ function panel(x0: number, y0: number, w: number, h: number, title: string, unit
   groups.forEach((g, gi) => {
     const gx = x0 + left + gi * gw + gw * 0.1;
     keys.forEach((k, ki) => {
-      const v = value(g.r, k);
+      const v = g.values[k];
       if (v === undefined) return;
-      const bh = (ph * v) / max;
+      const bh = ph * frac(v);
       const y = y0 + 30 + ph - bh;
       out.push(`<rect x="${(gx + ki * bw).toFixed(1)}" y="${y.toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${bh.toFixed(1)}" fill="${COLORS[k]}"><title>${esc(`${NAMES[k]} ${g.label}: ${v.toPrecision(3)} ${unit}`)}</title></rect>`);
     });
@@ -54,22 +68,26 @@ function panel(x0: number, y0: number, w: number, h: number, title: string, unit
 
 export function renderSvg(report: BenchReport): string {
   const one = report.results.filter((r) => r.queues === 1);
-  const label = (r: CaseResult): string => `${r.dir.toUpperCase()} ${r.gso ? '64K' : r.size}`;
-  const frameGroups = one.filter((r) => !r.gso).map((r) => ({ label: label(r), r }));
-  const allGroups = one.map((r) => ({ label: label(r), r }));
-  const W = 960;
-  const H = 300;
-  const parts: string[] = [];
-  parts.push(panel(0, 30, W / 2, H, 'frames per second (1 queue pair)', 'Mframes/s', frameGroups, (r, k) => {
-    const m = r.contenders[k as 'vhost']?.median;
-    return m ? m.framesPerSec / 1e6 : undefined;
+  const pick = (f: (k: string) => number | undefined): Group['values'] => Object.fromEntries(KEYS.map((k) => [k, f(k)]).filter(([, v]) => v !== undefined));
+  const frameGroups: Group[] = one.filter((r) => !r.gso).map((r) => ({
+    label: `${r.dir.toUpperCase()} ${r.size}`,
+    values: pick((k) => {
+      const m = r.contenders[k as 'vhost']?.median;
+      return m ? m.framesPerSec / 1e6 : undefined;
+    }),
   }));
-  parts.push(panel(W / 2, 30, W / 2, H, 'throughput (1 queue pair)', 'Gbit/s of frame bytes', allGroups, (r, k) => r.contenders[k as 'vhost']?.median.gbps));
-  const legend = ['vhost', 'c', 'node']
-    .map((k, i) => `<rect x="${20 + i * 220}" y="${H + 40}" width="12" height="12" fill="${COLORS[k]}"/><text x="${38 + i * 220}" y="${H + 51}" font-size="12">${esc(NAMES[k])}</text>`)
-    .join('\n');
+  const gbpsGroups: Group[] = [
+    ...one.map((r) => ({ label: `${r.dir.toUpperCase()} ${r.gso ? '64K' : r.size}`, values: pick((k) => r.contenders[k as 'vhost']?.median.gbps) })),
+    ...(report.tcp ?? []).map((r) => ({ label: `TCP ${r.dir}`, values: pick((k) => r.contenders[k as 'vhost']?.median.gbps) })),
+  ];
+  const W = 1100;
+  const H = 320;
+  const parts: string[] = [];
+  parts.push(panel(0, 30, W * 0.42, H, 'frames per second (1 queue pair)', 'Mframes/s', frameGroups, false));
+  parts.push(panel(W * 0.42, 30, W * 0.58, H, 'throughput (1 queue pair; log scale)', 'Gbit/s (frame bytes; TCP: payload)', gbpsGroups, true));
+  const legend = KEYS.map((k, i) => `<rect x="${20 + i * 260}" y="${H + 40}" width="12" height="12" fill="${COLORS[k]}"/><text x="${38 + i * 260}" y="${H + 51}" font-size="12">${esc(NAMES[k])}</text>`).join('\n');
   const m = report.machine;
-  const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}; medians of ${report.options.rounds} rounds; io ${report.io ?? '?'}`;
+  const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}; medians of ${report.options.rounds} rounds; TCP: vhost-tap only (no baseline has a guest TCP stack)`;
   return `<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H + 70}" viewBox="0 0 ${W} ${H + 70}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>

@@ -21,17 +21,41 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.is(rep.results.length, 1);
   const res = rep.results[0];
   t.is(res.case, 'tx');
-  for (const k of ['vhost', 'c', 'node']) {
+  for (const k of ['vhost', 'vhost-readv', 'c', 'node']) {
     const s = res.contenders[k].rounds[0];
     t.true(s.frames > 0, `${k} moved frames`);
     t.true(s.bytes > 0, `${k} moved bytes`);
     t.true(s.backendCpuNs > 0, `${k} backend CPU measured`);
   }
   t.is(typeof rep.io, 'string');
+  t.is(res.contenders['vhost-readv'].rounds[0].io, 'readv/writev', "the second vhost-tap contender runs with io: 'readv'");
   t.is(res.contenders.vhost.rounds[0].backendThreads, 1, 'one engine thread found');
   t.true(typeof res.ratios.vsC === 'number' && typeof res.ratios.vsNode === 'number');
   t.true(rep.targets.length >= 4);
   t.true(rep.unavailable.length === 0);
+  const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
+  t.deepEqual(after.filter((n) => n.startsWith('vtb') && !before.has(n)), [], 'bench namespace deleted');
+});
+
+test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t) => {
+  if (process.getuid?.() !== 0) return t.pass('needs root');
+  const before = new Set(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []);
+  const r = spawnSync(process.execPath, [RUN, '--cases', 'tcp-h2g,tcp-g2h', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  const rep = JSON.parse(r.stdout);
+  t.deepEqual(rep.tcp.map((c: { case: string }) => c.case), ['tcp-h2g', 'tcp-g2h']);
+  for (const c of rep.tcp) {
+    t.deepEqual(Object.keys(c.contenders).sort(), ['vhost', 'vhost-readv'], 'only vhost-tap contenders run TCP');
+    for (const k of ['vhost', 'vhost-readv']) {
+      const s = c.contenders[k].rounds[0];
+      t.true(s.bytes > 0, `${c.case} ${k} moved payload`);
+      t.true(s.backendCpuNs > 0, `${c.case} ${k} backend CPU measured`);
+    }
+  }
+  t.deepEqual(rep.unavailable, []);
   const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
   t.deepEqual(after.filter((n) => n.startsWith('vtb') && !before.has(n)), [], 'bench namespace deleted');
 });
