@@ -79,9 +79,36 @@ void CopyIov(const iovec* dst, size_t dcnt, const iovec* src, size_t scnt, uint6
   }
 }
 
-void CountWriteError(QueueStats& st, int err) {
+// Why tun refused a header with EINVAL, worked out as its virtio_net_hdr
+// checks go (tun widens hdr_len to cover the checksum first, so that one is
+// looked at first). Only runs on the error path.
+int ClassifyEinval(const Chain& c, uint32_t hdr_len) {
+  uint8_t h[10] = {};
+  size_t got = 0;
+  for (size_t i = 0; i < c.iov.size() && got < sizeof h; i++) {
+    const size_t n = std::min(sizeof h - got, c.iov[i].iov_len);
+    memcpy(h + got, c.iov[i].iov_base, n);
+    got += n;
+  }
+  if (got < sizeof h || hdr_len < sizeof h) return kTapWriteEinval;
+  const uint64_t frame = c.bytes - hdr_len;
+  const uint8_t flags = h[0], gso = h[1];
+  const uint16_t hdrlen = static_cast<uint16_t>(h[2] | h[3] << 8), gso_size = static_cast<uint16_t>(h[4] | h[5] << 8);
+  const uint16_t cstart = static_cast<uint16_t>(h[6] | h[7] << 8), coff = static_cast<uint16_t>(h[8] | h[9] << 8);
+  if ((flags & HDR_F_NEEDS_CSUM) && uint64_t{cstart} + coff + 2 > frame) return kTxHdrCsumPastFrame;
+  if (hdrlen > frame) return kTxHdrLenPastFrame;
+  const uint8_t type = gso & static_cast<uint8_t>(~HDR_GSO_ECN);
+  if (type != HDR_GSO_NONE && type != HDR_GSO_TCPV4 && type != HDR_GSO_UDP && type != HDR_GSO_TCPV6 &&
+      type != HDR_GSO_UDP_L4)
+    return kTxHdrBadGsoType;
+  if (type != HDR_GSO_NONE && gso_size == 0) return kTxHdrGsoSizeZero;
+  if (type == HDR_GSO_UDP_L4 && !(flags & HDR_F_NEEDS_CSUM)) return kTxHdrUsoNoCsum;
+  return kTapWriteEinval;
+}
+
+void CountWriteError(QueueStats& st, int err, const Chain& c, uint32_t hdr_len) {
   int which = kTapWriteError;
-  if (err == EINVAL) which = kTapWriteEinval;
+  if (err == EINVAL) which = ClassifyEinval(c, hdr_len);
   else if (err == EIO) which = kTapWriteEio;
   else if (err == EFAULT) which = kTapWriteEfault;
   st.drops[which].fetch_add(1, std::memory_order_relaxed);
@@ -337,7 +364,7 @@ bool Engine::ProcessTx() {
       break;
     }
     if (n < 0) {
-      CountWriteError(tx_stats, errno);
+      CountWriteError(tx_stats, errno, scratch_, cfg_.hdr_len);
     } else {
       const uint64_t frame = scratch_.bytes - cfg_.hdr_len;
       bytes += scratch_.bytes;
@@ -443,7 +470,7 @@ bool Engine::ProcessTxBatched() {
           break;
         }
         if (r < 0) {
-          CountWriteError(tx_stats, -r);
+          CountWriteError(tx_stats, -r, c, cfg_.hdr_len);
         } else {
           bytes += c.bytes;
           tx_stats.packets.fetch_add(1, std::memory_order_relaxed);

@@ -20,16 +20,25 @@ namespace vt {
 
 // Named drop counters. Every frame the engine gives up on is counted under one
 // of these; the names are the keys of stats().rx/tx.drops and never change.
+// The kernel says only EINVAL when it refuses a guest's virtio_net_hdr; the
+// engine then looks at the header (on that error path only) to name why.
 enum TxDrop : int {
-  kTapWriteEinval,      // the TAP rejected the frame (typically a bad virtio_net_hdr)
+  kTapWriteEinval,      // the TAP rejected the frame for a reason not named below
   kTapWriteEio,         // the TAP is down or detached
   kTapWriteEfault,      // the kernel could not read a buffer
   kTapWriteError,       // any other writev error
   kTxTooManySegments,   // more buffers than writev accepts in one call
+  kTxHdrCsumPastFrame,  // NEEDS_CSUM with csum_start + csum_offset + 2 past the frame
+  kTxHdrLenPastFrame,   // hdr_len larger than the frame
+  kTxHdrBadGsoType,     // a gso_type the kernel does not know
+  kTxHdrGsoSizeZero,    // a GSO frame with gso_size 0
+  kTxHdrUsoNoCsum,      // UDP_L4 (USO) without NEEDS_CSUM
   kTxDropCount
 };
 inline constexpr std::array<const char*, kTxDropCount> kTxDropNames = {
-    "tap_write_einval", "tap_write_eio", "tap_write_efault", "tap_write_error", "tx_too_many_segments"};
+    "tap_write_einval",       "tap_write_eio",        "tap_write_efault",        "tap_write_error",
+    "tx_too_many_segments",   "tx_hdr_csum_past_frame", "tx_hdr_len_past_frame", "tx_hdr_bad_gso_type",
+    "tx_hdr_gso_size_zero",   "tx_hdr_uso_without_csum"};
 
 enum RxDrop : int {
   kRxTruncated,   // the frame was larger than the buffers offered; discarded, buffers reused
@@ -51,7 +60,7 @@ struct QueueStats {
   std::atomic<uint32_t> last_avail_idx{0};
   std::atomic<uint32_t> used_idx{0};
   // Sized for the larger of the two drop sets; a queue uses its own names only.
-  std::array<std::atomic<uint64_t>, 8> drops{};
+  std::array<std::atomic<uint64_t>, 10> drops{};
 };
 
 struct QueueConfig {

@@ -119,12 +119,14 @@ export class MiniGuest {
     return all;
   }
 
-  /** Sends one frame (no offloads) on pair p. */
-  send(p: number, frame: Uint8Array): void {
+  /** Sends one frame on pair p, with a zero virtio_net_hdr or the given header bytes. */
+  send(p: number, frame: Uint8Array, hdr?: Uint8Array): void {
     const t = this.tx[p];
     for (let u = t.q.popUsed(); u; u = t.q.popUsed());
     const a = t.base + (t.next++ % QSIZE) * RX_BUF;
+    if (this.hdrLen + frame.length > RX_BUF) throw new RangeError('MiniGuest.send: frame too long for its buffers');
     this.u8.fill(0, a, a + this.hdrLen);
+    if (hdr) this.u8.set(hdr.subarray(0, this.hdrLen), a);
     this.u8.set(frame, a + this.hdrLen);
     t.q.addBuf(a, this.hdrLen + frame.length, false);
     if (t.q.publish()) this.device.kick(txq(p));
