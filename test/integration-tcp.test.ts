@@ -217,9 +217,11 @@ test.serial('USO: a host UDP_SEGMENT send arrives as one super-frame and is echo
     guest.on('pair-stats', (_p: number, r: Record<string, number>) => (responder = r));
     const caps = guest.device.capabilities();
     if (!caps.offloads.includes('HOST_USO') || !caps.offloads.includes('GUEST_USO4')) {
-      t.log(`kernel lacks USO: ${JSON.stringify(caps.missing)}`);
+      // tun takes USO from Linux 6.2 on; only an older kernel may lack it.
+      const [major, minor] = require('node:os').release().split('.').map(Number);
+      t.true(major < 6 || (major === 6 && minor < 2), `Linux ${require('node:os').release()} should offer USO: ${JSON.stringify(caps.missing)}`);
+      t.log(`kernel lacks USO, as kernels before 6.2 do: ${JSON.stringify(caps.missing)}`);
       await guest.stop();
-      t.pass();
       return;
     }
     for (const host of [GUEST4, GUEST6]) {
