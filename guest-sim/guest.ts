@@ -13,10 +13,12 @@ import {
   ctrlq,
   DeviceStats,
   has,
+  InvalidArgumentError,
   kick,
   netHdrSize,
   rxq,
   STATUS,
+  TUN,
   txq,
   VirtioNetDevice,
   VirtioNetError,
@@ -165,6 +167,11 @@ export class GuestSim extends EventEmitter {
   /** Creates the device (and its TAP), negotiates, starts the queue-pair Workers. */
   static async start(opts: GuestOptions): Promise<GuestSim> {
     const pairs = opts.queuePairs ?? 1;
+    // Checked here, not only by the device: guest memory is sized per pair before the device
+    // exists, and an absurd count would otherwise fail as "Array buffer allocation failed".
+    if (!Number.isInteger(pairs) || pairs < 1 || pairs > TUN.MAX_QUEUES) {
+      throw new InvalidArgumentError(`queuePairs must be an integer from 1 to ${TUN.MAX_QUEUES} (the TAP's queue limit), got ${pairs}`);
+    }
     const qsize = opts.queueSize ?? DEFAULT_QUEUE_SIZE;
     const mtu = opts.mtu ?? 1500;
     const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;

@@ -114,6 +114,7 @@ test('CLI: bad input is one clear line and a non-zero exit', (t) => {
     [['run', '--tap', 'vt-name-too-long0'], /at most 15/],
     [['run', '--tap', 'vtx', '--mac', 'zz:00:00:00:00:00'], /invalid MAC/],
     [['run', '--tap', 'vtx', '--queues', '0'], /--queues must be at least 1/],
+    [['run', '--tap', 'vtx', '--queues', '99999'], /from 1 to 256 \(the TAP's queue limit\), got 99999/],
     [['run', '--tap', 'vtx', '--netns', 'vtnosuchns0'], /does not exist/],
     [['frobnicate'], /unknown command/],
   ];
