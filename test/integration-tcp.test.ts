@@ -229,8 +229,17 @@ test.serial('USO: a host UDP_SEGMENT send arrives as one super-frame and is echo
       t.is(r.code, 0, r.stderr);
       t.deepEqual(JSON.parse(r.stdout), { count: 20, sizes: [1000], ok: true }, host);
     }
+    // The Worker's final statistics come on a MessagePort, with no ordering against its exit:
+    // wait for the event itself (bounded), not a fixed 100 ms that a loaded machine can miss.
+    const final = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('no final pair-stats from the guest Worker within 10 s')), 10_000);
+      guest.once('pair-stats', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
     const s = await guest.stop();
-    await new Promise((r) => setTimeout(r, 100));
+    await final;
     t.true(responder.uso_rx >= 2, `USO super-frames received: ${JSON.stringify(responder)}`);
     t.true(responder.uso_tx >= 2, 'echoed as USO super-frames');
     const tx = s.device.queues[1];
