@@ -33,13 +33,21 @@ async function miniGuest(ns: Netns, pairs = 1, want = MINI_FEATURES): Promise<{ 
   return { g, tap };
 }
 
-/** Sends raw frames out of `tap` in the namespace (towards the guest), then returns the markers that arrived. */
-async function deliver(ns: Netns, g: MiniGuest, tap: string, frames: string[]): Promise<number[]> {
+/**
+ * Sends raw frames out of `tap` in the namespace (towards the guest), then returns the markers that arrived.
+ * Waits (bounded) until every marker in `expect` is there, so a slow machine cannot make a frame look
+ * filtered; then a short settle catches frames that should have been filtered but arrive.
+ */
+async function deliver(ns: Netns, g: MiniGuest, tap: string, frames: string[], expect: number[]): Promise<number[]> {
   g.drain();
   ns.exec('python3', rawSendScript(tap, frames));
-  // Frames are sent before the call returns; a short settle collects them all.
-  const got = await g.collect(300);
-  return got.map((f) => markerOf(f.frame)).filter((m) => m >= 0).sort((a, b) => a - b);
+  const markers = (f: RxFrame[]): number[] => f.map((x) => markerOf(x.frame)).filter((m) => m >= 0);
+  const got = await g.collect(10_000, (f) => {
+    const m = markers(f);
+    return expect.every((e) => m.includes(e));
+  });
+  got.push(...(await g.collect(300)));
+  return markers(got).sort((a, b) => a - b);
 }
 
 async function ctrl(g: MiniGuest, cls: number, cmd: number, data: number[] | Uint8Array): Promise<number> {
@@ -121,20 +129,20 @@ test.serial('RX modes: promiscuous off drops frames for other MACs, on delivers 
     const bcast = testFrame('ff:ff:ff:ff:ff:ff', 3);
     const mcast = testFrame('01:00:5e:01:02:03', 4);
     const all = [mine, other, bcast, mcast];
-    t.deepEqual(await deliver(ns, g, tap, all), [1, 2, 3, 4], 'promiscuous after reset: everything');
+    t.deepEqual(await deliver(ns, g, tap, all, [1, 2, 3, 4]), [1, 2, 3, 4], 'promiscuous after reset: everything');
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
     const before = g.device.stats().filtered;
-    t.deepEqual(await deliver(ns, g, tap, all), [1, 3], 'promiscuous off: own MAC and broadcast only');
+    t.deepEqual(await deliver(ns, g, tap, all, [1, 3]), [1, 3], 'promiscuous off: own MAC and broadcast only');
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_NOBCAST, [1]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, all), [1]);
+    t.deepEqual(await deliver(ns, g, tap, all, [1]), [1]);
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_ALLMULTI, [1]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, all), [1, 4]);
+    t.deepEqual(await deliver(ns, g, tap, all, [1, 4]), [1, 4]);
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_NOMULTI, [1]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, all), [1]);
+    t.deepEqual(await deliver(ns, g, tap, all, [1]), [1]);
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_NOUNI, [1]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, all), []);
+    t.deepEqual(await deliver(ns, g, tap, all, []), []);
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [1]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, all), [1, 2, 3, 4], 'promiscuous on again: everything');
+    t.deepEqual(await deliver(ns, g, tap, all, [1, 2, 3, 4]), [1, 2, 3, 4], 'promiscuous on again: everything');
     // Frames the kernel's own TAP filter drops never reach the engine; the rest are counted as filtered.
     const kernelDrops = tapTxDropped(ns, tap);
     t.true(g.device.stats().filtered - before + kernelDrops > 0, 'filtered frames are counted');
@@ -160,15 +168,15 @@ test.serial('MAC table and ADDR_SET deliver exactly the listed addresses', async
       testFrame('33:33:00:00:00:02', 7),
       testFrame('01:00:5e:00:00:fc', 8),
     ];
-    t.deepEqual(await deliver(ns, g, tap, frames), [1, 2, 3, 5, 6]);
+    t.deepEqual(await deliver(ns, g, tap, frames, [1, 2, 3, 5, 6]), [1, 2, 3, 5, 6]);
     // More than the tun filter's 8 exact slots: the native check must still be exact.
     const many = range(1, 12).map((i) => `52:54:00:00:01:${i.toString(16).padStart(2, '0')}`);
     t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_TABLE_SET, macTable(many, [])), CTRL.OK);
-    const got = await deliver(ns, g, tap, [...many.map((m, i) => testFrame(m, 10 + i)), testFrame('52:54:00:00:01:ff', 99), testFrame(multi[0], 98)]);
+    const got = await deliver(ns, g, tap, [...many.map((m, i) => testFrame(m, 10 + i)), testFrame('52:54:00:00:01:ff', 99), testFrame(multi[0], 98)], range(10, 21));
     t.deepEqual(got, range(10, 21));
     t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_ADDR_SET, [0x52, 0x54, 0, 0, 0x77, 0x77]), CTRL.OK);
     t.deepEqual(Array.from(new Uint8Array(g.device.config.buffer, 0, 6)), [0x52, 0x54, 0, 0, 0x77, 0x77], 'config space follows ADDR_SET');
-    t.deepEqual(await deliver(ns, g, tap, [testFrame('52:54:00:00:77:77', 1), testFrame(GUEST_MAC, 2)]), [1]);
+    t.deepEqual(await deliver(ns, g, tap, [testFrame('52:54:00:00:77:77', 1), testFrame(GUEST_MAC, 2)], [1]), [1]);
     t.is(await ctrl(g, CTRL.CLASS_MAC, CTRL.MAC_TABLE_SET, [1, 0, 0, 0, 1, 2]), CTRL.ERR, 'truncated table: ERR');
   });
 });
@@ -177,14 +185,14 @@ test.serial('VLAN filter: tagged frames only for added VLAN ids, untagged always
   await withNetns(async (ns) => {
     const { g, tap } = await miniGuest(ns);
     const frames = [testFrame(GUEST_MAC, 1), testFrame(GUEST_MAC, 2, 10), testFrame(GUEST_MAC, 3, 20), testFrame(GUEST_MAC, 4, 4095)];
-    t.deepEqual(await deliver(ns, g, tap, frames), [1, 2, 3, 4], 'promiscuous (after reset) takes every VLAN');
+    t.deepEqual(await deliver(ns, g, tap, frames, [1, 2, 3, 4]), [1, 2, 3, 4], 'promiscuous (after reset) takes every VLAN');
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, frames), [1], 'VLAN filtering on with CTRL_VLAN, no ids added');
+    t.deepEqual(await deliver(ns, g, tap, frames, [1]), [1], 'VLAN filtering on with CTRL_VLAN, no ids added');
     t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_ADD, [10, 0]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, frames), [1, 2]);
+    t.deepEqual(await deliver(ns, g, tap, frames, [1, 2]), [1, 2]);
     t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_ADD, [20, 0]), CTRL.OK);
     t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_DEL, [10, 0]), CTRL.OK);
-    t.deepEqual(await deliver(ns, g, tap, frames), [1, 3]);
+    t.deepEqual(await deliver(ns, g, tap, frames, [1, 3]), [1, 3]);
     t.is(await ctrl(g, CTRL.CLASS_VLAN, CTRL.VLAN_ADD, [0, 0x10]), CTRL.ERR, 'vid 4096: ERR');
   });
 });
