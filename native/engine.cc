@@ -608,13 +608,32 @@ void Engine::ReadRxBatch(size_t g, uint32_t* packets, uint64_t* bytes, const RxF
       rx_stats.drops[kRxFiltered].fetch_add(1, std::memory_order_relaxed);
       continue;
     }
-    if (f != i) CopyIov(rx_stash_iov_.data() + off[f], rx_stash_[f].iov_count, iov, rx_stash_[i].iov_count, got);
+    // The first free chain may be smaller than chain i (each holds only
+    // rxFrameMax for sure, and a frame may be longer: a VLAN tag, a larger
+    // TAP MTU). Mergeable: spread the frame over the free chains f.. (chains
+    // f..i hold at least chain i's bytes, so it always fits). Otherwise it
+    // does not fit the chain it would be used in: truncated, as in ProcessRx.
+    size_t k = 1;
+    uint64_t room = rx_stash_[f].bytes;
+    while (room < got && cfg_.mergeable && f + k <= i) room += rx_stash_[f + k++].bytes;
+    if (room < got) {
+      rx_stats.drops[kRxTruncated].fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    // When chain i is among the targets it is written only below where it is
+    // read (forward order), so the copy never overwrites bytes still to be read.
+    if (f != i) CopyIov(rx_stash_iov_.data() + off[f], off[f + k] - off[f], iov, rx_stash_[i].iov_count, got);
     if (cfg_.mergeable || cfg_.hdr_len >= HDR_SIZE_V1) {
-      const uint16_t nb = ToLe16(1);
+      const uint16_t nb = ToLe16(static_cast<uint16_t>(k));
       WriteIov(rx_stash_iov_.data() + off[f], rx_stash_[f].iov_count, HDR_OFF_NUM_BUFFERS, &nb, sizeof nb);
     }
-    rx_.AddUsed(rx_stash_[f].head, static_cast<uint32_t>(got));
-    f++;
+    uint64_t left = got;
+    for (size_t j = f; j < f + k; j++) {
+      const uint64_t use = std::min(left, rx_stash_[j].bytes);
+      rx_.AddUsed(rx_stash_[j].head, static_cast<uint32_t>(use));
+      left -= use;
+    }
+    f += k;
     *bytes += got;
     rx_stats.packets.fetch_add(1, std::memory_order_relaxed);
     rx_stats.bytes.fetch_add(got - cfg_.hdr_len, std::memory_order_relaxed);
