@@ -84,7 +84,8 @@ function offloadList(features: bigint): string {
   return on.length ? on.join(',') : 'none';
 }
 
-function waitForSignal(): Promise<string> {
+/** Resolves with the signal's name, or with 'error' once `failed` resolves (whichever comes first). */
+function waitForSignal(failed?: Promise<unknown>): Promise<string> {
   return new Promise((resolve) => {
     const on = (sig: string): void => {
       process.removeListener('SIGINT', on);
@@ -93,6 +94,7 @@ function waitForSignal(): Promise<string> {
     };
     process.on('SIGINT', on);
     process.on('SIGTERM', on);
+    void failed?.then(() => on('error'));
   });
 }
 
@@ -151,14 +153,24 @@ async function cmdRun(argv: string[]): Promise<number> {
     sourceBytes,
   });
   guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
+  // A queue-pair Worker that dies is reported as 'error'. Without a listener EventEmitter throws
+  // it as an uncaught exception (a stack trace, no statistics); stop cleanly and exit 1 instead.
+  let workerError: Error | undefined;
+  const failed = new Promise<void>((resolve) =>
+    guest.on('error', (e: Error) => {
+      workerError ??= e;
+      resolve();
+    }),
+  );
   guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
   console.log(`ready: tap ${guest.device.tapName}${where}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}`);
-  const sig = await waitForSignal();
+  const sig = await waitForSignal(failed);
   const s = await guest.stop();
-  if (!o.json) console.log(`stopped on ${sig}`);
+  if (workerError) console.error(`vhost-tap: a guest queue-pair worker failed: ${workerError.message}`);
+  else if (!o.json) console.log(`stopped on ${sig}`);
   printStats(s, !!o.json);
-  return 0;
+  return workerError ? 1 : 0;
 }
 
 /** UDP echo round trips from inside the namespace, via a child Node process there. */
