@@ -104,7 +104,11 @@ export class ControlQueue {
         if (!this.indirect) throw new RingRuleError('indirect-not-negotiated', 'INDIRECT descriptor without VIRTIO_F_RING_INDIRECT_DESC');
         if (inIndirect) throw new RingRuleError('nested-indirect', 'INDIRECT descriptor inside an indirect table');
         if (flags & RING.DESC_F_NEXT) throw new RingRuleError('indirect-with-next', 'INDIRECT and NEXT both set');
-        if (len === 0 || len % RING.DESC_SIZE !== 0) throw new RingRuleError('indirect-bad-len', `indirect table length ${len} is not a non-zero multiple of 16`);
+        // As the native walker: no table longer than the largest queue, so a guest cannot
+        // make the JS thread walk millions of descriptors for one command.
+        if (len === 0 || len % RING.DESC_SIZE !== 0 || len / RING.DESC_SIZE > RING.MAX_SIZE) {
+          throw new RingRuleError('indirect-bad-len', `indirect table length ${len} is not a non-zero multiple of 16 of at most ${RING.MAX_SIZE} entries`);
+        }
         if (addr + len > memLen) throw new RingRuleError('indirect-out-of-bounds', `indirect table at 0x${addr.toString(16)}+${len} is outside guest memory`);
         table = addr;
         tableSize = len / RING.DESC_SIZE;

@@ -403,6 +403,22 @@ test('INDIRECT with NEXT → indirect-with-next; bad table length → indirect-b
   }
 });
 
+test('an indirect table of more entries than the largest queue → indirect-bad-len, as the native walker', (t) => {
+  const sab = new SharedArrayBuffer(1 << 20);
+  const dv = new DataView(sab);
+  const l = DriverQueue.layout(RING_BASE, SIZE);
+  const q = { size: SIZE, desc: l.desc, avail: l.avail, used: l.used };
+  const dev = new ControlQueue(sab, q, false, true);
+  const entries = RING.MAX_SIZE + 1;
+  dv.setBigUint64(q.desc, 0x10000n, true);
+  dv.setUint32(q.desc + 8, 16 * entries, true);
+  dv.setUint16(q.desc + 12, RING.DESC_F_INDIRECT, true);
+  dv.setUint16(q.avail + 4, 0, true);
+  Atomics.store(new Uint16Array(sab), (q.avail + 2) >> 1, 1);
+  const e = t.throws(() => dev.process(() => CTRL.OK), { instanceOf: RingRuleError });
+  t.is(e?.rule, 'indirect-bad-len', e?.message);
+});
+
 test('no writable ack byte → header-too-short', (t) => {
   const r = rig();
   r.drv.add([{ addr: r.put([0, 0, 1]), len: 3, write: false }]);
