@@ -10,6 +10,8 @@ import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from './guest';
 import { haveProgram, Netns } from './netns';
 
 class UsageError extends Error {}
+/** The demo was stopped by a signal (the message is its name). */
+class Interrupted extends Error {}
 
 const HELP: Record<string, string> = {
   main: `vhost-tap — a virtio-net device backend on a Linux TAP, with a simulated guest
@@ -202,20 +204,31 @@ async function cmdDemo(argv: string[]): Promise<number> {
     if (guest) await guest.stop().catch(() => undefined);
     ns.delete();
   };
-  const onSignal = (): void => {
-    void cleanup().then(() => process.exit(130));
+  // The checks below run child processes synchronously, so a signal handler only runs between
+  // steps: it records the signal and step() ends the demo there (cleanup in finally). A second
+  // signal exits at once; the namespace's exit hook still deletes it and the TAP goes with its fds.
+  let interrupted: string | undefined;
+  const onSignal = (sig: string): void => {
+    if (interrupted) process.exit(130);
+    interrupted = sig;
   };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const step = async (): Promise<void> => {
+    await new Promise((r) => setImmediate(r));
+    if (interrupted) throw new Interrupted(interrupted);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   try {
     console.log(`namespace ${ns.name}: starting a simulated guest behind TAP ${tap} with ${queues} queue pair(s)`);
     guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: queues, ip4: '10.203.0.2/24', ip6: 'fd00:cb::2/64' });
+    await step();
     ns.ip('addr', 'add', '10.203.0.1/24', 'dev', tap);
     ns.ip('-6', 'addr', 'add', 'fd00:cb::1/64', 'dev', tap, 'nodad');
     console.log(`guest up: mac ${guest.mac}, 10.203.0.2 and fd00:cb::2; host side ${tap}: 10.203.0.1 and fd00:cb::1`);
     let failures = 0;
     if (haveProgram('ping')) {
       for (const [fam, addr] of [['-4', '10.203.0.2'], ['-6', 'fd00:cb::2']] as const) {
+        await step();
         const r = ns.exec('ping', [fam, '-c', '5', '-i', '0.2', '-W', '2', addr]);
         const summary = r.stdout.split('\n').filter((l) => /packets transmitted|rtt/.test(l)).join('; ');
         console.log(`ping ${fam} ${addr}: ${summary || r.stderr.trim()}`);
@@ -225,6 +238,7 @@ async function cmdDemo(argv: string[]): Promise<number> {
       console.log("ping: not installed here (apt-get install iputils-ping); skipping the ICMP part, UDP below still exercises ARP/ND");
     }
     for (const [addr, size] of [['10.203.0.2', 64], ['10.203.0.2', 1472], ['fd00:cb::2', 64], ['fd00:cb::2', 1452]] as const) {
+      await step();
       const r = udpEchoFromNs(ns, addr, 20, size);
       console.log(`udp echo ${addr} port 7, ${size} B: ${r.ok}/${r.sent} echoed back intact`);
       if (r.ok !== r.sent) failures++;
@@ -233,10 +247,14 @@ async function cmdDemo(argv: string[]): Promise<number> {
     printStats({ ...s }, false);
     console.log(failures === 0 ? 'demo: everything answered' : `demo: ${failures} check(s) failed`);
     return failures === 0 ? 0 : 1;
+  } catch (e) {
+    if (!(e instanceof Interrupted)) throw e;
+    console.log(`demo: stopped on ${e.message}`);
+    return 130;
   } finally {
+    await cleanup();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
-    await cleanup();
     console.log(`cleaned up: namespace ${ns.name} and TAP ${tap} removed`);
   }
 }

@@ -4,11 +4,12 @@
 // and the CLI's `run` lifecycle and error handling.
 
 import test from 'ava';
+import { execFileSync, spawn } from 'node:child_process';
 
 import { bits } from '../backend';
 import { GUEST_SUPPORTED, GuestSim } from '../guest-sim/guest';
-import { runCli, startRun } from './helpers/cli';
-import { Netns, withNetns } from './helpers/netns';
+import { CLI, runCli, startRun } from './helpers/cli';
+import { Netns, requireRoot, withNetns } from './helpers/netns';
 import { ping, udpEcho } from './helpers/udp';
 
 const HOST4 = '10.203.1.1';
@@ -129,4 +130,54 @@ test('CLI: bad input is one clear line and a non-zero exit', (t) => {
     t.is(r.status, 0);
     t.regex(r.stdout, /Usage: vhost-tap/);
   }
+});
+
+/** 'vtdemo…' namespaces that exist now. */
+function demoNamespaces(): string[] {
+  return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n.startsWith('vtdemo'));
+}
+
+test.serial('vhost-tap demo (npm start): pings and UDP-echoes its guest, exits 0, deletes its namespace', (t) => {
+  requireRoot();
+  const before = demoNamespaces();
+  const r = runCli(['demo']);
+  t.is(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stdout, /ping -4 10\.203\.0\.2: 5 packets transmitted, 5 received, 0% packet loss/);
+  t.regex(r.stdout, /ping -6 fd00:cb::2: 5 packets transmitted, 5 received, 0% packet loss/);
+  t.is(r.stdout.split('\n').filter((l) => / 20\/20 echoed back intact$/.test(l)).length, 4, r.stdout);
+  t.regex(r.stdout, /^demo: everything answered$/m);
+  t.regex(r.stdout, /^cleaned up: namespace vtdemo\S+ and TAP \S+ removed$/m);
+  t.deepEqual(demoNamespaces().filter((n) => !before.includes(n)), [], 'namespace deleted');
+});
+
+test.serial('vhost-tap demo stops on SIGINT: exit 130, namespace deleted', async (t) => {
+  requireRoot();
+  const before = demoNamespaces();
+  const child = spawn(process.execPath, [CLI, 'demo'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // Interrupt once the guest is up: from then on the demo owns a namespace, a TAP and Workers.
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`demo did not bring its guest up in 30 s: ${out}`)), 30_000);
+    child.stdout.on('data', (d: Buffer) => {
+      out += d;
+      if (/^guest up:/m.test(out)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+  });
+  child.kill('SIGINT');
+  const code = await exited;
+  t.is(code, 130, out);
+  t.regex(out, /^demo: stopped on SIGINT$/m);
+  t.notRegex(out, /demo: everything answered/);
+  t.regex(out, /^cleaned up: namespace vtdemo/m);
+  t.deepEqual(demoNamespaces().filter((n) => !before.includes(n)), [], 'namespace deleted');
 });
