@@ -448,21 +448,40 @@ export class VirtioNetDevice extends EventEmitter {
     const what = `TAP '${this.tapName}'`;
     const shrinking = this.engines.some((e, p) => e && p >= n);
     if (shrinking) native(what, () => a.tapSteerAllTo(this.tapFds[0], 0));
+    let failure: unknown;
     try {
       this.switchPairs(n);
-    } finally {
-      if (shrinking) native(what, () => a.tapSteerAllTo(this.tapFds[0], -1));
+    } catch (e) {
+      failure = e;
     }
-    this.activePairs = n;
+    if (shrinking) {
+      try {
+        native(what, () => a.tapSteerAllTo(this.tapFds[0], -1));
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    // What actually runs, even when a step failed half way.
+    let active = 0;
+    while (active < this.queuePairs && this.engines[active]) active++;
+    this.activePairs = Math.max(active, 1);
+    if (failure) throw failure;
   }
 
   private switchPairs(n: number): void {
     for (let p = 0; p < this.queuePairs; p++) {
       if (p < n && !this.engines[p]) {
         this.attachQueue(p, true);
-        this.engines[p] = this.makeEngine(p);
-        this.engines[p]!.setRxFilter(this.rxFilter.snapshot());
-        this.engines[p]!.start();
+        try {
+          const e = this.makeEngine(p);
+          e.setRxFilter(this.rxFilter.snapshot());
+          e.start();
+          this.engines[p] = e;
+        } catch (e) {
+          // An attached queue without an engine would take frames nobody reads.
+          if (p > 0) this.attachQueue(p, false);
+          throw e;
+        }
       } else if (p >= n) {
         this.stopEngine(p, true);
         // Detached queues get no frames from the kernel's steering; pair 0 never detaches.
