@@ -184,7 +184,8 @@ s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
       const r = await nsRun(ns, process.execPath, ['-e', script, host, String(8 << 20)], 60_000);
       t.is(r.stdout.trim(), 'ok', `${host}: ${r.stdout} ${r.stderr}`);
     }
-    await cli.stop('SIGINT');
+    const { code, stdout } = await cli.stop('SIGINT');
+    t.is(code, 0, stdout);
   });
 });
 
