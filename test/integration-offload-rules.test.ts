@@ -6,7 +6,7 @@
 import test from 'ava';
 
 import { bits, STATUS, VirtioNetDevice, VirtioNetError } from '../backend';
-import { MINI_FEATURES, MiniGuest } from './helpers/mini-guest';
+import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, testFrame } from './helpers/mini-guest';
 import { Netns, withNetns } from './helpers/netns';
 
 const GUEST_MAC = '52:54:00:12:34:56';
@@ -99,7 +99,7 @@ test.serial('TX headers the kernel refuses are dropped with their reason; the qu
 test.serial('big packets: without MRG_RXBUF, RX chains smaller than a GSO frame break rx-chain-too-small', async (t) => {
   await withNetns(async (ns) => {
     // MiniGuest posts 2 KiB buffers; with GUEST_TSO4 and no MRG_RXBUF the spec asks for 65562.
-    const { g, errors } = await mini(ns, (MINI_FEATURES & ~bits('MRG_RXBUF')) | bits('GUEST_TSO4'));
+    const { g, tap, errors } = await mini(ns, (MINI_FEATURES & ~bits('MRG_RXBUF')) | bits('GUEST_TSO4'));
     t.true(await until(() => errors.length > 0));
     t.is(errors[0].queue, 0);
     t.is(errors[0].rule, 'rx-chain-too-small');
@@ -109,7 +109,12 @@ test.serial('big packets: without MRG_RXBUF, RX chains smaller than a GSO frame 
     g.device.status = 0;
     errors.length = 0;
     await g.init(MINI_FEATURES & ~bits('MRG_RXBUF'));
-    await new Promise((r) => setTimeout(r, 100));
+    // A frame from the kernel must arrive: proof the device took these chains (a fixed sleep
+    // followed by "no error yet" would pass before the device had looked at them).
+    g.drain();
+    ns.exec('python3', rawSendScript(tap, [testFrame(GUEST_MAC, 7)]));
+    const got = await g.collect(10_000, (f) => f.some((x) => markerOf(x.frame) === 7));
+    t.true(got.some((x) => markerOf(x.frame) === 7), 'a frame is received into the MTU-sized chains');
     t.deepEqual(errors, []);
     t.is(g.device.status & STATUS.DEVICE_NEEDS_RESET, 0);
   });
