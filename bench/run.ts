@@ -212,7 +212,7 @@ function sizeLabel(c: CaseSpec): string {
   return c.gso ? '64K' : `${c.size}`;
 }
 
-function table(r: BenchReport): string {
+export function table(r: BenchReport): string {
   const lines: string[] = [];
   lines.push(`vhost-tap bench — ${r.machine.model}, ${r.machine.cpus} CPUs, Linux ${r.machine.kernel}, Node ${r.machine.node}; io: ${r.io ?? '?'}`);
   lines.push(`medians of ${r.options.rounds} rounds × ${r.options.duration} s; CPU = ns of CPU per frame (backend thread(s) / guest worker(s))`);
