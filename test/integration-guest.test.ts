@@ -140,7 +140,7 @@ function demoNamespaces(): string[] {
     .filter((n) => n.startsWith('vtdemo'));
 }
 
-test.serial('vhost-tap demo (npm start): pings and UDP-echoes its guest, exits 0, deletes its namespace', (t) => {
+test.serial('vhost-tap demo (npm start): pings, UDP-echoes and moves TCP both ways with its guest, exits 0, deletes its namespace', (t) => {
   requireRoot();
   const before = demoNamespaces();
   const r = runCli(['demo']);
@@ -149,6 +149,7 @@ test.serial('vhost-tap demo (npm start): pings and UDP-echoes its guest, exits 0
   t.regex(r.stdout, /ping -6 fd00:cb::2: 5 packets transmitted, 5 received, 0% packet loss/);
   t.is(r.stdout.split('\n').filter((l) => / 20\/20 echoed back intact$/.test(l)).length, 4, r.stdout);
   t.regex(r.stdout, /^demo: everything answered$/m);
+  t.is((r.stdout.match(/^tcp .* (SHA-256 matches|pattern intact)$/gm) ?? []).length, 4, 'TCP both ways over IPv4 and IPv6');
   t.regex(r.stdout, /^cleaned up: namespace vtdemo\S+ and TAP \S+ removed$/m);
   t.deepEqual(demoNamespaces().filter((n) => !before.includes(n)), [], 'namespace deleted');
 });
