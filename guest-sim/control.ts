@@ -16,6 +16,8 @@ export class ControlDriver {
   private readonly q: DriverQueue;
   private readonly u8: Uint8Array;
   private busy: Promise<unknown> = Promise.resolve();
+  /** The command that timed out, if one did: the queue is unusable until a reset. */
+  private stuck: string | undefined;
 
   constructor(
     private readonly device: VirtioNetDevice,
@@ -38,13 +40,16 @@ export class ControlDriver {
   }
 
   private async send(cls: number, cmd: number, data: Uint8Array): Promise<number> {
+    // The buffers of an unanswered command still belong to the device: a late
+    // answer to it must never be read as the answer to a newer one.
+    if (this.stuck) throw new Error(`control queue stuck: ${this.stuck} got no answer; reset the device`);
     if (2 + data.length > CTRL_BUF_BYTES) throw new RangeError(`control command data of ${data.length} bytes is too long`);
     const ack = this.buf + CTRL_BUF_BYTES;
     this.u8[this.buf] = cls;
     this.u8[this.buf + 1] = cmd;
     this.u8.set(data, this.buf + 2);
     this.u8[ack] = 0xff;
-    this.q.add([
+    const head = this.q.add([
       { addr: this.buf, len: 2 + data.length, write: false },
       { addr: ack, len: 1, write: true },
     ]);
@@ -52,8 +57,12 @@ export class ControlDriver {
     const deadline = Date.now() + CTRL_TIMEOUT_MS;
     for (;;) {
       const u = this.q.popUsed();
-      if (u) return this.u8[ack] === CTRL.OK ? CTRL.OK : CTRL.ERR;
-      if (Date.now() > deadline) throw new Error(`control command ${cls}/${cmd}: no answer from the device within ${CTRL_TIMEOUT_MS} ms`);
+      if (u && u.id === head) return this.u8[ack] === CTRL.OK ? CTRL.OK : CTRL.ERR;
+      if (u) throw new Error(`control command ${cls}/${cmd}: the device returned chain ${u.id}, not ${head}`);
+      if (Date.now() > deadline) {
+        this.stuck = `command ${cls}/${cmd}`;
+        throw new Error(`control command ${cls}/${cmd}: no answer from the device within ${CTRL_TIMEOUT_MS} ms`);
+      }
       await new Promise((r) => setTimeout(r, 1));
     }
   }
