@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cerrno>
 #include <climits>
 #include <cstddef>
@@ -52,8 +53,9 @@ constexpr int kMaxEvents = 8;
 // every few batches.
 constexpr unsigned kBatch = 64;
 
-// CQE result for a slot that never got one (the ring failed mid-batch): the
-// frame is handled as if cancelled and goes again through readv/writev.
+// CQE result for a slot that never got one (never submitted, or the ring
+// failed and the kernel did not confirm its end, see AbandonRing): the frame
+// is handled as if cancelled and goes again through readv/writev.
 constexpr int32_t kNoCqe = INT32_MIN;
 
 // VHOST_TAP_IO=readv forces readv/writev (tests run both paths; a way out
@@ -263,6 +265,9 @@ int Engine::Start(const char** syscall) {
     tx_slots_.resize(kBatch);
     batch_res_.resize(kBatch);
   }
+  // Test only: VHOST_TAP_TEST_URING_FAIL makes this run's first io_uring
+  // batch fail after submission, to exercise AbandonRing.
+  fail_uring_once_ = uring_ && getenv("VHOST_TAP_TEST_URING_FAIL") != nullptr;
   rx_batch_ = 1;
   io_name.store(uring_ ? "io_uring" : "readv/writev");
   // A restart starts from a clean I/O state; the rings carry the rest.
@@ -294,6 +299,13 @@ void Engine::Stop(bool drain_rx) {
   rx_stash_iov_.clear();
   rx_stash_bytes_ = 0;
   rx_stats.last_avail_idx = rx_.last_avail();
+  // WaitBatch reaps every batch before it returns, so nothing is in flight
+  // here; were that ever broken, cancel before the ring goes (as AbandonRing).
+  assert(!uring_ || uring_->inflight() == 0);
+  if (uring_ && uring_->inflight() != 0) {
+    unsigned got = 0;
+    if (!uring_->Quiesce(nullptr, 0, &got)) static_cast<void>(uring_.release());
+  }
   uring_.reset();
   running_ = false;
 }
@@ -388,15 +400,38 @@ bool Engine::WaitBatch(unsigned n) {
       got++;
       continue;
     }
-    if (uring_->SubmitAndWait(n - got) != 0) {
-      // The ring itself failed (not one I/O): finish on readv/writev. Slots
-      // without a result count as not done; keep nothing of this ring.
-      uring_.reset();
-      io_name.store("readv/writev");
-      return false;
+    int e;
+    if (fail_uring_once_) {
+      // Test hook (VHOST_TAP_TEST_URING_FAIL, see Start): submit the batch,
+      // then fail as io_uring_enter might, so requests are in flight.
+      fail_uring_once_ = false;
+      e = uring_->SubmitAndWait(0);
+      if (e == 0) e = EIO;
+    } else {
+      e = uring_->SubmitAndWait(n - got);
     }
+    if (e != 0) return AbandonRing(n, got);
   }
   return true;
+}
+
+// The ring itself failed (not one I/O): the engine goes on with readv/writev.
+// Closing the ring's fd would not cancel what it still runs, and a late read
+// could land in chains reused by then, so every submitted request is first
+// cancelled and reaped. The batch's results are then exact (a slot without
+// one was never submitted, so never ran) and it is finished with them: true.
+// Should the kernel not confirm in time, the ring is leaked on purpose, mapped
+// with its fd open: dropping it would not stop a request either, and keeping
+// it leaves the kernel's view as it is. False: the results are unknown.
+bool Engine::AbandonRing(unsigned n, unsigned got) {
+  const bool quiet = uring_->Quiesce(batch_res_.data(), n, &got);
+  if (quiet) {
+    uring_.reset();
+  } else {
+    static_cast<void>(uring_.release());
+  }
+  io_name.store("readv/writev");
+  return quiet;
 }
 
 // TX through io_uring: up to kBatch chains, one WRITEV each, submitted with one
@@ -443,12 +478,16 @@ bool Engine::ProcessTxBatched() {
     int last = -1;
     for (unsigned i = 0; i < n; i++)
       if (tx_slots_[i].iov.size() <= kMaxIov) last = static_cast<int>(i);
+    // n <= kBatch, the ring's size, and every batch is fully reaped: Queue
+    // always has room. Should it refuse anyway, the slots from there on go
+    // unqueued and come back as not done (kNoCqe).
     unsigned queued = 0;
     for (unsigned i = 0; i < n; i++) {
       const Chain& c = tx_slots_[i];
       if (c.iov.size() > kMaxIov) continue;
-      uring_->Queue(IORING_OP_WRITEV, cfg_.tap_fd, c.iov.data(), static_cast<unsigned>(c.iov.size()), queued,
-                    static_cast<int>(i) != last);
+      if (!uring_->Queue(IORING_OP_WRITEV, cfg_.tap_fd, c.iov.data(), static_cast<unsigned>(c.iov.size()), queued,
+                         static_cast<int>(i) != last))
+        break;
       queued++;
     }
     const bool ok = queued == 0 || WaitBatch(queued);
@@ -458,7 +497,7 @@ bool Engine::ProcessTxBatched() {
       if (c.iov.size() > kMaxIov) {
         tx_stats.drops[kTxTooManySegments].fetch_add(1, std::memory_order_relaxed);
       } else {
-        const int32_t r = ok ? batch_res_[k] : kNoCqe;
+        const int32_t r = ok && k < queued ? batch_res_[k] : kNoCqe;
         k++;
         if (r == -EAGAIN || r == -EWOULDBLOCK) {
           tx_blocked_ = true;
@@ -568,11 +607,23 @@ void Engine::ReadRxBatch(size_t g, uint32_t* packets, uint64_t* bytes, const RxF
   size_t off[kBatch + 1];
   off[0] = 0;
   for (size_t i = 0; i < g; i++) off[i + 1] = off[i] + rx_stash_[i].iov_count;
-  for (size_t i = 0; i < g; i++)
-    uring_->Queue(IORING_OP_READV, cfg_.tap_fd, rx_stash_iov_.data() + off[i], rx_stash_[i].iov_count, i, false);
+  // g <= kBatch, the ring's size (see ProcessTxBatched); should Queue refuse,
+  // the batch is just the reads queued so far.
+  size_t queued = 0;
+  while (queued < g && uring_->Queue(IORING_OP_READV, cfg_.tap_fd, rx_stash_iov_.data() + off[queued],
+                                     rx_stash_[queued].iov_count, queued, false))
+    queued++;
+  g = queued;
+  if (g == 0) return;
   if (!WaitBatch(static_cast<unsigned>(g))) {
-    // The ring failed: whatever it read is unknown, so nothing is published;
-    // the single-read path takes over with the same chains.
+    // The ring failed and the kernel never confirmed its reads were over (see
+    // AbandonRing): these chains may still be written, so they are neither
+    // published nor reused nor given back at stop (they are the oldest pops,
+    // so Stop's UndoPop of the stash stays right). The guest gets them back
+    // at its next reset; readv goes on with the rest of the stash.
+    for (size_t i = 0; i < g; i++) rx_stash_bytes_ -= rx_stash_[i].bytes;
+    rx_stash_.erase(rx_stash_.begin(), rx_stash_.begin() + static_cast<ptrdiff_t>(g));
+    rx_stash_iov_.erase(rx_stash_iov_.begin(), rx_stash_iov_.begin() + static_cast<ptrdiff_t>(off[g]));
     return;
   }
   size_t f = 0;  // next free chain

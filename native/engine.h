@@ -136,9 +136,12 @@ class Engine {
   bool ProcessRx();
   void ReadRxBatch(size_t g, uint32_t* packets, uint64_t* bytes, const RxFilter* check);
   size_t RxBatchable() const;
-  // Reaps completions for user_data 0..n-1 into batch_res_, waiting as needed;
-  // false when the ring failed (the engine then falls back to readv/writev).
+  // Reaps completions for user_data 0..n-1 into batch_res_, waiting as needed
+  // (kNoCqe: never submitted). When the ring fails it is dropped (uring_ null,
+  // the engine falls back to readv/writev) and this returns AbandonRing's
+  // answer: true if the results are still exact, false if unknown.
   bool WaitBatch(unsigned n);
+  bool AbandonRing(unsigned n, unsigned got);
   bool FillRxStash();
   bool RxNeedsMore() const;
   void Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
@@ -178,6 +181,7 @@ class Engine {
   std::vector<Chain> tx_slots_;           // the chains of one TX batch; iovecs live until reaped
   std::vector<int32_t> batch_res_;        // CQE result per slot of the current batch
   size_t rx_batch_ = 1;                   // adaptive RX batch: reads to post next time
+  bool fail_uring_once_ = false;          // test hook, see Start()
   std::vector<Stashed> rx_stash_;
   std::vector<iovec> rx_stash_iov_;
   uint64_t rx_stash_bytes_ = 0;

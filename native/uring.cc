@@ -9,8 +9,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cassert>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
+
+// Kernel 5.19 uapi; Debian 12's <linux/io_uring.h> has it, older headers do
+// not (the kernel then answers -EINVAL and Quiesce cancels per user_data).
+#ifndef IORING_ASYNC_CANCEL_ANY
+#define IORING_ASYNC_CANCEL_ANY (1U << 2)
+#endif
 
 namespace vt {
 
@@ -28,6 +36,17 @@ template <typename T>
 T* At(void* base, unsigned off) {
   return reinterpret_cast<T*>(static_cast<uint8_t*>(base) + off);
 }
+
+// Quiesce's own ASYNC_CANCEL requests carry this user_data; no batch slot
+// does (slots are 0..n-1), so their completions are told apart.
+constexpr uint64_t kCancelUserData = ~uint64_t{0};
+
+// Quiesce's bound: up to kQuiesceTries rounds, kQuiesceSleepNs apart (~1 s).
+// The requests are RWF_NOWAIT reads/writes on a TAP that finish inline or are
+// cancelled at once, so the first round normally sees every completion; the
+// bound only keeps a misbehaving kernel from hanging the worker (and stop()).
+constexpr int kQuiesceTries = 1000;
+constexpr long kQuiesceSleepNs = 1000 * 1000;
 
 }  // namespace
 
@@ -86,9 +105,26 @@ int Uring::Init(unsigned entries) {
   return 0;
 }
 
+unsigned Uring::free_sqes() const {
+  return sq_entries_ - (*sq_tail_ - __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE));
+}
+
 bool Uring::Queue(uint8_t op, int fd, const iovec* iov, unsigned cnt, uint64_t user_data, bool link) {
+  if (free_sqes() == 0) {
+    // A caller queued more than the ring holds: a bug (one CQE per SQE and a
+    // fully reaped batch are what the engine relies on), so loud where asserts
+    // are on. Otherwise submit what is queued (without SQPOLL the kernel takes
+    // SQEs only inside io_uring_enter, so that frees their slots) and go on.
+    assert(!"Uring::Queue called with no free SQ entry");
+    if (queued_ == 0) return false;
+    int r;
+    do {
+      r = SysEnter(fd_, queued_, 0, 0);
+    } while (r < 0 && errno == EINTR);
+    if (r > 0) Submitted(static_cast<unsigned>(r));
+    if (free_sqes() == 0) return false;
+  }
   const unsigned tail = *sq_tail_;
-  if (tail - __atomic_load_n(sq_head_, __ATOMIC_ACQUIRE) >= sq_entries_) return false;
   const unsigned slot = tail & sq_mask_;
   io_uring_sqe* e = &sqes_[slot];
   memset(e, 0, sizeof *e);
@@ -113,8 +149,7 @@ int Uring::SubmitAndWait(unsigned wait) {
     if (r >= 0) {
       // With SUBMIT_ALL every SQE is consumed; without it a submission error
       // stops early, and the rest go in on the next call.
-      submit -= static_cast<unsigned>(r) < submit ? static_cast<unsigned>(r) : submit;
-      queued_ = submit;
+      submit -= Submitted(static_cast<unsigned>(r));
       if (submit == 0) return 0;
       continue;
     }
@@ -130,7 +165,81 @@ bool Uring::Reap(uint64_t* user_data, int32_t* res) {
   *user_data = c.user_data;
   *res = c.res;
   __atomic_store_n(cq_head_, head + 1, __ATOMIC_RELEASE);
+  if (inflight_ > 0) inflight_--;
   return true;
+}
+
+unsigned Uring::Submitted(unsigned r) {
+  // The kernel took the first r queued SQEs; each posts exactly one CQE (a
+  // request failing at submission too), so each is in flight until reaped.
+  const unsigned took = r < queued_ ? r : queued_;
+  queued_ -= took;
+  inflight_ += took;
+  return took;
+}
+
+bool Uring::Quiesce(int32_t* res, unsigned n, unsigned* got) {
+  // SQEs never submitted are taken back: the kernel reads the SQ only inside
+  // io_uring_enter (no SQPOLL), so it has not seen them and they never ran.
+  if (queued_ > 0) {
+    __atomic_store_n(sq_tail_, *sq_tail_ - queued_, __ATOMIC_RELEASE);
+    queued_ = 0;
+  }
+  // IORING_ASYNC_CANCEL_ANY (5.19) cancels everything with one SQE; an older
+  // kernel answers -EINVAL and gets one cancel per user_data instead (those
+  // already done answer -ENOENT, harmless).
+  bool any = true;
+  unsigned cancels = 0;  // cancel requests submitted or queued, not reaped
+  auto reap_all = [&] {
+    uint64_t ud;
+    int32_t r;
+    while (Reap(&ud, &r)) {
+      if (ud == kCancelUserData) {
+        if (cancels > 0) cancels--;
+        if (r == -EINVAL) any = false;
+      } else if (ud < n) {
+        res[ud] = r;
+        ++*got;
+      }
+    }
+  };
+  auto queue_cancel = [&](uint64_t target, uint32_t flags) {
+    const unsigned slot = *sq_tail_ & sq_mask_;
+    io_uring_sqe* e = &sqes_[slot];
+    memset(e, 0, sizeof *e);
+    e->opcode = IORING_OP_ASYNC_CANCEL;
+    e->fd = -1;
+    e->addr = target;  // user_data to match (ignored with CANCEL_ANY)
+    e->cancel_flags = flags;
+    e->user_data = kCancelUserData;
+    sq_array_[slot] = slot;
+    __atomic_store_n(sq_tail_, *sq_tail_ + 1, __ATOMIC_RELEASE);
+    queued_++;
+    cancels++;
+  };
+  for (int t = 0;; t++) {
+    reap_all();
+    if (inflight_ == 0) return true;
+    if (t == kQuiesceTries) return false;
+    // New cancels once the last ones answered (a request already running in
+    // io-wq answers -EALREADY and may need another round).
+    if (cancels == 0 && queued_ == 0) {
+      if (any) {
+        queue_cancel(0, IORING_ASYNC_CANCEL_ANY);
+      } else {
+        for (unsigned ud = 0; ud < n && free_sqes() > 0; ud++) queue_cancel(ud, 0);
+      }
+    }
+    // GETEVENTS with nothing to wait for still runs pending task work, which
+    // is where completions are posted under COOP_TASKRUN. Errors are not
+    // final here (the ring already failed once): the next round retries.
+    const int r = SysEnter(fd_, queued_, 0, IORING_ENTER_GETEVENTS);
+    if (r > 0) Submitted(static_cast<unsigned>(r));
+    reap_all();
+    if (inflight_ == 0) return true;
+    timespec ts{0, kQuiesceSleepNs};
+    nanosleep(&ts, nullptr);
+  }
 }
 
 }  // namespace vt

@@ -30,15 +30,34 @@ class Uring {
   // at once with -EAGAIN. Without it, recent kernels arm a poll even on an
   // O_NONBLOCK fd and complete the request only when the TAP becomes ready,
   // so a batch would wait for traffic that may never come (and stop() with it).
-  // False when the submission ring is full.
+  // Callers must not queue more than free_sqes() between submissions: doing so
+  // is a bug (assert). Without asserts the queued SQEs are submitted first to
+  // make room; false only if even that fails (the caller must then treat the
+  // request as never queued).
   bool Queue(uint8_t op, int fd, const iovec* iov, unsigned cnt, uint64_t user_data, bool link);
+  // SQ slots a caller may still fill before the next submission.
+  unsigned free_sqes() const;
   // Submits what was queued and waits until `wait` completions are ready.
   // Returns 0 or an errno (EINTR is retried here).
   int SubmitAndWait(unsigned wait);
   // Takes the next completion; false when none is ready.
   bool Reap(uint64_t* user_data, int32_t* res);
+  // Requests the kernel took (submitted) whose completion was not reaped yet:
+  // exactly those that may still read or write their buffers.
+  unsigned inflight() const { return inflight_; }
+
+  // For when the ring failed and is about to be dropped: closing its fd does
+  // not cancel what it still runs. Drops SQEs never submitted (they never
+  // ran), cancels every submitted request and reaps until none is in flight,
+  // storing results for user_data < n in res[user_data] and counting them in
+  // *got. Bounded (kQuiesceTries); true when inflight() reached 0, false when
+  // the kernel did not confirm it in time.
+  bool Quiesce(int32_t* res, unsigned n, unsigned* got);
 
  private:
+  // Books r SQEs the kernel took (io_uring_enter's result); returns how many.
+  unsigned Submitted(unsigned r);
+
   int fd_ = -1;
   void* sq_map_ = nullptr;
   size_t sq_map_len_ = 0;
@@ -57,7 +76,8 @@ class Uring {
   unsigned cq_mask_ = 0;
   io_uring_cqe* cqes_ = nullptr;
 
-  unsigned queued_ = 0;  // SQEs written but not yet submitted
+  unsigned queued_ = 0;    // SQEs written but not yet submitted
+  unsigned inflight_ = 0;  // SQEs submitted whose CQE was not reaped yet
 };
 
 }  // namespace vt
