@@ -347,14 +347,8 @@ bool Engine::ProcessTx() {
     }
     uint16_t head;
     Violation v;
-    SplitQueue::Pop p = tx_.PopAvail(&head, &v);
-    if (p == SplitQueue::Pop::kEmpty) {
-      if (tx_.EnableNotify()) {
-        tx_.DisableNotify();
-        continue;
-      }
-      break;
-    }
+    SplitQueue::Pop p = tx_.PopOrArm(&head, &v);
+    if (p == SplitQueue::Pop::kEmpty) break;
     if (p == SplitQueue::Pop::kBroken || !tx_.ReadTxChain(head, cfg_.hdr_len, &scratch_, &v)) {
       Break(tx_, tx_stats, cfg_.tx, v);
       break;
@@ -457,12 +451,8 @@ bool Engine::ProcessTxBatched() {
     while (n < kBatch && packets + n < kBudgetPackets) {
       uint16_t head;
       Violation v;
-      SplitQueue::Pop p = tx_.PopAvail(&head, &v);
+      SplitQueue::Pop p = tx_.PopOrArm(&head, &v);
       if (p == SplitQueue::Pop::kEmpty) {
-        if (tx_.EnableNotify()) {
-          tx_.DisableNotify();
-          continue;
-        }
         drained = true;
         break;
       }
@@ -554,14 +544,8 @@ bool Engine::FillRxStash() {
     }
     uint16_t head;
     Violation v;
-    SplitQueue::Pop p = rx_.PopAvail(&head, &v);
-    if (p == SplitQueue::Pop::kEmpty) {
-      if (rx_.EnableNotify()) {
-        rx_.DisableNotify();
-        continue;
-      }
-      return true;  // kicks stay enabled: we sleep until the guest posts buffers
-    }
+    SplitQueue::Pop p = rx_.PopOrArm(&head, &v);
+    if (p == SplitQueue::Pop::kEmpty) return true;  // kicks stay enabled: we sleep until the guest posts buffers
     if (p == SplitQueue::Pop::kBroken || !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v)) {
       Break(rx_, rx_stats, cfg_.rx, v);
       return false;

@@ -89,6 +89,16 @@ class SplitQueue {
   // Takes the next available head. Enforces 'avail-idx-jump' and that the head
   // indexes the table.
   Pop PopAvail(uint16_t* head, Violation* v);
+  // PopAvail, and when the ring is empty: re-enable kicks and look once more,
+  // since the driver may have published just before it could see them enabled.
+  // kEmpty then means kicks are on and the device may sleep.
+  Pop PopOrArm(uint16_t* head, Violation* v) {
+    for (;;) {
+      const Pop p = PopAvail(head, v);
+      if (p != Pop::kEmpty || !EnableNotify()) return p;
+      DisableNotify();
+    }
+  }
   // Gives back the last popped head (it will be popped again), for when the
   // device could not use it now (TX hit EAGAIN; RX kept it in its stash at stop).
   void UndoPop(uint16_t n = 1) { last_avail_ = static_cast<uint16_t>(last_avail_ - n); }
