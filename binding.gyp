@@ -22,6 +22,8 @@
         ["'<!(echo $VHOST_TAP_SANITIZE)'=='1'", {
           "cflags_cc": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"],
           "ldflags": ["-fsanitize=address,undefined"]
+        }, {
+          "defines": ["NDEBUG"]
         }]
       ]
     }
