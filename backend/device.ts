@@ -84,6 +84,15 @@ const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'm
 /** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
 const MAX_BUSY_POLL_US = 1_000_000;
 
+/** The largest feature mask: virtio features are 64 bits. */
+const MAX_FEATURES = (1n << 64n) - 1n;
+
+/**
+ * The largest guest memory region: Node 20 cannot make a typed array over more than
+ * 2^32 bytes, and the device views each region through one.
+ */
+const MAX_REGION_BYTES = 2 ** 32;
+
 /** Default MTU when none is given: Ethernet's. */
 const DEFAULT_MTU = 1500;
 
@@ -122,11 +131,19 @@ export class VirtioNetDevice extends EventEmitter {
   private guestOffloads = 0n;
   private closed = false;
   private featuresError: string | null = null;
+  /**
+   * Bumped at every reset: an engine's rule-violation report crosses threads and may arrive
+   * after the driver reset the device, so it carries the session it belongs to.
+   */
+  private session = 0;
   readonly rxFilter = new RxFilter();
 
   constructor(opts: VirtioNetDeviceOptions) {
     super();
-    for (const k of Object.keys(opts ?? {})) {
+    if (opts === null || typeof opts !== 'object') {
+      throw new InvalidArgumentError(`VirtioNetDevice needs an options object { memory, tap, ... }, got ${opts === null ? 'null' : typeof opts}`);
+    }
+    for (const k of Object.keys(opts)) {
       if (!KNOWN_OPTIONS.has(k)) throw new InvalidArgumentError(`unknown option '${k}'; known options: ${[...KNOWN_OPTIONS].join(', ')}`);
     }
     this.sab = sharedBuffer(opts.memory);
@@ -213,6 +230,11 @@ export class VirtioNetDevice extends EventEmitter {
   set driverFeatures(v: bigint) {
     this.assertOpen();
     if (typeof v !== 'bigint') throw new InvalidArgumentError('driverFeatures must be a bigint');
+    // The driver writes a 64-bit register (virtio 1.x §4.1.4.3: two 32-bit halves); anything
+    // else is not a feature set, and a negative bigint has infinitely many bits set.
+    if (v < 0n || v > MAX_FEATURES) {
+      throw new InvalidArgumentError(`driverFeatures must be a 64-bit mask (0 .. 2^64 - 1), got ${v < 0n ? 'a negative value' : `0x${v.toString(16)}`}`);
+    }
     if (!(this._status & STATUS.DRIVER) || this._status & STATUS.FEATURES_OK) {
       throw new DeviceStateError('driverFeatures may be written only after DRIVER and before FEATURES_OK (virtio 1.x §3.1.1)');
     }
@@ -350,6 +372,16 @@ export class VirtioNetDevice extends EventEmitter {
     this.stopAll();
     this.unwatchCalls();
     this.closed = true;
+    // A vCPU Worker blocked in waitCall() on these fds would never wake once they are
+    // closed (poll keeps the file open): one last interrupt sends it to look at the device.
+    const a = addon();
+    for (const fd of this.callFds) {
+      try {
+        a.kick(fd);
+      } catch {
+        // Nothing waits on an fd that cannot be written.
+      }
+    }
     this.releaseFds();
     this.removeAllListeners('interrupt');
   }
@@ -502,6 +534,7 @@ export class VirtioNetDevice extends EventEmitter {
     const rx = this.queues[2 * p]!;
     const tx = this.queues[2 * p + 1]!;
     const resume = (i: number): { lastAvailIdx: number; usedIdx: number } => this.positions.get(i) ?? { lastAvailIdx: 0, usedIdx: 0 };
+    const session = this.session;
     return native(`queue pair ${p}`, () =>
       new (addon().Engine)({
         memory: this.sab,
@@ -515,7 +548,10 @@ export class VirtioNetDevice extends EventEmitter {
         io: this.io,
         rx: { index: 2 * p, ...rx, kickFd: this.kickFds[2 * p], callFd: this.callFds[2 * p], ...resume(2 * p) },
         tx: { index: 2 * p + 1, ...tx, kickFd: this.kickFds[2 * p + 1], callFd: this.callFds[2 * p + 1], ...resume(2 * p + 1) },
-        onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),
+        // A report from before the last reset is about a session the driver already ended.
+        onBroken: (queue: number, rule: string, detail: string) => {
+          if (session === this.session) this.guestBrokeRule(queue, rule, detail);
+        },
       }),
     );
   }
@@ -550,6 +586,7 @@ export class VirtioNetDevice extends EventEmitter {
 
   /** Status 0: stop everything and return to the state right after construction. */
   private reset(): void {
+    this.session++;
     this.stopAll();
     // Ring positions start from 0 after a reset; counters stay monotonic.
     this.positions.clear();
@@ -583,11 +620,15 @@ export class VirtioNetDevice extends EventEmitter {
       }
       throw e;
     }
-    if (due) addon().kick(this.callFds[index]);
+    // A listener may have closed or reset the device while the command ran ('rx-filter',
+    // 'queue-pairs'): then there is no interrupt to raise, and the fds may be gone.
+    if (due && this.ctrl && !this.closed) addon().kick(this.callFds[index]);
   }
 
   /** One control command; returns the ack. Malformed commands get ERR, never an exception. */
   private handleCtrl(cls: number, cmd: number, data: Uint8Array): number {
+    // An earlier command's listener closed the device: nothing is left to apply this one to.
+    if (this.closed) return CTRL.ERR;
     const f = this._driverFeatures;
     try {
       switch (cls) {
@@ -682,13 +723,18 @@ export class VirtioNetDevice extends EventEmitter {
 }
 
 function sharedBuffer(m: unknown): SharedArrayBuffer {
-  if (m instanceof SharedArrayBuffer) return m;
+  let sab: SharedArrayBuffer | undefined;
+  if (m instanceof SharedArrayBuffer) sab = m;
   const wasm = (globalThis as { WebAssembly?: { Memory: new (...a: never[]) => WasmMemoryLike } }).WebAssembly;
-  if (wasm && m instanceof wasm.Memory) {
-    if (m.buffer instanceof SharedArrayBuffer) return m.buffer;
-    throw new InvalidArgumentError('WebAssembly.Memory must be created with { shared: true } so device workers can use it');
+  if (!sab && wasm && m instanceof wasm.Memory) {
+    if (!(m.buffer instanceof SharedArrayBuffer)) throw new InvalidArgumentError('WebAssembly.Memory must be created with { shared: true } so device workers can use it');
+    sab = m.buffer;
   }
-  throw new InvalidArgumentError("option 'memory' must be a SharedArrayBuffer or a shared WebAssembly.Memory (an ArrayBuffer cannot be shared with device threads)");
+  if (!sab) throw new InvalidArgumentError("option 'memory' must be a SharedArrayBuffer or a shared WebAssembly.Memory (an ArrayBuffer cannot be shared with device threads)");
+  if (sab.byteLength > MAX_REGION_BYTES) {
+    throw new InvalidArgumentError(`guest memory of ${sab.byteLength} bytes is larger than the ${MAX_REGION_BYTES} bytes (4 GiB) one region may have (Node's largest typed array)`);
+  }
+  return sab;
 }
 
 export function parseMacOption(s: string): Uint8Array {

@@ -97,6 +97,10 @@ export function convert(what: string, e: unknown): Error {
     case 'ENOENT':
       if (err.syscall === 'open' && /netns|namespace/i.test(err.message)) return new NamespaceError(err.message);
       return new TapError(`${what}: ${err.message}`, err.code);
+    case undefined:
+      // No errno: not something the kernel or the TAP said, but a JavaScript error raised
+      // inside the addon (a RangeError from a typed array, a TypeError from a bad value).
+      return new VhostTapError(`${what}: ${err.message}`, 'ERR_VHOST_INTERNAL');
     default:
       return new TapError(`${what}: ${err.message}`, err.code);
   }

@@ -1,7 +1,7 @@
 // The public API of vhost-tap: the device, its errors, the virtio constants,
 // and the two notification helpers that work inside worker_threads Workers.
 
-import { InvalidArgumentError } from './errors';
+import { InvalidArgumentError, native } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
@@ -18,14 +18,18 @@ export {
 } from './errors';
 export * from './virtio';
 
+/** Largest fd and timeout the kernel's int arguments take. */
+const INT32_MAX = 0x7fffffff;
+
 function checkFd(fd: unknown): number {
-  if (!Number.isInteger(fd) || (fd as number) < 0) throw new InvalidArgumentError(`expected an eventfd number, got ${String(fd)}`);
+  if (!Number.isInteger(fd) || (fd as number) < 0 || (fd as number) > INT32_MAX) throw new InvalidArgumentError(`expected an eventfd number, got ${String(fd)}`);
   return fd as number;
 }
 
 /** Guest → device doorbell: writes the kick eventfd. Usable from any thread. */
 export function kick(fd: number): void {
-  addon().kick(checkFd(fd));
+  const f = checkFd(fd);
+  native(`eventfd ${f}`, () => addon().kick(f));
 }
 
 /**
@@ -36,10 +40,14 @@ export function kick(fd: number): void {
 export function waitCall(fd: number, timeoutMs: number): boolean;
 export function waitCall(fds: number[], timeoutMs: number): number;
 export function waitCall(fds: number | number[], timeoutMs: number): boolean | number {
-  if (!Number.isInteger(timeoutMs) || timeoutMs < -1) throw new InvalidArgumentError(`timeoutMs must be an integer >= -1, got ${timeoutMs}`);
+  if (!Number.isInteger(timeoutMs) || timeoutMs < -1 || timeoutMs > INT32_MAX) {
+    throw new InvalidArgumentError(`timeoutMs must be an integer from -1 to ${INT32_MAX}, got ${timeoutMs}`);
+  }
   if (Array.isArray(fds)) {
     if (fds.length === 0 || fds.length > 31) throw new InvalidArgumentError('waitCall takes 1 to 31 eventfds');
-    return addon().waitCall(fds.map(checkFd), timeoutMs);
+    const list = fds.map(checkFd);
+    return native('waitCall', () => addon().waitCall(list, timeoutMs));
   }
-  return addon().waitCall([checkFd(fds)], timeoutMs) !== 0;
+  const one = checkFd(fds);
+  return native('waitCall', () => addon().waitCall([one], timeoutMs)) !== 0;
 }

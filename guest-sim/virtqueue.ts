@@ -149,7 +149,8 @@ export class DriverQueue {
     this.eventIdx = opts.eventIdx;
     this.addrs = Object.freeze({ size, desc, avail, used });
     this.memLen = memLen;
-    this.u16 = new Uint16Array(mem, 0, memLen >>> 1);
+    // Division, not >>> 1: a 4 GiB memory is 2^32, which uint32 arithmetic makes 0.
+    this.u16 = new Uint16Array(mem, 0, Math.floor(memLen / 2));
     this.u32 = new Uint32Array(mem, 0, Math.floor(memLen / 4));
     this.descW32 = desc / 4;
     this.descW16 = desc / 2;
