@@ -58,6 +58,11 @@ export interface QueueStats {
   bytes: number;
   interrupts: number;
   kicks: number;
+  /**
+   * Chains returned to the guest in the used ring. TX: each is one frame, so
+   * usedChains = packets + the sum of drops. RX: a mergeable frame may take several.
+   */
+  usedChains: number;
   /** Dropped frames by reason. */
   drops: Record<string, number>;
   broken: boolean;
@@ -92,6 +97,9 @@ const MAX_FEATURES = (1n << 64n) - 1n;
  * 2^32 bytes, and the device views each region through one.
  */
 const MAX_REGION_BYTES = 2 ** 32;
+
+/** Eventfds one waitCall() takes (its result is a 32-bit mask). */
+const WAIT_FDS = 32;
 
 /** Default MTU when none is given: Ethernet's. */
 const DEFAULT_MTU = 1500;
@@ -399,6 +407,7 @@ export class VirtioNetDevice extends EventEmitter {
       bytes: (old?.bytes ?? 0) + (live?.bytes ?? 0),
       interrupts: (old?.interrupts ?? 0) + (live?.interrupts ?? 0),
       kicks: (old?.kicks ?? 0) + (live?.kicks ?? 0),
+      usedChains: (old?.usedChains ?? 0) + (live?.usedChains ?? 0),
       drops,
       broken: live?.broken ?? false,
     };
@@ -591,8 +600,19 @@ export class VirtioNetDevice extends EventEmitter {
     // Ring positions start from 0 after a reset; counters stay monotonic.
     this.positions.clear();
     const a = addon();
-    for (let p = 1; p < this.queuePairs; p++) this.attachQueue(p, true);
-    for (const fd of this.tapFds) native(`TAP '${this.tapName}'`, () => a.tapSetCarrier(fd, false));
+    // Writing 0 cannot fail for the driver (virtio 1.x §2.1.2): the device's own state is
+    // reset whatever the TAP says. A TAP that refuses (deleted from outside: EBADFD) is
+    // reported as a warning here and fails the next DRIVER_OK with a TapError.
+    let tapFailure: unknown;
+    const tap = (fn: () => void): void => {
+      try {
+        fn();
+      } catch (e) {
+        tapFailure ??= e;
+      }
+    };
+    for (let p = 1; p < this.queuePairs; p++) tap(() => this.attachQueue(p, true));
+    for (const fd of this.tapFds) tap(() => native(`TAP '${this.tapName}'`, () => a.tapSetCarrier(fd, false)));
     this._status = 0;
     this._driverFeatures = 0n;
     this.guestOffloads = 0n;
@@ -600,8 +620,11 @@ export class VirtioNetDevice extends EventEmitter {
     this.queues.fill(undefined);
     this.activePairs = 1;
     this.resetConfig();
-    // Drain stale doorbells so the next initialisation starts quiet.
-    a.waitCall([...this.kickFds, ...this.callFds], 0);
+    // Drain stale doorbells so the next initialisation starts quiet (waitCall takes at most
+    // WAIT_FDS at a time; 8 pairs already have 34 eventfds).
+    const fds = [...this.kickFds, ...this.callFds];
+    for (let i = 0; i < fds.length; i += WAIT_FDS) a.waitCall(fds.slice(i, i + WAIT_FDS), 0);
+    if (tapFailure) this.emit('warning', convert(`TAP '${this.tapName}'`, tapFailure));
   }
 
   private processCtrl(): void {

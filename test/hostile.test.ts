@@ -233,3 +233,15 @@ test('bits above 63 in the features option are only a mask (no error, nothing of
     t.true(dev.deviceFeatures >= 0n && dev.deviceFeatures < 1n << 64n);
     t.false((dev.deviceFeatures & bit('MQ')) !== 0n);
   }));
+
+test('reset with 16 queue pairs (66 eventfds, more than one waitCall takes) works, and so does the next initialisation', (t) =>
+  withNetns((ns) => {
+    const sab = new SharedArrayBuffer(MEM);
+    const dev = new VirtioNetDevice({ memory: sab, tap: ns.ifname(), netns: ns.name, queuePairs: 16 });
+    ns.defer(() => void dev.close());
+    t.notThrows(() => (dev.status = 0));
+    bringUp(dev, sab);
+    t.truthy(dev.status & DRIVER_OK);
+    t.notThrows(() => (dev.status = 0));
+    t.is(dev.status, 0);
+  }));
