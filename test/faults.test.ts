@@ -17,7 +17,9 @@
 import test, { type ExecutionContext } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { STATUS, TapError, VirtioNetDevice } from '../backend/index';
+import { STATUS, TapError, VirtioNetDevice, type VirtioNetError } from '../backend/index';
+import { GuestSim } from '../guest-sim/guest';
+import { udpEcho } from './helpers/udp';
 import { describeChild, runScenario } from './helpers/child';
 import { requireRoot, withNetns, type Netns } from './helpers/netns';
 import { deviceAccounting, startFlood, tapCounters, TrafficGuest, type DeviceAccounting, type TapCounters } from './helpers/traffic-guest';
@@ -267,4 +269,24 @@ test.serial('close() while the device workers and the guest vCPU Workers are blo
     t.is(out.txUsedMatches, true, describeChild(res));
     t.true((out.nextSessionRx as number) > 0 && (out.nextSessionTx as number) > 0, `the next device works: ${describeChild(res)}`);
     t.deepEqual(out.uncaught, []);
+  }));
+
+test.serial('GuestSim.restart (driver reset and a fresh initialisation) under UDP echo, 3 times: no rule broken, the guest answers on every pair after each', (t) =>
+  withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: PAIRS, ip4: `${GUEST4}/24`, mac: GUEST_MAC });
+    ns.defer(() => void guest.stop());
+    const broken: string[] = [];
+    guest.on('needs-reset', (e: VirtioNetError) => broken.push(e.message));
+    ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
+    ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
+    for (let i = 0; i < 3; i++) {
+      const before = udpEcho(ns, GUEST4, [64, 500], 16);
+      t.is(before.echoed, before.sent, `echoes before restart ${i}`);
+      await guest.restart();
+      t.is(guest.device.activeQueuePairs, PAIRS);
+    }
+    const after = udpEcho(ns, GUEST4, [64, 500], 16);
+    t.is(after.echoed, after.sent, 'echoes after the last restart');
+    t.deepEqual(broken, [], 'no ring rule broken across restarts (the rings are initialised before DRIVER_OK)');
   }));
