@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-# Writes the seed corpus of the virtqueue fuzz target (fuzz/targets/virtqueue.cc
-# documents the input format): well-formed TX and RX rings, chains with NEXT
-# links and indirect tables, EVENT_IDX, resumed positions, guest rewrites
-# between steps, and a few classic hostile shapes, so the fuzzer starts from
-# inputs that reach deep into the walker instead of failing the layout check.
+# Writes the seed corpora of the fuzz targets (each target's source documents
+# its input format): well-formed TX and RX rings, chains with NEXT links and
+# indirect tables, EVENT_IDX, resumed positions, guest rewrites between steps,
+# control commands, RX frames placed across chains, and classic hostile
+# shapes, so the fuzzer starts from inputs that reach deep into the code
+# instead of failing the layout check.
 # Run from the repository root: python3 fuzz/seeds.py (rewrites the files).
 import os
 import struct
 
-OUT = os.path.join(os.path.dirname(__file__), 'corpus', 'virtqueue')
+CORPUS = os.path.join(os.path.dirname(__file__), 'corpus')
 
 NEXT, WRITE, INDIRECT = 1, 2, 4
 # Steps (op % 9): 0 pop, 1 pop-or-arm, 2 publish, 3 disable, 4 enable, 5 undo, 6 peek, 7/8 guest write.
@@ -30,10 +31,20 @@ class Ring:
         self.idx = (self.idx + 1) & 0xffff
         struct.pack_into('<H', self.mem, self.avail + 2, self.idx)
 
-    def seed(self, flags, steps, last_avail=0, used_idx=0):
+    def image(self):
+        return bytes(self.mem[:len(self.mem.rstrip(b'\0'))])
+
+    def short_seed(self, flags, steps, shape=0, split=0, hole=0):
+        # The header of the ctrl_queue and rx_stash targets.
         log2 = self.size.bit_length() - 1
-        hdr = struct.pack('<BBHHHHHH', flags, log2, self.desc // 16, self.avail // 2, self.used // 4,
-                          last_avail, used_idx, len(steps))
+        hdr = struct.pack('<BBHHHHBHH', flags, log2, self.desc // 16, self.avail // 2, self.used // 4,
+                          len(steps), shape, split // 16, hole // 16)
+        return hdr + bytes(steps) + self.image()
+
+    def seed(self, flags, steps, last_avail=0, used_idx=0, shape=0, split=0, hole=0):
+        log2 = self.size.bit_length() - 1
+        hdr = struct.pack('<BBHHHHHHBHH', flags, log2, self.desc // 16, self.avail // 2, self.used // 4,
+                          last_avail, used_idx, len(steps), shape, split // 16, hole // 16)
         end = len(self.mem.rstrip(b'\0'))
         return hdr + bytes(steps) + bytes(self.mem[:end])
 
@@ -127,6 +138,18 @@ def seeds():
         steps += write(r.avail + 2, n) + [ARM]
     out['tx-guest-publishes'] = r.seed(H12, steps + [PUB, ENA])
 
+    # Region tables (when native/ has them): a frame crossing from one region into the next,
+    # and buffers past a hole between regions.
+    r = Ring(16, *layout(16))
+    r.set_desc(0, 0x2000 - 40, 72, 0)
+    r.post(0)
+    out['tx-across-regions'] = r.seed(H12, [POP, PUB], shape=1, split=0x2000 - 16)
+    r = Ring(16, *layout(16))
+    for i in range(4):
+        r.set_desc(i, 0x1f00 + 128 * i, 128, WRITE)
+        r.post(i)
+    out['rx-around-hole'] = r.seed(RX | H12, [POP, POP, POP, POP, PUB], shape=2, split=0x2000 - 16, hole=0x1000)
+
     # Hostile: a loop of NEXT links, an index out of range, an indirect table inside an indirect table.
     r = Ring(8, *layout(8))
     r.set_desc(0, 0x1000, 12, NEXT, 1)
@@ -166,14 +189,134 @@ def seeds():
     return out
 
 
-def main():
-    os.makedirs(OUT, exist_ok=True)
-    for f in os.listdir(OUT):
-        os.remove(os.path.join(OUT, f))
-    for name, data in seeds().items():
-        with open(os.path.join(OUT, name), 'wb') as fh:
+def ctrl_seeds():
+    # Steps (op % 6): 0/1 pop, 2 answer (ack = op >> 4), 3 publish, 4 disable kicks, 5 guest write.
+    POPC, ANS, PUBC, DISC, WRC = 0, 2, 3, 4, 5
+    out = {}
+    EV, IND = 1, 2
+
+    def cmd(r, first, parts, ack_at, table=None):
+        # parts: (addr, bytes) readable, then one writable ack byte at ack_at.
+        n = len(parts) + 1
+        for k, (addr, data) in enumerate(parts):
+            r.mem[addr:addr + len(data)] = data
+            r.set_desc(first + k, addr, len(data), NEXT, first + k + 1, table)
+        r.set_desc(first + n - 1, ack_at, 1, WRITE, 0, table)
+        return first
+
+    r = Ring(16, *layout(16))
+    r.post(cmd(r, 0, [(0x1000, bytes([0, 0, 1]))], 0x1100))
+    out['rx-promisc'] = r.short_seed(0, [POPC, ANS, PUBC])
+    r = Ring(16, *layout(16))
+    table = bytes([1, 0]) + struct.pack('<I', 2) + bytes(12) + struct.pack('<I', 1) + bytes(6)
+    r.post(cmd(r, 0, [(0x1000, table[:2]), (0x1100, table[2:10]), (0x1200, table[10:])], 0x1300))
+    r.post(cmd(r, 4, [(0x1400, bytes([4, 0, 2, 0]))], 0x1500))
+    out['mac-table-and-mq'] = r.short_seed(EV, [DISC, POPC, POPC, ANS, ANS | 0x10, PUBC, POPC])
+    r = Ring(8, *layout(8))
+    t = 0x800
+    cmd(r, 0, [(0x1000, bytes([2, 0, 5, 0]))], 0x1100, table=t)
+    r.set_desc(0, t, 32, INDIRECT)
+    r.post(0)
+    out['vlan-indirect'] = r.short_seed(IND, [POPC, ANS, PUBC])
+    r = Ring(16, *layout(16))
+    r.post(cmd(r, 0, [(0x2000 - 2, bytes([0, 1, 1]))], 0x2100))
+    out['across-regions'] = r.short_seed(0, [POPC, ANS, PUBC], shape=1, split=0x2000 - 16)
+    # Many zero-length readable descriptors before the ack (issue 12, defect 3, small).
+    r = Ring(64, *layout(64))
+    for i in range(63):
+        r.set_desc(i, 0x1000, 0, NEXT, i + 1)
+    r.set_desc(63, 0x1100, 1, WRITE)
+    for _ in range(8):
+        r.post(0)
+    out['zero-length-walk'] = r.short_seed(0, [POPC, ANS] * 8 + [PUBC])
+    # Hostile: no ack byte; readable after writable.
+    r = Ring(8, *layout(8))
+    r.mem[0x1000:0x1003] = bytes([0, 0, 1])
+    r.set_desc(0, 0x1000, 3, 0)
+    r.post(0)
+    out['no-ack'] = r.short_seed(0, [POPC])
+    r = Ring(8, *layout(8))
+    r.set_desc(0, 0x1100, 1, WRITE | NEXT, 1)
+    r.set_desc(1, 0x1000, 3, 0)
+    r.post(0)
+    out['readable-after-ack'] = r.short_seed(0, [POPC])
+    # The guest rewrites avail.idx under the device between pops.
+    r = Ring(16, *layout(16))
+    for i in range(4):
+        cmd(r, 2 * i, [(0x1000 + 64 * i, bytes([0, i % 6, 1]))], 0x1800 + i)
+        struct.pack_into('<H', r.mem, r.avail + 4 + 2 * i, 2 * i)
+    steps = []
+    for n in range(1, 5):
+        steps += [WRC, (r.avail + 2) // 2 & 0xff, (r.avail + 2) // 2 >> 8, n, 0, POPC, ANS]
+    out['guest-publishes'] = r.short_seed(0, steps + [PUBC])
+    return out
+
+
+def stash_seeds():
+    # Steps (op % 5): 0 push a chain, 1/2 place a frame (then at, end: u8 each; len: u16),
+    # 3 consume the placed chains, 4 give the rest back.
+    PUSH, PLACE, CONS, BACK = 0, 1, 3, 4
+    MRG, NB, IND = 1, 2, 4
+    H12 = 1 << 3
+    out = {}
+
+    def place(at, end, length):
+        return [PLACE, at, end, length & 0xff, length >> 8]
+
+    # One frame per chain, as with MTU-sized buffers.
+    r = Ring(16, *layout(16))
+    for i in range(8):
+        r.set_desc(i, 0x1000 + 1600 * i, 1600, WRITE)
+        r.post(i)
+    out['one-per-chain'] = r.short_seed(NB | H12, [PUSH] * 8 + place(0, 1, 100) + place(0, 1, 1500) + [CONS] + place(0, 1, 60) + [BACK])
+    # Mergeable small buffers: a frame spread over several chains.
+    r = Ring(16, *layout(16))
+    for i in range(12):
+        r.set_desc(i, 0x1000 + 256 * i, 256, WRITE)
+        r.post(i)
+    out['mergeable-spread'] = r.short_seed(MRG | NB | H12, [PUSH] * 12 + place(0, 6, 1400) + place(0, 6, 200) + [CONS, BACK])
+    # A hole in a batch: the frame read into a later chain moves down into the first free one.
+    r = Ring(16, *layout(16))
+    for i in range(6):
+        r.set_desc(i, 0x1000 + 2048 * i, 2048, WRITE)
+        r.post(i)
+    out['move-down'] = r.short_seed(MRG | NB | H12, [PUSH] * 6 + place(2, 3, 1000) + place(1, 3, 1800) + [CONS])
+    # Chains of several buffers, through an indirect table, and across two regions.
+    r = Ring(8, *layout(8))
+    t = 0x800
+    for k in range(3):
+        r.set_desc(k, 0x1000 + 100 * k, 100, WRITE | (NEXT if k < 2 else 0), k + 1, t)
+    r.set_desc(0, t, 48, INDIRECT)
+    r.post(0)
+    r.set_desc(1, 0x1ff0, 64, WRITE)
+    r.post(1)
+    out['indirect-and-regions'] = r.short_seed(MRG | NB | IND | H12, [PUSH, PUSH] + place(1, 2, 50) + place(0, 2, 200), shape=1, split=0x2000 - 16)
+    # Hostile: the same buffer posted twice, and a buffer over the used ring.
+    r = Ring(8, *layout(8))
+    r.set_desc(0, 0x1000, 512, WRITE)
+    r.set_desc(1, 0x1000, 512, WRITE)
+    r.set_desc(2, r.used, 64, WRITE)
+    for i in range(3):
+        r.post(i)
+    out['aliased-buffers'] = r.short_seed(MRG | NB | H12, [PUSH] * 3 + place(1, 3, 700) + place(0, 1, 300) + [CONS])
+    return out
+
+
+def save(target, seeds_by_name):
+    out = os.path.join(CORPUS, target)
+    os.makedirs(out, exist_ok=True)
+    for f in os.listdir(out):
+        os.remove(os.path.join(out, f))
+    for name, data in seeds_by_name.items():
+        with open(os.path.join(out, name), 'wb') as fh:
             fh.write(data)
-    print(f'{len(os.listdir(OUT))} seeds in {OUT}')
+    print(f'{len(seeds_by_name)} seeds in {out}')
+
+
+def main():
+    save('virtqueue', seeds())
+    save('ctrl_queue', ctrl_seeds())
+    save('rx_stash', stash_seeds())
 
 
 if __name__ == '__main__':

@@ -14,105 +14,28 @@
 //   2..7   desc / avail / used as u16 in units of their alignment (16, 2, 4)
 //   8..11  last_avail, used_idx to resume from (u16 each)
 //   12..13 length L of the step list (at most kMaxSteps)
-//   14..   L step bytes, then the guest memory image (the rest, zero-filled)
+//   14     guest memory shape (region table only, see MakeMemory)
+//   15..18 where the memory is split, and the hole after the split (u16 each, x16)
+//   19..   L step bytes, then the guest memory image (the rest, zero-filled)
 //
-// The guest memory setup is MakeMemory() alone, so moving to the region table
-// (several regions, holes between them) changes that function and the Init call.
-#include <cstddef>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
-#include "../../native/virtqueue.h"
+// Builds against either memory model of native/: the region table
+// (native/memory.h, issue 9), where the input also chooses how the one host
+// buffer is cut into regions (holes, regions out of guest-address order),
+// or the single block of native/guest_memory.h before it.
+#include "../common.h"
 
 namespace {
 
+using fuzz::Finding;
+using fuzz::Reader;
 using vt::Chain;
 using vt::SplitQueue;
 using vt::Violation;
 
-// Guest memory: large enough for a 4096-entry ring with room for buffers,
-// small enough that clearing it per input stays cheap.
-constexpr size_t kMem = 256 * 1024;
 // Steps per input: enough for a full small ring several times over.
 constexpr size_t kMaxSteps = 1024;
-constexpr size_t kHeader = 14;
+constexpr size_t kHeader = 19;
 constexpr uint32_t kHdrSizes[4] = {10, 12, 20, 12};
-
-[[noreturn]] void Finding(const char* what) {
-  fprintf(stderr, "virtqueue fuzz finding: %s\n", what);
-  abort();
-}
-
-struct Reader {
-  const uint8_t* p;
-  size_t n;
-  uint8_t U8() {
-    if (n == 0) return 0;
-    n--;
-    return *p++;
-  }
-  uint16_t U16() { return static_cast<uint16_t>(U8() | (U8() << 8)); }
-};
-
-uint8_t* Memory() {
-  // One allocation of exactly kMem bytes for the whole run: AddressSanitizer
-  // reports any access past it, and the buffer's base is page-aligned like a
-  // SharedArrayBuffer's.
-  static uint8_t* mem = static_cast<uint8_t*>(aligned_alloc(4096, kMem));
-  return mem;
-}
-
-vt::GuestMemory MakeMemory(const uint8_t* image, size_t len) {
-  uint8_t* mem = Memory();
-  const size_t n = len < kMem ? len : kMem;
-  memcpy(mem, image, n);
-  memset(mem + n, 0, kMem - n);
-  return vt::GuestMemory{mem, kMem};
-}
-
-// Every iovec of a chain must lie inside guest memory and add up to its byte count.
-void CheckChain(const Chain& c) {
-  const uint8_t* lo = Memory();
-  uint64_t sum = 0;
-  for (const iovec& v : c.iov) {
-    const uint8_t* b = static_cast<const uint8_t*>(v.iov_base);
-    if (v.iov_len == 0) Finding("a zero-length iovec was kept");
-    if (b < lo || b + v.iov_len > lo + kMem || b + v.iov_len < b) Finding("iovec outside guest memory");
-    sum += v.iov_len;
-  }
-  if (sum != c.bytes) Finding("chain byte count does not match its iovecs");
-}
-
-// Bytes the kernel would move for one frame at most (a 64 KiB GSO frame and
-// its header, with room): a chain may name far more (its buffers can overlap),
-// and touching all of that would only make slow inputs, not findings.
-constexpr uint64_t kFrameBytes = 128 * 1024;
-
-// The device reads a TX frame (as writev would) ...
-uint32_t Consume(const Chain& c) {
-  uint32_t x = 0;
-  uint64_t left = kFrameBytes;
-  for (const iovec& v : c.iov) {
-    const size_t n = v.iov_len < left ? v.iov_len : static_cast<size_t>(left);
-    for (size_t i = 0; i < n; i++) x += static_cast<const uint8_t*>(v.iov_base)[i];
-    left -= n;
-    if (left == 0) break;
-  }
-  return x;
-}
-
-// ... and fills an RX chain up to `len` bytes (as readv would).
-void Fill(const Chain& c, uint64_t len) {
-  if (len > kFrameBytes) len = kFrameBytes;
-  for (const iovec& v : c.iov) {
-    if (len == 0) return;
-    const size_t n = len < v.iov_len ? static_cast<size_t>(len) : v.iov_len;
-    memset(v.iov_base, 0xa5, n);
-    len -= n;
-  }
-}
 
 }  // namespace
 
@@ -134,13 +57,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const uint16_t last_avail = r.U16();
   const uint16_t used_idx = r.U16();
   const size_t nsteps = r.U16() % (kMaxSteps + 1);
+  const uint8_t shape = r.U8();
+  const uint64_t split = uint64_t{r.U16()} * 16;
+  const uint64_t hole = uint64_t{r.U16()} * 16;
   const size_t steps_len = nsteps < r.n ? nsteps : r.n;
   Reader steps{r.p, steps_len};
-  const vt::GuestMemory mem = MakeMemory(r.p + steps_len, r.n - steps_len);
+  const fuzz::Mem mem = fuzz::MakeMemory(r.p + steps_len, r.n - steps_len, shape, split, hole);
 
   SplitQueue q;
   Violation v;
-  if (!q.Init(mem, layout, event_idx, indirect_ok, last_avail, used_idx, &v)) {
+  if (!q.Init(fuzz::Ref(mem), layout, event_idx, indirect_ok, last_avail, used_idx, &v)) {
     if (!v.rule) Finding("Init failed without naming a rule");
     return 0;
   }
@@ -171,13 +97,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         if (chain.head != head) Finding("chain head changed");
         if (chain.bytes < hdr_len) Finding("a chain shorter than the header was accepted");
-        CheckChain(chain);
+        fuzz::CheckChain(chain);
         if (rx) {
           const uint64_t len = chain.bytes - (arg * chain.bytes) / 16;
-          Fill(chain, len);
+          fuzz::Fill(chain, len);
           q.AddUsed(head, static_cast<uint32_t>(len));
         } else {
-          sink = sink + Consume(chain);
+          sink = sink + fuzz::Consume(chain);
           q.AddUsed(head, 0);
         }
         break;
@@ -202,9 +128,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         sink = sink + q.AvailIdx() + q.last_avail() + q.used_idx();
         break;
       default: {  // 7, 8: the guest rewrites a 16-bit word of its memory meanwhile
-        const size_t off = (size_t{steps.U16()} * 2) % kMem;
+        const size_t off = (size_t{steps.U16()} * 2) % fuzz::kMem;
         const uint16_t val = steps.U16();
-        uint8_t* m = Memory();
+        uint8_t* m = fuzz::Memory();
         __atomic_store_n(reinterpret_cast<uint16_t*>(m + off), val, __ATOMIC_RELAXED);
         break;
       }
