@@ -31,6 +31,9 @@ Options:
   --pairs N        queue pairs (default 4)
   --sample S       seconds between resource samples (default 30)
   --udp-pps N      UDP echo requests per second (default 4000)
+  --no-reset, --no-pairs, --no-ctrl
+                   leave out the resets, the queue-pair changes or the RX-mode commands
+                   (to find which one a problem comes with)
   --json           print the whole report as JSON at the end
   -h, --help       this help`;
 
@@ -43,10 +46,15 @@ const CTRL_EVERY_MS = 3_000;
 const PAIRS_EVERY_MS = 7_000;
 /** Bytes of one TCP transfer each way: long enough to be real traffic, short enough that many finish between resets. */
 const TCP_BYTES = 4 << 20;
+/** After a re-initialisation, before sampling resources: the guest's Workers start asynchronously. */
+const SETTLE_MS = 1000;
 
 interface Sample {
   t: number;
   rssMiB: number;
+  /** V8 heap in use and memory outside it (ArrayBuffers, the addon's): where RSS growth would come from. */
+  heapMiB: number;
+  externalMiB: number;
   fds: number;
   threads: number;
   resets: number;
@@ -66,10 +74,17 @@ interface PeerStatus {
   tcpBad: number;
 }
 
-function resources(): { rssMiB: number; fds: number; threads: number } {
+function resources(): { rssMiB: number; heapMiB: number; externalMiB: number; fds: number; threads: number } {
   const status = fs.readFileSync('/proc/self/status', 'utf8');
   const field = (name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(status)?.[1] ?? NaN);
-  return { rssMiB: Math.round(field('VmRSS') / 1024), fds: fs.readdirSync('/proc/self/fd').length, threads: field('Threads') };
+  const m = process.memoryUsage();
+  return {
+    rssMiB: Math.round(field('VmRSS') / 1024),
+    heapMiB: Math.round(m.heapUsed / 2 ** 20),
+    externalMiB: Math.round(m.external / 2 ** 20),
+    fds: fs.readdirSync('/proc/self/fd').length,
+    threads: field('Threads'),
+  };
 }
 
 function tapCounters(ns: Netns, tap: string): { rxPackets: number; rxDropped: number; txPackets: number; txDropped: number } {
@@ -108,13 +123,22 @@ function discard() {
 }
 function source() {
   return new Promise((resolve) => {
-    let n = 0, bad = 0, done = false, firstBad = -1;
+    let n = 0, bad = 0, done = false, firstBad = -1, lastBad = -1; const shifts = new Map(); const sample = [];
     const s = net.connect(19, guest);
     s.setTimeout(15000, () => s.destroy(new Error('timeout')));
-    s.on('data', (b) => { for (let i = 0; i < b.length; i++) if (b[i] !== (n + i) % 251) { if (firstBad < 0) firstBad = n + i; bad++; } n += b.length; });
+    s.on('data', (b) => {
+      for (let i = 0; i < b.length; i++) if (b[i] !== (n + i) % 251) {
+        if (firstBad < 0) firstBad = n + i;
+        lastBad = n + i; bad++;
+        // Which offset of the pattern the wrong byte belongs to (mod 251): one shift = data from elsewhere in the stream.
+        const sh = (((b[i] - (n + i)) % 251) + 251) % 251; shifts.set(sh, (shifts.get(sh) || 0) + 1);
+        if (sample.length < 16) sample.push(b[i]);
+      }
+      n += b.length;
+    });
     s.on('close', () => {
       if (done) return; done = true;
-      if (bad) { st.tcpBad++; console.error('soak peer: source transfer with wrong bytes: ' + JSON.stringify({ bytes: n, bad, firstBad, port: s.localPort })); }
+      if (bad) { st.tcpBad++; console.error('soak peer: source transfer with wrong bytes: ' + JSON.stringify({ bytes: n, bad, firstBad, lastBad, shifts: [...shifts].slice(0, 4), sample, port: s.localPort })); }
       if (n === tcpBytes && !bad) st.tcpOk++; else st.tcpBroken++; resolve();
     });
     s.on('error', () => {});
@@ -136,6 +160,9 @@ async function main(): Promise<number> {
       pairs: { type: 'string' },
       sample: { type: 'string' },
       'udp-pps': { type: 'string' },
+      'no-reset': { type: 'boolean' },
+      'no-pairs': { type: 'boolean' },
+      'no-ctrl': { type: 'boolean' },
       json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -174,6 +201,13 @@ async function main(): Promise<number> {
     guest.device.on('warning', (e: Error) => errors.push(`warning: ${e.message}`));
     ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
     ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
+    // Guest memory pages count in RSS once touched, and traffic touches more of its buffers
+    // over minutes: touch every page now (an atomic add of 0 changes nothing, even in live
+    // rings), so RSS growth after this is the process's own.
+    const u8 = new Uint8Array(guest.mem);
+    for (let i = 0; i < u8.length; i += 4096) Atomics.add(u8, i, 0);
+    const guestMiB = Math.round(guest.mem.byteLength / 2 ** 20);
+    if (!o.json) console.log(`guest memory ${guestMiB} MiB (in RSS from the start), ${pairs} queue pairs, UDP ${pps}/s, TCP transfers of ${TCP_BYTES >> 20} MiB each way`);
 
     let peerStatus: PeerStatus = { udpSent: 0, udpEchoed: 0, tcpOk: 0, tcpBroken: 0, tcpBad: 0 };
     peer = spawn('ip', ['netns', 'exec', ns.name, process.execPath, '-e', PEER, GUEST4, String(pps), String(TCP_BYTES)], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -193,9 +227,9 @@ async function main(): Promise<number> {
     let ctrlCommands = 0;
     let ctrlErrors = 0;
     let pairChanges = 0;
-    let nextReset = start + RESET_EVERY_MS;
-    let nextCtrl = start + CTRL_EVERY_MS;
-    let nextPairs = start + PAIRS_EVERY_MS;
+    let nextReset = o['no-reset'] ? Infinity : start + RESET_EVERY_MS;
+    let nextCtrl = o['no-ctrl'] ? Infinity : start + CTRL_EVERY_MS;
+    let nextPairs = o['no-pairs'] ? Infinity : start + PAIRS_EVERY_MS;
     let nextSample = start;
     let promisc = false;
     const sample = (): void => {
@@ -210,9 +244,9 @@ async function main(): Promise<number> {
       };
       samples.push(row);
       if (!o.json) {
-        if (samples.length === 1) console.log('   t s  RSS MiB   fds  threads  resets   RX frames   TX frames   UDP sent  echoed   TCP ok  broken');
+        if (samples.length === 1) console.log('   t s  RSS MiB  heap  ext   fds  threads  resets   RX frames   TX frames   UDP sent  echoed   TCP ok  broken');
         console.log(
-          `${String(row.t).padStart(6)} ${String(row.rssMiB).padStart(8)} ${String(row.fds).padStart(5)} ${String(row.threads).padStart(8)} ${String(row.resets).padStart(7)} ` +
+          `${String(row.t).padStart(6)} ${String(row.rssMiB).padStart(8)} ${String(row.heapMiB).padStart(5)} ${String(row.externalMiB).padStart(4)} ${String(row.fds).padStart(5)} ${String(row.threads).padStart(8)} ${String(row.resets).padStart(7)} ` +
             `${String(row.rxFrames).padStart(11)} ${String(row.txFrames).padStart(11)} ${String(row.udpSent).padStart(10)} ${String(row.udpEchoed).padStart(7)} ` +
             `${String(row.tcpOk).padStart(8)} ${String(row.tcpBroken).padStart(7)}`,
         );
@@ -225,11 +259,17 @@ async function main(): Promise<number> {
     nextSample += sampleS * 1000;
     while (!interrupted && Date.now() < endAt) {
       const now = Date.now();
+      if (o['no-reset'] && now >= nextSample) {
+        sample();
+        nextSample += sampleS * 1000;
+      }
       if (now >= nextReset) {
         await guest.restart();
         resets++;
         nextReset += RESET_EVERY_MS;
         if (Date.now() >= nextSample) {
+          // The new session's Workers start asynchronously: let them come up first.
+          await new Promise((r) => setTimeout(r, SETTLE_MS));
           sample();
           nextSample += sampleS * 1000;
         }
@@ -253,8 +293,11 @@ async function main(): Promise<number> {
     await peerExit;
     await new Promise((r) => setTimeout(r, 1000));
     // The last sample at the same point of the cycle as the others.
-    await guest.restart();
-    resets++;
+    if (!o['no-reset']) {
+      await guest.restart();
+      resets++;
+      await new Promise((r) => setTimeout(r, SETTLE_MS));
+    }
     sample();
     // The device's and the TAP's counters at one quiet moment: read the device on both sides
     // of the TAP and retry while a stray frame (the host stack's own) moves in between.
