@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import { CTRL, type DeviceStats } from '../backend';
-import { GuestSim } from '../guest-sim/guest';
+import { GuestSim, parseOffloads } from '../guest-sim/guest';
 import { Netns } from '../guest-sim/netns';
 
 const HELP = `Usage: npm run soak -- [options]
@@ -31,6 +31,10 @@ Options:
   --pairs N        queue pairs (default 4)
   --sample S       seconds between resource samples (default 30)
   --udp-pps N      UDP echo requests per second (default 4000)
+  --reset-every S  seconds between resets (default 10)
+  --pairs-every S  seconds between queue-pair changes (default 7)
+  --offloads LIST  what the guest negotiates, as 'vhost-tap run --offloads' (default: all
+                   offered); 'none' makes the host verify every TCP/UDP checksum
   --no-reset, --no-pairs, --no-ctrl
                    leave out the resets, the queue-pair changes or the RX-mode commands
                    (to find which one a problem comes with)
@@ -160,6 +164,9 @@ async function main(): Promise<number> {
       pairs: { type: 'string' },
       sample: { type: 'string' },
       'udp-pps': { type: 'string' },
+      'reset-every': { type: 'string' },
+      'pairs-every': { type: 'string' },
+      offloads: { type: 'string' },
       'no-reset': { type: 'boolean' },
       'no-pairs': { type: 'boolean' },
       'no-ctrl': { type: 'boolean' },
@@ -181,6 +188,9 @@ async function main(): Promise<number> {
   const pairs = Math.floor(num('pairs', o.pairs, 4, 1));
   const sampleS = num('sample', o.sample, 30, 1);
   const pps = Math.floor(num('udp-pps', o['udp-pps'], 4000, 100));
+  const resetEveryMs = num('reset-every', o['reset-every'], RESET_EVERY_MS / 1000, 1) * 1000;
+  const pairsEveryMs = num('pairs-every', o['pairs-every'], PAIRS_EVERY_MS / 1000, 0.5) * 1000;
+  const features = o.offloads === undefined ? undefined : parseOffloads(o.offloads);
   if (process.getuid?.() !== 0) throw new Error('the soak creates a network namespace and a TAP: run it as root');
 
   const ns = Netns.create('soak');
@@ -194,7 +204,7 @@ async function main(): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   try {
-    guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: pairs, ip4: `${GUEST4}/24`, mac: GUEST_MAC, sourceBytes: TCP_BYTES });
+    guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: pairs, ip4: `${GUEST4}/24`, mac: GUEST_MAC, sourceBytes: TCP_BYTES, features });
     const errors: string[] = [];
     guest.on('needs-reset', (e: Error) => errors.push(`needs-reset: ${e.message}`));
     guest.on('error', (e: Error) => errors.push(`guest worker: ${e.message}`));
@@ -227,9 +237,9 @@ async function main(): Promise<number> {
     let ctrlCommands = 0;
     let ctrlErrors = 0;
     let pairChanges = 0;
-    let nextReset = o['no-reset'] ? Infinity : start + RESET_EVERY_MS;
+    let nextReset = o['no-reset'] ? Infinity : start + resetEveryMs;
     let nextCtrl = o['no-ctrl'] ? Infinity : start + CTRL_EVERY_MS;
-    let nextPairs = o['no-pairs'] ? Infinity : start + PAIRS_EVERY_MS;
+    let nextPairs = o['no-pairs'] ? Infinity : start + pairsEveryMs;
     let nextSample = start;
     let promisc = false;
     const sample = (): void => {
@@ -266,7 +276,7 @@ async function main(): Promise<number> {
       if (now >= nextReset) {
         await guest.restart();
         resets++;
-        nextReset += RESET_EVERY_MS;
+        nextReset += resetEveryMs;
         if (Date.now() >= nextSample) {
           // The new session's Workers start asynchronously: let them come up first.
           await new Promise((r) => setTimeout(r, SETTLE_MS));
@@ -284,7 +294,7 @@ async function main(): Promise<number> {
         const n = 1 + ((pairChanges * 3 + 1) % pairs);
         await guest.setQueuePairs(n).catch((e: Error) => errors.push(`VQ_PAIRS_SET ${n}: ${e.message}`));
         pairChanges++;
-        nextPairs += PAIRS_EVERY_MS;
+        nextPairs += pairsEveryMs;
       }
       await new Promise((r) => setTimeout(r, 50));
     }
@@ -311,6 +321,7 @@ async function main(): Promise<number> {
       await new Promise((r) => setTimeout(r, 100));
     }
     const acc = account(devStats, tapc);
+    const csumErrors = hostChecksumErrors(ns);
     await guest.stop();
     guest = undefined;
     const final = { device: devStats };
@@ -332,6 +343,7 @@ async function main(): Promise<number> {
         max: { rssMiB: Math.max(...samples.map((s) => s.rssMiB)), fds: Math.max(...samples.map((s) => s.fds)), threads: Math.max(...samples.map((s) => s.threads)) },
       },
       drops: dropsOf(final.device),
+      hostChecksumErrors: csumErrors,
       errors,
       samples,
     };
@@ -341,7 +353,7 @@ async function main(): Promise<number> {
       console.log(`UDP: ${peerStatus.udpSent} sent, ${peerStatus.udpEchoed} echoed (the rest: in the guest's rings or Workers at a reset, or dropped by the kernel); TCP transfers: ${peerStatus.tcpOk} complete, ${peerStatus.tcpBroken} broken (resets cut connections), ${peerStatus.tcpBad} with wrong bytes`);
       console.log(`device: RX ${acc.rxPackets} frames delivered + ${acc.rxFrameDrops} dropped by name; TX ${acc.txPackets} written + ${acc.txDrops} dropped by name (of ${acc.txUsedChains} chains)`);
       console.log(`TAP (kernel): handed ${tapc.txPackets} frames to the device, got ${tapc.rxPackets} from it; dropped before the device (tx_dropped) ${tapc.txDropped}`);
-      console.log(`drops by name: ${JSON.stringify(report.drops)}`);
+      console.log(`drops by name: ${JSON.stringify(report.drops)}; checksum errors the host stack saw: ${JSON.stringify(csumErrors)}`);
       console.log(`resources (sampled after a reset) after 1 min → end (max): RSS ${first.rssMiB} → ${last.rssMiB} MiB (${report.resources.max.rssMiB}), fds ${first.fds} → ${last.fds} (${report.resources.max.fds}), threads ${first.threads} → ${last.threads} (${report.resources.max.threads})`);
       console.log(`frames not accounted for: ${acc.unaccounted}${acc.unaccounted ? ` (${acc.why.join('; ')})` : ''}`);
       if (errors.length) console.log(`errors: ${errors.slice(0, 10).join(' | ')}`);
@@ -354,6 +366,19 @@ async function main(): Promise<number> {
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
   }
+}
+
+/** InCsumErrors of TCP and UDP in the namespace (/proc/net/snmp): frames whose payload did not match its checksum. */
+function hostChecksumErrors(ns: Netns): { tcp: number; udp: number } {
+  const r = ns.exec('cat', ['/proc/net/snmp']);
+  const field = (proto: string): number => {
+    const lines = r.stdout.split('\n').filter((l) => l.startsWith(`${proto}:`));
+    if (lines.length < 2) return NaN;
+    const names = lines[0].split(/\s+/);
+    const values = lines[1].split(/\s+/);
+    return Number(values[names.indexOf('InCsumErrors')]);
+  };
+  return { tcp: field('Tcp'), udp: field('Udp') };
 }
 
 function dropsOf(s: DeviceStats): Record<string, number> {

@@ -52,6 +52,8 @@ export class TrafficGuest {
   ctrl: ControlDriver | undefined;
   /** While true, used RX buffers are kept instead of reposted. */
   rxPaused = false;
+  /** The same for some pairs only. */
+  readonly rxPausedPairs = new Set<number>();
   private pairs: Pair[] = [];
   private readonly u8: Uint8Array;
 
@@ -148,13 +150,13 @@ export class TrafficGuest {
         this.counts.rx++;
         this.sessionRx++;
         const i = pr.rxBufOf[u.id];
-        if (this.rxPaused) pr.held.push(i);
+        if (this.rxPaused || this.rxPausedPairs.has(p)) pr.held.push(i);
         else {
           pr.rxBufOf[pr.rx.addBuf(pr.rxBase + i * RX_BUF, RX_BUF, true)] = i;
           got = true;
         }
       }
-      if (!this.rxPaused && pr.held.length > 0) {
+      if (!this.rxPaused && !this.rxPausedPairs.has(p) && pr.held.length > 0) {
         for (const i of pr.held) pr.rxBufOf[pr.rx.addBuf(pr.rxBase + i * RX_BUF, RX_BUF, true)] = i;
         pr.held = [];
         got = true;
