@@ -11,7 +11,9 @@
         "native/virtqueue.cc",
         "native/uring.cc",
         "native/engine.cc",
-        "native/engine_binding.cc"
+        "native/engine_binding.cc",
+        "native/vhost_user.cc",
+        "native/vhost_user_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -1,4 +1,4 @@
-// Module entry: registers the TAP, notification and engine bindings and
+// Module entry: registers the TAP, notification, engine and vhost-user bindings and
 // exports native/virtio.h's constants for the cross-language check.
 #include <napi.h>
 
@@ -8,6 +8,7 @@ namespace vt {
 void InitTap(Napi::Env env, Napi::Object exports);      // tap_binding.cc
 void InitNotify(Napi::Env env, Napi::Object exports);   // notify.cc
 void InitEngine(Napi::Env env, Napi::Object exports);   // engine_binding.cc
+void InitVhostUser(Napi::Env env, Napi::Object exports);  // vhost_user_binding.cc
 }  // namespace vt
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -19,6 +20,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vt::InitTap(env, exports);
   vt::InitNotify(env, exports);
   vt::InitEngine(env, exports);
+  vt::InitVhostUser(env, exports);
   return exports;
 }
 
