@@ -327,7 +327,14 @@ class Connection : public Napi::ObjectWrap<Connection> {
     Napi::HandleScope scope(env);
     try {
       if (status < 0) {
-        self->End(std::string("socket error: ") + uv_strerror(status));
+        // libuv reports POLLERR as EBADF; the socket knows the real error (ECONNRESET
+        // when the peer closed with data unread).
+        int so = 0;
+        socklen_t len = sizeof so;
+        if (self->fd_ >= 0 && getsockopt(self->fd_, SOL_SOCKET, SO_ERROR, &so, &len) == 0 && so != 0)
+          self->End(std::string("socket error: ") + strerror(so));
+        else
+          self->End(std::string("socket error: ") + uv_strerror(status));
         return;
       }
       self->ReadSome();

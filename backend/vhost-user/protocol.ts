@@ -92,13 +92,15 @@ export const HEADER_SIZE = 12;
 export const MAX_FDS = 8;
 export const MAX_MEM_REGIONS = 8;
 
-/** Requests whose answer is their own reply: REPLY_ACK adds nothing to them, and refusing one ends the connection. */
+/**
+ * Requests whose answer is their own reply: REPLY_ACK adds nothing to them, and refusing one
+ * ends the connection. (SET_LOG_BASE has a reply only with LOG_SHMFD, which is never offered.)
+ */
 export const HAS_REPLY: ReadonlySet<number> = new Set([
   REQ.GET_FEATURES,
   REQ.GET_PROTOCOL_FEATURES,
   REQ.GET_VRING_BASE,
   REQ.GET_QUEUE_NUM,
-  REQ.SET_LOG_BASE,
   REQ.IOTLB_MSG,
   REQ.GET_CONFIG,
   REQ.CREATE_CRYPTO_SESSION,
