@@ -5,7 +5,8 @@ import { InvalidArgumentError } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
-export type { VirtioNetDeviceOptions, DeviceStats, QueueStats } from './device';
+export type { VirtioNetDeviceOptions, DeviceStats, QueueStats, QueueSetup } from './device';
+export type { GuestMemory, MemoryRegion, WasmMemoryLike } from './memory';
 export type { Capabilities } from './features';
 export {
   VhostTapError,
