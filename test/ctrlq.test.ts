@@ -7,7 +7,7 @@ import test from 'ava';
 
 import { ControlQueue, RingRuleError, type CtrlHandler } from '../backend/ctrlq';
 import { CTRL, RING } from '../backend/virtio';
-import { DriverQueue, type Buf } from '../guest-sim/virtqueue';
+import { DriverQueue, type Buf } from '../driver/virtqueue';
 
 const MEM = 64 * 1024;
 const SIZE = 8;

@@ -22,8 +22,8 @@ import {
   VirtioNetError,
   type VirtioNetDeviceOptions,
 } from '../backend/index';
-import { DriverQueue } from '../guest-sim/virtqueue';
-import { requireRoot, withNetns, type Netns } from './helpers/netns';
+import { DriverQueue } from '../driver/virtqueue';
+import { requireRoot, withNetns, type Netns } from '../host/netns';
 
 const MEM = 1 << 20;
 const QSIZE = 64;

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { addon } from '../backend/native';
-import { netnsId, requireRoot, withNetns, type Netns } from './helpers/netns';
+import { netnsId, requireRoot, withNetns, type Netns } from '../host/netns';
 
 const a = addon();
 const C = a.constants;
