@@ -8,7 +8,7 @@ import test from 'ava';
 
 import { addon, type NativeControlQueue, type NativeGuestMemory } from '../backend/native';
 import { CTRL, RING } from '../backend/virtio';
-import { DriverQueue, type Buf } from '../guest-sim/virtqueue';
+import { DriverQueue, type Buf } from '../driver/virtqueue';
 
 const A = addon();
 

@@ -1,7 +1,7 @@
 // The device model (backend/device.ts) through the public API, on real TAP
 // devices: option checking, queue setup, the status machine, config space,
 // feature offer, lifecycle, and a hostile guest. Every TAP lives in a 'vt…'
-// network namespace the test creates and deletes (test/helpers/netns.ts).
+// network namespace the test creates and deletes (host/netns.ts).
 // Needs root; CI runs as root, so without it these fail instead of skipping.
 
 import test, { type ExecutionContext } from 'ava';
@@ -22,8 +22,8 @@ import {
   VirtioNetError,
   type VirtioNetDeviceOptions,
 } from '../backend/index';
-import { DriverQueue } from '../guest-sim/virtqueue';
-import { requireRoot, withNetns, type Netns } from './helpers/netns';
+import { DriverQueue } from '../driver/virtqueue';
+import { requireRoot, withNetns, type Netns } from '../host/netns';
 
 const MEM = 1 << 20;
 const QSIZE = 64;

@@ -7,10 +7,10 @@
 
 import test from 'ava';
 import { bits, CTRL, InvalidArgumentError, STATUS, VirtioNetDevice, type VirtioNetError } from '../backend';
-import { ControlDriver } from '../guest-sim/control';
-import { DriverQueue as SimQueue } from '../guest-sim/virtqueue';
+import { ControlDriver } from '../driver/control';
+import { DriverQueue as SimQueue } from '../driver/virtqueue';
 import { markerOf, rawSendScript, testFrame } from './helpers/mini-guest';
-import { type Netns, withNetns } from './helpers/netns';
+import { type Netns, withNetns } from '../host/netns';
 import { captureFrames, RegionMem } from './helpers/regions';
 import { DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem } from './helpers/rings';
 

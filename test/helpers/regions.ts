@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 
 import type { MemoryRegion } from '../../backend';
-import type { Netns } from './netns';
+import type { Netns } from '../../host/netns';
 
 export class RegionMem {
   readonly regions: { guestAddr: number; buffer: SharedArrayBuffer; u8: Uint8Array }[];
