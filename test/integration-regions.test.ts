@@ -283,27 +283,36 @@ for i in range(${M}):
 
 // --- the control queue ---------------------------------------------------------------------
 
+/** A device with the control queue negotiated, data rings low in memory and the control ring (size `size`) at `ctrlBase`; DRIVER_OK set. */
+function ctrlDevice(ns: Netns, sab: SharedArrayBuffer, size: number, ctrlBase: number) {
+  quietNamespace(ns);
+  const dev = new VirtioNetDevice({ memory: sab, tap: ns.ifname(), netns: ns.name });
+  ns.defer(() => void dev.close());
+  const broken: VirtioNetError[] = [];
+  dev.on('needs-reset', (e) => broken.push(e));
+  handshake(dev, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX'));
+  const ring = (base: number, n: number) => {
+    const l = SimQueue.layout(base, n);
+    return { size: n, desc: l.desc, avail: l.avail, used: l.used, end: l.end };
+  };
+  const { end: _rxEnd, ...rx } = ring(0x1000, 64);
+  const { end: _txEnd, ...tx } = ring(0x4000, 64);
+  const { end, ...ctrl } = ring(ctrlBase, size);
+  dev.setQueue(0, rx);
+  dev.setQueue(1, tx);
+  dev.setQueue(2, ctrl);
+  dev.status |= DRIVER_OK;
+  return { dev, broken, ctrl, end };
+}
+
 test('control queue on guest memory of 3 GiB, its ring and commands above 2 GiB, answers RX-mode commands', (t) =>
   withNetns(async (ns) => {
-    quietNamespace(ns);
     const sab = new SharedArrayBuffer(3 * GiB);
-    const dev = new VirtioNetDevice({ memory: sab, tap: ns.ifname(), netns: ns.name });
-    ns.defer(() => void dev.close());
-    const broken: VirtioNetError[] = [];
-    dev.on('needs-reset', (e) => broken.push(e));
-    handshake(dev, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX'));
-    const rxL = SimQueue.layout(0x1000, 64);
-    const txL = SimQueue.layout(0x4000, 64);
-    dev.setQueue(0, { size: 64, desc: rxL.desc, avail: rxL.avail, used: rxL.used });
-    dev.setQueue(1, { size: 64, desc: txL.desc, avail: txL.avail, used: txL.used });
-    const base = 3 * GiB - 64 * 1024; // the last 64 KiB: offsets over 2^31 and 2^31 * 1.5
-    const cl = SimQueue.layout(base, 16);
-    const addrs = { size: 16, desc: cl.desc, avail: cl.avail, used: cl.used };
-    dev.setQueue(2, addrs);
-    dev.status |= DRIVER_OK;
+    // The last 64 KiB: offsets over 2^31 and 2^31 * 1.5.
+    const { dev, broken, ctrl: addrs, end } = ctrlDevice(ns, sab, 16, 3 * GiB - 64 * 1024);
     const filters: unknown[] = [];
     dev.on('rx-filter', (f) => filters.push(f));
-    const ctrl = new ControlDriver(dev, sab, 2, addrs, false, Math.ceil(cl.end / 64) * 64);
+    const ctrl = new ControlDriver(dev, sab, 2, addrs, false, Math.ceil(end / 64) * 64);
     t.is(await ctrl.command(CTRL.CLASS_RX, CTRL.RX_PROMISC, Uint8Array.of(1)), CTRL.OK);
     t.is(await ctrl.command(CTRL.CLASS_RX, CTRL.RX_ALLMULTI, Uint8Array.of(1)), CTRL.OK);
     t.is(await ctrl.command(CTRL.CLASS_RX, 99, Uint8Array.of(1)), CTRL.ERR);
@@ -314,21 +323,9 @@ test('control queue on guest memory of 3 GiB, its ring and commands above 2 GiB,
 
 test('control queue: a kick with pathological chains (32768 descriptors each) is served across turns of the event loop', (t) =>
   withNetns(async (ns) => {
-    quietNamespace(ns);
     const size = 32768;
     const sab = new SharedArrayBuffer(4 * MiB);
-    const dev = new VirtioNetDevice({ memory: sab, tap: ns.ifname(), netns: ns.name });
-    ns.defer(() => void dev.close());
-    const broken: VirtioNetError[] = [];
-    dev.on('needs-reset', (e) => broken.push(e));
-    handshake(dev, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX'));
-    const rxL = SimQueue.layout(0x1000, 64);
-    const txL = SimQueue.layout(0x4000, 64);
-    dev.setQueue(0, { size: 64, desc: rxL.desc, avail: rxL.avail, used: rxL.used });
-    dev.setQueue(1, { size: 64, desc: txL.desc, avail: txL.avail, used: txL.used });
-    const l = SimQueue.layout(MiB, size);
-    dev.setQueue(2, { size, desc: l.desc, avail: l.avail, used: l.used });
-    dev.status |= DRIVER_OK;
+    const { dev, broken, ctrl: l } = ctrlDevice(ns, sab, size, MiB);
     // Every descriptor chained to the next, zero-length and readable, the last one the ack byte.
     const dv = new DataView(sab);
     const ack = 0x8000;
