@@ -23,9 +23,9 @@ import {
   VirtioNetDevice,
   VirtioNetError,
 } from '../backend';
-import { CTRL_BUF_BYTES, ControlDriver } from './control';
+import { CTRL_BUF_BYTES, ControlDriver } from '../driver/control';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
-import { DriverQueue } from './virtqueue';
+import { DriverQueue } from '../driver/virtqueue';
 import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';
 
 /** Features guest-sim knows how to drive; the device offers, the guest takes the intersection. */

@@ -12,7 +12,7 @@ import { HDR, kick, waitCall } from '../backend';
 import { Responder } from './responder';
 import { DiscardReport, installServices } from './services';
 import { RxFrags, TcpLink, TcpStack, TxHdr } from './tcp';
-import { DriverQueue, QueueAddrs } from './virtqueue';
+import { DriverQueue, QueueAddrs } from '../driver/virtqueue';
 
 /** TX offloads the guest negotiated (what the device accepts from us). */
 export interface TxOffloads {

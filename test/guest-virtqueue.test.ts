@@ -3,7 +3,7 @@
 // driver's typed-array views, so layout and endianness are checked too).
 
 import test from 'ava';
-import { DeviceBugError, DriverQueue, needEvent, type Buf } from '../guest-sim/virtqueue';
+import { DeviceBugError, DriverQueue, needEvent, type Buf } from '../driver/virtqueue';
 import { RING } from '../backend/virtio';
 
 interface Chain {

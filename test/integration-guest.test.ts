@@ -9,7 +9,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { bits } from '../backend';
 import { GUEST_SUPPORTED, GuestSim } from '../guest-sim/guest';
 import { CLI, runCli, startRun } from './helpers/cli';
-import { Netns, requireRoot, withNetns } from './helpers/netns';
+import { Netns, requireRoot, withNetns } from '../host/netns';
 import { ping, udpEcho } from './helpers/udp';
 
 const HOST4 = '10.203.1.1';

@@ -1,4 +1,4 @@
-// Integration: the Linux test guest (bench/linux-guest) under QEMU with QEMU's
+// Integration: the Linux test guest (host/linux-guest) under QEMU with QEMU's
 // own tap back end, the TAP inside a namespace the test creates. Proves the
 // harness the vhost-user tests use: the guest boots and its virtio_net driver
 // binds, the host pings it (IPv4 and IPv6, 100 packets, no loss), 100 MB of
@@ -8,9 +8,9 @@
 import test from 'ava';
 
 import { has } from '../backend';
-import { addQemuTap, guestToHost, hostToGuest, ping } from '../bench/linux-guest/host';
-import { LinuxGuest } from '../bench/linux-guest/qemu';
-import { withNetns } from './helpers/netns';
+import { addQemuTap, guestToHost, hostToGuest, ping } from '../host/linux-guest/host';
+import { LinuxGuest } from '../host/linux-guest/qemu';
+import { withNetns } from '../host/netns';
 
 const HOST4 = '10.203.20.1';
 const GUEST4 = '10.203.20.2';

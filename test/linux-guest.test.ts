@@ -1,5 +1,5 @@
 // Unit tests of the Linux test guest's builder and QEMU command line
-// (bench/linux-guest), without booting anything: module load order from
+// (host/linux-guest), without booting anything: module load order from
 // modules.dep, the cpio archive the kernel unpacks, the transfer pattern.
 
 import test from 'ava';
@@ -8,9 +8,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { CpioWriter, moduleLoadOrder } from '../bench/linux-guest/initramfs';
-import { pattern, PATTERN_BYTES, patternSha256 } from '../bench/linux-guest/pattern';
-import { qemuArgs } from '../bench/linux-guest/qemu';
+import { CpioWriter, moduleLoadOrder } from '../host/linux-guest/initramfs';
+import { pattern, PATTERN_BYTES, patternSha256 } from '../host/linux-guest/pattern';
+import { qemuArgs } from '../host/linux-guest/qemu';
 import { createHash } from 'node:crypto';
 
 const DEP = `kernel/drivers/net/virtio_net.ko.xz: kernel/drivers/net/net_failover.ko.xz kernel/net/core/failover.ko.xz kernel/drivers/virtio/virtio.ko.xz kernel/drivers/virtio/virtio_ring.ko.xz

@@ -45,8 +45,13 @@ class FakeBackend implements VhostUserBackend {
     this.calls.push('clearMemory');
   }
 
-  checkRing(l: RingLayout): { rule: string; detail: string } | null {
-    if (l.desc % 16 || l.avail % 2 || l.used % 4) return { rule: 'ring-misaligned', detail: JSON.stringify(l) };
+  checkRings(ls: RingLayout[]): { rule: string; detail: string } | null {
+    for (const l of ls) if (l.desc % 16 || l.avail % 2 || l.used % 4) return { rule: 'ring-misaligned', detail: JSON.stringify(l) };
+    // Overlap between any two parts of these rings (16 KiB apart in these tests when well placed).
+    const parts = ls.flatMap((l) => [[l.desc, 16 * l.size], [l.avail, 6 + 2 * l.size], [l.used, 6 + 8 * l.size]]);
+    for (let i = 0; i < parts.length; i++)
+      for (let j = i + 1; j < parts.length; j++)
+        if (parts[i][0] < parts[j][0] + parts[j][1] && parts[j][0] < parts[i][0] + parts[i][1]) return { rule: 'ring-overlap', detail: `${parts[i][0]} and ${parts[j][0]}` };
     return null;
   }
 

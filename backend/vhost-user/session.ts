@@ -70,8 +70,11 @@ export interface VhostUserBackend {
   setMemory(regions: MemoryRegion[], fds: number[]): void;
   /** Unmaps guest memory (the session ended); no worker runs then. */
   clearMemory(): void;
-  /** Spec rules of a ring layout in the current memory (each part inside one region, aligned, not overlapping); null when fine. */
-  checkRing(layout: RingLayout): { rule: string; detail: string } | null;
+  /**
+   * Ring layout rules in the current memory (size, alignment, each part inside one region, no
+   * part overlapping another of any of these rings); null when they hold.
+   */
+  checkRings(layouts: RingLayout[]): { rule: string; detail: string } | null;
   /** used.idx as the ring holds it now: a ring resumes from there, as vhost does. */
   readUsedIdx(layout: RingLayout): number;
   /** Programs the TAP for the negotiated features: header size, little-endian headers, offloads. */
@@ -527,11 +530,20 @@ export class VhostUserSession extends EventEmitter {
     else this.stopPair(s.index >> 1);
   }
 
-  /** The ring's guest layout in the current table, checked; refuses when it is not inside guest memory. */
+  /**
+   * The ring's guest layout in the current table, checked with the started rings (no part may
+   * overlap another ring's); refuses when it is not inside guest memory or breaks a layout rule.
+   */
   private layoutOrRefuse(index: number, addr: { desc: number; avail: number; used: number }, num: number): RingLayout {
     const t = translateRing(this.regions!, addr, num);
     if (typeof t === 'string') throw new Refuse(`ring ${index}: ${t}`);
-    const v = this.backend.checkRing(t);
+    const others: RingLayout[] = [];
+    this.rings.forEach((r, i) => {
+      if (i === index || !r.started || !r.addr || r.num === undefined) return;
+      const o = translateRing(this.regions!, r.addr, r.num);
+      if (typeof o === 'object') others.push(o);
+    });
+    const v = this.backend.checkRings([t, ...others]);
     if (v) throw new Refuse(`ring ${index} breaks rule '${v.rule}': ${v.detail}`);
     return t;
   }

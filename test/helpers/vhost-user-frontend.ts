@@ -460,6 +460,18 @@ export const HOSTILE_CASES: HostileCase[] = [
     expect: 'nack',
   },
   {
+    name: 'a ring placed over another started ring',
+    send: async (fe, { mem, eventfd }) => {
+      await expectOk(fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+      await expectOk(fe, REQ.SET_VRING_NUM, state(0, 256));
+      await expectOk(fe, REQ.SET_VRING_ADDR, vringAddr(0, ringAt(mem.region.userAddr, 0n)));
+      await expectOk(fe, REQ.SET_VRING_KICK, u64(0n), [eventfd()]);
+      await expectOk(fe, REQ.SET_VRING_NUM, state(1, 256));
+      fe.send(REQ.SET_VRING_ADDR, vringAddr(1, ringAt(mem.region.userAddr, 4096n)), { needReply: true });
+    },
+    expect: 'nack',
+  },
+  {
     name: 'SET_FEATURES with a bit not offered (LOG_ALL)',
     send: (fe) => fe.send(REQ.SET_FEATURES, u64(1n << 26n), { needReply: true }),
     expect: 'nack',

@@ -3,7 +3,7 @@
 // used chains and steering interrupt suppression. Guest address = byte offset
 // into the SharedArrayBuffer.
 
-import { RING } from '../backend/virtio';
+import { RING } from '../backend';
 
 // Typed-array views use host byte order while virtio 1.x rings are little-endian.
 // Every Node target this project supports is little-endian; refuse the rest

@@ -31,7 +31,7 @@ const ROOT_MODULES = ['virtio_pci', 'virtio_net'];
 
 const BUSYBOX = '/bin/busybox';
 
-/** Default cache: build/linux-guest/ of the package (dist/bench/linux-guest/ → ../../../build). */
+/** Default cache: build/linux-guest/ of the package (dist/host/linux-guest/ → ../../../build). */
 export const DEFAULT_CACHE_DIR = path.join(__dirname, '..', '..', '..', 'build', 'linux-guest');
 
 /** Why the guest cannot be built here, as an Error that says what to install. */

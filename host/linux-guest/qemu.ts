@@ -1,4 +1,4 @@
-// Boots the test guest (bench/linux-guest/initramfs.ts) under QEMU with TCG
+// Boots the test guest (host/linux-guest/initramfs.ts) under QEMU with TCG
 // and a chosen network back end, waits for its console markers, runs commands
 // over the serial console, and ends QEMU by its pid — also when the caller
 // forgets, at process exit. One LinuxGuest is one QEMU process.
