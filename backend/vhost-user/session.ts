@@ -180,7 +180,8 @@ const hex = (n: number | bigint): string => `0x${n.toString(16)}`;
 
 /**
  * Serves one front end on a connected socket. Emits 'refused' (Refusal), 'ring-broken'
- * ({ ring, rule, detail }), 'pair' (pair, running) and, once, 'end' (reason).
+ * ({ ring, rule, detail }), 'pair' (pair, running), 'warning' (Error: the data plane failed
+ * to let go of something at the end) and, once, 'end' (reason).
  */
 export class VhostUserSession extends EventEmitter {
   private readonly conn: VhostUserConnection;
@@ -645,7 +646,11 @@ export class VhostUserSession extends EventEmitter {
     this.conn.close();
     this.opts.log?.(`vhost-user: session ended: ${reason}`);
     this.emit('end', reason);
-    if (failure) this.emit('error', failure);
+    // Reported, never thrown: an 'error' event nobody listens to would end the process.
+    if (failure) {
+      this.opts.log?.(`vhost-user: releasing the session's data plane failed: ${(failure as Error)?.message ?? String(failure)}`);
+      this.emit('warning', failure);
+    }
   }
 
   private closeFd(fd: number): void {
