@@ -6,7 +6,8 @@ import { InvalidArgumentError } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
-export type { VirtioNetDeviceOptions, DeviceStats, QueueStats } from './device';
+export type { VirtioNetDeviceOptions, VirtioNetDeviceEvents, QueueSetup, DeviceStats, QueueStats, WasmMemoryLike } from './device';
+export type { RxFilterState } from './rxfilter';
 export type { Capabilities } from './features';
 export { TapQueues } from './tap';
 export type { TapQueuesOptions } from './tap';

@@ -19,13 +19,14 @@ import {
   rxq,
   STATUS,
   TUN,
-  txq,
   VirtioNetDevice,
   VirtioNetError,
 } from '../backend';
 import { CTRL_BUF_BYTES, ControlDriver } from '../driver/control';
-import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
+import { GuestMemory } from '../driver/memory';
+import { GuestAllocator, negotiate, setUpQueuePair } from '../driver/net';
 import { DriverQueue } from '../driver/virtqueue';
+import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
 import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';
 
 /** Features guest-sim knows how to drive; the device offers, the guest takes the intersection. */
@@ -193,14 +194,7 @@ export class GuestSim extends EventEmitter {
     let guest: GuestSim | undefined;
     try {
       // Linux's order (virtio 1.x §3.1.1): reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, queues, DRIVER_OK.
-      device.status = 0;
-      device.status = STATUS.ACKNOWLEDGE;
-      device.status = STATUS.ACKNOWLEDGE | STATUS.DRIVER;
-      const wanted = GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED);
-      const features = device.deviceFeatures & wanted;
-      device.driverFeatures = features;
-      device.status |= STATUS.FEATURES_OK;
-      if (!(device.status & STATUS.FEATURES_OK)) throw new Error(`device refused features: ${device.featuresRefusal}`);
+      const features = negotiate(device, GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED));
 
       const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
       const hdrLen = netHdrSize(features);
@@ -223,35 +217,13 @@ export class GuestSim extends EventEmitter {
       const tcpRcvBuf = opts.tcpRcvBuf ?? (guestTso ? 4 << 20 : 1 << 20);
 
       guest = new GuestSim(device, mem, mac, features);
-      let next = 0;
-      const ring = (): { desc: number; avail: number; used: number } => {
-        const l = DriverQueue.layout(next, qsize, 4096);
-        next = alignUp(l.end, 4096);
-        return { desc: l.desc, avail: l.avail, used: l.used };
-      };
+      const alloc = new GuestAllocator(new GuestMemory(mem));
       const configs: Omit<PairConfig, 'port'>[] = [];
       for (let p = 0; p < usePairs; p++) {
-        const rx = ring();
-        const tx = ring();
-        const rxBufBase = next;
-        next += qsize * rxBufSize;
-        const txBufBase = alignUp(next, 64);
-        next = txBufBase + qsize * txSlot;
-        device.setQueue(rxq(p), { size: qsize, ...rx });
-        device.setQueue(txq(p), { size: qsize, ...tx });
         configs.push({
           pair: p,
-          mem,
+          queues: setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot }),
           ctl: new SharedArrayBuffer(CTL_BYTES),
-          rx: { size: qsize, ...rx, ...device.notifier(rxq(p)) },
-          tx: { size: qsize, ...tx, ...device.notifier(txq(p)) },
-          rxBufBase,
-          rxBufSize,
-          txBufBase,
-          txBufSize: txSlot,
-          hdrLen,
-          mergeable,
-          eventIdx,
           mac: parseMac(mac),
           ip4,
           ip6,
@@ -262,10 +234,9 @@ export class GuestSim extends EventEmitter {
         });
       }
       if (has(features, 'CTRL_VQ')) {
-        const l = DriverQueue.layout(alignUp(next, 4096), CTRL_QUEUE_SIZE, 4096);
-        const cmdBuf = alignUp(l.end, 64);
-        const addrs = { size: CTRL_QUEUE_SIZE, desc: l.desc, avail: l.avail, used: l.used };
-        guest.ctrl = new ControlDriver(device, mem, ctrlq(pairs), addrs, eventIdx, cmdBuf);
+        const addrs = alloc.ring(CTRL_QUEUE_SIZE);
+        const cmdBuf = alloc.alloc(CTRL_BUF_BYTES + 1, 64);
+        guest.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, eventIdx, cmdBuf);
         device.setQueue(ctrlq(pairs), addrs);
       }
       device.on('needs-reset', (e: VirtioNetError) => guest!.emit('needs-reset', e));
