@@ -10,6 +10,7 @@ import { receiveMessageOnPort, workerData, MessagePort } from 'node:worker_threa
 
 import { HDR } from '../backend';
 import { NetQueuePair, NetQueuePairOptions } from '../driver/net';
+import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
 import { DiscardReport, installServices } from './services';
 import { RxFrags, TcpLink, TcpStack, TxHdr } from './tcp';
@@ -38,13 +39,16 @@ export interface PairConfig {
   tcpRcvBuf: number;
   /** Bytes the TCP source service (port 19) sends per connection. */
   sourceBytes: number;
+  /** Post every frame sent and received, as pcapng Enhanced Packet Blocks, in { pcap } messages. */
+  capture: boolean;
 }
 
 /** Messages a pair Worker posts to the main thread. */
 export type PairMessage =
   | { final: true; responder: Record<string, number>; tcp: Record<string, number> }
   | { responder: Record<string, number>; tcp: Record<string, number> }
-  | { discard: DiscardReport };
+  | { discard: DiscardReport }
+  | { pcap: Uint8Array };
 
 /** Indices into the shared Float64Array of counters. */
 export const CTL = {
@@ -74,19 +78,33 @@ function run(cfg: PairConfig): void {
   const scratch = new Uint8Array(65536 + 64);
   // The continuation buffers of a merged frame; TCP reads them in place.
   const frags: RxFrags = { n: 0, off: new Int32Array(cfg.queues.rx.size), len: new Int32Array(cfg.queues.rx.size) };
+  // Capturing is off unless asked for: then one branch per frame is all it costs.
+  const cap = cfg.capture ? new PcapngBuffer((chunk) => cfg.port.postMessage({ pcap: chunk } satisfies PairMessage, [chunk.buffer as ArrayBuffer])) : undefined;
+  const one = { off: new Int32Array(1), len: new Int32Array(1) };
+  const captureTx = (off: number, len: number, h: TxHdr): void => {
+    one.off[0] = off;
+    one.len[0] = len;
+    cap!.frame(true, h, undefined, txU8, one.off, one.len, 1, len);
+  };
   qp.start();
 
   // TX: the driver reserves a slot, the caller writes the frame after the header, commit() queues it.
+  let txOff = -1;
   const link: TcpLink = {
     u8: txU8,
     maxFrame: qp.maxTxFrame,
-    reserve: (len: number): number => qp.reserve(len),
-    commit: (len: number, h: TxHdr): void => qp.commit(len, h),
+    reserve: (len: number): number => (txOff = qp.reserve(len)),
+    commit: (len: number, h: TxHdr): void => {
+      if (cap !== undefined) captureTx(txOff, len, h);
+      qp.commit(len, h);
+    },
   };
-  const out = (len: number, fill: (buf: Uint8Array) => void, hdr?: TxHdr): boolean => {
+  const noOffload: TxHdr = { flags: 0, gsoType: HDR.GSO_NONE, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 };
+  const out = (len: number, fill: (buf: Uint8Array) => void, hdr: TxHdr = noOffload): boolean => {
     const o = qp.reserve(len);
     if (o < 0) return false;
     fill(txU8.subarray(o, o + len));
+    if (cap !== undefined) captureTx(o, len, hdr);
     qp.commit(len, hdr);
     return true;
   };
@@ -121,6 +139,7 @@ function run(cfg: PairConfig): void {
     let any = false;
     for (let f = qp.receive(); f; f = qp.receive()) {
       any = true;
+      if (cap !== undefined) cap.frame(false, f.hdr, qp.mergeable ? f.numBuffers : undefined, rxU8, f.off, f.partLen, f.parts, f.len);
       const trusted = (f.hdr.flags & (HDR.F_NEEDS_CSUM | HDR.F_DATA_VALID)) !== 0;
       const gsoType = f.hdr.gsoType & ~HDR.GSO_ECN;
       frags.n = f.parts - 1;
@@ -146,6 +165,7 @@ function run(cfg: PairConfig): void {
     if (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || tcp.conns.length > 0) tcp.flush(now);
     qp.flush();
     publishCounters();
+    cap?.flush();
     for (let m = receiveMessageOnPort(cfg.port); m; m = receiveMessageOnPort(cfg.port)) {
       if (m.message === 'stats') cfg.port.postMessage({ responder: { ...responder.stats }, tcp: stats() } satisfies PairMessage);
     }
@@ -157,6 +177,7 @@ function run(cfg: PairConfig): void {
     qp.wait(wait, tcp.blocked);
   }
   publishCounters();
+  cap?.flush();
   cfg.port.postMessage({ final: true, responder: { ...responder.stats }, tcp: stats() } satisfies PairMessage);
 }
 
