@@ -86,9 +86,96 @@ export interface NativeQueueConfig {
   usedIdx?: number;
 }
 
+/** One region of guest memory backed by a SharedArrayBuffer (embedded guests). */
+export interface NativeBufferRegion {
+  guestAddr: number;
+  buffer: SharedArrayBuffer;
+}
+
+/** One region of guest memory a vhost-user front end sent as an fd. */
+export interface NativeFdRegion {
+  guestAddr: number;
+  size: number;
+  /** The front end's virtual address of the region (ring addresses arrive in that space). */
+  userAddr: number;
+  /** Where the region starts in the fd. */
+  mmapOffset: number;
+  fd: number;
+}
+
+/** A ring layout for checkRings(). */
+export interface NativeRingLayout {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+/**
+ * Guest memory as a region table owned by native code (native/memory.h). Engines and the
+ * control queue of a device share one; replacing its table (replace/replaceFds) takes effect
+ * in each worker at its next batch, and the old table (its buffers or mappings) is released
+ * once no worker can use it. Every guest address the device touches is translated through it.
+ */
+export interface NativeGuestMemory {
+  /**
+   * Replaces the table with SharedArrayBuffer regions. Throws EVHOST_BADARG for anything that is
+   * not a real SharedArrayBuffer (a Proxy, a view, an ArrayBuffer), overlapping or wrapping regions.
+   */
+  replace(regions: NativeBufferRegion[]): void;
+  /**
+   * Replaces the table with regions mapped from fds (mmap MAP_SHARED, read/write, from the
+   * page holding mmapOffset). Refuses a region whose mmapOffset + size exceeds the fd's size,
+   * and overlapping regions. The fds stay the caller's; the mappings go with the table.
+   */
+  replaceFds(regions: NativeFdRegion[]): void;
+  /** The guest address of front-end address `userAddr` when [userAddr, +len) lies in one region; -1 otherwise. */
+  userToGuest(userAddr: number, len: number): number;
+  regions(): { guestAddr: number; size: number; userAddr: number }[];
+  /**
+   * The ring layout rules for these queues against the current table: size, alignment, each
+   * part inside one region, no part overlapping another (of the same queue or another one).
+   * null when they hold; otherwise the first broken rule ('ring-out-of-bounds' or 'ring-overlap').
+   */
+  checkRings(rings: NativeRingLayout[]): null | { rule: string; detail: string };
+  /** A copy of guest memory (tests, diagnostics); throws EVHOST_BADARG where it is not mapped. */
+  read(guestAddr: number, len: number): Buffer;
+}
+
+/** A control-queue command as the native walker decoded it. */
+export interface NativeCtrlCommand {
+  cls: number;
+  cmd: number;
+  data: Uint8Array;
+  /** Shorter than class + command, or longer than the longest command understood: answer ERR. */
+  malformed: boolean;
+}
+
+/**
+ * The device side of the control virtqueue, walked by the same native ring code as the data
+ * queues (native/ctrl_queue.h). Runs on the JS thread.
+ */
+export interface NativeControlQueue {
+  /**
+   * Decodes up to maxCommands available commands, within a per-call descriptor budget.
+   * `more`: the budget ran out with commands left (call again on a later turn); otherwise the
+   * ring is empty and kicks are re-enabled. `broken`: the guest broke a ring rule; the queue
+   * is dead (commands already decoded are still returned and must be answered).
+   */
+  pop(maxCommands: number): { commands: NativeCtrlCommand[]; more: boolean; broken: null | { rule: string; detail: string } };
+  /** Answers the commands of the last pop() in order (CTRL.OK / CTRL.ERR); returns whether an interrupt is due. */
+  answer(acks: number[]): boolean;
+}
+
+export interface NativeControlQueueOptions extends NativeRingLayout {
+  memory: NativeGuestMemory;
+  eventIdx: boolean;
+  indirect: boolean;
+}
+
 export interface NativeEngineOptions {
-  /** Guest memory: one region at guest address 0. */
-  memory: SharedArrayBuffer;
+  /** Guest memory (shared with the device's other engines and its control queue). */
+  memory: NativeGuestMemory;
   /** TAP queue fd (or, in tests, one end of a SOCK_SEQPACKET socketpair). */
   tapFd: number;
   /** virtio_net_hdr size the guest uses and the TAP was told (10, 12 or 20). */
@@ -127,8 +214,8 @@ export interface NativeEngineOptions {
    * 'desc-out-of-bounds', 'desc-index-out-of-range', 'chain-too-long', 'nested-indirect',
    * 'indirect-with-next', 'indirect-bad-len', 'indirect-not-negotiated',
    * 'indirect-out-of-bounds', 'writable-on-tx', 'readable-on-rx',
-   * 'readable-after-writable', 'header-too-short', 'avail-idx-jump',
-   * 'rx-chain-too-small', 'ring-out-of-bounds', 'empty-chain'.
+   * 'readable-after-writable', 'header-too-short', 'avail-idx-jump', 'avail-idx-backwards',
+   * 'rx-chain-too-small', 'ring-out-of-bounds', 'ring-overlap', 'empty-chain'.
    */
   onBroken: (queueIndex: number, rule: string, detail: string) => void;
 }
@@ -144,6 +231,8 @@ export interface NativeEngine {
    */
   stop(drainRx?: boolean): void;
   stats(): NativeEngineStats;
+  /** The GuestMemory was replaced: a sleeping worker takes the new table now instead of at its next wake-up. */
+  wake(): void;
   /**
    * The exact per-frame RX filter (RX modes, primary MAC + unicast table, multicast table,
    * VLAN filter), with the semantics of RxFilter.accepts() in backend/rxfilter.ts; null (the
@@ -233,8 +322,11 @@ export interface Addon {
   /** socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC): message boundaries like a TAP. */
   seqpacketPair(): [number, number];
 
-  // --- engine (native/engine.cc) ------------------------------------------------
+  // --- guest memory (native/memory.cc), engine (native/engine.cc), control queue ---------
+  /** With no argument the table is empty until replace()/replaceFds(). */
+  GuestMemory: new (regions?: NativeBufferRegion[]) => NativeGuestMemory;
   Engine: new (opts: NativeEngineOptions) => NativeEngine;
+  ControlQueue: new (opts: NativeControlQueueOptions) => NativeControlQueue;
 }
 
 let cached: Addon | undefined;

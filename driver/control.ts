@@ -4,7 +4,7 @@
 // queue, so waiting is asynchronous.
 
 import { CTRL, VirtioNetDevice } from '../backend';
-import { GuestMemory, GuestMemoryInput } from './memory';
+import { DriverMemory, DriverMemoryInput } from './memory';
 import { DriverQueue, QueueAddrs } from './virtqueue';
 
 /** Bytes reserved for one command: class, command and the largest data we send (MAC tables). */
@@ -23,7 +23,7 @@ export class ControlDriver {
 
   constructor(
     private readonly device: VirtioNetDevice,
-    mem: GuestMemory | GuestMemoryInput,
+    mem: DriverMemory | DriverMemoryInput,
     private readonly index: number,
     addrs: QueueAddrs,
     eventIdx: boolean,

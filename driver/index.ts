@@ -3,8 +3,8 @@
 // regions, split virtqueues, a queue pair's RX/TX with virtio_net_hdr, the
 // control queue, and the setup steps (negotiation, carving rings and buffers).
 
-export { GuestMemory, GuestAddressError, guestMemory } from './memory';
-export type { MemoryRegion, GuestMemoryInput, Region } from './memory';
+export { DriverMemory, GuestAddressError, driverMemory } from './memory';
+export type { BufferRegion, DriverMemoryInput, Region } from './memory';
 export { DriverQueue, DeviceBugError, needEvent } from './virtqueue';
 export type { QueueAddrs, Buf, UsedElem } from './virtqueue';
 export { NetQueuePair, GuestAllocator, negotiate, setUpQueuePair, readNetHdr, writeNetHdr, NO_OFFLOAD } from './net';

@@ -4,14 +4,22 @@
 // buffer the driver itself carves out lies inside one region; a buffer someone
 // else hands in may cross adjacent regions, and read()/write() follow it.
 
-/** One region as passed in: `buffer` holds guest addresses [guestAddr, guestAddr + buffer.byteLength). */
-export interface MemoryRegion {
+import { types } from 'node:util';
+
+import type { GuestMemory, WasmMemoryLike } from '../backend';
+
+/** A region given by its buffer (as native code and Workers carry it): `buffer` holds [guestAddr, guestAddr + byteLength). */
+export interface BufferRegion {
   guestAddr: number;
   buffer: SharedArrayBuffer;
 }
 
-/** What the driver accepts as guest memory: one SharedArrayBuffer (one region at guest address 0) or a region list. */
-export type GuestMemoryInput = SharedArrayBuffer | readonly MemoryRegion[];
+/**
+ * What the driver accepts as guest memory: the value given to the device's `memory` option (a
+ * SharedArrayBuffer or shared WebAssembly.Memory at guest address 0, or `[{ guestAddr, memory }]`),
+ * or regions given by buffer, `[{ guestAddr, buffer }]`.
+ */
+export type DriverMemoryInput = GuestMemory | readonly BufferRegion[];
 
 /** One region of the table, with its byte view. */
 export interface Region {
@@ -29,26 +37,30 @@ export class GuestAddressError extends RangeError {
   override name = 'GuestAddressError';
 }
 
+/** The SharedArrayBuffer behind a region's memory as it is now (a WebAssembly.Memory's buffer is replaced when it grows). */
+function sharedBuffer(m: unknown, i: number): SharedArrayBuffer {
+  if (types.isSharedArrayBuffer(m)) return m;
+  const b = (m as Partial<WasmMemoryLike> | null)?.buffer;
+  if (m !== null && typeof m === 'object' && typeof (m as WasmMemoryLike).grow === 'function' && types.isSharedArrayBuffer(b)) return b;
+  throw new TypeError(`region ${i}: memory must be a SharedArrayBuffer or a shared WebAssembly.Memory (the device reads it from other threads)`);
+}
+
 /** Guest addresses are below 2^53 here: JS numbers are exact up to there. */
 const MAX_ADDR = Number.MAX_SAFE_INTEGER;
 
-export class GuestMemory {
+export class DriverMemory {
   /** Sorted by guestAddr, non-overlapping, none empty. */
   readonly regions: readonly Region[];
   /** Bytes of every region together. */
   readonly totalSize: number;
 
-  constructor(input: GuestMemoryInput) {
-    const list: readonly MemoryRegion[] = input instanceof SharedArrayBuffer ? [{ guestAddr: 0, buffer: input }] : input;
-    if (!Array.isArray(list) || list.length === 0) {
-      throw new TypeError('guest memory must be a SharedArrayBuffer or a non-empty array of { guestAddr, buffer: SharedArrayBuffer }');
-    }
+  constructor(input: DriverMemoryInput) {
+    const list: readonly unknown[] = Array.isArray(input) ? input : [{ guestAddr: 0, memory: input }];
+    if (list.length === 0) throw new TypeError('guest memory: a list of regions needs at least one');
     const regions: Region[] = list.map((r, i) => {
-      if (r === null || typeof r !== 'object') throw new TypeError(`region ${i} must be { guestAddr, buffer }`);
-      const { guestAddr, buffer } = r;
-      if (!(buffer instanceof SharedArrayBuffer)) {
-        throw new TypeError(`region ${i}: buffer must be a SharedArrayBuffer (the device reads it from other threads)`);
-      }
+      if (r === null || typeof r !== 'object') throw new TypeError(`region ${i} must be { guestAddr, memory } or { guestAddr, buffer }`);
+      const { guestAddr, memory, buffer: buf } = r as { guestAddr: number; memory?: unknown; buffer?: unknown };
+      const buffer = sharedBuffer(buf ?? memory, i);
       if (!Number.isSafeInteger(guestAddr) || guestAddr < 0) throw new RangeError(`region ${i}: guestAddr must be a non-negative integer, got ${guestAddr}`);
       if (buffer.byteLength === 0) throw new RangeError(`region ${i} is empty`);
       if (guestAddr + buffer.byteLength > MAX_ADDR) throw new RangeError(`region ${i} ends past guest address 2^53`);
@@ -172,15 +184,14 @@ export class GuestMemory {
 }
 
 /**
- * `m` as a GuestMemory. A GuestMemory is returned as is; one that crossed a thread boundary
+ * `m` as a DriverMemory. A DriverMemory is returned as is; one that crossed a thread boundary
  * (postMessage/workerData clone it into a plain `{ regions }` object) is rebuilt from its regions.
  */
-export function guestMemory(m: GuestMemory | GuestMemoryInput | { regions: readonly MemoryRegion[] }): GuestMemory {
-  if (m instanceof GuestMemory) return m;
-  if (m instanceof SharedArrayBuffer || Array.isArray(m)) return new GuestMemory(m as GuestMemoryInput);
-  const regions = (m as { regions?: unknown } | null)?.regions;
-  if (Array.isArray(regions)) return new GuestMemory(regions.map((r: MemoryRegion) => ({ guestAddr: r.guestAddr, buffer: r.buffer })));
-  throw new TypeError('guest memory must be a SharedArrayBuffer, an array of { guestAddr, buffer }, or a GuestMemory');
+export function driverMemory(m: DriverMemory | DriverMemoryInput | { regions: readonly BufferRegion[] }): DriverMemory {
+  if (m instanceof DriverMemory) return m;
+  const regions = !Array.isArray(m) && !types.isSharedArrayBuffer(m) ? (m as { regions?: unknown } | null)?.regions : undefined;
+  if (Array.isArray(regions)) return new DriverMemory(regions.map((r: BufferRegion) => ({ guestAddr: r.guestAddr, buffer: r.buffer })));
+  return new DriverMemory(m as DriverMemoryInput);
 }
 
 function hex(n: number): string {

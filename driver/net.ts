@@ -7,7 +7,7 @@
 
 import { CONFIG, HDR, has, kick, netHdrSize, rxq, STATUS, txq, waitCall } from '../backend';
 import type { QueueSetup, VirtioNetDevice } from '../backend';
-import { GuestMemory, GuestMemoryInput, guestMemory, GuestAddressError, Region } from './memory';
+import { DriverMemory, DriverMemoryInput, driverMemory, GuestAddressError, Region } from './memory';
 import { DriverQueue, QueueAddrs } from './virtqueue';
 
 /** The virtio_net_hdr fields (virtio 1.x 5.1.6), little-endian in guest memory. */
@@ -62,10 +62,10 @@ export interface DriverQueueSetup extends QueueAddrs {
 
 /**
  * Everything a NetQueuePair needs: plain data, so it can be posted to the Worker that drives the
- * pair (a GuestMemory posted to a Worker arrives as `{ regions }` and is rebuilt there).
+ * pair (a DriverMemory posted to a Worker arrives as `{ regions }` and is rebuilt there).
  */
 export interface NetQueuePairOptions {
-  memory: GuestMemory | GuestMemoryInput | { regions: readonly { guestAddr: number; buffer: SharedArrayBuffer }[] };
+  memory: DriverMemory | DriverMemoryInput | { regions: readonly { guestAddr: number; buffer: SharedArrayBuffer }[] };
   rx: DriverQueueSetup;
   tx: DriverQueueSetup;
   /** RX buffers: at least one per RX descriptor is usual. Mergeable: any size; else each holds the largest frame. */
@@ -113,7 +113,7 @@ export interface NetQueuePairStats {
 }
 
 export class NetQueuePair {
-  readonly memory: GuestMemory;
+  readonly memory: DriverMemory;
   readonly rxq: DriverQueue;
   readonly txq: DriverQueue;
   readonly hdrLen: number;
@@ -144,7 +144,7 @@ export class NetQueuePair {
   private readonly waitFds: number[];
 
   constructor(o: NetQueuePairOptions) {
-    this.memory = guestMemory(o.memory);
+    this.memory = driverMemory(o.memory);
     if (![10, 12, 20].includes(o.hdrLen)) throw new RangeError(`hdrLen must be 10, 12 or 20, got ${o.hdrLen}`);
     this.hdrLen = o.hdrLen;
     this.mergeable = !!o.mergeable;
@@ -366,11 +366,11 @@ export function negotiate(device: VirtioNetDevice, wanted: bigint): bigint {
  * from `start` (skipping to the next region when the current one has no room).
  */
 export class GuestAllocator {
-  readonly memory: GuestMemory;
+  readonly memory: DriverMemory;
   private next: number;
 
-  constructor(memory: GuestMemory | GuestMemoryInput, start = 0) {
-    this.memory = guestMemory(memory);
+  constructor(memory: DriverMemory | DriverMemoryInput, start = 0) {
+    this.memory = driverMemory(memory);
     this.next = start;
   }
 
@@ -447,7 +447,7 @@ export function setUpQueuePair(device: VirtioNetDevice, pair: number, alloc: Gue
   };
 }
 
-function areaView(mem: GuestMemory, what: string, a: BufferArea, minSize: number): Uint8Array {
+function areaView(mem: DriverMemory, what: string, a: BufferArea, minSize: number): Uint8Array {
   if (a === null || typeof a !== 'object') throw new TypeError(`${what} must be { base, count, size }`);
   if (!Number.isSafeInteger(a.count) || a.count < 1) throw new RangeError(`${what}.count must be a positive integer, got ${a.count}`);
   if (!Number.isSafeInteger(a.size) || a.size < minSize || a.size > 0xffffffff) throw new RangeError(`${what}.size must be an integer from ${minSize}, got ${a.size}`);

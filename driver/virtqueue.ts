@@ -4,7 +4,7 @@
 // region of guest memory; buffers may lie anywhere in it.
 
 import { RING } from '../backend';
-import { GuestMemory, GuestMemoryInput, guestMemory, Region } from './memory';
+import { DriverMemory, DriverMemoryInput, driverMemory, Region } from './memory';
 
 // Typed-array views use host byte order while virtio 1.x rings are little-endian.
 // Every Node target this project supports is little-endian; refuse the rest
@@ -63,7 +63,7 @@ export class DriverQueue {
   readonly addrs: Readonly<QueueAddrs>;
 
   /** The guest memory the ring and its buffers live in. */
-  readonly memory: GuestMemory;
+  readonly memory: DriverMemory;
   private readonly mask: number;
 
   // One view per ring part (each lies in one region), so the hot paths are plain array
@@ -118,9 +118,9 @@ export class DriverQueue {
    * rings before telling the device where they are), so construct before the
    * queue is enabled on the device.
    */
-  constructor(mem: GuestMemory | GuestMemoryInput, q: QueueAddrs, opts: { eventIdx: boolean }) {
+  constructor(mem: DriverMemory | DriverMemoryInput, q: QueueAddrs, opts: { eventIdx: boolean }) {
     if (!HOST_IS_LE) throw new Error('DriverQueue: big-endian hosts are not supported (virtio 1.x rings are little-endian)');
-    const memory = guestMemory(mem);
+    const memory = driverMemory(mem);
     if (q === null || typeof q !== 'object') throw new TypeError('DriverQueue: q must be { size, desc, avail, used }');
     if (opts === null || typeof opts !== 'object' || typeof opts.eventIdx !== 'boolean') {
       throw new TypeError('DriverQueue: opts.eventIdx must be a boolean');
@@ -449,7 +449,7 @@ function checkSize(size: number): void {
 }
 
 /** The region holding a ring part (or an indirect table) whole; checks alignment in guest and in host memory. */
-function checkPart(mem: GuestMemory, what: string, addr: number, len: number, align: number): Region {
+function checkPart(mem: DriverMemory, what: string, addr: number, len: number, align: number): Region {
   if (!Number.isSafeInteger(addr) || addr < 0) throw new RangeError(`${what} address ${addr} is not a non-negative integer`);
   if (addr % align !== 0) throw new RangeError(`${what} address ${addr} must be ${align}-byte aligned`);
   const r = mem.regionOf(addr, len);

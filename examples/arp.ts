@@ -14,7 +14,7 @@ async function main(): Promise<number> {
   ip('netns', 'add', ns);
   let dev: VirtioNetDevice | undefined;
   try {
-    // Guest memory: one SharedArrayBuffer at guest address 0 (the driver also takes [{ guestAddr, buffer }, ...]).
+    // Guest memory: one SharedArrayBuffer at guest address 0 (or regions, [{ guestAddr, memory }, ...]).
     const memory = new SharedArrayBuffer(4 << 20);
     dev = new VirtioNetDevice({ memory, tap: 'vtex0', netns: ns });
     dev.on('needs-reset', (e: VirtioNetError) => console.error(`queue ${e.queue} broke rule ${e.rule}`));

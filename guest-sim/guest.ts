@@ -24,7 +24,7 @@ import {
   VirtioNetError,
 } from '../backend';
 import { CTRL_BUF_BYTES, ControlDriver } from '../driver/control';
-import { GuestMemory } from '../driver/memory';
+import { DriverMemory } from '../driver/memory';
 import { GuestAllocator, negotiate, setUpQueuePair } from '../driver/net';
 import { DriverQueue } from '../driver/virtqueue';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
@@ -243,7 +243,7 @@ export class GuestSim extends EventEmitter {
       const tcpRcvBuf = opts.tcpRcvBuf ?? (guestTso ? 4 << 20 : 1 << 20);
 
       guest = new GuestSim(device, mem, mac, features, pcapFd);
-      const alloc = new GuestAllocator(new GuestMemory(mem));
+      const alloc = new GuestAllocator(new DriverMemory(mem));
       const configs: Omit<PairConfig, 'port'>[] = [];
       for (let p = 0; p < usePairs; p++) {
         configs.push({

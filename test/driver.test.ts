@@ -1,44 +1,45 @@
 // The public driver (`vhost-tap/driver`) on guest memory made of several
 // regions: translation, copies across adjacent regions, holes refused, ring
 // parts each in one region, and a queue pair's RX/TX against a device
-// simulated here through GuestMemory alone (independent of the driver's views).
+// simulated here through DriverMemory alone (independent of the driver's views).
 
 import test from 'ava';
 
-import { HDR, RING } from '../backend';
-import { DriverQueue, GuestAddressError, GuestAllocator, GuestMemory, guestMemory, NetQueuePair, type Buf, type NetHdr } from '../driver';
+import { bits, HDR, RING, STATUS, VirtioNetDevice, type WasmMemoryLike } from '../backend';
+import { DriverMemory, driverMemory, DriverQueue, GuestAddressError, GuestAllocator, negotiate, NetQueuePair, setUpQueuePair, type Buf, type NetHdr } from '../driver';
+import { withNetns } from '../host/netns';
 
 const MiB = 1 << 20;
 
 /** Two adjacent regions at 0 and 1 MiB, a hole, and a third region at 4 MiB (given out of order). */
-function threeRegions(): GuestMemory {
-  return new GuestMemory([
+function threeRegions(): DriverMemory {
+  return new DriverMemory([
     { guestAddr: 4 * MiB, buffer: new SharedArrayBuffer(MiB) },
     { guestAddr: 0, buffer: new SharedArrayBuffer(MiB) },
     { guestAddr: MiB, buffer: new SharedArrayBuffer(MiB) },
   ]);
 }
 
-test('GuestMemory: regions sorted; overlap, non-shared buffers and bad addresses refused', (t) => {
+test('DriverMemory: regions sorted; overlap, non-shared buffers and bad addresses refused', (t) => {
   const m = threeRegions();
   t.deepEqual(m.regions.map((r) => [r.guestAddr, r.size, r.end]), [[0, MiB, MiB], [MiB, MiB, 2 * MiB], [4 * MiB, MiB, 5 * MiB]]);
   t.is(m.totalSize, 3 * MiB);
-  t.throws(() => new GuestMemory([{ guestAddr: 0, buffer: new SharedArrayBuffer(8192) }, { guestAddr: 4096, buffer: new SharedArrayBuffer(4096) }]), { message: /overlap/ });
-  t.throws(() => new GuestMemory([{ guestAddr: 0, buffer: new ArrayBuffer(8) as unknown as SharedArrayBuffer }]), { instanceOf: TypeError, message: /SharedArrayBuffer/ });
-  t.throws(() => new GuestMemory([{ guestAddr: -1, buffer: new SharedArrayBuffer(8) }]), { message: /guestAddr/ });
-  t.throws(() => new GuestMemory([]), { instanceOf: TypeError });
-  const one = new GuestMemory(new SharedArrayBuffer(4096));
+  t.throws(() => new DriverMemory([{ guestAddr: 0, buffer: new SharedArrayBuffer(8192) }, { guestAddr: 4096, buffer: new SharedArrayBuffer(4096) }]), { message: /overlap/ });
+  t.throws(() => new DriverMemory([{ guestAddr: 0, buffer: new ArrayBuffer(8) as unknown as SharedArrayBuffer }]), { instanceOf: TypeError, message: /SharedArrayBuffer/ });
+  t.throws(() => new DriverMemory([{ guestAddr: -1, buffer: new SharedArrayBuffer(8) }]), { message: /guestAddr/ });
+  t.throws(() => new DriverMemory([]), { instanceOf: TypeError });
+  const one = new DriverMemory(new SharedArrayBuffer(4096));
   t.deepEqual(one.regions.map((r) => r.guestAddr), [0]);
-  t.is(guestMemory(one), one, 'a GuestMemory is used as is');
+  t.is(driverMemory(one), one, 'a DriverMemory is used as is');
   // What a Worker receives after structured cloning: rebuilt from its regions.
   const cloned = structuredClone(m) as unknown as { regions: { guestAddr: number; buffer: SharedArrayBuffer }[] };
-  const again = guestMemory(cloned);
+  const again = driverMemory(cloned);
   t.deepEqual(again.regions.map((r) => r.guestAddr), [0, MiB, 4 * MiB]);
   again.write(MiB + 5, new Uint8Array([42]));
   t.is(m.view(MiB + 5, 1)[0], 42, 'same shared memory');
 });
 
-test('GuestMemory: translation, holes, views inside one region, copies across adjacent regions', (t) => {
+test('DriverMemory: translation, holes, views inside one region, copies across adjacent regions', (t) => {
   const m = threeRegions();
   t.is(m.regionIndex(0), 0);
   t.is(m.regionIndex(MiB - 1), 0);
@@ -74,12 +75,12 @@ test('GuestMemory: translation, holes, views inside one region, copies across ad
   t.throws(() => m.read(-1, new Uint8Array(1)), { instanceOf: GuestAddressError });
 });
 
-/** The device side of one split ring, reading and writing guest memory only through GuestMemory (little-endian, byte by byte). */
+/** The device side of one split ring, reading and writing guest memory only through DriverMemory (little-endian, byte by byte). */
 class SimDevice {
   lastAvail = 0;
   usedIdx = 0;
   constructor(
-    readonly m: GuestMemory,
+    readonly m: DriverMemory,
     readonly q: { size: number; desc: number; avail: number; used: number },
   ) {}
 
@@ -145,7 +146,7 @@ test('DriverQueue: ring parts in different regions; a part across regions refuse
 });
 
 test('GuestAllocator: every ring part and buffer area inside one region, skipping what does not fit', (t) => {
-  const m = new GuestMemory([
+  const m = new DriverMemory([
     { guestAddr: 0, buffer: new SharedArrayBuffer(64 * 1024) },
     { guestAddr: 16 * MiB, buffer: new SharedArrayBuffer(4 * MiB) },
   ]);
@@ -247,4 +248,59 @@ test('NetQueuePair refuses buffer areas that leave one region and a bad header l
   const base = { memory: m, rx: { ...a.ring(8), kickFd: -1, callFd: -1 }, tx: { ...a.ring(8), kickFd: -1, callFd: -1 }, hdrLen: 12, mergeable: true, eventIdx: false };
   t.throws(() => new NetQueuePair({ ...base, rxBuffers: { base: MiB - 1024, count: 8, size: 256 }, txBuffers: { base: 0x10000, count: 4, size: 256 } }), { message: /rxBuffers .* not inside one region/ });
   t.throws(() => new NetQueuePair({ ...base, hdrLen: 11, rxBuffers: { base: 0x20000, count: 8, size: 256 }, txBuffers: { base: 0x10000, count: 4, size: 256 } }), { message: /hdrLen/ });
+});
+
+/** Node's types (lib ES2022, no DOM) do not declare WebAssembly. */
+const WasmMemory = (globalThis as unknown as { WebAssembly: { Memory: new (d: { initial: number; maximum?: number; shared?: boolean }) => WasmMemoryLike } }).WebAssembly.Memory;
+
+test('DriverMemory takes what the device takes: a shared WebAssembly.Memory, [{ guestAddr, memory }], [{ guestAddr, buffer }]', (t) => {
+  const wasm = new WasmMemory({ initial: 2, maximum: 4, shared: true });
+  t.is(new DriverMemory(wasm).totalSize, 2 * 65536);
+  const sab = new SharedArrayBuffer(4096);
+  t.deepEqual(new DriverMemory([{ guestAddr: 8192, memory: sab }]).regions.map((r) => [r.guestAddr, r.size]), [[8192, 4096]]);
+  t.deepEqual(new DriverMemory([{ guestAddr: 8192, buffer: sab }]).regions.map((r) => [r.guestAddr, r.size]), [[8192, 4096]]);
+  t.throws(() => new DriverMemory(new WasmMemory({ initial: 1 })), { instanceOf: TypeError, message: /shared WebAssembly\.Memory/ });
+});
+
+test('a NetQueuePair on a real device with regions: rings below 4 GiB, buffers above a hole, the kernel answers ARP', async (t) => {
+  await withNetns(async (ns) => {
+    const memory = [
+      { guestAddr: 0, memory: new SharedArrayBuffer(64 * 1024) },
+      { guestAddr: 2 ** 32, memory: new SharedArrayBuffer(4 * MiB) },
+    ];
+    const tap = ns.ifname();
+    const dev = new VirtioNetDevice({ memory, tap, netns: ns.name });
+    ns.defer(() => void dev.close());
+    negotiate(dev, bits('VERSION_1', 'MAC', 'MRG_RXBUF', 'RING_EVENT_IDX'));
+    const alloc = new GuestAllocator(memory);
+    const setup = setUpQueuePair(dev, 0, alloc, { queueSize: 64 });
+    t.true(setup.rx.desc < 64 * 1024 && setup.tx.used < 64 * 1024, 'rings in the low region');
+    t.true(setup.rxBuffers.base >= 2 ** 32 && setup.txBuffers.base >= 2 ** 32, 'buffers above the hole');
+    const pair = new NetQueuePair(setup);
+    dev.status |= STATUS.DRIVER_OK;
+    pair.start();
+    ns.ip('addr', 'add', '10.97.0.1/24', 'dev', tap);
+    const mac = new Uint8Array(dev.config.buffer, 0, 6);
+    const req = new Uint8Array(42);
+    req.fill(0xff, 0, 6);
+    req.set(mac, 6);
+    req.set([0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1], 12);
+    req.set(mac, 22);
+    req.set([10, 97, 0, 2], 28);
+    req.set([10, 97, 0, 1], 38);
+    t.true(pair.send(req));
+    pair.flush();
+    let reply: Uint8Array | undefined;
+    for (const end = Date.now() + 5000; !reply && Date.now() < end; pair.wait(50)) {
+      for (let f = pair.receive(); f; f = pair.receive()) {
+        const b = pair.frameBytes(f, new Uint8Array(f.len));
+        if (b[12] === 0x08 && b[13] === 0x06 && b[21] === 2) reply = b;
+      }
+    }
+    t.truthy(reply, 'ARP reply received');
+    t.deepEqual([...reply!.subarray(28, 32)], [10, 97, 0, 1]);
+    t.deepEqual([...reply!.subarray(0, 6)], [...mac], 'addressed to the guest');
+    t.is(pair.stats.txFrames, 1);
+    t.is(dev.stats().totals.drops, 0);
+  });
 });

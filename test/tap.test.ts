@@ -1,5 +1,5 @@
 // Native TAP and interface-control bindings against real devices. Each test
-// makes its own 'vt…' network namespace (test/helpers/netns.ts), creates TAPs
+// makes its own 'vt…' network namespace (host/netns.ts), creates TAPs
 // only inside it, and deletes it whatever happens. Needs root; CI runs as root,
 // so without it these fail (with a message saying so) instead of skipping.
 
