@@ -23,10 +23,7 @@ import {
   VirtioNetDevice,
   VirtioNetError,
 } from '../backend';
-import { CTRL_BUF_BYTES, ControlDriver } from '../driver/control';
-import { DriverMemory } from '../driver/memory';
-import { GuestAllocator, negotiate, setUpQueuePair } from '../driver/net';
-import { DriverQueue } from '../driver/virtqueue';
+import { CTRL_BUF_BYTES, ControlDriver, DriverMemory, DriverQueue, GuestAllocator, negotiate, setUpQueuePair } from '../driver';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
 import { pcapngHeader } from './pcapng';
 import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';

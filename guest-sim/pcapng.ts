@@ -6,7 +6,7 @@
 // Blocks are little-endian; the Worker posts full buffers to the main thread.
 
 import { HDR } from '../backend';
-import type { NetHdr } from '../driver/net';
+import type { NetHdr } from '../driver';
 
 const SHB = 0x0a0d0d0a;
 const IDB = 0x00000001;

@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { receiveMessageOnPort, workerData, MessagePort } from 'node:worker_threads';
 
 import { HDR } from '../backend';
-import { NetQueuePair, NetQueuePairOptions } from '../driver/net';
+import { NetQueuePair, NetQueuePairOptions } from '../driver';
 import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
 import { DiscardReport, installServices } from './services';

@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { bits, Capabilities, FeatureName, has, HDR, rxq, STATUS, txq, VirtioNetDevice, waitCall } from '../backend';
-import { DriverQueue } from '../driver/virtqueue';
+import { DriverQueue } from '../driver';
 import { IPPROTO, parseIPv4, parseIPv6, parseMac } from '../guest-sim/packets';
 import {
   buildTcpFrame,
