@@ -20,7 +20,7 @@ import {
 } from './features';
 import { GuestMemory, toNativeRegions } from './memory';
 import { addon, NativeCtrlCommand, NativeEngine, NativeGuestMemory, NativeQueueStats } from './native';
-import { RxFilter } from './rxfilter';
+import { RxFilter, RxFilterState } from './rxfilter';
 import { CONFIG, CTRL, ctrlq, has, netHdrSize, STATUS, TUN } from './virtio';
 
 export interface VirtioNetDeviceOptions {
@@ -71,13 +71,50 @@ export interface DeviceStats {
   totals: { rxPackets: number; rxBytes: number; txPackets: number; txBytes: number; drops: number };
 }
 
-/** A virtqueue's size and the guest addresses of its three parts. */
+/** Where a virtqueue lives: its size (a power of two, 1..32768) and the guest addresses of its three parts. */
 export interface QueueSetup {
   size: number;
   desc: number;
   avail: number;
   used: number;
 }
+
+/** The events a VirtioNetDevice emits and their arguments. */
+export interface VirtioNetDeviceEvents {
+  /** The device signalled queue `queue`'s call eventfd (emitted only while someone listens). */
+  interrupt: [queue: number];
+  /** The guest broke a virtio rule on a queue: it stopped and DEVICE_NEEDS_RESET is set. */
+  'needs-reset': [error: VirtioNetError];
+  /** Config space changed (link, announce, needs-reset): raise the config-change interrupt. */
+  config: [];
+  /** The guest changed the number of active queue pairs (VQ_PAIRS_SET). */
+  'queue-pairs': [pairs: number];
+  /** The guest changed RX modes, MAC tables or VLANs. */
+  'rx-filter': [state: RxFilterState];
+  /** Something went wrong that does not stop the device (e.g. a control command the TAP refused). */
+  warning: [error: Error];
+}
+
+type DeviceEvent = keyof VirtioNetDeviceEvents;
+type DeviceListener<K extends DeviceEvent> = (...args: VirtioNetDeviceEvents[K]) => void;
+
+// Typed overloads for the events above; EventEmitter's own signatures stay for anything else.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+export interface VirtioNetDevice {
+  on<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  once<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  once(event: string | symbol, listener: (...args: any[]) => void): this;
+  off<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  off(event: string | symbol, listener: (...args: any[]) => void): this;
+  addListener<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  addListener(event: string | symbol, listener: (...args: any[]) => void): this;
+  removeListener<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  removeListener(event: string | symbol, listener: (...args: any[]) => void): this;
+  emit<K extends DeviceEvent>(event: K, ...args: VirtioNetDeviceEvents[K]): boolean;
+  emit(event: string | symbol, ...args: any[]): boolean;
+}
+/* eslint-enable @typescript-eslint/no-explicit-any */
 
 const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io']);
 

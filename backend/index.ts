@@ -6,8 +6,9 @@ import { InvalidArgumentError } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
-export type { VirtioNetDeviceOptions, DeviceStats, QueueStats, QueueSetup } from './device';
+export type { VirtioNetDeviceOptions, VirtioNetDeviceEvents, QueueSetup, DeviceStats, QueueStats } from './device';
 export type { GuestMemory, MemoryRegion, WasmMemoryLike } from './memory';
+export type { RxFilterState } from './rxfilter';
 export type { Capabilities } from './features';
 export { TapQueues } from './tap';
 export type { TapQueuesOptions } from './tap';

@@ -1,4 +1,5 @@
-// Loads the C++ addon (build/Release/vhost_tap.node) and declares its shape.
+// Loads the C++ addon (through node-gyp-build: build/Release/vhost_tap.node,
+// built at install) and declares its shape.
 // This is the whole contract between backend/ and native/: nothing else in
 // backend/ calls into C++. Errors thrown by the addon are plain Errors with
 // `code` (errno name such as 'EPERM', or 'EVHOST_*') and `syscall`; backend/errors.ts
@@ -411,8 +412,9 @@ let cached: Addon | undefined;
 /** The addon, loaded once per thread (it is context-aware, so Workers may load it too). */
 export function addon(): Addon {
   if (!cached) {
+    // The package root, where binding.gyp built the addon: two levels above dist/backend/.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    cached = require(path.join(__dirname, '..', '..', 'build', 'Release', 'vhost_tap.node')) as Addon;
+    cached = (require('node-gyp-build') as (dir: string) => unknown)(path.join(__dirname, '..', '..')) as Addon;
   }
   return cached;
 }

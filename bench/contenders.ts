@@ -10,8 +10,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { bits, rxq, STATUS, txq, VirtioNetDevice, ctrlq, CTRL, TUN, TapQueues, eventfd, kick } from '../backend';
-import { ControlDriver, CTRL_BUF_BYTES } from '../driver/control';
-import { DriverQueue } from '../driver/virtqueue';
+import { ControlDriver, CTRL_BUF_BYTES, DriverQueue } from '../driver';
 import { GUEST_MAC, HDR_LEN, Records } from './frames';
 import { NodeLoopConfig } from './node-loop';
 import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';

@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { Netns } from '../host/netns';
+import { Netns, requireRoot } from '../host/netns';
 import { CONTENDER_NAMES, CONTENDERS, Contender, Env, runC, runNode, runVhost, Sample, Trial } from './contenders';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { renderSvg } from './plot';
@@ -351,7 +351,7 @@ export async function main(argv: string[]): Promise<number> {
   for (const c of contenders) if (!CONTENDERS.includes(c)) throw new BenchUsageError(`--contenders: unknown '${c}' (known: ${CONTENDERS.join(', ')})`);
   const ringSize = nums('ring', o.ring as string | undefined, '256')[0];
   if (ringSize & (ringSize - 1) || ringSize > 32768) throw new BenchUsageError('--ring must be a power of two up to 32768');
-  if (process.getuid?.() !== 0) throw new Error('the benchmark needs root (it creates a network namespace and TAPs)');
+  requireRoot('bench creates a network namespace and TAPs');
 
   const smallest = Math.min(...sizes);
   const specs: CaseSpec[] = [];

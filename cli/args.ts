@@ -20,6 +20,29 @@ export function parse(cmd: string, argv: string[], options: ParseArgsConfig['opt
   }
 }
 
+/** A whole-number flag in [min, max], or `def` when absent. */
+export function intIn(name: string, v: Values[string], def: number, min: number, max: number, why = ''): number {
+  const n = int(name, v, def);
+  if (n < min || n > max) throw new UsageError(`--${name} must be from ${min} to ${max}${why}, got ${n}`);
+  return n;
+}
+
+/** An ADDR/PREFIX flag (--ip, --ip6): the address must parse and the prefix must be there and in range. */
+export function cidr(name: string, v: Values[string], family: 4 | 6, parse: (a: string) => unknown): string | undefined {
+  if (v === undefined) return undefined;
+  const eg = family === 4 ? '10.0.0.2/24' : 'fd00::2/64';
+  const m = typeof v === 'string' ? /^([^/]+)\/(\d{1,3})$/.exec(v) : null;
+  if (!m) throw new UsageError(`--${name} needs ADDR/PREFIX, e.g. ${eg}; got '${String(v)}'`);
+  try {
+    parse(m[1]);
+  } catch {
+    throw new UsageError(`--${name}: '${m[1]}' is not an IPv${family} address (e.g. ${eg})`);
+  }
+  const max = family === 4 ? 32 : 128;
+  if (Number(m[2]) > max) throw new UsageError(`--${name}: prefix length ${m[2]} is over ${max}`);
+  return v as string;
+}
+
 /** A whole-number flag, or `def` when absent. */
 export function int(name: string, v: Values[string], def: number): number {
   if (v === undefined) return def;

@@ -3,8 +3,9 @@
 // both ways with the namespace's kernel as the peer, then prints what happened.
 
 import { GuestSim, DiscardEvent } from '../guest-sim/guest';
-import { haveProgram, Netns } from '../host/netns';
-import { int, parse } from './args';
+import { TUN } from '../backend';
+import { haveProgram, Netns, requireRoot } from '../host/netns';
+import { intIn, parse } from './args';
 import { printStats } from './run';
 
 export const DEMO_HELP = `Usage: vhost-tap demo [--queues N]
@@ -84,7 +85,8 @@ export async function cmdDemo(argv: string[]): Promise<number> {
     console.log(DEMO_HELP);
     return 0;
   }
-  const queues = int('queues', o.queues, 2);
+  const queues = intIn('queues', o.queues, 2, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  requireRoot('demo creates a network namespace and a TAP');
   const ns = Netns.create('demo');
   const tap = `vtd${process.pid.toString(36)}`;
   let guest: GuestSim | undefined;

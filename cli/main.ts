@@ -2,7 +2,9 @@
 // The `vhost-tap` command: dispatches to run, demo, gso-check and bench, and
 // turns what they throw into one line on stderr and the exit status.
 
-import { VhostTapError } from '../backend';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
 import { UsageError } from './args';
 
 const HELP = `vhost-tap — a virtio-net device backend on a Linux TAP, with a simulated guest
@@ -15,13 +17,27 @@ Commands:
   gso-check check checksum/segmentation offloads both ways against this kernel
   bench     measure throughput against a C syscall loop and a Node loop (bench/)
 
-Run 'vhost-tap <command> --help' for a command's options.`;
+Run 'vhost-tap <command> --help' for a command's options, 'vhost-tap --version' for the version.
+Exit status: 0 done, 1 failed (or a check failed), 2 bad usage, 130 interrupted (demo).`;
+
+/** The package's version, from the package.json two levels above dist/cli/. */
+function version(): string {
+  return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
-    console.log(HELP);
-    return cmd === undefined ? 1 : 0;
+    if (cmd !== undefined) {
+      console.log(HELP);
+      return 0;
+    }
+    console.error(HELP);
+    return 2;
+  }
+  if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
+    console.log(version());
+    return 0;
   }
   // Each command is loaded when it runs: `vhost-tap run` does not load the benchmark.
   switch (cmd) {
@@ -43,8 +59,9 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (e: unknown) => {
-    const msg = e instanceof UsageError || e instanceof VhostTapError || e instanceof Error ? e.message : String(e);
-    console.error(`vhost-tap: ${msg}`);
-    process.exitCode = 2;
+    // One line, whatever failed: usage errors exit 2, everything else (no root, the kernel said no, ...) 1.
+    const msg = e instanceof Error ? e.message : String(e);
+    console.error(`vhost-tap: ${msg.split('\n')[0]}`);
+    process.exitCode = e instanceof UsageError ? 2 : 1;
   },
 );

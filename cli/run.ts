@@ -2,8 +2,11 @@
 // SIGTERM. Parses the flags, prints the ready line and the statistics, and
 // tears down cleanly; the work is in GuestSim.
 
+import { TUN } from '../backend';
 import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
-import { int, parse, UsageError } from './args';
+import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
+import { Netns, requireRoot } from '../host/netns';
+import { cidr, int, intIn, parse, UsageError } from './args';
 
 export const RUN_HELP = `Usage: vhost-tap run --tap NAME [options]
 
@@ -30,6 +33,9 @@ Options:
                       Default: every one the device offers. tso4, tso6 and uso need
                       csum; guest-tso*/guest-uso* need guest-csum.
   --source-bytes N    bytes the TCP source (port 19) sends per connection (default 1073741824)
+  --pcap FILE         write every frame the device moves, both directions, super-frames
+                      whole, to FILE as pcapng (Wireshark, tcpdump -r); each frame's
+                      virtio_net_hdr is in its packet comment
   --json              print the final statistics as JSON
   -h, --help          this help`;
 
@@ -78,6 +84,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
     mtu: { type: 'string' },
     offloads: { type: 'string' },
     'source-bytes': { type: 'string' },
+    pcap: { type: 'string' },
     json: { type: 'boolean' },
   });
   if (o.help) {
@@ -85,8 +92,16 @@ export async function cmdRun(argv: string[]): Promise<number> {
     return 0;
   }
   if (typeof o.tap !== 'string') throw new UsageError("--tap NAME is required (see 'vhost-tap run --help')");
-  const queues = int('queues', o.queues, 1);
-  if (queues < 1) throw new UsageError('--queues must be at least 1');
+  if (Buffer.byteLength(o.tap) > TUN.MAX_NAME || !/^[A-Za-z0-9_.-]+$/.test(o.tap)) {
+    throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
+  }
+  const queues = intIn('queues', o.queues, 1, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  const mtu = intIn('mtu', o.mtu, 1500, 68, 65535);
+  const ip4 = cidr('ip', o.ip, 4, parseIPv4);
+  const ip6 = cidr('ip6', o.ip6, 6, parseIPv6);
+  if (o.mac !== undefined && !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(String(o.mac))) {
+    throw new UsageError(`--mac: '${String(o.mac)}' is not a MAC address like 52:54:00:12:34:56`);
+  }
   let features: bigint | undefined;
   if (o.offloads !== undefined) {
     try {
@@ -96,16 +111,24 @@ export async function cmdRun(argv: string[]): Promise<number> {
     }
   }
   const sourceBytes = int('source-bytes', o['source-bytes'], 1 << 30);
+  if (o.netns !== undefined && (!/^[A-Za-z0-9_.-]+$/.test(String(o.netns)) || !Netns.exists(String(o.netns)))) {
+    throw new UsageError(`--netns: network namespace '${String(o.netns)}' does not exist (create it with: ip netns add ${String(o.netns)})`);
+  }
+  requireRoot(
+    o.netns ? 'run creates a TAP in another network namespace' : 'run creates a TAP',
+    o.netns ? ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN'] : ['CAP_NET_ADMIN'],
+  );
   const guest = await GuestSim.start({
     tap: o.tap,
     netns: o.netns as string | undefined,
     queuePairs: queues,
     mac: o.mac as string | undefined,
-    ip4: o.ip as string | undefined,
-    ip6: o.ip6 as string | undefined,
-    mtu: o.mtu === undefined ? undefined : int('mtu', o.mtu, 1500),
+    ip4,
+    ip6,
+    mtu,
     features,
     sourceBytes,
+    pcap: o.pcap as string | undefined,
   });
   guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
   // A queue-pair Worker that dies is reported as 'error'. Without a listener EventEmitter throws
@@ -119,7 +142,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
   );
   guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
-  console.log(`ready: tap ${guest.device.tapName}${where}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}`);
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}`);
   const sig = await waitForSignal(failed);
   const s = await guest.stop();
   if (workerError) console.error(`vhost-tap: a guest queue-pair worker failed: ${workerError.message}`);

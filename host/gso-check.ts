@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { bits, Capabilities, FeatureName, has, HDR, rxq, STATUS, txq, VirtioNetDevice, waitCall } from '../backend';
-import { DriverQueue } from '../driver/virtqueue';
+import { DriverQueue } from '../driver';
 import { IPPROTO, parseIPv4, parseIPv6, parseMac } from '../guest-sim/packets';
 import {
   buildTcpFrame,
@@ -38,7 +38,7 @@ import {
   verifyUdpFragments,
   verifyUdpSegments,
 } from './gso-frames';
-import { haveProgram, Netns } from './netns';
+import { haveProgram, Netns, requireRoot } from './netns';
 import { LINKTYPE_ETHERNET, parsePcap } from './pcap';
 
 export type Direction = 'guest-to-kernel' | 'kernel-to-guest';
@@ -915,9 +915,7 @@ export async function runGsoCheck(opts: GsoCheckOptions = {}): Promise<{ results
   const names = (opts.cases ?? [...CASES]).map((c) => c.toUpperCase());
   for (const n of names) if (!(CASES as readonly string[]).includes(n)) throw new Error(`unknown case '${n}'; cases: ${CASES.join(', ')}`);
   const selected = CASES.filter((c) => names.includes(c));
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new Error('gso-check creates network namespaces and a TAP: run it as root (CAP_NET_ADMIN, CAP_SYS_ADMIN)');
-  }
+  requireRoot('gso-check creates network namespaces, a TAP and a veth');
   const missing = TOOLS.filter(([t]) => !haveProgram(t));
   if (missing.length) throw new Error(`gso-check needs ${missing.map(([t]) => t).join(', ')}: apt-get install ${missing.map(([, p]) => p).join(' ')}`);
 

@@ -16,18 +16,36 @@ export class NeedsRootError extends Error {
   override name = 'NeedsRootError';
 }
 
-/** Whether this process runs as root (what creating namespaces and TAPs takes here). */
+/** Capabilities the host-side work needs: creating TAPs and veths, and entering or creating namespaces. */
+export type Capability = 'CAP_NET_ADMIN' | 'CAP_SYS_ADMIN';
+
+const CAP_BITS: Record<Capability, bigint> = { CAP_NET_ADMIN: 12n, CAP_SYS_ADMIN: 21n };
+
+/** The capabilities of `caps` this process does not have in its effective set (/proc/self/status CapEff). */
+export function missingCapabilities(caps: readonly Capability[]): Capability[] {
+  let eff = 0n;
+  try {
+    const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+    if (m) eff = BigInt(`0x${m[1]}`);
+  } catch {
+    // No /proc: say everything is missing rather than fail later with a raw EPERM.
+  }
+  return caps.filter((c) => ((eff >> CAP_BITS[c]) & 1n) === 0n);
+}
+
+/** Whether this process has what creating namespaces and TAPs takes (root, or both capabilities). */
 export function isRoot(): boolean {
-  return typeof process.getuid !== 'function' || process.getuid() === 0;
+  return missingCapabilities(['CAP_NET_ADMIN', 'CAP_SYS_ADMIN']).length === 0;
 }
 
 /**
- * Throws NeedsRootError unless the process is root. `what` says what needs it, e.g.
- * "vhost-tap demo creates a network namespace and a TAP". Tests that need root must fail,
- * not skip, when it is missing: CI runs them as root.
+ * Throws NeedsRootError, one line saying what needs what, unless the process has `caps`.
+ * `what` names the work, e.g. "vhost-tap demo creates a network namespace and a TAP". Tests
+ * that need it must fail, not skip, when it is missing: CI runs them as root.
  */
-export function requireRoot(what = 'this creates network namespaces and TAP devices'): void {
-  if (!isRoot()) throw new NeedsRootError(`${what}: run it as root (needs CAP_NET_ADMIN and CAP_SYS_ADMIN), e.g. with sudo`);
+export function requireRoot(what = 'this creates network namespaces and TAP devices', caps: readonly Capability[] = ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN']): void {
+  const missing = missingCapabilities(caps);
+  if (missing.length > 0) throw new NeedsRootError(`${what}, which needs ${caps.join(' and ')}: run it as root, e.g. with sudo`);
 }
 
 /** Namespaces this process created and has not deleted yet: one exit hook deletes them all. */

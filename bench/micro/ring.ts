@@ -4,7 +4,7 @@
 // encoding/decoding. `npm run bench:micro`; no root, no TAP.
 
 import { HDR, RING } from '../../backend';
-import { DriverQueue, needEvent } from '../../driver/virtqueue';
+import { DriverQueue, needEvent } from '../../driver';
 
 // benchmark.js ships no types; this is the part used here.
 interface Suite {
