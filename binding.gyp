@@ -18,7 +18,9 @@
         "native/tap_io_uring.cc",
         "native/rx_stash.cc",
         "native/engine.cc",
-        "native/engine_binding.cc"
+        "native/engine_binding.cc",
+        "native/vhost_user.cc",
+        "native/vhost_user_binding.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

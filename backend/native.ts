@@ -327,6 +327,84 @@ export interface Addon {
   GuestMemory: new (regions?: NativeBufferRegion[]) => NativeGuestMemory;
   Engine: new (opts: NativeEngineOptions) => NativeEngine;
   ControlQueue: new (opts: NativeControlQueueOptions) => NativeControlQueue;
+
+  // --- vhost-user socket (native/vhost_user_binding.cc) -------------------------
+  vhostUser: NativeVhostUser;
+}
+
+/** The header of a vhost-user message as the codec read it. */
+export interface NativeVuHeader {
+  request: number;
+  flags: number;
+  /** Payload bytes announced by the header. */
+  size: number;
+  /** The spec's name without VHOST_USER_ (e.g. 'SET_MEM_TABLE'), null for an unknown request. */
+  name: string | null;
+  needReply: boolean;
+}
+
+/** A message the codec accepted: size and fd-count rules hold; the payload is decoded by kind. */
+export type NativeVuMessage = NativeVuHeader & {
+  payload: Buffer;
+  /** Received with the message (close-on-exec); the receiver owns and must close them. */
+  fds: number[];
+} & (
+    | { kind: 'none' | 'opaque' }
+    | { kind: 'u64'; u64: bigint }
+    | { kind: 'state'; index: number; num: number }
+    | { kind: 'addr'; index: number; addrFlags: number; desc: bigint; used: bigint; avail: bigint; log: bigint }
+    | { kind: 'memTable'; regions: { guestAddr: bigint; size: bigint; userAddr: bigint; mmapOffset: bigint }[] }
+  );
+
+export interface NativeVuCallbacks {
+  /** A well-formed message (a back end gets requests; a front end gets replies, kind 'opaque'). */
+  message(m: NativeVuMessage): void;
+  /** A whole message broke a codec rule (`reason`); its fds are closed; the stream is still in step. */
+  refused(reason: string, header: NativeVuHeader): void;
+  /** The connection ended (peer closed, read error, untrustworthy header); the fd is closed. Not called after close(). */
+  closed(reason: string): void;
+}
+
+export interface NativeVuConnection {
+  /** The socket fd, -1 once closed. */
+  readonly fd: number;
+  /** Reply header (version 1, reply flag) and a u64 payload. */
+  replyU64(request: number, value: bigint): void;
+  /** Reply header and a vring state payload. */
+  replyState(request: number, index: number, num: number): void;
+  /** Raw bytes with up to 32 fds attached to the first byte (test front ends; a back end accepts 8). */
+  sendRaw(bytes: Uint8Array, fds?: number[]): void;
+  /** Stops reading and closes the socket; fds of a message half read are closed. */
+  close(): void;
+}
+
+export interface NativeVhostUser {
+  /** A listening AF_UNIX stream socket bound to `path` (non-blocking, close-on-exec). */
+  listen(path: string): number;
+  /** A waiting connection's fd, or -1 when none is waiting. */
+  accept(listenFd: number): number;
+  /** Connects to `path`; returns the (non-blocking) fd. */
+  connect(path: string): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM) for tests. */
+  streamPair(): [number, number];
+  /** memfd_create + ftruncate: shareable memory for test front ends. */
+  memfd(size: number): number;
+  /** Reads messages on this thread's event loop; takes ownership of `fd`. */
+  Connection: new (fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) => NativeVuConnection;
+  /** Calls `cb` (with an error string or null) when the listening socket has a connection waiting. */
+  Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void };
+  constants: {
+    HEADER_SIZE: number;
+    MAX_PAYLOAD: number;
+    MAX_FDS: number;
+    MAX_MEM_REGIONS: number;
+    VERSION: number;
+    FLAG_REPLY: number;
+    FLAG_NEED_REPLY: number;
+    VRING_NOFD: number;
+    /** Request numbers by the spec's names. */
+    REQUESTS: Record<string, number>;
+  };
 }
 
 let cached: Addon | undefined;

@@ -1,6 +1,6 @@
-// Module entry: registers the TAP, notification, guest-memory, engine and
-// control-queue bindings and exports native/virtio.h's constants for the
-// cross-language check.
+// Module entry: registers the TAP, notification, guest-memory, engine,
+// control-queue and vhost-user bindings and exports native/virtio.h's
+// constants for the cross-language check.
 #include <napi.h>
 
 #include "memory_binding.h"
@@ -11,6 +11,7 @@ void InitTap(Napi::Env env, Napi::Object exports);      // tap_binding.cc
 void InitNotify(Napi::Env env, Napi::Object exports);   // notify.cc
 void InitEngine(Napi::Env env, Napi::Object exports);   // engine_binding.cc
 void InitCtrl(Napi::Env env, Napi::Object exports);     // ctrl_binding.cc
+void InitVhostUser(Napi::Env env, Napi::Object exports);  // vhost_user_binding.cc
 }  // namespace vt
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -24,6 +25,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("GuestMemory", vt::GuestMemoryWrap::Define(env));
   vt::InitEngine(env, exports);
   vt::InitCtrl(env, exports);
+  vt::InitVhostUser(env, exports);
   return exports;
 }
 
