@@ -1,9 +1,9 @@
-// Runs the vhost-user codec fuzz target (native/fuzz/vhost_user_fuzz.cc) for a
+// Runs the vhost-user codec fuzz target (fuzz/targets/vhost_user.cc) for a
 // bounded time, built with g++ and AddressSanitizer/UBSan in standalone mode
 // (a seeded generator of mutated messages cut into reads of random size with
 // fds attached at random points). A finding aborts it with its reason. For a
 // longer, coverage-guided run: clang++ -fsanitize=fuzzer,address,undefined
-// native/fuzz/vhost_user_fuzz.cc native/vhost_user.cc -o f && ./f -max_total_time=600
+// fuzz/targets/vhost_user.cc native/vhost_user.cc -o f && ./f -max_total_time=600
 
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
@@ -23,7 +23,7 @@ test('the vhost-user reader and decoder survive mutated message streams under AS
     const cc = spawnSync(
       'g++',
       ['-std=c++17', '-O1', '-g', '-DVT_FUZZ_STANDALONE', '-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-Wall', '-Wextra', '-Werror',
-        path.join(ROOT, 'native/fuzz/vhost_user_fuzz.cc'), path.join(ROOT, 'native/vhost_user.cc'), '-o', bin],
+        path.join(ROOT, 'fuzz/targets/vhost_user.cc'), path.join(ROOT, 'native/vhost_user.cc'), '-o', bin],
       { encoding: 'utf8', timeout: 150_000 },
     );
     t.is(cc.status, 0, `g++ failed: ${cc.stderr}`);

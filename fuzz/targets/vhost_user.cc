@@ -18,7 +18,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../vhost_user.h"
+#include "../../native/vhost_user.h"
 
 namespace vu = vt::vhost_user;
 
