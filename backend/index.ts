@@ -1,12 +1,17 @@
 // The public API of vhost-tap: the device, its errors, the virtio constants,
-// and the two notification helpers that work inside worker_threads Workers.
+// the notification helpers that work inside worker_threads Workers, and a
+// plain TAP (TapQueues) for tools that do their own I/O.
 
-import { InvalidArgumentError, native } from './errors';
+import { convert, InvalidArgumentError } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
-export type { VirtioNetDeviceOptions, DeviceStats, QueueStats } from './device';
+export type { VirtioNetDeviceOptions, VirtioNetDeviceEvents, QueueSetup, DeviceStats, QueueStats } from './device';
+export type { GuestMemory, MemoryRegion, WasmMemoryLike } from './memory';
+export type { RxFilterState } from './rxfilter';
 export type { Capabilities } from './features';
+export { TapQueues } from './tap';
+export type { TapQueuesOptions } from './tap';
 export {
   VhostTapError,
   InvalidArgumentError,
@@ -26,10 +31,23 @@ function checkFd(fd: unknown): number {
   return fd as number;
 }
 
+/**
+ * A new eventfd (non-blocking, close-on-exec) for kick()/waitCall(), for embedders that wire
+ * their own notifications (a device's own are in dev.notifier()). Close it with fs.closeSync.
+ */
+export function eventfd(): number {
+  return addon().eventfd();
+}
+
 /** Guest → device doorbell: writes the kick eventfd. Usable from any thread. */
 export function kick(fd: number): void {
   const f = checkFd(fd);
-  native(`eventfd ${f}`, () => addon().kick(f));
+  // A hot path (every doorbell): no closure or message unless it fails.
+  try {
+    addon().kick(f);
+  } catch (e) {
+    throw convert(`eventfd ${f}`, e);
+  }
 }
 
 /**
@@ -46,8 +64,16 @@ export function waitCall(fds: number | number[], timeoutMs: number): boolean | n
   if (Array.isArray(fds)) {
     if (fds.length === 0 || fds.length > 31) throw new InvalidArgumentError('waitCall takes 1 to 31 eventfds');
     const list = fds.map(checkFd);
-    return native('waitCall', () => addon().waitCall(list, timeoutMs));
+    try {
+      return addon().waitCall(list, timeoutMs);
+    } catch (e) {
+      throw convert('waitCall', e);
+    }
   }
   const one = checkFd(fds);
-  return native('waitCall', () => addon().waitCall([one], timeoutMs)) !== 0;
+  try {
+    return addon().waitCall([one], timeoutMs) !== 0;
+  } catch (e) {
+    throw convert('waitCall', e);
+  }
 }

@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 
 import { CTRL, type DeviceStats } from '../backend';
 import { GuestSim, parseOffloads } from '../guest-sim/guest';
-import { Netns } from '../guest-sim/netns';
+import { Netns } from '../host/netns';
 
 const HELP = `Usage: npm run soak -- [options]
 
@@ -381,10 +381,10 @@ async function main(): Promise<number> {
 
 /** Packets the namespace's IPv4 and IPv6 stacks sent (OutRequests): every frame towards the guest starts as one. */
 function hostPacketsOut(ns: Netns): number {
-  const r = ns.exec('cat', ['/proc/net/snmp']).stdout;
+  const r = ns.exec('cat', ['/proc/net/snmp']);
   const ip = r.split('\n').filter((l) => l.startsWith('Ip:'));
   const v4 = ip.length < 2 ? NaN : Number(ip[1].split(/\s+/)[ip[0].split(/\s+/).indexOf('OutRequests')]);
-  const v6line = ns.exec('cat', ['/proc/net/snmp6']).stdout.split('\n').find((l) => l.startsWith('Ip6OutRequests'));
+  const v6line = ns.exec('cat', ['/proc/net/snmp6']).split('\n').find((l) => l.startsWith('Ip6OutRequests'));
   const v6 = v6line ? Number(v6line.split(/\s+/)[1]) : NaN;
   return v4 + v6;
 }
@@ -393,7 +393,7 @@ function hostPacketsOut(ns: Netns): number {
 function hostChecksumErrors(ns: Netns): { tcp: number; udp: number } {
   const r = ns.exec('cat', ['/proc/net/snmp']);
   const field = (proto: string): number => {
-    const lines = r.stdout.split('\n').filter((l) => l.startsWith(`${proto}:`));
+    const lines = r.split('\n').filter((l) => l.startsWith(`${proto}:`));
     if (lines.length < 2) return NaN;
     const names = lines[0].split(/\s+/);
     const values = lines[1].split(/\s+/);

@@ -302,6 +302,45 @@ def stash_seeds():
     return out
 
 
+def vhost_user_seeds():
+    # fuzz/targets/vhost_user.cc: 16 bytes shaping the reads (per read: low 6 bits = bytes - 1,
+    # top bits 10 = one fd, 11 = (s % 3) + 1 fds), then the message stream.
+    V1, NEED_REPLY = 1, 1 << 3
+
+    def msg(req, payload=b'', flags=V1):
+        return struct.pack('<III', req, flags, len(payload)) + payload
+
+    def u64(v):
+        return struct.pack('<Q', v)
+
+    def state(index, num):
+        return struct.pack('<II', index, num)
+
+    def addr(index, desc, used, avail):
+        return struct.pack('<IIQQQQ', index, 0, desc, used, avail, 0)
+
+    def memtable(regions):
+        return struct.pack('<II', len(regions), 0) + b''.join(struct.pack('<QQQQ', *r) for r in regions)
+
+    plain = bytes([0x3e] * 16)  # 63-byte reads, no fds
+    out = {}
+    # QEMU's start-up sequence for one pair, without fds.
+    stream = (msg(1) + msg(15) + msg(16, u64(0b1011)) + msg(17) + msg(3) + msg(2, u64(1 << 32 | 1 << 15)) +
+              msg(8, state(0, 256)) + msg(10, state(0, 0)) + msg(9, addr(0, 0x10000, 0x12000, 0x11000)) +
+              msg(13, u64(1 << 8)) + msg(12, u64(1 << 8)) + msg(18, state(0, 1)) + msg(11, state(0, 0), V1 | NEED_REPLY))
+    out['startup-no-fds'] = plain + stream
+    # A memory table of two regions, its two fds on the message's first read.
+    shape = bytes([0xc1] + [0x3e] * 15)
+    out['memtable-two-fds'] = shape + msg(5, memtable([(0, 1 << 20, 0x7f0000000000, 0), (1 << 32, 1 << 20, 0x7f0000100000, 0)]))
+    # Kick and call with an fd each.
+    out['vring-fds'] = bytes([0x80, 0x3e, 0x80] + [0x3e] * 13) + msg(12, u64(0)) + msg(13, u64(1))
+    # Reads of one byte at a time across several messages; a truncated control message.
+    out['byte-reads'] = bytes([0x00] * 15 + [0x3f]) + msg(1) + msg(8, state(1, 128)) + msg(20, u64(1500))
+    # Hostile: a size past the limit, a reply flag on a request, an unknown request, a stream cut short.
+    out['hostile-headers'] = plain + struct.pack('<III', 2, V1, 5000) + msg(1, b'', V1 | 4) + msg(99) + msg(9, addr(0, 1, 2, 3))[:20]
+    return out
+
+
 def save(target, seeds_by_name):
     out = os.path.join(CORPUS, target)
     os.makedirs(out, exist_ok=True)
@@ -317,6 +356,7 @@ def main():
     save('virtqueue', seeds())
     save('ctrl_queue', ctrl_seeds())
     save('rx_stash', stash_seeds())
+    save('vhost_user', vhost_user_seeds())
 
 
 if __name__ == '__main__':

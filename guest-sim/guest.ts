@@ -4,8 +4,9 @@
 // per queue pair, and speaks the control queue. Uses only the public API.
 
 import { EventEmitter } from 'node:events';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
 
 import {
   bits,
@@ -19,13 +20,12 @@ import {
   rxq,
   STATUS,
   TUN,
-  txq,
   VirtioNetDevice,
   VirtioNetError,
 } from '../backend';
-import { CTRL_BUF_BYTES, ControlDriver } from './control';
+import { CTRL_BUF_BYTES, ControlDriver, DriverMemory, DriverQueue, GuestAllocator, negotiate, setUpQueuePair } from '../driver';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
-import { DriverQueue } from './virtqueue';
+import { pcapngHeader } from './pcapng';
 import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';
 
 /** Features guest-sim knows how to drive; the device offers, the guest takes the intersection. */
@@ -115,6 +115,11 @@ export interface GuestOptions {
   tcpRcvBuf?: number;
   /** The device's I/O method (VirtioNetDevice option io); default 'auto'. */
   io?: 'auto' | 'readv';
+  /**
+   * Write every frame the device moves (both directions, super-frames whole) to this file as
+   * pcapng, each frame's virtio_net_hdr in its packet comment. Off (and free) by default.
+   */
+  pcap?: string;
 }
 
 /** One TCP discard (port 9) connection closed by its peer. */
@@ -170,6 +175,8 @@ export class GuestSim extends EventEmitter {
     device: VirtioNetDevice,
     mem: SharedArrayBuffer,
     private readonly opts: GuestOptions,
+    /** The pcapng file the Workers' captures go to (GuestOptions.pcap). */
+    private pcapFd: number | undefined,
   ) {
     super();
     this.device = device;
@@ -207,8 +214,20 @@ export class GuestSim extends EventEmitter {
     const memBytes = alignUp(pairs * perPair + DriverQueue.layout(0, CTRL_QUEUE_SIZE, 4096).end + 4096 + CTRL_BUF_BYTES + 4096, 1 << 20);
     const mem = new SharedArrayBuffer(memBytes);
 
-    const device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io });
-    const guest = new GuestSim(device, mem, opts);
+    // The capture file first: a path that cannot be written fails before a TAP exists.
+    let pcapFd: number | undefined;
+    if (opts.pcap !== undefined) {
+      pcapFd = fs.openSync(opts.pcap, 'w');
+      fs.writeSync(pcapFd, pcapngHeader(`${opts.tap} (virtio-net guest side)`));
+    }
+    let device: VirtioNetDevice;
+    try {
+      device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io });
+    } catch (e) {
+      if (pcapFd !== undefined) fs.closeSync(pcapFd);
+      throw e;
+    }
+    const guest = new GuestSim(device, mem, opts, pcapFd);
     try {
       await guest.initialise();
       device.on('needs-reset', (e: VirtioNetError) => guest.emit('needs-reset', e));
@@ -242,14 +261,7 @@ export class GuestSim extends EventEmitter {
     const mtu = opts.mtu ?? 1500;
     const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;
     const ip6 = opts.ip6 ? parseCidr(opts.ip6, 6) : undefined;
-    device.status = 0;
-    device.status = STATUS.ACKNOWLEDGE;
-    device.status = STATUS.ACKNOWLEDGE | STATUS.DRIVER;
-    const wanted = GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED);
-    const features = device.deviceFeatures & wanted;
-    device.driverFeatures = features;
-    device.status |= STATUS.FEATURES_OK;
-    if (!(device.status & STATUS.FEATURES_OK)) throw new Error(`device refused features: ${device.featuresRefusal}`);
+    const features = negotiate(device, GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED));
 
     const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
     const hdrLen = netHdrSize(features);
@@ -273,39 +285,18 @@ export class GuestSim extends EventEmitter {
 
     this._features = features;
     this._mac = mac;
-    let next = 0;
-    const u8 = new Uint8Array(mem);
-    // A driver initialises its rings before it tells the device where they are: after a
-    // reset they still hold the last session's indices, which the device reads at DRIVER_OK.
-    const ring = (): { desc: number; avail: number; used: number } => {
-      const l = DriverQueue.layout(next, qsize, 4096);
-      u8.fill(0, l.desc, l.end);
-      next = alignUp(l.end, 4096);
-      return { desc: l.desc, avail: l.avail, used: l.used };
-    };
+    const alloc = new GuestAllocator(new DriverMemory(mem));
     const configs: Omit<PairConfig, 'port'>[] = [];
+    const u8 = new Uint8Array(mem);
     for (let p = 0; p < usePairs; p++) {
-      const rx = ring();
-      const tx = ring();
-      const rxBufBase = next;
-      next += qsize * rxBufSize;
-      const txBufBase = alignUp(next, 64);
-      next = txBufBase + qsize * txSlot;
-      device.setQueue(rxq(p), { size: qsize, ...rx });
-      device.setQueue(txq(p), { size: qsize, ...tx });
+      const queues = setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot });
+      // A driver initialises its rings before DRIVER_OK tells the device to look at them:
+      // after a restart they still hold the last session's indices.
+      for (const q of [queues.rx, queues.tx]) u8.fill(0, q.desc, q.used + 6 + 8 * q.size);
       configs.push({
         pair: p,
-        mem,
+        queues,
         ctl: new SharedArrayBuffer(CTL_BYTES),
-        rx: { size: qsize, ...rx, ...device.notifier(rxq(p)) },
-        tx: { size: qsize, ...tx, ...device.notifier(txq(p)) },
-        rxBufBase,
-        rxBufSize,
-        txBufBase,
-        txBufSize: txSlot,
-        hdrLen,
-        mergeable,
-        eventIdx,
         mac: parseMac(mac),
         ip4,
         ip6,
@@ -313,13 +304,13 @@ export class GuestSim extends EventEmitter {
         offloads,
         tcpRcvBuf,
         sourceBytes: opts.sourceBytes ?? 1 << 30,
+        capture: this.pcapFd !== undefined,
       });
     }
     if (has(features, 'CTRL_VQ')) {
-      const l = DriverQueue.layout(alignUp(next, 4096), CTRL_QUEUE_SIZE, 4096);
-      const cmdBuf = alignUp(l.end, 64);
-      const addrs = { size: CTRL_QUEUE_SIZE, desc: l.desc, avail: l.avail, used: l.used };
-      this.ctrl = new ControlDriver(device, mem, ctrlq(pairs), addrs, eventIdx, cmdBuf);
+      const addrs = alloc.ring(CTRL_QUEUE_SIZE);
+      const cmdBuf = alloc.alloc(CTRL_BUF_BYTES + 1, 64);
+      this.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, eventIdx, cmdBuf);
       device.setQueue(ctrlq(pairs), addrs);
     }
     device.status |= STATUS.DRIVER_OK;
@@ -344,12 +335,16 @@ export class GuestSim extends EventEmitter {
       });
     });
     done.catch(() => undefined);
-    port1.on('message', (m: PairMessage) => {
-      if ('discard' in m) this.emit('discard', { pair: cfg.pair, ...m.discard } satisfies DiscardEvent);
-      else if ('final' in m) this.emit('pair-stats', cfg.pair, m.responder, m.tcp);
-    });
+    port1.on('message', (m: PairMessage) => this.onPairMessage(cfg.pair, m));
     port1.unref();
     this.workers.push({ worker, ctl: cfg.ctl, port: port1, done });
+  }
+
+  private onPairMessage(pair: number, m: PairMessage): void {
+    if ('pcap' in m) {
+      if (this.pcapFd !== undefined) fs.writeSync(this.pcapFd, m.pcap);
+    } else if ('discard' in m) this.emit('discard', { pair, ...m.discard } satisfies DiscardEvent);
+    else if ('final' in m) this.emit('pair-stats', pair, m.responder, m.tcp);
   }
 
   /** Sends a control command; resolves with CTRL.OK or CTRL.ERR. */
@@ -387,7 +382,7 @@ export class GuestSim extends EventEmitter {
     });
   }
 
-  /** Asks every Worker to stop and waits for them. */
+  /** Asks every Worker to stop, waits for them, and takes what they posted last (capture buffers). */
   private async stopWorkers(): Promise<void> {
     for (let i = 0; i < this.workers.length; i++) {
       Atomics.store(new Int32Array(this.workers[i].ctl, 0, 1), 0, 1);
@@ -395,6 +390,9 @@ export class GuestSim extends EventEmitter {
       kick(this.device.notifier(rxq(i)).callFd);
     }
     await Promise.all(this.workers.map((w) => w.done.catch(() => undefined)));
+    this.workers.forEach((w, i) => {
+      for (let m = receiveMessageOnPort(w.port); m; m = receiveMessageOnPort(w.port)) this.onPairMessage(i, m.message as PairMessage);
+    });
   }
 
   /** Stops the Workers, then the device (which removes the TAP). Returns final statistics. */
@@ -402,6 +400,10 @@ export class GuestSim extends EventEmitter {
     if (this.stopped) return this.stats();
     this.stopped = true;
     await this.stopWorkers();
+    if (this.pcapFd !== undefined) {
+      fs.closeSync(this.pcapFd);
+      this.pcapFd = undefined;
+    }
     const s = this.stats();
     await this.device.close();
     return s;

@@ -10,7 +10,7 @@ import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { VirtioNetDevice } from '../backend/index';
-import { requireRoot, withNetns } from './helpers/netns';
+import { requireRoot, withNetns } from '../host/netns';
 import { deviceAccounting, startFlood, tapCounters, TrafficGuest } from './helpers/traffic-guest';
 
 const HOST4 = '10.203.13.1';

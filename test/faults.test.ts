@@ -21,7 +21,7 @@ import { STATUS, TapError, VirtioNetDevice, type VirtioNetError } from '../backe
 import { GuestSim } from '../guest-sim/guest';
 import { udpEcho } from './helpers/udp';
 import { describeChild, runScenario } from './helpers/child';
-import { requireRoot, withNetns, type Netns } from './helpers/netns';
+import { requireRoot, withNetns, type Netns } from '../host/netns';
 import { deviceAccounting, startFlood, tapCounters, TrafficGuest, type DeviceAccounting, type TapCounters } from './helpers/traffic-guest';
 
 const HOST4 = '10.203.12.1';

@@ -6,13 +6,15 @@
 // with a time bound: on broken code the child hangs, spins or dies, and the
 // bound turns that into a clean failure.
 //
-// They fail until the core fix is merged; package.json's ava.files leaves this
-// file out until then (run it with `npx ava dist/test/hostile-core.test.js`).
+// Each failed before the core rewrite (issue 9) was merged: the spin and the
+// held event loop as a child killed at the bound, the control queue on 2..4
+// GiB as a RangeError (at 4 GiB one that escaped to the event loop), the Proxy
+// as a copy of guest memory the device used after the GC freed it (SIGSEGV).
 
 import test from 'ava';
 
 import { describeChild, runScenario } from './helpers/child';
-import { requireRoot, withNetns } from './helpers/netns';
+import { requireRoot, withNetns } from '../host/netns';
 
 /** Bound on a scenario: generous for a loaded 2-core machine; only a hang reaches it. */
 const BOUND_MS = 60_000;
@@ -63,7 +65,8 @@ test.serial('3: one kick on a 32768-entry control queue whose chains visit every
       t.regex(String(res.refused), /^(InvalidArgumentError|DeviceStateError):ERR_VHOST/, 'a refusal is typed');
     } else {
       t.true(res.immediate, 'a setImmediate queued after the kick ran');
-      t.true(res.rule !== '' || res.answered === 32768, `the queue ended answered or broken: ${JSON.stringify(res)}`);
+      // Timers kept firing while commands were being served, or the work ended (answered or broken) first.
+      t.true((res.ticks as number) >= 20 || res.rule !== '' || res.answered === 32768, `the event loop turned while the queue was served: ${JSON.stringify(res)}`);
     }
     t.deepEqual(res.uncaught, []);
   }));

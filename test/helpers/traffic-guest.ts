@@ -8,9 +8,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 
 import { bits, ctrlq, CTRL, has, netHdrSize, rxq, STATUS, txq, type DeviceStats, type VirtioNetDevice } from '../../backend';
-import { ControlDriver, CTRL_BUF_BYTES } from '../../guest-sim/control';
-import { DriverQueue } from '../../guest-sim/virtqueue';
-import type { Netns } from './netns';
+import { ControlDriver, CTRL_BUF_BYTES } from '../../driver';
+import { DriverQueue } from '../../driver';
+import type { Netns } from '../../host/netns';
 
 /** What the guest negotiates (when offered): Linux's usual set for a multiqueue NIC without offloads. */
 export const TRAFFIC_FEATURES = bits('VERSION_1', 'MAC', 'MTU', 'STATUS', 'MRG_RXBUF', 'RING_EVENT_IDX', 'CTRL_VQ', 'CTRL_RX', 'MQ');

@@ -16,8 +16,8 @@ import {
   VirtioNetDevice,
   type VirtioNetError,
 } from '../../backend';
-import { ControlDriver, CTRL_BUF_BYTES } from '../../guest-sim/control';
-import { DriverQueue } from '../../guest-sim/virtqueue';
+import { ControlDriver, CTRL_BUF_BYTES } from '../../driver';
+import { DriverQueue } from '../../driver';
 
 const { ACKNOWLEDGE: ACK, DRIVER, FEATURES_OK, DRIVER_OK } = STATUS;
 
@@ -233,13 +233,13 @@ async function ctrlStall(ns: string, tap: string): Promise<void> {
       r();
     }));
     const startTicks = ticks;
-    // Until the queue is done (all answered or broken), bounded by the parent.
+    // While the device works through the queue, timers keep firing: 20 of them (or the queue
+    // done: all answered or broken) and the driver resets in the middle of it.
     for (;;) {
       answered = dv.getUint16(cq.used + 2, true);
-      if (rule || answered === size % 0x10000) break;
+      if (rule || answered === size % 0x10000 || ticks - startTicks >= 20) break;
       await sleep(20);
     }
-    // The loop kept turning meanwhile, or the work was over at once.
     ticks -= startTicks;
     clearInterval(timer);
   }

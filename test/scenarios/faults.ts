@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { rxq, txq, VirtioNetDevice } from '../../backend';
-import type { Netns } from '../helpers/netns';
+import type { Netns } from '../../host/netns';
 import { deviceAccounting, startFlood, TrafficGuest } from '../helpers/traffic-guest';
 
 const uncaught: string[] = [];

@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 
 import { CTRL, featureNames, rxq, txq, VirtioNetDevice, type VirtioNetError } from '../../backend';
 import { addon } from '../../backend/native';
-import { DriverQueue } from '../../guest-sim/virtqueue';
+import { DriverQueue } from '../../driver';
 import { MINI_FEATURES, MiniGuest } from '../helpers/mini-guest';
 
 function out(o: Record<string, unknown>): void {
