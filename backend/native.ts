@@ -129,6 +129,12 @@ export interface NativeGuestMemory {
    * and overlapping regions. The fds stay the caller's; the mappings go with the table.
    */
   replaceFds(regions: NativeFdRegion[]): void;
+  /**
+   * Drops the table: no regions at all (a vhost-user session ended). Its mappings go now, or
+   * when the last worker still holding the table lets go of it (stop and close engines first).
+   * Nothing can start on a cleared memory until the next replace/replaceFds.
+   */
+  clear(): void;
   /** The guest address of front-end address `userAddr` when [userAddr, +len) lies in one region; -1 otherwise. */
   userToGuest(userAddr: number, len: number): number;
   regions(): { guestAddr: number; size: number; userAddr: number }[];
@@ -245,6 +251,13 @@ export interface NativeEngine {
    * 6-byte addresses, vlans not 512 bytes).
    */
   setRxFilter(snapshot: RxFilterSnapshot | null): void;
+  /**
+   * Stops the worker and releases what the engine holds now rather than at garbage
+   * collection: the thread, its reference to the guest memory and the table it last used
+   * (for vhost-user, the front end's mappings). Idempotent; stop() and wake() do nothing
+   * afterwards, every other method throws 'EVHOST_STATE'. Read stats() before.
+   */
+  close(): void;
 }
 
 export interface NetdevInfo {
