@@ -396,7 +396,11 @@ export interface NativeVhostUser {
   listen(path: string): number;
   /** A waiting connection's fd, or -1 when none is waiting. */
   accept(listenFd: number): number;
-  /** Connects to `path`; returns the (non-blocking) fd. */
+  /**
+   * Connects to `path` without blocking; returns the (non-blocking) fd. Throws with code
+   * ENOENT (no socket), ECONNREFUSED (nobody listens: a stale socket file) or EAGAIN (someone
+   * listens but its backlog is full).
+   */
   connect(path: string): number;
   /** socketpair(AF_UNIX, SOCK_STREAM) for tests. */
   streamPair(): [number, number];
@@ -405,7 +409,7 @@ export interface NativeVhostUser {
   /** Reads messages on this thread's event loop; takes ownership of `fd`. */
   Connection: new (fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) => NativeVuConnection;
   /** Calls `cb` (with an error string or null) when the listening socket has a connection waiting. */
-  Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void };
+  Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void; pause(): void; resume(): void };
   constants: {
     HEADER_SIZE: number;
     MAX_PAYLOAD: number;

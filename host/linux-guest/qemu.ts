@@ -216,11 +216,14 @@ export class LinuxGuest {
     return { done: done.then((l) => l.split(/\s+/)[2]) };
   }
 
-  /** Starts sending `bytes` of the pattern to host:port; `done` resolves with nc's exit status. */
-  async source(host: string, port: number, bytes: number, tag: string, timeoutMs: number): Promise<{ done: Promise<number> }> {
+  /**
+   * Starts sending `bytes` of the pattern to host:port (from nc pinned to guest CPU `cpu` when
+   * given); `done` resolves with nc's exit status.
+   */
+  async source(host: string, port: number, bytes: number, tag: string, timeoutMs: number, cpu?: number): Promise<{ done: Promise<number> }> {
     const done = this.waitFor((l) => l.startsWith(`${MARK.SOURCE} ${tag} `), timeoutMs, `TCP source '${tag}' to finish`);
     done.catch(() => undefined);
-    await this.check(`vt_source ${host} ${port} ${bytes} ${tag}`);
+    await this.check(`vt_source ${host} ${port} ${bytes} ${tag}${cpu === undefined ? '' : ` ${cpu}`}`);
     return { done: done.then((l) => Number(l.split(/\s+/)[2])) };
   }
 
