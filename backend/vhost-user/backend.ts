@@ -89,6 +89,12 @@ export class TapBackend implements VhostUserBackend {
       io: opts.io ?? 'auto',
     });
     this.tapName = this.dp.tapName;
+    try {
+      this.detachIdle();
+    } catch (e) {
+      this.dp.close();
+      throw e;
+    }
     let offered = VHOST_USER_BASE_FEATURES | this.dp.offloads;
     if (this.queuePairs > 1) offered |= bits('MQ');
     if (opts.features !== undefined) offered &= opts.features;
@@ -135,10 +141,12 @@ export class TapBackend implements VhostUserBackend {
     this.memory?.clear();
     this.memory = undefined;
     this.dp.memory = undefined;
-    if (this.carrier && !this.closed) {
+    if (this.closed) return;
+    if (this.carrier) {
       this.carrier = false;
       this.dp.setCarrier(false);
     }
+    this.detachIdle();
   }
 
   checkRings(layouts: RingLayout[]): { rule: string; detail: string } | null {
@@ -185,6 +193,17 @@ export class TapBackend implements VhostUserBackend {
     }
     this.dp.close();
     if (failure) throw convert(`TAP '${this.tapName}'`, failure);
+  }
+
+  /**
+   * Detaches the TAP queues of pairs that do not run (never queue 0): the kernel's steering
+   * would otherwise park frames on a queue no worker reads (a front end that starts fewer
+   * pairs than the TAP has). startPair attaches a pair's queue again.
+   */
+  private detachIdle(): void {
+    const idle = new Map<number, null>();
+    for (let p = 1; p < this.queuePairs; p++) if (!this.dp.running(p)) idle.set(p, null);
+    if (idle.size) this.dp.setPairs(idle);
   }
 
   private assertOpen(): void {
