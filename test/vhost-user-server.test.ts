@@ -14,7 +14,7 @@ import { VhostUserServer } from '../backend';
 import { addon } from '../backend/native';
 import { VhostUserListener } from '../backend/vhost-user/socket';
 import { Netns, withNetns } from '../host/netns';
-import { arpRequest, FrontEnd, HOSTILE_CASES, MemfdGuest, TestMemory, testMemory } from './helpers/vhost-user-frontend';
+import { arpRequest, FrontEnd, HOSTILE_CASES, MemfdGuest, playHostileCase } from './helpers/vhost-user-frontend';
 
 const GUEST_MAC = Buffer.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const HOST_IP = [10, 203, 22, 1];
@@ -181,33 +181,12 @@ test.serial('every hostile case against the real back end: refused as the case e
     let refusals = 0;
     srv.on('refused', () => refusals++);
     for (const c of HOSTILE_CASES) {
-      const fe = FrontEnd.connect(sock);
-      const mem: TestMemory = testMemory(1 << 20);
-      const mine: number[] = [];
-      const eventfd = (): number => {
-        const fd = addon().eventfd();
-        mine.push(fd);
-        return fd;
-      };
-      const ended = nextEnd(srv);
-      const frontEndCloses = c.name.includes('then the front end closes') || c.name.startsWith('abrupt close');
-      try {
-        await fe.handshake(c.protocol);
-        const before = refusals;
-        await c.send(fe, { mem, eventfd });
-        // The back end hangs up, or (when the front end hung up itself) ends the session.
-        const hungUp = frontEndCloses ? ended : fe.closed;
-        const outcome = c.expect === 'nack' ? await fe.outcome() : await Promise.race([hungUp.then(() => 'closed'), sleep(5000).then(() => 'still open')]);
-        t.is(outcome, c.expect === 'nack' ? 'nack' : 'closed', c.name);
-        if (c.expect === 'nack') t.true(refusals > before, `${c.name}: the refusal was reported`);
-      } finally {
-        fe.close();
-        const reason = await ended;
-        // The back end says why it hung up (a refusal or the codec's reason), unless the front end did.
-        if (c.expect === 'close' && !frontEndCloses) t.notRegex(reason, /peer closed/, `${c.name}: ${reason}`);
-        mem.close();
-        for (const fd of mine) addon().close(fd);
-      }
+      const before = refusals;
+      const r = await playHostileCase(sock, c, () => nextEnd(srv));
+      t.is(r.outcome, c.expect === 'nack' ? 'nack' : 'closed', c.name);
+      if (c.expect === 'nack') t.true(refusals > before, `${c.name}: the refusal was reported`);
+      // The back end says why it hung up (a refusal or the codec's reason), unless the front end did.
+      if (c.expect === 'close' && !r.frontEndCloses) t.notRegex(r.reason, /peer closed/, `${c.name}: ${r.reason}`);
       t.false(srv.backend.running(0) || srv.backend.running(1), `${c.name}: no worker left`);
       t.is(memfdMappings(), maps0, `${c.name}: no mapping left`);
     }

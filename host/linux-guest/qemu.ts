@@ -237,7 +237,10 @@ export class LinuxGuest {
     const done = this.waitFor((l) => l.startsWith(`${MARK.SINK} ${tag} `), timeoutMs, `TCP sink '${tag}' to finish`);
     done.catch(() => undefined);
     await this.check(`vt_sink ${port} ${tag}`);
-    return { done: done.then((l) => l.split(/\s+/)[2]) };
+    // A caller that gave up on the transfer (the host end failed first) may never await this.
+    const result = done.then((l) => l.split(/\s+/)[2]);
+    result.catch(() => undefined);
+    return { done: result };
   }
 
   /**
@@ -248,7 +251,9 @@ export class LinuxGuest {
     const done = this.waitFor((l) => l.startsWith(`${MARK.SOURCE} ${tag} `), timeoutMs, `TCP source '${tag}' to finish`);
     done.catch(() => undefined);
     await this.check(`vt_source ${host} ${port} ${bytes} ${tag}${cpu === undefined ? '' : ` ${cpu}`}`);
-    return { done: done.then((l) => Number(l.split(/\s+/)[2])) };
+    const result = done.then((l) => Number(l.split(/\s+/)[2]));
+    result.catch(() => undefined);
+    return { done: result };
   }
 
   /** Ends QEMU by its pid (SIGKILL unless told otherwise) and waits for it to exit. */

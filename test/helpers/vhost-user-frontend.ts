@@ -702,3 +702,41 @@ export function arpRequest(srcMac: Buffer, srcIp: number[], targetIp: number[]):
   Buffer.from(targetIp).copy(f, 38);
   return f;
 }
+
+/**
+ * Plays one hostile case against the back end listening at `sock`: handshake, the case's
+ * messages, what the back end did ('nack', 'closed', or 'still open' when it did neither in
+ * time), and why its session ended (`ended` resolves with the back end's reason once the
+ * connection is gone; the front end hangs up after the case). Releases the case's memfd and
+ * eventfds.
+ */
+export async function playHostileCase(
+  sock: string,
+  c: HostileCase,
+  ended: () => Promise<string>,
+): Promise<{ outcome: 'nack' | 'ok' | 'closed' | 'still open'; reason: string; frontEndCloses: boolean }> {
+  const fe = FrontEnd.connect(sock);
+  const mem = testMemory(1 << 20);
+  const mine: number[] = [];
+  const eventfd = (): number => {
+    const fd = addon().eventfd();
+    mine.push(fd);
+    return fd;
+  };
+  const frontEndCloses = c.name.includes('then the front end closes') || c.name.startsWith('abrupt close');
+  const end = ended();
+  let outcome: 'nack' | 'ok' | 'closed' | 'still open';
+  try {
+    await fe.handshake(c.protocol);
+    await c.send(fe, { mem, eventfd });
+    // The back end hangs up, or (when the front end hung up itself) ends the session.
+    const hungUp = frontEndCloses ? end : fe.closed;
+    outcome = c.expect === 'nack' ? await fe.outcome() : await Promise.race([hungUp.then(() => 'closed' as const), sleep(5000).then(() => 'still open' as const)]);
+  } finally {
+    fe.close();
+  }
+  const reason = await end;
+  mem.close();
+  for (const fd of mine) addon().close(fd);
+  return { outcome, reason, frontEndCloses };
+}
