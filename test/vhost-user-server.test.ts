@@ -37,6 +37,14 @@ function server(ns: Netns, socket: string, extra: Partial<ConstructorParameters<
   return { srv, tap, logs };
 }
 
+/** What the back end and the TAP saw, for a timeout's message. */
+function diagnose(ns: Netns, tap: string, srv: VhostUserServer, seen: string[]): string {
+  const q = srv.stats().device.queues.map((x) => `${x.kind}${x.index} ${x.packets} pkts ${x.kicks} kicks ${JSON.stringify(Object.fromEntries(Object.entries(x.drops).filter(([, v]) => v)))}`);
+  const link = ns.run('ip', ['-s', 'link', 'show', tap]).stdout.replace(/\s+/g, ' ');
+  const neigh = ns.run('ip', ['neigh']).stdout.replace(/\s+/g, ' ');
+  return `queues: ${q.join(', ')}; frames seen: ${seen.join(' ')}; ${link}; neigh: ${neigh}`;
+}
+
 function nextEnd(srv: VhostUserServer): Promise<string> {
   return new Promise((r) => srv.once('session-end', r));
 }
@@ -57,10 +65,19 @@ test.serial('a good front end moves frames both ways through the mapped rings; i
       g.send(arpRequest(GUEST_MAC, GUEST_IP, HOST_IP));
       await g.until(() => g.usedIdx(1) === 1, 5000, 'the TX chain to come back used');
       let reply: Buffer | undefined;
-      await g.until(() => {
-        reply ??= g.received().find((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2);
-        return reply !== undefined;
-      }, 5000, "the kernel's ARP reply on RX");
+      const seen: string[] = [];
+      await g.until(
+        () => {
+          for (const f of g.received()) {
+            seen.push(f.subarray(0, 34).toString('hex'));
+            if (f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2) reply ??= f;
+          }
+          return reply !== undefined;
+        },
+        5000,
+        "the kernel's ARP reply on RX",
+        () => diagnose(ns, tap, srv, seen),
+      );
       t.deepEqual([...reply!.subarray(0, 6)], [...GUEST_MAC], 'the reply is addressed to the guest');
       t.deepEqual([...reply!.subarray(28, 32)], HOST_IP, 'from the TAP address');
       const s = srv.stats();
@@ -127,7 +144,7 @@ test.serial('client mode: connects once the front end listens, retrying; after i
       await until(1);
       t.is(accepted.length, 1, 'the back end connected');
       const h = await accepted[0].handshake();
-      t.is(h.queues, 1n);
+      t.is(h.queues, 2n, 'GET_QUEUE_NUM: the virtqueues of one pair');
       const ended = nextEnd(srv);
       accepted[0].close();
       await ended;
@@ -151,7 +168,7 @@ test.serial('the socket path: a stale socket file is replaced, a live one or a f
     t.true(fs.existsSync(sock));
     const { srv } = server(ns, sock);
     const fe = FrontEnd.connect(sock);
-    t.is((await fe.handshake()).queues, 1n, 'listening on the replaced socket');
+    t.is((await fe.handshake()).queues, 2n, 'listening on the replaced socket');
     fe.close();
     // A second back end on the same path while the first listens.
     t.throws(() => new VhostUserServer({ socket: sock, tap: ns.ifname(), netns: ns.name }), { message: /another process is listening/ });
@@ -196,7 +213,17 @@ test.serial('every hostile case against the real back end: refused as the case e
       // Room for what else the namespace's kernel sends on a new link (IPv6 MLD, router solicitations).
       g.postRx(64);
       g.send(arpRequest(GUEST_MAC, GUEST_IP, HOST_IP));
-      await g.until(() => g.received().some((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2), 5000, 'an ARP reply after the hostile front ends');
+      const seen: string[] = [];
+      await g.until(
+        () =>
+          g.received().some((f) => {
+            seen.push(f.subarray(0, 34).toString('hex'));
+            return f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2;
+          }),
+        5000,
+        'an ARP reply after the hostile front ends',
+        () => diagnose(ns, tap, srv, seen),
+      );
       t.pass('the next good front end exchanged frames');
     } finally {
       const ended = nextEnd(srv);

@@ -30,12 +30,14 @@ export interface TapBackendOptions {
 }
 
 /**
- * Offered whatever the TAP can do: the ring features the engines implement, MRG_RXBUF, and
+ * Offered whatever the TAP can do: the ring features the engines implement, MRG_RXBUF;
  * GUEST_ANNOUNCE (the VMM announces the guest itself over its control queue; without it QEMU
- * would want SEND_RARP). Not offered: CTRL_* and STATUS (the VMM keeps the control queue and
- * config space), MAC and MTU (the VMM's options), anything not implemented.
+ * would want SEND_RARP); CTRL_VQ, which the VMM serves itself and never hands over (QEMU
+ * decides it alone; cloud-hypervisor keeps a control queue, and with it MQ, only when the
+ * back end acks the bit). Not offered: the other CTRL_* commands, STATUS, MAC and MTU (the
+ * VMM's config space and options), anything not implemented.
  */
-export const VHOST_USER_BASE_FEATURES: bigint = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'GUEST_ANNOUNCE');
+export const VHOST_USER_BASE_FEATURES: bigint = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'GUEST_ANNOUNCE', 'CTRL_VQ');
 
 const KNOWN_OPTIONS = new Set(['tap', 'netns', 'queuePairs', 'features', 'busyPollUs', 'io', 'napi']);
 const MAX_BUSY_POLL_US = 1_000_000;

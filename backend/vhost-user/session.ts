@@ -339,7 +339,11 @@ export class VhostUserSession extends EventEmitter {
         });
         return;
       case REQ.GET_QUEUE_NUM:
-        return this.conn.replyU64(m.request, BigInt(this.backend.queuePairs));
+        // Virtqueues, as the spec words it ("the maximum number of queues") and as
+        // cloud-hypervisor compares it with its num_queues; QEMU reads it as queue pairs and
+        // only checks its queues= against it, so a QEMU asking for more pairs than the TAP has
+        // gets its extra rings refused by index, with the reason logged.
+        return this.conn.replyU64(m.request, BigInt(2 * this.backend.queuePairs));
       case REQ.SET_MEM_TABLE:
         if (m.kind !== 'memTable') throw new Refuse('internal: SET_MEM_TABLE without regions');
         return this.setMemTable(m.regions, m.fds);

@@ -670,11 +670,14 @@ export class MemfdGuest {
     return out;
   }
 
-  /** Waits (polling) until `cond` holds, up to `timeoutMs`. */
-  async until(cond: () => boolean, timeoutMs = 5000, what = 'the back end'): Promise<void> {
+  /** Waits (polling) until `cond` holds, up to `timeoutMs`; `state` describes what was seen, for the error. */
+  async until(cond: () => boolean, timeoutMs = 5000, what = 'the back end', state?: () => string): Promise<void> {
     const end = Date.now() + timeoutMs;
     while (!cond()) {
-      if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+      if (Date.now() > end) {
+        const seen = `TX used ${this.usedIdx(1)}/${this.txNext}, RX used ${this.usedIdx(0)}/${this.rxNext}`;
+        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${seen}${state ? `; ${state()}` : ''})`);
+      }
       await sleep(20);
     }
   }
