@@ -14,7 +14,8 @@ import { VhostUserServer } from '../backend';
 import { addon } from '../backend/native';
 import { VhostUserListener } from '../backend/vhost-user/socket';
 import { Netns, withNetns } from '../host/netns';
-import { arpRequest, FrontEnd, HOSTILE_CASES, MemfdGuest, playHostileCase } from './helpers/vhost-user-frontend';
+import { REQ } from '../backend/vhost-user/protocol';
+import { arpRequest, expectOk, FrontEnd, HOSTILE_CASES, MemfdGuest, memTable, playHostileCase } from './helpers/vhost-user-frontend';
 
 const GUEST_MAC = Buffer.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const HOST_IP = [10, 203, 22, 1];
@@ -35,6 +36,20 @@ function server(ns: Netns, socket: string, extra: Partial<ConstructorParameters<
   const srv = new VhostUserServer({ socket, tap, netns: ns.name, log: (l) => logs.push(l), ...extra });
   ns.defer(() => void srv.close());
   return { srv, tap, logs };
+}
+
+/**
+ * Waits until the kernel treats the TAP's link as up. The carrier comes on with the first
+ * running pair, but the kernel activates the TAP's transmit queues later (linkwatch, up to a
+ * second): until then what it sends to the TAP — an ARP reply — is dropped at the qdisc
+ * (QDISC_DROP). A real guest retries; this test front end sends once.
+ */
+async function linkUp(ns: Netns, tap: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    if (/state UP/.test(ns.run('ip', ['link', 'show', tap]).stdout)) return;
+    await sleep(50);
+  }
+  throw new Error(`${tap} did not come up: ${ns.run('ip', ['link', 'show', tap]).stdout}`);
 }
 
 /** What the back end and the TAP saw, for a timeout's message. */
@@ -59,6 +74,7 @@ test.serial('a good front end moves frames both ways through the mapped rings; i
     const g = await MemfdGuest.start(sock);
     try {
       await g.until(() => srv.backend.running(0), 5000, 'pair 0 to run');
+      await linkUp(ns, tap);
       t.true(memfdMappings() > maps0, 'the memfd is mapped while the session runs');
       // Room for what else the namespace's kernel sends on a new link (IPv6 MLD, router solicitations).
       g.postRx(64);
@@ -101,6 +117,40 @@ test.serial('a good front end moves frames both ways through the mapped rings; i
     t.true(logs.some((l) => /queue pair 0 running/.test(l)), logs.join('\n'));
     await srv.close();
     t.false(fs.existsSync(sock), 'close() removes the socket file');
+  });
+});
+
+test.serial('a new memory table while the rings run: the workers move to the new mapping without a restart, the old one is unmapped, frames keep flowing', async (t) => {
+  await withNetns(async (ns) => {
+    const sock = sockPath('remap');
+    const { srv, tap, logs } = server(ns, sock);
+    execFileSync('ip', ['-n', ns.name, 'addr', 'add', `${HOST_IP.join('.')}/24`, 'dev', tap]);
+    const maps0 = memfdMappings();
+    const g = await MemfdGuest.start(sock);
+    try {
+      await linkUp(ns, tap);
+      g.postRx(64);
+      const arp = (): Promise<void> => {
+        const before = g.usedIdx(1);
+        g.send(arpRequest(GUEST_MAC, GUEST_IP, HOST_IP));
+        return g.until(() => g.usedIdx(1) === ((before + 1) & 0xffff) && g.received().some((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 2), 5000, 'an ARP exchange');
+      };
+      await arp();
+      const mapped = memfdMappings();
+      const starts = logs.filter((l) => /queue pair 0 running/.test(l)).length;
+      // The same memory again (QEMU sends a new table on hotplug or a PCI BAR remap): a new
+      // mapping; ring addresses translate to the same guest addresses, so nothing restarts.
+      await expectOk(g.fe, REQ.SET_MEM_TABLE, memTable([g.mem.region]), [g.mem.fd]);
+      await arp();
+      t.is(logs.filter((l) => /queue pair 0 running/.test(l)).length, starts, 'the pair kept running');
+      t.is(memfdMappings(), mapped, 'the old mapping went once the worker let go of it');
+      t.true(srv.backend.running(0));
+    } finally {
+      const ended = nextEnd(srv);
+      g.close();
+      await ended;
+    }
+    t.is(memfdMappings(), maps0);
   });
 });
 
@@ -210,6 +260,7 @@ test.serial('every hostile case against the real back end: refused as the case e
     t.is(openFds(), fds0, 'no fd left after all hostile cases');
     const g = await MemfdGuest.start(sock);
     try {
+      await linkUp(ns, tap);
       // Room for what else the namespace's kernel sends on a new link (IPv6 MLD, router solicitations).
       g.postRx(64);
       g.send(arpRequest(GUEST_MAC, GUEST_IP, HOST_IP));
