@@ -15,7 +15,7 @@ import { addon } from '../backend/native';
 import { VhostUserListener } from '../backend/vhost-user/socket';
 import { Netns, withNetns } from '../host/netns';
 import { REQ } from '../backend/vhost-user/protocol';
-import { arpRequest, expectOk, FrontEnd, HOSTILE_CASES, MemfdGuest, memTable, playHostileCase } from './helpers/vhost-user-frontend';
+import { arpRequest, expectOk, FrontEnd, HOSTILE_CASES, MemfdGuest, memTable, playHostileCase, u64 } from './helpers/vhost-user-frontend';
 
 const GUEST_MAC = Buffer.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const HOST_IP = [10, 203, 22, 1];
@@ -151,6 +151,38 @@ test.serial('a new memory table while the rings run: the workers move to the new
       await ended;
     }
     t.is(memfdMappings(), maps0);
+  });
+});
+
+test.serial('a guest that breaks a ring rule: that ring stops, the error eventfd fires, the session and the other ring go on', async (t) => {
+  await withNetns(async (ns) => {
+    const sock = sockPath('broken');
+    const { srv, tap } = server(ns, sock);
+    execFileSync('ip', ['-n', ns.name, 'addr', 'add', `${HOST_IP.join('.')}/24`, 'dev', tap]);
+    const g = await MemfdGuest.start(sock);
+    const err = addon().eventfd();
+    try {
+      await linkUp(ns, tap);
+      await expectOk(g.fe, REQ.SET_VRING_ERR, u64(1n), [err]);
+      const broken = new Promise<{ ring: number; rule: string }>((r) => srv.once('ring-broken', r));
+      g.sendOutOfBounds();
+      const b = await broken;
+      t.is(b.ring, 1);
+      t.is(b.rule, 'desc-out-of-bounds');
+      t.is(addon().waitCall([err], 2000), 1, "the front end's error eventfd was signalled");
+      t.true(srv.connected, 'the session goes on');
+      t.true(srv.stats().device.queues[1].broken);
+      // RX still runs: a ping from the namespace makes its kernel ask for the guest's MAC.
+      g.postRx(64);
+      ns.run('ping', ['-c', '1', '-W', '1', GUEST_IP.join('.')]);
+      await g.until(() => g.received().some((f) => f.readUInt16BE(12) === 0x0806 && f.readUInt16BE(20) === 1), 5000, 'an ARP request on the healthy RX ring');
+      t.false(srv.stats().device.queues[0].broken);
+    } finally {
+      const ended = nextEnd(srv);
+      g.close();
+      await ended;
+      addon().close(err);
+    }
   });
 });
 

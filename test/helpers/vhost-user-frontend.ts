@@ -646,6 +646,14 @@ export class MemfdGuest {
     addon().kick(this.kick[1]);
   }
 
+  /** Posts a TX chain whose buffer lies outside guest memory (a rule a guest may break) and kicks. */
+  sendOutOfBounds(): void {
+    const i = this.txNext++ % RING;
+    this.desc(1, i, 1 << 30, 64, 0);
+    this.publish(1, this.txNext - 1, i);
+    addon().kick(this.kick[1]);
+  }
+
   /** Posts `n` RX buffers of 2 KiB and kicks. */
   postRx(n: number): void {
     for (let k = 0; k < n; k++) {
