@@ -25,6 +25,7 @@ Options:
   --tap NAME          TAP device name (at most 15 bytes)                (required)
   --netns NS          existing network namespace to create the TAP in
   --queues N          queue pairs (default 1); more than 1 offers multiqueue (MQ)
+  --mtu N             MTU of the TAP (default 1500); give the guest's (QEMU: host_mtu=N)
   --offloads LIST     offloads offered: 'none', or a comma-separated list of
                       ${Object.keys(OFFLOAD_NAMES).join(', ')}.
                       Default: every one this kernel's TAP takes.
@@ -65,6 +66,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     tap: { type: 'string' },
     netns: { type: 'string' },
     queues: { type: 'string' },
+    mtu: { type: 'string' },
     offloads: { type: 'string' },
     client: { type: 'boolean' },
     'busy-poll': { type: 'string' },
@@ -83,6 +85,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
   }
   const queues = intIn('queues', o.queues, 1, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  const mtu = o.mtu === undefined ? undefined : intIn('mtu', o.mtu, 1500, 68, 65535);
   const busyPollUs = intIn('busy-poll', o['busy-poll'], 0, 0, 1_000_000, ' microseconds');
   if (o.io !== undefined && o.io !== 'auto' && o.io !== 'readv') throw new UsageError(`--io must be 'auto' or 'readv', got '${String(o.io)}'`);
   let features: bigint | undefined;
@@ -109,6 +112,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     tap: o.tap,
     netns: o.netns as string | undefined,
     queuePairs: queues,
+    mtu,
     features,
     busyPollUs,
     io: (o.io as 'auto' | 'readv' | undefined) ?? 'auto',

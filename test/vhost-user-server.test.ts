@@ -10,7 +10,7 @@ import test from 'ava';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
-import { VhostUserServer } from '../backend';
+import { bits, featureNames, VhostUserServer } from '../backend';
 import { addon } from '../backend/native';
 import { VhostUserListener } from '../backend/vhost-user/socket';
 import { Netns, withNetns } from '../host/netns';
@@ -183,6 +183,15 @@ test.serial('a guest that breaks a ring rule: that ring stops, the error eventfd
       await ended;
       addon().close(err);
     }
+  });
+});
+
+test.serial('options: the TAP gets the MTU asked for; a features mask without offloads leaves ring features, GUEST_ANNOUNCE and CTRL_VQ offered', async (t) => {
+  await withNetns(async (ns) => {
+    const { srv, tap } = server(ns, sockPath('opts'), { mtu: 9000, features: bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'GUEST_ANNOUNCE', 'CTRL_VQ', 'MQ') });
+    t.regex(ns.run('ip', ['link', 'show', tap]).stdout, / mtu 9000 /);
+    t.deepEqual(featureNames(srv.backend.features).sort(), ['CTRL_VQ', 'GUEST_ANNOUNCE', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'VERSION_1'].sort(), 'no MQ with one pair, no offload');
+    t.throws(() => new VhostUserServer({ socket: sockPath('bad'), tap: ns.ifname(), netns: ns.name, mtu: 10 }), { message: /mtu must be an integer from 68 to 65535/ });
   });
 });
 

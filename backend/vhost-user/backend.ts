@@ -27,6 +27,12 @@ export interface TapBackendOptions {
   io?: 'auto' | 'readv';
   /** IFF_NAPI on the TAP. */
   napi?: boolean;
+  /**
+   * MTU set on the TAP (68 .. 65535); default: the kernel's (1500). Give the guest's MTU (QEMU's
+   * host_mtu): the protocol does not tell the back end, and without mergeable buffers or GSO
+   * it sizes the largest frame a guest's RX buffer must hold.
+   */
+  mtu?: number;
 }
 
 /**
@@ -39,13 +45,10 @@ export interface TapBackendOptions {
  */
 export const VHOST_USER_BASE_FEATURES: bigint = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'GUEST_ANNOUNCE', 'CTRL_VQ');
 
-const KNOWN_OPTIONS = new Set(['tap', 'netns', 'queuePairs', 'features', 'busyPollUs', 'io', 'napi']);
+const KNOWN_OPTIONS = new Set(['tap', 'netns', 'queuePairs', 'features', 'busyPollUs', 'io', 'napi', 'mtu']);
 const MAX_BUSY_POLL_US = 1_000_000;
-/**
- * MTU the RX frame size assumes without GSO: the VMM sets the guest's MTU (host_mtu) and the
- * protocol does not tell the back end; mergeable buffers (every Linux guest) are not sized by it.
- */
-const ASSUMED_MTU = 1500;
+/** The TAP's MTU when none is given: Ethernet's, the kernel's default for a new TAP. */
+const DEFAULT_MTU = 1500;
 
 export class TapBackend implements VhostUserBackend {
   readonly queuePairs: number;
@@ -53,6 +56,7 @@ export class TapBackend implements VhostUserBackend {
   readonly tapName: string;
   readonly netns: string | undefined;
   private readonly dp: TapDataPath;
+  private readonly mtu: number;
   private memory: NativeGuestMemory | undefined;
   private carrier = false;
   private closed = false;
@@ -75,6 +79,8 @@ export class TapBackend implements VhostUserBackend {
       throw new InvalidArgumentError(`busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (microseconds), got ${opts.busyPollUs}`);
     }
     if (opts.io !== undefined && opts.io !== 'auto' && opts.io !== 'readv') throw new InvalidArgumentError("option 'io' must be 'auto' or 'readv'");
+    this.mtu = opts.mtu ?? DEFAULT_MTU;
+    if (!Number.isInteger(this.mtu) || this.mtu < 68 || this.mtu > 65535) throw new InvalidArgumentError(`mtu must be an integer from 68 to 65535, got ${opts.mtu}`);
     let netnsPath: string | null = null;
     if (opts.netns !== undefined) {
       if (typeof opts.netns !== 'string' || !/^[A-Za-z0-9_.-]+$/.test(opts.netns)) throw new InvalidArgumentError(`invalid network namespace name '${String(opts.netns)}'`);
@@ -87,6 +93,7 @@ export class TapBackend implements VhostUserBackend {
       netnsPath,
       queuePairs: this.queuePairs,
       tapFlags: opts.napi ? TUN.IFF_NAPI : 0,
+      mtu: opts.mtu,
       busyPollUs,
       io: opts.io ?? 'auto',
     });
@@ -162,7 +169,7 @@ export class TapBackend implements VhostUserBackend {
 
   setFeatures(features: bigint): void {
     this.assertOpen();
-    this.dp.program(features, ASSUMED_MTU);
+    this.dp.program(features, this.mtu);
   }
 
   startPair(pair: number, rx: RingStart, tx: RingStart, onBroken: (ring: number, rule: string, detail: string) => void): void {
