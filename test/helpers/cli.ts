@@ -60,8 +60,8 @@ export function startCommand(cmd: string, args: string[], timeoutMs = 30_000): P
   });
 }
 
-/** Runs the CLI to completion. */
-export function runCli(args: string[], timeoutMs = 120_000): { status: number | null; stdout: string; stderr: string } {
+/** Runs the CLI to completion. `pid` is the CLI's (it names the namespaces it makes after it). */
+export function runCli(args: string[], timeoutMs = 120_000): { status: number | null; stdout: string; stderr: string; pid: number } {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: timeoutMs });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, pid: r.pid };
 }
