@@ -432,7 +432,7 @@ function account(s: DeviceStats, tap: ReturnType<typeof tapCounters>): {
   for (const q of s.queues) {
     if (q.kind === 'rx') {
       rxPackets += q.packets;
-      rxFrameDrops += (q.drops.rx_truncated ?? 0) + (q.drops.rx_runt ?? 0) + (q.drops.rx_filtered ?? 0);
+      rxFrameDrops += (q.drops.rx_truncated ?? 0) + (q.drops.rx_runt ?? 0) + (q.drops.rx_filtered ?? 0) + (q.drops.rx_pair_detached ?? 0);
       rxReadErrors += q.drops.tap_read_error ?? 0;
     } else if (q.kind === 'tx') {
       txPackets += q.packets;

@@ -1,10 +1,9 @@
-// Faults whose frames are lost without any counter today, in engine code the
-// core rewrite owns (see the report of issue 12): here the frames a TAP queue
-// still holds when VQ_PAIRS_SET takes its pair away and the pair's guest has
-// posted no RX buffers for them (the engine's bounded drain cannot place
-// them; detaching the queue makes the kernel free them, counted nowhere).
-// Left out of package.json's ava.files until the engine counts them; run it
-// with `npx ava dist/test/faults-core.test.js`.
+// A fault whose frames the kernel freed without any counter until the engine
+// learnt to count them (rx_pair_detached, issue 12 found it): the frames a TAP
+// queue still holds when VQ_PAIRS_SET takes its pair away and the pair's guest
+// has posted no RX buffers for them (the engine's bounded drain cannot place
+// them; detaching the queue would make the kernel free them, counted nowhere).
+// Before the engine counted them this lost ~980 frames per run here.
 
 import test from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';

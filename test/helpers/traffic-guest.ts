@@ -203,7 +203,7 @@ export function tapCounters(ns: Netns, tap: string): TapCounters {
 /** Device-side accounting over the device's whole life (its counters are monotonic). */
 export interface DeviceAccounting {
   rxPackets: number;
-  /** Frames read from the TAP and not delivered, by named reason (rx_truncated, rx_runt, rx_filtered). */
+  /** Frames read from the TAP and not delivered, by named reason (rx_truncated, rx_runt, rx_filtered, rx_pair_detached). */
   rxFrameDrops: number;
   /** readv errors other than EAGAIN (a frame may or may not have been consumed). */
   rxReadErrors: number;
@@ -219,7 +219,7 @@ export function deviceAccounting(s: DeviceStats): DeviceAccounting {
     for (const [k, v] of Object.entries(q.drops)) if (v) a.drops[`${q.kind}${q.index}.${k}`] = v;
     if (q.kind === 'rx') {
       a.rxPackets += q.packets;
-      a.rxFrameDrops += (q.drops.rx_truncated ?? 0) + (q.drops.rx_runt ?? 0) + (q.drops.rx_filtered ?? 0);
+      a.rxFrameDrops += (q.drops.rx_truncated ?? 0) + (q.drops.rx_runt ?? 0) + (q.drops.rx_filtered ?? 0) + (q.drops.rx_pair_detached ?? 0);
       a.rxReadErrors += q.drops.tap_read_error ?? 0;
     } else if (q.kind === 'tx') {
       a.txPackets += q.packets;
