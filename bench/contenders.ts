@@ -1,8 +1,9 @@
-// The three things the benchmark races on the same TAP with the same traffic:
-// vhost-tap (VirtioNetDevice + native engine), the C syscall loop
-// (bench/baseline.c) and the plain-Node JS device (bench/node-loop.ts). Each
-// runs one trial: set up, warm up, measure a window, tear down, and returns
-// counters and per-thread CPU for that window only.
+// The things the benchmark races on the same TAP with the same traffic:
+// vhost-tap (VirtioNetDevice + native engine), the two C baselines
+// (bench/baseline.c: a write()/read() loop and batched io_uring) and the
+// plain-Node JS device (bench/node-loop.ts). Each runs one trial: set up, warm
+// up, measure a window, tear down, and returns counters and per-thread CPU for
+// that window only.
 
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -20,9 +21,20 @@ import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
 // 'vhost' is the default engine (io_uring batching where the kernel allows it);
 // 'vhost-readv' is the same device with option io: 'readv' (one readv/writev per
 // frame), so the table shows what batching buys next to the same baselines.
-export type Contender = 'vhost' | 'vhost-readv' | 'c' | 'node';
-export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'c', 'node'];
-export const CONTENDER_NAMES: Record<Contender, string> = { vhost: 'vhost-tap', 'vhost-readv': 'vhost-tap readv', c: 'C loop', node: 'Node loop' };
+// 'c' is one write()/read() per frame; 'c-uring' batches of 64 io_uring
+// requests on a registered fd: the syscall ceiling and the batching ceiling.
+export type Contender = 'vhost' | 'vhost-readv' | 'c' | 'c-uring' | 'node';
+export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'c', 'c-uring', 'node'];
+export const CONTENDER_NAMES: Record<Contender, string> = {
+  vhost: 'vhost-tap',
+  'vhost-readv': 'vhost-tap readv',
+  c: 'C loop',
+  'c-uring': 'C io_uring',
+  node: 'Node loop',
+};
+
+/** A contender this machine cannot run (e.g. io_uring disabled); the bench reports it and goes on. */
+export class ContenderUnavailable extends Error {}
 
 export interface Trial {
   dir: 'tx' | 'rx';
@@ -54,7 +66,7 @@ export interface Sample {
   backendThreads: number;
   /** CPU of the guest's traffic workers (not for the C loop, which has no guest). */
   guestCpuNs: number | null;
-  /** vhost-tap only: stats().io, drops, wake-ups of the guest, interrupts, kicks. */
+  /** vhost-tap: stats().io; C io_uring: the ring setup it got (e.g. 'defer-taskrun+fixed-file'). */
   io?: string;
   drops?: number;
   interrupts?: number;
@@ -338,12 +350,22 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
   }
 }
 
-// --- the C syscall loop -----------------------------------------------------------------
+// --- the C baselines ---------------------------------------------------------------------
 
-export async function runC(env: Env, t: Trial): Promise<Sample> {
+/** ns per getppid() on this machine (median of 3 runs of 10^6): the cost of entering the kernel. */
+export function syscallNs(env: Pick<Env, 'outDir'>): number {
+  const runs = [0, 1, 2].map(() => {
+    const out = execFileSync(path.join(env.outDir, 'baseline'), ['syscall', '1000000'], { encoding: 'utf8' });
+    return (JSON.parse(out) as { getppidNs: number }).getppidNs;
+  });
+  return runs.sort((a, b) => a - b)[1];
+}
+
+/** method 'loop': one write()/read() per frame; 'uring': batched io_uring (see bench/baseline.c). */
+export async function runC(env: Env, t: Trial, method: 'loop' | 'uring' = 'loop'): Promise<Sample> {
   const offloads = t.dir === 'rx' && t.gso ? TUN.F_CSUM | TUN.F_TSO4 : 0;
   const args = [
-    'netns', 'exec', env.ns, path.join(env.outDir, 'baseline'), t.dir, env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec),
+    'netns', 'exec', env.ns, path.join(env.outDir, 'baseline'), method, t.dir, env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec),
     String(t.queues), String(env.warmupMs), String(env.durationMs), String(offloads), String(env.txqlen),
   ];
   const child = spawn('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -361,14 +383,18 @@ export async function runC(env: Env, t: Trial): Promise<Sample> {
   child.stderr!.on('data', (d) => (err += d));
   try {
     const code0 = await Promise.race([ready.then(() => null), exited]);
+    if (code0 === 3) {
+      const why = (JSON.parse(out.trim().split('\n').pop() ?? '{}') as { unavailable?: string }).unavailable;
+      throw new ContenderUnavailable(why ?? 'the baseline says it cannot run here');
+    }
     if (code0 !== null || child.exitCode !== null) throw new Error(`baseline failed: ${err.trim()}`);
     if (t.dir === 'rx') source = startSource(env, t);
     const code = await exited;
     if (code !== 0) throw new Error(`baseline exited ${code}: ${err.trim()}`);
     const src = source ? await source.stop() : undefined;
     source = undefined;
-    const r = JSON.parse(out.split('\n').filter((l) => l.startsWith('{'))[0]) as { frames: number; bytes: number; cpuNs: number; wallNs: number };
-    return { frames: r.frames, bytes: r.bytes, wallNs: r.wallNs, backendCpuNs: r.cpuNs, backendThreads: t.queues, guestCpuNs: null, source: src };
+    const r = JSON.parse(out.split('\n').filter((l) => l.startsWith('{'))[0]) as { frames: number; bytes: number; cpuNs: number; wallNs: number; uring?: string };
+    return { frames: r.frames, bytes: r.bytes, wallNs: r.wallNs, backendCpuNs: r.cpuNs, backendThreads: t.queues, guestCpuNs: null, source: src, io: r.uring };
   } finally {
     if (source) await source.stop().catch(() => undefined);
     if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
