@@ -83,6 +83,20 @@ const RX_BUF_GSO = 16384;
 const RX_FRAME_MAX_GSO = HDR_LEN + 14 + 65535 + 13; // what backend/features.ts allows with GUEST_TSO4
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Signals a child the bench started, unless it is gone. Node reaps a child
+ * before it runs the 'exit' handlers, so exitCode can still be null for a pid
+ * that no longer exists: kill() then throws ESRCH, which only means "done".
+ */
+export function signalChild(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.exitCode !== null || child.signalCode !== null || !child.pid) return;
+  try {
+    process.kill(child.pid, sig);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+  }
+}
 const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
 
 /** Run time of one of this process's threads, ns (schedstat), or from stat ticks if schedstat is missing. */
@@ -218,7 +232,7 @@ function startSource(env: Env, t: Trial): Source {
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   return {
     async stop() {
-      if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGTERM');
+      signalChild(child, 'SIGTERM');
       const code = await exited;
       env.children.delete(child);
       if (code !== 0) throw new Error(`pktsrc failed (${code}): ${err.trim()}`);
@@ -397,7 +411,7 @@ export async function runC(env: Env, t: Trial, method: 'loop' | 'uring' = 'loop'
     return { frames: r.frames, bytes: r.bytes, wallNs: r.wallNs, backendCpuNs: r.cpuNs, backendThreads: t.queues, guestCpuNs: null, source: src, io: r.uring };
   } finally {
     if (source) await source.stop().catch(() => undefined);
-    if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
+    signalChild(child, 'SIGKILL');
     await exited;
     env.children.delete(child);
   }

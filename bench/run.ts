@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { Netns } from '../guest-sim/netns';
-import { CONTENDER_NAMES, CONTENDERS, Contender, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, syscallNs, Trial } from './contenders';
+import { CONTENDER_NAMES, CONTENDERS, Contender, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { renderSvg } from './plot';
 import { runTcp, TcpDir, TcpSample } from './tcp';
@@ -466,7 +466,7 @@ export async function main(argv: string[]): Promise<number> {
     children: new Set(),
   };
   const cleanup = (): void => {
-    for (const c of env.children) if (c.exitCode === null && c.pid) try { process.kill(c.pid, 'SIGKILL'); } catch { /* already gone */ }
+    for (const c of env.children) signalChild(c, 'SIGKILL');
     ns.delete();
   };
   const onSignal = (sig: NodeJS.Signals): void => {

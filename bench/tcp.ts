@@ -10,7 +10,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { GuestSim } from '../guest-sim/guest';
-import { cpuOf, Env, ipNs, tids } from './contenders';
+import { cpuOf, Env, ipNs, signalChild, tids } from './contenders';
 
 export type TcpDir = 'h2g' | 'g2h';
 
@@ -170,7 +170,7 @@ export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv'): Promi
     if (child) {
       const c = child;
       const exited = c.exitCode === null ? new Promise((r) => c.once('exit', r)) : Promise.resolve();
-      if (c.exitCode === null && c.pid) process.kill(c.pid, 'SIGKILL');
+      signalChild(c, 'SIGKILL');
       await exited;
       env.children.delete(c);
     }
