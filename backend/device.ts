@@ -6,7 +6,7 @@ import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
-import { ControlQueue, RingRuleError } from './ctrlq';
+import { ControlQueueServer } from './ctrlq';
 import { convert, DeviceStateError, InvalidArgumentError, NamespaceError, native, VirtioNetError } from './errors';
 import {
   BASE_FEATURES,
@@ -18,19 +18,18 @@ import {
   tunOffloads,
   validateDriverFeatures,
 } from './features';
-import { addon, NativeEngine, NativeQueueStats } from './native';
-import { RxFilter } from './rxfilter';
-import { CONFIG, CTRL, ctrlq, has, netHdrSize, RING, STATUS, TUN } from './virtio';
-
-/** The part of WebAssembly.Memory the device uses (Node's types do not declare WebAssembly). */
-export interface WasmMemoryLike {
-  readonly buffer: ArrayBuffer | SharedArrayBuffer;
-  grow(delta: number): number;
-}
+import { GuestMemory, toNativeRegions } from './memory';
+import { addon, NativeCtrlCommand, NativeEngine, NativeGuestMemory, NativeQueueStats } from './native';
+import { RxFilter, RxFilterState } from './rxfilter';
+import { CONFIG, CTRL, ctrlq, has, netHdrSize, STATUS, TUN } from './virtio';
 
 export interface VirtioNetDeviceOptions {
-  /** Guest memory: one region at guest address 0. Must be shared. */
-  memory: SharedArrayBuffer | WasmMemoryLike;
+  /**
+   * Guest memory: a SharedArrayBuffer or shared WebAssembly.Memory (one region at guest
+   * address 0), or a list of regions `[{ guestAddr, memory }]`. The device keeps raw pointers
+   * into these buffers (it holds the buffers themselves, never a copy).
+   */
+  memory: GuestMemory;
   /** TAP device name (created if it does not exist), at most 15 bytes. */
   tap: string;
   /** Network namespace (a name under /run/netns) to create the TAP in; default: this process's. */
@@ -72,12 +71,50 @@ export interface DeviceStats {
   totals: { rxPackets: number; rxBytes: number; txPackets: number; txBytes: number; drops: number };
 }
 
-interface QueueSetup {
+/** Where a virtqueue lives: its size (a power of two, 1..32768) and the guest addresses of its three parts. */
+export interface QueueSetup {
   size: number;
   desc: number;
   avail: number;
   used: number;
 }
+
+/** The events a VirtioNetDevice emits and their arguments. */
+export interface VirtioNetDeviceEvents {
+  /** The device signalled queue `queue`'s call eventfd (emitted only while someone listens). */
+  interrupt: [queue: number];
+  /** The guest broke a virtio rule on a queue: it stopped and DEVICE_NEEDS_RESET is set. */
+  'needs-reset': [error: VirtioNetError];
+  /** Config space changed (link, announce, needs-reset): raise the config-change interrupt. */
+  config: [];
+  /** The guest changed the number of active queue pairs (VQ_PAIRS_SET). */
+  'queue-pairs': [pairs: number];
+  /** The guest changed RX modes, MAC tables or VLANs. */
+  'rx-filter': [state: RxFilterState];
+  /** Something went wrong that does not stop the device (e.g. a control command the TAP refused). */
+  warning: [error: Error];
+}
+
+type DeviceEvent = keyof VirtioNetDeviceEvents;
+type DeviceListener<K extends DeviceEvent> = (...args: VirtioNetDeviceEvents[K]) => void;
+
+// Typed overloads for the events above; EventEmitter's own signatures stay for anything else.
+/* eslint-disable @typescript-eslint/no-explicit-any */
+export interface VirtioNetDevice {
+  on<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  on(event: string | symbol, listener: (...args: any[]) => void): this;
+  once<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  once(event: string | symbol, listener: (...args: any[]) => void): this;
+  off<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  off(event: string | symbol, listener: (...args: any[]) => void): this;
+  addListener<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  addListener(event: string | symbol, listener: (...args: any[]) => void): this;
+  removeListener<K extends DeviceEvent>(event: K, listener: DeviceListener<K>): this;
+  removeListener(event: string | symbol, listener: (...args: any[]) => void): this;
+  emit<K extends DeviceEvent>(event: K, ...args: VirtioNetDeviceEvents[K]): boolean;
+  emit(event: string | symbol, ...args: any[]): boolean;
+}
+/* eslint-enable @typescript-eslint/no-explicit-any */
 
 const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io']);
 
@@ -97,7 +134,7 @@ export class VirtioNetDevice extends EventEmitter {
 
   private _driverFeatures = 0n;
   private _status = 0;
-  private readonly sab: SharedArrayBuffer;
+  private readonly memory: NativeGuestMemory;
   private readonly netnsPath: string | null;
   private readonly tapFds: number[] = [];
   private readonly kickFds: number[] = [];
@@ -113,7 +150,7 @@ export class VirtioNetDevice extends EventEmitter {
   private readonly busyPollUs: number;
   private readonly io: 'auto' | 'readv';
   private readonly macBytes: Uint8Array;
-  private ctrl: ControlQueue | undefined;
+  private ctrl: ControlQueueServer | undefined;
   private ctrlWatcher: { close(): void } | undefined;
   private callWatchers: { close(): void }[] = [];
   private activePairs = 1;
@@ -129,7 +166,7 @@ export class VirtioNetDevice extends EventEmitter {
     for (const k of Object.keys(opts ?? {})) {
       if (!KNOWN_OPTIONS.has(k)) throw new InvalidArgumentError(`unknown option '${k}'; known options: ${[...KNOWN_OPTIONS].join(', ')}`);
     }
-    this.sab = sharedBuffer(opts.memory);
+    this.memory = native('guest memory', () => new (addon().GuestMemory)(toNativeRegions(opts.memory)));
     if (typeof opts.tap !== 'string' || opts.tap.length === 0) throw new InvalidArgumentError("option 'tap' must be a non-empty TAP device name");
     if (Buffer.byteLength(opts.tap) > TUN.MAX_NAME) {
       throw new InvalidArgumentError(`TAP name '${opts.tap}' is ${Buffer.byteLength(opts.tap)} bytes; Linux allows at most ${TUN.MAX_NAME}`);
@@ -262,26 +299,47 @@ export class VirtioNetDevice extends EventEmitter {
     this._status |= added;
   }
 
-  /** Sets a virtqueue's guest addresses. Allowed before DRIVER_OK. */
+  /**
+   * Sets a virtqueue's size and guest addresses. Allowed before DRIVER_OK. The ring rules are
+   * checked here (native/virtqueue.cc, the same checks the workers make): size a power of two
+   * up to 32768, each part aligned and inside one region of guest memory, and no part
+   * overlapping another part of this or any other queue already set.
+   */
   setQueue(index: number, q: QueueSetup): void {
     this.assertOpen();
     this.checkIndex(index);
     if (this._status & STATUS.DRIVER_OK) throw new DeviceStateError(`setQueue(${index}) after DRIVER_OK; reset the device first`);
     if (!q || typeof q !== 'object') throw new InvalidArgumentError('setQueue needs { size, desc, avail, used }');
     const { size, desc, avail, used } = q;
-    if (!Number.isInteger(size) || size < 1 || size > RING.MAX_SIZE || (size & (size - 1)) !== 0) {
-      throw new InvalidArgumentError(`queue ${index}: size must be a power of two from 1 to ${RING.MAX_SIZE}, got ${size}`);
+    for (const [name, v] of [['size', size], ['desc', desc], ['avail', avail], ['used', used]] as const) {
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
+        throw new InvalidArgumentError(`queue ${index}: ${name} must be a non-negative integer, got ${String(v)}`);
+      }
     }
-    const mem = this.sab.byteLength;
-    const part = (name: string, addr: number, align: number, len: number): void => {
-      if (!Number.isSafeInteger(addr) || addr < 0) throw new InvalidArgumentError(`queue ${index}: ${name} address must be a non-negative integer, got ${addr}`);
-      if (addr % align !== 0) throw new InvalidArgumentError(`queue ${index}: ${name} address 0x${addr.toString(16)} must be ${align}-byte aligned`);
-      if (addr + len > mem) throw new InvalidArgumentError(`queue ${index}: ${name} [0x${addr.toString(16)}, +${len}) lies outside guest memory (${mem} bytes)`);
-    };
-    part('desc', desc, RING.DESC_ALIGN, RING.DESC_SIZE * size);
-    part('avail', avail, RING.AVAIL_ALIGN, 6 + 2 * size);
-    part('used', used, RING.USED_ALIGN, 6 + RING.USED_ELEM_SIZE * size);
-    this.queues[index] = { size, desc, avail, used };
+    const ring = { size, desc, avail, used };
+    const others = this.queues.filter((o, i): o is QueueSetup => o !== undefined && i !== index);
+    const bad = this.memory.checkRings([ring]) ?? this.memory.checkRings([ring, ...others]);
+    if (bad) throw new InvalidArgumentError(`queue ${index}: ${bad.detail} (${bad.rule})`);
+    this.queues[index] = ring;
+  }
+
+  /**
+   * Replaces guest memory while the device runs: a WebAssembly.Memory that grew, memory
+   * hot-plug. Takes what the `memory` option takes. Every ring set up must still lie inside
+   * the new memory (else InvalidArgumentError and nothing changes). Workers switch to the new
+   * table between batches, so traffic does not stop; the old buffers are let go once no
+   * worker can still use them.
+   */
+  setMemory(memory: GuestMemory): void {
+    this.assertOpen();
+    const regions = toNativeRegions(memory, 'setMemory');
+    const a = addon();
+    const probe = native('guest memory', () => new a.GuestMemory(regions));
+    const rings = this.queues.filter((o): o is QueueSetup => o !== undefined);
+    const bad = rings.length ? probe.checkRings(rings) : null;
+    if (bad) throw new InvalidArgumentError(`setMemory: the rings set up would not fit the new memory: ${bad.detail} (${bad.rule})`);
+    native('guest memory', () => this.memory.replace(regions));
+    for (const e of this.engines) e?.wake();
   }
 
   /** Guest → device doorbell from the JS thread. */
@@ -415,8 +473,19 @@ export class VirtioNetDevice extends EventEmitter {
     if (has(f, 'CTRL_VQ')) {
       const cq = this.queues[ctrlq(this.queuePairs)];
       if (!cq) throw new DeviceStateError(`CTRL_VQ negotiated but the control queue ${ctrlq(this.queuePairs)} was not set up`);
-      this.ctrl = new ControlQueue(this.sab, cq, has(f, 'RING_EVENT_IDX'), has(f, 'RING_INDIRECT_DESC'));
-      this.ctrlWatcher = new (a.FdWatcher)(this.kickFds[ctrlq(this.queuePairs)], () => this.processCtrl());
+      const index = ctrlq(this.queuePairs);
+      const q = native(`control queue ${index}`, () =>
+        new a.ControlQueue({ memory: this.memory, ...cq, eventIdx: has(f, 'RING_EVENT_IDX'), indirect: has(f, 'RING_INDIRECT_DESC') }),
+      );
+      const ctrl = new ControlQueueServer(q, (c) => this.handleCtrl(c), {
+        interrupt: () => addon().kick(this.callFds[index]),
+        broken: (rule, detail) => {
+          this.stopCtrl();
+          this.guestBrokeRule(index, rule, detail);
+        },
+      });
+      this.ctrl = ctrl;
+      this.ctrlWatcher = new a.FdWatcher(this.kickFds[index], () => ctrl.kick());
     }
     this.activePairs = 1;
     this.setActivePairs(1);
@@ -504,7 +573,7 @@ export class VirtioNetDevice extends EventEmitter {
     const resume = (i: number): { lastAvailIdx: number; usedIdx: number } => this.positions.get(i) ?? { lastAvailIdx: 0, usedIdx: 0 };
     return native(`queue pair ${p}`, () =>
       new (addon().Engine)({
-        memory: this.sab,
+        memory: this.memory,
         tapFd: this.tapFds[p],
         hdrLen,
         mergeable: has(f, 'MRG_RXBUF'),
@@ -535,8 +604,13 @@ export class VirtioNetDevice extends EventEmitter {
 
   private stopAll(): void {
     for (let p = 0; p < this.queuePairs; p++) this.stopEngine(p);
+    this.stopCtrl();
+  }
+
+  private stopCtrl(): void {
     this.ctrlWatcher?.close();
     this.ctrlWatcher = undefined;
+    this.ctrl?.close();
     this.ctrl = undefined;
   }
 
@@ -567,27 +641,8 @@ export class VirtioNetDevice extends EventEmitter {
     a.waitCall([...this.kickFds, ...this.callFds], 0);
   }
 
-  private processCtrl(): void {
-    if (!this.ctrl || this.closed) return;
-    const index = ctrlq(this.queuePairs);
-    let due: boolean;
-    try {
-      due = this.ctrl.process((cls, cmd, data) => this.handleCtrl(cls, cmd, data));
-    } catch (e) {
-      if (e instanceof RingRuleError) {
-        this.ctrlWatcher?.close();
-        this.ctrlWatcher = undefined;
-        this.ctrl = undefined;
-        this.guestBrokeRule(index, e.rule, e.message);
-        return;
-      }
-      throw e;
-    }
-    if (due) addon().kick(this.callFds[index]);
-  }
-
   /** One control command; returns the ack. Malformed commands get ERR, never an exception. */
-  private handleCtrl(cls: number, cmd: number, data: Uint8Array): number {
+  private handleCtrl({ cls, cmd, data }: NativeCtrlCommand): number {
     const f = this._driverFeatures;
     try {
       switch (cls) {
@@ -679,16 +734,6 @@ export class VirtioNetDevice extends EventEmitter {
     this.kickFds.length = 0;
     this.callFds.length = 0;
   }
-}
-
-function sharedBuffer(m: unknown): SharedArrayBuffer {
-  if (m instanceof SharedArrayBuffer) return m;
-  const wasm = (globalThis as { WebAssembly?: { Memory: new (...a: never[]) => WasmMemoryLike } }).WebAssembly;
-  if (wasm && m instanceof wasm.Memory) {
-    if (m.buffer instanceof SharedArrayBuffer) return m.buffer;
-    throw new InvalidArgumentError('WebAssembly.Memory must be created with { shared: true } so device workers can use it');
-  }
-  throw new InvalidArgumentError("option 'memory' must be a SharedArrayBuffer or a shared WebAssembly.Memory (an ArrayBuffer cannot be shared with device threads)");
 }
 
 export function parseMacOption(s: string): Uint8Array {

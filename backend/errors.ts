@@ -64,6 +64,16 @@ export class VirtioNetError extends VhostTapError {
   }
 }
 
+/** The vhost-user socket failed (bind, connect, send), or a front end was refused. `errno` names a failed system call. */
+export class VhostUserError extends VhostTapError {
+  constructor(
+    message: string,
+    readonly errno?: string,
+  ) {
+    super(message, 'ERR_VHOST_USER');
+  }
+}
+
 interface AddonErrorLike {
   message: string;
   code?: string;

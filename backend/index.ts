@@ -1,12 +1,17 @@
 // The public API of vhost-tap: the device, its errors, the virtio constants,
-// and the two notification helpers that work inside worker_threads Workers.
+// the notification helpers that work inside worker_threads Workers, and a
+// plain TAP (TapQueues) for tools that do their own I/O.
 
 import { InvalidArgumentError } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
-export type { VirtioNetDeviceOptions, DeviceStats, QueueStats } from './device';
+export type { VirtioNetDeviceOptions, VirtioNetDeviceEvents, QueueSetup, DeviceStats, QueueStats } from './device';
+export type { GuestMemory, MemoryRegion, WasmMemoryLike } from './memory';
+export type { RxFilterState } from './rxfilter';
 export type { Capabilities } from './features';
+export { TapQueues } from './tap';
+export type { TapQueuesOptions } from './tap';
 export {
   VhostTapError,
   InvalidArgumentError,
@@ -21,6 +26,14 @@ export * from './virtio';
 function checkFd(fd: unknown): number {
   if (!Number.isInteger(fd) || (fd as number) < 0) throw new InvalidArgumentError(`expected an eventfd number, got ${String(fd)}`);
   return fd as number;
+}
+
+/**
+ * A new eventfd (non-blocking, close-on-exec) for kick()/waitCall(), for embedders that wire
+ * their own notifications (a device's own are in dev.notifier()). Close it with fs.closeSync.
+ */
+export function eventfd(): number {
+  return addon().eventfd();
 }
 
 /** Guest → device doorbell: writes the kick eventfd. Usable from any thread. */

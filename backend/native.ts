@@ -1,4 +1,5 @@
-// Loads the C++ addon (build/Release/vhost_tap.node) and declares its shape.
+// Loads the C++ addon (through node-gyp-build: build/Release/vhost_tap.node,
+// built at install) and declares its shape.
 // This is the whole contract between backend/ and native/: nothing else in
 // backend/ calls into C++. Errors thrown by the addon are plain Errors with
 // `code` (errno name such as 'EPERM', or 'EVHOST_*') and `syscall`; backend/errors.ts
@@ -85,9 +86,96 @@ export interface NativeQueueConfig {
   usedIdx?: number;
 }
 
+/** One region of guest memory backed by a SharedArrayBuffer (embedded guests). */
+export interface NativeBufferRegion {
+  guestAddr: number;
+  buffer: SharedArrayBuffer;
+}
+
+/** One region of guest memory a vhost-user front end sent as an fd. */
+export interface NativeFdRegion {
+  guestAddr: number;
+  size: number;
+  /** The front end's virtual address of the region (ring addresses arrive in that space). */
+  userAddr: number;
+  /** Where the region starts in the fd. */
+  mmapOffset: number;
+  fd: number;
+}
+
+/** A ring layout for checkRings(). */
+export interface NativeRingLayout {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+/**
+ * Guest memory as a region table owned by native code (native/memory.h). Engines and the
+ * control queue of a device share one; replacing its table (replace/replaceFds) takes effect
+ * in each worker at its next batch, and the old table (its buffers or mappings) is released
+ * once no worker can use it. Every guest address the device touches is translated through it.
+ */
+export interface NativeGuestMemory {
+  /**
+   * Replaces the table with SharedArrayBuffer regions. Throws EVHOST_BADARG for anything that is
+   * not a real SharedArrayBuffer (a Proxy, a view, an ArrayBuffer), overlapping or wrapping regions.
+   */
+  replace(regions: NativeBufferRegion[]): void;
+  /**
+   * Replaces the table with regions mapped from fds (mmap MAP_SHARED, read/write, from the
+   * page holding mmapOffset). Refuses a region whose mmapOffset + size exceeds the fd's size,
+   * and overlapping regions. The fds stay the caller's; the mappings go with the table.
+   */
+  replaceFds(regions: NativeFdRegion[]): void;
+  /** The guest address of front-end address `userAddr` when [userAddr, +len) lies in one region; -1 otherwise. */
+  userToGuest(userAddr: number, len: number): number;
+  regions(): { guestAddr: number; size: number; userAddr: number }[];
+  /**
+   * The ring layout rules for these queues against the current table: size, alignment, each
+   * part inside one region, no part overlapping another (of the same queue or another one).
+   * null when they hold; otherwise the first broken rule ('ring-out-of-bounds' or 'ring-overlap').
+   */
+  checkRings(rings: NativeRingLayout[]): null | { rule: string; detail: string };
+  /** A copy of guest memory (tests, diagnostics); throws EVHOST_BADARG where it is not mapped. */
+  read(guestAddr: number, len: number): Buffer;
+}
+
+/** A control-queue command as the native walker decoded it. */
+export interface NativeCtrlCommand {
+  cls: number;
+  cmd: number;
+  data: Uint8Array;
+  /** Shorter than class + command, or longer than the longest command understood: answer ERR. */
+  malformed: boolean;
+}
+
+/**
+ * The device side of the control virtqueue, walked by the same native ring code as the data
+ * queues (native/ctrl_queue.h). Runs on the JS thread.
+ */
+export interface NativeControlQueue {
+  /**
+   * Decodes up to maxCommands available commands, within a per-call descriptor budget.
+   * `more`: the budget ran out with commands left (call again on a later turn); otherwise the
+   * ring is empty and kicks are re-enabled. `broken`: the guest broke a ring rule; the queue
+   * is dead (commands already decoded are still returned and must be answered).
+   */
+  pop(maxCommands: number): { commands: NativeCtrlCommand[]; more: boolean; broken: null | { rule: string; detail: string } };
+  /** Answers the commands of the last pop() in order (CTRL.OK / CTRL.ERR); returns whether an interrupt is due. */
+  answer(acks: number[]): boolean;
+}
+
+export interface NativeControlQueueOptions extends NativeRingLayout {
+  memory: NativeGuestMemory;
+  eventIdx: boolean;
+  indirect: boolean;
+}
+
 export interface NativeEngineOptions {
-  /** Guest memory: one region at guest address 0. */
-  memory: SharedArrayBuffer;
+  /** Guest memory (shared with the device's other engines and its control queue). */
+  memory: NativeGuestMemory;
   /** TAP queue fd (or, in tests, one end of a SOCK_SEQPACKET socketpair). */
   tapFd: number;
   /** virtio_net_hdr size the guest uses and the TAP was told (10, 12 or 20). */
@@ -126,8 +214,8 @@ export interface NativeEngineOptions {
    * 'desc-out-of-bounds', 'desc-index-out-of-range', 'chain-too-long', 'nested-indirect',
    * 'indirect-with-next', 'indirect-bad-len', 'indirect-not-negotiated',
    * 'indirect-out-of-bounds', 'writable-on-tx', 'readable-on-rx',
-   * 'readable-after-writable', 'header-too-short', 'avail-idx-jump',
-   * 'rx-chain-too-small', 'ring-out-of-bounds', 'empty-chain'.
+   * 'readable-after-writable', 'header-too-short', 'avail-idx-jump', 'avail-idx-backwards',
+   * 'rx-chain-too-small', 'ring-out-of-bounds', 'ring-overlap', 'empty-chain'.
    */
   onBroken: (queueIndex: number, rule: string, detail: string) => void;
 }
@@ -143,6 +231,8 @@ export interface NativeEngine {
    */
   stop(drainRx?: boolean): void;
   stats(): NativeEngineStats;
+  /** The GuestMemory was replaced: a sleeping worker takes the new table now instead of at its next wake-up. */
+  wake(): void;
   /**
    * The exact per-frame RX filter (RX modes, primary MAC + unicast table, multicast table,
    * VLAN filter), with the semantics of RxFilter.accepts() in backend/rxfilter.ts; null (the
@@ -232,8 +322,89 @@ export interface Addon {
   /** socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC): message boundaries like a TAP. */
   seqpacketPair(): [number, number];
 
-  // --- engine (native/engine.cc) ------------------------------------------------
+  // --- guest memory (native/memory.cc), engine (native/engine.cc), control queue ---------
+  /** With no argument the table is empty until replace()/replaceFds(). */
+  GuestMemory: new (regions?: NativeBufferRegion[]) => NativeGuestMemory;
   Engine: new (opts: NativeEngineOptions) => NativeEngine;
+  ControlQueue: new (opts: NativeControlQueueOptions) => NativeControlQueue;
+
+  // --- vhost-user socket (native/vhost_user_binding.cc) -------------------------
+  vhostUser: NativeVhostUser;
+}
+
+/** The header of a vhost-user message as the codec read it. */
+export interface NativeVuHeader {
+  request: number;
+  flags: number;
+  /** Payload bytes announced by the header. */
+  size: number;
+  /** The spec's name without VHOST_USER_ (e.g. 'SET_MEM_TABLE'), null for an unknown request. */
+  name: string | null;
+  needReply: boolean;
+}
+
+/** A message the codec accepted: size and fd-count rules hold; the payload is decoded by kind. */
+export type NativeVuMessage = NativeVuHeader & {
+  payload: Buffer;
+  /** Received with the message (close-on-exec); the receiver owns and must close them. */
+  fds: number[];
+} & (
+    | { kind: 'none' | 'opaque' }
+    | { kind: 'u64'; u64: bigint }
+    | { kind: 'state'; index: number; num: number }
+    | { kind: 'addr'; index: number; addrFlags: number; desc: bigint; used: bigint; avail: bigint; log: bigint }
+    | { kind: 'memTable'; regions: { guestAddr: bigint; size: bigint; userAddr: bigint; mmapOffset: bigint }[] }
+  );
+
+export interface NativeVuCallbacks {
+  /** A well-formed message (a back end gets requests; a front end gets replies, kind 'opaque'). */
+  message(m: NativeVuMessage): void;
+  /** A whole message broke a codec rule (`reason`); its fds are closed; the stream is still in step. */
+  refused(reason: string, header: NativeVuHeader): void;
+  /** The connection ended (peer closed, read error, untrustworthy header); the fd is closed. Not called after close(). */
+  closed(reason: string): void;
+}
+
+export interface NativeVuConnection {
+  /** The socket fd, -1 once closed. */
+  readonly fd: number;
+  /** Reply header (version 1, reply flag) and a u64 payload. */
+  replyU64(request: number, value: bigint): void;
+  /** Reply header and a vring state payload. */
+  replyState(request: number, index: number, num: number): void;
+  /** Raw bytes with up to 32 fds attached to the first byte (test front ends; a back end accepts 8). */
+  sendRaw(bytes: Uint8Array, fds?: number[]): void;
+  /** Stops reading and closes the socket; fds of a message half read are closed. */
+  close(): void;
+}
+
+export interface NativeVhostUser {
+  /** A listening AF_UNIX stream socket bound to `path` (non-blocking, close-on-exec). */
+  listen(path: string): number;
+  /** A waiting connection's fd, or -1 when none is waiting. */
+  accept(listenFd: number): number;
+  /** Connects to `path`; returns the (non-blocking) fd. */
+  connect(path: string): number;
+  /** socketpair(AF_UNIX, SOCK_STREAM) for tests. */
+  streamPair(): [number, number];
+  /** memfd_create + ftruncate: shareable memory for test front ends. */
+  memfd(size: number): number;
+  /** Reads messages on this thread's event loop; takes ownership of `fd`. */
+  Connection: new (fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) => NativeVuConnection;
+  /** Calls `cb` (with an error string or null) when the listening socket has a connection waiting. */
+  Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void };
+  constants: {
+    HEADER_SIZE: number;
+    MAX_PAYLOAD: number;
+    MAX_FDS: number;
+    MAX_MEM_REGIONS: number;
+    VERSION: number;
+    FLAG_REPLY: number;
+    FLAG_NEED_REPLY: number;
+    VRING_NOFD: number;
+    /** Request numbers by the spec's names. */
+    REQUESTS: Record<string, number>;
+  };
 }
 
 let cached: Addon | undefined;
@@ -241,8 +412,9 @@ let cached: Addon | undefined;
 /** The addon, loaded once per thread (it is context-aware, so Workers may load it too). */
 export function addon(): Addon {
   if (!cached) {
+    // The package root, where binding.gyp built the addon: two levels above dist/backend/.
     // eslint-disable-next-line @typescript-eslint/no-require-imports
-    cached = require(path.join(__dirname, '..', '..', 'build', 'Release', 'vhost_tap.node')) as Addon;
+    cached = (require('node-gyp-build') as (dir: string) => unknown)(path.join(__dirname, '..', '..')) as Addon;
   }
   return cached;
 }

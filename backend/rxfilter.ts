@@ -12,6 +12,21 @@ export const TUN_FILTER_EXACT = 8;
 /** Upper bound on MAC table entries we accept per table; more gets ack ERR. */
 export const MAC_TABLE_MAX = 1024;
 
+/** What the guest's RX filter is now, as the 'rx-filter' event reports it. */
+export interface RxFilterState {
+  promisc: boolean;
+  allmulti: boolean;
+  alluni: boolean;
+  nomulti: boolean;
+  nouni: boolean;
+  nobcast: boolean;
+  /** Entries in the unicast and multicast MAC tables. */
+  unicast: number;
+  multicast: number;
+  /** VLAN ids let through, or null when VLAN filtering is off. */
+  vlans: number | null;
+}
+
 export interface RxFilterSnapshot {
   promisc: boolean;
   allmulti: boolean;
@@ -152,7 +167,7 @@ export class RxFilter {
     return this.alluni || equal6(this.primary, dst, 0) || inTable(this.uni, dst);
   }
 
-  describe(): Record<string, unknown> {
+  describe(): RxFilterState {
     return {
       promisc: this.promisc,
       allmulti: this.allmulti,

@@ -10,10 +10,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
-import { bits, rxq, STATUS, txq, VirtioNetDevice, ctrlq, CTRL, TUN } from '../backend';
-import { addon } from '../backend/native';
-import { ControlDriver, CTRL_BUF_BYTES } from '../guest-sim/control';
-import { DriverQueue } from '../guest-sim/virtqueue';
+import { bits, rxq, STATUS, txq, VirtioNetDevice, ctrlq, CTRL, TUN, TapQueues, eventfd, kick } from '../backend';
+import { ControlDriver, CTRL_BUF_BYTES, DriverQueue } from '../driver';
 import { GUEST_MAC, HDR_LEN, Records } from './frames';
 import { NodeLoopConfig } from './node-loop';
 import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
@@ -193,7 +191,7 @@ async function waitReady(ws: Spawned[], timeoutMs = 10_000): Promise<void> {
 async function stopWorkers(ws: Spawned[], callFds: number[]): Promise<void> {
   for (const w of ws) Atomics.store(new Int32Array(w.ctl, 0, 1), 0, 1);
   // Wake halted guests and idle JS devices so they see the stop word now.
-  for (const fd of callFds) addon().kick(fd);
+  for (const fd of callFds) kick(fd);
   await Promise.all(ws.map((w) => w.exited.catch(() => undefined)));
 }
 
@@ -420,27 +418,19 @@ export async function runC(env: Env, t: Trial, method: 'loop' | 'uring' = 'loop'
 // --- the plain Node loop --------------------------------------------------------------------
 
 export async function runNode(env: Env, t: Trial): Promise<Sample> {
-  const a = addon();
-  const nsPath = `/run/netns/${env.ns}`;
   const L = layout(t, env.ringSize, false);
-  const fds: number[] = [];
+  let tap: TapQueues | undefined;
   const evfds: number[] = [];
   const guests: Spawned[] = [];
   const devices: Spawned[] = [];
   let source: Source | undefined;
   try {
-    for (let i = 0; i < t.queues; i++) {
-      const { fd } = a.tapOpen(env.tap, nsPath, 0);
-      fds.push(fd);
-      a.tapSetVnetHdrSz(fd, HDR_LEN);
-      a.tapSetVnetLe(fd, true);
-    }
-    a.tapSetOffload(fds[0], t.dir === 'rx' && t.gso ? TUN.F_CSUM | TUN.F_TSO4 : 0);
-    a.netdevSetUp(nsPath, env.tap, true);
+    tap = TapQueues.open(env.tap, { netns: env.ns, queues: t.queues, vnetHdrLen: HDR_LEN, offloads: t.dir === 'rx' && t.gso ? TUN.F_CSUM | TUN.F_TSO4 : 0 });
+    const fds = tap.fds;
     ipNs(env, 'link', 'set', 'dev', env.tap, 'txqueuelen', String(env.txqlen));
     const qs = L.pairs.map((p) => {
-      const kickFd = a.eventfd();
-      const callFd = a.eventfd();
+      const kickFd = eventfd();
+      const callFd = eventfd();
       evfds.push(kickFd, callFd);
       return { size: env.ringSize, ...(t.dir === 'tx' ? p.tx : p.rx), kickFd, callFd };
     });
@@ -465,7 +455,7 @@ export async function runNode(env: Env, t: Trial): Promise<Sample> {
     });
     await waitReady(devices);
     // The guests' first kick may have come before the devices listened: nudge them once.
-    for (const q of qs) a.kick(q.kickFd);
+    for (const q of qs) kick(q.kickFd);
     if (t.dir === 'rx') source = startSource(env, t);
     const dTids = workerTids(devices);
     const gTids = workerTids(guests);
@@ -488,6 +478,7 @@ export async function runNode(env: Env, t: Trial): Promise<Sample> {
     const kicks = evfds.filter((_, i) => i % 2 === 0);
     await stopWorkers(devices, kicks);
     await stopWorkers(guests, calls);
-    for (const fd of [...fds, ...evfds]) a.close(fd);
+    tap?.close();
+    for (const fd of evfds) fs.closeSync(fd);
   }
 }

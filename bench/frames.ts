@@ -3,7 +3,7 @@
 // frame. Plain frames are IPv4/UDP; super-frames are 64 KB IPv4/TCP GSO
 // frames (NEEDS_CSUM + GSO_TCPV4), the shape a guest with HOST_TSO4 sends.
 
-import { HDR } from '../backend/virtio';
+import { HDR } from '../backend';
 
 export const HDR_LEN = HDR.SIZE_V1;
 /** MSS of the super-frames: what a 1500-MTU TCP would segment them into. */

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { isMainThread, workerData } from 'node:worker_threads';
 
 import { kick, waitCall } from '../backend';
-import { QueueAddrs, needEvent } from '../guest-sim/virtqueue';
+import { QueueAddrs, needEvent } from '../driver';
 import { TCTL, threadId } from './traffic-worker';
 
 export interface NodeLoopConfig {

@@ -1,9 +1,9 @@
-#!/usr/bin/env node
-// `vhost-tap bench` / `npm run bench`: measures vhost-tap against its
-// baselines in one run — a C write()/read() loop on the same TAP (the syscall
-// ceiling), C batched io_uring (the batching ceiling) and a plain Node JS
-// device — alternating them over several rounds and reporting the machine,
-// medians, ratios, CPU per frame and whether the performance targets are met.
+// The benchmark behind `vhost-tap bench` / `npm run bench`: measures vhost-tap
+// against its baselines in one run — a C write()/read() loop on the same TAP
+// (the syscall ceiling), C batched io_uring (the batching ceiling) and a plain
+// Node JS device — alternating them over several rounds and reporting the
+// machine, medians, ratios, CPU per frame and whether the performance targets
+// are met.
 // Everything happens inside a throw-away 'vt…' namespace deleted at the end,
 // also on failure or SIGINT.
 
@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
-import { Netns } from '../guest-sim/netns';
+import { Netns, requireRoot } from '../host/netns';
 import { CONTENDER_NAMES, CONTENDERS, Contender, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { renderSvg } from './plot';
@@ -151,7 +151,8 @@ export interface BenchReport {
   targets: Target[];
 }
 
-class UsageError extends Error {}
+/** Bad `vhost-tap bench` flags (the CLI exits 2). */
+export class BenchUsageError extends Error {}
 
 function list(v: string | undefined, def: string): string[] {
   return (v ?? def).split(',').map((s) => s.trim()).filter(Boolean);
@@ -160,7 +161,7 @@ function list(v: string | undefined, def: string): string[] {
 function nums(name: string, v: string | undefined, def: string): number[] {
   return list(v, def).map((s) => {
     const n = Number(s);
-    if (!Number.isInteger(n) || n <= 0) throw new UsageError(`--${name}: '${s}' is not a positive integer`);
+    if (!Number.isInteger(n) || n <= 0) throw new BenchUsageError(`--${name}: '${s}' is not a positive integer`);
     return n;
   });
 }
@@ -412,27 +413,27 @@ export async function main(argv: string[]): Promise<number> {
       },
     }).values as Record<string, string | boolean | undefined>;
   } catch (e) {
-    throw new UsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap bench --help')`);
+    throw new BenchUsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap bench --help')`);
   }
   if (o.help) {
     console.log(HELP);
     return 0;
   }
   const duration = Number(o.duration ?? 1);
-  if (!(duration > 0 && duration <= 600)) throw new UsageError('--duration must be a number of seconds in (0, 600]');
+  if (!(duration > 0 && duration <= 600)) throw new BenchUsageError('--duration must be a number of seconds in (0, 600]');
   const warmupMs = nums('warmup', o.warmup as string | undefined, '300')[0];
   const rounds = nums('rounds', o.rounds as string | undefined, '3')[0];
   const sizes = nums('sizes', o.sizes as string | undefined, '64,512,1514');
-  for (const s of sizes) if (s < 60 || s > 1514) throw new UsageError(`--sizes: ${s} is outside 60..1514 (super-frames are the *-gso cases)`);
+  for (const s of sizes) if (s < 60 || s > 1514) throw new BenchUsageError(`--sizes: ${s} is outside 60..1514 (super-frames are the *-gso cases)`);
   const queues = nums('queues', o.queues as string | undefined, '1,2');
-  for (const q of queues) if (q > 16) throw new UsageError('--queues: at most 16');
+  for (const q of queues) if (q > 16) throw new BenchUsageError('--queues: at most 16');
   const cases = list(o.cases as string | undefined, ALL_CASES.join(','));
-  for (const c of cases) if (!ALL_CASES.includes(c)) throw new UsageError(`--cases: unknown case '${c}' (known: ${ALL_CASES.join(', ')})`);
+  for (const c of cases) if (!ALL_CASES.includes(c)) throw new BenchUsageError(`--cases: unknown case '${c}' (known: ${ALL_CASES.join(', ')})`);
   const contenders = list(o.contenders as string | undefined, CONTENDERS.join(',')) as Contender[];
-  for (const c of contenders) if (!CONTENDERS.includes(c)) throw new UsageError(`--contenders: unknown '${c}' (known: ${CONTENDERS.join(', ')})`);
+  for (const c of contenders) if (!CONTENDERS.includes(c)) throw new BenchUsageError(`--contenders: unknown '${c}' (known: ${CONTENDERS.join(', ')})`);
   const ringSize = nums('ring', o.ring as string | undefined, '256')[0];
-  if (ringSize & (ringSize - 1) || ringSize > 32768) throw new UsageError('--ring must be a power of two up to 32768');
-  if (process.getuid?.() !== 0) throw new Error('the benchmark needs root (it creates a network namespace and TAPs)');
+  if (ringSize & (ringSize - 1) || ringSize > 32768) throw new BenchUsageError('--ring must be a power of two up to 32768');
+  requireRoot('bench creates a network namespace and TAPs');
 
   const smallest = Math.min(...sizes);
   const specs: CaseSpec[] = [];
@@ -567,16 +568,4 @@ export async function main(argv: string[]): Promise<number> {
   if (typeof o.plot === 'string') fs.writeFileSync(o.plot, renderSvg(report));
   console.log(o.json ? JSON.stringify(report, null, 2) : table(report));
   return 0;
-}
-
-if (require.main === module) {
-  main(process.argv.slice(2)).then(
-    (code) => {
-      process.exitCode = code;
-    },
-    (e: unknown) => {
-      process.stderr.write(`\nvhost-tap bench: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exitCode = e instanceof UsageError ? 2 : 1;
-    },
-  );
 }

@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import { isMainThread, workerData } from 'node:worker_threads';
 
 import { kick, waitCall } from '../backend';
-import { DriverQueue, QueueAddrs } from '../guest-sim/virtqueue';
+import { DriverQueue, QueueAddrs } from '../driver';
 
 export interface TrafficConfig {
   mode: 'tx' | 'rx';

@@ -4,8 +4,9 @@
 // per queue pair, and speaks the control queue. Uses only the public API.
 
 import { EventEmitter } from 'node:events';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MessageChannel, Worker } from 'node:worker_threads';
+import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
 
 import {
   bits,
@@ -19,13 +20,12 @@ import {
   rxq,
   STATUS,
   TUN,
-  txq,
   VirtioNetDevice,
   VirtioNetError,
 } from '../backend';
-import { CTRL_BUF_BYTES, ControlDriver } from './control';
+import { CTRL_BUF_BYTES, ControlDriver, DriverMemory, DriverQueue, GuestAllocator, negotiate, setUpQueuePair } from '../driver';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
-import { DriverQueue } from './virtqueue';
+import { pcapngHeader } from './pcapng';
 import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';
 
 /** Features guest-sim knows how to drive; the device offers, the guest takes the intersection. */
@@ -115,6 +115,11 @@ export interface GuestOptions {
   tcpRcvBuf?: number;
   /** The device's I/O method (VirtioNetDevice option io); default 'auto'. */
   io?: 'auto' | 'readv';
+  /**
+   * Write every frame the device moves (both directions, super-frames whole) to this file as
+   * pcapng, each frame's virtio_net_hdr in its packet comment. Off (and free) by default.
+   */
+  pcap?: string;
 }
 
 /** One TCP discard (port 9) connection closed by its peer. */
@@ -156,7 +161,14 @@ export class GuestSim extends EventEmitter {
   private ctrl: ControlDriver | undefined;
   private stopped = false;
 
-  private constructor(device: VirtioNetDevice, mem: SharedArrayBuffer, mac: string, features: bigint) {
+  private constructor(
+    device: VirtioNetDevice,
+    mem: SharedArrayBuffer,
+    mac: string,
+    features: bigint,
+    /** The pcapng file the Workers' captures go to (GuestOptions.pcap). */
+    private pcapFd: number | undefined,
+  ) {
     super();
     this.device = device;
     this.mem = mem;
@@ -189,18 +201,23 @@ export class GuestSim extends EventEmitter {
     const memBytes = alignUp(pairs * perPair + DriverQueue.layout(0, CTRL_QUEUE_SIZE, 4096).end + 4096 + CTRL_BUF_BYTES + 4096, 1 << 20);
     const mem = new SharedArrayBuffer(memBytes);
 
-    const device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io });
+    // The capture file first: a path that cannot be written fails before a TAP exists.
+    let pcapFd: number | undefined;
+    if (opts.pcap !== undefined) {
+      pcapFd = fs.openSync(opts.pcap, 'w');
+      fs.writeSync(pcapFd, pcapngHeader(`${opts.tap} (virtio-net guest side)`));
+    }
+    let device: VirtioNetDevice;
+    try {
+      device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io });
+    } catch (e) {
+      if (pcapFd !== undefined) fs.closeSync(pcapFd);
+      throw e;
+    }
     let guest: GuestSim | undefined;
     try {
       // Linux's order (virtio 1.x §3.1.1): reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, queues, DRIVER_OK.
-      device.status = 0;
-      device.status = STATUS.ACKNOWLEDGE;
-      device.status = STATUS.ACKNOWLEDGE | STATUS.DRIVER;
-      const wanted = GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED);
-      const features = device.deviceFeatures & wanted;
-      device.driverFeatures = features;
-      device.status |= STATUS.FEATURES_OK;
-      if (!(device.status & STATUS.FEATURES_OK)) throw new Error(`device refused features: ${device.featuresRefusal}`);
+      const features = negotiate(device, GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED));
 
       const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
       const hdrLen = netHdrSize(features);
@@ -222,36 +239,14 @@ export class GuestSim extends EventEmitter {
       const guestTso = (features & bits('GUEST_TSO4', 'GUEST_TSO6')) !== 0n;
       const tcpRcvBuf = opts.tcpRcvBuf ?? (guestTso ? 4 << 20 : 1 << 20);
 
-      guest = new GuestSim(device, mem, mac, features);
-      let next = 0;
-      const ring = (): { desc: number; avail: number; used: number } => {
-        const l = DriverQueue.layout(next, qsize, 4096);
-        next = alignUp(l.end, 4096);
-        return { desc: l.desc, avail: l.avail, used: l.used };
-      };
+      guest = new GuestSim(device, mem, mac, features, pcapFd);
+      const alloc = new GuestAllocator(new DriverMemory(mem));
       const configs: Omit<PairConfig, 'port'>[] = [];
       for (let p = 0; p < usePairs; p++) {
-        const rx = ring();
-        const tx = ring();
-        const rxBufBase = next;
-        next += qsize * rxBufSize;
-        const txBufBase = alignUp(next, 64);
-        next = txBufBase + qsize * txSlot;
-        device.setQueue(rxq(p), { size: qsize, ...rx });
-        device.setQueue(txq(p), { size: qsize, ...tx });
         configs.push({
           pair: p,
-          mem,
+          queues: setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot }),
           ctl: new SharedArrayBuffer(CTL_BYTES),
-          rx: { size: qsize, ...rx, ...device.notifier(rxq(p)) },
-          tx: { size: qsize, ...tx, ...device.notifier(txq(p)) },
-          rxBufBase,
-          rxBufSize,
-          txBufBase,
-          txBufSize: txSlot,
-          hdrLen,
-          mergeable,
-          eventIdx,
           mac: parseMac(mac),
           ip4,
           ip6,
@@ -259,13 +254,13 @@ export class GuestSim extends EventEmitter {
           offloads,
           tcpRcvBuf,
           sourceBytes: opts.sourceBytes ?? 1 << 30,
+          capture: guest.pcapFd !== undefined,
         });
       }
       if (has(features, 'CTRL_VQ')) {
-        const l = DriverQueue.layout(alignUp(next, 4096), CTRL_QUEUE_SIZE, 4096);
-        const cmdBuf = alignUp(l.end, 64);
-        const addrs = { size: CTRL_QUEUE_SIZE, desc: l.desc, avail: l.avail, used: l.used };
-        guest.ctrl = new ControlDriver(device, mem, ctrlq(pairs), addrs, eventIdx, cmdBuf);
+        const addrs = alloc.ring(CTRL_QUEUE_SIZE);
+        const cmdBuf = alloc.alloc(CTRL_BUF_BYTES + 1, 64);
+        guest.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, eventIdx, cmdBuf);
         device.setQueue(ctrlq(pairs), addrs);
       }
       device.on('needs-reset', (e: VirtioNetError) => guest!.emit('needs-reset', e));
@@ -278,7 +273,10 @@ export class GuestSim extends EventEmitter {
       return guest;
     } catch (e) {
       if (guest) await guest.stop().catch(() => undefined);
-      else await device.close();
+      else {
+        await device.close();
+        if (pcapFd !== undefined) fs.closeSync(pcapFd);
+      }
       throw e;
     }
   }
@@ -297,12 +295,16 @@ export class GuestSim extends EventEmitter {
       });
     });
     done.catch(() => undefined);
-    port1.on('message', (m: PairMessage) => {
-      if ('discard' in m) this.emit('discard', { pair: cfg.pair, ...m.discard } satisfies DiscardEvent);
-      else if ('final' in m) this.emit('pair-stats', cfg.pair, m.responder, m.tcp);
-    });
+    port1.on('message', (m: PairMessage) => this.onPairMessage(cfg.pair, m));
     port1.unref();
     this.workers.push({ worker, ctl: cfg.ctl, port: port1, done });
+  }
+
+  private onPairMessage(pair: number, m: PairMessage): void {
+    if ('pcap' in m) {
+      if (this.pcapFd !== undefined) fs.writeSync(this.pcapFd, m.pcap);
+    } else if ('discard' in m) this.emit('discard', { pair, ...m.discard } satisfies DiscardEvent);
+    else if ('final' in m) this.emit('pair-stats', pair, m.responder, m.tcp);
   }
 
   /** Sends a control command; resolves with CTRL.OK or CTRL.ERR. */
@@ -343,6 +345,14 @@ export class GuestSim extends EventEmitter {
       kick(this.device.notifier(rxq(i)).callFd);
     }
     await Promise.all(this.workers.map((w) => w.done.catch(() => undefined)));
+    // What the Workers posted last (their final capture buffers) may not have been delivered yet.
+    this.workers.forEach((w, i) => {
+      for (let m = receiveMessageOnPort(w.port); m; m = receiveMessageOnPort(w.port)) this.onPairMessage(i, m.message as PairMessage);
+    });
+    if (this.pcapFd !== undefined) {
+      fs.closeSync(this.pcapFd);
+      this.pcapFd = undefined;
+    }
     const s = this.stats();
     await this.device.close();
     return s;

@@ -1,19 +1,17 @@
 // The vhost worker loop (see engine.h): epoll on the TAP, both kick eventfds
-// and a stop eventfd; per round TX then RX, each within a budget.
+// and a wake eventfd; per round TX then RX, each within a budget, each in
+// batches handed to the TapIo.
 #include "engine.h"
 
 #include <poll.h>
 #include <pthread.h>
-#include <time.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cassert>
 #include <cerrno>
-#include <climits>
-#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -28,57 +26,30 @@ namespace {
 // way cannot starve the other way nor make stop() wait for long. The packet
 // bound matters for small frames, the byte bound for large GSO frames.
 constexpr uint32_t kBudgetPackets = 256;
+constexpr uint64_t kBudgetBytes = 512 * 1024;
 // Rounds of RX a draining stop may run: detaching a TAP queue drops whatever
 // the kernel still holds for it, so before a pair is taken away the worker
 // moves what it can into the guest's buffers. Bounded so a flood that keeps
 // the queue full cannot hold stop() up: 16 rounds are 4096 frames.
 constexpr int kDrainRounds = 16;
-constexpr uint64_t kBudgetBytes = 512 * 1024;
 
-// readv/writev take at most IOV_MAX segments. RX gathers stashed chains up to
-// this many segments for one read; a TX chain with more cannot be written in
-// one call, which a TAP requires (one write = one frame), so it is dropped.
-constexpr size_t kMaxIov = IOV_MAX;
-
-// epoll_event.data tags.
-enum : uint32_t { kTagStop, kTagRxKick, kTagTxKick, kTagTap };
-
-constexpr int kMaxEvents = 8;
-
-// Frames per io_uring submission, both directions. 64 amortises the one
-// io_uring_enter over enough frames that the syscall is a small share of a
-// 64-byte frame's cost (measured on a TAP: ~1.5x a write() loop), while a
-// batch's iovecs and results stay small and hot in cache, and it is a
-// quarter of kBudgetPackets so the worker still turns to the other direction
-// every few batches.
+// Frames per batch, both directions and both I/O methods. With io_uring, 64
+// amortises the one io_uring_enter over enough frames that the syscall is a
+// small share of a 64-byte frame's cost, while a batch's iovecs and results
+// stay small and hot in cache; it is a quarter of kBudgetPackets so the
+// worker still turns to the other direction every few batches.
 constexpr unsigned kBatch = 64;
 
-// CQE result for a slot that never got one (never submitted, or the ring
-// failed and the kernel did not confirm its end, see AbandonRing): the frame
-// is handled as if cancelled and goes again through readv/writev.
-constexpr int32_t kNoCqe = INT32_MIN;
+// epoll_event.data tags.
+enum : uint32_t { kTagWake, kTagRxKick, kTagTxKick, kTagTap };
+
+constexpr int kMaxEvents = 8;
 
 // VHOST_TAP_IO=readv forces readv/writev (tests run both paths; a way out
 // should io_uring misbehave somewhere).
 bool UringWanted() {
   const char* v = getenv("VHOST_TAP_IO");
   return !(v && strcmp(v, "readv") == 0);
-}
-
-// Copies `len` bytes between two iovec lists (a frame moving to an earlier
-// chain, see ReadRxBatch). memmove: a hostile guest may make buffers overlap.
-void CopyIov(const iovec* dst, size_t dcnt, const iovec* src, size_t scnt, uint64_t len) {
-  size_t di = 0, si = 0, doff = 0, soff = 0;
-  while (len > 0 && di < dcnt && si < scnt) {
-    const size_t n = static_cast<size_t>(
-        std::min<uint64_t>(len, std::min(dst[di].iov_len - doff, src[si].iov_len - soff)));
-    memmove(static_cast<uint8_t*>(dst[di].iov_base) + doff, static_cast<const uint8_t*>(src[si].iov_base) + soff, n);
-    len -= n;
-    doff += n;
-    soff += n;
-    if (doff == dst[di].iov_len) di++, doff = 0;
-    if (soff == src[si].iov_len) si++, soff = 0;
-  }
 }
 
 // Why tun refused a header with EINVAL, worked out as its virtio_net_hdr
@@ -108,29 +79,11 @@ int ClassifyEinval(const Chain& c, uint32_t hdr_len) {
   return kTapWriteEinval;
 }
 
-void CountWriteError(QueueStats& st, int err, const Chain& c, uint32_t hdr_len) {
-  int which = kTapWriteError;
-  if (err == EINVAL) which = ClassifyEinval(c, hdr_len);
-  else if (err == EIO) which = kTapWriteEio;
-  else if (err == EFAULT) which = kTapWriteEfault;
-  st.drops[which].fetch_add(1, std::memory_order_relaxed);
-}
-
-// Writes `len` bytes at `offset` of the buffers described by iov. The net
-// header may be split across descriptors, so never assume it is contiguous.
-void WriteIov(const iovec* iov, size_t cnt, size_t offset, const void* data, size_t len) {
-  const uint8_t* src = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < cnt && len > 0; i++) {
-    if (offset >= iov[i].iov_len) {
-      offset -= iov[i].iov_len;
-      continue;
-    }
-    size_t n = std::min(len, iov[i].iov_len - offset);
-    memcpy(static_cast<uint8_t*>(iov[i].iov_base) + offset, src, n);
-    src += n;
-    len -= n;
-    offset = 0;
-  }
+int WriteErrorDrop(int err, const Chain& c, uint32_t hdr_len) {
+  if (err == EINVAL) return ClassifyEinval(c, hdr_len);
+  if (err == EIO) return kTapWriteEio;
+  if (err == EFAULT) return kTapWriteEfault;
+  return kTapWriteError;
 }
 
 // Reads up to `len` bytes at `offset` of the buffers described by iov into
@@ -177,99 +130,107 @@ bool FilterAccepts(const RxFilter& f, const iovec* iov, size_t cnt, size_t offse
 
 }  // namespace
 
-bool Engine::Validate(const EngineConfig& c, std::string* err) {
+bool Engine::Validate(const EngineConfig& c, std::string* why) {
   if (c.hdr_len != HDR_SIZE_LEGACY && c.hdr_len != HDR_SIZE_V1 && c.hdr_len != HDR_SIZE_HASH) {
-    *err = "hdrLen must be 10, 12 or 20";
+    *why = "hdrLen must be 10, 12 or 20";
     return false;
   }
   if (c.mergeable && c.hdr_len < HDR_SIZE_V1) {
-    *err = "mergeable RX buffers need a header with num_buffers (hdrLen >= 12)";
+    *why = "mergeable RX buffers need a header with num_buffers (hdrLen >= 12)";
     return false;
   }
   // 64 KiB of frame plus header is what GSO can produce; allow headroom, but a
   // bound keeps the u32 arithmetic and the stash size sane.
   if (c.rx_frame_max < c.hdr_len || c.rx_frame_max > (1u << 20)) {
-    *err = "rxFrameMax must be between hdrLen and 1048576";
+    *why = "rxFrameMax must be between hdrLen and 1048576";
     return false;
   }
   if (c.tap_fd < 0 || c.rx.kick_fd < 0 || c.rx.call_fd < 0 || c.tx.kick_fd < 0 || c.tx.call_fd < 0) {
-    *err = "tapFd, kickFd and callFd must be open file descriptors";
+    *why = "tapFd, kickFd and callFd must be open file descriptors";
     return false;
   }
-  for (const QueueConfig* q : {&c.rx, &c.tx}) {
-    SplitQueue probe;
-    Violation v;
-    if (!probe.Init(c.mem, q->layout, c.event_idx, c.indirect, q->last_avail_idx, q->used_idx, &v)) {
-      *err = std::string(q == &c.rx ? "rx" : "tx") + " queue: " + v.detail;
-      return false;
-    }
+  std::shared_ptr<const MemoryTable> mem = c.memory ? c.memory->Get() : nullptr;
+  if (!mem) {
+    *why = "no guest memory";
+    return false;
+  }
+  const QueueLayout both[2] = {c.rx.layout, c.tx.layout};
+  Violation v;
+  if (!CheckLayouts(*mem, both, 2, &v)) {
+    *why = "rx/tx queues: " + v.detail;
+    return false;
   }
   return true;
 }
 
 Engine::Engine(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on_broken_(std::move(on_broken)) {
+  mem_gen_ = cfg_.memory->generation();
+  mem_ = cfg_.memory->Get();
   Violation v;
-  // Validate() ran first; Init cannot fail here.
-  rx_.Init(cfg_.mem, cfg_.rx.layout, cfg_.event_idx, cfg_.indirect, cfg_.rx.last_avail_idx, cfg_.rx.used_idx, &v);
-  tx_.Init(cfg_.mem, cfg_.tx.layout, cfg_.event_idx, cfg_.indirect, cfg_.tx.last_avail_idx, cfg_.tx.used_idx, &v);
+  // Validate() ran first; Init cannot fail here, and if the memory changed in
+  // between, RefreshMemory() at the first round re-checks.
+  rx_broken_ = !rx_.Init(*mem_, cfg_.rx.layout, cfg_.event_idx, cfg_.indirect, cfg_.rx.last_avail_idx,
+                         cfg_.rx.used_idx, &v);
+  tx_broken_ = !tx_.Init(*mem_, cfg_.tx.layout, cfg_.event_idx, cfg_.indirect, cfg_.tx.last_avail_idx,
+                         cfg_.tx.used_idx, &v);
   rx_stats.last_avail_idx = cfg_.rx.last_avail_idx;
   rx_stats.used_idx = cfg_.rx.used_idx;
   tx_stats.last_avail_idx = cfg_.tx.last_avail_idx;
   tx_stats.used_idx = cfg_.tx.used_idx;
+  tx_slots_.resize(kBatch);
+  frames_.resize(kBatch);
+  results_.resize(kBatch);
 }
 
 Engine::~Engine() { Stop(); }
 
-int Engine::Start(const char** syscall) {
+SysResult Engine::Start() {
+  SysResult r;
   if (running_) {
-    *syscall = "start";
-    return EBUSY;
+    r.err = EBUSY;
+    r.syscall = "start";
+    return r;
   }
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) {
-    *syscall = "epoll_create1";
-    return errno;
+    r.err = errno;
+    r.syscall = "epoll_create1";
+    return r;
   }
-  stop_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (stop_fd_ < 0) {
-    int e = errno;
+  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) {
+    r.err = errno;
+    r.syscall = "eventfd";
     close(epoll_fd_);
     epoll_fd_ = -1;
-    *syscall = "eventfd";
-    return e;
+    return r;
   }
-  const std::pair<int, uint32_t> fds[] = {{stop_fd_, kTagStop}, {cfg_.rx.kick_fd, kTagRxKick}, {cfg_.tx.kick_fd, kTagTxKick}};
+  const std::pair<int, uint32_t> fds[] = {{wake_fd_, kTagWake}, {cfg_.rx.kick_fd, kTagRxKick}, {cfg_.tx.kick_fd, kTagTxKick}};
   for (auto [fd, tag] : fds) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u32 = tag;
     if (epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev) < 0) {
-      int e = errno;
+      r.err = errno;
+      r.syscall = "epoll_ctl";
       close(epoll_fd_);
-      close(stop_fd_);
-      epoll_fd_ = stop_fd_ = -1;
-      *syscall = "epoll_ctl";
-      return e;
+      close(wake_fd_);
+      epoll_fd_ = wake_fd_ = -1;
+      return r;
     }
   }
   // io_uring when the kernel allows it; otherwise (ENOSYS, EPERM from
   // kernel.io_uring_disabled or seccomp, ENOMEM) readv/writev, silently: both
   // are correct, one is faster. Made per Start() and released at Stop() so a
   // stopped engine holds no ring fd.
-  uring_.reset();
+  io_.reset();
   if (!cfg_.force_readv && UringWanted()) {
-    auto u = std::make_unique<Uring>();
-    if (u->Init(kBatch) == 0) uring_ = std::move(u);
+    int err = 0;
+    io_ = MakeUringIo(cfg_.tap_fd, kBatch, &err);
   }
-  if (uring_) {
-    tx_slots_.resize(kBatch);
-    batch_res_.resize(kBatch);
-  }
-  // Test only: VHOST_TAP_TEST_URING_FAIL makes this run's first io_uring
-  // batch fail after submission, to exercise AbandonRing.
-  fail_uring_once_ = uring_ && getenv("VHOST_TAP_TEST_URING_FAIL") != nullptr;
+  if (!io_) io_ = MakeReadvIo(cfg_.tap_fd);
+  io_name.store(io_->name());
   rx_batch_ = 1;
-  io_name.store(uring_ ? "io_uring" : "readv/writev");
   // A restart starts from a clean I/O state; the rings carry the rest.
   tap_events_ = 0;
   tap_hup_ = false;
@@ -278,35 +239,30 @@ int Engine::Start(const char** syscall) {
   stop_ = false;
   running_ = true;
   thread_ = std::thread([this] { Run(); });
-  return 0;
+  return r;
+}
+
+void Engine::Wake() {
+  if (wake_fd_ < 0) return;
+  uint64_t one = 1;
+  ssize_t r = write(wake_fd_, &one, sizeof one);
+  (void)r;  // a full counter already means "look again"
 }
 
 void Engine::Stop(bool drain_rx) {
   if (!thread_.joinable()) return;
   drain_rx_ = drain_rx;
   stop_ = true;
-  uint64_t one = 1;
-  ssize_t r = write(stop_fd_, &one, sizeof one);
-  (void)r;  // the flag alone also stops the worker at its next round
+  Wake();  // the flag alone also stops the worker at its next round
   thread_.join();
   close(epoll_fd_);
-  close(stop_fd_);
-  epoll_fd_ = stop_fd_ = -1;
+  close(wake_fd_);
+  epoll_fd_ = wake_fd_ = -1;
   // Chains popped for RX but not used go back to the guest's view of the
   // ring: the resume point is the first of them (they are the newest pops).
-  rx_.UndoPop(static_cast<uint16_t>(rx_stash_.size()));
-  rx_stash_.clear();
-  rx_stash_iov_.clear();
-  rx_stash_bytes_ = 0;
+  stash_.GiveBack(rx_);
   rx_stats.last_avail_idx = rx_.last_avail();
-  // WaitBatch reaps every batch before it returns, so nothing is in flight
-  // here; were that ever broken, cancel before the ring goes (as AbandonRing).
-  assert(!uring_ || uring_->inflight() == 0);
-  if (uring_ && uring_->inflight() != 0) {
-    unsigned got = 0;
-    if (!uring_->Quiesce(nullptr, 0, &got)) static_cast<void>(uring_.release());
-  }
-  uring_.reset();
+  io_.reset();
   running_ = false;
 }
 
@@ -320,128 +276,60 @@ void Engine::Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const V
   on_broken_(qc.index, v.rule, v.detail);
 }
 
-void Engine::Flush(SplitQueue& q, QueueStats& st, const QueueConfig& qc, uint16_t stashed) {
+// Once per batch: the used elements become visible with one store of used.idx,
+// at most one interrupt goes out, and the batch's counts are published.
+void Engine::Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, uint16_t stashed) {
+  st.Publish(counts);
   const uint16_t before = static_cast<uint16_t>(st.used_idx.load(std::memory_order_relaxed));
   if (q.PublishUsed()) {
     uint64_t one = 1;
     // A full eventfd counter (EAGAIN) already means "interrupt pending".
     if (write(qc.call_fd, &one, sizeof one) == sizeof one || errno == EAGAIN)
-      st.interrupts.fetch_add(1, std::memory_order_relaxed);
+      QueueStats::Add(st.interrupts, 1);
   }
-  st.used_chains.fetch_add(static_cast<uint16_t>(q.used_idx() - before), std::memory_order_relaxed);
+  QueueStats::Add(st.used_chains, static_cast<uint16_t>(q.used_idx() - before));
   st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
   st.last_avail_idx.store(static_cast<uint16_t>(q.last_avail() - stashed), std::memory_order_relaxed);
 }
 
+void Engine::RefreshMemory() {
+  const uint64_t gen = cfg_.memory->generation();
+  if (gen == mem_gen_) return;
+  std::shared_ptr<const MemoryTable> next = cfg_.memory->Get();
+  mem_gen_ = gen;
+  if (!next || next == mem_) return;
+  // Stashed RX chains point into the old table: give them back and pop them
+  // again through the new one. Nothing else outlives a batch.
+  if (!rx_broken_) stash_.GiveBack(rx_);
+  Violation v;
+  if (!rx_broken_ && !rx_.Remap(*next, &v)) Break(rx_, rx_stats, cfg_.rx, v);
+  if (!tx_broken_ && !tx_.Remap(*next, &v)) Break(tx_, tx_stats, cfg_.tx, v);
+  mem_ = std::move(next);  // the old table goes when no one else holds it
+}
+
+void Engine::PinLostMemory() {
+  // The kernel may still read or write buffers of the failed batch: the table
+  // they point into (and so their mappings) must never be released.
+  static_cast<void>(new std::shared_ptr<const MemoryTable>(mem_));
+}
+
+void Engine::FallBackIfFailed() {
+  if (!io_->failed()) return;
+  io_ = MakeReadvIo(cfg_.tap_fd);
+  io_name.store(io_->name());
+}
+
+// TX: pop up to kBatch chains, hand them to the TapIo as one batch, complete
+// them in order. A frame the TAP had no room for goes back to the ring with
+// every frame after it (UndoPop), to be sent in the same order on EPOLLOUT.
 bool Engine::ProcessTx() {
-  if (uring_) return ProcessTxBatched();
-  if (tx_blocked_) return false;
-  tx_.DisableNotify();
-  uint32_t packets = 0;
-  uint64_t bytes = 0;
-  bool more = false;
-  for (;;) {
-    if (packets >= kBudgetPackets || bytes >= kBudgetBytes) {
-      more = true;
-      break;
-    }
-    uint16_t head;
-    Violation v;
-    SplitQueue::Pop p = tx_.PopOrArm(&head, &v);
-    if (p == SplitQueue::Pop::kEmpty) break;
-    if (p == SplitQueue::Pop::kBroken || !tx_.ReadTxChain(head, cfg_.hdr_len, &scratch_, &v)) {
-      Break(tx_, tx_stats, cfg_.tx, v);
-      break;
-    }
-    packets++;  // attempts count toward the budget, so failing writes cannot hog the worker
-    if (scratch_.iov.size() > kMaxIov) {
-      tx_stats.drops[kTxTooManySegments].fetch_add(1, std::memory_order_relaxed);
-      tx_.AddUsed(head, 0);
-      continue;
-    }
-    ssize_t n;
-    do {
-      n = writev(cfg_.tap_fd, scratch_.iov.data(), static_cast<int>(scratch_.iov.size()));
-    } while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      // Not consumed: the same chain is taken again when the TAP has room.
-      tx_.UndoPop();
-      tx_blocked_ = true;
-      break;
-    }
-    if (n < 0) {
-      CountWriteError(tx_stats, errno, scratch_, cfg_.hdr_len);
-    } else {
-      const uint64_t frame = scratch_.bytes - cfg_.hdr_len;
-      bytes += scratch_.bytes;
-      tx_stats.packets.fetch_add(1, std::memory_order_relaxed);
-      tx_stats.bytes.fetch_add(frame, std::memory_order_relaxed);
-    }
-    tx_.AddUsed(head, 0);  // TX chains: the device wrote nothing
-  }
-  Flush(tx_, tx_stats, cfg_.tx, 0);
-  return more;
-}
-
-bool Engine::WaitBatch(unsigned n) {
-  for (unsigned i = 0; i < n; i++) batch_res_[i] = kNoCqe;
-  unsigned got = 0;
-  while (got < n) {
-    uint64_t ud;
-    int32_t res;
-    if (uring_->Reap(&ud, &res)) {
-      if (ud < n) batch_res_[ud] = res;
-      got++;
-      continue;
-    }
-    int e;
-    if (fail_uring_once_) {
-      // Test hook (VHOST_TAP_TEST_URING_FAIL, see Start): submit the batch,
-      // then fail as io_uring_enter might, so requests are in flight.
-      fail_uring_once_ = false;
-      e = uring_->SubmitAndWait(0);
-      if (e == 0) e = EIO;
-    } else {
-      e = uring_->SubmitAndWait(n - got);
-    }
-    if (e != 0) return AbandonRing(n, got);
-  }
-  return true;
-}
-
-// The ring itself failed (not one I/O): the engine goes on with readv/writev.
-// Closing the ring's fd would not cancel what it still runs, and a late read
-// could land in chains reused by then, so every submitted request is first
-// cancelled and reaped. The batch's results are then exact (a slot without
-// one was never submitted, so never ran) and it is finished with them: true.
-// Should the kernel not confirm in time, the ring is leaked on purpose, mapped
-// with its fd open: dropping it would not stop a request either, and keeping
-// it leaves the kernel's view as it is. False: the results are unknown.
-bool Engine::AbandonRing(unsigned n, unsigned got) {
-  const bool quiet = uring_->Quiesce(batch_res_.data(), n, &got);
-  if (quiet) {
-    uring_.reset();
-  } else {
-    static_cast<void>(uring_.release());
-  }
-  io_name.store("readv/writev");
-  return quiet;
-}
-
-// TX through io_uring: up to kBatch chains, one WRITEV each, submitted with one
-// io_uring_enter. The writes are linked (IOSQE_IO_LINK): one starts only when
-// the previous fully succeeded, so after an -EAGAIN (TAP queue or socket full)
-// or any error every later write comes back -ECANCELED without having run,
-// and the frames still to send are exactly a suffix of the popped chains,
-// given back with UndoPop() and sent next time in the same order.
-bool Engine::ProcessTxBatched() {
   if (tx_blocked_) return false;
   tx_.DisableNotify();
   uint32_t packets = 0;
   uint64_t bytes = 0;
   bool more = false;
   bool broke = false;
-  while (uring_) {
+  for (;;) {
     if (packets >= kBudgetPackets || bytes >= kBudgetBytes) {
       more = true;
       break;
@@ -451,7 +339,7 @@ bool Engine::ProcessTxBatched() {
     while (n < kBatch && packets + n < kBudgetPackets) {
       uint16_t head;
       Violation v;
-      SplitQueue::Pop p = tx_.PopOrArm(&head, &v);
+      const SplitQueue::Pop p = tx_.PopOrArm(&head, &v);
       if (p == SplitQueue::Pop::kEmpty) {
         drained = true;
         break;
@@ -464,87 +352,80 @@ bool Engine::ProcessTxBatched() {
       n++;
     }
     if (n == 0) break;
-    // The last slot that goes to the kernel carries no link flag.
-    int last = -1;
-    for (unsigned i = 0; i < n; i++)
-      if (tx_slots_[i].iov.size() <= kMaxIov) last = static_cast<int>(i);
-    // n <= kBatch, the ring's size, and every batch is fully reaped: Queue
-    // always has room. Should it refuse anyway, the slots from there on go
-    // unqueued and come back as not done (kNoCqe).
-    unsigned queued = 0;
+    // A chain in more buffers than one writev takes is dropped in place; the
+    // rest go to the TAP as one batch.
+    unsigned nio = 0;
     for (unsigned i = 0; i < n; i++) {
       const Chain& c = tx_slots_[i];
-      if (c.iov.size() > kMaxIov) continue;
-      if (!uring_->Queue(IORING_OP_WRITEV, cfg_.tap_fd, c.iov.data(), static_cast<unsigned>(c.iov.size()), queued,
-                         static_cast<int>(i) != last))
-        break;
-      queued++;
+      if (c.iov.size() <= kMaxIov) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
     }
-    const bool ok = queued == 0 || WaitBatch(queued);
+    const TapIo::Batch outcome = nio ? io_->Write(frames_.data(), nio, results_.data()) : TapIo::Batch::kDone;
+    if (outcome == TapIo::Batch::kUnknown) {
+      // Whether these frames went out is unknown and the kernel may still
+      // read their buffers: they are neither completed nor sent again. The
+      // guest gets the chains back at its next reset.
+      PinLostMemory();
+      FallBackIfFailed();
+      more = true;
+      break;
+    }
     unsigned k = 0, undo_from = n;
     for (unsigned i = 0; i < n; i++) {
       const Chain& c = tx_slots_[i];
       if (c.iov.size() > kMaxIov) {
-        tx_stats.drops[kTxTooManySegments].fetch_add(1, std::memory_order_relaxed);
+        tx_counts_.drops[kTxTooManySegments]++;
       } else {
-        const int32_t r = ok && k < queued ? batch_res_[k] : kNoCqe;
-        k++;
-        if (r == -EAGAIN || r == -EWOULDBLOCK) {
-          tx_blocked_ = true;
-          undo_from = i;
-          break;
-        }
-        if (r == -ECANCELED || r == -EINTR || r == kNoCqe) {
+        const int32_t r = results_[k++];
+        if (r == kNotDone || r == -EAGAIN || r == -EWOULDBLOCK) {
+          if (r != kNotDone) tx_blocked_ = true;
           undo_from = i;
           break;
         }
         if (r < 0) {
-          CountWriteError(tx_stats, -r, c, cfg_.hdr_len);
+          tx_counts_.drops[WriteErrorDrop(-r, c, cfg_.hdr_len)]++;
         } else {
           bytes += c.bytes;
-          tx_stats.packets.fetch_add(1, std::memory_order_relaxed);
-          tx_stats.bytes.fetch_add(c.bytes - cfg_.hdr_len, std::memory_order_relaxed);
+          tx_counts_.packets++;
+          tx_counts_.bytes += c.bytes - cfg_.hdr_len;
         }
       }
-      packets++;
-      tx_.AddUsed(c.head, 0);
+      packets++;  // attempts count toward the budget, so failing writes cannot hog the worker
+      tx_.AddUsed(c.head, 0);  // TX chains: the device wrote nothing
     }
     // A broken queue is never touched again; its position no longer matters.
     if (undo_from < n && !broke) tx_.UndoPop(static_cast<uint16_t>(n - undo_from));
+    FallBackIfFailed();
     if (broke || tx_blocked_) break;
-    // Drained, unless cancelled frames went back to the ring: those go now,
-    // the guest will not kick for them again.
+    // Drained, unless frames went back to the ring without EAGAIN (the I/O
+    // mechanism failed under them): those go now, the guest will not kick again.
     if (drained && undo_from == n) break;
   }
-  Flush(tx_, tx_stats, cfg_.tx, 0);
-  // The ring failed: the rest goes through writev from the next round.
-  if (!uring_ && !broke && !tx_blocked_) more = true;
+  Flush(tx_, tx_stats, tx_counts_, cfg_.tx, 0);
   return more;
 }
 
 bool Engine::RxNeedsMore() const {
-  if (!cfg_.mergeable) return rx_stash_.empty();
+  if (!cfg_.mergeable) return stash_.chains() == 0;
   // Mergeable: gather until the largest frame fits. Also stop when the stash
   // already holds every buffer the ring can hold (a small ring would otherwise
   // never become "ready" and RX would deadlock: the guest cannot post more) or
   // when one read could not take more segments.
-  return rx_stash_bytes_ < cfg_.rx_frame_max && rx_stash_.size() < rx_.size() &&
-         rx_stash_iov_.size() < kMaxIov;
+  return stash_.bytes() < cfg_.rx_frame_max && stash_.chains() < rx_.size() && stash_.iovs() < kMaxIov;
 }
 
 bool Engine::FillRxStash() {
   for (;;) {
     if (!RxNeedsMore()) {
-      // With io_uring, take what the guest already posted up to the next
-      // batch size, so several reads can go in one submission. Only chains
-      // that are there: an empty ring here is no reason to wait.
-      if (!uring_ || rx_stash_.size() >= rx_batch_ || rx_stash_iov_.size() >= kMaxIov ||
-          rx_stash_.size() >= rx_.size() || rx_.last_avail() == rx_.AvailIdx())
+      // Take what the guest already posted up to the next batch size, so
+      // several reads can go in one batch. Only chains that are there: an
+      // empty ring here is no reason to wait.
+      if (stash_.chains() >= rx_batch_ || stash_.iovs() >= kMaxIov || stash_.chains() >= rx_.size() ||
+          rx_.last_avail() == rx_.AvailIdx())
         break;
     }
     uint16_t head;
     Violation v;
-    SplitQueue::Pop p = rx_.PopOrArm(&head, &v);
+    const SplitQueue::Pop p = rx_.PopOrArm(&head, &v);
     if (p == SplitQueue::Pop::kEmpty) return true;  // kicks stay enabled: we sleep until the guest posts buffers
     if (p == SplitQueue::Pop::kBroken || !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v)) {
       Break(rx_, rx_stats, cfg_.rx, v);
@@ -557,129 +438,120 @@ bool Engine::FillRxStash() {
       Break(rx_, rx_stats, cfg_.rx, v);
       return false;
     }
-    rx_stash_.push_back(Stashed{head, static_cast<uint32_t>(scratch_.iov.size()), scratch_.bytes});
-    rx_stash_iov_.insert(rx_stash_iov_.end(), scratch_.iov.begin(), scratch_.iov.end());
-    rx_stash_bytes_ += scratch_.bytes;
+    stash_.Push(scratch_);
   }
   return true;
 }
 
 // How many leading stashed chains can each take a read of their own: each
-// holds rxFrameMax alone, so a frame always fits in one chain and a read uses
-// that chain whole (mergeable buffers of MTU size without GSO, or any
-// non-mergeable chain). Smaller mergeable chains need the whole stash for one
-// read, as the single-read path does.
+// holds rxFrameMax alone, so a frame always fits in one chain (mergeable
+// buffers of MTU size without GSO, or any non-mergeable chain). Smaller
+// mergeable chains need the whole stash for one read.
 size_t Engine::RxBatchable() const {
   size_t g = 0;
-  for (const Stashed& s : rx_stash_) {
-    if (g >= rx_batch_ || g >= kBatch || s.bytes < cfg_.rx_frame_max) break;
-    g++;
-  }
+  while (g < stash_.chains() && g < rx_batch_ && g < kBatch && stash_.chain_bytes(g) >= cfg_.rx_frame_max) g++;
   return g;
 }
 
-// Posts one READV per chain for the first g stashed chains in one submission.
-// On a TAP queue fd (O_NONBLOCK) io_uring issues the reads inline, in SQE
-// order, each taking the queue's next frame or failing with -EAGAIN, so frames
-// land in slot order. Reads are not linked: a read shorter than its buffers
-// (every frame) would break a link. A slot with no usable frame (EAGAIN,
-// filtered, truncated, runt) leaves a hole; a later frame then moves down
-// into the first free chain, so the used chains stay the oldest pops and the
-// stash stays the newest pops (what Stop() gives back). The copy only happens
-// after such a hole.
-void Engine::ReadRxBatch(size_t g, uint32_t* packets, uint64_t* bytes, const RxFilter* check) {
-  size_t off[kBatch + 1];
-  off[0] = 0;
-  for (size_t i = 0; i < g; i++) off[i + 1] = off[i] + rx_stash_[i].iov_count;
-  // g <= kBatch, the ring's size (see ProcessTxBatched); should Queue refuse,
-  // the batch is just the reads queued so far.
-  size_t queued = 0;
-  while (queued < g && uring_->Queue(IORING_OP_READV, cfg_.tap_fd, rx_stash_iov_.data() + off[queued],
-                                     rx_stash_[queued].iov_count, queued, false))
-    queued++;
-  g = queued;
-  if (g == 0) return;
-  if (!WaitBatch(static_cast<unsigned>(g))) {
-    // The ring failed and the kernel never confirmed its reads were over (see
-    // AbandonRing): these chains may still be written, so they are neither
-    // published nor reused nor given back at stop (they are the oldest pops,
-    // so Stop's UndoPop of the stash stays right). The guest gets them back
-    // at its next reset; readv goes on with the rest of the stash.
-    for (size_t i = 0; i < g; i++) rx_stash_bytes_ -= rx_stash_[i].bytes;
-    rx_stash_.erase(rx_stash_.begin(), rx_stash_.begin() + static_cast<ptrdiff_t>(g));
-    rx_stash_iov_.erase(rx_stash_iov_.begin(), rx_stash_iov_.begin() + static_cast<ptrdiff_t>(off[g]));
+// One batch of reads. Either one read per chain for the first g chains that
+// each hold a whole frame, or (mergeable chains smaller than a frame) one read
+// over as many stashed chains as one readv takes. A read with no usable frame
+// (EAGAIN, filtered, truncated, runt) leaves a hole; a later frame then moves
+// down into the first free chain, so the used chains stay the oldest pops and
+// the stash stays the newest pops (what Stop() gives back). The copy only
+// happens after such a hole.
+void Engine::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check) {
+  struct Target {
+    size_t first, end;  // stash chains [first, end)
+  };
+  Target targets[kBatch];
+  size_t nt = std::min<size_t>(RxBatchable(), kBudgetPackets - *attempts);
+  if (nt >= 1) {
+    for (size_t i = 0; i < nt; i++) targets[i] = Target{i, i + 1};
+  } else {
+    // The chains one read may fill: stash order, whole chains, within kMaxIov.
+    size_t niov = 0, nchains = 0;
+    while (nchains < stash_.chains()) {
+      const IoFrame f = stash_.Span(nchains, 1);
+      if (nchains > 0 && niov + f.iovcnt > kMaxIov) break;
+      niov += f.iovcnt;
+      nchains++;
+      if (!cfg_.mergeable) break;
+    }
+    targets[0] = Target{0, nchains};
+    nt = 1;
+  }
+  for (size_t i = 0; i < nt; i++) frames_[i] = stash_.Span(targets[i].first, targets[i].end - targets[i].first);
+  const TapIo::Batch outcome = io_->Read(frames_.data(), static_cast<uint32_t>(nt), results_.data());
+  if (outcome == TapIo::Batch::kUnknown) {
+    // The I/O mechanism failed and the kernel never confirmed its reads were
+    // over: these chains may still be written, so they are neither published
+    // nor reused nor given back at stop (they are the oldest pops, so the
+    // stash's give-back stays right). The guest gets them back at its next
+    // reset; readv goes on with the rest of the stash.
+    PinLostMemory();
+    stash_.Withhold(targets[nt - 1].end);
+    FallBackIfFailed();
     return;
   }
-  size_t f = 0;  // next free chain
+  const bool set_nb = cfg_.mergeable || cfg_.hdr_len >= HDR_SIZE_V1;
+  size_t free = 0;  // next free chain
   bool empty = false;
-  for (size_t i = 0; i < g; i++) {
-    const int32_t r = batch_res_[i];
-    if (r == -EAGAIN || r == -EWOULDBLOCK) {
+  for (size_t i = 0; i < nt; i++) {
+    const int32_t r = results_[i];
+    if (r == kNotDone || r == -EAGAIN || r == -EWOULDBLOCK) {
       empty = true;
       continue;
     }
     if (r < 0) {
-      if (r != -ECANCELED && r != -EINTR && r != kNoCqe)
-        rx_stats.drops[kTapReadError].fetch_add(1, std::memory_order_relaxed);
+      if (r != -ECANCELED && r != -EINTR) rx_counts_.drops[kTapReadError]++;
       empty = true;
       continue;
     }
     if (r == 0) {
+      // A TAP never returns 0; a socket does at EOF. Stop polling it.
       tap_hup_ = true;
       continue;
     }
-    (*packets)++;
+    (*attempts)++;
     const uint64_t got = static_cast<uint64_t>(r);
-    const iovec* iov = rx_stash_iov_.data() + off[i];
+    const IoFrame& at = frames_[i];
+    uint64_t cap = 0;
+    for (size_t c = targets[i].first; c < targets[i].end; c++) cap += stash_.chain_bytes(c);
     if (got < cfg_.hdr_len) {
-      rx_stats.drops[kRxRunt].fetch_add(1, std::memory_order_relaxed);
+      rx_counts_.drops[kRxRunt]++;
       continue;
     }
-    if (got > rx_stash_[i].bytes) {
-      rx_stats.drops[kRxTruncated].fetch_add(1, std::memory_order_relaxed);
+    if (got > cap) {
+      // tun returns the frame's full length even when it had to cut it. A
+      // partial frame is worse than none: drop it, count it, and keep the
+      // buffers (nothing was published) for the next frame.
+      rx_counts_.drops[kRxTruncated]++;
       continue;
     }
-    if (check && !FilterAccepts(*check, iov, rx_stash_[i].iov_count, cfg_.hdr_len, got - cfg_.hdr_len)) {
-      rx_stats.drops[kRxFiltered].fetch_add(1, std::memory_order_relaxed);
+    if (check && !FilterAccepts(*check, at.iov, at.iovcnt, cfg_.hdr_len, got - cfg_.hdr_len)) {
+      // As a NIC's filter: the guest never sees it, the buffers take the next frame.
+      rx_counts_.drops[kRxFiltered]++;
       continue;
     }
-    // The first free chain may be smaller than chain i (each holds only
-    // rxFrameMax for sure, and a frame may be longer: a VLAN tag, a larger
-    // TAP MTU). Mergeable: spread the frame over the free chains f.. (chains
-    // f..i hold at least chain i's bytes, so it always fits). Otherwise it
-    // does not fit the chain it would be used in: truncated, as in ProcessRx.
-    size_t k = 1;
-    uint64_t room = rx_stash_[f].bytes;
-    while (room < got && cfg_.mergeable && f + k <= i) room += rx_stash_[f + k++].bytes;
-    if (room < got) {
-      rx_stats.drops[kRxTruncated].fetch_add(1, std::memory_order_relaxed);
+    const uint32_t k = stash_.Place(rx_, free, targets[i].first, targets[i].end, got, cfg_.mergeable, set_nb);
+    if (k == 0) {
+      // Read into a chain that holds it, but the first free chain is smaller
+      // and without mergeable buffers a frame cannot spread.
+      rx_counts_.drops[kRxTruncated]++;
       continue;
     }
-    // When chain i is among the targets it is written only below where it is
-    // read (forward order), so the copy never overwrites bytes still to be read.
-    if (f != i) CopyIov(rx_stash_iov_.data() + off[f], off[f + k] - off[f], iov, rx_stash_[i].iov_count, got);
-    if (cfg_.mergeable || cfg_.hdr_len >= HDR_SIZE_V1) {
-      const uint16_t nb = ToLe16(static_cast<uint16_t>(k));
-      WriteIov(rx_stash_iov_.data() + off[f], rx_stash_[f].iov_count, HDR_OFF_NUM_BUFFERS, &nb, sizeof nb);
-    }
-    uint64_t left = got;
-    for (size_t j = f; j < f + k; j++) {
-      const uint64_t use = std::min(left, rx_stash_[j].bytes);
-      rx_.AddUsed(rx_stash_[j].head, static_cast<uint32_t>(use));
-      left -= use;
-    }
-    f += k;
+    free += k;
     *bytes += got;
-    rx_stats.packets.fetch_add(1, std::memory_order_relaxed);
-    rx_stats.bytes.fetch_add(got - cfg_.hdr_len, std::memory_order_relaxed);
+    rx_counts_.packets++;
+    rx_counts_.bytes += got - cfg_.hdr_len;
   }
-  for (size_t i = 0; i < f; i++) rx_stash_bytes_ -= rx_stash_[i].bytes;
-  rx_stash_.erase(rx_stash_.begin(), rx_stash_.begin() + static_cast<ptrdiff_t>(f));
-  rx_stash_iov_.erase(rx_stash_iov_.begin(), rx_stash_iov_.begin() + static_cast<ptrdiff_t>(off[f]));
+  stash_.Consume(free);
   if (empty) rx_tap_readable_ = false;  // wait for EPOLLIN (level-triggered: queued frames still wake us)
-  // Adapt: a full batch means more may be queued, so try twice as many; a
-  // partial one says about how many the kernel had.
-  rx_batch_ = f == g ? std::min<size_t>(2 * g, kBatch) : std::max<size_t>(1, f);
+  // Adapt: a batch that never ran dry means more may be queued, so try twice
+  // as many next time; one that did says about how many the kernel had.
+  rx_batch_ = empty ? std::max<size_t>(1, free) : std::min<size_t>(2 * nt, kBatch);
+  FallBackIfFailed();
 }
 
 bool Engine::ProcessRx() {
@@ -687,11 +559,11 @@ bool Engine::ProcessRx() {
   // One load per round, not per frame: a new filter applies from the next round.
   const std::shared_ptr<const RxFilter> filter = std::atomic_load(&rx_filter_);
   const RxFilter* check = filter && !filter->AcceptsAll() ? filter.get() : nullptr;
-  uint32_t packets = 0;
+  uint32_t attempts = 0;
   uint64_t bytes = 0;
   bool more = false;
   for (;;) {
-    if (packets >= kBudgetPackets || bytes >= kBudgetBytes) {
+    if (attempts >= kBudgetPackets || bytes >= kBudgetBytes) {
       more = true;
       break;
     }
@@ -703,88 +575,10 @@ bool Engine::ProcessRx() {
     }
     rx_want_tap_ = true;
     if (tap_hup_ || !rx_tap_readable_) break;
-    if (uring_) {
-      const size_t g = std::min<size_t>(RxBatchable(), kBudgetPackets - packets);
-      if (g >= 2) {
-        ReadRxBatch(g, &packets, &bytes, check);
-        continue;
-      }
-    }
-
-    // The chains one read may fill: stash order, whole chains, within kMaxIov.
-    size_t niov = 0, nchains = 0;
-    uint64_t cap = 0;
-    for (const Stashed& s : rx_stash_) {
-      if (niov + s.iov_count > kMaxIov) break;
-      niov += s.iov_count;
-      cap += s.bytes;
-      nchains++;
-      if (!cfg_.mergeable) break;
-    }
-    ssize_t n;
-    do {
-      n = readv(cfg_.tap_fd, rx_stash_iov_.data(), static_cast<int>(niov));
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK)
-        rx_stats.drops[kTapReadError].fetch_add(1, std::memory_order_relaxed);
-      rx_tap_readable_ = false;  // wait for EPOLLIN rather than retrying now
-      break;
-    }
-    if (n == 0) {
-      // A TAP never returns 0; a socket does at EOF. Stop polling it.
-      tap_hup_ = true;
-      break;
-    }
-    packets++;
-    const uint64_t got = static_cast<uint64_t>(n);
-    if (got < cfg_.hdr_len) {
-      rx_stats.drops[kRxRunt].fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    if (got > cap) {
-      // tun returns the frame's full length even when it had to cut it. A
-      // partial frame is worse than none: drop it, count it, and keep the
-      // buffers (nothing was published) for the next frame.
-      rx_stats.drops[kRxTruncated].fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    if (check && !FilterAccepts(*check, rx_stash_iov_.data(), niov, cfg_.hdr_len, got - cfg_.hdr_len)) {
-      // As a NIC's filter: the guest never sees it, the buffers take the next frame.
-      rx_stats.drops[kRxFiltered].fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    // Spread the frame over the first k chains, each filled before the next.
-    uint64_t left = got;
-    size_t k = 0;
-    while (left > 0) {
-      const uint64_t use = std::min(left, rx_stash_[k].bytes);
-      left -= use;
-      k++;
-    }
-    if (cfg_.mergeable || cfg_.hdr_len >= HDR_SIZE_V1) {
-      // num_buffers: the TAP leaves it alone, and it exists whenever the header
-      // is at least 12 bytes (VERSION_1 without mergeable buffers: always 1).
-      const uint16_t nb = ToLe16(static_cast<uint16_t>(k));
-      WriteIov(rx_stash_iov_.data(), rx_stash_[0].iov_count, HDR_OFF_NUM_BUFFERS, &nb, sizeof nb);
-    }
-    left = got;
-    size_t used_iov = 0;
-    for (size_t i = 0; i < k; i++) {
-      const uint64_t use = std::min(left, rx_stash_[i].bytes);
-      rx_.AddUsed(rx_stash_[i].head, static_cast<uint32_t>(use));
-      left -= use;
-      used_iov += rx_stash_[i].iov_count;
-      rx_stash_bytes_ -= rx_stash_[i].bytes;
-    }
-    rx_stash_.erase(rx_stash_.begin(), rx_stash_.begin() + static_cast<ptrdiff_t>(k));
-    rx_stash_iov_.erase(rx_stash_iov_.begin(), rx_stash_iov_.begin() + static_cast<ptrdiff_t>(used_iov));
-    if (uring_) rx_batch_ = 2;  // a frame was there: the next try posts two reads
-    bytes += got;
-    rx_stats.packets.fetch_add(1, std::memory_order_relaxed);
-    rx_stats.bytes.fetch_add(got - cfg_.hdr_len, std::memory_order_relaxed);
+    ReadBatch(&attempts, &bytes, check);
+    if (rx_broken_) break;
   }
-  Flush(rx_, rx_stats, cfg_.rx, static_cast<uint16_t>(rx_stash_.size()));
+  Flush(rx_, rx_stats, rx_counts_, cfg_.rx, static_cast<uint16_t>(stash_.chains()));
   return more;
 }
 
@@ -810,7 +604,7 @@ void Engine::UpdateTapInterest() {
 
 void Engine::DrainKick(int fd, QueueStats& st) {
   uint64_t v;
-  if (read(fd, &v, sizeof v) == sizeof v) st.kicks.fetch_add(1, std::memory_order_relaxed);
+  if (read(fd, &v, sizeof v) == sizeof v) QueueStats::Add(st.kicks, 1);
 }
 
 // Spins for up to busy_poll_us looking for work that would otherwise need a
@@ -827,6 +621,7 @@ bool Engine::BusyPoll() {
   const int64_t budget_ns = int64_t{cfg_.busy_poll_us} * 1000;
   for (uint32_t spin = 0;; spin++) {
     if (stop_.load(std::memory_order_relaxed)) return false;
+    if (cfg_.memory->generation() != mem_gen_) return true;
     if (!tx_broken_ && !tx_blocked_ && tx_.AvailIdx() != tx_.last_avail()) return true;
     if (!rx_broken_ && !rx_want_tap_ && rx_.AvailIdx() != rx_.last_avail()) return true;
     const short want = static_cast<short>((!rx_broken_ && rx_want_tap_ && !tap_hup_ ? POLLIN : 0) |
@@ -850,6 +645,7 @@ bool Engine::BusyPoll() {
 
 void Engine::DrainRx() {
   for (int i = 0; i < kDrainRounds && !rx_broken_ && !tap_hup_; i++) {
+    RefreshMemory();
     rx_tap_readable_ = true;
     if (!ProcessRx()) break;  // EAGAIN, or no guest buffers left
   }
@@ -870,6 +666,7 @@ void Engine::Run() {
 void Engine::Loop() {
   epoll_event evs[kMaxEvents];
   while (!stop_.load(std::memory_order_relaxed)) {
+    RefreshMemory();
     bool more = false;
     if (!tx_broken_) more |= ProcessTx();
     if (!rx_broken_) more |= ProcessRx();
@@ -881,8 +678,12 @@ void Engine::Loop() {
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {
       switch (evs[i].data.u32) {
-        case kTagStop:
-          return;
+        case kTagWake: {
+          uint64_t v;
+          ssize_t r = read(wake_fd_, &v, sizeof v);
+          (void)r;  // the loop condition sees stop_; memory is refreshed at the top
+          break;
+        }
         case kTagRxKick: DrainKick(cfg_.rx.kick_fd, rx_stats); break;
         case kTagTxKick: DrainKick(cfg_.tx.kick_fd, tx_stats); break;
         case kTagTap:

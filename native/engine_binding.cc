@@ -1,5 +1,5 @@
 // JS face of the engine: the `Engine` class of backend/native.ts. Parses and
-// checks options, pins the guest memory for the engine's whole life, and
+// checks options, holds the GuestMemory for the engine's whole life, and
 // carries rule violations back to the JS thread.
 #include <napi.h>
 
@@ -7,6 +7,7 @@
 
 #include "engine.h"
 #include "errors.h"
+#include "memory_binding.h"
 
 namespace vt {
 
@@ -113,7 +114,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Engine",
                        {InstanceMethod<&EngineWrap::Start>("start"), InstanceMethod<&EngineWrap::Stop>("stop"),
-                        InstanceMethod<&EngineWrap::Stats>("stats"),
+                        InstanceMethod<&EngineWrap::Stats>("stats"), InstanceMethod<&EngineWrap::Wake>("wake"),
                         InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter")});
   }
 
@@ -123,7 +124,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object opts = info[0].As<Napi::Object>();
 
     EngineConfig cfg;
-    cfg.mem = PinMemory(opts);
+    Napi::Value mem = opts.Get("memory");
+    cfg.memory = GuestMemoryWrap::From(mem, "memory")->slot();
+    memory_ = Napi::Persistent(mem.As<Napi::Object>());
     cfg.tap_fd = static_cast<int>(GetRange(opts, "tapFd", 0, INT32_MAX, ""));
     cfg.hdr_len = static_cast<uint32_t>(GetRange(opts, "hdrLen", 0, 64, ""));
     cfg.mergeable = GetBool(opts, "mergeable");
@@ -143,8 +146,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.tx = ParseQueue(opts, "tx");
     Napi::Value cb = opts.Get("onBroken");
     if (!cb.IsFunction()) BadArg(env, "option 'onBroken' must be a function");
-    std::string err;
-    if (!Engine::Validate(cfg, &err)) BadArg(env, err);
+    std::string why;
+    if (!Engine::Validate(cfg, &why)) BadArg(env, why);
 
     on_broken_ = Napi::ThreadSafeFunction::New(env, cb.As<Napi::Function>(), "vhost-tap onBroken", 0, 1);
     // A quiet engine must not keep the process alive; stop() is what ends it.
@@ -170,30 +173,6 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
  private:
-  // The guest memory must be a SharedArrayBuffer (a plain ArrayBuffer could be
-  // detached under the worker). Node-API has no SharedArrayBuffer accessor in
-  // Node 20 (napi_get_arraybuffer_info rejects it), but a Uint8Array over it
-  // is an ordinary typed array whose data pointer Node-API does hand out. The
-  // reference to the buffer keeps its backing store alive as long as we are.
-  GuestMemory PinMemory(const Napi::Object& opts) {
-    Napi::Env env = opts.Env();
-    Napi::Value mem = opts.Get("memory");
-    Napi::Function sab_ctor = env.Global().Get("SharedArrayBuffer").As<Napi::Function>();
-    if (!mem.IsObject() || !mem.As<Napi::Object>().InstanceOf(sab_ctor))
-      BadArg(env, "option 'memory' must be a SharedArrayBuffer");
-    Napi::Function u8_ctor = env.Global().Get("Uint8Array").As<Napi::Function>();
-    Napi::Value view = u8_ctor.New({mem});
-    napi_typedarray_type type;
-    size_t length = 0, offset = 0;
-    void* data = nullptr;
-    napi_value ab;
-    if (napi_get_typedarray_info(env, view, &type, &length, &data, &ab, &offset) != napi_ok)
-      BadArg(env, "cannot get the SharedArrayBuffer's memory");
-    if (length == 0 || data == nullptr) BadArg(env, "option 'memory' is empty");
-    memory_ = Napi::Persistent(mem.As<Napi::Object>());
-    return GuestMemory{static_cast<uint8_t*>(data), length};
-  }
-
   void Shutdown() {
     if (engine_) engine_->Stop();
     if (tsfn_live_) {
@@ -210,9 +189,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   void Start(const Napi::CallbackInfo& info) {
     if (!tsfn_live_) ThrowCode(info.Env(), "EVHOST_STATE", "engine was shut down");
     if (engine_->running()) ThrowCode(info.Env(), "EVHOST_STATE", "engine is already running");
-    const char* sc = "";
-    int err = engine_->Start(&sc);
-    if (err) ThrowErrno(info.Env(), err, sc, "starting the engine worker");
+    const SysResult r = engine_->Start();
+    if (!r.ok()) ThrowErrno(info.Env(), r.err, r.syscall, "starting the engine worker");
   }
 
   // stop(drainRx?: boolean)
@@ -220,6 +198,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     const bool drain = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
     engine_->Stop(drain);
   }
+
+  // wake(): the GuestMemory changed; a sleeping worker takes the new table now.
+  void Wake(const Napi::CallbackInfo&) { engine_->Wake(); }
 
   // setRxFilter(snapshot | null); null accepts every frame.
   void SetRxFilter(const Napi::CallbackInfo& info) {
@@ -244,8 +225,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   napi_env env_;
-  std::unique_ptr<Engine> engine_;
+  // Declared before engine_ so that the engine (and its worker) is gone
+  // before the memory it points into may be let go.
   Napi::ObjectReference memory_;
+  std::unique_ptr<Engine> engine_;
   Napi::ThreadSafeFunction on_broken_;
   bool tsfn_live_ = false;
 };

@@ -53,15 +53,15 @@ constexpr unsigned long kTunSetQueue = _IOW('T', 217, int);
 constexpr unsigned long kTunSetVnetLe = _IOW('T', 220, int);
 constexpr unsigned long kTunSetCarrier = _IOW('T', 226, int);
 
-TapResult Fail(const char* syscall, const char* step, int err) {
-  TapResult r;
+SysResult Fail(const char* syscall, const char* step, int err) {
+  SysResult r;
   r.err = err != 0 ? err : EIO;  // never report a failure as success
   r.syscall = syscall;
   r.step = step;
   return r;
 }
 
-TapResult Ok() { return TapResult{}; }
+SysResult Ok() { return SysResult{}; }
 
 // Closes an fd when it goes out of scope unless released to the caller.
 class UniqueFd {
@@ -99,7 +99,7 @@ class NetnsGuard {
   NetnsGuard& operator=(const NetnsGuard&) = delete;
 
   // Enters `path`; a null path means "stay where we are" and does nothing.
-  TapResult Enter(const char* path) {
+  SysResult Enter(const char* path) {
     if (path == nullptr) return Ok();
     // Save first: once we have moved, our own namespace has no name we could
     // look up again.
@@ -146,9 +146,9 @@ bool NameFits(const std::string& name) {
 // An ioctl socket bound to `netnsPath`. A socket keeps the namespace it was
 // created in, so the thread can leave right after creating it and every
 // SIOC* request still reaches the devices there.
-TapResult OpenControlSocket(const char* netnsPath, UniqueFd* out) {
+SysResult OpenControlSocket(const char* netnsPath, UniqueFd* out) {
   NetnsGuard guard;
-  TapResult r = guard.Enter(netnsPath);
+  SysResult r = guard.Enter(netnsPath);
   if (!r.ok()) return r;
   int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   // Interface ioctls are family-independent (they fall through to dev_ioctl),
@@ -160,14 +160,14 @@ TapResult OpenControlSocket(const char* netnsPath, UniqueFd* out) {
   return Ok();
 }
 
-TapResult IntIoctl(int fd, unsigned long req, const char* syscall, int value) {
+SysResult IntIoctl(int fd, unsigned long req, const char* syscall, int value) {
   if (::ioctl(fd, req, &value) < 0) return Fail(syscall, kStepIoctl, errno);
   return Ok();
 }
 
 }  // namespace
 
-TapResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags, int* fd,
+SysResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags, int* fd,
                   std::string* actualName) {
   if (!NameFits(name)) return Fail("ioctl(TUNSETIFF)", kStepName, ENAMETOOLONG);
 
@@ -177,7 +177,7 @@ TapResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags
     // the opener was in at open() time: tun records it on the file. So only
     // the open() needs to happen inside; TUNSETIFF can follow back home.
     NetnsGuard guard;
-    TapResult r = guard.Enter(netnsPath);
+    SysResult r = guard.Enter(netnsPath);
     if (!r.ok()) return r;
     tun.reset(::open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC));
     if (tun.get() < 0) return Fail("open", kStepOpenTun, errno);
@@ -202,36 +202,36 @@ TapResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags
   return Ok();
 }
 
-TapResult TapGetFeatures(int fd, unsigned* features) {
+SysResult TapGetFeatures(int fd, unsigned* features) {
   unsigned v = 0;
   if (::ioctl(fd, kTunGetFeatures, &v) < 0) return Fail("ioctl(TUNGETFEATURES)", kStepIoctl, errno);
   *features = v;
   return Ok();
 }
 
-TapResult TapSetVnetHdrSz(int fd, int size) {
+SysResult TapSetVnetHdrSz(int fd, int size) {
   return IntIoctl(fd, kTunSetVnetHdrSz, "ioctl(TUNSETVNETHDRSZ)", size);
 }
 
-TapResult TapGetVnetHdrSz(int fd, int* size) {
+SysResult TapGetVnetHdrSz(int fd, int* size) {
   int v = 0;
   if (::ioctl(fd, kTunGetVnetHdrSz, &v) < 0) return Fail("ioctl(TUNGETVNETHDRSZ)", kStepIoctl, errno);
   *size = v;
   return Ok();
 }
 
-TapResult TapSetVnetLe(int fd, bool on) {
+SysResult TapSetVnetLe(int fd, bool on) {
   return IntIoctl(fd, kTunSetVnetLe, "ioctl(TUNSETVNETLE)", on ? 1 : 0);
 }
 
-TapResult TapSetOffload(int fd, unsigned tunFlags) {
+SysResult TapSetOffload(int fd, unsigned tunFlags) {
   // Unlike its siblings, TUNSETOFFLOAD takes its argument by value.
   if (::ioctl(fd, kTunSetOffload, static_cast<unsigned long>(tunFlags)) < 0)
     return Fail("ioctl(TUNSETOFFLOAD)", kStepIoctl, errno);
   return Ok();
 }
 
-TapResult TapSetQueue(int fd, bool attach) {
+SysResult TapSetQueue(int fd, bool attach) {
   struct ifreq ifr;
   std::memset(&ifr, 0, sizeof(ifr));
   ifr.ifr_flags = static_cast<short>(attach ? TUN_IFF_ATTACH_QUEUE : TUN_IFF_DETACH_QUEUE);
@@ -239,11 +239,11 @@ TapResult TapSetQueue(int fd, bool attach) {
   return Ok();
 }
 
-TapResult TapSetCarrier(int fd, bool up) {
+SysResult TapSetCarrier(int fd, bool up) {
   return IntIoctl(fd, kTunSetCarrier, "ioctl(TUNSETCARRIER)", up ? 1 : 0);
 }
 
-TapResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count) {
+SysResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count) {
   // struct tun_filter is { u16 flags; u16 count; u8 addr[count][6]; }, built
   // by hand because its flexible array cannot be declared with a size.
   std::vector<uint8_t> buf(4 + static_cast<size_t>(count) * 6);
@@ -257,7 +257,7 @@ TapResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t c
   return Ok();
 }
 
-TapResult TapSteerAllTo(int fd, int queue) {
+SysResult TapSteerAllTo(int fd, int queue) {
   int prog = -1;
   if (queue >= 0) {
     // A two-instruction socket filter, "r0 = queue; exit": tun takes its return
@@ -285,21 +285,21 @@ TapResult TapSteerAllTo(int fd, int queue) {
   return Ok();
 }
 
-TapResult TapSetSndBuf(int fd, int bytes) {
+SysResult TapSetSndBuf(int fd, int bytes) {
   return IntIoctl(fd, kTunSetSndBuf, "ioctl(TUNSETSNDBUF)", bytes);
 }
 
-TapResult TapClose(int fd) {
+SysResult TapClose(int fd) {
   // Linux releases the fd even when close() reports EINTR; retrying could
   // close an fd another thread just got, so EINTR counts as done.
   if (::close(fd) != 0 && errno != EINTR) return Fail("close", kStepIoctl, errno);
   return Ok();
 }
 
-TapResult NetdevGet(const char* netnsPath, const std::string& name, NetdevState* out) {
+SysResult NetdevGet(const char* netnsPath, const std::string& name, NetdevState* out) {
   if (!NameFits(name)) return Fail("ioctl(SIOCGIFINDEX)", kStepName, EINVAL);
   UniqueFd sock;
-  TapResult r = OpenControlSocket(netnsPath, &sock);
+  SysResult r = OpenControlSocket(netnsPath, &sock);
   if (!r.ok()) return r;
   struct ifreq ifr;
 
@@ -321,10 +321,10 @@ TapResult NetdevGet(const char* netnsPath, const std::string& name, NetdevState*
   return Ok();
 }
 
-TapResult NetdevSetUp(const char* netnsPath, const std::string& name, bool up) {
+SysResult NetdevSetUp(const char* netnsPath, const std::string& name, bool up) {
   if (!NameFits(name)) return Fail("ioctl(SIOCSIFFLAGS)", kStepName, EINVAL);
   UniqueFd sock;
-  TapResult r = OpenControlSocket(netnsPath, &sock);
+  SysResult r = OpenControlSocket(netnsPath, &sock);
   if (!r.ok()) return r;
   // Read-modify-write so that only IFF_UP changes.
   struct ifreq ifr;
@@ -337,10 +337,10 @@ TapResult NetdevSetUp(const char* netnsPath, const std::string& name, bool up) {
   return Ok();
 }
 
-TapResult NetdevSetMtu(const char* netnsPath, const std::string& name, int mtu) {
+SysResult NetdevSetMtu(const char* netnsPath, const std::string& name, int mtu) {
   if (!NameFits(name)) return Fail("ioctl(SIOCSIFMTU)", kStepName, EINVAL);
   UniqueFd sock;
-  TapResult r = OpenControlSocket(netnsPath, &sock);
+  SysResult r = OpenControlSocket(netnsPath, &sock);
   if (!r.ok()) return r;
   struct ifreq ifr;
   SetIfName(&ifr, name);
@@ -349,10 +349,10 @@ TapResult NetdevSetMtu(const char* netnsPath, const std::string& name, int mtu) 
   return Ok();
 }
 
-TapResult NetdevSetMac(const char* netnsPath, const std::string& name, const uint8_t mac[6]) {
+SysResult NetdevSetMac(const char* netnsPath, const std::string& name, const uint8_t mac[6]) {
   if (!NameFits(name)) return Fail("ioctl(SIOCSIFHWADDR)", kStepName, EINVAL);
   UniqueFd sock;
-  TapResult r = OpenControlSocket(netnsPath, &sock);
+  SysResult r = OpenControlSocket(netnsPath, &sock);
   if (!r.ok()) return r;
   struct ifreq ifr;
   SetIfName(&ifr, name);
@@ -362,7 +362,7 @@ TapResult NetdevSetMac(const char* netnsPath, const std::string& name, const uin
   return Ok();
 }
 
-TapResult CurrentNetns(std::string* out) {
+SysResult CurrentNetns(std::string* out) {
   char buf[64];
   ssize_t n = ::readlink("/proc/thread-self/ns/net", buf, sizeof(buf));
   if (n < 0) return Fail("readlink", kStepReadlink, errno);

@@ -7,19 +7,15 @@
 #include <cstdint>
 #include <string>
 
+#include "status.h"
+
 namespace vt {
 
-// Outcome of a call: err == 0 on success, else the errno of the first failing
-// system call, which one it was, and what step of the operation it served, so
-// the binding can explain the failure ("opening network namespace", ...).
-struct TapResult {
-  int err = 0;
-  const char* syscall = "";  // e.g. "open", "setns", "ioctl(TUNSETIFF)"
-  const char* step = "";     // one of the kStep* strings below
-  bool ok() const { return err == 0; }
-};
+// Every call returns a SysResult (status.h): err == 0 on success, else the
+// errno of the first failing system call, which one it was, and the step of
+// the operation it served, so the binding can explain the failure.
 
-// Steps a TapResult may name; the binding compares against these pointers.
+// Steps a SysResult from here may name; the binding compares against these pointers.
 extern const char* const kStepNetnsSave;     // opening /proc/thread-self/ns/net
 extern const char* const kStepNetnsOpen;     // opening the namespace path
 extern const char* const kStepNetnsEnter;    // setns into it
@@ -41,25 +37,25 @@ constexpr size_t kMaxIfName = 15;
 // namespace to create/find the device in; the calling thread always returns to
 // its own namespace before this returns. On success *fd is the queue
 // (O_NONBLOCK|O_CLOEXEC) and *actualName the kernel's name for the device.
-TapResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags, int* fd,
+SysResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags, int* fd,
                   std::string* actualName);
 
-TapResult TapGetFeatures(int fd, unsigned* features);
-TapResult TapSetVnetHdrSz(int fd, int size);
-TapResult TapGetVnetHdrSz(int fd, int* size);
-TapResult TapSetVnetLe(int fd, bool on);
-TapResult TapSetOffload(int fd, unsigned tunFlags);
+SysResult TapGetFeatures(int fd, unsigned* features);
+SysResult TapSetVnetHdrSz(int fd, int size);
+SysResult TapGetVnetHdrSz(int fd, int* size);
+SysResult TapSetVnetLe(int fd, bool on);
+SysResult TapSetOffload(int fd, unsigned tunFlags);
 // attach: IFF_ATTACH_QUEUE, else IFF_DETACH_QUEUE.
-TapResult TapSetQueue(int fd, bool attach);
-TapResult TapSetCarrier(int fd, bool up);
+SysResult TapSetQueue(int fd, bool attach);
+SysResult TapSetCarrier(int fd, bool up);
 // Steers every frame the kernel sends to the TAP to queue `queue` (a BPF
 // program set with TUNSETSTEERINGEBPF); a negative queue removes the program
 // and the kernel's own flow steering applies again.
-TapResult TapSteerAllTo(int fd, int queue);
+SysResult TapSteerAllTo(int fd, int queue);
 // `macs` holds `count` 6-byte addresses back to back.
-TapResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count);
-TapResult TapSetSndBuf(int fd, int bytes);
-TapResult TapClose(int fd);
+SysResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count);
+SysResult TapSetSndBuf(int fd, int bytes);
+SysResult TapClose(int fd);
 
 struct NetdevState {
   int ifindex = 0;
@@ -69,12 +65,12 @@ struct NetdevState {
 };
 
 // Interface control in `netnsPath` (nullable: the thread's own namespace).
-TapResult NetdevGet(const char* netnsPath, const std::string& name, NetdevState* out);
-TapResult NetdevSetUp(const char* netnsPath, const std::string& name, bool up);
-TapResult NetdevSetMtu(const char* netnsPath, const std::string& name, int mtu);
-TapResult NetdevSetMac(const char* netnsPath, const std::string& name, const uint8_t mac[6]);
+SysResult NetdevGet(const char* netnsPath, const std::string& name, NetdevState* out);
+SysResult NetdevSetUp(const char* netnsPath, const std::string& name, bool up);
+SysResult NetdevSetMtu(const char* netnsPath, const std::string& name, int mtu);
+SysResult NetdevSetMac(const char* netnsPath, const std::string& name, const uint8_t mac[6]);
 
 // The calling thread's network namespace as the kernel names it ("net:[4026531840]").
-TapResult CurrentNetns(std::string* out);
+SysResult CurrentNetns(std::string* out);
 
 }  // namespace vt

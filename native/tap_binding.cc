@@ -100,7 +100,7 @@ std::string Where(const char* netns) {
 
 // Throws for a failed tap.cc call. `doing` describes the operation in the
 // caller's terms; the step and errno choose the advice appended to it.
-[[noreturn]] void ThrowTap(Napi::Env env, const TapResult& r, const std::string& doing, const char* netns) {
+[[noreturn]] void ThrowTap(Napi::Env env, const SysResult& r, const std::string& doing, const char* netns) {
   std::string msg = doing;
   const int e = r.err;
   if (r.step == kStepNetnsSave) {
@@ -171,7 +171,7 @@ Napi::Value TapOpenJs(const Napi::CallbackInfo& info) {
                     ") must not include IFF_TUN, IFF_ATTACH_QUEUE or IFF_DETACH_QUEUE");
   int fd = -1;
   std::string actual;
-  TapResult r = TapOpen(name, netns, extra, &fd, &actual);
+  SysResult r = TapOpen(name, netns, extra, &fd, &actual);
   if (!r.ok()) ThrowTap(env, r, "creating TAP '" + name + "'" + Where(netns), netns);
   Napi::Object o = Napi::Object::New(env);
   o.Set("fd", Napi::Number::New(env, fd));
@@ -182,7 +182,7 @@ Napi::Value TapOpenJs(const Napi::CallbackInfo& info) {
 Napi::Value TapGetFeaturesJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   unsigned f = 0;
-  TapResult r = TapGetFeatures(fd, &f);
+  SysResult r = TapGetFeatures(fd, &f);
   if (!r.ok()) ThrowTap(info.Env(), r, "reading tun features on " + FdDesc(fd), nullptr);
   return Napi::Number::New(info.Env(), f);
 }
@@ -190,7 +190,7 @@ Napi::Value TapGetFeaturesJs(const Napi::CallbackInfo& info) {
 Napi::Value TapSetVnetHdrSzJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   int size = static_cast<int>(ArgInt(info, 1, "size", 0, 0x7fffffff));
-  TapResult r = TapSetVnetHdrSz(fd, size);
+  SysResult r = TapSetVnetHdrSz(fd, size);
   if (!r.ok()) {
     std::string doing = "setting the virtio_net_hdr size to " + std::to_string(size) + " on " + FdDesc(fd);
     if (r.err == EINVAL) doing += " (the kernel needs at least 10)";
@@ -202,7 +202,7 @@ Napi::Value TapSetVnetHdrSzJs(const Napi::CallbackInfo& info) {
 Napi::Value TapGetVnetHdrSzJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   int size = 0;
-  TapResult r = TapGetVnetHdrSz(fd, &size);
+  SysResult r = TapGetVnetHdrSz(fd, &size);
   if (!r.ok()) ThrowTap(info.Env(), r, "reading the virtio_net_hdr size of " + FdDesc(fd), nullptr);
   return Napi::Number::New(info.Env(), size);
 }
@@ -210,7 +210,7 @@ Napi::Value TapGetVnetHdrSzJs(const Napi::CallbackInfo& info) {
 Napi::Value TapSetVnetLeJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   bool on = ArgBool(info, 1, "on");
-  TapResult r = TapSetVnetLe(fd, on);
+  SysResult r = TapSetVnetLe(fd, on);
   if (!r.ok()) ThrowTap(info.Env(), r, std::string("turning little-endian headers ") + (on ? "on" : "off") +
                                            " on " + FdDesc(fd), nullptr);
   return info.Env().Undefined();
@@ -219,7 +219,7 @@ Napi::Value TapSetVnetLeJs(const Napi::CallbackInfo& info) {
 Napi::Value TapSetOffloadJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   unsigned flags = static_cast<unsigned>(ArgInt(info, 1, "flags", 0, 0xffffffffLL));
-  TapResult r = TapSetOffload(fd, flags);
+  SysResult r = TapSetOffload(fd, flags);
   if (!r.ok()) {
     std::string doing = "setting TAP offloads " + Hex(flags) + " on " + FdDesc(fd);
     if (r.err == EINVAL)
@@ -233,7 +233,7 @@ Napi::Value TapSetOffloadJs(const Napi::CallbackInfo& info) {
 Napi::Value TapSetQueueJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   bool attach = ArgBool(info, 1, "attach");
-  TapResult r = TapSetQueue(fd, attach);
+  SysResult r = TapSetQueue(fd, attach);
   if (!r.ok()) {
     std::string doing = std::string(attach ? "attaching " : "detaching ") + FdDesc(fd);
     if (r.err == EINVAL) doing += attach ? " (already attached?)" : " (already detached?)";
@@ -245,7 +245,7 @@ Napi::Value TapSetQueueJs(const Napi::CallbackInfo& info) {
 Napi::Value TapSetCarrierJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   bool up = ArgBool(info, 1, "up");
-  TapResult r = TapSetCarrier(fd, up);
+  SysResult r = TapSetCarrier(fd, up);
   if (!r.ok())
     ThrowTap(info.Env(), r, std::string("turning the carrier ") + (up ? "on" : "off") + " via " + FdDesc(fd),
              nullptr);
@@ -256,7 +256,7 @@ Napi::Value TapSteerAllToJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   if (!info[1].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", "queue must be a number (-1 to remove steering)");
   const int queue = info[1].As<Napi::Number>().Int32Value();
-  TapResult r = TapSteerAllTo(fd, queue);
+  SysResult r = TapSteerAllTo(fd, queue);
   if (!r.ok()) ThrowTap(info.Env(), r, std::string("setting the steering program via ") + FdDesc(fd), nullptr);
   return info.Env().Undefined();
 }
@@ -273,7 +273,7 @@ Napi::Value TapSetTxFilterJs(const Napi::CallbackInfo& info) {
     BadArg(env, "argument 'macs' must hold whole 6-byte MAC addresses, got " + std::to_string(len) + " bytes");
   if (len / 6 > 0xffff) BadArg(env, "argument 'macs' holds more than 65535 addresses");
   uint16_t count = static_cast<uint16_t>(len / 6);
-  TapResult r = TapSetTxFilter(fd, flags, macs.Data(), count);
+  SysResult r = TapSetTxFilter(fd, flags, macs.Data(), count);
   if (!r.ok())
     ThrowTap(env, r, "setting a TX filter of " + std::to_string(count) + " addresses on " + FdDesc(fd), nullptr);
   return env.Undefined();
@@ -282,14 +282,14 @@ Napi::Value TapSetTxFilterJs(const Napi::CallbackInfo& info) {
 Napi::Value TapSetSndBufJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   int bytes = static_cast<int>(ArgInt(info, 1, "bytes", 1, 0x7fffffff));
-  TapResult r = TapSetSndBuf(fd, bytes);
+  SysResult r = TapSetSndBuf(fd, bytes);
   if (!r.ok()) ThrowTap(info.Env(), r, "setting the send buffer of " + FdDesc(fd), nullptr);
   return info.Env().Undefined();
 }
 
 Napi::Value CloseJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
-  TapResult r = TapClose(fd);
+  SysResult r = TapClose(fd);
   if (!r.ok()) ThrowTap(info.Env(), r, "closing fd " + std::to_string(fd), nullptr);
   return info.Env().Undefined();
 }
@@ -301,7 +301,7 @@ Napi::Value NetdevInfoJs(const Napi::CallbackInfo& info) {
   const char* netns = ArgNetns(info, 0, &ns) ? ns.c_str() : nullptr;
   std::string name = ArgIfName(info, 1, false);
   NetdevState st;
-  TapResult r = NetdevGet(netns, name, &st);
+  SysResult r = NetdevGet(netns, name, &st);
   if (!r.ok()) ThrowTap(env, r, "reading interface '" + name + "'" + Where(netns), netns);
   Napi::Object o = Napi::Object::New(env);
   o.Set("ifindex", Napi::Number::New(env, st.ifindex));
@@ -316,7 +316,7 @@ Napi::Value NetdevSetUpJs(const Napi::CallbackInfo& info) {
   const char* netns = ArgNetns(info, 0, &ns) ? ns.c_str() : nullptr;
   std::string name = ArgIfName(info, 1, false);
   bool up = ArgBool(info, 2, "up");
-  TapResult r = NetdevSetUp(netns, name, up);
+  SysResult r = NetdevSetUp(netns, name, up);
   if (!r.ok())
     ThrowTap(info.Env(), r, std::string("bringing interface '") + name + "' " + (up ? "up" : "down") + Where(netns),
              netns);
@@ -328,7 +328,7 @@ Napi::Value NetdevSetMtuJs(const Napi::CallbackInfo& info) {
   const char* netns = ArgNetns(info, 0, &ns) ? ns.c_str() : nullptr;
   std::string name = ArgIfName(info, 1, false);
   int mtu = static_cast<int>(ArgInt(info, 2, "mtu", 0, 0x7fffffff));
-  TapResult r = NetdevSetMtu(netns, name, mtu);
+  SysResult r = NetdevSetMtu(netns, name, mtu);
   if (!r.ok()) {
     std::string doing = "setting the MTU of '" + name + "'" + Where(netns) + " to " + std::to_string(mtu);
     if (r.err == EINVAL) doing += " (outside the range the device accepts, 68..65535 for a TAP)";
@@ -347,7 +347,7 @@ Napi::Value NetdevSetMacJs(const Napi::CallbackInfo& info) {
   uint8_t mac[6];
   if (!ParseMac(macStr, mac))
     BadArg(env, "argument 'mac' ('" + macStr + "') must look like '02:00:00:00:00:01'");
-  TapResult r = NetdevSetMac(netns, name, mac);
+  SysResult r = NetdevSetMac(netns, name, mac);
   if (!r.ok()) {
     std::string doing = "setting the MAC of '" + name + "'" + Where(netns) + " to " + macStr;
     if (r.err == EADDRNOTAVAIL) doing += " (not a unicast address: the first byte must be even)";
@@ -359,7 +359,7 @@ Napi::Value NetdevSetMacJs(const Napi::CallbackInfo& info) {
 // currentNetns() -> 'net:[inode]' of the calling thread (test support).
 Napi::Value CurrentNetnsJs(const Napi::CallbackInfo& info) {
   std::string s;
-  TapResult r = CurrentNetns(&s);
+  SysResult r = CurrentNetns(&s);
   if (!r.ok()) ThrowTap(info.Env(), r, "reading /proc/thread-self/ns/net", nullptr);
   return Napi::String::New(info.Env(), s);
 }

@@ -1,6 +1,6 @@
-// Split virtqueue device side (see virtqueue.h): the descriptor walker with
-// its validation, avail/used ring access and the notification rules, with the
-// memory ordering DESIGN.md prescribes.
+// Split virtqueue device side (see virtqueue.h): the layout checks, the
+// descriptor walker with its validation, avail/used ring access and the
+// notification rules, with the memory ordering DESIGN.md prescribes.
 #include "virtqueue.h"
 
 #include <cinttypes>
@@ -45,9 +45,7 @@ inline bool NeedEvent(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
   return static_cast<uint16_t>(new_idx - event - 1) < static_cast<uint16_t>(new_idx - old_idx);
 }
 
-Descriptor ReadDescriptor(const uint8_t* p) {
-  uint8_t raw[RING_DESC_SIZE];
-  ReadOnce(raw, p, sizeof raw);
+Descriptor DecodeDescriptor(const uint8_t* raw) {
   Descriptor d;
   uint64_t addr;
   uint32_t len;
@@ -67,8 +65,8 @@ Descriptor ReadDescriptor(const uint8_t* p) {
 
 // ---- DescriptorChain ----------------------------------------------------------
 
-DescriptorChain::DescriptorChain(const GuestMemory& mem, const uint8_t* table, uint32_t table_size,
-                                 uint16_t head, bool indirect_ok)
+DescriptorChain::DescriptorChain(const MemoryTable& mem, const uint8_t* table, uint32_t table_size, uint16_t head,
+                                 bool indirect_ok)
     : mem_(mem), table_(table), table_size_(table_size), index_(head), indirect_ok_(indirect_ok) {}
 
 DescriptorChain::Step DescriptorChain::Fail(Violation* v, const char* rule, std::string detail) {
@@ -76,6 +74,18 @@ DescriptorChain::Step DescriptorChain::Fail(Violation* v, const char* rule, std:
   v->detail = std::move(detail);
   done_ = true;
   return Step::kBroken;
+}
+
+bool DescriptorChain::ReadEntry(uint32_t index, Descriptor* d) const {
+  uint8_t raw[RING_DESC_SIZE];
+  const uint64_t off = uint64_t{index} * RING_DESC_SIZE;
+  if (table_) {
+    ReadOnce(raw, table_ + off, sizeof raw);
+  } else if (!mem_.Read(indirect_addr_ + off, raw, sizeof raw)) {
+    return false;  // cannot happen: the whole table was checked, see Next()
+  }
+  *d = DecodeDescriptor(raw);
+  return true;
 }
 
 DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
@@ -88,8 +98,10 @@ DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
     if (++visited_ > table_size_)
       return Fail(v, "chain-too-long",
                   Fmt("chain visits more than the %u entries of its %s (a loop?)", table_size_, where));
-    const Descriptor d = ReadDescriptor(table_ + static_cast<uint64_t>(index_) * RING_DESC_SIZE);
+    visited_total_++;
+    Descriptor d;
     const uint32_t at = index_;
+    if (!ReadEntry(at, &d)) return Fail(v, "indirect-out-of-bounds", Fmt("indirect table entry %u unreadable", at));
 
     if (d.flags & RING_DESC_F_INDIRECT) {
       if (in_indirect_)
@@ -100,14 +112,17 @@ DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
         return Fail(v, "indirect-with-next", Fmt("descriptor %u has INDIRECT and NEXT", at));
       if (d.len == 0 || d.len % RING_DESC_SIZE != 0 || d.len / RING_DESC_SIZE > kMaxIndirectEntries)
         return Fail(v, "indirect-bad-len", Fmt("descriptor %u: indirect table len %u", at, d.len));
-      const uint8_t* t = mem_.Translate(d.addr, d.len);
-      if (!t)
+      // The table may cross from one region into the next: then its entries
+      // are read one by one (each copy checked again by Read).
+      const uint8_t* t = mem_.Contiguous(d.addr, d.len);
+      if (!t && !mem_.Covers(d.addr, d.len))
         return Fail(v, "indirect-out-of-bounds",
-                    Fmt("descriptor %u: indirect table [0x%" PRIx64 ", +%u) outside guest memory", at,
-                        d.addr, d.len));
+                    Fmt("descriptor %u: indirect table [0x%" PRIx64 ", +%u) outside guest memory", at, d.addr,
+                        d.len));
       // The indirect descriptor ends the chain in the main table; the walk
       // continues at entry 0 of the indirect table, which has its own loop bound.
       table_ = t;
+      indirect_addr_ = d.addr;
       table_size_ = d.len / RING_DESC_SIZE;
       index_ = 0;
       visited_ = 0;
@@ -115,63 +130,141 @@ DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
       continue;
     }
 
-    uint8_t* host = mem_.Translate(d.addr, d.len);
-    if (!host)
+    uint8_t* host = mem_.Contiguous(d.addr, d.len);
+    if (!host && !mem_.Covers(d.addr, d.len))
       return Fail(v, "desc-out-of-bounds",
-                  Fmt("%s entry %u: buffer [0x%" PRIx64 ", +%u) outside guest memory (%" PRIu64 " bytes)",
-                      where, at, d.addr, d.len, mem_.len));
+                  Fmt("%s entry %u: buffer [0x%" PRIx64 ", +%u) is not in guest memory (outside every region, "
+                      "or across a hole between regions)",
+                      where, at, d.addr, d.len));
     if (d.flags & RING_DESC_F_NEXT)
       index_ = d.next;
     else
       done_ = true;
-    out->host = host;
+    out->addr = d.addr;
     out->len = d.len;
+    out->host = host;
     out->writable = (d.flags & RING_DESC_F_WRITE) != 0;
     return Step::kBuffer;
   }
 }
 
-// ---- SplitQueue -----------------------------------------------------------------
+// ---- layout checks ------------------------------------------------------------
 
-bool SplitQueue::Init(const GuestMemory& mem, const QueueLayout& l, bool event_idx, bool indirect_ok,
-                      uint16_t last_avail, uint16_t used_idx, Violation* v) {
+namespace {
+
+struct Part {
+  const char* name;
+  uint64_t addr, len;
+  uint8_t* host;
+};
+
+bool Overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
+  // Each range lies inside one region, so neither end wraps.
+  return a < b + blen && b < a + alen;
+}
+
+// Resolves the three parts of `l` in `mem`; false with the violation filled in.
+bool ResolveParts(const MemoryTable& mem, const QueueLayout& l, Part parts[3], Violation* v) {
   v->rule = "ring-out-of-bounds";
   if (l.size == 0 || l.size > RING_MAX_SIZE || (l.size & (l.size - 1)) != 0) {
     v->detail = Fmt("queue size %u is not a power of two in 1..%u", l.size, RING_MAX_SIZE);
     return false;
   }
-  if (l.desc % 16 || l.avail % 2 || l.used % 4) {
-    v->detail = Fmt("misaligned ring: desc 0x%" PRIx64 " (16), avail 0x%" PRIx64 " (2), used 0x%" PRIx64 " (4)",
-                    l.desc, l.avail, l.used);
-    return false;
+  const struct {
+    const char* name;
+    uint64_t addr, align;
+  } aligns[] = {{"desc", l.desc, 16}, {"avail", l.avail, 2}, {"used", l.used, 4}};
+  for (const auto& a : aligns) {
+    if (a.addr % a.align) {
+      v->detail = Fmt("%s ring address 0x%" PRIx64 " is not %" PRIu64 "-byte aligned", a.name, a.addr, a.align);
+      return false;
+    }
   }
-  const uint64_t event = event_idx ? 2 : 0;
-  const uint64_t desc_len = uint64_t{RING_DESC_SIZE} * l.size;
-  const uint64_t avail_len = kRingHeader + 2ull * l.size + event;
-  const uint64_t used_len = kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * l.size + event;
-  desc_ = mem.Translate(l.desc, desc_len);
-  avail_ = mem.Translate(l.avail, avail_len);
-  used_ = mem.Translate(l.used, used_len);
-  if (!desc_ || !avail_ || !used_) {
-    v->detail = Fmt("ring part outside guest memory (%" PRIu64 " bytes): desc 0x%" PRIx64 "+%" PRIu64
-                    ", avail 0x%" PRIx64 "+%" PRIu64 ", used 0x%" PRIx64 "+%" PRIu64,
-                    mem.len, l.desc, desc_len, l.avail, avail_len, l.used, used_len);
-    return false;
-  }
-  // Atomic accesses to ring words need host alignment too, not just guest
-  // alignment; a SharedArrayBuffer's base is page-aligned, but say it here.
-  if (reinterpret_cast<uintptr_t>(mem.base) % 16 != 0) {
-    v->detail = "guest memory base is not 16-byte aligned";
-    return false;
+  parts[0] = {"desc", l.desc, l.desc_bytes(), nullptr};
+  parts[1] = {"avail", l.avail, l.avail_bytes(), nullptr};
+  parts[2] = {"used", l.used, l.used_bytes(), nullptr};
+  for (int i = 0; i < 3; i++) {
+    Part& p = parts[i];
+    p.host = mem.Contiguous(p.addr, p.len);
+    if (!p.host) {
+      v->detail = Fmt("%s ring [0x%" PRIx64 ", +%" PRIu64 ") lies outside guest memory (each ring part must lie "
+                      "inside one region)",
+                      p.name, p.addr, p.len);
+      return false;
+    }
+    // Ring words are accessed atomically, which needs host alignment too.
+    const uintptr_t align = i == 0 ? 16 : i == 1 ? 2 : 4;
+    if (reinterpret_cast<uintptr_t>(p.host) % align != 0) {
+      v->detail = Fmt("%s ring maps to host memory not %zu-byte aligned (a region's host mapping is misaligned)",
+                      p.name, static_cast<size_t>(align));
+      return false;
+    }
   }
   v->rule = nullptr;
-  mem_ = mem;
-  size_ = l.size;
+  return true;
+}
+
+bool PartsOverlap(const Part& a, const Part& b, const char* qa, const char* qb, Violation* v) {
+  const bool guest = Overlap(a.addr, a.len, b.addr, b.len);
+  const uintptr_t ha = reinterpret_cast<uintptr_t>(a.host), hb = reinterpret_cast<uintptr_t>(b.host);
+  const bool host = ha < hb + b.len && hb < ha + a.len;
+  if (!guest && !host) return false;
+  v->rule = "ring-overlap";
+  v->detail = Fmt("%s%s ring [0x%" PRIx64 ", +%" PRIu64 ") overlaps %s%s ring [0x%" PRIx64 ", +%" PRIu64 ")%s", qa,
+                  a.name, a.addr, a.len, qb, b.name, b.addr, b.len, guest ? "" : " in host memory");
+  return true;
+}
+
+}  // namespace
+
+bool CheckLayout(const MemoryTable& mem, const QueueLayout& l, Violation* v) { return CheckLayouts(mem, &l, 1, v); }
+
+bool CheckLayouts(const MemoryTable& mem, const QueueLayout* ls, size_t n, Violation* v) {
+  std::vector<Part> all;
+  std::vector<std::string> names;
+  all.reserve(3 * n);
+  for (size_t q = 0; q < n; q++) {
+    Part parts[3];
+    if (!ResolveParts(mem, ls[q], parts, v)) {
+      if (n > 1) v->detail = Fmt("queue %zu: ", q) + v->detail;
+      return false;
+    }
+    all.insert(all.end(), parts, parts + 3);
+  }
+  for (size_t i = 0; i < all.size(); i++) {
+    for (size_t j = i + 1; j < all.size(); j++) {
+      const std::string qi = n > 1 ? Fmt("queue %zu's ", i / 3) : "";
+      const std::string qj = n > 1 ? Fmt("queue %zu's ", j / 3) : "";
+      if (PartsOverlap(all[i], all[j], qi.c_str(), qj.c_str(), v)) return false;
+    }
+  }
+  return true;
+}
+
+// ---- SplitQueue -----------------------------------------------------------------
+
+bool SplitQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_idx, bool indirect_ok,
+                      uint16_t last_avail, uint16_t used_idx, Violation* v) {
+  layout_ = l;
   event_idx_ = event_idx;
   indirect_ok_ = indirect_ok;
   last_avail_ = last_avail;
   used_idx_ = used_idx;
   signalled_used_ = used_idx;
+  notify_disabled_ = false;
+  return Remap(mem, v);
+}
+
+bool SplitQueue::Remap(const MemoryTable& mem, Violation* v) {
+  if (!CheckLayout(mem, layout_, v)) {
+    mem_ = nullptr;
+    desc_ = avail_ = used_ = nullptr;
+    return false;
+  }
+  mem_ = &mem;
+  desc_ = mem.Contiguous(layout_.desc, layout_.desc_bytes());
+  avail_ = mem.Contiguous(layout_.avail, layout_.avail_bytes());
+  used_ = mem.Contiguous(layout_.used, layout_.used_bytes());
   return true;
 }
 
@@ -181,16 +274,17 @@ SplitQueue::Pop SplitQueue::PopAvail(uint16_t* head, Violation* v) {
   const uint16_t avail_idx = Load16(avail_ + 2, __ATOMIC_ACQUIRE);
   const uint16_t pending = static_cast<uint16_t>(avail_idx - last_avail_);
   if (pending == 0) return Pop::kEmpty;
-  if (pending > size_) {
+  if (pending > layout_.size) {
     v->rule = "avail-idx-jump";
     v->detail = Fmt("avail.idx %u is %u entries past the device's %u (queue size %u)", avail_idx, pending,
-                    last_avail_, size_);
+                    last_avail_, layout_.size);
     return Pop::kBroken;
   }
-  const uint16_t h = Load16(avail_ + kRingHeader + 2u * (last_avail_ & (size_ - 1)), __ATOMIC_RELAXED);
-  if (h >= size_) {
+  const uint16_t slot = last_avail_ & (layout_.size - 1);
+  const uint16_t h = Load16(avail_ + kRingHeader + 2u * slot, __ATOMIC_RELAXED);
+  if (h >= layout_.size) {
     v->rule = "desc-index-out-of-range";
-    v->detail = Fmt("avail ring slot %u holds head %u >= queue size %u", last_avail_ & (size_ - 1), h, size_);
+    v->detail = Fmt("avail ring slot %u holds head %u >= queue size %u", slot, h, layout_.size);
     return Pop::kBroken;
   }
   last_avail_++;
@@ -198,12 +292,27 @@ SplitQueue::Pop SplitQueue::PopAvail(uint16_t* head, Violation* v) {
   return Pop::kChain;
 }
 
+SplitQueue::Pop SplitQueue::PopOrArm(uint16_t* head, Violation* v) {
+  Pop p = PopAvail(head, v);
+  if (p != Pop::kEmpty || !EnableNotify()) return p;
+  DisableNotify();
+  p = PopAvail(head, v);
+  if (p != Pop::kEmpty) return p;
+  // EnableNotify() saw avail.idx != last_avail and now it equals it again. A
+  // driver only moves avail.idx forward, by at most the queue size, so that
+  // cannot happen; looping on it could (a ring whose used flags alias its
+  // avail.idx would flip between the two forever).
+  v->rule = "avail-idx-backwards";
+  v->detail = Fmt("avail.idx moved back to %u while the device re-enabled notifications", last_avail_);
+  return Pop::kBroken;
+}
+
 bool SplitQueue::ReadChain(uint16_t head, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out,
                            Violation* v) {
   out->head = head;
   out->iov.clear();
   out->bytes = 0;
-  DescriptorChain chain(mem_, desc_, size_, head, indirect_ok_);
+  DescriptorChain chain = Walk(head);
   bool seen_writable = false;
   uint64_t total = 0;  // every byte the chain names, kept even where iovecs are capped
   Buffer b;
@@ -231,8 +340,16 @@ bool SplitQueue::ReadChain(uint16_t head, bool want_writable, uint32_t min_bytes
     }
     total += b.len;
     if (b.len == 0 || out->iov.size() >= max_iov) continue;
-    out->iov.push_back(iovec{b.host, b.len});
-    out->bytes += b.len;
+    if (b.host) {
+      out->iov.push_back(iovec{b.host, b.len});
+      out->bytes += b.len;
+      continue;
+    }
+    // Crosses into an adjacent region: one iovec per region (RX may keep
+    // only part of it when max_iov runs out; the device need not use it all).
+    const size_t before = out->iov.size();
+    mem_->AppendIov(b.addr, b.len, &out->iov, max_iov - before);
+    for (size_t i = before; i < out->iov.size(); i++) out->bytes += out->iov[i].iov_len;
   }
   if (total == 0) {
     v->rule = "empty-chain";
@@ -257,14 +374,14 @@ bool SplitQueue::ReadRxChain(uint16_t head, uint32_t min_bytes, size_t max_iov, 
 }
 
 void SplitQueue::AddUsed(uint32_t id, uint32_t len) {
-  uint8_t* e = used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * (used_idx_ & (size_ - 1));
+  uint8_t* e = used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * (used_idx_ & (layout_.size - 1));
   Store32(e, id);
   Store32(e + 4, len);
   used_idx_++;
 }
 
 bool SplitQueue::PublishUsed() {
-  if (used_idx_ == signalled_used_) return false;
+  if (used_idx_ == signalled_used_ || !used_) return false;
   // Release: the elements (and the buffer contents written before them) are
   // visible to a driver that acquires used.idx.
   Store16(used_ + 2, used_idx_, __ATOMIC_RELEASE);
@@ -274,7 +391,7 @@ bool SplitQueue::PublishUsed() {
   const uint16_t old_idx = signalled_used_;
   signalled_used_ = used_idx_;
   if (event_idx_) {
-    const uint16_t event = Load16(avail_ + kRingHeader + 2u * size_, __ATOMIC_RELAXED);
+    const uint16_t event = Load16(avail_ + kRingHeader + 2u * layout_.size, __ATOMIC_RELAXED);
     return NeedEvent(event, used_idx_, old_idx);
   }
   return (Load16(avail_, __ATOMIC_RELAXED) & RING_AVAIL_F_NO_INTERRUPT) == 0;
@@ -291,7 +408,7 @@ void SplitQueue::DisableNotify() {
 bool SplitQueue::EnableNotify() {
   notify_disabled_ = false;
   if (event_idx_)
-    Store16(used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * size_, last_avail_, __ATOMIC_RELAXED);
+    Store16(used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * layout_.size, last_avail_, __ATOMIC_RELAXED);
   else
     Store16(used_, 0, __ATOMIC_RELAXED);
   // Full fence: the re-enable must be visible before we look at avail.idx

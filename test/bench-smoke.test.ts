@@ -5,15 +5,13 @@
 import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as path from 'node:path';
-import { requireRoot } from './helpers/netns';
-
-const RUN = path.join(__dirname, '..', 'bench', 'run.js');
+import { requireRoot } from '../host/netns';
+import { CLI } from './helpers/cli';
 
 test('bench: one short TX case produces a complete JSON report', (t) => {
   requireRoot();
   const before = new Set(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []);
-  const r = spawnSync(process.execPath, [RUN, '--cases', 'tx', '--sizes', '64', '--queues', '1', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
+  const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'tx', '--sizes', '64', '--queues', '1', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
     encoding: 'utf8',
     timeout: 60_000,
   });
@@ -44,7 +42,7 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
 test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t) => {
   requireRoot();
   const before = new Set(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []);
-  const r = spawnSync(process.execPath, [RUN, '--cases', 'tcp-h2g,tcp-g2h', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
+  const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'tcp-h2g,tcp-g2h', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
     encoding: 'utf8',
     timeout: 60_000,
   });

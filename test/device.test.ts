@@ -1,7 +1,7 @@
 // The device model (backend/device.ts) through the public API, on real TAP
 // devices: option checking, queue setup, the status machine, config space,
 // feature offer, lifecycle, and a hostile guest. Every TAP lives in a 'vt…'
-// network namespace the test creates and deletes (test/helpers/netns.ts).
+// network namespace the test creates and deletes (host/netns.ts).
 // Needs root; CI runs as root, so without it these fail instead of skipping.
 
 import test, { type ExecutionContext } from 'ava';
@@ -22,8 +22,8 @@ import {
   VirtioNetError,
   type VirtioNetDeviceOptions,
 } from '../backend/index';
-import { DriverQueue } from '../guest-sim/virtqueue';
-import { requireRoot, withNetns, type Netns } from './helpers/netns';
+import { DriverQueue } from '../driver/virtqueue';
+import { requireRoot, withNetns, type Netns } from '../host/netns';
 
 const MEM = 1 << 20;
 const QSIZE = 64;
@@ -196,7 +196,8 @@ test('setQueue refuses bad sizes, misaligned or out-of-memory parts, bad indices
     invalid(t, () => dev.setQueue(0, { ...ok, used: 2 ** 60 }), /used/);
     invalid(t, () => dev.setQueue(0, { ...ok, desc: -16 }), /desc/);
     // One pair: RX 0, TX 1, control 2.
-    dev.setQueue(2, ok);
+    invalid(t, () => dev.setQueue(2, ok), /overlaps/, 'a ring over another queue\'s ring');
+    dev.setQueue(2, { size: 256, desc: 0x4000, avail: 0x5000, used: 0x6000 });
     for (const index of [3, -1, 0.5, 1000]) invalid(t, () => dev.setQueue(index, ok), /index/, `index ${index}`);
     invalid(t, () => dev.setQueue(0, null as unknown as typeof ok));
   }));

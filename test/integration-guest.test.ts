@@ -9,7 +9,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { bits } from '../backend';
 import { GUEST_SUPPORTED, GuestSim } from '../guest-sim/guest';
 import { CLI, runCli, startRun } from './helpers/cli';
-import { Netns, requireRoot, withNetns } from './helpers/netns';
+import { Netns, requireRoot, withNetns } from '../host/netns';
 import { ping, udpEcho } from './helpers/udp';
 
 const HOST4 = '10.203.1.1';
@@ -112,11 +112,11 @@ test('CLI: bad input is one clear line and a non-zero exit', (t) => {
   const cases: [string[], RegExp][] = [
     [['run', '--tap', 'vtx', '--bogus'], /Unknown option '--bogus'/],
     [['run'], /--tap NAME is required/],
-    [['run', '--tap', 'vt-name-too-long0'], /at most 15/],
-    [['run', '--tap', 'vtx', '--mac', 'zz:00:00:00:00:00'], /invalid MAC/],
-    [['run', '--tap', 'vtx', '--queues', '0'], /--queues must be at least 1/],
-    [['run', '--tap', 'vtx', '--queues', '99999'], /from 1 to 256 \(the TAP's queue limit\), got 99999/],
-    [['run', '--tap', 'vtx', '--netns', 'vtnosuchns0'], /does not exist/],
+    [['run', '--tap', 'vt-name-too-long0'], /--tap: 'vt-name-too-long0' must be 1 to 15 bytes/],
+    [['run', '--tap', 'vtx', '--mac', 'zz:00:00:00:00:00'], /--mac: 'zz:00:00:00:00:00' is not a MAC address/],
+    [['run', '--tap', 'vtx', '--queues', '0'], /--queues must be from 1 to 256 \(the TAP's queue limit\), got 0/],
+    [['run', '--tap', 'vtx', '--queues', '99999'], /--queues must be from 1 to 256 \(the TAP's queue limit\), got 99999/],
+    [['run', '--tap', 'vtx', '--netns', 'vtnosuchns0'], /--netns: network namespace 'vtnosuchns0' does not exist/],
     [['frobnicate'], /unknown command/],
   ];
   for (const [args, re] of cases) {

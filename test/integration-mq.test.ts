@@ -11,7 +11,7 @@ import test from 'ava';
 import { CTRL, STATUS, VirtioNetDevice } from '../backend';
 import { GuestSim } from '../guest-sim/guest';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, RxFrame, testFrame } from './helpers/mini-guest';
-import { Netns, withNetns } from './helpers/netns';
+import { Netns, withNetns } from '../host/netns';
 import { udpEcho } from './helpers/udp';
 
 const HOST4 = '10.203.2.1';

@@ -7,7 +7,7 @@ import test from 'ava';
 
 import { bits, STATUS, VirtioNetDevice, VirtioNetError } from '../backend';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, testFrame } from './helpers/mini-guest';
-import { Netns, withNetns } from './helpers/netns';
+import { Netns, withNetns } from '../host/netns';
 
 const GUEST_MAC = '52:54:00:12:34:56';
 

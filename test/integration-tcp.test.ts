@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 
 import { GuestSim } from '../guest-sim/guest';
 import { RunningCli, startRun } from './helpers/cli';
-import { Netns, withNetns } from './helpers/netns';
+import { Netns, withNetns } from '../host/netns';
 
 const HOST4 = '10.203.2.1';
 const GUEST4 = '10.203.2.2';

@@ -8,7 +8,7 @@ import test from 'ava';
 
 import { VirtioNetDevice } from '../backend';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, testFrame } from './helpers/mini-guest';
-import { withNetns } from './helpers/netns';
+import { withNetns } from '../host/netns';
 
 const GUEST_MAC = '52:54:00:12:34:56';
 const IFF_NAPI = 0x10;

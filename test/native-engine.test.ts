@@ -76,7 +76,7 @@ function rig(o: RigOptions = {}): Rig {
   const fds = { rxKick: A.eventfd(), rxCall: A.eventfd(), txKick: A.eventfd(), txCall: A.eventfd() };
   const broken: Array<[number, string, string]> = [];
   const opts: NativeEngineOptions = {
-    memory: mem.sab,
+    memory: mem.native,
     tapFd,
     hdrLen: o.hdrLen ?? 12,
     mergeable: o.mergeable ?? true,
@@ -448,11 +448,17 @@ test('constructor rejects bad rings and options with EVHOST_BADARG', (t) => {
   bad((o) => ({ ...o, rx: { ...o.rx, desc: 2 ** 52 } }));
   bad((o) => ({ ...o, hdrLen: 11 }));
   bad((o) => ({ ...o, mergeable: true, hdrLen: 10 }));
-  bad((o) => ({ ...o, memory: new ArrayBuffer(4096) as unknown as SharedArrayBuffer }));
-  // used ring ending exactly where avail_event would not fit: fine without EVENT_IDX, not with it.
-  const end = (1 << 20) - (4 + 8 * 16);
+  bad((o) => ({ ...o, memory: new ArrayBuffer(4096) as unknown as NativeEngineOptions['memory'] }));
+  bad((o) => ({ ...o, memory: r.mem.sab as unknown as NativeEngineOptions['memory'] }));
+  bad((o) => ({ ...o, memory: { ...r.mem.native } }));
+  // A used ring must fit as the spec sizes it (avail_event included) whether or not
+  // EVENT_IDX is negotiated: a driver allocates it either way.
+  const end = ((1 << 20) - (6 + 8 * 16)) & ~3;
   t.notThrows(() => new A.Engine({ ...r.opts, eventIdx: false, tx: { ...r.opts.tx, used: end } }));
-  bad((o) => ({ ...o, eventIdx: true, tx: { ...o.tx, used: end } }));
+  bad((o) => ({ ...o, eventIdx: false, tx: { ...o.tx, used: end + 4 } }));
+  // Parts that overlap each other, in one queue or across the pair.
+  bad((o) => ({ ...o, tx: { ...o.tx, used: o.tx.avail + 4 } }));
+  bad((o) => ({ ...o, tx: { ...o.tx, used: o.rx.used } }));
 });
 
 // ---- hostile rings ----------------------------------------------------------------------
@@ -616,7 +622,7 @@ test('fuzz: random descriptor tables never crash and either run or break a known
     }
     const broken: string[] = [];
     const engine = new A.Engine({
-      memory: mem.sab, tapFd, hdrLen: 12, mergeable: rand() < 0.5, eventIdx: rand() < 0.5, indirect: rand() < 0.7,
+      memory: mem.native, tapFd, hdrLen: 12, mergeable: rand() < 0.5, eventIdx: rand() < 0.5, indirect: rand() < 0.7,
       rxFrameMax: 1526,
       rx: { index: 0, ...rx.layout, kickFd: fds[0], callFd: fds[1] },
       tx: { index: 1, ...tx.layout, kickFd: fds[2], callFd: fds[3] },

@@ -1,5 +1,5 @@
 // Native TAP and interface-control bindings against real devices. Each test
-// makes its own 'vt…' network namespace (test/helpers/netns.ts), creates TAPs
+// makes its own 'vt…' network namespace (host/netns.ts), creates TAPs
 // only inside it, and deletes it whatever happens. Needs root; CI runs as root,
 // so without it these fail (with a message saying so) instead of skipping.
 
@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { addon } from '../backend/native';
-import { netnsId, requireRoot, withNetns, type Netns } from './helpers/netns';
+import { netnsId, requireRoot, withNetns, type Netns } from '../host/netns';
 
 const a = addon();
 const C = a.constants;

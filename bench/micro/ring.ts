@@ -3,8 +3,8 @@
 // entry to used, popUsed), the notification check, and virtio_net_hdr
 // encoding/decoding. `npm run bench:micro`; no root, no TAP.
 
-import { HDR, RING } from '../../backend/virtio';
-import { DriverQueue, needEvent } from '../../guest-sim/virtqueue';
+import { HDR, RING } from '../../backend';
+import { DriverQueue, needEvent } from '../../driver';
 
 // benchmark.js ships no types; this is the part used here.
 interface Suite {

@@ -5,7 +5,7 @@
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 
-export const CLI = path.join(__dirname, '..', '..', 'guest-sim', 'cli.js');
+export const CLI = path.join(__dirname, '..', '..', 'cli', 'main.js');
 
 export interface RunningCli {
   child: ChildProcess;

@@ -4,8 +4,8 @@
 // received frames with their virtio_net_hdr, and speaks the control queue.
 
 import { bits, ctrlq, has, netHdrSize, rxq, STATUS, txq, VirtioNetDevice } from '../../backend';
-import { CTRL_BUF_BYTES, ControlDriver } from '../../guest-sim/control';
-import { DriverQueue } from '../../guest-sim/virtqueue';
+import { CTRL_BUF_BYTES, ControlDriver } from '../../driver/control';
+import { DriverQueue } from '../../driver/virtqueue';
 
 const QSIZE = 64;
 const RX_BUF = 2048;

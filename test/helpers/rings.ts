@@ -2,6 +2,8 @@
 // engine tests: lay out rings, write descriptors (hostile ones included),
 // publish avail entries with Atomics, read the used ring back.
 
+import { addon, type NativeGuestMemory } from '../../backend/native';
+
 export const DESC_F_NEXT = 1;
 export const DESC_F_WRITE = 2;
 export const DESC_F_INDIRECT = 4;
@@ -11,12 +13,15 @@ export class GuestMem {
   readonly sab: SharedArrayBuffer;
   readonly u8: Uint8Array;
   readonly dv: DataView;
+  /** The same memory as the device sees it: one region at guest address 0. */
+  readonly native: NativeGuestMemory;
   private next: number;
 
   constructor(size: number, heapStart: number, sab?: SharedArrayBuffer) {
     this.sab = sab ?? new SharedArrayBuffer(size);
     this.u8 = new Uint8Array(this.sab);
     this.dv = new DataView(this.sab);
+    this.native = new (addon().GuestMemory)([{ guestAddr: 0, buffer: this.sab }]);
     this.next = heapStart;
   }
 

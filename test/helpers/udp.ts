@@ -2,7 +2,7 @@
 // `ip netns exec`), so the host side of every exchange is a real kernel
 // socket in the namespace, never the root namespace.
 
-import { Netns } from './netns';
+import { Netns } from '../../host/netns';
 
 export interface EchoResult {
   sent: number;

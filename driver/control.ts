@@ -4,6 +4,7 @@
 // queue, so waiting is asynchronous.
 
 import { CTRL, VirtioNetDevice } from '../backend';
+import { DriverMemory, DriverMemoryInput } from './memory';
 import { DriverQueue, QueueAddrs } from './virtqueue';
 
 /** Bytes reserved for one command: class, command and the largest data we send (MAC tables). */
@@ -14,6 +15,7 @@ const CTRL_TIMEOUT_MS = 5000;
 
 export class ControlDriver {
   private readonly q: DriverQueue;
+  /** The command buffer and its ack byte (one region). */
   private readonly u8: Uint8Array;
   private busy: Promise<unknown> = Promise.resolve();
   /** The command that timed out, if one did: the queue is unusable until a reset. */
@@ -21,15 +23,15 @@ export class ControlDriver {
 
   constructor(
     private readonly device: VirtioNetDevice,
-    mem: SharedArrayBuffer,
+    mem: DriverMemory | DriverMemoryInput,
     private readonly index: number,
     addrs: QueueAddrs,
     eventIdx: boolean,
-    /** Guest address of CTRL_BUF_BYTES + 1 bytes for the command and its ack. */
+    /** Guest address of CTRL_BUF_BYTES + 1 bytes for the command and its ack, in one region. */
     private readonly buf: number,
   ) {
     this.q = new DriverQueue(mem, addrs, { eventIdx });
-    this.u8 = new Uint8Array(mem);
+    this.u8 = this.q.memory.view(buf, CTRL_BUF_BYTES + 1);
   }
 
   /** Sends one command and resolves with the device's ack (CTRL.OK or CTRL.ERR). */
@@ -44,14 +46,14 @@ export class ControlDriver {
     // answer to it must never be read as the answer to a newer one.
     if (this.stuck) throw new Error(`control queue stuck: ${this.stuck} got no answer; reset the device`);
     if (2 + data.length > CTRL_BUF_BYTES) throw new RangeError(`control command data of ${data.length} bytes is too long`);
-    const ack = this.buf + CTRL_BUF_BYTES;
-    this.u8[this.buf] = cls;
-    this.u8[this.buf + 1] = cmd;
-    this.u8.set(data, this.buf + 2);
+    const ack = CTRL_BUF_BYTES;
+    this.u8[0] = cls;
+    this.u8[1] = cmd;
+    this.u8.set(data, 2);
     this.u8[ack] = 0xff;
     const head = this.q.add([
       { addr: this.buf, len: 2 + data.length, write: false },
-      { addr: ack, len: 1, write: true },
+      { addr: this.buf + ack, len: 1, write: true },
     ]);
     if (this.q.publish()) this.device.kick(this.index);
     const deadline = Date.now() + CTRL_TIMEOUT_MS;

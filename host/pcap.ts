@@ -1,6 +1,7 @@
-// Reader for classic libpcap capture files (what `tcpdump -w` writes), so
-// gso-check can look at the wire segments the kernel produced without a
-// pcap library. Only the container is parsed; frames are returned as-is.
+// Readers for capture files without a pcap library: classic libpcap (what
+// `tcpdump -w` writes; gso-check reads the wire segments the kernel produced)
+// and pcapng (what `vhost-tap run --pcap` writes). Only the container is
+// parsed; frames are returned as-is.
 
 /** One captured packet. */
 export interface PcapPacket {
@@ -69,4 +70,51 @@ export function writePcap(frames: Uint8Array[], linkType = LINKTYPE_ETHERNET): U
     off += RECORD_HDR + f.length;
   }
   return out;
+}
+
+/** One Enhanced Packet Block of a pcapng file. */
+export interface PcapngPacket extends PcapPacket {
+  interfaceId: number;
+  /** The opt_comment options, decoded as UTF-8. */
+  comments: string[];
+  /** epb_flags (direction in the low two bits: 1 inbound, 2 outbound), or undefined. */
+  flags: number | undefined;
+}
+
+/** Parses a little-endian pcapng file: its interfaces' link types and its Enhanced Packet Blocks. Malformed blocks throw. */
+export function parsePcapng(buf: Uint8Array): { linkTypes: number[]; packets: PcapngPacket[] } {
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  if (buf.length < 28 || dv.getUint32(0, true) !== 0x0a0d0d0a) throw new Error('pcapng: no Section Header Block at the start');
+  if (dv.getUint32(8, true) !== 0x1a2b3c4d) throw new Error('pcapng: only little-endian sections are read here');
+  const linkTypes: number[] = [];
+  const packets: PcapngPacket[] = [];
+  const dec = new TextDecoder();
+  let off = 0;
+  while (off + 12 <= buf.length) {
+    const type = dv.getUint32(off, true);
+    const len = dv.getUint32(off + 4, true);
+    if (len < 12 || len % 4 !== 0 || off + len > buf.length || dv.getUint32(off + len - 4, true) !== len) {
+      throw new Error(`pcapng: bad block length ${len} at byte ${off}`);
+    }
+    if (type === 1) linkTypes.push(dv.getUint16(off + 8, true));
+    else if (type === 6) {
+      const capLen = dv.getUint32(off + 20, true);
+      const origLen = dv.getUint32(off + 24, true);
+      const data = buf.subarray(off + 28, off + 28 + capLen);
+      const comments: string[] = [];
+      let flags: number | undefined;
+      let o = off + 28 + ((capLen + 3) & ~3);
+      while (o + 4 <= off + len - 4) {
+        const code = dv.getUint16(o, true);
+        const olen = dv.getUint16(o + 2, true);
+        if (code === 0) break;
+        if (code === 1) comments.push(dec.decode(buf.subarray(o + 4, o + 4 + olen)));
+        if (code === 2 && olen === 4) flags = dv.getUint32(o + 4, true);
+        o += 4 + ((olen + 3) & ~3);
+      }
+      packets.push({ data, origLen, interfaceId: dv.getUint32(off + 8, true), comments, flags });
+    }
+    off += len;
+  }
+  return { linkTypes, packets };
 }

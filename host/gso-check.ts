@@ -1,5 +1,5 @@
-// `vhost-tap gso-check`: a checksum/segmentation-offload conformance suite
-// against the running kernel. It drives a VirtioNetDevice directly, as an
+// The kernel offload conformance suite behind `vhost-tap gso-check`: checksum
+// and segmentation offloads against the running kernel. It drives a VirtioNetDevice directly, as an
 // emulator would (a small synchronous driver on the main thread), in two
 // throw-away namespaces: A holds the TAP and routes to a veth with every
 // offload off, so the kernel must segment the guest's super-frames in
@@ -11,9 +11,10 @@ import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { parseArgs } from 'node:util';
 
 import { bits, Capabilities, FeatureName, has, HDR, rxq, STATUS, txq, VirtioNetDevice, waitCall } from '../backend';
+import { DriverQueue } from '../driver';
+import { IPPROTO, parseIPv4, parseIPv6, parseMac } from '../guest-sim/packets';
 import {
   buildTcpFrame,
   buildUdpFrame,
@@ -37,10 +38,8 @@ import {
   verifyUdpFragments,
   verifyUdpSegments,
 } from './gso-frames';
-import { haveProgram, Netns } from './netns';
-import { IPPROTO, parseIPv4, parseIPv6, parseMac } from './packets';
+import { haveProgram, Netns, requireRoot } from './netns';
 import { LINKTYPE_ETHERNET, parsePcap } from './pcap';
-import { DriverQueue } from './virtqueue';
 
 export type Direction = 'guest-to-kernel' | 'kernel-to-guest';
 export type Outcome = 'pass' | 'fail' | 'unsupported';
@@ -56,23 +55,6 @@ export interface CaseResult {
 export const CASES = ['CSUM_TCP4', 'CSUM_UDP4', 'CSUM_TCP6', 'CSUM_UDP6', 'TSO4', 'TSO6', 'TSO_ECN', 'USO4', 'USO6', 'UFO4', 'UFO6'] as const;
 export type CaseName = (typeof CASES)[number];
 
-export const HELP = `Usage: vhost-tap gso-check [--json] [--case NAME ...]
-
-Checks every checksum and segmentation offload of the running kernel's TAP in
-both directions, in two network namespaces it creates and always deletes:
-guest→kernel, a super-frame from the guest must leave the kernel as correct
-wire segments (count, sizes, sequence numbers, IPv4 IDs, flags, checksums,
-payload), captured with tcpdump behind a veth with offloads off; kernel→guest,
-a kernel TCP/UDP GSO send must reach the guest as one super-frame with the
-right virtio_net_hdr. Cases the kernel cannot do are 'unsupported', with why.
-Needs root, ip, ethtool, tcpdump and python3. Exit status 1 if any case fails.
-
-Cases: ${CASES.join(', ')}
-
-Options:
-  --json         print the results as JSON
-  --case NAME    run only this case (repeatable)
-  -h, --help     this help`;
 
 // ------------------------------------------------------------------ the lab
 
@@ -327,7 +309,7 @@ class Lab {
     // the veth, the kernel must cut and checksum every segment itself. GRO off
     // on the receiving side so B sees the segments as they were sent.
     for (const [ns, dev2] of [[a, this.vethA], [b, this.vethB]] as const) {
-      const r = ns.exec('ethtool', ['-K', dev2, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off', 'sg', 'off', 'tx-udp-segmentation', 'off']);
+      const r = ns.run('ethtool', ['-K', dev2, 'tso', 'off', 'gso', 'off', 'gro', 'off', 'tx', 'off', 'sg', 'off', 'tx-udp-segmentation', 'off']);
       if (r.status !== 0) throw new Error(`ethtool -K ${dev2} failed: ${r.stderr.trim()}`);
     }
     a.ip('link', 'set', this.vethA, 'up');
@@ -341,7 +323,7 @@ class Lab {
     a.ip('neigh', 'replace', PEER4, 'lladdr', linkMac(b, this.vethB), 'dev', this.vethA, 'nud', 'permanent');
     a.ip('-6', 'neigh', 'replace', PEER6, 'lladdr', linkMac(b, this.vethB), 'dev', this.vethA, 'nud', 'permanent');
     for (const kv of ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv4.tcp_ecn=1']) {
-      const r = a.exec('sysctl', ['-qw', kv]);
+      const r = a.run('sysctl', ['-qw', kv]);
       if (r.status !== 0) throw new Error(`sysctl ${kv} in ${a.name} failed: ${r.stderr.trim()}`);
     }
   }
@@ -933,9 +915,7 @@ export async function runGsoCheck(opts: GsoCheckOptions = {}): Promise<{ results
   const names = (opts.cases ?? [...CASES]).map((c) => c.toUpperCase());
   for (const n of names) if (!(CASES as readonly string[]).includes(n)) throw new Error(`unknown case '${n}'; cases: ${CASES.join(', ')}`);
   const selected = CASES.filter((c) => names.includes(c));
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) {
-    throw new Error('gso-check creates network namespaces and a TAP: run it as root (CAP_NET_ADMIN, CAP_SYS_ADMIN)');
-  }
+  requireRoot('gso-check creates network namespaces, a TAP and a veth');
   const missing = TOOLS.filter(([t]) => !haveProgram(t));
   if (missing.length) throw new Error(`gso-check needs ${missing.map(([t]) => t).join(', ')}: apt-get install ${missing.map(([, p]) => p).join(' ')}`);
 
@@ -976,42 +956,4 @@ export function formatTable(results: CaseResult[]): string {
   const w = [0, 1, 2].map((i) => Math.max(head[i].length, ...rows.map((r) => r[i].length)));
   const line = (r: string[]): string => `${r[0].padEnd(w[0])}  ${r[1].padEnd(w[1])}  ${r[2].padEnd(w[2])}  ${r[3]}`;
   return [line(head), ...rows.map(line)].join('\n');
-}
-
-/** The `vhost-tap gso-check` command; returns the exit status (0 ok, 1 a case failed, 2 usage or setup error). */
-export async function gsoCheckMain(argv: string[]): Promise<number> {
-  let values: { json?: boolean; case?: string[]; help?: boolean };
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: { json: { type: 'boolean' }, case: { type: 'string', multiple: true }, help: { type: 'boolean', short: 'h' } },
-      strict: true,
-      allowPositionals: false,
-    }));
-  } catch (e) {
-    console.error(`vhost-tap: ${(e as Error).message.split('\n')[0]} (see 'vhost-tap gso-check --help')`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(HELP);
-    return 0;
-  }
-  let res: { results: CaseResult[]; ok: boolean };
-  try {
-    res = await runGsoCheck({
-      json: values.json,
-      cases: values.case,
-      onResult: (r) => process.stderr.write(`gso-check: ${r.case} ${r.direction}: ${r.result}\n`),
-    });
-  } catch (e) {
-    console.error(`vhost-tap gso-check: ${(e as Error).message}`);
-    return 2;
-  }
-  if (values.json) console.log(JSON.stringify({ ok: res.ok, kernel: os.release(), results: res.results }, null, 2));
-  else {
-    console.log(formatTable(res.results));
-    const n = (o: Outcome): number => res.results.filter((r) => r.result === o).length;
-    console.log(`\n${n('pass')} pass, ${n('fail')} fail, ${n('unsupported')} unsupported (kernel ${os.release()})`);
-  }
-  return res.ok ? 0 : 1;
 }

@@ -1,9 +1,10 @@
 // The driver (guest) side of one virtio split virtqueue living in guest memory:
 // posting buffer chains on the avail ring, deciding when to kick, reclaiming
-// used chains and steering interrupt suppression. Guest address = byte offset
-// into the SharedArrayBuffer.
+// used chains and steering interrupt suppression. Each ring part lies in one
+// region of guest memory; buffers may lie anywhere in it.
 
-import { RING } from '../backend/virtio';
+import { RING } from '../backend';
+import { DriverMemory, DriverMemoryInput, driverMemory, Region } from './memory';
 
 // Typed-array views use host byte order while virtio 1.x rings are little-endian.
 // Every Node target this project supports is little-endian; refuse the rest
@@ -40,6 +41,13 @@ export class DeviceBugError extends Error {
 
 const MAX_LEN = 0xffffffff;
 
+// u16 word indices inside the avail and used views (virtio 1.x 2.7.6, 2.7.8).
+const AVAIL_FLAGS = 0;
+const AVAIL_IDX = 1;
+const AVAIL_RING = 2;
+const USED_FLAGS = 0;
+const USED_IDX = 1;
+
 function isPow2(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
 }
@@ -54,23 +62,21 @@ export class DriverQueue {
   readonly eventIdx: boolean;
   readonly addrs: Readonly<QueueAddrs>;
 
-  private readonly mem: SharedArrayBuffer;
-  private readonly u16: Uint16Array;
-  private readonly u32: Uint32Array;
+  /** The guest memory the ring and its buffers live in. */
+  readonly memory: DriverMemory;
   private readonly mask: number;
-  private readonly memLen: number;
 
-  // Word indices of the ring fields, precomputed so the hot paths are plain array accesses.
-  private readonly descW32: number; // desc table in u32 units (4 words per descriptor)
-  private readonly descW16: number; // desc table in u16 units (8 words per descriptor)
-  private readonly availFlagsW: number;
-  private readonly availIdxW: number;
-  private readonly availRingW: number;
+  // One view per ring part (each lies in one region), so the hot paths are plain array
+  // accesses at small constant word indices.
+  private readonly desc32: Uint32Array; // 4 words per descriptor: addr lo, addr hi, len, flags|next
+  private readonly desc16: Uint16Array; // 8 words per descriptor: flags at 6, next at 7
+  private readonly avail16: Uint16Array; // flags, idx, ring[size], used_event
+  private readonly used16: Uint16Array; // flags, idx, ..., avail_event
+  private readonly used32: Uint32Array; // word 0 = flags|idx, then { id, len } per entry
   private readonly usedEventW: number;
-  private readonly usedFlagsW: number;
-  private readonly usedIdxW: number;
-  private readonly usedRingW32: number;
   private readonly availEventW: number;
+  // Buffer bounds check: one range when guest memory is one region (the fast path), else the table.
+  private readonly single: Region | undefined;
 
   // Bookkeeping is kept in private memory, not in the descriptors' `next`
   // fields: the device can read (or, if buggy, scribble on) guest memory, and
@@ -112,9 +118,9 @@ export class DriverQueue {
    * rings before telling the device where they are), so construct before the
    * queue is enabled on the device.
    */
-  constructor(mem: SharedArrayBuffer, q: QueueAddrs, opts: { eventIdx: boolean }) {
+  constructor(mem: DriverMemory | DriverMemoryInput, q: QueueAddrs, opts: { eventIdx: boolean }) {
     if (!HOST_IS_LE) throw new Error('DriverQueue: big-endian hosts are not supported (virtio 1.x rings are little-endian)');
-    if (!(mem instanceof SharedArrayBuffer)) throw new TypeError('DriverQueue: mem must be a SharedArrayBuffer');
+    const memory = driverMemory(mem);
     if (q === null || typeof q !== 'object') throw new TypeError('DriverQueue: q must be { size, desc, avail, used }');
     if (opts === null || typeof opts !== 'object' || typeof opts.eventIdx !== 'boolean') {
       throw new TypeError('DriverQueue: opts.eventIdx must be a boolean');
@@ -126,10 +132,9 @@ export class DriverQueue {
       avail: 4 + 2 * size + 2,
       used: 4 + RING.USED_ELEM_SIZE * size + 2,
     };
-    const memLen = mem.byteLength;
-    checkRegion('desc', desc, sizes.desc, RING.DESC_ALIGN, memLen);
-    checkRegion('avail', avail, sizes.avail, RING.AVAIL_ALIGN, memLen);
-    checkRegion('used', used, sizes.used, RING.USED_ALIGN, memLen);
+    const descR = checkPart(memory, 'desc', desc, sizes.desc, RING.DESC_ALIGN);
+    const availR = checkPart(memory, 'avail', avail, sizes.avail, RING.AVAIL_ALIGN);
+    const usedR = checkPart(memory, 'used', used, sizes.used, RING.USED_ALIGN);
     const parts: [string, number, number][] = [
       ['desc', desc, sizes.desc],
       ['avail', avail, sizes.avail],
@@ -143,24 +148,20 @@ export class DriverQueue {
       }
     }
 
-    this.mem = mem;
+    this.memory = memory;
     this.size = size;
     this.mask = size - 1;
     this.eventIdx = opts.eventIdx;
     this.addrs = Object.freeze({ size, desc, avail, used });
-    this.memLen = memLen;
-    this.u16 = new Uint16Array(mem, 0, memLen >>> 1);
-    this.u32 = new Uint32Array(mem, 0, Math.floor(memLen / 4));
-    this.descW32 = desc / 4;
-    this.descW16 = desc / 2;
-    this.availFlagsW = avail / 2;
-    this.availIdxW = avail / 2 + 1;
-    this.availRingW = avail / 2 + 2;
-    this.usedEventW = avail / 2 + 2 + size;
-    this.usedFlagsW = used / 2;
-    this.usedIdxW = used / 2 + 1;
-    this.usedRingW32 = used / 4 + 1;
-    this.availEventW = (used + 4 + RING.USED_ELEM_SIZE * size) / 2;
+    this.desc32 = new Uint32Array(descR.buffer, desc - descR.guestAddr, sizes.desc / 4);
+    this.desc16 = new Uint16Array(descR.buffer, desc - descR.guestAddr, sizes.desc / 2);
+    this.avail16 = new Uint16Array(availR.buffer, avail - availR.guestAddr, sizes.avail / 2);
+    // The used ring is 4 + 8 * size + 2 bytes: the u32 view stops before avail_event.
+    this.used16 = new Uint16Array(usedR.buffer, used - usedR.guestAddr, sizes.used / 2);
+    this.used32 = new Uint32Array(usedR.buffer, used - usedR.guestAddr, 1 + 2 * size);
+    this.usedEventW = 2 + size;
+    this.availEventW = (4 + RING.USED_ELEM_SIZE * size) / 2;
+    this.single = memory.regions.length === 1 ? memory.regions[0] : undefined;
 
     this.link = new Uint16Array(size);
     this.chainTail = new Uint16Array(size);
@@ -172,11 +173,10 @@ export class DriverQueue {
 
   /** Zeroes the rings and forgets every chain: the state after a device reset. */
   reset(): void {
-    const { desc, avail, used, size } = this.addrs;
-    const u8 = new Uint8Array(this.mem);
-    u8.fill(0, desc, desc + RING.DESC_SIZE * size);
-    u8.fill(0, avail, avail + 6 + 2 * size);
-    u8.fill(0, used, used + 6 + RING.USED_ELEM_SIZE * size);
+    const size = this.size;
+    this.desc32.fill(0);
+    this.avail16.fill(0);
+    this.used16.fill(0);
     for (let i = 0; i < size; i++) this.link[i] = (i + 1) & this.mask;
     this.chainTail.fill(0);
     this.chainCount.fill(0);
@@ -203,7 +203,7 @@ export class DriverQueue {
 
   /** Used entries the device has published that popUsed() has not consumed yet. */
   get pending(): number {
-    return (Atomics.load(this.u16, this.usedIdxW) - this.lastUsed) & 0xffff;
+    return (Atomics.load(this.used16, USED_IDX) - this.lastUsed) & 0xffff;
   }
 
   /** Chains added since the last publish(). */
@@ -271,7 +271,7 @@ export class DriverQueue {
     const n = bufs.length;
     const tableLen = n * RING.DESC_SIZE;
     if (tableLen > MAX_LEN) throw new RangeError(`addIndirect: table of ${n} descriptors is too long`);
-    checkRegion('addIndirect: table', table, tableLen, RING.DESC_ALIGN, this.memLen);
+    const tableR = checkPart(this.memory, 'addIndirect: table', table, tableLen, RING.DESC_ALIGN);
     let sawWrite = false;
     let writable = 0;
     for (let i = 0; i < n; i++) {
@@ -283,16 +283,17 @@ export class DriverQueue {
       } else if (sawWrite) throw new RangeError(`addIndirect: buffer ${i} is device-readable after a device-writable one (virtio 2.7.4.2)`);
     }
     if (this.numFree < 1) return -1;
-    const w32 = table / 4;
+    const t32 = new Uint32Array(tableR.buffer, table - tableR.guestAddr, 4 * n);
+    const t16 = new Uint16Array(tableR.buffer, table - tableR.guestAddr, 8 * n);
     for (let i = 0; i < n; i++) {
       const b = bufs[i];
       const last = i === n - 1;
-      const o = w32 + i * 4;
-      this.u32[o] = b.addr >>> 0;
-      this.u32[o + 1] = Math.floor(b.addr / 0x100000000);
-      this.u32[o + 2] = b.len;
-      this.u16[o * 2 + 6] = (b.write ? RING.DESC_F_WRITE : 0) | (last ? 0 : RING.DESC_F_NEXT);
-      this.u16[o * 2 + 7] = last ? 0 : i + 1;
+      const o = i * 4;
+      t32[o] = b.addr >>> 0;
+      t32[o + 1] = Math.floor(b.addr / 0x100000000);
+      t32[o + 2] = b.len;
+      t16[o * 2 + 6] = (b.write ? RING.DESC_F_WRITE : 0) | (last ? 0 : RING.DESC_F_NEXT);
+      t16[o * 2 + 7] = last ? 0 : i + 1;
     }
     const head = this.freeHead;
     this.freeHead = this.link[head];
@@ -311,17 +312,17 @@ export class DriverQueue {
     const oldIdx = this.lastKickIdx;
     // Release: the plain ring/descriptor writes above are ordered before this
     // seq-cst store, so a device that loads avail.idx with acquire sees them.
-    Atomics.store(this.u16, this.availIdxW, newIdx);
+    Atomics.store(this.avail16, AVAIL_IDX, newIdx);
     this.lastKickIdx = newIdx;
     if (newIdx === oldIdx) return false;
     // The load below is seq-cst too, so it cannot be satisfied before the
     // store above is visible: this is the full fence that closes the race
     // with a device that re-enables notifications and then re-checks avail.idx.
     if (this.eventIdx) {
-      const event = Atomics.load(this.u16, this.availEventW);
+      const event = Atomics.load(this.used16, this.availEventW);
       return needEvent(event, newIdx, oldIdx);
     }
-    return (Atomics.load(this.u16, this.usedFlagsW) & RING.USED_F_NO_NOTIFY) === 0;
+    return (Atomics.load(this.used16, USED_FLAGS) & RING.USED_F_NO_NOTIFY) === 0;
   }
 
   /**
@@ -330,14 +331,14 @@ export class DriverQueue {
    * call (hot loops allocate nothing): copy the fields before calling again.
    */
   popUsed(out?: UsedElem): UsedElem | null {
-    const usedIdx = Atomics.load(this.u16, this.usedIdxW);
+    const usedIdx = Atomics.load(this.used16, USED_IDX);
     if (usedIdx === this.lastUsed) return null;
     // Reading the entry after the seq-cst load of used.idx is the acquire side
     // of the device's release store.
     const slot = this.lastUsed & this.mask;
-    const o = this.usedRingW32 + slot * 2;
-    const id = this.u32[o];
-    const len = this.u32[o + 1];
+    const o = 1 + slot * 2;
+    const id = this.used32[o];
+    const len = this.used32[o + 1];
     if (id >= this.size || this.inFlightHead[id] === 0) {
       throw new DeviceBugError(`popUsed: used.ring[${slot}].id = ${id} is not a chain the device owns (queue size ${this.size})`);
     }
@@ -352,7 +353,7 @@ export class DriverQueue {
     this.lastUsed = (this.lastUsed + 1) & 0xffff;
     // With EVENT_IDX, moving used_event along with our progress is how
     // "interrupts on" is expressed: ask for one at the very next used entry.
-    if (this.eventIdx && !this.interruptsOff) Atomics.store(this.u16, this.usedEventW, this.lastUsed);
+    if (this.eventIdx && !this.interruptsOff) Atomics.store(this.avail16, this.usedEventW, this.lastUsed);
     const r = out ?? this.scratch;
     r.id = id;
     r.len = len;
@@ -366,9 +367,9 @@ export class DriverQueue {
     if (this.eventIdx) {
       // used_event one behind what we have consumed is never crossed again
       // before we re-enable (at most `size` < 32768 entries can be outstanding).
-      Atomics.store(this.u16, this.usedEventW, (this.lastUsed - 1) & 0xffff);
+      Atomics.store(this.avail16, this.usedEventW, (this.lastUsed - 1) & 0xffff);
     } else {
-      Atomics.store(this.u16, this.availFlagsW, RING.AVAIL_F_NO_INTERRUPT);
+      Atomics.store(this.avail16, AVAIL_FLAGS, RING.AVAIL_F_NO_INTERRUPT);
     }
   }
 
@@ -395,11 +396,11 @@ export class DriverQueue {
 
   private arm(event: number): boolean {
     this.interruptsOff = false;
-    if (this.eventIdx) Atomics.store(this.u16, this.usedEventW, event);
-    else Atomics.store(this.u16, this.availFlagsW, 0);
+    if (this.eventIdx) Atomics.store(this.avail16, this.usedEventW, event);
+    else Atomics.store(this.avail16, AVAIL_FLAGS, 0);
     // Seq-cst store then seq-cst load: the fence that pairs with the device's
     // "store used.idx, fence, read used_event/flags".
-    const usedIdx = Atomics.load(this.u16, this.usedIdxW);
+    const usedIdx = Atomics.load(this.used16, USED_IDX);
     if (this.eventIdx && event !== this.lastUsed) {
       return ((usedIdx - this.lastUsed) & 0xffff) > ((event - this.lastUsed) & 0xffff);
     }
@@ -409,19 +410,20 @@ export class DriverQueue {
   private checkBuf(addr: number, len: number, who: string, i: number): void {
     if (!Number.isSafeInteger(addr) || addr < 0) throw new RangeError(`${who}: buffer ${i} addr ${addr} is not a non-negative integer`);
     if (!Number.isInteger(len) || len < 1 || len > MAX_LEN) throw new RangeError(`${who}: buffer ${i} len ${len} must be an integer in 1..${MAX_LEN}`);
-    if (addr + len > this.memLen) {
-      throw new RangeError(`${who}: buffer ${i} [${addr}, ${addr + len}) is outside guest memory (${this.memLen} bytes)`);
+    const r = this.single;
+    if (r !== undefined ? addr < r.guestAddr || addr + len > r.end : !this.memory.contains(addr, len)) {
+      throw new RangeError(`${who}: buffer ${i} [${addr}, ${addr + len}) is not guest memory`);
     }
   }
 
   private writeDesc(d: number, addr: number, len: number, flags: number, next: number): void {
-    const o = this.descW32 + d * 4;
-    this.u32[o] = addr >>> 0;
-    this.u32[o + 1] = Math.floor(addr / 0x100000000);
-    this.u32[o + 2] = len;
-    const o16 = this.descW16 + d * 8;
-    this.u16[o16 + 6] = flags;
-    this.u16[o16 + 7] = next;
+    const o = d * 4;
+    this.desc32[o] = addr >>> 0;
+    this.desc32[o + 1] = Math.floor(addr / 0x100000000);
+    this.desc32[o + 2] = len;
+    const o16 = d * 8;
+    this.desc16[o16 + 6] = flags;
+    this.desc16[o16 + 7] = next;
   }
 
   private commitChain(head: number, tail: number, count: number, writable: number): void {
@@ -430,7 +432,7 @@ export class DriverQueue {
     this.chainWritable[head] = writable;
     this.inFlightHead[head] = 1;
     this.outstanding += 1;
-    this.u16[this.availRingW + (this.availShadow & this.mask)] = head;
+    this.avail16[AVAIL_RING + (this.availShadow & this.mask)] = head;
     this.availShadow = (this.availShadow + 1) & 0xffff;
   }
 }
@@ -446,8 +448,14 @@ function checkSize(size: number): void {
   }
 }
 
-function checkRegion(what: string, addr: number, len: number, align: number, memLen: number): void {
+/** The region holding a ring part (or an indirect table) whole; checks alignment in guest and in host memory. */
+function checkPart(mem: DriverMemory, what: string, addr: number, len: number, align: number): Region {
   if (!Number.isSafeInteger(addr) || addr < 0) throw new RangeError(`${what} address ${addr} is not a non-negative integer`);
   if (addr % align !== 0) throw new RangeError(`${what} address ${addr} must be ${align}-byte aligned`);
-  if (addr + len > memLen) throw new RangeError(`${what} [${addr}, ${addr + len}) does not fit in guest memory (${memLen} bytes)`);
+  const r = mem.regionOf(addr, len);
+  if (!r) throw new RangeError(`${what} [${addr}, ${addr + len}) is not inside one region of guest memory (each ring part must be)`);
+  // Typed-array views need the part aligned inside its buffer too; page-aligned regions always are.
+  const viewAlign = Math.min(align, 4);
+  if ((addr - r.guestAddr) % viewAlign !== 0) throw new RangeError(`${what} at ${addr} is not ${viewAlign}-byte aligned within its region (region at ${r.guestAddr})`);
+  return r;
 }

@@ -3,8 +3,8 @@
 // kernel cut them into and (2) the super-frames the kernel hands the guest.
 // Pure functions over bytes, so the verifiers can be tested with wrong input.
 
-import { HDR } from '../backend/virtio';
-import { checksumOk, csumAdd, csumFinish, csumFold, ETHERTYPE, get16, IPPROTO, pseudoSum4, pseudoSum6, put16 } from './packets';
+import { HDR } from '../backend';
+import { checksumOk, csumAdd, csumFinish, csumFold, ETHERTYPE, get16, IPPROTO, pseudoSum4, pseudoSum6, put16 } from '../guest-sim/packets';
 
 export const TCP_FLAG = { FIN: 0x01, SYN: 0x02, RST: 0x04, PSH: 0x08, ACK: 0x10, URG: 0x20, ECE: 0x40, CWR: 0x80 } as const;
 /** TCP and UDP checksum field offsets inside their headers (virtio csum_offset). */

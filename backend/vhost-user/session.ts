@@ -1,0 +1,730 @@
+// The back-end side of one vhost-user connection: feature and protocol-feature
+// negotiation, ownership, the memory table, per-ring setup (NUM/ADDR/BASE,
+// KICK/CALL/ERR, ENABLE), stopping a ring for GET_VRING_BASE, and refusing
+// whatever breaks the protocol — with a REPLY_ACK error when the front end
+// asked for one, otherwise by closing the connection — always with a reason.
+// The data plane (guest memory mappings, workers, the TAP) sits behind the
+// VhostUserBackend interface; this file holds the protocol's state machine.
+
+import { EventEmitter } from 'node:events';
+
+import { validateDriverFeatures } from '../features';
+import { addon, NativeVuHeader, NativeVuMessage } from '../native';
+import { bit, featureNames, RING, splitRingSizes } from '../virtio';
+import {
+  F_LOG_ALL,
+  F_PROTOCOL_FEATURES,
+  HAS_REPLY,
+  MAX_MEM_REGIONS,
+  PROTOCOL_F,
+  protocolBits,
+  protocolFeatureNames,
+  REQ,
+  requestName,
+  VRING_INDEX_MASK,
+  VRING_NOFD,
+} from './protocol';
+import { VhostUserConnection } from './socket';
+
+/** A region of the front end's memory as SET_MEM_TABLE describes it (all fit in a JS number). */
+export interface MemoryRegion {
+  guestAddr: number;
+  size: number;
+  /** The front end's virtual address of the region: ring addresses arrive in this space. */
+  userAddr: number;
+  /** Where the region starts in its fd. */
+  mmapOffset: number;
+}
+
+/** A split ring's guest physical addresses. */
+export interface RingLayout {
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+}
+
+/** Everything a worker needs to run one ring. */
+export interface RingStart extends RingLayout {
+  index: number;
+  kickFd: number;
+  callFd: number;
+  lastAvailIdx: number;
+  usedIdx: number;
+}
+
+/**
+ * The data plane a session drives (one per TAP; sessions come and go). Methods throw an
+ * Error whose message says what was wrong; the session turns it into a refusal.
+ */
+export interface VhostUserBackend {
+  /** Queue pairs the TAP has: rings 0 .. 2*queuePairs-1 (the control queue stays with the VMM). */
+  readonly queuePairs: number;
+  /** Virtio features offered to the front end (offloads the TAP accepts, MQ, ...), without bit 30. */
+  readonly features: bigint;
+  /**
+   * Replaces guest memory by the front end's regions, mapping each fd at its offset (checks
+   * offset + size against the fd's size). The fds stay the caller's. Running workers switch
+   * to the new table between batches.
+   */
+  setMemory(regions: MemoryRegion[], fds: number[]): void;
+  /** Unmaps guest memory (the session ended); no worker runs then. */
+  clearMemory(): void;
+  /**
+   * Ring layout rules in the current memory (size, alignment, each part inside one region, no
+   * part overlapping another of any of these rings); null when they hold.
+   */
+  checkRings(layouts: RingLayout[]): { rule: string; detail: string } | null;
+  /** used.idx as the ring holds it now: a ring resumes from there, as vhost does. */
+  readUsedIdx(layout: RingLayout): number;
+  /** Programs the TAP for the negotiated features: header size, little-endian headers, offloads. */
+  setFeatures(features: bigint): void;
+  /** Starts pair `pair`'s worker; `onBroken` reports a ring stopped because the guest broke a rule. */
+  startPair(pair: number, rx: RingStart, tx: RingStart, onBroken: (ring: number, rule: string, detail: string) => void): void;
+  /** Stops pair `pair`'s worker; returns each ring's next avail index. */
+  stopPair(pair: number): { rx: number; tx: number };
+}
+
+/** Protocol features offered: MQ (GET_QUEUE_NUM), REPLY_ACK. Nothing that is not implemented. */
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'REPLY_ACK');
+
+/** A refused request, as the 'refused' event reports it. */
+export interface Refusal {
+  request: string;
+  reason: string;
+  /** What the session did: answered a REPLY_ACK error and went on, or closed the connection. */
+  action: 'nack' | 'close';
+}
+
+export interface SessionOptions {
+  /** Called with each refusal and session event as a line of text (default: none). */
+  log?: (line: string) => void;
+  /** Called with every message received, for debugging the sequence a front end sends. */
+  trace?: (line: string) => void;
+}
+
+/** Split rings hold at most 32768 entries (virtio 1.x §2.7). */
+const MAX_RING_SIZE: number = RING.MAX_SIZE;
+/** Split ring indexes are 16 bits; the packed ring's wrap bit is not offered. */
+const MAX_RING_INDEX = 0xffff;
+
+/** Requests allowed before SET_OWNER: what QEMU asks while it probes a back end. */
+const BEFORE_OWNER: ReadonlySet<number> = new Set([
+  REQ.GET_FEATURES,
+  REQ.GET_PROTOCOL_FEATURES,
+  REQ.SET_PROTOCOL_FEATURES,
+  REQ.GET_QUEUE_NUM,
+  REQ.SET_OWNER,
+]);
+
+/** Why a request the codec knows is refused: what it would need that is not offered. */
+const UNSUPPORTED: Partial<Record<number, string>> = {
+  [REQ.SET_LOG_BASE]: 'dirty-page logging (VHOST_F_LOG_ALL, LOG_SHMFD) is not offered',
+  [REQ.SET_LOG_FD]: 'dirty-page logging (VHOST_F_LOG_ALL) is not offered',
+  [REQ.SEND_RARP]: 'protocol feature RARP is not offered',
+  [REQ.NET_SET_MTU]: 'protocol feature NET_MTU is not offered',
+  [REQ.SET_BACKEND_REQ_FD]: 'protocol feature BACKEND_REQ is not offered',
+  [REQ.IOTLB_MSG]: 'VIRTIO_F_ACCESS_PLATFORM (IOTLB) is not offered',
+  [REQ.SET_VRING_ENDIAN]: 'protocol feature CROSS_ENDIAN is not offered',
+  [REQ.GET_CONFIG]: 'protocol feature CONFIG is not offered',
+  [REQ.SET_CONFIG]: 'protocol feature CONFIG is not offered',
+  [REQ.CREATE_CRYPTO_SESSION]: 'this is a network device',
+  [REQ.CLOSE_CRYPTO_SESSION]: 'this is a network device',
+  [REQ.POSTCOPY_ADVISE]: 'protocol feature PAGEFAULT is not offered',
+  [REQ.POSTCOPY_LISTEN]: 'protocol feature PAGEFAULT is not offered',
+  [REQ.POSTCOPY_END]: 'protocol feature PAGEFAULT is not offered',
+  [REQ.GET_INFLIGHT_FD]: 'protocol feature INFLIGHT_SHMFD is not offered',
+  [REQ.SET_INFLIGHT_FD]: 'protocol feature INFLIGHT_SHMFD is not offered',
+  [REQ.GPU_SET_SOCKET]: 'this is a network device',
+  [REQ.RESET_DEVICE]: 'protocol feature RESET_DEVICE is not offered',
+  [REQ.VRING_KICK]: 'protocol feature INBAND_NOTIFICATIONS is not offered',
+  [REQ.GET_MAX_MEM_SLOTS]: 'protocol feature CONFIGURE_MEM_SLOTS is not offered',
+  [REQ.ADD_MEM_REG]: 'protocol feature CONFIGURE_MEM_SLOTS is not offered',
+  [REQ.REM_MEM_REG]: 'protocol feature CONFIGURE_MEM_SLOTS is not offered',
+  [REQ.SET_STATUS]: 'protocol feature STATUS is not offered',
+  [REQ.GET_STATUS]: 'protocol feature STATUS is not offered',
+};
+
+/** A request broke a rule; thrown inside handlers, turned into a refusal once. */
+class Refuse extends Error {}
+
+/** One vring as the front end set it up. */
+interface Ring {
+  /** SET_VRING_NUM */
+  num: number | undefined;
+  /** SET_VRING_ADDR: front-end virtual addresses. */
+  addr: { desc: number; avail: number; used: number } | undefined;
+  /** Next avail index to start from: SET_VRING_BASE, or where the ring last stopped. */
+  base: number;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  /** A kick fd arrived since the last GET_VRING_BASE (the spec's "started"). */
+  started: boolean;
+  /** SET_VRING_ENABLE; every ring starts disabled while F_PROTOCOL_FEATURES is in play. */
+  enabled: boolean;
+}
+
+export interface RingSnapshot {
+  index: number;
+  num: number | undefined;
+  base: number;
+  started: boolean;
+  enabled: boolean;
+  hasKick: boolean;
+  hasCall: boolean;
+  hasErr: boolean;
+}
+
+const hex = (n: number | bigint): string => `0x${n.toString(16)}`;
+
+/**
+ * Serves one front end on a connected socket. Emits 'refused' (Refusal), 'ring-broken'
+ * ({ ring, rule, detail }), 'pair' (pair, running), 'warning' (Error: the data plane failed
+ * to let go of something at the end) and, once, 'end' (reason).
+ */
+export class VhostUserSession extends EventEmitter {
+  private readonly conn: VhostUserConnection;
+  private readonly rings: Ring[];
+  private readonly running: boolean[];
+  private owner = false;
+  private features = 0n;
+  private featuresSet = false;
+  private protocolFeatures = 0n;
+  private regions: MemoryRegion[] | undefined;
+  private ended = false;
+
+  constructor(
+    fd: number,
+    private readonly backend: VhostUserBackend,
+    private readonly opts: SessionOptions = {},
+  ) {
+    super();
+    this.rings = Array.from({ length: 2 * backend.queuePairs }, () => ({
+      num: undefined,
+      addr: undefined,
+      base: 0,
+      kickFd: -1,
+      callFd: -1,
+      errFd: -1,
+      started: false,
+      enabled: false,
+    }));
+    this.running = new Array(backend.queuePairs).fill(false);
+    this.conn = new VhostUserConnection(fd, 'back-end', {
+      message: (m) => this.onMessage(m),
+      refused: (reason, h) => this.refuse(h, reason),
+      closed: (reason) => this.end(reason),
+    });
+  }
+
+  /** Features offered in GET_FEATURES: the device's plus F_PROTOCOL_FEATURES. */
+  get offeredFeatures(): bigint {
+    return this.backend.features | (1n << BigInt(F_PROTOCOL_FEATURES));
+  }
+
+  get isOpen(): boolean {
+    return !this.ended;
+  }
+
+  /** The state as tests and statistics see it. */
+  snapshot(): {
+    owner: boolean;
+    features: bigint;
+    protocolFeatures: bigint;
+    regions: MemoryRegion[] | undefined;
+    rings: RingSnapshot[];
+    running: boolean[];
+  } {
+    return {
+      owner: this.owner,
+      features: this.features,
+      protocolFeatures: this.protocolFeatures,
+      regions: this.regions?.map((r) => ({ ...r })),
+      rings: this.rings.map((r, index) => ({
+        index,
+        num: r.num,
+        base: r.base,
+        started: r.started,
+        enabled: r.enabled,
+        hasKick: r.kickFd >= 0,
+        hasCall: r.callFd >= 0,
+        hasErr: r.errFd >= 0,
+      })),
+      running: [...this.running],
+    };
+  }
+
+  /** Ends the session: workers stop, fds close, mappings go, the connection closes. */
+  close(reason = 'closed by the back end'): void {
+    this.end(reason);
+  }
+
+  // --- message dispatch -----------------------------------------------------------------
+
+  private onMessage(m: NativeVuMessage): void {
+    if (this.ended) {
+      for (const fd of m.fds) this.closeFd(fd);
+      return;
+    }
+    this.opts.trace?.(`vhost-user: ${describe(m)}`);
+    const taken = new Set<number>();
+    try {
+      if (m.needReply && !this.replyAck) {
+        throw new Refuse('need_reply is set but REPLY_ACK was not negotiated (SET_PROTOCOL_FEATURES)');
+      }
+      if (!this.owner && !BEFORE_OWNER.has(m.request)) throw new Refuse('the front end has not sent SET_OWNER yet');
+      this.handle(m, taken);
+      if (m.needReply && !HAS_REPLY.has(m.request) && !this.ended) this.conn.replyU64(m.request, 0n);
+    } catch (e) {
+      if (e instanceof Refuse) this.refuse(m, e.message);
+      else this.refuse(m, `internal error: ${(e as Error)?.stack ?? String(e)}`);
+    } finally {
+      for (const fd of m.fds) if (!taken.has(fd)) this.closeFd(fd);
+    }
+  }
+
+  private get replyAck(): boolean {
+    return ((this.protocolFeatures >> BigInt(PROTOCOL_F.REPLY_ACK)) & 1n) === 1n;
+  }
+
+  /**
+   * Refuses a request: a REPLY_ACK error when the front end asked for an answer and can read
+   * one (REPLY_ACK negotiated, a request without its own reply), else the connection closes.
+   */
+  private refuse(h: NativeVuHeader, reason: string): void {
+    if (this.ended) return;
+    const request = h.name ?? requestName(h.request);
+    const nack = h.needReply && this.replyAck && !HAS_REPLY.has(h.request);
+    const refusal: Refusal = { request, reason, action: nack ? 'nack' : 'close' };
+    this.opts.log?.(`vhost-user: refused ${request}: ${reason}${nack ? '' : '; closing the connection'}`);
+    this.emit('refused', refusal);
+    if (nack) {
+      try {
+        this.conn.replyU64(h.request, 1n);
+        return;
+      } catch (e) {
+        this.end(`could not send the REPLY_ACK error for ${request}: ${(e as Error).message}`);
+        return;
+      }
+    }
+    this.end(`refused ${request}: ${reason}`);
+  }
+
+  private handle(m: NativeVuMessage, taken: Set<number>): void {
+    switch (m.request) {
+      case REQ.GET_FEATURES:
+        return this.conn.replyU64(m.request, this.offeredFeatures);
+      case REQ.SET_FEATURES:
+        return this.setFeatures(u64(m));
+      case REQ.GET_PROTOCOL_FEATURES:
+        return this.conn.replyU64(m.request, OFFERED_PROTOCOL_FEATURES);
+      case REQ.SET_PROTOCOL_FEATURES:
+        return this.setProtocolFeatures(u64(m));
+      case REQ.SET_OWNER:
+        if (this.owner) throw new Refuse('the session already has an owner (SET_OWNER twice)');
+        this.owner = true;
+        return;
+      case REQ.RESET_OWNER:
+        // Deprecated; the spec recommends treating it as "disable all rings".
+        for (let p = 0; p < this.running.length; p++) this.stopPair(p);
+        this.rings.forEach((r) => {
+          r.enabled = false;
+          this.stopRing(r);
+        });
+        return;
+      case REQ.GET_QUEUE_NUM:
+        return this.conn.replyU64(m.request, BigInt(this.backend.queuePairs));
+      case REQ.SET_MEM_TABLE:
+        if (m.kind !== 'memTable') throw new Refuse('internal: SET_MEM_TABLE without regions');
+        return this.setMemTable(m.regions, m.fds);
+      case REQ.SET_VRING_NUM:
+        return this.setVringNum(state(m));
+      case REQ.SET_VRING_ADDR:
+        if (m.kind !== 'addr') throw new Refuse('internal: SET_VRING_ADDR without addresses');
+        return this.setVringAddr(m);
+      case REQ.SET_VRING_BASE:
+        return this.setVringBase(state(m));
+      case REQ.GET_VRING_BASE:
+        return this.getVringBase(state(m).index);
+      case REQ.SET_VRING_KICK:
+      case REQ.SET_VRING_CALL:
+      case REQ.SET_VRING_ERR:
+        return this.setVringFd(m.request, u64(m), m.fds, taken);
+      case REQ.SET_VRING_ENABLE:
+        return this.setVringEnable(state(m));
+      default: {
+        const why = UNSUPPORTED[m.request];
+        throw new Refuse(why ? `not supported: ${why}` : `not supported by this back end`);
+      }
+    }
+  }
+
+  // --- features --------------------------------------------------------------------------
+
+  private setFeatures(v: bigint): void {
+    const extra = v & ~this.offeredFeatures;
+    if (extra) {
+      const log = (extra >> BigInt(F_LOG_ALL)) & 1n ? ' (LOG_ALL: dirty-page logging is not implemented)' : '';
+      throw new Refuse(`features ${hex(v)} include bits not offered: ${featureNames(extra).join(', ')}${log}`);
+    }
+    const device = v & ~(1n << BigInt(F_PROTOCOL_FEATURES));
+    // The VMM keeps the control queue (CTRL_VQ and what hangs off it, such as MQ and
+    // GUEST_ANNOUNCE) and never sends it; the offload dependencies still hold.
+    const ctrl = bit('CTRL_VQ');
+    const why = validateDriverFeatures(device | ctrl, this.backend.features | ctrl);
+    if (why) throw new Refuse(`features ${hex(v)}: ${why}`);
+    if (this.running.some(Boolean)) {
+      if (v !== this.features) throw new Refuse(`features ${hex(v)} differ from ${hex(this.features)} while rings run; stop them first (GET_VRING_BASE)`);
+      return;
+    }
+    try {
+      this.backend.setFeatures(device);
+    } catch (e) {
+      throw new Refuse(`programming the TAP for features ${hex(device)} failed: ${(e as Error).message}`);
+    }
+    this.features = v;
+    this.featuresSet = true;
+    // Without F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings are enabled from the start.
+    if (!((v >> BigInt(F_PROTOCOL_FEATURES)) & 1n)) {
+      for (const r of this.rings) r.enabled = true;
+      for (let p = 0; p < this.running.length; p++) this.tryStartPair(p);
+    }
+  }
+
+  private setProtocolFeatures(v: bigint): void {
+    const extra = v & ~OFFERED_PROTOCOL_FEATURES;
+    if (extra) throw new Refuse(`protocol features ${hex(v)} include bits not offered: ${protocolFeatureNames(extra).join(', ')}`);
+    if (this.running.some(Boolean) && v !== this.protocolFeatures) throw new Refuse('protocol features change while rings run');
+    this.protocolFeatures = v;
+  }
+
+  // --- memory ----------------------------------------------------------------------------
+
+  private setMemTable(raw: { guestAddr: bigint; size: bigint; userAddr: bigint; mmapOffset: bigint }[], fds: number[]): void {
+    if (raw.length === 0 || raw.length > MAX_MEM_REGIONS) throw new Refuse(`${raw.length} regions, must be 1 to ${MAX_MEM_REGIONS}`);
+    if (fds.length !== raw.length) throw new Refuse(`${raw.length} regions but ${fds.length} file descriptors`);
+    const regions = raw.map((r, i) => checkRegion(r, i));
+    // No two regions may claim the same guest or front-end addresses: translations must be unambiguous.
+    for (const [space, key] of [['guest physical', 'guestAddr'], ['front-end virtual', 'userAddr']] as const) {
+      const sorted = regions.map((r, i) => ({ r, i })).sort((a, b) => a.r[key] - b.r[key]);
+      for (let k = 1; k < sorted.length; k++) {
+        const prev = sorted[k - 1];
+        const cur = sorted[k];
+        if (prev.r[key] + prev.r.size > cur.r[key]) {
+          throw new Refuse(`regions ${prev.i} and ${cur.i} overlap in ${space} addresses (${hex(prev.r[key])}+${hex(prev.r.size)} and ${hex(cur.r[key])})`);
+        }
+      }
+    }
+    // Rings already started must stay inside the new table.
+    const moved: number[] = [];
+    for (let i = 0; i < this.rings.length; i++) {
+      const r = this.rings[i];
+      if (!r.started || !r.addr || r.num === undefined) continue;
+      const before = this.regions ? translateRing(this.regions, r.addr, r.num) : undefined;
+      const after = translateRing(regions, r.addr, r.num);
+      if (typeof after === 'string') throw new Refuse(`ring ${i} would lie outside the new memory table: ${after}`);
+      if (typeof before !== 'object' || before.desc !== after.desc || before.avail !== after.avail || before.used !== after.used) moved.push(i);
+    }
+    try {
+      this.backend.setMemory(regions, fds);
+    } catch (e) {
+      throw new Refuse(`mapping the regions failed: ${(e as Error).message}`);
+    }
+    this.regions = regions;
+    // A running ring whose guest addresses changed restarts at its position with the new ones.
+    for (const p of new Set(moved.map((i) => i >> 1))) {
+      if (!this.running[p]) continue;
+      this.stopPair(p);
+      this.tryStartPair(p);
+    }
+  }
+
+  // --- rings -----------------------------------------------------------------------------
+
+  private ring(index: number): Ring {
+    if (!Number.isInteger(index) || index < 0 || index >= this.rings.length) {
+      throw new Refuse(`vring index ${index} is out of range: this back end has ${this.backend.queuePairs} queue pair(s), rings 0 to ${this.rings.length - 1}`);
+    }
+    return this.rings[index];
+  }
+
+  private notStarted(index: number, what: string): Ring {
+    const r = this.ring(index);
+    if (r.started) throw new Refuse(`${what} for ring ${index} while it is started; stop it first (GET_VRING_BASE)`);
+    return r;
+  }
+
+  private setVringNum(s: { index: number; num: number }): void {
+    const r = this.notStarted(s.index, 'SET_VRING_NUM');
+    if (s.num < 1 || s.num > MAX_RING_SIZE || (s.num & (s.num - 1)) !== 0) {
+      throw new Refuse(`ring ${s.index}: size ${s.num} must be a power of two from 1 to ${MAX_RING_SIZE}`);
+    }
+    if (r.addr && this.regions) this.layoutOrRefuse(s.index, r.addr, s.num);
+    r.num = s.num;
+  }
+
+  private setVringAddr(m: { index: number; addrFlags: number; desc: bigint; used: bigint; avail: bigint; log: bigint }): void {
+    const r = this.notStarted(m.index, 'SET_VRING_ADDR');
+    if (m.addrFlags !== 0) {
+      throw new Refuse(`ring ${m.index}: flags ${hex(m.addrFlags)}${m.addrFlags & 1 ? ' (VHOST_VRING_F_LOG: dirty-page logging is not implemented)' : ''}; only 0 is accepted`);
+    }
+    const addr = { desc: safe(m.desc, `ring ${m.index} descriptor table`), avail: safe(m.avail, `ring ${m.index} available ring`), used: safe(m.used, `ring ${m.index} used ring`) };
+    if (r.num !== undefined && this.regions) this.layoutOrRefuse(m.index, addr, r.num);
+    r.addr = addr;
+  }
+
+  private setVringBase(s: { index: number; num: number }): void {
+    const r = this.notStarted(s.index, 'SET_VRING_BASE');
+    if (s.num > MAX_RING_INDEX) throw new Refuse(`ring ${s.index}: base ${s.num} is not a 16-bit split-ring index (packed rings are not offered)`);
+    r.base = s.num;
+  }
+
+  /** Stops the ring (its pair's worker) and answers where it stopped. */
+  private getVringBase(index: number): void {
+    const r = this.ring(index);
+    this.stopPair(index >> 1);
+    this.stopRing(r);
+    this.conn.replyState(REQ.GET_VRING_BASE, index, r.base);
+  }
+
+  private setVringFd(request: number, v: bigint, fds: number[], taken: Set<number>): void {
+    const index = Number(v & BigInt(VRING_INDEX_MASK));
+    const nofd = (v & BigInt(VRING_NOFD)) !== 0n;
+    const r = this.ring(index);
+    const fd = nofd ? -1 : fds[0];
+    const p = index >> 1;
+    if (request === REQ.SET_VRING_KICK) {
+      if (nofd) throw new Refuse(`ring ${index}: no kick fd (polling mode) is not supported`);
+      if (!this.regions) throw new Refuse(`ring ${index}: SET_VRING_KICK before SET_MEM_TABLE`);
+      if (r.num === undefined) throw new Refuse(`ring ${index}: SET_VRING_KICK before SET_VRING_NUM`);
+      if (!r.addr) throw new Refuse(`ring ${index}: SET_VRING_KICK before SET_VRING_ADDR`);
+      this.layoutOrRefuse(index, r.addr, r.num);
+      const wasRunning = this.stopPair(p);
+      taken.add(fd);
+      this.closeFd(r.kickFd);
+      r.kickFd = fd;
+      r.started = true;
+      if (!this.tryStartPair(p) && wasRunning) this.opts.log?.(`vhost-user: pair ${p} did not restart after a new kick fd for ring ${index}`);
+      return;
+    }
+    if (request === REQ.SET_VRING_CALL) {
+      // Without a call fd the front end polls; the worker still needs an eventfd to write.
+      const callFd = nofd ? addon().eventfd() : fd;
+      if (!nofd) taken.add(fd);
+      const wasRunning = this.stopPair(p);
+      this.closeFd(r.callFd);
+      r.callFd = callFd;
+      if (wasRunning) this.tryStartPair(p);
+      return;
+    }
+    if (!nofd) taken.add(fd);
+    this.closeFd(r.errFd);
+    r.errFd = fd;
+  }
+
+  private setVringEnable(s: { index: number; num: number }): void {
+    const r = this.ring(s.index);
+    if (s.num !== 0 && s.num !== 1) throw new Refuse(`ring ${s.index}: enable must be 0 or 1, got ${s.num}`);
+    r.enabled = s.num === 1;
+    if (r.enabled) this.tryStartPair(s.index >> 1);
+    else this.stopPair(s.index >> 1);
+  }
+
+  /**
+   * The ring's guest layout in the current table, checked with the started rings (no part may
+   * overlap another ring's); refuses when it is not inside guest memory or breaks a layout rule.
+   */
+  private layoutOrRefuse(index: number, addr: { desc: number; avail: number; used: number }, num: number): RingLayout {
+    const t = translateRing(this.regions!, addr, num);
+    if (typeof t === 'string') throw new Refuse(`ring ${index}: ${t}`);
+    const others: RingLayout[] = [];
+    this.rings.forEach((r, i) => {
+      if (i === index || !r.started || !r.addr || r.num === undefined) return;
+      const o = translateRing(this.regions!, r.addr, r.num);
+      if (typeof o === 'object') others.push(o);
+    });
+    const v = this.backend.checkRings([t, ...others]);
+    if (v) throw new Refuse(`ring ${index} breaks rule '${v.rule}': ${v.detail}`);
+    return t;
+  }
+
+  /** GET_VRING_BASE / RESET_OWNER: the ring no longer runs and waits for a new kick fd. */
+  private stopRing(r: Ring): void {
+    r.started = false;
+    this.closeFd(r.kickFd);
+    r.kickFd = -1;
+  }
+
+  /**
+   * Starts pair p when both its rings are started and enabled. A vhost-tap worker serves a
+   * pair, so one started ring waits for its partner. Returns whether the pair runs.
+   */
+  private tryStartPair(p: number): boolean {
+    if (this.running[p]) return true;
+    const rx = this.rings[2 * p];
+    const tx = this.rings[2 * p + 1];
+    if (!rx.started || !tx.started || !rx.enabled || !tx.enabled || !this.regions) return false;
+    if (!this.featuresSet) {
+      // No SET_FEATURES: nothing was negotiated, so legacy 10-byte headers and no offloads.
+      try {
+        this.backend.setFeatures(0n);
+      } catch (e) {
+        throw new Refuse(`programming the TAP for no features failed: ${(e as Error).message}`);
+      }
+      this.featuresSet = true;
+    }
+    const start = (index: number, r: Ring): RingStart => {
+      const layout = this.layoutOrRefuse(index, r.addr!, r.num!);
+      if (r.callFd < 0) r.callFd = addon().eventfd();
+      return { index, ...layout, kickFd: r.kickFd, callFd: r.callFd, lastAvailIdx: r.base, usedIdx: this.backend.readUsedIdx(layout) };
+    };
+    const a = start(2 * p, rx);
+    const b = start(2 * p + 1, tx);
+    try {
+      this.backend.startPair(p, a, b, (ring, rule, detail) => this.ringBroken(ring, rule, detail));
+    } catch (e) {
+      throw new Refuse(`starting queue pair ${p} failed: ${(e as Error).message}`);
+    }
+    this.running[p] = true;
+    this.opts.log?.(`vhost-user: queue pair ${p} running (rings ${2 * p} and ${2 * p + 1}, ${a.size} entries)`);
+    this.emit('pair', p, true);
+    return true;
+  }
+
+  /** Stops pair p's worker if it runs, keeping where each ring stopped. Returns whether it ran. */
+  private stopPair(p: number): boolean {
+    if (!this.running[p]) return false;
+    this.running[p] = false;
+    const pos = this.backend.stopPair(p);
+    this.rings[2 * p].base = pos.rx;
+    this.rings[2 * p + 1].base = pos.tx;
+    this.emit('pair', p, false);
+    return true;
+  }
+
+  private ringBroken(ring: number, rule: string, detail: string): void {
+    if (this.ended) return;
+    this.opts.log?.(`vhost-user: ring ${ring} stopped: the guest broke rule '${rule}': ${detail}`);
+    const err = this.rings[ring]?.errFd ?? -1;
+    if (err >= 0) {
+      try {
+        addon().kick(err);
+      } catch {
+        // The front end closed its end of the error eventfd; the log line stands.
+      }
+    }
+    this.emit('ring-broken', { ring, rule, detail });
+  }
+
+  // --- the end ---------------------------------------------------------------------------
+
+  private end(reason: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    let failure: unknown;
+    for (let p = 0; p < this.running.length; p++) {
+      try {
+        this.stopPair(p);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    for (const r of this.rings) {
+      for (const fd of [r.kickFd, r.callFd, r.errFd]) this.closeFd(fd);
+      r.kickFd = r.callFd = r.errFd = -1;
+      r.started = false;
+    }
+    if (this.regions) {
+      try {
+        this.backend.clearMemory();
+      } catch (e) {
+        failure ??= e;
+      }
+      this.regions = undefined;
+    }
+    this.conn.close();
+    this.opts.log?.(`vhost-user: session ended: ${reason}`);
+    this.emit('end', reason);
+    // Reported, never thrown: an 'error' event nobody listens to would end the process.
+    if (failure) {
+      this.opts.log?.(`vhost-user: releasing the session's data plane failed: ${(failure as Error)?.message ?? String(failure)}`);
+      this.emit('warning', failure);
+    }
+  }
+
+  private closeFd(fd: number): void {
+    if (fd < 0) return;
+    try {
+      addon().close(fd);
+    } catch {
+      // Already closed: nothing to release.
+    }
+  }
+}
+
+function u64(m: NativeVuMessage): bigint {
+  if (m.kind !== 'u64') throw new Refuse(`internal: ${m.name} without a u64 payload`);
+  return m.u64;
+}
+
+function state(m: NativeVuMessage): { index: number; num: number } {
+  if (m.kind !== 'state') throw new Refuse(`internal: ${m.name} without a vring state payload`);
+  return { index: m.index, num: m.num };
+}
+
+/** A 64-bit address or size from the front end as a JS number, refused when it is not exactly representable. */
+function safe(v: bigint, what: string): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new Refuse(`${what} ${hex(v)} is beyond 2^53 (no such address on this host)`);
+  return Number(v);
+}
+
+function checkRegion(r: { guestAddr: bigint; size: bigint; userAddr: bigint; mmapOffset: bigint }, i: number): MemoryRegion {
+  const what = `region ${i}`;
+  if (r.size === 0n) throw new Refuse(`${what} has size 0`);
+  const out = {
+    guestAddr: safe(r.guestAddr, `${what} guest address`),
+    size: safe(r.size, `${what} size`),
+    userAddr: safe(r.userAddr, `${what} user address`),
+    mmapOffset: safe(r.mmapOffset, `${what} mmap offset`),
+  };
+  // Sums stay exact below 2^53, so the end of each range is checked, not just its start.
+  for (const [name, start] of [['guest address', out.guestAddr], ['user address', out.userAddr], ['mmap offset', out.mmapOffset]] as const) {
+    if (start + out.size > Number.MAX_SAFE_INTEGER) throw new Refuse(`${what}: ${name} ${hex(start)} + size ${hex(out.size)} wraps`);
+  }
+  return out;
+}
+
+/**
+ * Translates a ring's front-end virtual addresses to guest physical ones through the regions'
+ * user addresses; each part must lie inside one region. Returns the reason as a string when not.
+ */
+export function translateRing(regions: MemoryRegion[], addr: { desc: number; avail: number; used: number }, num: number): RingLayout | string {
+  const sizes = splitRingSizes(num);
+  const out: RingLayout = { size: num, desc: 0, avail: 0, used: 0 };
+  for (const part of ['desc', 'avail', 'used'] as const) {
+    const ua = addr[part];
+    const len = sizes[part];
+    const r = regions.find((g) => ua >= g.userAddr && ua + len <= g.userAddr + g.size);
+    if (!r) return `${part} ${hex(ua)}+${len} lies outside every memory region (front-end virtual addresses)`;
+    out[part] = r.guestAddr + (ua - r.userAddr);
+  }
+  return out;
+}
+
+function describe(m: NativeVuMessage): string {
+  const flags = m.needReply ? ' need_reply' : '';
+  const fds = m.fds.length ? ` fds=${m.fds.length}` : '';
+  switch (m.kind) {
+    case 'u64':
+      return `${m.name}${flags} ${hex(m.u64)}${fds}`;
+    case 'state':
+      return `${m.name}${flags} index=${m.index} num=${m.num}${fds}`;
+    case 'addr':
+      return `${m.name}${flags} index=${m.index} flags=${hex(m.addrFlags)} desc=${hex(m.desc)} avail=${hex(m.avail)} used=${hex(m.used)}`;
+    case 'memTable':
+      return `${m.name}${flags} ${m.regions.map((r) => `[gpa ${hex(r.guestAddr)} size ${hex(r.size)} uva ${hex(r.userAddr)} off ${hex(r.mmapOffset)}]`).join(' ')}${fds}`;
+    default:
+      return `${m.name}${flags}${fds}`;
+  }
+}

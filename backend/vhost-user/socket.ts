@@ -1,0 +1,124 @@
+// The vhost-user Unix socket in TypeScript: listening for a front end,
+// connecting to one, and a connection whose messages (decoded natively, fds
+// attached) arrive as callbacks on this thread's event loop. Addon errors
+// become typed errors here, once.
+
+import * as fs from 'node:fs';
+
+import { InvalidArgumentError, PermissionError, VhostTapError, VhostUserError } from '../errors';
+import { addon, NativeVuCallbacks, NativeVuConnection } from '../native';
+
+interface AddonErrorLike {
+  message: string;
+  code?: string;
+}
+
+/** Runs an addon call for the vhost-user socket and converts what it throws. */
+export function vu<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof VhostTapError) throw e;
+    const err = e as AddonErrorLike;
+    const msg = `${what}: ${err?.message ?? String(e)}`;
+    switch (err?.code) {
+      case 'EVHOST_BADARG':
+        throw new InvalidArgumentError(msg);
+      case 'EPERM':
+      case 'EACCES':
+        throw new PermissionError(`${msg} (check the socket path's permissions)`);
+      default:
+        throw new VhostUserError(msg, err?.code);
+    }
+  }
+}
+
+/** A connection the protocol is spoken on; wraps the native one with typed errors. */
+export class VhostUserConnection {
+  private readonly c: NativeVuConnection;
+
+  /** Takes ownership of `fd` (a connected AF_UNIX stream socket). */
+  constructor(fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) {
+    this.c = vu('vhost-user connection', () => new (addon().vhostUser.Connection)(fd, role, callbacks));
+  }
+
+  get fd(): number {
+    return this.c.fd;
+  }
+
+  get open(): boolean {
+    return this.c.fd >= 0;
+  }
+
+  replyU64(request: number, value: bigint): void {
+    vu('vhost-user reply', () => this.c.replyU64(request, value));
+  }
+
+  replyState(request: number, index: number, num: number): void {
+    vu('vhost-user reply', () => this.c.replyState(request, index, num));
+  }
+
+  sendRaw(bytes: Uint8Array, fds?: number[]): void {
+    vu('vhost-user send', () => this.c.sendRaw(bytes, fds));
+  }
+
+  close(): void {
+    this.c.close();
+  }
+}
+
+/**
+ * A listening socket at `path`; `onConnection(fd)` gets each front end that connects (the
+ * caller owns the fd). close() stops listening and removes the socket file.
+ */
+export class VhostUserListener {
+  private readonly fd: number;
+  private readonly watcher: { close(): void };
+  private closed = false;
+
+  constructor(
+    readonly path: string,
+    onConnection: (fd: number) => void,
+    onError: (e: Error) => void,
+  ) {
+    const a = addon();
+    this.fd = vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+    try {
+      this.watcher = vu(`listening on ${path}`, () =>
+        new a.vhostUser.Listener(this.fd, (error) => {
+          if (error) return onError(new VhostUserError(`listening on ${path}: ${error}`));
+          for (;;) {
+            let fd: number;
+            try {
+              fd = vu(`accepting on ${path}`, () => a.vhostUser.accept(this.fd));
+            } catch (e) {
+              return onError(e as Error);
+            }
+            if (fd < 0) return;
+            onConnection(fd);
+          }
+        }),
+      );
+    } catch (e) {
+      a.close(this.fd);
+      throw e;
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.watcher.close();
+    addon().close(this.fd);
+    try {
+      fs.unlinkSync(this.path);
+    } catch {
+      // Already removed.
+    }
+  }
+}
+
+/** Connects to a listening front end (or, for tests, a back end) at `path`; returns the fd. */
+export function connectVhostUser(path: string): number {
+  return vu(`connecting to ${path}`, () => addon().vhostUser.connect(path));
+}

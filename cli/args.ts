@@ -1,0 +1,52 @@
+// Argument parsing shared by the `vhost-tap` commands: strict flags, whole
+// numbers, and the UsageError every command throws for bad input (exit 2).
+
+import { parseArgs, ParseArgsConfig } from 'node:util';
+
+/** Bad command-line input: the message is one line that names the flag; exit status 2. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
+
+export type Values = Record<string, string | boolean | undefined>;
+
+/** Parses `argv` for command `cmd` with strict flags (plus -h/--help); a bad flag is a UsageError. */
+export function parse(cmd: string, argv: string[], options: ParseArgsConfig['options']): Values {
+  try {
+    const { values } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
+    return values as Values;
+  } catch (e) {
+    throw new UsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap ${cmd} --help')`);
+  }
+}
+
+/** A whole-number flag in [min, max], or `def` when absent. */
+export function intIn(name: string, v: Values[string], def: number, min: number, max: number, why = ''): number {
+  const n = int(name, v, def);
+  if (n < min || n > max) throw new UsageError(`--${name} must be from ${min} to ${max}${why}, got ${n}`);
+  return n;
+}
+
+/** An ADDR/PREFIX flag (--ip, --ip6): the address must parse and the prefix must be there and in range. */
+export function cidr(name: string, v: Values[string], family: 4 | 6, parse: (a: string) => unknown): string | undefined {
+  if (v === undefined) return undefined;
+  const eg = family === 4 ? '10.0.0.2/24' : 'fd00::2/64';
+  const m = typeof v === 'string' ? /^([^/]+)\/(\d{1,3})$/.exec(v) : null;
+  if (!m) throw new UsageError(`--${name} needs ADDR/PREFIX, e.g. ${eg}; got '${String(v)}'`);
+  try {
+    parse(m[1]);
+  } catch {
+    throw new UsageError(`--${name}: '${m[1]}' is not an IPv${family} address (e.g. ${eg})`);
+  }
+  const max = family === 4 ? 32 : 128;
+  if (Number(m[2]) > max) throw new UsageError(`--${name}: prefix length ${m[2]} is over ${max}`);
+  return v as string;
+}
+
+/** A whole-number flag, or `def` when absent. */
+export function int(name: string, v: Values[string], def: number): number {
+  if (v === undefined) return def;
+  const n = Number(v);
+  if (typeof v !== 'string' || !/^\d+$/.test(v) || !Number.isSafeInteger(n)) throw new UsageError(`--${name} must be a whole number, got '${String(v)}'`);
+  return n;
+}

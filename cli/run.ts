@@ -1,0 +1,153 @@
+// `vhost-tap run`: a simulated guest (guest-sim) behind a TAP until SIGINT or
+// SIGTERM. Parses the flags, prints the ready line and the statistics, and
+// tears down cleanly; the work is in GuestSim.
+
+import { TUN } from '../backend';
+import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
+import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
+import { Netns, requireRoot } from '../host/netns';
+import { cidr, int, intIn, parse, UsageError } from './args';
+
+export const RUN_HELP = `Usage: vhost-tap run --tap NAME [options]
+
+Runs a simulated virtio-net guest behind TAP NAME (created; in namespace NS with
+--netns) until SIGINT or SIGTERM, then removes the TAP and prints statistics.
+The guest answers ARP, ping, IPv6 neighbour discovery, ping -6 and UDP echo (port 7),
+and serves TCP (IPv4 and IPv6):
+  port 7    echo
+  port 9    discard: when the peer closes, prints one line
+            'discard: PEER bytes N sha256 HEX' (everything received)
+  port 19   source: sends --source-bytes bytes (byte i = i mod 251), then closes
+
+Options:
+  --tap NAME          TAP device name (at most 15 bytes)             (required)
+  --netns NS          existing network namespace to create the TAP in
+  --queues N          queue pairs (default 1)
+  --mac MAC           guest MAC address (default: random, locally administered)
+  --ip ADDR/PREFIX    guest IPv4 address, e.g. 10.0.0.2/24
+  --ip6 ADDR/PREFIX   guest IPv6 address, e.g. fd00::2/64
+  --mtu N             MTU of the guest and the TAP (default 1500)
+  --offloads LIST     offloads the guest negotiates: 'none', or a comma-separated
+                      list of ${Object.keys(OFFLOAD_NAMES).join(', ')}
+                      (csum/tso4/tso6/uso: guest → kernel; guest-*: kernel → guest).
+                      Default: every one the device offers. tso4, tso6 and uso need
+                      csum; guest-tso*/guest-uso* need guest-csum.
+  --source-bytes N    bytes the TCP source (port 19) sends per connection (default 1073741824)
+  --pcap FILE         write every frame the device moves, both directions, super-frames
+                      whole, to FILE as pcapng (Wireshark, tcpdump -r); each frame's
+                      virtio_net_hdr is in its packet comment
+  --json              print the final statistics as JSON
+  -h, --help          this help`;
+
+/** The negotiated offloads in --offloads spelling. */
+export function offloadList(features: bigint): string {
+  const on = Object.entries(OFFLOAD_NAMES).filter(([, b]) => (features & b) !== 0n).map(([n]) => n);
+  return on.length ? on.join(',') : 'none';
+}
+
+/** Resolves with the signal's name, or with 'error' once `failed` resolves (whichever comes first). */
+function waitForSignal(failed?: Promise<unknown>): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (sig: string): void => {
+      process.removeListener('SIGINT', on);
+      process.removeListener('SIGTERM', on);
+      resolve(sig);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+    void failed?.then(() => on('error'));
+  });
+}
+
+export function printStats(s: Awaited<ReturnType<GuestSim['stop']>>, json: boolean): void {
+  if (json) {
+    console.log(JSON.stringify(s));
+    return;
+  }
+  const t = s.device.totals;
+  console.log(`device: rx ${t.rxPackets} frames ${t.rxBytes} B, tx ${t.txPackets} frames ${t.txBytes} B, drops ${t.drops}, io ${s.device.io}`);
+  for (const q of s.device.queues) {
+    const drops = Object.entries(q.drops).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ');
+    console.log(`  queue ${q.index} ${q.kind}: ${q.packets} frames ${q.bytes} B, ${q.interrupts} interrupts, ${q.kicks} kicks${drops ? `, drops ${drops}` : ''}${q.broken ? ', BROKEN' : ''}`);
+  }
+  s.pairs.forEach((p, i) => console.log(`  guest pair ${i}: rx ${p.rxFrames} frames, tx ${p.txFrames} frames, wakeups ${p.wakeups}`));
+}
+
+export async function cmdRun(argv: string[]): Promise<number> {
+  const o = parse('run', argv, {
+    tap: { type: 'string' },
+    netns: { type: 'string' },
+    queues: { type: 'string' },
+    mac: { type: 'string' },
+    ip: { type: 'string' },
+    ip6: { type: 'string' },
+    mtu: { type: 'string' },
+    offloads: { type: 'string' },
+    'source-bytes': { type: 'string' },
+    pcap: { type: 'string' },
+    json: { type: 'boolean' },
+  });
+  if (o.help) {
+    console.log(RUN_HELP);
+    return 0;
+  }
+  if (typeof o.tap !== 'string') throw new UsageError("--tap NAME is required (see 'vhost-tap run --help')");
+  if (Buffer.byteLength(o.tap) > TUN.MAX_NAME || !/^[A-Za-z0-9_.-]+$/.test(o.tap)) {
+    throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
+  }
+  const queues = intIn('queues', o.queues, 1, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  const mtu = intIn('mtu', o.mtu, 1500, 68, 65535);
+  const ip4 = cidr('ip', o.ip, 4, parseIPv4);
+  const ip6 = cidr('ip6', o.ip6, 6, parseIPv6);
+  if (o.mac !== undefined && !/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(String(o.mac))) {
+    throw new UsageError(`--mac: '${String(o.mac)}' is not a MAC address like 52:54:00:12:34:56`);
+  }
+  let features: bigint | undefined;
+  if (o.offloads !== undefined) {
+    try {
+      features = parseOffloads(String(o.offloads));
+    } catch (e) {
+      throw new UsageError(`--offloads: ${(e as Error).message}`);
+    }
+  }
+  const sourceBytes = int('source-bytes', o['source-bytes'], 1 << 30);
+  if (o.netns !== undefined && (!/^[A-Za-z0-9_.-]+$/.test(String(o.netns)) || !Netns.exists(String(o.netns)))) {
+    throw new UsageError(`--netns: network namespace '${String(o.netns)}' does not exist (create it with: ip netns add ${String(o.netns)})`);
+  }
+  requireRoot(
+    o.netns ? 'run creates a TAP in another network namespace' : 'run creates a TAP',
+    o.netns ? ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN'] : ['CAP_NET_ADMIN'],
+  );
+  const guest = await GuestSim.start({
+    tap: o.tap,
+    netns: o.netns as string | undefined,
+    queuePairs: queues,
+    mac: o.mac as string | undefined,
+    ip4,
+    ip6,
+    mtu,
+    features,
+    sourceBytes,
+    pcap: o.pcap as string | undefined,
+  });
+  guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
+  // A queue-pair Worker that dies is reported as 'error'. Without a listener EventEmitter throws
+  // it as an uncaught exception (a stack trace, no statistics); stop cleanly and exit 1 instead.
+  let workerError: Error | undefined;
+  const failed = new Promise<void>((resolve) =>
+    guest.on('error', (e: Error) => {
+      workerError ??= e;
+      resolve();
+    }),
+  );
+  guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
+  const where = o.netns ? ` in netns ${o.netns}` : '';
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}`);
+  const sig = await waitForSignal(failed);
+  const s = await guest.stop();
+  if (workerError) console.error(`vhost-tap: a guest queue-pair worker failed: ${workerError.message}`);
+  else if (!o.json) console.log(`stopped on ${sig}`);
+  printStats(s, !!o.json);
+  return workerError ? 1 : 0;
+}
+

@@ -1,0 +1,50 @@
+// JS face of guest memory: the `GuestMemory` class of backend/native.ts. It
+// owns a MemorySlot (memory.h) that the device's engines and control queue
+// share, and pins what the current and every still-used table point into.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+#include <vector>
+
+#include "memory.h"
+
+namespace vt {
+
+class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  // The wrap behind a GuestMemory JS object; throws EVHOST_BADARG naming
+  // `what` for anything else (checked by type tag, not by prototype).
+  static GuestMemoryWrap* From(const Napi::Value& v, const char* what);
+
+  explicit GuestMemoryWrap(const Napi::CallbackInfo& info);
+
+  const std::shared_ptr<MemorySlot>& slot() const { return slot_; }
+
+ private:
+  // replace([{ guestAddr, buffer }])
+  void Replace(const Napi::CallbackInfo& info);
+  // replaceFds([{ guestAddr, size, userAddr, mmapOffset, fd }])
+  void ReplaceFds(const Napi::CallbackInfo& info);
+  Napi::Value UserToGuest(const Napi::CallbackInfo& info);
+  Napi::Value Regions(const Napi::CallbackInfo& info);
+  Napi::Value CheckRings(const Napi::CallbackInfo& info);
+  Napi::Value Read(const Napi::CallbackInfo& info);
+
+  // Builds a table over SharedArrayBuffers and installs it.
+  void InstallBuffers(const Napi::Value& regions);
+  void Install(std::shared_ptr<const MemoryTable> t, std::vector<Napi::ObjectReference> refs);
+
+  std::shared_ptr<MemorySlot> slot_ = std::make_shared<MemorySlot>();
+  // The JS buffers a table points into, held while anyone may still use that
+  // table (workers hold it until their next batch). Released on the JS thread
+  // at the next replace, once the table is gone.
+  struct Pinned {
+    std::weak_ptr<const MemoryTable> table;
+    std::vector<Napi::ObjectReference> refs;
+  };
+  std::vector<Pinned> pinned_;
+};
+
+}  // namespace vt

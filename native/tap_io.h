@@ -1,0 +1,62 @@
+// How an engine moves frames between its TAP queue fd and guest buffers: one
+// interface, two ways — a readv/writev per frame (tap_io_readv.cc) or batched
+// io_uring submissions (tap_io_uring.cc). Both keep the guest's order and
+// report one result per frame, so the engine's per-frame completion (used
+// elements, num_buffers, counters) is written once. Plain C++, no Node.
+#pragma once
+#include <sys/uio.h>
+
+#include <climits>
+#include <cstdint>
+#include <memory>
+
+namespace vt {
+
+// One frame's buffers (net header first).
+struct IoFrame {
+  const iovec* iov;
+  uint32_t iovcnt;
+};
+
+// readv/writev take at most IOV_MAX segments, and a TAP takes one frame per
+// call: a frame in more buffers than that cannot be moved at all.
+constexpr size_t kMaxIov = IOV_MAX;
+
+// Result of a frame that was never issued: the batch stopped before it (the
+// TAP had no room), or the I/O mechanism failed before it ran.
+constexpr int32_t kNotDone = INT32_MIN;
+
+class TapIo {
+ public:
+  virtual ~TapIo() = default;
+  // 'io_uring' or 'readv/writev' (string literal).
+  virtual const char* name() const = 0;
+
+  enum class Batch {
+    kDone,     // every result is final; the kernel holds no buffer of this batch
+    kUnknown,  // the mechanism failed and the kernel did not confirm it is done
+               // with the buffers: they must never be published or reused
+  };
+  // Writes frames[0..n) to the TAP, in this order. res[i] is the bytes written,
+  // or -errno (the frame is dropped), or -EAGAIN / kNotDone: not written, and
+  // then neither is any later frame of the batch — all of them go again later,
+  // in the same order, so no frame overtakes one the kernel refused.
+  virtual Batch Write(const IoFrame* frames, uint32_t n, int32_t* res) = 0;
+  // Reads at most one frame into each of bufs[0..n), in order. res[i] is the
+  // frame length (which may exceed the buffers: tun reports the full length of
+  // a frame it had to cut), -EAGAIN (no frame was there for it), -errno, or
+  // kNotDone. A later buffer may get a frame after an earlier one got -EAGAIN
+  // (a frame arrived between the two): the engine moves such frames down.
+  virtual Batch Read(const IoFrame* bufs, uint32_t n, int32_t* res) = 0;
+  // True once the mechanism itself failed (not one I/O): the engine switches
+  // to readv/writev for the rest of its run.
+  virtual bool failed() const { return false; }
+};
+
+std::unique_ptr<TapIo> MakeReadvIo(int fd);
+// io_uring for batches of up to `batch` frames; nullptr with *err set when the
+// kernel refuses io_uring (ENOSYS, EPERM: kernel.io_uring_disabled or seccomp,
+// ENOMEM: locked memory).
+std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, int* err);
+
+}  // namespace vt

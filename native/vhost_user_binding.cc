@@ -1,0 +1,613 @@
+// JS face of the vhost-user socket: listen/accept/connect on a Unix stream
+// socket, and a connection that reads messages with their fds (SCM_RIGHTS,
+// MSG_CMSG_CLOEXEC) on the JS thread's event loop (libuv poll), decodes them
+// with native/vhost_user.h and hands them to JS; sends replies (and, for test
+// front ends, raw bytes with fds). No protocol policy here: the session in
+// backend/ decides. Fds of a refused message are closed before JS hears of it.
+#include <napi.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "vhost_user.h"
+
+namespace vt {
+
+namespace {
+
+namespace vu = vhost_user;
+
+// Messages handled per readable event before going back to the event loop, so
+// a front end that floods the socket cannot starve timers and other I/O; the
+// poll fires again while data is left.
+constexpr int kMessagesPerWake = 64;
+
+// Test front ends may attach more fds than a back end accepts (to see it
+// refuse them); the kernel's own limit per message is 253.
+constexpr size_t kMaxSendFds = 32;
+
+// How long a send waits for room in the socket buffer. Replies are a few
+// bytes and the front end waits for them; a peer that stops reading for this
+// long is treated as gone.
+constexpr int kSendTimeoutMs = 5000;
+
+int FdArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must be a number");
+  int64_t fd = info[i].As<Napi::Number>().Int64Value();
+  if (fd < 0 || fd > INT32_MAX) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must be a non-negative integer");
+  return static_cast<int>(fd);
+}
+
+sockaddr_un UnixAddr(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsString()) ThrowCode(env, "EVHOST_BADARG", "socket path must be a string");
+  std::string path = v.As<Napi::String>().Utf8Value();
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path || path.find('\0') != std::string::npos)
+    ThrowCode(env, "EVHOST_BADARG",
+              "socket path must be 1 to " + std::to_string(sizeof a.sun_path - 1) + " bytes without NUL: '" + path + "'");
+  memcpy(a.sun_path, path.data(), path.size());
+  return a;
+}
+
+Napi::Value Listen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sockaddr_un a = UnixAddr(env, info[0]);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, errno, "socket", "creating the vhost-user socket");
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "bind", std::string("binding the vhost-user socket to ") + a.sun_path);
+  }
+  // One front end at a time; a second one waits in the backlog.
+  if (listen(fd, 1) < 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "listen", std::string("listening on ") + a.sun_path);
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int lfd = FdArg(info, 0, "listening fd");
+  int fd;
+  do fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) {
+    // Nobody waiting (or the connection was reset before we took it).
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED) return Napi::Number::New(env, -1);
+    ThrowErrno(env, errno, "accept4", "accepting a vhost-user front end");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Connect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  sockaddr_un a = UnixAddr(env, info[0]);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) ThrowErrno(env, errno, "socket", "creating the vhost-user socket");
+  int r;
+  // A Unix stream connect completes or fails at once (or waits for backlog room).
+  do r = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "connect", std::string("connecting to ") + a.sun_path);
+  }
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "fcntl", "making the vhost-user socket non-blocking");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value StreamPair(const Napi::CallbackInfo& info) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) < 0)
+    ThrowErrno(info.Env(), errno, "socketpair", "creating a SOCK_STREAM pair");
+  Napi::Array a = Napi::Array::New(info.Env(), 2);
+  a.Set(0u, Napi::Number::New(info.Env(), sv[0]));
+  a.Set(1u, Napi::Number::New(info.Env(), sv[1]));
+  return a;
+}
+
+// A memfd of `size` bytes: shareable guest memory for test front ends.
+Napi::Value Memfd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) ThrowCode(env, "EVHOST_BADARG", "size must be a number");
+  int64_t size = info[0].As<Napi::Number>().Int64Value();
+  if (size < 0) ThrowCode(env, "EVHOST_BADARG", "size must be non-negative");
+  int fd = memfd_create("vhost-tap-test", MFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(env, errno, "memfd_create", "creating test guest memory");
+  if (ftruncate(fd, size) < 0) {
+    int e = errno;
+    close(fd);
+    ThrowErrno(env, e, "ftruncate", "sizing test guest memory");
+  }
+  return Napi::Number::New(env, fd);
+}
+
+// Sends `len` bytes with `fds` attached to the first byte; waits (bounded) for room.
+// Returns 0 or an errno.
+int SendAll(int fd, const uint8_t* data, size_t len, const std::vector<int>& fds) {
+  size_t off = 0;
+  bool fds_sent = fds.empty();
+  alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxSendFds)];
+  if (fds.size() > kMaxSendFds) return EINVAL;
+  while (off < len || !fds_sent) {
+    iovec iov{const_cast<uint8_t*>(data) + off, len - off};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    if (!fds_sent) {
+      const size_t n = fds.size() * sizeof(int);
+      memset(ctrl, 0, sizeof ctrl);
+      mh.msg_control = ctrl;
+      mh.msg_controllen = CMSG_SPACE(n);
+      cmsghdr* c = CMSG_FIRSTHDR(&mh);
+      c->cmsg_level = SOL_SOCKET;
+      c->cmsg_type = SCM_RIGHTS;
+      c->cmsg_len = CMSG_LEN(n);
+      memcpy(CMSG_DATA(c), fds.data(), n);
+    }
+    ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
+      pollfd p{fd, POLLOUT, 0};
+      int r;
+      do r = poll(&p, 1, kSendTimeoutMs);
+      while (r < 0 && errno == EINTR);
+      if (r == 0) return ETIMEDOUT;
+      if (r < 0) return errno;
+      continue;
+    }
+    fds_sent = true;
+    off += static_cast<size_t>(w);
+  }
+  return 0;
+}
+
+Napi::Value BigU64(Napi::Env env, uint64_t v) { return Napi::BigInt::New(env, v); }
+
+Napi::Object HeaderObject(Napi::Env env, const vu::Header& h) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("request", Napi::Number::New(env, h.request));
+  o.Set("flags", Napi::Number::New(env, h.flags));
+  o.Set("size", Napi::Number::New(env, h.size));
+  const char* name = vu::RequestName(h.request);
+  o.Set("name", name ? Napi::Value(Napi::String::New(env, name)) : env.Null());
+  o.Set("needReply", Napi::Boolean::New(env, (h.flags & vu::kFlagNeedReply) != 0));
+  return o;
+}
+
+Napi::Object MessageObject(Napi::Env env, const vu::Message& m) {
+  Napi::Object o = HeaderObject(env, m.hdr);
+  o.Set("payload", Napi::Buffer<uint8_t>::Copy(env, m.payload.data(), m.payload.size()));
+  Napi::Array fds = Napi::Array::New(env, m.fds.size());
+  for (size_t i = 0; i < m.fds.size(); i++) fds.Set(static_cast<uint32_t>(i), Napi::Number::New(env, m.fds[i]));
+  o.Set("fds", fds);
+  switch (m.kind) {
+    case vu::PayloadKind::kNone:
+      o.Set("kind", "none");
+      break;
+    case vu::PayloadKind::kOpaque:
+      o.Set("kind", "opaque");
+      break;
+    case vu::PayloadKind::kU64:
+      o.Set("kind", "u64");
+      o.Set("u64", BigU64(env, m.u64));
+      break;
+    case vu::PayloadKind::kVringState:
+      o.Set("kind", "state");
+      o.Set("index", Napi::Number::New(env, m.state.index));
+      o.Set("num", Napi::Number::New(env, m.state.num));
+      break;
+    case vu::PayloadKind::kVringAddr: {
+      o.Set("kind", "addr");
+      o.Set("index", Napi::Number::New(env, m.addr.index));
+      o.Set("addrFlags", Napi::Number::New(env, m.addr.flags));
+      o.Set("desc", BigU64(env, m.addr.desc));
+      o.Set("used", BigU64(env, m.addr.used));
+      o.Set("avail", BigU64(env, m.addr.avail));
+      o.Set("log", BigU64(env, m.addr.log));
+      break;
+    }
+    case vu::PayloadKind::kMemTable: {
+      o.Set("kind", "memTable");
+      Napi::Array regions = Napi::Array::New(env, m.regions.size());
+      for (size_t i = 0; i < m.regions.size(); i++) {
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("guestAddr", BigU64(env, m.regions[i].guest_addr));
+        r.Set("size", BigU64(env, m.regions[i].size));
+        r.Set("userAddr", BigU64(env, m.regions[i].user_addr));
+        r.Set("mmapOffset", BigU64(env, m.regions[i].mmap_offset));
+        regions.Set(static_cast<uint32_t>(i), r);
+      }
+      o.Set("regions", regions);
+      break;
+    }
+  }
+  return o;
+}
+
+uint64_t U64Arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsBigInt()) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must be a bigint");
+  bool lossless = false;
+  uint64_t v = info[i].As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must fit in 64 unsigned bits");
+  return v;
+}
+
+uint32_t U32Arg(const Napi::CallbackInfo& info, size_t i, const char* what) {
+  if (!info[i].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must be a number");
+  int64_t v = info[i].As<Napi::Number>().Int64Value();
+  if (v < 0 || v > UINT32_MAX) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must be a 32-bit unsigned integer");
+  return static_cast<uint32_t>(v);
+}
+
+// One vhost-user connection, read on the JS thread's event loop. Owns the fd.
+// Callbacks (an object { message(msg), refused(reason, header), closed(reason) }):
+// `message` for each well-formed message; `refused` for a whole message that
+// broke a codec rule (its fds already closed, the stream still in step);
+// `closed` once when the peer closed, a read failed or a header could not be
+// trusted (the fd is closed by then). close() from JS does not call `closed`.
+class Connection : public Napi::ObjectWrap<Connection> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "VhostUserConnection",
+                       {
+                           InstanceMethod<&Connection::ReplyU64>("replyU64"),
+                           InstanceMethod<&Connection::ReplyState>("replyState"),
+                           InstanceMethod<&Connection::SendRaw>("sendRaw"),
+                           InstanceMethod<&Connection::Close>("close"),
+                           InstanceAccessor<&Connection::FdGetter>("fd"),
+                       });
+  }
+
+  explicit Connection(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Connection>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    int fd = FdArg(info, 0, "socket fd");
+    if (!info[1].IsString()) ThrowCode(env, "EVHOST_BADARG", "role must be 'back-end' or 'front-end'");
+    std::string role = info[1].As<Napi::String>().Utf8Value();
+    if (role != "back-end" && role != "front-end") ThrowCode(env, "EVHOST_BADARG", "role must be 'back-end' or 'front-end'");
+    if (!info[2].IsObject()) ThrowCode(env, "EVHOST_BADARG", "callbacks must be an object");
+    Napi::Object cbs = info[2].As<Napi::Object>();
+    for (const char* k : {"message", "refused", "closed"})
+      if (!cbs.Get(k).IsFunction()) ThrowCode(env, "EVHOST_BADARG", std::string("callbacks.") + k + " must be a function");
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) ThrowCode(env, "EVHOST_STATE", "no event loop for this thread");
+    handle_ = new Handle{};
+    handle_->owner = this;
+    int err = uv_poll_init(loop, &handle_->poll, fd);
+    if (err) {
+      delete handle_;
+      handle_ = nullptr;
+      ThrowErrno(env, -err, "uv_poll_init", "watching the vhost-user socket");
+    }
+    // Taken only once the watch is set up: from here on the connection owns the fd.
+    fd_ = fd;
+    reader_ = new vu::Reader(role == "back-end" ? vu::Role::kBackEnd : vu::Role::kFrontEnd);
+    handle_->poll.data = handle_;
+    uv_poll_start(&handle_->poll, UV_READABLE | UV_DISCONNECT, &Connection::OnReadable);
+    callbacks_ = Napi::Persistent(cbs);
+    // Alive while open even if JS drops it; the session holds it anyway.
+    Ref();
+    napi_add_env_cleanup_hook(env_, &Connection::OnEnvCleanup, this);
+  }
+
+  ~Connection() override { Shutdown(); }
+
+ private:
+  struct Handle {
+    uv_poll_t poll;
+    Connection* owner;
+  };
+
+  static void OnReadable(uv_poll_t* p, int status, int events) {
+    auto* h = static_cast<Handle*>(p->data);
+    Connection* self = h->owner;
+    if (!self) return;
+    Napi::Env env = self->env_;
+    Napi::HandleScope scope(env);
+    try {
+      if (status < 0) {
+        // libuv reports POLLERR as EBADF; the socket knows the real error (ECONNRESET
+        // when the peer closed with data unread).
+        int so = 0;
+        socklen_t len = sizeof so;
+        if (self->fd_ >= 0 && getsockopt(self->fd_, SOL_SOCKET, SO_ERROR, &so, &len) == 0 && so != 0)
+          self->End(std::string("socket error: ") + strerror(so));
+        else
+          self->End(std::string("socket error: ") + uv_strerror(status));
+        return;
+      }
+      self->ReadSome();
+    } catch (const Napi::Error& e) {
+      // A callback threw: there is no JS frame to throw into.
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  void ReadSome() {
+    for (int handled = 0; handled < kMessagesPerWake && fd_ >= 0;) {
+      alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
+      iovec iov{reader_->Buffer(), reader_->Want()};
+      msghdr mh{};
+      mh.msg_iov = &iov;
+      mh.msg_iovlen = 1;
+      mh.msg_control = ctrl;
+      mh.msg_controllen = sizeof ctrl;
+      ssize_t n = recvmsg(fd_, &mh, MSG_CMSG_CLOEXEC);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        End(std::string("recvmsg failed: ") + strerror(errno));
+        return;
+      }
+      int fds[vu::kMaxFds];
+      size_t nfds = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        const size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const int* in = reinterpret_cast<const int*>(CMSG_DATA(c));
+        for (size_t i = 0; i < k; i++) {
+          int fd;
+          memcpy(&fd, in + i, sizeof fd);
+          if (nfds < vu::kMaxFds) fds[nfds++] = fd;
+          else close(fd);  // cannot happen with a control buffer of kMaxFds; never leak one
+        }
+      }
+      const bool ctrunc = (mh.msg_flags & MSG_CTRUNC) != 0;
+      if (n == 0) {
+        for (size_t i = 0; i < nfds; i++) close(fds[i]);
+        const size_t want = reader_->Want();
+        const bool mid = reader_->Want() != vu::kHeaderSize;
+        End(mid ? "the front end closed the connection in the middle of a message (" + std::to_string(want) +
+                      " bytes missing)"
+                : "the peer closed the connection");
+        return;
+      }
+      switch (reader_->Got(static_cast<size_t>(n), fds, nfds, ctrunc)) {
+        case vu::Reader::Result::kNeedMore:
+          break;
+        case vu::Reader::Result::kMessage: {
+          handled++;
+          vu::Message m = reader_->Take();
+          Napi::Object o = MessageObject(env_, m);
+          Call("message", {o});
+          break;
+        }
+        case vu::Reader::Result::kRefused:
+          handled++;
+          Call("refused", {Napi::String::New(env_, reader_->why()), HeaderObject(env_, reader_->refused_header())});
+          break;
+        case vu::Reader::Result::kFatal:
+          End(reader_->why());
+          return;
+      }
+    }
+  }
+
+  void Call(const char* name, const std::initializer_list<napi_value>& args) {
+    Napi::Function f = callbacks_.Get(name).As<Napi::Function>();
+    f.MakeCallback(Value(), args);
+  }
+
+  // The connection is over: stop watching, close the fd, tell JS once.
+  void End(std::string reason) {  // by value: callers pass the reader's own string, and Shutdown() deletes the reader
+    if (fd_ < 0) return;
+    Napi::Object keep = Value();  // the callback may drop the last JS reference
+    Shutdown();
+    Napi::Function f = callbacks_.Get("closed").As<Napi::Function>();
+    callbacks_.Reset();
+    f.MakeCallback(keep, {Napi::String::New(env_, reason)});
+    Unref();
+  }
+
+  void Shutdown() {
+    if (handle_) {
+      napi_remove_env_cleanup_hook(env_, &Connection::OnEnvCleanup, this);
+      handle_->owner = nullptr;
+      uv_poll_stop(&handle_->poll);
+      uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
+      handle_ = nullptr;
+    }
+    if (fd_ >= 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+    delete reader_;  // closes the fds of a message half read
+    reader_ = nullptr;
+  }
+
+  static void OnEnvCleanup(void* arg) {
+    auto* self = static_cast<Connection*>(arg);
+    if (!self->handle_) return;
+    self->handle_->owner = nullptr;
+    uv_poll_stop(&self->handle_->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&self->handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
+    self->handle_ = nullptr;
+    if (self->fd_ >= 0) close(self->fd_);
+    self->fd_ = -1;
+    delete self->reader_;
+    self->reader_ = nullptr;
+  }
+
+  void Send(const std::vector<uint8_t>& bytes, const std::vector<int>& fds, const char* what) {
+    if (fd_ < 0) ThrowCode(env_, "EVHOST_STATE", std::string("sending ") + what + ": the connection is closed");
+    int e = SendAll(fd_, bytes.data(), bytes.size(), fds);
+    if (e) ThrowErrno(env_, e, "sendmsg", std::string("sending ") + what + " on the vhost-user socket");
+  }
+
+  void ReplyU64(const Napi::CallbackInfo& info) {
+    uint32_t req = U32Arg(info, 0, "request");
+    uint64_t v = U64Arg(info, 1, "value");
+    Send(vu::EncodeReplyU64(req, v), {}, "a reply");
+  }
+
+  void ReplyState(const Napi::CallbackInfo& info) {
+    uint32_t req = U32Arg(info, 0, "request");
+    vu::VringState s{U32Arg(info, 1, "index"), U32Arg(info, 2, "num")};
+    Send(vu::EncodeReplyState(req, s), {}, "a reply");
+  }
+
+  // Raw bytes with fds attached (test front ends speak the protocol badly on purpose).
+  void SendRaw(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsTypedArray() && !info[0].IsBuffer()) ThrowCode(env, "EVHOST_BADARG", "bytes must be a Uint8Array");
+    Napi::Uint8Array b = info[0].As<Napi::Uint8Array>();
+    std::vector<uint8_t> bytes(b.Data(), b.Data() + b.ByteLength());
+    std::vector<int> fds;
+    if (info.Length() > 1 && !info[1].IsUndefined()) {
+      if (!info[1].IsArray()) ThrowCode(env, "EVHOST_BADARG", "fds must be an array");
+      Napi::Array a = info[1].As<Napi::Array>();
+      if (a.Length() > kMaxSendFds) ThrowCode(env, "EVHOST_BADARG", "at most " + std::to_string(kMaxSendFds) + " fds per message");
+      for (uint32_t i = 0; i < a.Length(); i++) {
+        Napi::Value v = a.Get(i);
+        if (!v.IsNumber() || v.As<Napi::Number>().Int64Value() < 0) ThrowCode(env, "EVHOST_BADARG", "fds must hold non-negative integers");
+        fds.push_back(static_cast<int>(v.As<Napi::Number>().Int64Value()));
+      }
+    }
+    Send(bytes, fds, "a message");
+  }
+
+  void Close(const Napi::CallbackInfo&) {
+    if (fd_ < 0) return;
+    Shutdown();
+    callbacks_.Reset();
+    Unref();
+  }
+
+  Napi::Value FdGetter(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+
+  napi_env env_;
+  Handle* handle_ = nullptr;
+  int fd_ = -1;
+  vu::Reader* reader_ = nullptr;
+  Napi::ObjectReference callbacks_;
+};
+
+// The listening socket's watcher: calls back (on the JS thread) when a front end is waiting.
+class Listener : public Napi::ObjectWrap<Listener> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "VhostUserListener", {InstanceMethod<&Listener::Close>("close")});
+  }
+
+  explicit Listener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Listener>(info), env_(info.Env()) {
+    Napi::Env env = info.Env();
+    int fd = FdArg(info, 0, "listening fd");
+    if (!info[1].IsFunction()) ThrowCode(env, "EVHOST_BADARG", "callback must be a function");
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) ThrowCode(env, "EVHOST_STATE", "no event loop for this thread");
+    handle_ = new Handle{};
+    handle_->owner = this;
+    int err = uv_poll_init(loop, &handle_->poll, fd);
+    if (err) {
+      delete handle_;
+      handle_ = nullptr;
+      ThrowErrno(env, -err, "uv_poll_init", "watching the listening socket");
+    }
+    handle_->poll.data = handle_;
+    uv_poll_start(&handle_->poll, UV_READABLE, &Listener::OnReadable);
+    cb_ = Napi::Persistent(info[1].As<Napi::Function>());
+    Ref();
+    napi_add_env_cleanup_hook(env_, &Listener::OnEnvCleanup, this);
+  }
+
+  ~Listener() override { Shutdown(); }
+
+ private:
+  struct Handle {
+    uv_poll_t poll;
+    Listener* owner;
+  };
+
+  static void OnReadable(uv_poll_t* p, int status, int) {
+    auto* h = static_cast<Handle*>(p->data);
+    Listener* self = h->owner;
+    if (!self) return;
+    Napi::Env env = self->env_;
+    Napi::HandleScope scope(env);
+    try {
+      self->cb_.MakeCallback(env.Global(), {status < 0 ? Napi::Value(Napi::String::New(env, uv_strerror(status))) : env.Null()});
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env, e.Value());
+    }
+  }
+
+  void Shutdown() {
+    if (!handle_) return;
+    napi_remove_env_cleanup_hook(env_, &Listener::OnEnvCleanup, this);
+    handle_->owner = nullptr;
+    uv_poll_stop(&handle_->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
+    handle_ = nullptr;
+    cb_.Reset();
+  }
+
+  static void OnEnvCleanup(void* arg) {
+    auto* self = static_cast<Listener*>(arg);
+    if (!self->handle_) return;
+    self->handle_->owner = nullptr;
+    uv_poll_stop(&self->handle_->poll);
+    uv_close(reinterpret_cast<uv_handle_t*>(&self->handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
+    self->handle_ = nullptr;
+  }
+
+  // Stops watching; the caller closes the listening fd.
+  void Close(const Napi::CallbackInfo&) {
+    if (!handle_) return;
+    Shutdown();
+    Unref();
+  }
+
+  napi_env env_;
+  Handle* handle_ = nullptr;
+  Napi::FunctionReference cb_;
+};
+
+}  // namespace
+
+void InitVhostUser(Napi::Env env, Napi::Object exports) {
+  Napi::Object v = Napi::Object::New(env);
+  v.Set("listen", Napi::Function::New<Listen>(env, "listen"));
+  v.Set("accept", Napi::Function::New<Accept>(env, "accept"));
+  v.Set("connect", Napi::Function::New<Connect>(env, "connect"));
+  v.Set("streamPair", Napi::Function::New<StreamPair>(env, "streamPair"));
+  v.Set("memfd", Napi::Function::New<Memfd>(env, "memfd"));
+  v.Set("Connection", Connection::Define(env));
+  v.Set("Listener", Listener::Define(env));
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("HEADER_SIZE", Napi::Number::New(env, vu::kHeaderSize));
+  c.Set("MAX_PAYLOAD", Napi::Number::New(env, vu::kMaxPayload));
+  c.Set("MAX_FDS", Napi::Number::New(env, vu::kMaxFds));
+  c.Set("MAX_MEM_REGIONS", Napi::Number::New(env, vu::kMaxMemRegions));
+  c.Set("VERSION", Napi::Number::New(env, vu::kVersion));
+  c.Set("FLAG_REPLY", Napi::Number::New(env, vu::kFlagReply));
+  c.Set("FLAG_NEED_REPLY", Napi::Number::New(env, vu::kFlagNeedReply));
+  c.Set("VRING_NOFD", Napi::Number::New(env, static_cast<double>(vu::kVringNoFd)));
+  Napi::Object names = Napi::Object::New(env);
+  for (uint32_t r = 1; r <= vu::kLastKnownRequest; r++) names.Set(vu::RequestName(r), Napi::Number::New(env, r));
+  c.Set("REQUESTS", names);
+  v.Set("constants", c);
+  exports.Set("vhostUser", v);
+}
+
+}  // namespace vt

@@ -1,0 +1,145 @@
+// The `vhost-tap` command's habits: --version; exit status 2 for usage errors
+// and 1 for runtime failures; messages in the CLI's own flag names; one line
+// saying what is needed when run without root; and `run --pcap`, whose file
+// tcpdump opens and whose comments carry each frame's virtio_net_hdr.
+
+import test from 'ava';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { parsePcapng } from '../host/pcap';
+import { requireRoot, withNetns } from '../host/netns';
+import { CLI, runCli, startRun } from './helpers/cli';
+
+const VERSION = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')).version as string;
+
+test('--version prints the package version', (t) => {
+  for (const arg of ['--version', '-V']) {
+    const r = runCli([arg]);
+    t.is(r.status, 0, r.stderr);
+    t.is(r.stdout.trim(), VERSION);
+  }
+});
+
+test('usage errors: exit 2, one line, in the CLI flag names', (t) => {
+  const cases: [string[], RegExp][] = [
+    [[], /Usage: vhost-tap <command>/],
+    [['run', '--tap', 'vtx', '--queues', '999'], /^vhost-tap: --queues must be from 1 to 256 \(the TAP's queue limit\), got 999$/],
+    [['run', '--tap', 'vtx', '--ip', '10.0.0.2'], /^vhost-tap: --ip needs ADDR\/PREFIX, e\.g\. 10\.0\.0\.2\/24; got '10\.0\.0\.2'$/],
+    [['run', '--tap', 'vtx', '--ip6', 'fd00::2'], /^vhost-tap: --ip6 needs ADDR\/PREFIX, e\.g\. fd00::2\/64/],
+    [['run', '--tap', 'vtx', '--ip', '10.0.0.300/24'], /--ip: '10\.0\.0\.300' is not an IPv4 address/],
+    [['run', '--tap', 'vtx', '--ip6', 'fd00::2/129'], /--ip6: prefix length 129 is over 128/],
+    [['run', '--tap', 'vtx', '--mtu', '10'], /--mtu must be from 68 to 65535, got 10/],
+    [['run', '--tap', 'vtx', '--offloads', 'tso4'], /--offloads: offload 'tso4' needs 'csum'/],
+    [['demo', '--queues', '0'], /--queues must be from 1 to 256/],
+    [['demo', '--extra'], /Unknown option '--extra'/],
+    [['gso-check', '--case', 'TSO5'], /--case: unknown case 'TSO5'/],
+    [['bench', '--sizes', '10'], /--sizes: 10 is outside 60\.\.1514/],
+    [['bench', '--frob'], /Unknown option '--frob'/],
+  ];
+  for (const [args, re] of cases) {
+    const r = runCli(args);
+    t.is(r.status, 2, `${args.join(' ')}: ${r.stderr}`);
+    if (args.length === 0) {
+      t.regex(r.stderr, re);
+      continue;
+    }
+    t.regex(r.stderr.trim(), re);
+    t.is(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+    t.notRegex(r.stderr, /queuePairs|ip4|sourceBytes/, 'no library option names');
+  }
+});
+
+/**
+ * Runs the CLI with no capabilities: as user 65534 when it can read the built CLI (as the
+ * unprivileged user someone would be), else as uid 0 with every capability dropped.
+ */
+function runUnprivileged(args: string[]): { status: number | null; stderr: string; stdout: string } {
+  const asNobody = ['--reuid=65534', '--regid=65534', '--clear-groups'];
+  const canRead = spawnSync('setpriv', [...asNobody, process.execPath, '-e', `require('fs').accessSync(${JSON.stringify(CLI)}, require('fs').constants.R_OK)`]).status === 0;
+  const how = canRead ? asNobody : ['--inh-caps=-all', '--bounding-set=-all'];
+  const r = spawnSync('setpriv', [...how, process.execPath, CLI, ...args], { encoding: 'utf8', cwd: os.tmpdir(), timeout: 60_000 });
+  return { status: r.status, stderr: r.stderr, stdout: r.stdout };
+}
+
+test('without root every command says in one line what it needs, and exits 1', (t) => {
+  requireRoot('this test runs the CLI as an unprivileged user with setpriv');
+  const cases: [string[], RegExp][] = [
+    [['run', '--tap', 'vtx'], /^vhost-tap: run creates a TAP, which needs CAP_NET_ADMIN: run it as root, e\.g\. with sudo$/],
+    [['demo'], /^vhost-tap: demo creates a network namespace and a TAP, which needs CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root/],
+    [['gso-check'], /^vhost-tap: gso-check creates network namespaces, a TAP and a veth, which needs CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root/],
+    [['bench', '--cases', 'tx'], /^vhost-tap: bench creates a network namespace and TAPs, which needs CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root/],
+  ];
+  for (const [args, re] of cases) {
+    const r = runUnprivileged(args);
+    t.is(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr.trim(), re);
+    t.is(r.stderr.trim().split('\n').length, 1, `one line: ${r.stderr}`);
+  }
+  // Help and usage errors need no privileges.
+  t.is(runUnprivileged(['run', '--help']).status, 0);
+  t.is(runUnprivileged(['demo', '--queues', 'x']).status, 2);
+});
+
+test('a runtime failure exits 1 with one line: run --pcap into a directory that does not exist', (t) => {
+  requireRoot();
+  const r = runCli(['run', '--tap', 'vtnever0', '--pcap', '/nonexistent-vt-dir/x.pcapng']);
+  t.is(r.status, 1, r.stderr);
+  t.regex(r.stderr, /^vhost-tap: ENOENT.*nonexistent-vt-dir/);
+  t.is(r.stderr.trim().split('\n').length, 1);
+});
+
+test('run --pcap: tcpdump reads a ping and a TCP transfer; every frame both ways, super-frames whole, virtio_net_hdr in the comments', async (t) => {
+  await withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vt-pcap-')), 'run.pcapng');
+    t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
+    const cli = await startRun(['--tap', tap, '--netns', ns.name, '--ip', '10.98.0.2/24', '--pcap', file, '--json']);
+    ns.defer(() => {
+      if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+    });
+    t.regex(cli.ready, /capturing to /);
+    ns.ip('addr', 'add', '10.98.0.1/24', 'dev', tap);
+    ns.exec('ping', ['-c', '3', '-i', '0.2', '-W', '2', '10.98.0.2']);
+    // 1 MiB to the discard port: with GUEST_TSO4 the kernel hands the guest TCP super-frames.
+    ns.exec(process.execPath, ['-e', `const s = require('net').connect(9, '10.98.0.2', () => s.end(Buffer.alloc(1 << 20, 7))); s.on('close', () => process.exit(0)); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
+    await new Promise<void>((resolve, reject) => {
+      const end = Date.now() + 10_000;
+      const poll = (): void => {
+        if (/discard: \S+ bytes 1048576 /.test(cli.output())) resolve();
+        else if (Date.now() > end) reject(new Error(`no discard line: ${cli.output()}`));
+        else setTimeout(poll, 50);
+      };
+      poll();
+    });
+    const { code, stdout } = await cli.stop('SIGINT');
+    t.is(code, 0, stdout);
+    const stats = JSON.parse(stdout.split('\n').filter((l) => l.startsWith('{')).pop()!) as { pairs: { rxFrames: number; txFrames: number }[] };
+
+    // tcpdump opens it and shows the ping and the TCP transfer with their headers.
+    const dump = execFileSync('tcpdump', ['-r', file, '-nn', '-v'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    t.regex(dump, /10\.98\.0\.1 > 10\.98\.0\.2: ICMP echo request/);
+    t.regex(dump, /10\.98\.0\.2 > 10\.98\.0\.1: ICMP echo reply/);
+    t.regex(dump, /10\.98\.0\.1\.\d+ > 10\.98\.0\.2\.9: Flags \[S\]/);
+    t.regex(dump, /10\.98\.0\.2\.9 > 10\.98\.0\.1\.\d+: Flags \[S\.\]/);
+    t.regex(dump, /10\.98\.0\.1\.\d+ > 10\.98\.0\.2\.9: Flags \[F?P?\.\], (cksum \S+ \([^)]*\), )?seq \d+:\d+/);
+
+    // Every frame the guest moved, each with its header in the comment and its direction in epb_flags.
+    const cap = parsePcapng(fs.readFileSync(file));
+    t.deepEqual(cap.linkTypes, [1]);
+    const rx = cap.packets.filter((p) => p.flags === 1);
+    const tx = cap.packets.filter((p) => p.flags === 2);
+    t.is(rx.length + tx.length, cap.packets.length, 'every frame has a direction');
+    t.is(rx.length, stats.pairs.reduce((n, p) => n + p.rxFrames, 0), 'every received frame captured');
+    t.is(tx.length, stats.pairs.reduce((n, p) => n + p.txFrames, 0), 'every sent frame captured');
+    for (const p of cap.packets) {
+      t.is(p.data.length, p.origLen, 'whole frames');
+      t.regex(p.comments[0] ?? '', p.flags === 1 ? /^rx kernel->guest virtio_net_hdr flags=0x[0-9a-f]+\S* gso_type=\S+ hdr_len=\d+ gso_size=\d+ csum_start=\d+ csum_offset=\d+ num_buffers=\d+$/ : /^tx guest->kernel virtio_net_hdr flags=/);
+    }
+    const supers = rx.filter((p) => p.data.length > 1514);
+    t.true(supers.length > 0, 'TCP super-frames from the kernel, whole');
+    for (const p of supers) t.regex(p.comments[0], /flags=0x1\(NEEDS_CSUM\) gso_type=TCPV4 hdr_len=\d+ gso_size=14\d\d /);
+  });
+});

@@ -1,0 +1,464 @@
+// C++ unit tests of the plain ring code (native/memory, virtqueue, ctrl_queue,
+// rx_stash), linked without Node. test/native-unit.test.ts builds this file
+// with g++ and runs each case as its own ava test: `ring_test --list` prints
+// the case names, `ring_test NAME` runs one (exit 0 = pass).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "../../native/ctrl_queue.h"
+#include "../../native/memory.h"
+#include "../../native/rx_stash.h"
+#include "../../native/virtqueue.h"
+
+using namespace vt;
+
+namespace {
+
+std::map<std::string, std::function<void()>>& Cases() {
+  static std::map<std::string, std::function<void()>> m;
+  return m;
+}
+struct Register {
+  Register(const char* name, std::function<void()> f) { Cases()[name] = std::move(f); }
+};
+#define CASE(name)                                  \
+  static void name();                               \
+  static Register reg_##name(#name, name);          \
+  static void name()
+
+int failures = 0;
+#define CHECK(cond)                                                             \
+  do {                                                                          \
+    if (!(cond)) {                                                              \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      failures++;                                                               \
+    }                                                                           \
+  } while (0)
+#define CHECK_EQ(a, b)                                                                                    \
+  do {                                                                                                    \
+    const auto va = (a);                                                                                  \
+    const auto vb = (b);                                                                                  \
+    if (!(va == vb)) {                                                                                    \
+      fprintf(stderr, "%s:%d: CHECK_EQ failed: %s (%lld) != %s (%lld)\n", __FILE__, __LINE__, #a,         \
+              static_cast<long long>(va), #b, static_cast<long long>(vb));                                \
+      failures++;                                                                                         \
+    }                                                                                                     \
+  } while (0)
+#define CHECK_RULE(v, r)                                                                                       \
+  do {                                                                                                         \
+    if (!(v).rule || strcmp((v).rule, r) != 0) {                                                               \
+      fprintf(stderr, "%s:%d: rule %s, want %s (%s)\n", __FILE__, __LINE__, (v).rule ? (v).rule : "(none)", r, \
+              (v).detail.c_str());                                                                             \
+      failures++;                                                                                              \
+    }                                                                                                          \
+  } while (0)
+
+// Guest memory for a test: host buffers (8-aligned, zeroed) placed at guest addresses.
+struct Mem {
+  std::vector<std::vector<uint64_t>> backing;
+  std::vector<Region> regions;
+  std::shared_ptr<const MemoryTable> table;
+
+  uint8_t* Add(uint64_t gpa, uint64_t size) {
+    backing.emplace_back((size + 7) / 8, 0);
+    Region r;
+    r.guest_addr = gpa;
+    r.size = size;
+    r.host = reinterpret_cast<uint8_t*>(backing.back().data());
+    regions.push_back(r);
+    return r.host;
+  }
+  const MemoryTable& Build() {
+    std::string why;
+    table = MemoryTable::Make(regions, {}, &why);
+    if (!table) {
+      fprintf(stderr, "table: %s\n", why.c_str());
+      abort();
+    }
+    return *table;
+  }
+  uint8_t* At(uint64_t gpa) { return table->Contiguous(gpa, 1); }
+  void Put(uint64_t gpa, const void* src, size_t n) {
+    for (size_t i = 0; i < n; i++) *At(gpa + i) = static_cast<const uint8_t*>(src)[i];
+  }
+  template <typename T>
+  void Set(uint64_t gpa, T v) {
+    Put(gpa, &v, sizeof v);
+  }
+  void Desc(uint64_t table_gpa, uint32_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next = 0) {
+    const uint64_t at = table_gpa + 16ull * i;
+    Set<uint64_t>(at, addr);
+    Set<uint32_t>(at + 8, len);
+    Set<uint16_t>(at + 12, flags);
+    Set<uint16_t>(at + 14, next);
+  }
+};
+
+// A split ring of `size` entries at `base` (desc, then avail, then used, as Linux lays it out).
+QueueLayout Ring(uint64_t base, uint32_t size) {
+  QueueLayout l;
+  l.size = size;
+  l.desc = base;
+  l.avail = base + 16ull * size;
+  l.used = (l.avail + 6 + 2ull * size + 3) & ~3ull;
+  return l;
+}
+
+void Post(Mem& m, const QueueLayout& l, uint16_t* idx, uint16_t head) {
+  m.Set<uint16_t>(l.avail + 4 + 2ull * (*idx % l.size), head);
+  ++*idx;
+  m.Set<uint16_t>(l.avail + 2, *idx);
+}
+
+// ---- MemoryTable -----------------------------------------------------------------
+
+CASE(table_refuses_overlap_empty_and_wrap) {
+  std::string why;
+  uint8_t buf[64];
+  CHECK(!MemoryTable::Make({}, {}, &why));
+  CHECK(!MemoryTable::Make({{0, 0, buf, 0}}, {}, &why));
+  CHECK(!MemoryTable::Make({{0, 64, buf, 0}, {32, 64, buf, 0}}, {}, &why));
+  CHECK(why.find("overlap") != std::string::npos);
+  CHECK(!MemoryTable::Make({{UINT64_MAX - 10, 64, buf, 0}}, {}, &why));
+  CHECK(MemoryTable::Make({{64, 64, buf, 0}, {0, 64, buf, 0}}, {}, &why) != nullptr);  // any order
+}
+
+CASE(table_translates_across_adjacent_regions_and_not_holes) {
+  Mem m;
+  uint8_t* a = m.Add(0x1000, 0x1000);
+  uint8_t* b = m.Add(0x2000, 0x1000);    // adjacent to a
+  uint8_t* c = m.Add(0x10000, 0x1000);   // after a hole
+  const MemoryTable& t = m.Build();
+  CHECK(t.Contiguous(0x1000, 0x1000) == a);
+  CHECK(t.Contiguous(0x1ff0, 0x20) == nullptr);  // crosses into b: not contiguous
+  CHECK(t.Contiguous(0x10000, 1) == c);
+  CHECK(t.Contiguous(0x0fff, 1) == nullptr);
+  std::vector<iovec> iov;
+  CHECK(t.AppendIov(0x1ff0, 0x20, &iov, 8) == MemoryTable::Span::kOk);
+  CHECK_EQ(iov.size(), 2u);
+  CHECK(iov[0].iov_base == a + 0xff0 && iov[0].iov_len == 0x10);
+  CHECK(iov[1].iov_base == b && iov[1].iov_len == 0x10);
+  iov.clear();
+  CHECK(t.AppendIov(0x2ff0, 0x20, &iov, 8) == MemoryTable::Span::kHole);  // b ends, hole follows
+  CHECK(iov.empty());
+  CHECK(t.AppendIov(0x1ff0, 0x20, &iov, 1) == MemoryTable::Span::kTooMany);
+  CHECK_EQ(iov.size(), 1u);
+  CHECK(t.Covers(0x1000, 0x2000));
+  CHECK(!t.Covers(0x1000, 0x2001));
+  CHECK(!t.Covers(UINT64_MAX, 2));  // wraps
+  CHECK(t.Covers(UINT64_MAX, 0));
+  b[0] = 7;
+  a[0xfff] = 6;
+  uint8_t out[2];
+  CHECK(t.Read(0x1fff, out, 2) && out[0] == 6 && out[1] == 7);
+  CHECK(!t.Read(0x2fff, out, 2));
+}
+
+CASE(table_user_addresses) {
+  uint8_t buf[4096];
+  std::string why;
+  auto t = MemoryTable::Make({{0x100000, 4096, buf, 0x7f0000000000ull}}, {}, &why);
+  uint64_t gpa = 0;
+  CHECK(t->UserToGuest(0x7f0000000010ull, 16, &gpa) && gpa == 0x100010);
+  CHECK(!t->UserToGuest(0x7f0000000ff8ull, 16, &gpa));
+  CHECK(!t->UserToGuest(0x10, 16, &gpa));
+}
+
+// ---- layout checks -----------------------------------------------------------------
+
+CASE(layout_rules) {
+  Mem m;
+  m.Add(0, 0x10000);
+  m.Add(0x20000, 0x10000);
+  const MemoryTable& t = m.Build();
+  Violation v;
+  QueueLayout l = Ring(0, 256);
+  CHECK(CheckLayout(t, l, &v));
+  QueueLayout bad = l;
+  bad.size = 100;
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  bad = l;
+  bad.desc += 8;
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  bad = l;
+  bad.used = 0x10000 - 8;  // runs off the first region into the hole
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  bad = l;
+  bad.used = bad.avail + 4;  // used.flags over avail.ring[0]
+  v = Violation{};
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-overlap");
+  bad = l;
+  bad.used = bad.desc + 64;  // used over the descriptor table
+  v = Violation{};
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-overlap");
+  // Two queues: fine apart, refused when one's used ring lies on the other's avail.
+  QueueLayout two[2] = {Ring(0, 256), Ring(0x20000, 256)};
+  CHECK(CheckLayouts(t, two, 2, &v));
+  two[1] = Ring(0x8000, 256);
+  two[1].used = two[0].avail;
+  v = Violation{};
+  CHECK(!CheckLayouts(t, two, 2, &v));
+  CHECK_RULE(v, "ring-overlap");
+}
+
+CASE(layout_host_aliasing_is_overlap) {
+  // Two regions at different guest addresses mapped onto the same host memory
+  // (a front end may send that): rings in them overlap in host memory.
+  std::vector<uint64_t> backing(0x10000 / 8);
+  uint8_t* h = reinterpret_cast<uint8_t*>(backing.data());
+  std::string why;
+  auto t = MemoryTable::Make({{0, 0x10000, h, 0}, {0x100000, 0x10000, h, 0}}, {}, &why);
+  QueueLayout l = Ring(0, 64);
+  l.used = 0x100000 + (l.avail + 4);  // another guest address, same host bytes as avail.ring
+  Violation v;
+  CHECK(!CheckLayout(*t, l, &v));
+  CHECK_RULE(v, "ring-overlap");
+}
+
+// ---- chains ----------------------------------------------------------------------------
+
+CASE(tx_chain_across_regions_becomes_several_iovecs) {
+  Mem m;
+  m.Add(0, 0x10000);
+  m.Add(0x10000, 0x10000);  // adjacent
+  m.Add(0x100000000ull, 0x10000);  // 4 GiB, after a hole
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, true, 0, 0, &v));
+  m.Desc(l.desc, 0, 0x10000 - 6, 12, RING_DESC_F_NEXT, 1);  // the header crosses the boundary
+  m.Desc(l.desc, 1, 0x100000000ull + 64, 100, 0);
+  uint16_t idx = 0, head = 0;
+  Post(m, l, &idx, 0);
+  CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+  Chain c;
+  CHECK(q.ReadTxChain(head, 12, &c, &v));
+  CHECK_EQ(c.iov.size(), 3u);
+  CHECK_EQ(c.bytes, 112u);
+  CHECK(c.iov[0].iov_len == 6 && c.iov[1].iov_len == 6 && c.iov[2].iov_len == 100);
+  CHECK(c.iov[2].iov_base == t.Contiguous(0x100000000ull + 64, 100));
+}
+
+CASE(buffer_touching_a_hole_is_out_of_bounds) {
+  Mem m;
+  m.Add(0, 0x10000);
+  m.Add(0x20000, 0x10000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, true, 0, 0, &v));
+  m.Desc(l.desc, 0, 0x10000 - 6, 12, 0);  // runs into the hole
+  uint16_t idx = 0, head = 0;
+  Post(m, l, &idx, 0);
+  CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+  Chain c;
+  CHECK(!q.ReadTxChain(head, 12, &c, &v));
+  CHECK_RULE(v, "desc-out-of-bounds");
+}
+
+CASE(indirect_table_across_regions_is_read_entry_by_entry) {
+  Mem m;
+  m.Add(0, 0x10000);
+  m.Add(0x10000, 0x10000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, true, 0, 0, &v));
+  // Three entries; the table starts 24 bytes before the boundary, so entry 1 is split 8/8.
+  const uint64_t tbl = 0x10000 - 24;
+  m.Desc(tbl, 0, 0x4000, 12, RING_DESC_F_NEXT | RING_DESC_F_WRITE, 1);
+  m.Desc(tbl, 1, 0x5000, 100, RING_DESC_F_NEXT | RING_DESC_F_WRITE, 2);
+  m.Desc(tbl, 2, 0x18000, 200, RING_DESC_F_WRITE);
+  m.Desc(l.desc, 3, tbl, 48, RING_DESC_F_INDIRECT);
+  uint16_t idx = 0, head = 0;
+  Post(m, l, &idx, 3);
+  CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+  Chain c;
+  CHECK(q.ReadRxChain(head, 12, 64, &c, &v));
+  CHECK_EQ(c.bytes, 312u);
+  CHECK_EQ(c.iov.size(), 3u);
+  // A table that runs into nothing is refused before any entry is used.
+  m.Desc(l.desc, 4, 0x20000 - 16, 32, RING_DESC_F_INDIRECT);
+  Post(m, l, &idx, 4);
+  CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+  CHECK(!q.ReadRxChain(head, 12, 64, &c, &v));
+  CHECK_RULE(v, "indirect-out-of-bounds");
+}
+
+CASE(pop_or_arm_rearms_once_and_reports_empty) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, true, 0, 0, &v));
+  uint16_t head;
+  q.DisableNotify();
+  CHECK(*reinterpret_cast<uint16_t*>(m.At(l.used)) == RING_USED_F_NO_NOTIFY);
+  CHECK(q.PopOrArm(&head, &v) == SplitQueue::Pop::kEmpty);
+  CHECK(*reinterpret_cast<uint16_t*>(m.At(l.used)) == 0);  // kicks back on
+  m.Desc(l.desc, 0, 0x4000, 64, 0);
+  uint16_t idx = 0;
+  Post(m, l, &idx, 0);
+  CHECK(q.PopOrArm(&head, &v) == SplitQueue::Pop::kChain);
+  CHECK_EQ(head, 0);
+  // avail.idx more than the queue size ahead.
+  m.Set<uint16_t>(l.avail + 2, static_cast<uint16_t>(idx + 17));
+  CHECK(q.PopOrArm(&head, &v) == SplitQueue::Pop::kBroken);
+  CHECK_RULE(v, "avail-idx-jump");
+}
+
+CASE(remap_moves_the_ring_to_a_new_table) {
+  Mem m1;
+  m1.Add(0, 0x10000);
+  const MemoryTable& t1 = m1.Build();
+  QueueLayout l = Ring(0x8000, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t1, l, false, true, 0, 0, &v));
+  Mem m2;  // the same guest range, grown, in new host memory
+  m2.Add(0, 0x20000);
+  const MemoryTable& t2 = m2.Build();
+  CHECK(q.Remap(t2, &v));
+  m2.Desc(l.desc, 0, 0x18000, 64, 0);
+  uint16_t idx = 0, head = 0;
+  Post(m2, l, &idx, 0);
+  CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+  Chain c;
+  CHECK(q.ReadTxChain(head, 12, &c, &v));  // a buffer only the new table has
+  Mem m3;  // memory that no longer holds the ring
+  m3.Add(0, 0x4000);
+  const MemoryTable& t3 = m3.Build();
+  CHECK(!q.Remap(t3, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+}
+
+// ---- control queue -------------------------------------------------------------------------
+
+CASE(ctrl_decodes_across_regions_and_acks) {
+  Mem m;
+  m.Add(0, 0x10000);
+  m.Add(0x10000, 0x10000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 8);
+  CtrlQueue cq;
+  Violation v;
+  CHECK(cq.Init(t, l, false, false, &v));
+  const uint8_t cmd[] = {4, 0, 2, 0};  // MQ VQ_PAIRS_SET 2
+  m.Put(0x10000 - 3, cmd, sizeof cmd);
+  m.Desc(l.desc, 0, 0x10000 - 3, 4, RING_DESC_F_NEXT, 1);
+  m.Desc(l.desc, 1, 0x18000, 1, RING_DESC_F_WRITE);
+  uint16_t idx = 0;
+  Post(m, l, &idx, 0);
+  CtrlCommand c;
+  uint64_t walked = 0;
+  CHECK(cq.Pop(&c, &walked, &v) == CtrlQueue::Next::kCommand);
+  CHECK(!c.malformed && c.cls == 4 && c.cmd == 0 && c.data.size() == 2 && c.data[0] == 2);
+  CHECK_EQ(walked, 2u);
+  cq.Answer(c, 0);
+  *m.At(0x18000) = 0xee;
+  cq.Answer(c, 1);  // (a second answer writes again; the device never does this)
+  CHECK_EQ(*m.At(0x18000), 1);
+  CHECK(cq.Publish());
+  CHECK(cq.Pop(&c, &walked, &v) == CtrlQueue::Next::kEmpty);
+}
+
+CASE(ctrl_without_ack_byte_is_broken_and_short_command_malformed) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 8);
+  CtrlQueue cq;
+  Violation v;
+  CHECK(cq.Init(t, l, false, false, &v));
+  m.Desc(l.desc, 0, 0x4000, 1, RING_DESC_F_NEXT, 1);
+  m.Desc(l.desc, 1, 0x5000, 1, RING_DESC_F_WRITE);
+  m.Desc(l.desc, 2, 0x4000, 3, 0);
+  uint16_t idx = 0;
+  Post(m, l, &idx, 0);
+  Post(m, l, &idx, 2);
+  CtrlCommand c;
+  uint64_t walked = 0;
+  CHECK(cq.Pop(&c, &walked, &v) == CtrlQueue::Next::kCommand);
+  CHECK(c.malformed);
+  CHECK(cq.Pop(&c, &walked, &v) == CtrlQueue::Next::kBroken);
+  CHECK_RULE(v, "header-too-short");
+}
+
+// ---- RX stash -----------------------------------------------------------------------------
+
+CASE(stash_places_frames_down_past_holes_and_sets_num_buffers) {
+  Mem m;
+  m.Add(0, 0x40000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, 0, 0, &v));
+  RxStash s;
+  for (uint16_t i = 0; i < 3; i++) {
+    Chain c;
+    c.head = i;
+    c.iov.push_back(iovec{m.At(0x10000 + 0x1000ull * i), 0x800});
+    c.bytes = 0x800;
+    s.Push(c);
+  }
+  // Chain 0's read found nothing; chain 1 got a frame of 100 bytes: it moves to chain 0.
+  uint8_t* src = m.At(0x11000);
+  for (int i = 0; i < 100; i++) src[i] = static_cast<uint8_t>(i + 1);
+  CHECK_EQ(s.Place(q, 0, 1, 2, 100, true, true), 1u);
+  uint8_t* dst = m.At(0x10000);
+  CHECK(dst[0] == 1 && dst[99] == 100);
+  CHECK(dst[10] == 1 && dst[11] == 0);  // num_buffers = 1, little-endian, over bytes 10..11
+  s.Consume(1);
+  CHECK_EQ(s.chains(), 2u);
+  // A 3000-byte frame read over both remaining chains: spread over two, num_buffers 2.
+  CHECK_EQ(s.Place(q, 0, 0, 2, 3000, true, true), 2u);
+  CHECK_EQ(*m.At(0x1100a), 2);
+  q.PublishUsed();
+  CHECK_EQ(*reinterpret_cast<uint16_t*>(m.At(l.used + 2)), 3);
+  // used elements: (0, 100), (1, 0x800), (2, 3000 - 0x800)
+  uint32_t* used = reinterpret_cast<uint32_t*>(m.At(l.used + 4));
+  CHECK(used[0] == 0 && used[1] == 100);
+  CHECK(used[2] == 1 && used[3] == 0x800);
+  CHECK(used[4] == 2 && used[5] == 3000 - 0x800);
+  // Without mergeable buffers a frame larger than the free chain does not fit.
+  RxStash s2;
+  Chain small;
+  small.head = 5;
+  small.iov.push_back(iovec{m.At(0x20000), 64});
+  small.bytes = 64;
+  s2.Push(small);
+  CHECK_EQ(s2.Place(q, 0, 0, 1, 65, false, false), 0u);
+  s2.GiveBack(q);
+  CHECK_EQ(s2.chains(), 0u);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 2 && strcmp(argv[1], "--list") == 0) {
+    for (const auto& c : Cases()) printf("%s\n", c.first.c_str());
+    return 0;
+  }
+  if (argc != 2 || Cases().count(argv[1]) == 0) {
+    fprintf(stderr, "usage: ring_test --list | CASE\n");
+    return 2;
+  }
+  Cases()[argv[1]]();
+  return failures == 0 ? 0 : 1;
+}
