@@ -57,6 +57,10 @@ export interface QueueStats {
   bytes: number;
   interrupts: number;
   kicks: number;
+  /** TX: writes the TAP refused for lack of room (sent again later, in order). */
+  tapFull: number;
+  /** TX: frames that overtook an earlier one because the TAP's sndbuf shrank mid-batch (normally 0). */
+  reordered: number;
   /** Dropped frames by reason. */
   drops: Record<string, number>;
   broken: boolean;
@@ -425,6 +429,8 @@ export class VirtioNetDevice extends EventEmitter {
       bytes: (old?.bytes ?? 0) + (live?.bytes ?? 0),
       interrupts: (old?.interrupts ?? 0) + (live?.interrupts ?? 0),
       kicks: (old?.kicks ?? 0) + (live?.kicks ?? 0),
+      tapFull: (old?.tapFull ?? 0) + (live?.tapFull ?? 0),
+      reordered: (old?.reordered ?? 0) + (live?.reordered ?? 0),
       drops,
       broken: live?.broken ?? false,
     };

@@ -28,13 +28,22 @@ export interface NativeQueueStats {
   interrupts: number;
   /** Times the worker woke up because of this queue's kick eventfd. */
   kicks: number;
+  /** TX: writes the TAP refused for lack of room (its sndbuf is finite); each frame is sent again later, in order. */
+  tapFull: number;
+  /**
+   * TX: frames that reached the TAP ahead of an earlier frame of the guest's, because the TAP's
+   * sndbuf shrank while a batch was being written (see README, "Ordering"). Normally 0.
+   */
+  reordered: number;
   /**
    * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
    * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_filtered' (refused by setRxFilter's
    * filter). TX: 'tap_write_einval', 'tap_write_eio', 'tap_write_efault', 'tap_write_error',
    * 'tx_too_many_segments', and for headers the kernel refuses (EINVAL), why:
    * 'tx_hdr_csum_past_frame', 'tx_hdr_len_past_frame', 'tx_hdr_bad_gso_type',
-   * 'tx_hdr_gso_size_zero', 'tx_hdr_uso_without_csum'.
+   * 'tx_hdr_gso_size_zero', 'tx_hdr_uso_without_csum'; 'tx_tap_full_reordered': refused by a full
+   * TAP after later frames of its batch had gone out (counted in reordered) and still refused
+   * after a short wait.
    */
   drops: Record<string, number>;
   /** True when the queue stopped because the guest broke a rule. */

@@ -360,6 +360,7 @@ bool Engine::ProcessTx() {
       if (c.iov.size() <= kMaxIov) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
     }
     const TapIo::Batch outcome = nio ? io_->Write(frames_.data(), nio, results_.data()) : TapIo::Batch::kDone;
+    tx_counts_.reordered += io_->TakeReordered();
     if (outcome == TapIo::Batch::kUnknown) {
       // Whether these frames went out is unknown and the kernel may still
       // read their buffers: they are neither completed nor sent again. The
@@ -377,11 +378,16 @@ bool Engine::ProcessTx() {
       } else {
         const int32_t r = results_[k++];
         if (r == kNotDone || r == -EAGAIN || r == -EWOULDBLOCK) {
-          if (r != kNotDone) tx_blocked_ = true;
+          if (r != kNotDone) {
+            tx_blocked_ = true;
+            tx_counts_.tap_full++;
+          }
           undo_from = i;
           break;
         }
-        if (r < 0) {
+        if (r == kDroppedFull) {
+          tx_counts_.drops[kTxTapFullReordered]++;
+        } else if (r < 0) {
           tx_counts_.drops[WriteErrorDrop(-r, c, cfg_.hdr_len)]++;
         } else {
           bytes += c.bytes;
@@ -675,6 +681,7 @@ void Engine::Loop() {
 
     UpdateTapInterest();
     int n = epoll_wait(epoll_fd_, evs, kMaxEvents, -1);
+    io_->Woke();
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {
       switch (evs[i].data.u32) {
