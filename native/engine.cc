@@ -667,6 +667,9 @@ void Engine::Run() {
 
   Loop();
   if (drain_rx_.load(std::memory_order_relaxed)) DrainRx();
+  // Released here, not by Stop(): an io_uring ring is the worker's own
+  // (SINGLE_ISSUER), and only its owner can take back the TAP file it holds.
+  io_.reset();
 }
 
 void Engine::Loop() {

@@ -92,6 +92,14 @@ class UringIo final : public TapIo {
   Batch Run(uint8_t op, const IoFrame* f, uint32_t n, int32_t* res, bool link) {
     for (uint32_t i = 0; i < n; i++) res[i] = kNotDone;
     if (!ring_) return Batch::kDone;
+    if (!bound_) {
+      // First use, on the worker thread: the ring becomes this thread's.
+      bound_ = true;
+      if (ring_->Bind(fd_) != 0) {
+        ring_.reset();  // nothing was ever submitted; failed(): readv/writev from now on
+        return Batch::kDone;
+      }
+    }
     if (n > batch_) n = batch_;  // the caller never asks for more; keep the ring's bound anyway
     // n <= the ring's size and every batch is fully reaped: Queue always has
     // room. Should it refuse anyway, the frames from there on stay kNotDone.
@@ -213,6 +221,7 @@ class UringIo final : public TapIo {
   unsigned batch_;
   std::vector<int32_t> res_;
   bool fail_once_ = false;
+  bool bound_ = false;        // Uring::Bind ran (on the worker)
   bool tap_ = true;           // TUNGETSNDBUF works on fd_
   bool unlinked_ = false;     // the queue's sndbuf was INT_MAX when last read
   bool check_sndbuf_ = true;  // read it before the next write

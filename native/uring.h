@@ -20,10 +20,21 @@ class Uring {
   // Sets up a ring of `entries` submission slots. Returns 0 or an errno
   // (ENOSYS on kernels without io_uring, EPERM where it is disabled by
   // kernel.io_uring_disabled or a seccomp policy, ENOMEM for locked memory).
+  // The ring is made disabled where the kernel allows SINGLE_ISSUER (6.1):
+  // such a ring belongs to the thread that enables it (Bind).
   int Init(unsigned entries);
   bool ok() const { return fd_ >= 0; }
+  // On the thread that will use the ring, before anything is queued: enables
+  // a ring Init made disabled, and registers `fd` as fixed file 0 so requests
+  // on it skip the per-request file lookup (IOSQE_FIXED_FILE). Returns 0 or
+  // an errno from enabling (the ring is then unusable); a kernel that refuses
+  // the registration just gets the plain fd.
+  int Bind(int fd);
+  // Setup flags the kernel accepted (for tests and the benchmark).
+  unsigned setup_flags() const { return setup_flags_; }
+  bool fixed_file() const { return fixed_fd_ >= 0; }
 
-  // Queues a READV/WRITEV of iov[0..cnt) on `fd` at the current file position
+  // Queues a READV/WRITEV of iov[0..cnt) (a READ/WRITE when cnt is 1) on `fd` at the current file position
   // (offset -1, the only thing a TAP or socket understands). `link` chains it
   // to the next one queued: that one starts only if this one fully succeeded.
   // Always RWF_NOWAIT: a read with no frame or a write with no room completes
@@ -59,6 +70,8 @@ class Uring {
   unsigned Submitted(unsigned r);
 
   int fd_ = -1;
+  unsigned setup_flags_ = 0;
+  int fixed_fd_ = -1;  // the fd registered as fixed file 0, or -1
   void* sq_map_ = nullptr;
   size_t sq_map_len_ = 0;
   void* cq_map_ = nullptr;  // == sq_map_ with IORING_FEAT_SINGLE_MMAP
