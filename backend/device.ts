@@ -48,6 +48,11 @@ export interface VirtioNetDeviceOptions {
   napi?: boolean;
   /** Data path I/O: 'auto' (default) io_uring batching where the kernel allows it, 'readv' one readv/writev per frame; stats().io says which runs. */
   io?: 'auto' | 'readv';
+  /**
+   * io_uring with a kernel thread polling the submission ring (IORING_SETUP_SQPOLL), opt-in:
+   * costs a core per queue pair while busy; see README. stats().io says 'io_uring sqpoll' when it runs.
+   */
+  sqpoll?: boolean;
 }
 
 export interface QueueStats {
@@ -120,7 +125,7 @@ export interface VirtioNetDevice {
 }
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
-const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io']);
+const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io', 'sqpoll']);
 
 /** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
 const MAX_BUSY_POLL_US = 1_000_000;
@@ -153,6 +158,7 @@ export class VirtioNetDevice extends EventEmitter {
   private readonly mtu: number;
   private readonly busyPollUs: number;
   private readonly io: 'auto' | 'readv';
+  private readonly sqpoll: boolean;
   private readonly macBytes: Uint8Array;
   private ctrl: ControlQueueServer | undefined;
   private ctrlWatcher: { close(): void } | undefined;
@@ -191,6 +197,8 @@ export class VirtioNetDevice extends EventEmitter {
     if (opts.napi !== undefined && typeof opts.napi !== 'boolean') throw new InvalidArgumentError("option 'napi' must be a boolean");
     if (opts.io !== undefined && opts.io !== 'auto' && opts.io !== 'readv') throw new InvalidArgumentError("option 'io' must be 'auto' or 'readv'");
     this.io = opts.io ?? 'auto';
+    if (opts.sqpoll !== undefined && typeof opts.sqpoll !== 'boolean') throw new InvalidArgumentError("option 'sqpoll' must be a boolean");
+    this.sqpoll = opts.sqpoll ?? false;
     const tapFlags = opts.napi ? TUN.IFF_NAPI : 0;
 
     this.netns = opts.netns;
@@ -588,6 +596,7 @@ export class VirtioNetDevice extends EventEmitter {
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
         busyPollUs: this.busyPollUs,
         io: this.io,
+        sqpoll: this.sqpoll,
         rx: { index: 2 * p, ...rx, kickFd: this.kickFds[2 * p], callFd: this.callFds[2 * p], ...resume(2 * p) },
         tx: { index: 2 * p + 1, ...tx, kickFd: this.kickFds[2 * p + 1], callFd: this.callFds[2 * p + 1], ...resume(2 * p + 1) },
         onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),

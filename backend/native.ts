@@ -61,14 +61,15 @@ export interface NativeEngineStats {
   rx: NativeQueueStats;
   tx: NativeQueueStats;
   /**
-   * Which I/O method the worker uses: 'io_uring' (TX: up to 64 linked WRITEVs per
-   * io_uring_enter, order kept across EAGAIN; RX: up to 64 READVs per submission when
+   * Which I/O method the worker uses: 'io_uring' (TX: up to 64 WRITEVs per io_uring_enter,
+   * unlinked while the TAP's sndbuf is unlimited, linked while it is finite, order kept
+   * across EAGAIN; 'io_uring sqpoll' the same through a kernel polling thread; RX: up to 64 READVs per submission when
    * frames are queued and each RX chain holds rxFrameMax alone) or 'readv/writev' (one
    * system call per frame). Chosen at each start(): io_uring unless the kernel refuses it
    * (ENOSYS, EPERM: kernel.io_uring_disabled, seccomp) or the environment variable
    * VHOST_TAP_IO=readv forces readv/writev. Both move the same frames in the same order.
    */
-  io: 'io_uring' | 'readv/writev';
+  io: 'io_uring' | 'io_uring sqpoll' | 'readv/writev';
   /** Worker wake-ups (epoll_wait returns after sleeping; busy-poll hits are not counted). */
   wakeups: number;
   running: boolean;
@@ -216,6 +217,13 @@ export interface NativeEngineOptions {
    * 'readv': readv/writev even where io_uring works (stats().io says which runs).
    */
   io?: 'auto' | 'readv';
+  /**
+   * io_uring with a kernel thread polling its submission ring (IORING_SETUP_SQPOLL): no
+   * system call per batch while the worker is busy, at the cost of that thread's core.
+   * Falls back to an ordinary ring where the kernel refuses it; stats().io says
+   * 'io_uring sqpoll' when it runs. Ignored with io: 'readv'.
+   */
+  sqpoll?: boolean;
   /**
    * Called on the JS thread (through a thread-safe function) when the guest broke a
    * rule and the queue stopped: (queueIndex, rule, detail). Only that queue stops; the

@@ -21,11 +21,17 @@ import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
 // frame), so the table shows what batching buys next to the same baselines.
 // 'c' is one write()/read() per frame; 'c-uring' batches of 64 io_uring
 // requests on a registered fd: the syscall ceiling and the batching ceiling.
-export type Contender = 'vhost' | 'vhost-readv' | 'c' | 'c-uring' | 'node';
-export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'c', 'c-uring', 'node'];
+// 'vhost-sqpoll' is the device with option sqpoll (a kernel thread polls the
+// io_uring submission ring; its CPU counts as backend CPU): opt-in, since it
+// needs a spare core per pair.
+export type Contender = 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'c' | 'c-uring' | 'node';
+export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'c', 'c-uring', 'node'];
+/** What runs when --contenders is not given: everything but vhost-sqpoll. */
+export const DEFAULT_CONTENDERS: Contender[] = CONTENDERS.filter((k) => k !== 'vhost-sqpoll');
 export const CONTENDER_NAMES: Record<Contender, string> = {
   vhost: 'vhost-tap',
   'vhost-readv': 'vhost-tap readv',
+  'vhost-sqpoll': 'vhost-tap sqpoll',
   c: 'C loop',
   'c-uring': 'C io_uring',
   node: 'Node loop',
@@ -261,10 +267,10 @@ async function window<T>(env: Env, snap: () => T): Promise<{ a: T; b: T; wallNs:
 
 // --- vhost-tap ---------------------------------------------------------------------------
 
-export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'): Promise<Sample> {
+export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto', sqpoll = false): Promise<Sample> {
   const mq = t.queues > 1;
   const L = layout(t, env.ringSize, mq);
-  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io });
+  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io, sqpoll });
   const workers: Spawned[] = [];
   const callFds: number[] = [];
   let source: Source | undefined;
@@ -289,7 +295,8 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
       device.setQueue(ctrlq(t.queues), L.ctrl.addrs);
       ctrl = new ControlDriver(device, L.mem, ctrlq(t.queues), L.ctrl.addrs, true, L.ctrl.buf);
     }
-    // The engine threads are unnamed: they are the threads that appear when the pairs start.
+    // The engine threads are the threads that appear when the pairs start (with sqpoll, the
+    // kernel's iou-sqp threads too: they are threads of this process, made with each ring).
     const before = tids();
     device.status |= STATUS.DRIVER_OK;
     if (ctrl) {
@@ -338,6 +345,7 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
     const src = source ? await source.stop() : undefined;
     source = undefined;
     if (io === 'readv' && w.b.io !== 'readv/writev') throw new Error(`option io 'readv' ran ${w.b.io}`);
+    if (sqpoll && w.b.io !== 'io_uring sqpoll') throw new ContenderUnavailable(`the kernel refused an SQPOLL ring (ran ${w.b.io})`);
     const broken = device.stats().queues.filter((q) => q.broken);
     if (broken.length) throw new Error(`queue ${broken[0].index} broke during the trial`);
     return {

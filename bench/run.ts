@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { Netns, requireRoot } from '../host/netns';
-import { CONTENDER_NAMES, CONTENDERS, Contender, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
+import { CONTENDER_NAMES, CONTENDERS, Contender, DEFAULT_CONTENDERS, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { renderSvg } from './plot';
 import { runTcp, TcpDir, TcpSample } from './tcp';
@@ -46,9 +46,11 @@ Options:
   --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514)
   --queues LIST    queue pair counts (default 1,2)
   --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h)
-  --contenders L   vhost,vhost-readv,c,c-uring,node (default all; vhost =
-                   io_uring batching, vhost-readv = the same device with
-                   io: 'readv', c = C write()/read() loop, c-uring = C io_uring)
+  --contenders L   vhost,vhost-readv,vhost-sqpoll,c,c-uring,node (default all
+                   but vhost-sqpoll; vhost = io_uring batching, vhost-readv =
+                   the same device with io: 'readv', vhost-sqpoll = with option
+                   sqpoll (its kernel thread's CPU counted; needs a spare core),
+                   c = C write()/read() loop, c-uring = C io_uring)
   --ring N         virtqueue size (default 256)
   --json           print the results as JSON on stdout instead of the table
   --plot FILE.svg  write a chart of frames/s and Gbps by size
@@ -97,6 +99,8 @@ export interface CaseResult extends CaseSpec {
   ratios: Ratios;
   /** The same for vhost-tap with io: 'readv'. */
   readvRatios: Ratios;
+  /** The same for vhost-tap with sqpoll (empty unless that contender ran). */
+  sqpollRatios?: Ratios;
   /** RX only: true when the TAP never dropped during the C loop's rounds, i.e. the source, not the reader, set its pace. */
   cSourceLimited?: boolean;
 }
@@ -194,7 +198,7 @@ function summarizeTcp(rounds: TcpSample[]): TcpMedian {
   };
 }
 
-function ratiosOf(res: CaseResult, k: 'vhost' | 'vhost-readv'): Ratios {
+function ratiosOf(res: CaseResult, k: 'vhost' | 'vhost-readv' | 'vhost-sqpoll'): Ratios {
   const out: Ratios = {};
   const v = res.contenders[k]?.median;
   if (!v) return out;
@@ -278,7 +282,7 @@ export function table(r: BenchReport): string {
     for (const k of CONTENDERS) {
       const m = c.contenders[k]?.median;
       if (!m) continue;
-      const rat = k === 'vhost' ? c.ratios : k === 'vhost-readv' ? c.readvRatios : {};
+      const rat = k === 'vhost' ? c.ratios : k === 'vhost-readv' ? c.readvRatios : k === 'vhost-sqpoll' ? (c.sqpollRatios ?? {}) : {};
       rows.push([
         c.case,
         sizeLabel(c),
@@ -429,7 +433,7 @@ export async function main(argv: string[]): Promise<number> {
   for (const q of queues) if (q > 16) throw new BenchUsageError('--queues: at most 16');
   const cases = list(o.cases as string | undefined, ALL_CASES.join(','));
   for (const c of cases) if (!ALL_CASES.includes(c)) throw new BenchUsageError(`--cases: unknown case '${c}' (known: ${ALL_CASES.join(', ')})`);
-  const contenders = list(o.contenders as string | undefined, CONTENDERS.join(',')) as Contender[];
+  const contenders = list(o.contenders as string | undefined, DEFAULT_CONTENDERS.join(',')) as Contender[];
   for (const c of contenders) if (!CONTENDERS.includes(c)) throw new BenchUsageError(`--contenders: unknown '${c}' (known: ${CONTENDERS.join(', ')})`);
   const ringSize = nums('ring', o.ring as string | undefined, '256')[0];
   if (ringSize & (ringSize - 1) || ringSize > 32768) throw new BenchUsageError('--ring must be a power of two up to 32768');
@@ -508,6 +512,8 @@ export async function main(argv: string[]): Promise<number> {
               ? runVhost(env, trial)
               : k === 'vhost-readv'
                 ? runVhost(env, trial, 'readv')
+                : k === 'vhost-sqpoll'
+                ? runVhost(env, trial, 'auto', true)
                 : k === 'c'
                   ? runC(env, trial)
                   : k === 'c-uring'
@@ -528,6 +534,7 @@ export async function main(argv: string[]): Promise<number> {
       for (const k of contenders) if (samples[k]) res.contenders[k] = { median: summarize(samples[k]!), rounds: samples[k]! };
       res.ratios = ratiosOf(res, 'vhost');
       res.readvRatios = ratiosOf(res, 'vhost-readv');
+      if (res.contenders['vhost-sqpoll']) res.sqpollRatios = ratiosOf(res, 'vhost-sqpoll');
       if (spec.dir === 'rx' && samples.c) res.cSourceLimited = samples.c.every((x) => (x.source?.drops ?? 0) === 0);
       results.push(res);
     }

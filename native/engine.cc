@@ -226,7 +226,7 @@ SysResult Engine::Start() {
   io_.reset();
   if (!cfg_.force_readv && UringWanted()) {
     int err = 0;
-    io_ = MakeUringIo(cfg_.tap_fd, kBatch, &err);
+    io_ = MakeUringIo(cfg_.tap_fd, kBatch, cfg_.sqpoll, &err);
   }
   if (!io_) io_ = MakeReadvIo(cfg_.tap_fd);
   io_name.store(io_->name());

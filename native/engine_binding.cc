@@ -144,6 +144,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       if (v != "auto" && v != "readv") BadArg(env, "option 'io' must be 'auto' or 'readv'");
       cfg.force_readv = v == "readv";
     }
+    Napi::Value sq = opts.Get("sqpoll");
+    if (!sq.IsUndefined()) {
+      if (!sq.IsBoolean()) BadArg(env, "option 'sqpoll' must be a boolean");
+      cfg.sqpoll = sq.As<Napi::Boolean>().Value();
+    }
     cfg.rx = ParseQueue(opts, "rx");
     cfg.tx = ParseQueue(opts, "tx");
     Napi::Value cb = opts.Get("onBroken");

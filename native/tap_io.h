@@ -71,7 +71,8 @@ class TapIo {
 std::unique_ptr<TapIo> MakeReadvIo(int fd);
 // io_uring for batches of up to `batch` frames; nullptr with *err set when the
 // kernel refuses io_uring (ENOSYS, EPERM: kernel.io_uring_disabled or seccomp,
-// ENOMEM: locked memory).
-std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, int* err);
+// ENOMEM: locked memory). `sqpoll`: a kernel thread polls the submission ring
+// where the kernel grants one (name() then says "io_uring sqpoll").
+std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, bool sqpoll, int* err);
 
 }  // namespace vt

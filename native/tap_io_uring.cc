@@ -44,7 +44,7 @@ uint64_t CoarseNs() {
 class UringIo final : public TapIo {
  public:
   UringIo(int fd, std::unique_ptr<Uring> ring, unsigned batch)
-      : fd_(fd), ring_(std::move(ring)), batch_(batch), res_(batch) {
+      : fd_(fd), ring_(std::move(ring)), batch_(batch), res_(batch), sqpoll_(ring_->sqpoll()) {
     // Test only: VHOST_TAP_TEST_URING_FAIL makes the first batch fail after
     // submission, as io_uring_enter might, to exercise Abandon().
     fail_once_ = getenv("VHOST_TAP_TEST_URING_FAIL") != nullptr;
@@ -57,7 +57,7 @@ class UringIo final : public TapIo {
       if (!ring_->Quiesce(nullptr, 0, &got)) static_cast<void>(ring_.release());
     }
   }
-  const char* name() const override { return "io_uring"; }
+  const char* name() const override { return sqpoll_ ? "io_uring sqpoll" : "io_uring"; }
   bool failed() const override { return !ring_; }
 
   // Unlinked writes when the TAP queue's sndbuf is INT_MAX (what every queue
@@ -220,6 +220,7 @@ class UringIo final : public TapIo {
   std::unique_ptr<Uring> ring_;
   unsigned batch_;
   std::vector<int32_t> res_;
+  const bool sqpoll_;
   bool fail_once_ = false;
   bool bound_ = false;        // Uring::Bind ran (on the worker)
   bool tap_ = true;           // TUNGETSNDBUF works on fd_
@@ -231,9 +232,9 @@ class UringIo final : public TapIo {
 
 }  // namespace
 
-std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, int* err) {
+std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, bool sqpoll, int* err) {
   auto ring = std::make_unique<Uring>();
-  *err = ring->Init(batch);
+  *err = ring->Init(batch, sqpoll);
   if (*err != 0) return nullptr;
   return std::make_unique<UringIo>(fd, std::move(ring), batch);
 }

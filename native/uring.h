@@ -22,7 +22,12 @@ class Uring {
   // kernel.io_uring_disabled or a seccomp policy, ENOMEM for locked memory).
   // The ring is made disabled where the kernel allows SINGLE_ISSUER (6.1):
   // such a ring belongs to the thread that enables it (Bind).
-  int Init(unsigned entries);
+  // With `sqpoll`, asks for a kernel thread that polls the submission ring
+  // (IORING_SETUP_SQPOLL): submitting then needs no system call while that
+  // thread is awake. Falls back to an ordinary ring where refused (sqpoll()
+  // says which was made).
+  int Init(unsigned entries, bool sqpoll = false);
+  bool sqpoll() const { return (setup_flags_ & IORING_SETUP_SQPOLL) != 0; }
   bool ok() const { return fd_ >= 0; }
   // On the thread that will use the ring, before anything is queued: enables
   // a ring Init made disabled, and registers `fd` as fixed file 0 so requests
@@ -66,6 +71,11 @@ class Uring {
   bool Quiesce(int32_t* res, unsigned n, unsigned* got);
 
  private:
+  int SqpollSubmitAndWait(unsigned wait);
+  // The SQ tail including entries queued but not published yet (SQPOLL).
+  unsigned local_tail() const { return *sq_tail_ + (sqpoll() ? queued_ : 0); }
+  // Completions ready to reap.
+  unsigned ready() const;
   // Books r SQEs the kernel took (io_uring_enter's result); returns how many.
   unsigned Submitted(unsigned r);
 
@@ -80,6 +90,7 @@ class Uring {
   size_t sqes_len_ = 0;
 
   unsigned* sq_head_ = nullptr;
+  unsigned* sq_flags_ = nullptr;
   unsigned* sq_tail_ = nullptr;
   unsigned sq_mask_ = 0;
   unsigned sq_entries_ = 0;
