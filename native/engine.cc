@@ -334,6 +334,12 @@ bool Engine::ProcessTx() {
       more = true;
       break;
     }
+    // A table the JS thread replaced (setMemory) applies from the next batch
+    // on, not only from the next round: a guest that posts buffers in new
+    // memory right after the replacement is then not read through the old one
+    // while TX keeps the worker in this loop.
+    RefreshMemory();
+    if (tx_broken_) break;
     unsigned n = 0;
     bool drained = false;
     while (n < kBatch && packets + n < kBudgetPackets) {

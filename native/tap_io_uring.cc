@@ -48,6 +48,10 @@ class UringIo final : public TapIo {
     // Test only: VHOST_TAP_TEST_URING_FAIL makes the first batch fail after
     // submission, as io_uring_enter might, to exercise Abandon().
     fail_once_ = getenv("VHOST_TAP_TEST_URING_FAIL") != nullptr;
+    // Test only: VHOST_TAP_TEST_UNLINKED_ALWAYS writes unlinked whatever the
+    // sndbuf, so a finite one makes the race SettleRefused handles happen
+    // (a refusal with later frames of the batch written) on demand.
+    unlinked_always_ = getenv("VHOST_TAP_TEST_UNLINKED_ALWAYS") != nullptr;
   }
   ~UringIo() override {
     // Every batch is reaped before Write/Read return, so nothing is in flight
@@ -139,7 +143,7 @@ class UringIo final : public TapIo {
       unlinked_ = false;
       return;
     }
-    unlinked_ = sndbuf == INT_MAX;
+    unlinked_ = sndbuf == INT_MAX || unlinked_always_;
   }
 
   // After an unlinked batch: a refused frame followed only by refused frames
@@ -222,6 +226,7 @@ class UringIo final : public TapIo {
   std::vector<int32_t> res_;
   const bool sqpoll_;
   bool fail_once_ = false;
+  bool unlinked_always_ = false;
   bool bound_ = false;        // Uring::Bind ran (on the worker)
   bool tap_ = true;           // TUNGETSNDBUF works on fd_
   bool unlinked_ = false;     // the queue's sndbuf was INT_MAX when last read

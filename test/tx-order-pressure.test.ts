@@ -7,7 +7,13 @@
 // unlinked; the pressure is the tbf backlog), and a 32 KiB sndbuf set by
 // another queue holder after the device started (the TAP refuses writes:
 // io_uring writes linked, readv/writev stops at the refusal; the pressure is
-// the refusals, which the test requires to have happened).
+// the refusals, which the test requires to have happened); both set-ups also
+// with option sqpoll (io_uring through a kernel polling thread). Then the race:
+// the sndbuf shrinks while the guest sends (the worker usually switches to
+// linked writes in time: then it proves no loss only), and forced through a
+// test hook that keeps unlinked writes under the finite sndbuf — frames then
+// overtake refused ones, and the test requires every frame exactly once and
+// the overtaking frames to be exactly the ones counted in stats reordered.
 //
 // Capture: an AF_PACKET ETH_P_ALL socket on the veth keeps only frames the
 // veth transmits (PACKET_OUTGOING): that is tbf's dequeue order, lossless. The
@@ -82,7 +88,10 @@ async function sleep(ms: number): Promise<void> {
   await new Promise((r) => setTimeout(r, ms));
 }
 
-async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndbuf: number | null, sqpoll = false): Promise<void> {
+/** How the sndbuf is set: before the guest sends, or when half of the frames are posted. */
+type When = 'before' | 'midway' | 'forced';
+
+async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndbuf: number | null, sqpoll = false, when: When = 'before'): Promise<void> {
   await withNetns(async (ns) => {
     ns.exec('sysctl', ['-qw', 'net.ipv6.conf.default.disable_ipv6=1']);
     ns.exec('sysctl', ['-qw', 'net.ipv6.conf.all.disable_ipv6=1']);
@@ -115,7 +124,8 @@ async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndb
     dev.setQueue(1, tx.layout);
     dev.status |= STATUS.DRIVER_OK;
 
-    if (sndbuf !== null) {
+    const shrink = (): void => {
+      if (sndbuf === null) return;
       // Another holder of a queue of the same TAP sets the sndbuf: it applies to
       // every queue attached at that moment, the device's included.
       const a = addon();
@@ -125,7 +135,9 @@ async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndb
       } finally {
         a.close(extra.fd);
       }
-    }
+    };
+    if (when !== 'midway') shrink();
+    let shrunk = false;
 
     const cap = await captureOutgoing(ns, slow, N, 60_000);
     // One buffer per slot (header + frame), rewritten before each post.
@@ -147,6 +159,10 @@ async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndb
         await sleep(1);
         continue;
       }
+      if (when === 'midway' && !shrunk && posted >= N / 2) {
+        shrunk = true;
+        shrink();
+      }
       for (let i = 0; i < room; i++) {
         const slot = posted % QSIZE;
         write(slot, posted);
@@ -162,6 +178,24 @@ async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndb
 
     t.deepEqual(broken, []);
     t.is(posted, N, 'the guest posted every frame');
+    if (when !== 'before') {
+      // The race: the sndbuf shrinks while batches are written unlinked. Every frame
+      // still arrives exactly once, and any frame that overtook an earlier one is counted.
+      t.deepEqual([...new Set(got)].sort((x, y) => x - y), Array.from({ length: N }, (_, i) => i), 'every frame once');
+      let overtook = 0;
+      let min = Infinity;
+      for (let i = got.length - 1; i >= 0; i--) {
+        if (got[i] > min) overtook++;
+        min = Math.min(min, got[i]);
+      }
+      const q1 = dev.stats().queues.find((s) => s.index === 1)!;
+      t.is(q1.reordered, overtook, 'frames that arrived ahead of an earlier one are exactly the counted ones');
+      t.is(q1.drops.tx_tap_full_reordered ?? 0, 0);
+      if (when === 'forced') t.true(q1.reordered > 0, 'the forced race happened: frames overtook refused ones');
+      t.true(q1.tapFull > 0, `the TAP refused writes after the shrink (tapFull ${q1.tapFull})`);
+      t.log(`sndbuf shrunk ${when}: reordered ${q1.reordered}${q1.reordered === 0 ? ' (the switch to linked writes won the race: this run proves no loss only)' : ''}, tapFull ${q1.tapFull}`);
+      return;
+    }
     t.is(got.length, N, `every frame left the slow veth (got ${got.length} of ${N})`);
     let inversions = 0;
     const where: string[] = [];
@@ -191,5 +225,16 @@ for (const io of ['auto', 'readv'] as const) {
   test.serial(`TX order under pressure (io '${io}', default sndbuf): a slow reader behind the TAP, every frame once and in order`, (t) => run(t, io, null));
   test.serial(`TX order under pressure (io '${io}', 32 KiB sndbuf set by another queue holder): the TAP refuses writes, every frame once and in order`, (t) => run(t, io, 32768));
 }
+test.serial('TX under pressure (io auto): the sndbuf shrinks while the guest sends; every frame once, any overtaking counted', (t) => run(t, 'auto', 32768, false, 'midway'));
+test.serial('TX under pressure (io auto), the race forced: unlinked writes under a 32 KiB sndbuf; every frame once, every overtaking frame counted', async (t) => {
+  // Test hook (tap_io_uring.cc): keeps writing unlinked after the sndbuf became finite,
+  // which is what the worker does for the ~1 ms until it next reads the sndbuf.
+  process.env.VHOST_TAP_TEST_UNLINKED_ALWAYS = '1';
+  try {
+    await run(t, 'auto', 32768, false, 'forced');
+  } finally {
+    delete process.env.VHOST_TAP_TEST_UNLINKED_ALWAYS;
+  }
+});
 test.serial('TX order under pressure (sqpoll, default sndbuf): every frame once and in order through the kernel polling thread', (t) => run(t, 'auto', null, true));
 test.serial('TX order under pressure (sqpoll, 32 KiB sndbuf): the TAP refuses writes, every frame once and in order', (t) => run(t, 'auto', 32768, true));
