@@ -37,7 +37,9 @@ export interface NativeQueueStats {
   reordered: number;
   /**
    * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
-   * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_filtered' (refused by setRxFilter's
+   * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_pair_detached' (still queued in the TAP
+   * when stop(true) ran before its queue was detached and the guest had no buffers for them),
+   * 'rx_filtered' (refused by setRxFilter's
    * filter). TX: 'tap_write_einval', 'tap_write_eio', 'tap_write_efault', 'tap_write_error',
    * 'tx_too_many_segments', and for headers the kernel refuses (EINVAL), why:
    * 'tx_hdr_csum_past_frame', 'tx_hdr_len_past_frame', 'tx_hdr_bad_gso_type',

@@ -32,6 +32,10 @@ constexpr uint64_t kBudgetBytes = 512 * 1024;
 // moves what it can into the guest's buffers. Bounded so a flood that keeps
 // the queue full cannot hold stop() up: 16 rounds are 4096 frames.
 constexpr int kDrainRounds = 16;
+// Frames a draining stop may discard (and count) once the guest has no
+// buffers left for them: a TAP queue holds txqueuelen frames (1000 by
+// default); the bound only keeps a flood from holding stop() up.
+constexpr int kDiscardMax = 65536;
 
 // Frames per batch, both directions and both I/O methods. With io_uring, 64
 // amortises the one io_uring_enter over enough frames that the syscall is a
@@ -663,6 +667,19 @@ void Engine::DrainRx() {
   }
 }
 
+void Engine::DiscardRx() {
+  if (tap_hup_) return;
+  // One buffer big enough for any frame tun hands out (64 KiB + header).
+  std::vector<uint8_t> scratch(cfg_.hdr_len + 65536 + 64);
+  for (int i = 0; i < kDiscardMax; i++) {
+    const ssize_t n = read(cfg_.tap_fd, scratch.data(), scratch.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;  // EAGAIN: empty; anything else: nothing more to take
+    rx_counts_.drops[kRxPairDetached]++;
+  }
+  rx_stats.Publish(rx_counts_);
+}
+
 void Engine::Run() {
   // "vt-pair<p>" (p = RX virtqueue index / 2): lets tools and the benchmark find
   // this worker's CPU time in /proc/self/task/*/comm. Linux keeps 15 bytes of a
@@ -672,7 +689,10 @@ void Engine::Run() {
   pthread_setname_np(pthread_self(), name);
 
   Loop();
-  if (drain_rx_.load(std::memory_order_relaxed)) DrainRx();
+  if (drain_rx_.load(std::memory_order_relaxed)) {
+    DrainRx();
+    DiscardRx();
+  }
   // Released here, not by Stop(): an io_uring ring is the worker's own
   // (SINGLE_ISSUER), and only its owner can take back the TAP file it holds.
   io_.reset();

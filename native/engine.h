@@ -89,6 +89,9 @@ class Engine {
   void Run();
   void Loop();
   void DrainRx();
+  // After DrainRx: takes what the TAP queue still holds and counts it as
+  // dropped, since detaching the queue would free it uncounted.
+  void DiscardRx();
   // Takes a new memory table if the slot changed (between batches only).
   void RefreshMemory();
   bool ProcessTx();

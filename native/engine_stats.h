@@ -39,10 +39,11 @@ enum RxDrop : int {
   kRxRunt,        // a read shorter than the net header (not a TAP frame)
   kTapReadError,  // a read failed with something other than EAGAIN
   kRxFiltered,    // the guest's RX filter (modes, MAC tables, VLANs) refused it; buffers reused
+  kRxPairDetached,  // still queued in the TAP when its pair was taken away with no guest buffers left
   kRxDropCount
 };
-inline constexpr std::array<const char*, kRxDropCount> kRxDropNames = {"rx_truncated", "rx_runt",
-                                                                      "tap_read_error", "rx_filtered"};
+inline constexpr std::array<const char*, kRxDropCount> kRxDropNames = {"rx_truncated", "rx_runt", "tap_read_error",
+                                                                      "rx_filtered", "rx_pair_detached"};
 
 // Both queues' counters share one type; each uses the first k*DropCount slots.
 inline constexpr size_t kMaxDropCount = std::max<size_t>(kTxDropCount, kRxDropCount);

@@ -36,7 +36,8 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.true(rep.targets.length >= 4);
   t.true(rep.unavailable.length === 0);
   const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
-  t.deepEqual(after.filter((n) => n.startsWith('vtb') && !before.has(n)), [], 'bench namespace deleted');
+  // Only this bench's namespace ('vtb' + its pid in base 36 + …): other programs on the machine may run benches too.
+  t.deepEqual(after.filter((n) => n.startsWith(`vtb${r.pid.toString(36)}`) && !before.has(n)), [], 'bench namespace deleted');
 });
 
 test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t) => {
@@ -59,5 +60,6 @@ test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t)
   }
   t.deepEqual(rep.unavailable, []);
   const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
-  t.deepEqual(after.filter((n) => n.startsWith('vtb') && !before.has(n)), [], 'bench namespace deleted');
+  // Only this bench's namespace ('vtb' + its pid in base 36 + …): other programs on the machine may run benches too.
+  t.deepEqual(after.filter((n) => n.startsWith(`vtb${r.pid.toString(36)}`) && !before.has(n)), [], 'bench namespace deleted');
 });
