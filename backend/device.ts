@@ -1,27 +1,22 @@
 // The virtio-net device model: feature negotiation, device status, config
-// space, queue setup, the control queue, TAP programming from negotiated
-// features, engine lifecycle and statistics. The only class users touch.
+// space, queue setup, the control queue, and when the TAP is programmed and
+// which pairs run. The TAP and the engines themselves are datapath.ts's,
+// shared with the vhost-user back end. The only class users touch.
 
 import { EventEmitter } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 
 import { ControlQueueServer } from './ctrlq';
+import { DeviceStats, PairSetup, RingPosition, TapDataPath } from './datapath';
 import { convert, DeviceStateError, InvalidArgumentError, NamespaceError, native, VirtioNetError } from './errors';
-import {
-  BASE_FEATURES,
-  Capabilities,
-  GUEST_OFFLOAD_FEATURES,
-  MQ_FEATURES,
-  probeOffloads,
-  rxFrameMax,
-  tunOffloads,
-  validateDriverFeatures,
-} from './features';
+import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, validateDriverFeatures } from './features';
 import { GuestMemory, toNativeRegions } from './memory';
-import { addon, NativeCtrlCommand, NativeEngine, NativeGuestMemory, NativeQueueStats } from './native';
+import { addon, NativeCtrlCommand, NativeGuestMemory } from './native';
 import { RxFilter, RxFilterState } from './rxfilter';
-import { CONFIG, CTRL, ctrlq, has, netHdrSize, STATUS, TUN } from './virtio';
+import { CONFIG, CTRL, ctrlq, has, STATUS, TUN } from './virtio';
+
+export type { DeviceStats, QueueStats } from './datapath';
 
 export interface VirtioNetDeviceOptions {
   /**
@@ -53,31 +48,6 @@ export interface VirtioNetDeviceOptions {
    * costs a core per queue pair while busy; see README. stats().io says 'io_uring sqpoll' when it runs.
    */
   sqpoll?: boolean;
-}
-
-export interface QueueStats {
-  index: number;
-  kind: 'rx' | 'tx' | 'ctrl';
-  packets: number;
-  bytes: number;
-  interrupts: number;
-  kicks: number;
-  /** TX: writes the TAP refused for lack of room (sent again later, in order). */
-  tapFull: number;
-  /** TX: frames that overtook an earlier one because the TAP's sndbuf shrank mid-batch (normally 0). */
-  reordered: number;
-  /** Dropped frames by reason. */
-  drops: Record<string, number>;
-  broken: boolean;
-}
-
-export interface DeviceStats {
-  queues: QueueStats[];
-  /** I/O method the workers use. */
-  io: string;
-  /** Frames the RX filter (RX modes, MAC table, VLAN filter) kept from the guest. */
-  filtered: number;
-  totals: { rxPackets: number; rxBytes: number; txPackets: number; txBytes: number; drops: number };
 }
 
 /** Where a virtqueue lives: its size (a power of two, 1..32768) and the guest addresses of its three parts. */
@@ -145,28 +115,19 @@ export class VirtioNetDevice extends EventEmitter {
   private _status = 0;
   private readonly memory: NativeGuestMemory;
   private readonly netnsPath: string | null;
-  private readonly tapFds: number[] = [];
+  /** The TAP, its queues and the engines serving them. */
+  private readonly dp: TapDataPath;
   private readonly kickFds: number[] = [];
   private readonly callFds: number[] = [];
   private readonly queues: (QueueSetup | undefined)[];
-  private readonly engines: (NativeEngine | undefined)[];
-  /** Counters of engines that were stopped (reset, pair changes), so stats() stays monotonic. */
-  private readonly retired: Map<number, QueueStats> = new Map();
   /** Ring positions of stopped queues, so a pair restarted by VQ_PAIRS_SET resumes where it was. */
-  private readonly positions: Map<number, { lastAvailIdx: number; usedIdx: number }> = new Map();
-  private readonly caps: Capabilities;
+  private readonly positions: Map<number, RingPosition> = new Map();
   private readonly mtu: number;
-  private readonly busyPollUs: number;
-  private readonly io: 'auto' | 'readv';
-  private readonly sqpoll: boolean;
   private readonly macBytes: Uint8Array;
   private ctrl: ControlQueueServer | undefined;
   private ctrlWatcher: { close(): void } | undefined;
   private callWatchers: { close(): void }[] = [];
   private activePairs = 1;
-  /** Whether each TAP queue is attached (the kernel refuses to attach twice); all are after open. */
-  private attached: boolean[] = [];
-  private guestOffloads = 0n;
   private closed = false;
   private featuresError: string | null = null;
   readonly rxFilter = new RxFilter();
@@ -190,15 +151,13 @@ export class VirtioNetDevice extends EventEmitter {
     if (!Number.isInteger(this.mtu) || this.mtu < 68 || this.mtu > 65535) throw new InvalidArgumentError(`mtu must be an integer from 68 to 65535, got ${opts.mtu}`);
     this.macBytes = opts.mac === undefined ? randomMac() : parseMacOption(opts.mac);
     if (opts.features !== undefined && typeof opts.features !== 'bigint') throw new InvalidArgumentError("option 'features' must be a bigint mask");
-    this.busyPollUs = opts.busyPollUs ?? 0;
-    if (!Number.isInteger(this.busyPollUs) || this.busyPollUs < 0 || this.busyPollUs > MAX_BUSY_POLL_US) {
+    const busyPollUs = opts.busyPollUs ?? 0;
+    if (!Number.isInteger(busyPollUs) || busyPollUs < 0 || busyPollUs > MAX_BUSY_POLL_US) {
       throw new InvalidArgumentError(`busyPollUs must be an integer from 0 to ${MAX_BUSY_POLL_US} (microseconds), got ${opts.busyPollUs}`);
     }
     if (opts.napi !== undefined && typeof opts.napi !== 'boolean') throw new InvalidArgumentError("option 'napi' must be a boolean");
     if (opts.io !== undefined && opts.io !== 'auto' && opts.io !== 'readv') throw new InvalidArgumentError("option 'io' must be 'auto' or 'readv'");
-    this.io = opts.io ?? 'auto';
     if (opts.sqpoll !== undefined && typeof opts.sqpoll !== 'boolean') throw new InvalidArgumentError("option 'sqpoll' must be a boolean");
-    this.sqpoll = opts.sqpoll ?? false;
     const tapFlags = opts.napi ? TUN.IFF_NAPI : 0;
 
     this.netns = opts.netns;
@@ -210,35 +169,23 @@ export class VirtioNetDevice extends EventEmitter {
     }
 
     const a = addon();
-    const what = `TAP '${opts.tap}'`;
-    let name = opts.tap;
+    this.dp = TapDataPath.open({ tap: opts.tap, netnsPath: this.netnsPath, queuePairs: this.queuePairs, tapFlags, mtu: this.mtu, busyPollUs, io: opts.io ?? 'auto', sqpoll: opts.sqpoll ?? false });
+    this.dp.memory = this.memory;
+    this.tapName = this.dp.tapName;
+    let offered = BASE_FEATURES | this.dp.offloads;
+    if (this.queuePairs > 1) offered |= MQ_FEATURES;
+    if (opts.features !== undefined) offered &= opts.features;
+    this.deviceFeatures = offered;
     try {
-      for (let i = 0; i < this.queuePairs; i++) {
-        const q = native(what, () => a.tapOpen(opts.tap, this.netnsPath, tapFlags));
-        this.tapFds.push(q.fd);
-        name = q.name;
-      }
-      this.tapName = name;
-      this.attached = this.tapFds.map(() => true);
-      const probe = probeOffloads((flags) => native(what, () => a.tapSetOffload(this.tapFds[0], flags)));
-      this.caps = probe.caps;
-      let offered = BASE_FEATURES | probe.offered;
-      if (this.queuePairs > 1) offered |= MQ_FEATURES;
-      if (opts.features !== undefined) offered &= opts.features;
-      this.deviceFeatures = offered;
-      native(what, () => a.netdevSetMtu(this.netnsPath, name, this.mtu));
-      for (const fd of this.tapFds) native(what, () => a.tapSetCarrier(fd, false));
-      native(what, () => a.netdevSetUp(this.netnsPath, name, true));
       for (let i = 0; i <= 2 * this.queuePairs; i++) {
         this.kickFds.push(a.eventfd());
         this.callFds.push(a.eventfd());
       }
     } catch (e) {
       this.releaseFds();
-      throw convert(what, e);
+      throw convert('eventfd', e);
     }
     this.queues = new Array(2 * this.queuePairs + 1).fill(undefined);
-    this.engines = new Array(this.queuePairs).fill(undefined);
     this.config = new DataView(new ArrayBuffer(CONFIG.SIZE));
     this.resetConfig();
 
@@ -252,7 +199,8 @@ export class VirtioNetDevice extends EventEmitter {
 
   /** What the running kernel's TAP can offload, and why anything is missing. */
   capabilities(): Capabilities {
-    return { offloads: [...this.caps.offloads], missing: this.caps.missing.map((m) => ({ ...m })) };
+    const caps = this.dp.caps;
+    return { offloads: [...caps.offloads], missing: caps.missing.map((m) => ({ ...m })) };
   }
 
   get driverFeatures(): bigint {
@@ -299,7 +247,6 @@ export class VirtioNetDevice extends EventEmitter {
         this._status |= added & ~STATUS.FEATURES_OK & ~STATUS.DRIVER_OK;
         return;
       }
-      this.guestOffloads = this._driverFeatures & GUEST_OFFLOAD_FEATURES;
     }
     if (added & STATUS.DRIVER_OK) {
       if (!((this._status | added) & STATUS.FEATURES_OK)) throw new DeviceStateError('DRIVER_OK before FEATURES_OK was accepted');
@@ -351,7 +298,7 @@ export class VirtioNetDevice extends EventEmitter {
     const bad = rings.length ? probe.checkRings(rings) : null;
     if (bad) throw new InvalidArgumentError(`setMemory: the rings set up would not fit the new memory: ${bad.detail} (${bad.rule})`);
     native('guest memory', () => this.memory.replace(regions));
-    for (const e of this.engines) e?.wake();
+    this.dp.wake();
   }
 
   /** Guest → device doorbell from the JS thread. */
@@ -373,7 +320,7 @@ export class VirtioNetDevice extends EventEmitter {
     this.assertOpen();
     const st = this.config.getUint16(CONFIG.OFF_STATUS, true);
     this.config.setUint16(CONFIG.OFF_STATUS, up ? st | CONFIG.S_LINK_UP : st & ~CONFIG.S_LINK_UP, true);
-    if (this._status & STATUS.DRIVER_OK) for (const fd of this.tapFds) native(`TAP '${this.tapName}'`, () => addon().tapSetCarrier(fd, up));
+    if (this._status & STATUS.DRIVER_OK) this.dp.setCarrier(up);
     this.emit('config');
   }
 
@@ -391,27 +338,7 @@ export class VirtioNetDevice extends EventEmitter {
   }
 
   stats(): DeviceStats {
-    const queues: QueueStats[] = [];
-    let io = 'none';
-    for (let p = 0; p < this.queuePairs; p++) {
-      const s = this.engines[p]?.stats();
-      if (s) io = s.io;
-      queues.push(this.merge(2 * p, 'rx', s?.rx));
-      queues.push(this.merge(2 * p + 1, 'tx', s?.tx));
-    }
-    const totals = { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0 };
-    for (const q of queues) {
-      if (q.kind === 'rx') {
-        totals.rxPackets += q.packets;
-        totals.rxBytes += q.bytes;
-      } else {
-        totals.txPackets += q.packets;
-        totals.txBytes += q.bytes;
-      }
-      for (const v of Object.values(q.drops)) totals.drops += v;
-    }
-    const filtered = queues.reduce((n, q) => n + (q.drops.rx_filtered ?? 0), 0);
-    return { queues, io, filtered, totals };
+    return this.dp.stats();
   }
 
   /** Stops the workers, closes the TAP queues (the TAP disappears) and the eventfds. */
@@ -425,24 +352,6 @@ export class VirtioNetDevice extends EventEmitter {
   }
 
   // --- internals -----------------------------------------------------------------------
-
-  private merge(index: number, kind: 'rx' | 'tx', live: NativeQueueStats | undefined): QueueStats {
-    const old = this.retired.get(index);
-    const drops: Record<string, number> = { ...(old?.drops ?? {}) };
-    for (const [k, v] of Object.entries(live?.drops ?? {})) drops[k] = (drops[k] ?? 0) + v;
-    return {
-      index,
-      kind,
-      packets: (old?.packets ?? 0) + (live?.packets ?? 0),
-      bytes: (old?.bytes ?? 0) + (live?.bytes ?? 0),
-      interrupts: (old?.interrupts ?? 0) + (live?.interrupts ?? 0),
-      kicks: (old?.kicks ?? 0) + (live?.kicks ?? 0),
-      tapFull: (old?.tapFull ?? 0) + (live?.tapFull ?? 0),
-      reordered: (old?.reordered ?? 0) + (live?.reordered ?? 0),
-      drops,
-      broken: live?.broken ?? false,
-    };
-  }
 
   private checkIndex(index: number): void {
     const max = 2 * this.queuePairs;
@@ -469,19 +378,12 @@ export class VirtioNetDevice extends EventEmitter {
   private start(): void {
     const a = addon();
     const f = this._driverFeatures;
-    const what = `TAP '${this.tapName}'`;
     for (let p = 0; p < this.queuePairs; p++) {
       if (!this.queues[2 * p] || !this.queues[2 * p + 1]) {
         if (p === 0 || has(f, 'MQ')) throw new DeviceStateError(`DRIVER_OK before queues ${2 * p} and ${2 * p + 1} were set up with setQueue()`);
       }
     }
-    const hdrLen = netHdrSize(f);
-    for (const fd of this.tapFds) {
-      native(what, () => a.tapSetVnetHdrSz(fd, hdrLen));
-      // virtio 1.x headers are little-endian whatever the host; legacy ones are the guest's (here: the host's).
-      if (has(f, 'VERSION_1')) native(what, () => a.tapSetVnetLe(fd, true));
-    }
-    this.programOffloads();
+    this.dp.program(f, this.mtu);
     this.rxFilter.reset(this.macBytes, has(f, 'CTRL_VLAN'));
     this.applyRxFilter();
     if (has(f, 'CTRL_VQ')) {
@@ -503,122 +405,68 @@ export class VirtioNetDevice extends EventEmitter {
     }
     this.activePairs = 1;
     this.setActivePairs(1);
-    for (const fd of this.tapFds) native(what, () => a.tapSetCarrier(fd, (this.config.getUint16(CONFIG.OFF_STATUS, true) & CONFIG.S_LINK_UP) !== 0));
-  }
-
-  private programOffloads(): void {
-    const flags = tunOffloads(this.guestOffloads);
-    native(`TAP '${this.tapName}'`, () => addon().tapSetOffload(this.tapFds[0], flags));
+    this.dp.setCarrier((this.config.getUint16(CONFIG.OFF_STATUS, true) & CONFIG.S_LINK_UP) !== 0);
   }
 
   private applyRxFilter(): void {
     const { flags, macs } = this.rxFilter.tapFilter();
-    native(`TAP '${this.tapName}'`, () => addon().tapSetTxFilter(this.tapFds[0], flags, macs));
+    this.dp.setTxFilter(flags, macs);
     // The TAP's filter is coarse (exact for 8 addresses, hashed after; no VLANs):
     // the engines apply the exact rules to what it lets through.
-    const snap = this.rxFilter.snapshot();
-    for (const e of this.engines) e?.setRxFilter(snap);
+    this.dp.setRxFilter(this.rxFilter.snapshot());
   }
 
   /**
-   * Starts engines for pairs [0, n), stops the rest; attaches/detaches TAP queues to match.
-   * Detaching a TAP queue drops what the kernel still holds for it, so before pairs go away
-   * all new frames are steered to queue 0, the leaving pairs drain into their rings, and
-   * only then are their queues detached.
+   * Runs pairs [0, n) and stops the rest (datapath.ts attaches/detaches and steers their TAP
+   * queues so that nothing the kernel holds is dropped); stopped pairs keep their ring
+   * positions so that a pair started again resumes where it was.
    */
   private setActivePairs(n: number): void {
-    const a = addon();
-    const what = `TAP '${this.tapName}'`;
-    const shrinking = this.engines.some((e, p) => e && p >= n);
-    if (shrinking) native(what, () => a.tapSteerAllTo(this.tapFds[0], 0));
+    const changes = new Map<number, PairSetup | null>();
+    for (let p = 0; p < this.queuePairs; p++) {
+      if (p < n && !this.dp.running(p)) changes.set(p, this.pairSetup(p));
+      else if (p >= n) changes.set(p, null);
+    }
     let failure: unknown;
     try {
-      this.switchPairs(n);
+      for (const [p, pos] of this.dp.setPairs(changes)) this.keepPositions(p, pos);
     } catch (e) {
       failure = e;
     }
-    if (shrinking) {
-      try {
-        native(what, () => a.tapSteerAllTo(this.tapFds[0], -1));
-      } catch (e) {
-        failure ??= e;
-      }
-    }
     // What actually runs, even when a step failed half way.
     let active = 0;
-    while (active < this.queuePairs && this.engines[active]) active++;
+    while (active < this.queuePairs && this.dp.running(active)) active++;
     this.activePairs = Math.max(active, 1);
     if (failure) throw failure;
   }
 
-  private switchPairs(n: number): void {
-    for (let p = 0; p < this.queuePairs; p++) {
-      if (p < n && !this.engines[p]) {
-        this.attachQueue(p, true);
-        try {
-          const e = this.makeEngine(p);
-          e.setRxFilter(this.rxFilter.snapshot());
-          e.start();
-          this.engines[p] = e;
-        } catch (e) {
-          // An attached queue without an engine would take frames nobody reads.
-          if (p > 0) this.attachQueue(p, false);
-          throw e;
-        }
-      } else if (p >= n) {
-        this.stopEngine(p, true);
-        // Detached queues get no frames from the kernel's steering; pair 0 never detaches.
-        if (p > 0) this.attachQueue(p, false);
-      }
-    }
-  }
-
-  private attachQueue(p: number, attach: boolean): void {
-    if (this.attached[p] === attach) return;
-    native(`TAP '${this.tapName}'`, () => addon().tapSetQueue(this.tapFds[p], attach));
-    this.attached[p] = attach;
-  }
-
-  private makeEngine(p: number): NativeEngine {
-    const f = this._driverFeatures;
-    const hdrLen = netHdrSize(f);
+  private pairSetup(p: number): PairSetup {
     const rx = this.queues[2 * p]!;
     const tx = this.queues[2 * p + 1]!;
-    const resume = (i: number): { lastAvailIdx: number; usedIdx: number } => this.positions.get(i) ?? { lastAvailIdx: 0, usedIdx: 0 };
-    return native(`queue pair ${p}`, () =>
-      new (addon().Engine)({
-        memory: this.memory,
-        tapFd: this.tapFds[p],
-        hdrLen,
-        mergeable: has(f, 'MRG_RXBUF'),
-        eventIdx: has(f, 'RING_EVENT_IDX'),
-        indirect: has(f, 'RING_INDIRECT_DESC'),
-        rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
-        busyPollUs: this.busyPollUs,
-        io: this.io,
-        sqpoll: this.sqpoll,
-        rx: { index: 2 * p, ...rx, kickFd: this.kickFds[2 * p], callFd: this.callFds[2 * p], ...resume(2 * p) },
-        tx: { index: 2 * p + 1, ...tx, kickFd: this.kickFds[2 * p + 1], callFd: this.callFds[2 * p + 1], ...resume(2 * p + 1) },
-        onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),
-      }),
-    );
+    const ring = (i: number, q: QueueSetup) => ({
+      index: i,
+      ...q,
+      kickFd: this.kickFds[i],
+      callFd: this.callFds[i],
+      ...(this.positions.get(i) ?? { lastAvailIdx: 0, usedIdx: 0 }),
+    });
+    return {
+      rx: ring(2 * p, rx),
+      tx: ring(2 * p + 1, tx),
+      onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),
+    };
   }
 
-  /** Stops pair p's engine and keeps its counters and ring positions. */
-  private stopEngine(p: number, drainRx = false): void {
-    const e = this.engines[p];
-    if (!e) return;
-    e.stop(drainRx);
-    const s = e.stats();
-    for (const [i, kind, live] of [[2 * p, 'rx', s.rx], [2 * p + 1, 'tx', s.tx]] as const) {
-      this.retired.set(i, this.merge(i, kind, live));
-      this.positions.set(i, { lastAvailIdx: live.lastAvailIdx, usedIdx: live.usedIdx });
-    }
-    this.engines[p] = undefined;
+  private keepPositions(p: number, pos: { rx: RingPosition; tx: RingPosition }): void {
+    this.positions.set(2 * p, pos.rx);
+    this.positions.set(2 * p + 1, pos.tx);
   }
 
   private stopAll(): void {
-    for (let p = 0; p < this.queuePairs; p++) this.stopEngine(p);
+    for (let p = 0; p < this.queuePairs; p++) {
+      const pos = this.dp.stopPair(p);
+      if (pos) this.keepPositions(p, pos);
+    }
     this.stopCtrl();
   }
 
@@ -643,11 +491,10 @@ export class VirtioNetDevice extends EventEmitter {
     // Ring positions start from 0 after a reset; counters stay monotonic.
     this.positions.clear();
     const a = addon();
-    for (let p = 1; p < this.queuePairs; p++) this.attachQueue(p, true);
-    for (const fd of this.tapFds) native(`TAP '${this.tapName}'`, () => a.tapSetCarrier(fd, false));
+    this.dp.attachAll();
+    this.dp.setCarrier(false);
     this._status = 0;
     this._driverFeatures = 0n;
-    this.guestOffloads = 0n;
     this.featuresError = null;
     this.queues.fill(undefined);
     this.activePairs = 1;
@@ -713,8 +560,7 @@ export class VirtioNetDevice extends EventEmitter {
           // Only GUEST_* bits that were negotiated may be switched (virtio 1.x §5.1.6.5.6.1).
           if (want & ~(f & GUEST_OFFLOAD_FEATURES)) return CTRL.ERR;
           if (validateDriverFeatures(want | (f & ~GUEST_OFFLOAD_FEATURES), this.deviceFeatures)) return CTRL.ERR;
-          this.guestOffloads = want;
-          this.programOffloads();
+          this.dp.setGuestOffloads(want);
           return CTRL.OK;
         }
         default:
@@ -738,14 +584,14 @@ export class VirtioNetDevice extends EventEmitter {
 
   private releaseFds(): void {
     const a = addon();
-    for (const fd of [...this.tapFds, ...this.kickFds, ...this.callFds]) {
+    this.dp?.close();
+    for (const fd of [...this.kickFds, ...this.callFds]) {
       try {
         a.close(fd);
       } catch {
         // Already closed: nothing left to release.
       }
     }
-    this.tapFds.length = 0;
     this.kickFds.length = 0;
     this.callFds.length = 0;
   }

@@ -11,6 +11,9 @@ export type { GuestMemory, MemoryRegion, WasmMemoryLike } from './memory';
 export type { RxFilterState } from './rxfilter';
 export type { Capabilities } from './features';
 export { TapQueues } from './tap';
+export { VhostUserServer } from './vhost-user/server';
+export type { VhostUserServerOptions, VhostUserServerStats, VhostUserServerEvents } from './vhost-user/server';
+export type { Refusal } from './vhost-user/session';
 export type { TapQueuesOptions } from './tap';
 export {
   VhostTapError,
@@ -20,6 +23,7 @@ export {
   NamespaceError,
   TapError,
   VirtioNetError,
+  VhostUserError,
 } from './errors';
 export * from './virtio';
 

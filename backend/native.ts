@@ -141,6 +141,12 @@ export interface NativeGuestMemory {
    * and overlapping regions. The fds stay the caller's; the mappings go with the table.
    */
   replaceFds(regions: NativeFdRegion[]): void;
+  /**
+   * Drops the table: no regions at all (a vhost-user session ended). Its mappings go now, or
+   * when the last worker still holding the table lets go of it (stop and close engines first).
+   * Nothing can start on a cleared memory until the next replace/replaceFds.
+   */
+  clear(): void;
   /** The guest address of front-end address `userAddr` when [userAddr, +len) lies in one region; -1 otherwise. */
   userToGuest(userAddr: number, len: number): number;
   regions(): { guestAddr: number; size: number; userAddr: number }[];
@@ -264,6 +270,13 @@ export interface NativeEngine {
    * 6-byte addresses, vlans not 512 bytes).
    */
   setRxFilter(snapshot: RxFilterSnapshot | null): void;
+  /**
+   * Stops the worker and releases what the engine holds now rather than at garbage
+   * collection: the thread, its reference to the guest memory and the table it last used
+   * (for vhost-user, the front end's mappings). Idempotent; stop() and wake() do nothing
+   * afterwards, every other method throws 'EVHOST_STATE'. Read stats() before.
+   */
+  close(): void;
 }
 
 export interface NetdevInfo {
@@ -402,7 +415,11 @@ export interface NativeVhostUser {
   listen(path: string): number;
   /** A waiting connection's fd, or -1 when none is waiting. */
   accept(listenFd: number): number;
-  /** Connects to `path`; returns the (non-blocking) fd. */
+  /**
+   * Connects to `path` without blocking; returns the (non-blocking) fd. Throws with code
+   * ENOENT (no socket), ECONNREFUSED (nobody listens: a stale socket file) or EAGAIN (someone
+   * listens but its backlog is full).
+   */
   connect(path: string): number;
   /** socketpair(AF_UNIX, SOCK_STREAM) for tests. */
   streamPair(): [number, number];
@@ -411,7 +428,7 @@ export interface NativeVhostUser {
   /** Reads messages on this thread's event loop; takes ownership of `fd`. */
   Connection: new (fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) => NativeVuConnection;
   /** Calls `cb` (with an error string or null) when the listening socket has a connection waiting. */
-  Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void };
+  Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void; pause(): void; resume(): void };
   constants: {
     HEADER_SIZE: number;
     MAX_PAYLOAD: number;

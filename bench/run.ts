@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { Netns, requireRoot } from '../host/netns';
 import { CONTENDER_NAMES, CONTENDERS, Contender, DEFAULT_CONTENDERS, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
+import { buildGuestImage, GUEST_BACKEND_NAMES, GUEST_BACKENDS, GuestBackend, guestBackendUnavailable, GuestDir, GuestRig, GuestSample, makeGuestRig, runGuestRound } from './guest';
 import { renderSvg } from './plot';
 import { runTcp, TcpDir, TcpSample } from './tcp';
 
@@ -36,6 +37,10 @@ Cases:
   tcp-h2g   host kernel TCP → guest-sim's TCP discard (port 9) through vhost-tap
   tcp-g2h   guest-sim's TCP source (port 19) → host kernel TCP through vhost-tap
             (vhost-tap contenders only: the baselines have no guest TCP stack)
+  guest     a real Linux guest under QEMU (TCG), booted per round for each back end:
+            vhost-tap over vhost-user, QEMU's own -netdev tap, and tap,vhost=on where
+            /dev/vhost-net exists; TCP Mbps both ways and host CPU per byte (QEMU
+            process + back-end threads). Not in the default list: each round boots.
   tx and rx run with 1 queue pair at every size and with every other --queues
   count at the smallest size (the queue-scaling comparison).
 
@@ -45,18 +50,23 @@ Options:
   --rounds N       rounds; contenders alternate within each (default 3)
   --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514)
   --queues LIST    queue pair counts (default 1,2)
-  --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h)
+  --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h; also: guest)
   --contenders L   vhost,vhost-readv,vhost-sqpoll,c,c-uring,node (default all
                    but vhost-sqpoll; vhost = io_uring batching, vhost-readv =
                    the same device with io: 'readv', vhost-sqpoll = with option
                    sqpoll (its kernel thread's CPU counted; needs a spare core),
                    c = C write()/read() loop, c-uring = C io_uring)
   --ring N         virtqueue size (default 256)
+  --guest-bytes N  guest case: TCP payload per direction per round (default 100000000)
+  --guest-backends L  guest case: vhost-tap,tap,vhost-net (default all; those this
+                   machine cannot run are reported as unavailable)
+  --guest-queues N guest case: queue pairs of the guest's NIC (default 1)
   --json           print the results as JSON on stdout instead of the table
   --plot FILE.svg  write a chart of frames/s and Gbps by size
   -h, --help       this help`;
 
-const ALL_CASES = ['tx', 'rx', 'tx-gso', 'rx-gso', 'tcp-h2g', 'tcp-g2h'];
+const DEFAULT_CASES = ['tx', 'rx', 'tx-gso', 'rx-gso', 'tcp-h2g', 'tcp-g2h'];
+const ALL_CASES = [...DEFAULT_CASES, 'guest'];
 const FLOWS = 64;
 /**
  * A getppid() at or above this many ns marks a machine where every system call
@@ -123,6 +133,21 @@ export interface TcpResult {
   contenders: Partial<Record<Contender, { median: TcpMedian; rounds: TcpSample[] }>>;
 }
 
+export interface GuestMedian {
+  mbps: number;
+  /** Host CPU per payload byte: the QEMU process plus the back end's own threads. */
+  hostNsPerByte: number;
+  qemuNsPerByte: number;
+  backendNsPerByte: number;
+}
+
+export interface GuestResult {
+  dir: GuestDir;
+  backends: Partial<Record<GuestBackend, { median: GuestMedian; rounds: GuestSample[] }>>;
+  /** vhost-tap's Mbps over QEMU tap's, and QEMU tap's host CPU per byte over vhost-tap's (> 1: vhost-tap cheaper). */
+  vsTap?: { mbps: number; cpu: number };
+}
+
 export interface Target {
   name: string;
   want: string;
@@ -151,6 +176,8 @@ export interface BenchReport {
   io: string | null;
   results: CaseResult[];
   tcp: TcpResult[];
+  /** The guest case: the guest it booted and one result per direction. */
+  guest?: { kernel: string; cpus: number; queues: number; bytes: number; results: GuestResult[] };
   unavailable: { case: string; reason: string }[];
   targets: Target[];
 }
@@ -195,6 +222,16 @@ function summarizeTcp(rounds: TcpSample[]): TcpMedian {
     guestNsPerByte: per((r) => r.guestCpuNs),
     hostNsPerByte: per((r) => r.hostCpuNs),
     bytesPerFrame: median(rounds.map((r) => r.bytes / Math.max(1, r.frames))),
+  };
+}
+
+function summarizeGuest(rounds: GuestSample[]): GuestMedian {
+  const per = (f: (r: GuestSample) => number): number => median(rounds.map((r) => f(r) / Math.max(1, r.bytes)));
+  return {
+    mbps: median(rounds.map((r) => r.mbps)),
+    hostNsPerByte: per((r) => r.qemuCpuNs + r.backendCpuNs),
+    qemuNsPerByte: per((r) => r.qemuCpuNs),
+    backendNsPerByte: per((r) => r.backendCpuNs),
   };
 }
 
@@ -303,6 +340,7 @@ export function table(r: BenchReport): string {
   }
   const w = head.map((_, i) => Math.max(...rows.map((row) => row[i].length)));
   for (const [i, row] of rows.entries()) {
+    if (rows.length === 1) break;
     lines.push(row.map((x, j) => (j >= 4 ? x.padStart(w[j]) : x.padEnd(w[j]))).join('  '));
     if (i === 0) lines.push(w.map((n) => '-'.repeat(n)).join('  '));
   }
@@ -323,6 +361,38 @@ export function table(r: BenchReport): string {
       lines.push(row.map((x, j) => (j >= 2 ? x.padStart(tw[j]) : x.padEnd(tw[j]))).join('  '));
       if (i === 0) lines.push(tw.map((n) => '-'.repeat(n)).join('  '));
     }
+  }
+  if (r.guest) {
+    const g = r.guest;
+    lines.push('');
+    lines.push(
+      `Real guest: Linux ${g.kernel} under QEMU (TCG), ${g.cpus} vCPUs, ${g.queues} queue pair(s), ${g.bytes / 1e6} MB of TCP per direction per round; Mbps of payload; host CPU ns per byte = QEMU process (its vCPUs run the guest) + back-end threads.`,
+    );
+    const gh = ['dir', 'back end', 'Mbps', 'host ns/B', 'QEMU ns/B', 'back end ns/B', 'vs QEMU tap', 'CPU vs QEMU tap'];
+    const grows: string[][] = [gh];
+    for (const res of g.results) {
+      for (const b of GUEST_BACKENDS) {
+        const m = res.backends[b]?.median;
+        if (!m) continue;
+        const mine = b === 'vhost-tap' && res.vsTap;
+        grows.push([
+          res.dir === 'h2g' ? 'host → guest' : 'guest → host',
+          GUEST_BACKEND_NAMES[b],
+          m.mbps.toFixed(0),
+          m.hostNsPerByte.toFixed(2),
+          m.qemuNsPerByte.toFixed(2),
+          m.backendNsPerByte.toFixed(2),
+          mine ? `${res.vsTap!.mbps.toFixed(2)}×` : '',
+          mine ? `${res.vsTap!.cpu.toFixed(2)}×` : '',
+        ]);
+      }
+    }
+    const gw = gh.map((_, i) => Math.max(...grows.map((row) => row[i].length)));
+    for (const [i, row] of grows.entries()) {
+      lines.push(row.map((x, j) => (j >= 2 ? x.padStart(gw[j]) : x.padEnd(gw[j]))).join('  '));
+      if (i === 0) lines.push(gw.map((n) => '-'.repeat(n)).join('  '));
+    }
+    lines.push('vs QEMU tap: ratio of Mbps. CPU vs QEMU tap: QEMU tap\'s host CPU per byte over vhost-tap\'s (above 1: vhost-tap costs the host less per byte).');
   }
   for (const u of r.unavailable) lines.push(`${u.case}: unavailable — ${u.reason}`);
   lines.push('vs …: ratio of frames/s. CPU vs …: ratio of frames per second of backend CPU (efficiency, robust to a busy machine).');
@@ -411,6 +481,9 @@ export async function main(argv: string[]): Promise<number> {
         cases: { type: 'string' },
         contenders: { type: 'string' },
         ring: { type: 'string' },
+        'guest-bytes': { type: 'string' },
+        'guest-backends': { type: 'string' },
+        'guest-queues': { type: 'string' },
         json: { type: 'boolean' },
         plot: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
@@ -431,12 +504,17 @@ export async function main(argv: string[]): Promise<number> {
   for (const s of sizes) if (s < 60 || s > 1514) throw new BenchUsageError(`--sizes: ${s} is outside 60..1514 (super-frames are the *-gso cases)`);
   const queues = nums('queues', o.queues as string | undefined, '1,2');
   for (const q of queues) if (q > 16) throw new BenchUsageError('--queues: at most 16');
-  const cases = list(o.cases as string | undefined, ALL_CASES.join(','));
+  const cases = list(o.cases as string | undefined, DEFAULT_CASES.join(','));
   for (const c of cases) if (!ALL_CASES.includes(c)) throw new BenchUsageError(`--cases: unknown case '${c}' (known: ${ALL_CASES.join(', ')})`);
   const contenders = list(o.contenders as string | undefined, DEFAULT_CONTENDERS.join(',')) as Contender[];
   for (const c of contenders) if (!CONTENDERS.includes(c)) throw new BenchUsageError(`--contenders: unknown '${c}' (known: ${CONTENDERS.join(', ')})`);
   const ringSize = nums('ring', o.ring as string | undefined, '256')[0];
   if (ringSize & (ringSize - 1) || ringSize > 32768) throw new BenchUsageError('--ring must be a power of two up to 32768');
+  const guestBytes = nums('guest-bytes', o['guest-bytes'] as string | undefined, '100000000')[0];
+  const guestQueues = nums('guest-queues', o['guest-queues'] as string | undefined, '1')[0];
+  if (guestQueues > 8) throw new BenchUsageError('--guest-queues: at most 8 (the guest has 2 vCPUs)');
+  const guestBackends = list(o['guest-backends'] as string | undefined, GUEST_BACKENDS.join(',')) as GuestBackend[];
+  for (const b of guestBackends) if (!GUEST_BACKENDS.includes(b)) throw new BenchUsageError(`--guest-backends: unknown '${b}' (known: ${GUEST_BACKENDS.join(', ')})`);
   requireRoot('bench creates a network namespace and TAPs');
 
   const smallest = Math.min(...sizes);
@@ -450,6 +528,8 @@ export async function main(argv: string[]): Promise<number> {
       for (const q of qs) if (q !== 1) specs.push({ id: `${c}-${smallest}-q${q}`, case: c, dir: c, gso: false, size: smallest, queues: q });
     } else if (c === 'tx-gso' || c === 'rx-gso') {
       specs.push({ id: `${c}-q1`, case: c, dir: c === 'tx-gso' ? 'tx' : 'rx', gso: true, size: GSO_FRAME_LEN, queues: 1 });
+    } else if (c === 'guest') {
+      // Handled after the frame and TCP cases.
     } else if (!contenders.some((k) => k === 'vhost' || k === 'vhost-readv')) {
       unavailable.push({ case: c, reason: 'only vhost-tap contenders run TCP (the baselines have no guest TCP stack)' });
     } else {
@@ -487,12 +567,18 @@ export async function main(argv: string[]): Promise<number> {
   const cannot = new Set<Contender>();
   const results: CaseResult[] = [];
   const tcp: TcpResult[] = [];
+  let guest: BenchReport['guest'];
+  const runnableGuest = cases.includes('guest') ? guestBackends.filter((b) => {
+    const why = guestBackendUnavailable(b);
+    if (why) unavailable.push({ case: `guest ${b}`, reason: why });
+    return !why;
+  }) : [];
   let io: string | null = null;
   try {
     // IPv6 off: the kernel's own DAD/RS/MLD frames would otherwise reach the RX consumers.
     execFileSync('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
     const tcpContenders = contenders.filter((k) => k === 'vhost' || k === 'vhost-readv');
-    const total = specs.length * rounds * contenders.length + tcpCases.length * rounds * tcpContenders.length;
+    const total = specs.length * rounds * contenders.length + tcpCases.length * rounds * tcpContenders.length + runnableGuest.length * rounds;
     let done = 0;
     for (const spec of specs) {
       const recs = buildRecords(spec.size, spec.gso, FLOWS, spec.dir);
@@ -555,6 +641,7 @@ export async function main(argv: string[]): Promise<number> {
       for (const k of tcpContenders) if (samples[k]) res.contenders[k] = { median: summarizeTcp(samples[k]!), rounds: samples[k]! };
       tcp.push(res);
     }
+    if (runnableGuest.length) guest = await guestCase(env, runnableGuest, rounds, guestBytes, guestQueues, () => `[${++done}/${total}]`);
     progress('done');
     if (process.stderr.isTTY) process.stderr.write('\n');
   } finally {
@@ -565,14 +652,68 @@ export async function main(argv: string[]): Promise<number> {
 
   const report: BenchReport = {
     machine: { ...mach, loadavgAfter: os.loadavg() },
-    options: { duration, warmupMs, rounds, sizes, queues, cases, contenders, ringSize, flows: FLOWS, txqueuelen: env.txqlen },
+    options: { duration, warmupMs, rounds, sizes, queues, cases, contenders, ringSize, flows: FLOWS, txqueuelen: env.txqlen, ...(guest ? { guestBytes, guestBackends, guestQueues } : {}) },
     io,
     results,
     tcp,
+    guest,
     unavailable,
-    targets: targets(results, smallest, mach.syscalls),
+    targets: [...targets(results, smallest, mach.syscalls), ...guestTargets(guest)],
   };
   if (typeof o.plot === 'string') fs.writeFileSync(o.plot, renderSvg(report));
   console.log(o.json ? JSON.stringify(report, null, 2) : table(report));
   return 0;
+}
+
+/**
+ * The guest case: each round boots the guest once per back end (order rotating), moves
+ * `bytes` each way, and powers it off. A transfer whose SHA-256 differs fails the run.
+ */
+async function guestCase(env: Env, backends: GuestBackend[], rounds: number, bytes: number, queues: number, step: () => string): Promise<NonNullable<BenchReport['guest']>> {
+  const image = buildGuestImage();
+  const rigs: GuestRig[] = [];
+  const samples: Partial<Record<GuestBackend, GuestSample[]>> = {};
+  try {
+    for (const b of backends) rigs.push(makeGuestRig(env, b, queues));
+    for (let r = 0; r < rounds; r++) {
+      const order = rigs.map((_, i) => rigs[(i + r) % rigs.length]);
+      for (const rig of order) {
+        progress(`${step()} guest ${rig.backend} round ${r + 1}/${rounds}`);
+        const got = await runGuestRound(rig, image, bytes, 5201);
+        for (const s of got) {
+          if (!s.intact) throw new Error(`guest ${rig.backend} ${s.dir}: the bytes received differ from the bytes sent (SHA-256)`);
+          if (s.bytes !== bytes) throw new Error(`guest ${rig.backend} ${s.dir}: ${s.bytes} bytes moved, ${bytes} expected`);
+        }
+        (samples[rig.backend] ??= []).push(...got);
+      }
+    }
+  } finally {
+    for (const rig of rigs) await rig.close();
+  }
+  const results: GuestResult[] = (['h2g', 'g2h'] as GuestDir[]).map((dir) => {
+    const res: GuestResult = { dir, backends: {} };
+    for (const b of backends) {
+      const rs = (samples[b] ?? []).filter((s) => s.dir === dir);
+      if (rs.length) res.backends[b] = { median: summarizeGuest(rs), rounds: rs };
+    }
+    const v = res.backends['vhost-tap']?.median;
+    const q = res.backends.tap?.median;
+    if (v && q) res.vsTap = { mbps: v.mbps / q.mbps, cpu: q.hostNsPerByte / v.hostNsPerByte };
+    return res;
+  });
+  return { kernel: image.release, cpus: 2, queues, bytes, results };
+}
+
+function guestTargets(g: BenchReport['guest']): Target[] {
+  if (!g) return [];
+  return g.results.map((res) => {
+    const x = res.vsTap?.mbps;
+    return {
+      name: `real guest ${res.dir === 'h2g' ? 'host → guest' : 'guest → host'} TCP, vhost-tap vs QEMU's tap back end, Mbps`,
+      want: '≥ 1.0×',
+      measured: x ?? null,
+      met: x === undefined ? null : x >= 1.0,
+      note: res.vsTap ? `host CPU per byte: QEMU tap / vhost-tap ${res.vsTap.cpu.toFixed(2)}×` : undefined,
+    };
+  });
 }

@@ -12,10 +12,11 @@ const HELP = `vhost-tap — a virtio-net device backend on a Linux TAP, with a s
 Usage: vhost-tap <command> [options]
 
 Commands:
-  run       run a simulated guest behind a TAP until SIGINT/SIGTERM
-  demo      create a namespace, run a guest in it, ping and UDP-echo it, clean up
-  gso-check check checksum/segmentation offloads both ways against this kernel
-  bench     measure throughput against a C syscall loop and a Node loop (bench/)
+  run         run a simulated guest behind a TAP until SIGINT/SIGTERM
+  demo        create a namespace, run a guest in it, ping and UDP-echo it, clean up
+  gso-check   check checksum/segmentation offloads both ways against this kernel
+  bench       measure throughput against a C syscall loop and a Node loop (bench/)
+  vhost-user  serve a VMM's virtio-net (QEMU, cloud-hypervisor) over vhost-user on a TAP
 
 Run 'vhost-tap <command> --help' for a command's options, 'vhost-tap --version' for the version.
 Exit status: 0 done, 1 failed (or a check failed), 2 bad usage, 130 interrupted (demo).`;
@@ -49,6 +50,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./gso-check')).cmdGsoCheck(rest);
     case 'bench':
       return (await import('./bench')).cmdBench(rest);
+    case 'vhost-user':
+      return (await import('./vhost-user')).cmdVhostUser(rest);
     default:
       throw new UsageError(`unknown command '${cmd}' (see 'vhost-tap --help')`);
   }

@@ -117,7 +117,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return DefineClass(env, "Engine",
                        {InstanceMethod<&EngineWrap::Start>("start"), InstanceMethod<&EngineWrap::Stop>("stop"),
                         InstanceMethod<&EngineWrap::Stats>("stats"), InstanceMethod<&EngineWrap::Wake>("wake"),
-                        InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter")});
+                        InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter"),
+                        InstanceMethod<&EngineWrap::Close>("close")});
   }
 
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info), env_(info.Env()) {
@@ -193,7 +194,25 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     self->Shutdown();
   }
 
+  // close(): stops the worker and lets go of everything the engine holds now,
+  // not when the garbage collector gets to this object: its worker, its
+  // reference to the guest memory and the table (mappings) it last used. A
+  // vhost-user session ends with its mappings gone. Idempotent; every other
+  // method throws EVHOST_STATE afterwards.
+  void Close(const Napi::CallbackInfo&) {
+    if (!engine_) return;
+    Shutdown();
+    napi_remove_env_cleanup_hook(env_, &EngineWrap::OnEnvCleanup, this);
+    engine_.reset();
+    memory_.Reset();
+  }
+
+  void CheckOpen(Napi::Env env) const {
+    if (!engine_) ThrowCode(env, "EVHOST_STATE", "engine is closed");
+  }
+
   void Start(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
     if (!tsfn_live_) ThrowCode(info.Env(), "EVHOST_STATE", "engine was shut down");
     if (engine_->running()) ThrowCode(info.Env(), "EVHOST_STATE", "engine is already running");
     const SysResult r = engine_->Start();
@@ -203,14 +222,17 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   // stop(drainRx?: boolean)
   void Stop(const Napi::CallbackInfo& info) {
     const bool drain = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
-    engine_->Stop(drain);
+    if (engine_) engine_->Stop(drain);
   }
 
   // wake(): the GuestMemory changed; a sleeping worker takes the new table now.
-  void Wake(const Napi::CallbackInfo&) { engine_->Wake(); }
+  void Wake(const Napi::CallbackInfo&) {
+    if (engine_) engine_->Wake();
+  }
 
   // setRxFilter(snapshot | null); null accepts every frame.
   void SetRxFilter(const Napi::CallbackInfo& info) {
+    CheckOpen(info.Env());
     Napi::Value v = info[0];
     if (v.IsNull() || v.IsUndefined()) {
       engine_->SetRxFilter(nullptr);
@@ -222,6 +244,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
+    CheckOpen(env);
     Napi::Object o = Napi::Object::New(env);
     o.Set("rx", QueueStatsObject(env, engine_->rx_stats, kRxDropNames.data(), kRxDropNames.size()));
     o.Set("tx", QueueStatsObject(env, engine_->tx_stats, kTxDropNames.data(), kTxDropNames.size()));

@@ -34,6 +34,14 @@ static const char* ErrnoName(int err) {
     case ENETDOWN: return "ENETDOWN";
     case ENXIO: return "ENXIO";
     case EBADFD: return "EBADFD";
+    // Sockets (vhost-user): a stale socket file, a peer that went away.
+    case EADDRINUSE: return "EADDRINUSE";
+    case ECONNREFUSED: return "ECONNREFUSED";
+    case ECONNRESET: return "ECONNRESET";
+    case ECONNABORTED: return "ECONNABORTED";
+    case EPIPE: return "EPIPE";
+    case ENOTSOCK: return "ENOTSOCK";
+    case ENOTCONN: return "ENOTCONN";
     default: return "EUNKNOWN";
   }
 }

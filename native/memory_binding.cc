@@ -84,6 +84,7 @@ Napi::Function GuestMemoryWrap::Define(Napi::Env env) {
   return DefineClass(env, "GuestMemory",
                      {InstanceMethod<&GuestMemoryWrap::Replace>("replace"),
                       InstanceMethod<&GuestMemoryWrap::ReplaceFds>("replaceFds"),
+                      InstanceMethod<&GuestMemoryWrap::Clear>("clear"),
                       InstanceMethod<&GuestMemoryWrap::UserToGuest>("userToGuest"),
                       InstanceMethod<&GuestMemoryWrap::Regions>("regions"),
                       InstanceMethod<&GuestMemoryWrap::CheckRings>("checkRings"),
@@ -170,6 +171,17 @@ void GuestMemoryWrap::ReplaceFds(const Napi::CallbackInfo& info) {
   std::shared_ptr<const MemoryTable> t = MemoryTable::Make(std::move(regions), std::move(owners), &why);
   if (!t) BadArg(env, "guest memory: " + why);
   Install(std::move(t), {});
+}
+
+// The table goes now (its mappings with it) unless a worker still holds it:
+// then it goes when that worker lets go. Engines and control queues cannot
+// start on a cleared memory (Validate: "no guest memory").
+void GuestMemoryWrap::Clear(const Napi::CallbackInfo&) {
+  slot_->Set(nullptr);
+  for (size_t i = 0; i < pinned_.size();) {
+    if (pinned_[i].table.expired()) pinned_.erase(pinned_.begin() + static_cast<ptrdiff_t>(i));
+    else i++;
+  }
 }
 
 void GuestMemoryWrap::Install(std::shared_ptr<const MemoryTable> t, std::vector<Napi::ObjectReference> refs) {

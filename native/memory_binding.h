@@ -27,6 +27,8 @@ class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
   void Replace(const Napi::CallbackInfo& info);
   // replaceFds([{ guestAddr, size, userAddr, mmapOffset, fd }])
   void ReplaceFds(const Napi::CallbackInfo& info);
+  // clear(): no table at all (a vhost-user session ended).
+  void Clear(const Napi::CallbackInfo& info);
   Napi::Value UserToGuest(const Napi::CallbackInfo& info);
   Napi::Value Regions(const Napi::CallbackInfo& info);
   Napi::Value CheckRings(const Napi::CallbackInfo& info);

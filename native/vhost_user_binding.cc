@@ -96,22 +96,18 @@ Napi::Value Accept(const Napi::CallbackInfo& info) {
 Napi::Value Connect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   sockaddr_un a = UnixAddr(env, info[0]);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) ThrowErrno(env, errno, "socket", "creating the vhost-user socket");
   int r;
-  // A Unix stream connect completes or fails at once (or waits for backlog room).
+  // A non-blocking Unix stream connect completes or fails at once: EAGAIN when
+  // the listener's backlog is full (someone listens but does not accept yet),
+  // rather than blocking this thread until it does.
   do r = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
   while (r < 0 && errno == EINTR);
   if (r < 0) {
     int e = errno;
     close(fd);
     ThrowErrno(env, e, "connect", std::string("connecting to ") + a.sun_path);
-  }
-  int fl = fcntl(fd, F_GETFL);
-  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-    int e = errno;
-    close(fd);
-    ThrowErrno(env, e, "fcntl", "making the vhost-user socket non-blocking");
   }
   return Napi::Number::New(env, fd);
 }
@@ -507,7 +503,9 @@ class Connection : public Napi::ObjectWrap<Connection> {
 class Listener : public Napi::ObjectWrap<Listener> {
  public:
   static Napi::Function Define(Napi::Env env) {
-    return DefineClass(env, "VhostUserListener", {InstanceMethod<&Listener::Close>("close")});
+    return DefineClass(env, "VhostUserListener",
+                       {InstanceMethod<&Listener::Close>("close"), InstanceMethod<&Listener::Pause>("pause"),
+                        InstanceMethod<&Listener::Resume>("resume")});
   }
 
   explicit Listener(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Listener>(info), env_(info.Env()) {
@@ -569,6 +567,16 @@ class Listener : public Napi::ObjectWrap<Listener> {
     uv_poll_stop(&self->handle_->poll);
     uv_close(reinterpret_cast<uv_handle_t*>(&self->handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
     self->handle_ = nullptr;
+  }
+
+  // pause(): no callbacks until resume(); connections wait in the backlog
+  // (a back end serving one front end at a time does not take the next yet).
+  void Pause(const Napi::CallbackInfo&) {
+    if (handle_) uv_poll_stop(&handle_->poll);
+  }
+
+  void Resume(const Napi::CallbackInfo&) {
+    if (handle_) uv_poll_start(&handle_->poll, UV_READABLE, &Listener::OnReadable);
   }
 
   // Stops watching; the caller closes the listening fd.

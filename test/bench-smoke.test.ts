@@ -8,9 +8,17 @@ import * as fs from 'node:fs';
 import { requireRoot } from '../host/netns';
 import { CLI } from './helpers/cli';
 
+/**
+ * Namespaces a bench process created that still exist: `vtb<pid in base 36>…` (host/netns.ts
+ * names them so). Only that process's, not those of other benches running on the machine.
+ */
+function benchNamespaces(pid: number): string[] {
+  const mine = `vtb${pid.toString(36)}`;
+  return (fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []).filter((n) => n.startsWith(mine));
+}
+
 test('bench: one short TX case produces a complete JSON report', (t) => {
   requireRoot();
-  const before = new Set(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []);
   const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'tx', '--sizes', '64', '--queues', '1', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
     encoding: 'utf8',
     timeout: 60_000,
@@ -35,14 +43,11 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.true(['cheap', 'expensive'].includes(rep.machine.syscalls));
   t.true(rep.targets.length >= 4);
   t.true(rep.unavailable.length === 0);
-  const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
-  // Only this bench's namespace ('vtb' + its pid in base 36 + …): other programs on the machine may run benches too.
-  t.deepEqual(after.filter((n) => n.startsWith(`vtb${r.pid.toString(36)}`) && !before.has(n)), [], 'bench namespace deleted');
+  t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
 });
 
 test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t) => {
   requireRoot();
-  const before = new Set(fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []);
   const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'tcp-h2g,tcp-g2h', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
     encoding: 'utf8',
     timeout: 60_000,
@@ -59,7 +64,33 @@ test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t)
     }
   }
   t.deepEqual(rep.unavailable, []);
-  const after = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
-  // Only this bench's namespace ('vtb' + its pid in base 36 + …): other programs on the machine may run benches too.
-  t.deepEqual(after.filter((n) => n.startsWith(`vtb${r.pid.toString(36)}`) && !before.has(n)), [], 'bench namespace deleted');
+  t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
+});
+
+test('bench: the guest case boots the Linux guest under QEMU per back end and reports Mbps and host CPU per byte both ways', (t) => {
+  requireRoot();
+  t.timeout(900_000);
+  const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'guest', '--rounds', '1', '--guest-bytes', '2000000', '--json'], {
+    encoding: 'utf8',
+    timeout: 840_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  const rep = JSON.parse(r.stdout);
+  t.deepEqual(rep.results, []);
+  t.deepEqual(rep.guest.results.map((g: { dir: string }) => g.dir), ['h2g', 'g2h']);
+  const vhostNet = fs.existsSync('/dev/vhost-net');
+  for (const g of rep.guest.results) {
+    t.deepEqual(Object.keys(g.backends).sort(), vhostNet ? ['tap', 'vhost-net', 'vhost-tap'] : ['tap', 'vhost-tap']);
+    for (const [b, res] of Object.entries(g.backends) as [string, { rounds: { bytes: number; mbps: number; qemuCpuNs: number; backendCpuNs: number; intact: boolean }[] }][]) {
+      const s = res.rounds[0];
+      t.is(s.bytes, 2_000_000, `${g.dir} ${b} moved the payload`);
+      t.true(s.intact, `${g.dir} ${b}: equal SHA-256 on both ends`);
+      t.true(s.mbps > 0 && s.qemuCpuNs > 0, `${g.dir} ${b}: Mbps and QEMU CPU measured`);
+      t.true(Number.isFinite(s.backendCpuNs), `${g.dir} ${b}: back-end CPU read`);
+    }
+    t.is(typeof g.vsTap.mbps, 'number');
+  }
+  t.is(rep.unavailable.some((u: { case: string }) => u.case === 'guest vhost-net'), !vhostNet, 'vhost-net is reported unavailable exactly when /dev/vhost-net is missing');
+  t.true(rep.targets.some((x: { name: string }) => /real guest host → guest/.test(x.name)));
+  t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
 });

@@ -38,6 +38,15 @@ test('usage errors: exit 2, one line, in the CLI flag names', (t) => {
     [['gso-check', '--case', 'TSO5'], /--case: unknown case 'TSO5'/],
     [['bench', '--sizes', '10'], /--sizes: 10 is outside 60\.\.1514/],
     [['bench', '--frob'], /Unknown option '--frob'/],
+    [['bench', '--cases', 'guest', '--guest-backends', 'firecracker'], /--guest-backends: unknown 'firecracker'/],
+    [['vhost-user', '--tap', 'vtx'], /^vhost-tap: --socket PATH is required/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock'], /^vhost-tap: --tap NAME is required/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--queues', '0'], /--queues must be from 1 to 256/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--offloads', 'guest-tso4'], /--offloads: offload 'guest-tso4' needs 'guest-csum'/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--io', 'epoll'], /--io must be 'auto' or 'readv'/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--mtu', '65536'], /--mtu must be from 68 to 65535, got 65536/],
+    [['vhost-user', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--tap', 'vtx'], /--socket: .* longer than the 107 bytes/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--netns', 'vt-no-such-ns'], /--netns: network namespace 'vt-no-such-ns' does not exist/],
   ];
   for (const [args, re] of cases) {
     const r = runCli(args);
@@ -71,6 +80,7 @@ test('without root every command says in one line what it needs, and exits 1', (
     [['demo'], /^vhost-tap: demo creates a network namespace and a TAP, which needs CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root/],
     [['gso-check'], /^vhost-tap: gso-check creates network namespaces, a TAP and a veth, which needs CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root/],
     [['bench', '--cases', 'tx'], /^vhost-tap: bench creates a network namespace and TAPs, which needs CAP_NET_ADMIN and CAP_SYS_ADMIN: run it as root/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx'], /^vhost-tap: vhost-user creates a TAP, which needs CAP_NET_ADMIN: run it as root/],
   ];
   for (const [args, re] of cases) {
     const r = runUnprivileged(args);
@@ -80,6 +90,7 @@ test('without root every command says in one line what it needs, and exits 1', (
   }
   // Help and usage errors need no privileges.
   t.is(runUnprivileged(['run', '--help']).status, 0);
+  t.is(runUnprivileged(['vhost-user', '--help']).status, 0);
   t.is(runUnprivileged(['demo', '--queues', 'x']).status, 2);
 });
 

@@ -137,14 +137,14 @@ async function startPair(h: Harness, mem: ReturnType<typeof testMemory>, p: numb
   }
 }
 
-test.serial('negotiation: features with F_PROTOCOL_FEATURES, MQ and REPLY_ACK only, the queue-pair count; SET_FEATURES programs the TAP', async (t) => {
+test.serial('negotiation: features with F_PROTOCOL_FEATURES, MQ and REPLY_ACK only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
   const h = harness(2);
   try {
     const hs = await h.fe.handshake((1n << 64n) - 1n);
     t.is(hs.features, DEVICE_FEATURES | BIT30);
     t.is(hs.protocol, OFFERED_PROTOCOL_FEATURES);
     t.is(OFFERED_PROTOCOL_FEATURES, (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)));
-    t.is(hs.queues, 2n);
+    t.is(hs.queues, 4n, 'GET_QUEUE_NUM counts virtqueues: 2 pairs');
     const want = bits('VERSION_1', 'MRG_RXBUF', 'CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'MQ') | BIT30;
     t.is(await h.fe.ack(REQ.SET_FEATURES, u64(want)), 'ok');
     t.is(h.backend.programmed, want & ~BIT30, 'the data plane gets the device features without bit 30');
@@ -369,7 +369,7 @@ async function hostile(t: ExecutionContext, c: (typeof HOSTILE_CASES)[number]): 
       t.is(h.refusals[0].action, 'nack');
       t.true(h.session.isOpen);
       // The connection is still good.
-      t.is(await h.fe.getU64(REQ.GET_QUEUE_NUM), 2n);
+      t.is(await h.fe.getU64(REQ.GET_QUEUE_NUM), 4n);
     } else {
       const reason = await h.ended;
       t.false(h.session.isOpen);
@@ -401,7 +401,7 @@ test.serial('after a hostile front end, the next good one is served', async (t) 
   const good = harness(1);
   try {
     const hs = await good.fe.handshake();
-    t.is(hs.queues, 1n);
+    t.is(hs.queues, 2n);
     t.deepEqual(good.refusals, []);
   } finally {
     good.cleanup();

@@ -81,8 +81,13 @@ export interface VhostUserBackend {
   setFeatures(features: bigint): void;
   /** Starts pair `pair`'s worker; `onBroken` reports a ring stopped because the guest broke a rule. */
   startPair(pair: number, rx: RingStart, tx: RingStart, onBroken: (ring: number, rule: string, detail: string) => void): void;
-  /** Stops pair `pair`'s worker; returns each ring's next avail index. */
-  stopPair(pair: number): { rx: number; tx: number };
+  /**
+   * Stops pair `pair`'s worker; returns each ring's next avail index. `disable`: the front end
+   * disabled the pair (SET_VRING_ENABLE 0, as QEMU does when the guest uses fewer queue
+   * pairs), so its TAP queue should stop getting frames; otherwise the pair restarts soon
+   * (a new call fd, GET_VRING_BASE) and what the TAP holds for it should wait.
+   */
+  stopPair(pair: number, disable: boolean): { rx: number; tx: number };
 }
 
 /** Protocol features offered: MQ (GET_QUEUE_NUM), REPLY_ACK. Nothing that is not implemented. */
@@ -327,14 +332,18 @@ export class VhostUserSession extends EventEmitter {
         return;
       case REQ.RESET_OWNER:
         // Deprecated; the spec recommends treating it as "disable all rings".
-        for (let p = 0; p < this.running.length; p++) this.stopPair(p);
+        for (let p = 0; p < this.running.length; p++) this.stopPair(p, true);
         this.rings.forEach((r) => {
           r.enabled = false;
           this.stopRing(r);
         });
         return;
       case REQ.GET_QUEUE_NUM:
-        return this.conn.replyU64(m.request, BigInt(this.backend.queuePairs));
+        // Virtqueues, as the spec words it ("the maximum number of queues") and as
+        // cloud-hypervisor compares it with its num_queues; QEMU reads it as queue pairs and
+        // only checks its queues= against it, so a QEMU asking for more pairs than the TAP has
+        // gets its extra rings refused by index, with the reason logged.
+        return this.conn.replyU64(m.request, BigInt(2 * this.backend.queuePairs));
       case REQ.SET_MEM_TABLE:
         if (m.kind !== 'memTable') throw new Refuse('internal: SET_MEM_TABLE without regions');
         return this.setMemTable(m.regions, m.fds);
@@ -528,7 +537,7 @@ export class VhostUserSession extends EventEmitter {
     if (s.num !== 0 && s.num !== 1) throw new Refuse(`ring ${s.index}: enable must be 0 or 1, got ${s.num}`);
     r.enabled = s.num === 1;
     if (r.enabled) this.tryStartPair(s.index >> 1);
-    else this.stopPair(s.index >> 1);
+    else this.stopPair(s.index >> 1, true);
   }
 
   /**
@@ -593,10 +602,10 @@ export class VhostUserSession extends EventEmitter {
   }
 
   /** Stops pair p's worker if it runs, keeping where each ring stopped. Returns whether it ran. */
-  private stopPair(p: number): boolean {
+  private stopPair(p: number, disable = false): boolean {
     if (!this.running[p]) return false;
     this.running[p] = false;
-    const pos = this.backend.stopPair(p);
+    const pos = this.backend.stopPair(p, disable);
     this.rings[2 * p].base = pos.rx;
     this.rings[2 * p + 1].base = pos.tx;
     this.emit('pair', p, false);

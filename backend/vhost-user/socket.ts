@@ -69,12 +69,16 @@ export class VhostUserConnection {
 
 /**
  * A listening socket at `path`; `onConnection(fd)` gets each front end that connects (the
- * caller owns the fd). close() stops listening and removes the socket file.
+ * caller owns the fd). A socket file left by a back end that is gone (connecting to it is
+ * refused) is removed first; a live one, or a file that is not a socket, is an error.
+ * pause() stops taking connections (they wait in the backlog) until resume(). close() stops
+ * listening and removes the socket file.
  */
 export class VhostUserListener {
   private readonly fd: number;
-  private readonly watcher: { close(): void };
+  private readonly watcher: { close(): void; pause(): void; resume(): void };
   private closed = false;
+  private paused = false;
 
   constructor(
     readonly path: string,
@@ -82,12 +86,12 @@ export class VhostUserListener {
     onError: (e: Error) => void,
   ) {
     const a = addon();
-    this.fd = vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+    this.fd = listenReplacingStale(path);
     try {
       this.watcher = vu(`listening on ${path}`, () =>
         new a.vhostUser.Listener(this.fd, (error) => {
           if (error) return onError(new VhostUserError(`listening on ${path}: ${error}`));
-          for (;;) {
+          while (!this.paused && !this.closed) {
             let fd: number;
             try {
               fd = vu(`accepting on ${path}`, () => a.vhostUser.accept(this.fd));
@@ -105,6 +109,20 @@ export class VhostUserListener {
     }
   }
 
+  /** Stops taking connections; front ends that connect meanwhile wait in the backlog. */
+  pause(): void {
+    if (this.closed || this.paused) return;
+    this.paused = true;
+    this.watcher.pause();
+  }
+
+  /** Takes connections again (one waiting in the backlog comes in at once). */
+  resume(): void {
+    if (this.closed || !this.paused) return;
+    this.paused = false;
+    this.watcher.resume();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -116,6 +134,41 @@ export class VhostUserListener {
       // Already removed.
     }
   }
+}
+
+/** Binds and listens at `path`; a stale socket file there (nobody accepts on it) is removed first. */
+function listenReplacingStale(path: string): number {
+  const a = addon();
+  try {
+    return vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+  } catch (e) {
+    if (!(e instanceof VhostUserError) || e.errno !== 'EADDRINUSE') throw e;
+  }
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    // Gone meanwhile: try once more below.
+    return vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+  }
+  if (!st.isSocket()) throw new InvalidArgumentError(`${path} exists and is not a socket; remove it or choose another --socket path`);
+  try {
+    a.close(a.vhostUser.connect(path));
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ECONNREFUSED') {
+      // A socket file whose listener is gone (a back end that was killed): nobody will ever accept on it.
+      fs.unlinkSync(path);
+      return vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+    }
+    // EAGAIN: a listener whose backlog is full is alive too.
+    if (code !== 'EAGAIN') {
+      vu(`checking the existing socket ${path}`, () => {
+        throw e;
+      });
+    }
+  }
+  throw new VhostUserError(`${path}: another process is listening on this socket (stop it first or choose another path)`, 'EADDRINUSE');
 }
 
 /** Connects to a listening front end (or, for tests, a back end) at `path`; returns the fd. */

@@ -33,13 +33,19 @@ function inNs(ns: string | undefined, cmd: string, args: string[]): [string, str
   return ns ? ['ip', ['netns', 'exec', ns, cmd, ...args]] : [cmd, args];
 }
 
-/** Runs a child to its end (SIGKILL by pid after `timeoutMs`). */
+/** Options of a transfer: `signal` ends the host peer (SIGKILL by pid) early, e.g. when the guest was killed. */
+export interface TransferOptions {
+  signal?: AbortSignal;
+}
+
+/** Runs a child to its end (SIGKILL by pid after `timeoutMs`, or when `signal` aborts). */
 function runChild(
   ns: string | undefined,
   cmd: string,
   args: string[],
   timeoutMs: number,
   onStdout?: (s: string, child: ChildProcess) => void,
+  signal?: AbortSignal,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const [c, a] = inNs(ns, cmd, args);
   const child = spawn(c, a, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -61,9 +67,12 @@ function runChild(
   });
   child.stderr!.on('data', (d) => (stderr += d));
   const timer = setTimeout(killer, timeoutMs);
+  signal?.addEventListener('abort', killer);
+  if (signal?.aborted) killer();
   return new Promise((resolve) => {
     child.once('close', (code) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', killer);
       process.removeListener('exit', killer);
       resolve({ code, stdout, stderr });
     });
@@ -89,24 +98,51 @@ function parsePeer(r: { code: number | null; stdout: string; stderr: string }, w
 }
 
 /** Host → guest: the guest sinks on `port`, the host (in `ns`) sends `bytes` of the pattern to guestAddr. */
-export async function hostToGuest(guest: LinuxGuest, ns: string | undefined, guestAddr: string, port: number, bytes: number, timeoutMs: number): Promise<TransferResult> {
+export async function hostToGuest(
+  guest: LinuxGuest,
+  ns: string | undefined,
+  guestAddr: string,
+  port: number,
+  bytes: number,
+  timeoutMs: number,
+  opts: TransferOptions = {},
+): Promise<TransferResult> {
   const tag = `h2g${port}`;
   const sink = await guest.sink(port, tag, timeoutMs);
-  const peer = parsePeer(await runChild(ns, process.execPath, [PEER, 'send', guestAddr, String(port), String(bytes)], timeoutMs), `host → guest ${guestAddr}:${port}`);
+  const run = await runChild(ns, process.execPath, [PEER, 'send', guestAddr, String(port), String(bytes)], timeoutMs, undefined, opts.signal);
+  const peer = parsePeer(run, `host → guest ${guestAddr}:${port}`);
   const g = await sink.done;
   return { bytes: peer.bytes, hostSha256: peer.sha256, guestSha256: g, ms: peer.ms, mbps: (peer.bytes * 8) / peer.ms / 1000 };
 }
 
-/** Guest → host: the host (in `ns`) listens on `port`, the guest sends `bytes` of the pattern to hostAddr. */
-export async function guestToHost(guest: LinuxGuest, ns: string | undefined, hostAddr: string, port: number, bytes: number, timeoutMs: number): Promise<TransferResult> {
+/**
+ * Guest → host: the host (in `ns`) listens on `port`, the guest sends `bytes` of the pattern to
+ * hostAddr (from guest CPU `cpu` when given: its driver's XPS picks that CPU's TX queue).
+ */
+export async function guestToHost(
+  guest: LinuxGuest,
+  ns: string | undefined,
+  hostAddr: string,
+  port: number,
+  bytes: number,
+  timeoutMs: number,
+  opts: TransferOptions & { cpu?: number } = {},
+): Promise<TransferResult> {
   const tag = `g2h${port}`;
   let listening!: () => void;
   const isListening = new Promise<void>((r) => (listening = r));
-  const peerRun = runChild(ns, process.execPath, [PEER, 'recv', String(port)], timeoutMs, (out) => {
-    if (out.includes('listening\n')) listening();
-  });
+  const peerRun = runChild(
+    ns,
+    process.execPath,
+    [PEER, 'recv', String(port)],
+    timeoutMs,
+    (out) => {
+      if (out.includes('listening\n')) listening();
+    },
+    opts.signal,
+  );
   await Promise.race([isListening, peerRun.then((r) => Promise.reject(new Error(`tcp-peer recv exited early (${r.code}): ${r.stderr}`)))]);
-  const source = await guest.source(hostAddr, port, bytes, tag, timeoutMs);
+  const source = await guest.source(hostAddr, port, bytes, tag, timeoutMs, opts.cpu);
   const peer = parsePeer(await peerRun, `guest → host ${hostAddr}:${port}`);
   const rc = await source.done;
   if (rc !== 0) throw new Error(`guest nc exited ${rc} sending to ${hostAddr}:${port}`);

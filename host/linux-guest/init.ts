@@ -79,9 +79,11 @@ vt_sink() {
   done
 }
 
-# vt_source HOST PORT BYTES TAG: send the first BYTES of the repeated pattern to HOST:PORT.
+# vt_source HOST PORT BYTES TAG [CPU]: send the first BYTES of the repeated pattern to HOST:PORT
+# (from nc pinned to CPU when given: the driver's XPS then picks that CPU's TX queue).
 vt_source() {
-  ( while cat ${PATTERN_PATH}; do :; done | head -c "$3" | nc "$1" "$2" >/dev/null; echo "${MARK.SOURCE} $4 $?" ) </dev/null &
+  pin=; [ -n "$5" ] && pin="taskset -c $5"
+  ( while cat ${PATTERN_PATH}; do :; done | head -c "$3" | $pin nc "$1" "$2" >/dev/null; echo "${MARK.SOURCE} $4 $?" ) </dev/null &
 }
 
 echo "${MARK.READY} $(cat /sys/class/net/eth0/address)"

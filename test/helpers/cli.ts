@@ -11,13 +11,20 @@ export interface RunningCli {
   child: ChildProcess;
   ready: string;
   output(): string;
+  /** What it printed on stderr so far. */
+  errors(): string;
   /** Sends SIGINT and resolves with the exit code and everything printed. */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; stdout: string; stderr: string }>;
 }
 
 /** Starts `vhost-tap run ...args` and waits for its 'ready:' line (or its exit). */
 export function startRun(args: string[], timeoutMs = 30_000): Promise<RunningCli> {
-  const child = spawn(process.execPath, [CLI, 'run', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return startCommand('run', args, timeoutMs);
+}
+
+/** Starts `vhost-tap CMD ...args` and waits for its 'ready:' line (or its exit). */
+export function startCommand(cmd: string, args: string[], timeoutMs = 30_000): Promise<RunningCli> {
+  const child = spawn(process.execPath, [CLI, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
@@ -26,7 +33,7 @@ export function startRun(args: string[], timeoutMs = 30_000): Promise<RunningCli
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`vhost-tap run did not get ready in ${timeoutMs} ms; stdout: ${stdout} stderr: ${stderr}`));
+      reject(new Error(`vhost-tap ${cmd} did not get ready in ${timeoutMs} ms; stdout: ${stdout} stderr: ${stderr}`));
     }, timeoutMs);
     const onData = (): void => {
       const line = stdout.split('\n').find((l) => l.startsWith('ready:'));
@@ -37,6 +44,7 @@ export function startRun(args: string[], timeoutMs = 30_000): Promise<RunningCli
         child,
         ready: line,
         output: () => stdout,
+        errors: () => stderr,
         stop: async (signal: NodeJS.Signals = 'SIGINT') => {
           if (child.exitCode === null) child.kill(signal);
           const code = await exited;
@@ -47,13 +55,13 @@ export function startRun(args: string[], timeoutMs = 30_000): Promise<RunningCli
     child.stdout!.on('data', onData);
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`vhost-tap run exited with ${code} before it was ready; stdout: ${stdout} stderr: ${stderr}`));
+      reject(new Error(`vhost-tap ${cmd} exited with ${code} before it was ready; stdout: ${stdout} stderr: ${stderr}`));
     });
   });
 }
 
-/** Runs the CLI to completion. */
-export function runCli(args: string[], timeoutMs = 120_000): { status: number | null; stdout: string; stderr: string } {
+/** Runs the CLI to completion. `pid` is the CLI's (it names the namespaces it makes after it). */
+export function runCli(args: string[], timeoutMs = 120_000): { status: number | null; stdout: string; stderr: string; pid: number } {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: timeoutMs });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, pid: r.pid };
 }

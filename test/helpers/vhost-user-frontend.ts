@@ -2,12 +2,14 @@
 // QEMU sends, with their payloads and fds) and, on purpose, badly — every
 // malformed case a back end must refuse is listed in HOSTILE_CASES with what
 // it breaks. Messages are built here byte by byte, so nothing of the back
-// end's own codec is trusted to make them.
+// end's own codec is trusted to make them. MemfdGuest is a good front end
+// that also drives the rings, through pwrite/pread on its memfd.
 
-import { VhostUserConnection } from '../../backend/vhost-user/socket';
-import { connectVhostUser } from '../../backend/vhost-user/socket';
-import { FLAG, PROTOCOL_F, REQ, VRING_NOFD } from '../../backend/vhost-user/protocol';
+import * as fs from 'node:fs';
+
 import { addon } from '../../backend/native';
+import { FLAG, PROTOCOL_F, REQ, VRING_NOFD } from '../../backend/vhost-user/protocol';
+import { connectVhostUser, VhostUserConnection } from '../../backend/vhost-user/socket';
 
 export interface Region {
   guestAddr: bigint;
@@ -540,4 +542,212 @@ export async function expectOk(fe: FrontEnd, request: number, payload?: Buffer, 
   fe.send(request, payload, { needReply: true, fds });
   const o = await fe.outcome();
   if (o !== 'ok') throw new Error(`request ${request} was not acknowledged: ${o}`);
+}
+
+// --- a good front end that moves frames --------------------------------------------------
+
+/** virtio_net_hdr of VERSION_1 (12 bytes: num_buffers included). */
+const HDR_LEN = 12;
+const RING = 256;
+const DESC_F_WRITE = 2;
+/** Front-end address the memfd is announced at (any address works: only translation uses it). */
+const GUEST_UVA = 0x7f0000000000n;
+/** Guest-physical layout inside the memfd: ring 0 (RX) at 0, ring 1 (TX) at 16 KiB, buffers above. */
+const RING_OFFSET = [0, 16384];
+const TX_BUFS = 0x10000;
+const RX_BUFS = 0x80000;
+const BUF = 2048;
+
+/**
+ * A good front end over memfd memory: brings queue pair 0 up the way QEMU does (VERSION_1,
+ * REPLY_ACK, SET_VRING_ENABLE) and then drives the rings itself, writing descriptors and
+ * frames with pwrite and reading used entries with pread on the memfd whose pages the back
+ * end has mapped. Proves the data path of a back end without a VMM.
+ */
+export class MemfdGuest {
+  private txNext = 0;
+  private rxNext = 0;
+  private rxSeen = 0;
+
+  private constructor(
+    readonly fe: FrontEnd,
+    readonly mem: TestMemory,
+    private readonly kick: number[],
+    private readonly call: number[],
+  ) {}
+
+  /** Connects to `sock` and brings pair 0 up; throws if the back end refuses anything. */
+  static async start(sock: string, features: bigint = 1n << 32n): Promise<MemfdGuest> {
+    const fe = FrontEnd.connect(sock);
+    const mem = testMemory(1 << 20, 0n, GUEST_UVA);
+    const a = addon();
+    const kick = [a.eventfd(), a.eventfd()];
+    const call = [a.eventfd(), a.eventfd()];
+    const g = new MemfdGuest(fe, mem, kick, call);
+    try {
+      await fe.handshake();
+      await expectOk(fe, REQ.SET_FEATURES, u64(features | (1n << 30n)));
+      await expectOk(fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+      for (const ring of [0, 1]) {
+        await expectOk(fe, REQ.SET_VRING_NUM, state(ring, RING));
+        await expectOk(fe, REQ.SET_VRING_BASE, state(ring, 0));
+        await expectOk(fe, REQ.SET_VRING_ADDR, vringAddr(ring, ringAt(GUEST_UVA, BigInt(RING_OFFSET[ring]))));
+        await expectOk(fe, REQ.SET_VRING_KICK, u64(BigInt(ring)), [kick[ring]]);
+        await expectOk(fe, REQ.SET_VRING_CALL, u64(BigInt(ring)), [call[ring]]);
+      }
+      for (const ring of [0, 1]) await expectOk(fe, REQ.SET_VRING_ENABLE, state(ring, 1));
+    } catch (e) {
+      g.close();
+      throw e;
+    }
+    return g;
+  }
+
+  private write(gpa: number, b: Buffer): void {
+    fs.writeSync(this.mem.fd, b, 0, b.length, gpa);
+  }
+
+  private read(gpa: number, len: number): Buffer {
+    const b = Buffer.alloc(len);
+    fs.readSync(this.mem.fd, b, 0, len, gpa);
+    return b;
+  }
+
+  private desc(ring: number, i: number, addr: number, len: number, flags: number): void {
+    const d = Buffer.alloc(16);
+    d.writeBigUInt64LE(BigInt(addr), 0);
+    d.writeUInt32LE(len, 8);
+    d.writeUInt16LE(flags, 12);
+    this.write(RING_OFFSET[ring] + 16 * i, d);
+  }
+
+  /** Publishes descriptor `head` as avail entry number `n` (0-based count of entries so far). */
+  private publish(ring: number, n: number, head: number): void {
+    const avail = RING_OFFSET[ring] + 4096;
+    const e = Buffer.alloc(2);
+    e.writeUInt16LE(head);
+    this.write(avail + 4 + 2 * (n % RING), e);
+    const idx = Buffer.alloc(2);
+    idx.writeUInt16LE((n + 1) & 0xffff);
+    this.write(avail + 2, idx);
+  }
+
+  usedIdx(ring: number): number {
+    return this.read(RING_OFFSET[ring] + 8192 + 2, 2).readUInt16LE(0);
+  }
+
+  /** Sends one Ethernet frame (a zero virtio_net_hdr in front) on TX and kicks. */
+  send(frame: Buffer): void {
+    const i = this.txNext++ % RING;
+    const addr = TX_BUFS + i * BUF;
+    this.write(addr, Buffer.concat([Buffer.alloc(HDR_LEN), frame]));
+    this.desc(1, i, addr, HDR_LEN + frame.length, 0);
+    this.publish(1, this.txNext - 1, i);
+    addon().kick(this.kick[1]);
+  }
+
+  /** Posts a TX chain whose buffer lies outside guest memory (a rule a guest may break) and kicks. */
+  sendOutOfBounds(): void {
+    const i = this.txNext++ % RING;
+    this.desc(1, i, 1 << 30, 64, 0);
+    this.publish(1, this.txNext - 1, i);
+    addon().kick(this.kick[1]);
+  }
+
+  /** Posts `n` RX buffers of 2 KiB and kicks. */
+  postRx(n: number): void {
+    for (let k = 0; k < n; k++) {
+      const i = this.rxNext++ % RING;
+      this.desc(0, i, RX_BUFS + i * BUF, BUF, DESC_F_WRITE);
+      this.publish(0, this.rxNext - 1, i);
+    }
+    addon().kick(this.kick[0]);
+  }
+
+  /** Frames received since the last call (virtio_net_hdr stripped), from the used ring. */
+  received(): Buffer[] {
+    const used = RING_OFFSET[0] + 8192;
+    const idx = this.usedIdx(0);
+    const out: Buffer[] = [];
+    for (; (this.rxSeen & 0xffff) !== idx; this.rxSeen++) {
+      const e = this.read(used + 4 + 8 * (this.rxSeen % RING), 8);
+      const id = e.readUInt32LE(0);
+      const len = e.readUInt32LE(4);
+      out.push(this.read(RX_BUFS + id * BUF + HDR_LEN, Math.max(0, len - HDR_LEN)));
+    }
+    return out;
+  }
+
+  /** Waits (polling) until `cond` holds, up to `timeoutMs`; `state` describes what was seen, for the error. */
+  async until(cond: () => boolean, timeoutMs = 5000, what = 'the back end', state?: () => string): Promise<void> {
+    const end = Date.now() + timeoutMs;
+    while (!cond()) {
+      if (Date.now() > end) {
+        const seen = `TX used ${this.usedIdx(1)}/${this.txNext}, RX used ${this.usedIdx(0)}/${this.rxNext}`;
+        throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (${seen}${state ? `; ${state()}` : ''})`);
+      }
+      await sleep(20);
+    }
+  }
+
+  close(): void {
+    this.fe.close();
+    for (const fd of [...this.kick, ...this.call]) addon().close(fd);
+    this.mem.close();
+  }
+}
+
+/** An ARP request (60 bytes) from `srcMac`/`srcIp` asking who has `targetIp`. */
+export function arpRequest(srcMac: Buffer, srcIp: number[], targetIp: number[]): Buffer {
+  const f = Buffer.alloc(60);
+  f.fill(0xff, 0, 6);
+  srcMac.copy(f, 6);
+  f.writeUInt16BE(0x0806, 12);
+  f.writeUInt16BE(1, 14);
+  f.writeUInt16BE(0x0800, 16);
+  f[18] = 6;
+  f[19] = 4;
+  f.writeUInt16BE(1, 20);
+  srcMac.copy(f, 22);
+  Buffer.from(srcIp).copy(f, 28);
+  Buffer.from(targetIp).copy(f, 38);
+  return f;
+}
+
+/**
+ * Plays one hostile case against the back end listening at `sock`: handshake, the case's
+ * messages, what the back end did ('nack', 'closed', or 'still open' when it did neither in
+ * time), and why its session ended (`ended` resolves with the back end's reason once the
+ * connection is gone; the front end hangs up after the case). Releases the case's memfd and
+ * eventfds.
+ */
+export async function playHostileCase(
+  sock: string,
+  c: HostileCase,
+  ended: () => Promise<string>,
+): Promise<{ outcome: 'nack' | 'ok' | 'closed' | 'still open'; reason: string; frontEndCloses: boolean }> {
+  const fe = FrontEnd.connect(sock);
+  const mem = testMemory(1 << 20);
+  const mine: number[] = [];
+  const eventfd = (): number => {
+    const fd = addon().eventfd();
+    mine.push(fd);
+    return fd;
+  };
+  const frontEndCloses = c.name.includes('then the front end closes') || c.name.startsWith('abrupt close');
+  const end = ended();
+  let outcome: 'nack' | 'ok' | 'closed' | 'still open';
+  try {
+    await fe.handshake(c.protocol);
+    await c.send(fe, { mem, eventfd });
+    // The back end hangs up, or (when the front end hung up itself) ends the session.
+    const hungUp = frontEndCloses ? end : fe.closed;
+    outcome = c.expect === 'nack' ? await fe.outcome() : await Promise.race([hungUp.then(() => 'closed' as const), sleep(5000).then(() => 'still open' as const)]);
+  } finally {
+    fe.close();
+  }
+  const reason = await end;
+  mem.close();
+  for (const fd of mine) addon().close(fd);
+  return { outcome, reason, frontEndCloses };
 }

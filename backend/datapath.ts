@@ -1,0 +1,397 @@
+// One TAP's data plane, shared by the embedded device (device.ts) and the
+// vhost-user back end (vhost-user/backend.ts): the TAP's queues, the offload
+// probe and the TAP programming that follows negotiated features, one native
+// engine per running queue pair, attaching/detaching/steering TAP queues as
+// pairs come and go, and statistics that stay monotonic across engines.
+// Internal to backend/: what differs between the two (status writes and a
+// control queue, or vhost-user messages) stays with them.
+
+import { convert, native } from './errors';
+import { Capabilities, GUEST_OFFLOAD_FEATURES, probeOffloads, rxFrameMax, tunOffloads } from './features';
+import { addon, NativeEngine, NativeGuestMemory, NativeQueueStats } from './native';
+import { RxFilterSnapshot } from './rxfilter';
+import { has, netHdrSize } from './virtio';
+
+export interface QueueStats {
+  index: number;
+  kind: 'rx' | 'tx' | 'ctrl';
+  packets: number;
+  bytes: number;
+  interrupts: number;
+  kicks: number;
+  /** TX: writes the TAP refused for lack of room (sent again later, in order). */
+  tapFull: number;
+  /** TX: frames that overtook an earlier one because the TAP's sndbuf shrank mid-batch (normally 0). */
+  reordered: number;
+  /**
+   * Chains returned to the guest in the used ring. TX: each is one frame, so
+   * usedChains = packets + the sum of drops. RX: a mergeable frame may take several.
+   */
+  usedChains: number;
+  /** Dropped frames by reason. */
+  drops: Record<string, number>;
+  broken: boolean;
+}
+
+export interface DeviceStats {
+  queues: QueueStats[];
+  /** I/O method the workers use. */
+  io: string;
+  /** Frames the RX filter (RX modes, MAC table, VLAN filter) kept from the guest. */
+  filtered: number;
+  totals: { rxPackets: number; rxBytes: number; txPackets: number; txBytes: number; drops: number };
+}
+
+/** One virtqueue as an engine runs it: where it lives, its eventfds, where to resume. */
+export interface RingConfig {
+  index: number;
+  size: number;
+  desc: number;
+  avail: number;
+  used: number;
+  kickFd: number;
+  callFd: number;
+  lastAvailIdx: number;
+  usedIdx: number;
+}
+
+/** Where a ring stopped: the next avail index to read and the used index last published. */
+export interface RingPosition {
+  lastAvailIdx: number;
+  usedIdx: number;
+}
+
+/** What a pair needs to run: its two rings and who hears about a rule the guest broke. */
+export interface PairSetup {
+  rx: RingConfig;
+  tx: RingConfig;
+  onBroken: (queue: number, rule: string, detail: string) => void;
+}
+
+export interface TapDataPathOptions {
+  tap: string;
+  /** /run/netns/NAME, or null for this process's namespace. */
+  netnsPath: string | null;
+  queuePairs: number;
+  /** Extra TUNSETIFF flags (IFF_NAPI). */
+  tapFlags: number;
+  /** MTU set on the TAP at open; left alone when undefined. */
+  mtu?: number;
+  busyPollUs: number;
+  io: 'auto' | 'readv';
+  /** io_uring through a kernel thread polling the submission ring (engine option sqpoll). */
+  sqpoll?: boolean;
+}
+
+export class TapDataPath {
+  /** The TAP's name as the kernel reports it. */
+  readonly tapName: string;
+  readonly queuePairs: number;
+  /** What the TAP accepted in the offload probe, and why anything is missing. */
+  readonly caps: Capabilities;
+  /** Offload feature bits the TAP can carry (CSUM, GUEST_TSO4, ...). */
+  readonly offloads: bigint;
+  /** The guest memory engines translate through; the owner sets it before pairs start. */
+  memory: NativeGuestMemory | undefined;
+
+  private readonly netnsPath: string | null;
+  private readonly busyPollUs: number;
+  private readonly io: 'auto' | 'readv';
+  private readonly sqpoll: boolean;
+  private readonly fds: number[];
+  /** Whether each TAP queue is attached (the kernel refuses to attach twice); all are after open. */
+  private readonly attached: boolean[];
+  private readonly engines: (NativeEngine | undefined)[];
+  /** Counters of engines that were stopped, so stats() stays monotonic. */
+  private readonly retired = new Map<number, QueueStats>();
+  private features = 0n;
+  private guestOffloads = 0n;
+  private mtu = 1500;
+  private rxFilter: RxFilterSnapshot | null = null;
+  private closed = false;
+
+  private constructor(opts: TapDataPathOptions, fds: number[], name: string, probe: { offered: bigint; caps: Capabilities }) {
+    this.tapName = name;
+    this.queuePairs = opts.queuePairs;
+    this.netnsPath = opts.netnsPath;
+    this.busyPollUs = opts.busyPollUs;
+    this.io = opts.io;
+    this.sqpoll = opts.sqpoll ?? false;
+    this.fds = fds;
+    this.attached = fds.map(() => true);
+    this.engines = new Array(opts.queuePairs).fill(undefined);
+    this.caps = probe.caps;
+    this.offloads = probe.offered;
+    if (opts.mtu !== undefined) this.mtu = opts.mtu;
+  }
+
+  /**
+   * Opens (creating) the TAP with one queue per pair, probes its offloads, sets its MTU,
+   * carrier off (no guest yet) and brings it up. Throws a typed error.
+   */
+  static open(opts: TapDataPathOptions): TapDataPath {
+    const a = addon();
+    const what = `TAP '${opts.tap}'`;
+    const fds: number[] = [];
+    try {
+      let name = opts.tap;
+      for (let i = 0; i < opts.queuePairs; i++) {
+        const q = native(what, () => a.tapOpen(opts.tap, opts.netnsPath, opts.tapFlags));
+        fds.push(q.fd);
+        name = q.name;
+      }
+      const probe = probeOffloads((flags) => native(what, () => a.tapSetOffload(fds[0], flags)));
+      if (opts.mtu !== undefined) native(what, () => a.netdevSetMtu(opts.netnsPath, name, opts.mtu!));
+      for (const fd of fds) native(what, () => a.tapSetCarrier(fd, false));
+      native(what, () => a.netdevSetUp(opts.netnsPath, name, true));
+      return new TapDataPath(opts, fds, name, probe);
+    } catch (e) {
+      for (const fd of fds) a.close(fd);
+      throw convert(what, e);
+    }
+  }
+
+  private get what(): string {
+    return `TAP '${this.tapName}'`;
+  }
+
+  /**
+   * Programs the TAP for a negotiated feature set: virtio_net_hdr size, little-endian headers
+   * with VERSION_1, the TUNSETOFFLOAD flags of the GUEST_* offloads. Engines started from now
+   * on use these features; `mtu` sizes the largest RX frame without GSO.
+   */
+  program(features: bigint, mtu: number): void {
+    const a = addon();
+    const hdrLen = netHdrSize(features);
+    for (const fd of this.fds) {
+      native(this.what, () => a.tapSetVnetHdrSz(fd, hdrLen));
+      // virtio 1.x headers are little-endian whatever the host; legacy ones are the guest's (here: the host's).
+      if (has(features, 'VERSION_1')) native(this.what, () => a.tapSetVnetLe(fd, true));
+    }
+    this.features = features;
+    this.mtu = mtu;
+    this.setGuestOffloads(features & GUEST_OFFLOAD_FEATURES);
+  }
+
+  /** The GUEST_* offloads the guest takes now (CTRL_GUEST_OFFLOADS changes them at run time). */
+  setGuestOffloads(bits: bigint): void {
+    const flags = tunOffloads(bits);
+    native(this.what, () => addon().tapSetOffload(this.fds[0], flags));
+    this.guestOffloads = bits;
+  }
+
+  /** The TAP's carrier, on every queue. */
+  setCarrier(up: boolean): void {
+    for (const fd of this.fds) native(this.what, () => addon().tapSetCarrier(fd, up));
+  }
+
+  /** TUNSETTXFILTER: the coarse filter the kernel applies before frames reach the queues. */
+  setTxFilter(flags: number, macs: Uint8Array): void {
+    native(this.what, () => addon().tapSetTxFilter(this.fds[0], flags, macs));
+  }
+
+  /** The exact per-frame RX filter for every engine, running or started later (null: accept all). */
+  setRxFilter(snapshot: RxFilterSnapshot | null): void {
+    this.rxFilter = snapshot;
+    for (const e of this.engines) e?.setRxFilter(snapshot);
+  }
+
+  running(p: number): boolean {
+    return this.engines[p] !== undefined;
+  }
+
+  /** Starts pair p's engine on its TAP queue, attaching the queue if it was detached. */
+  startPair(p: number, setup: PairSetup): void {
+    if (this.engines[p]) return;
+    this.attach(p, true);
+    let e: NativeEngine | undefined;
+    try {
+      e = this.makeEngine(p, setup);
+      e.setRxFilter(this.rxFilter);
+      e.start();
+      this.engines[p] = e;
+    } catch (err) {
+      e?.close();
+      // An attached queue without an engine would take frames nobody reads.
+      if (p > 0) {
+        try {
+          this.attach(p, false);
+        } catch {
+          // The start failure is the one worth reporting.
+        }
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Stops pair p's engine, keeps its counters, releases it, and returns where its rings
+   * stopped (undefined when it was not running). With `drainRx` the worker first moves what
+   * the TAP queue holds into posted buffers (before a detach, which would drop it).
+   */
+  stopPair(p: number, drainRx = false): { rx: RingPosition; tx: RingPosition } | undefined {
+    const e = this.engines[p];
+    if (!e) return undefined;
+    this.engines[p] = undefined;
+    e.stop(drainRx);
+    const s = e.stats();
+    e.close();
+    for (const [i, kind, live] of [[2 * p, 'rx', s.rx], [2 * p + 1, 'tx', s.tx]] as const) this.retired.set(i, this.merge(i, kind, live));
+    return { rx: { lastAvailIdx: s.rx.lastAvailIdx, usedIdx: s.rx.usedIdx }, tx: { lastAvailIdx: s.tx.lastAvailIdx, usedIdx: s.tx.usedIdx } };
+  }
+
+  /**
+   * Starts and stops pairs together: a pair mapped to a setup runs, one mapped to null stops
+   * and its TAP queue is detached (never queue 0), so the kernel's steering stops giving it
+   * frames. Detaching drops what the kernel still holds for that queue, so while pairs leave
+   * all new frames are steered to queue 0 and the leaving pairs first drain into their rings.
+   * Returns where the stopped pairs' rings stopped. Pairs not in `changes` are left alone.
+   * On failure the pairs already switched stay switched; running() says what runs.
+   */
+  setPairs(changes: Map<number, PairSetup | null>): Map<number, { rx: RingPosition; tx: RingPosition }> {
+    const a = addon();
+    const stopped = new Map<number, { rx: RingPosition; tx: RingPosition }>();
+    const shrinking = [...changes].some(([p, s]) => s === null && this.engines[p]);
+    if (shrinking) native(this.what, () => a.tapSteerAllTo(this.fds[0], 0));
+    let failure: unknown;
+    try {
+      for (const [p, s] of [...changes].sort((x, y) => x[0] - y[0])) {
+        if (s) {
+          this.startPair(p, s);
+          continue;
+        }
+        const pos = this.stopPair(p, true);
+        if (pos) stopped.set(p, pos);
+        // Detached queues get no frames from the kernel's steering; pair 0 never detaches.
+        if (p > 0) this.attach(p, false);
+      }
+    } catch (e) {
+      failure = e;
+    }
+    if (shrinking) {
+      try {
+        native(this.what, () => a.tapSteerAllTo(this.fds[0], -1));
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    if (failure) throw failure;
+    return stopped;
+  }
+
+  /** Stops every engine (no drain), keeping counters. */
+  stopAll(): void {
+    for (let p = 0; p < this.queuePairs; p++) this.stopPair(p);
+  }
+
+  /**
+   * Attaches every TAP queue again (after a reset: the next driver starts with all pairs
+   * available to the kernel's steering). Throws the first TAP refusal after trying them all.
+   */
+  attachAll(): void {
+    let failure: unknown;
+    for (let p = 1; p < this.queuePairs; p++) {
+      try {
+        this.attach(p, true);
+      } catch (e) {
+        failure ??= e;
+      }
+    }
+    if (failure) throw failure;
+  }
+
+  /** Guest memory was replaced: sleeping workers take the new table now. */
+  wake(): void {
+    for (const e of this.engines) e?.wake();
+  }
+
+  stats(): DeviceStats {
+    const queues: QueueStats[] = [];
+    let io = 'none';
+    for (let p = 0; p < this.queuePairs; p++) {
+      const s = this.engines[p]?.stats();
+      if (s) io = s.io;
+      queues.push(this.merge(2 * p, 'rx', s?.rx));
+      queues.push(this.merge(2 * p + 1, 'tx', s?.tx));
+    }
+    const totals = { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0 };
+    for (const q of queues) {
+      if (q.kind === 'rx') {
+        totals.rxPackets += q.packets;
+        totals.rxBytes += q.bytes;
+      } else {
+        totals.txPackets += q.packets;
+        totals.txBytes += q.bytes;
+      }
+      for (const v of Object.values(q.drops)) totals.drops += v;
+    }
+    const filtered = queues.reduce((n, q) => n + (q.drops.rx_filtered ?? 0), 0);
+    return { queues, io, filtered, totals };
+  }
+
+  /** Stops the engines and closes the TAP queues: the TAP goes with the last one. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.stopAll();
+    const a = addon();
+    for (const fd of this.fds) {
+      try {
+        a.close(fd);
+      } catch {
+        // Already closed: nothing left to release.
+      }
+    }
+    this.fds.length = 0;
+  }
+
+  // --- internals -----------------------------------------------------------------------
+
+  private attach(p: number, attach: boolean): void {
+    if (this.attached[p] === attach) return;
+    native(this.what, () => addon().tapSetQueue(this.fds[p], attach));
+    this.attached[p] = attach;
+  }
+
+  private makeEngine(p: number, s: PairSetup): NativeEngine {
+    const f = this.features;
+    const hdrLen = netHdrSize(f);
+    const memory = this.memory;
+    return native(`queue pair ${p}`, () =>
+      new (addon().Engine)({
+        memory: memory!,
+        tapFd: this.fds[p],
+        hdrLen,
+        mergeable: has(f, 'MRG_RXBUF'),
+        eventIdx: has(f, 'RING_EVENT_IDX'),
+        indirect: has(f, 'RING_INDIRECT_DESC'),
+        rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
+        busyPollUs: this.busyPollUs,
+        io: this.io,
+        sqpoll: this.sqpoll,
+        rx: s.rx,
+        tx: s.tx,
+        onBroken: s.onBroken,
+      }),
+    );
+  }
+
+  private merge(index: number, kind: 'rx' | 'tx', live: NativeQueueStats | undefined): QueueStats {
+    const old = this.retired.get(index);
+    const drops: Record<string, number> = { ...(old?.drops ?? {}) };
+    for (const [k, v] of Object.entries(live?.drops ?? {})) drops[k] = (drops[k] ?? 0) + v;
+    return {
+      index,
+      kind,
+      packets: (old?.packets ?? 0) + (live?.packets ?? 0),
+      bytes: (old?.bytes ?? 0) + (live?.bytes ?? 0),
+      interrupts: (old?.interrupts ?? 0) + (live?.interrupts ?? 0),
+      kicks: (old?.kicks ?? 0) + (live?.kicks ?? 0),
+      tapFull: (old?.tapFull ?? 0) + (live?.tapFull ?? 0),
+      reordered: (old?.reordered ?? 0) + (live?.reordered ?? 0),
+      usedChains: (old?.usedChains ?? 0) + (live?.usedChains ?? 0),
+      drops,
+      broken: live?.broken ?? false,
+    };
+  }
+}

@@ -1,0 +1,151 @@
+// `vhost-tap vhost-user`: a vhost-user-net back end for a VMM (QEMU,
+// cloud-hypervisor, ...) on a TAP, until SIGINT or SIGTERM. Parses the flags,
+// prints the ready line, session events on stderr and the statistics at the
+// end; the work is in VhostUserServer (backend/vhost-user/server.ts).
+
+import { bits, TUN, VhostUserServer, VhostUserServerStats } from '../backend';
+import { OFFLOAD_MASK, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
+import { Netns, requireRoot } from '../host/netns';
+import { intIn, parse, UsageError } from './args';
+import { offloadList } from './run';
+
+export const VHOST_USER_HELP = `Usage: vhost-tap vhost-user --socket PATH --tap NAME [options]
+
+Serves a VMM's virtio-net device over vhost-user: the VMM keeps the guest and its
+control queue, vhost-tap moves the frames between the guest's rings and TAP NAME
+(created; in namespace NS with --netns) with one worker per queue pair. Listens
+on PATH (QEMU: -chardev socket,path=PATH); with --client connects to a VMM that
+listens there (QEMU: server=on), retrying until it does. One front end at a
+time; when it goes away (closed, killed, crashed) its session ends, the TAP stays
+and the next one is served. SIGINT/SIGTERM: exit, removing the socket file and
+the TAP, and print statistics.
+
+Options:
+  --socket PATH       Unix socket path                                  (required)
+  --tap NAME          TAP device name (at most 15 bytes)                (required)
+  --netns NS          existing network namespace to create the TAP in
+  --queues N          queue pairs (default 1); more than 1 offers multiqueue (MQ)
+  --mtu N             MTU of the TAP (default 1500); give the guest's (QEMU: host_mtu=N)
+  --offloads LIST     offloads offered: 'none', or a comma-separated list of
+                      ${Object.keys(OFFLOAD_NAMES).join(', ')}.
+                      Default: every one this kernel's TAP takes.
+  --client            connect to PATH instead of listening on it
+  --busy-poll US      each worker polls this many microseconds before sleeping (default 0)
+  --io auto|readv     io_uring batching where the kernel allows it (auto, default) or
+                      one readv/writev per frame
+  --trace             print every vhost-user message received (stderr)
+  --json              print the final statistics as JSON
+  -h, --help          this help
+
+QEMU (guest RAM must be shareable; -numa ties it to the memory backend):
+  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \\
+    -numa node,memdev=mem -chardev socket,id=c0,path=PATH \\
+    -netdev vhost-user,id=n0,chardev=c0,queues=N \\
+    -device virtio-net-pci,netdev=n0,mq=on`;
+
+/** Offload bits --offloads can name or leave out. */
+const ALL_OFFLOADS = bits('CSUM', 'GUEST_CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO', 'HOST_USO', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6');
+
+function printStats(s: VhostUserServerStats, json: boolean): void {
+  if (json) {
+    console.log(JSON.stringify(s));
+    return;
+  }
+  const t = s.device.totals;
+  console.log(`sessions ${s.sessions}, requests refused ${s.refused}`);
+  console.log(`device: rx ${t.rxPackets} frames ${t.rxBytes} B, tx ${t.txPackets} frames ${t.txBytes} B, drops ${t.drops}, io ${s.device.io}`);
+  for (const q of s.device.queues) {
+    const drops = Object.entries(q.drops).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ');
+    console.log(`  queue ${q.index} ${q.kind}: ${q.packets} frames ${q.bytes} B, ${q.interrupts} interrupts, ${q.kicks} kicks${drops ? `, drops ${drops}` : ''}${q.broken ? ', BROKEN' : ''}`);
+  }
+}
+
+export async function cmdVhostUser(argv: string[]): Promise<number> {
+  const o = parse('vhost-user', argv, {
+    socket: { type: 'string' },
+    tap: { type: 'string' },
+    netns: { type: 'string' },
+    queues: { type: 'string' },
+    mtu: { type: 'string' },
+    offloads: { type: 'string' },
+    client: { type: 'boolean' },
+    'busy-poll': { type: 'string' },
+    io: { type: 'string' },
+    trace: { type: 'boolean' },
+    json: { type: 'boolean' },
+  });
+  if (o.help) {
+    console.log(VHOST_USER_HELP);
+    return 0;
+  }
+  if (typeof o.socket !== 'string' || o.socket === '') throw new UsageError("--socket PATH is required (see 'vhost-tap vhost-user --help')");
+  if (Buffer.byteLength(o.socket) > 107) throw new UsageError(`--socket: '${o.socket}' is longer than the 107 bytes a Unix socket path may have`);
+  if (typeof o.tap !== 'string') throw new UsageError("--tap NAME is required (see 'vhost-tap vhost-user --help')");
+  if (Buffer.byteLength(o.tap) > TUN.MAX_NAME || !/^[A-Za-z0-9_.-]+$/.test(o.tap)) {
+    throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
+  }
+  const queues = intIn('queues', o.queues, 1, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  const mtu = o.mtu === undefined ? undefined : intIn('mtu', o.mtu, 1500, 68, 65535);
+  const busyPollUs = intIn('busy-poll', o['busy-poll'], 0, 0, 1_000_000, ' microseconds');
+  if (o.io !== undefined && o.io !== 'auto' && o.io !== 'readv') throw new UsageError(`--io must be 'auto' or 'readv', got '${String(o.io)}'`);
+  let features: bigint | undefined;
+  if (o.offloads !== undefined) {
+    try {
+      features = ~ALL_OFFLOADS | (parseOffloads(String(o.offloads)) & OFFLOAD_MASK);
+    } catch (e) {
+      throw new UsageError(`--offloads: ${(e as Error).message}`);
+    }
+    // A 64-bit mask: the complement above has every high bit set.
+    features &= (1n << 64n) - 1n;
+  }
+  if (o.netns !== undefined && (!/^[A-Za-z0-9_.-]+$/.test(String(o.netns)) || !Netns.exists(String(o.netns)))) {
+    throw new UsageError(`--netns: network namespace '${String(o.netns)}' does not exist (create it with: ip netns add ${String(o.netns)})`);
+  }
+  requireRoot(
+    o.netns ? 'vhost-user creates a TAP in another network namespace' : 'vhost-user creates a TAP',
+    o.netns ? ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN'] : ['CAP_NET_ADMIN'],
+  );
+  const log = (line: string): void => console.error(line);
+  const server = new VhostUserServer({
+    socket: o.socket,
+    client: !!o.client,
+    tap: o.tap,
+    netns: o.netns as string | undefined,
+    queuePairs: queues,
+    mtu,
+    features,
+    busyPollUs,
+    io: (o.io as 'auto' | 'readv' | undefined) ?? 'auto',
+    log,
+    trace: o.trace ? log : undefined,
+  });
+  let failure: Error | undefined;
+  const failed = new Promise<void>((resolve) =>
+    server.on('error', (e: Error) => {
+      failure ??= e;
+      resolve();
+    }),
+  );
+  server.on('warning', (e: Error) => log(`vhost-tap: warning: ${e.message}`));
+  server.on('session-end', (reason: string) => log(`vhost-user: waiting for the next front end (${reason})`));
+  const where = o.netns ? ` in netns ${o.netns}` : '';
+  const how = o.client ? `connecting to ${o.socket}` : `listening on ${o.socket}`;
+  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
+  const sig = await new Promise<string>((resolve) => {
+    const on = (s: string): void => {
+      process.removeListener('SIGINT', on);
+      process.removeListener('SIGTERM', on);
+      resolve(s);
+    };
+    process.on('SIGINT', on);
+    process.on('SIGTERM', on);
+    void failed.then(() => on('error'));
+  });
+  await server.close();
+  // After close: the last session's counters are in (its workers stopped).
+  const final = server.stats();
+  if (failure) console.error(`vhost-tap: ${failure.message}`);
+  else if (!o.json) console.log(`stopped on ${sig}`);
+  printStats(final, !!o.json);
+  return failure ? 1 : 0;
+}
