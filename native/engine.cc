@@ -230,7 +230,7 @@ SysResult Engine::Start() {
   io_.reset();
   if (!cfg_.force_readv && UringWanted()) {
     int err = 0;
-    io_ = MakeUringIo(cfg_.tap_fd, kBatch, &err);
+    io_ = MakeUringIo(cfg_.tap_fd, kBatch, cfg_.sqpoll, &err);
   }
   if (!io_) io_ = MakeReadvIo(cfg_.tap_fd);
   io_name.store(io_->name());
@@ -338,6 +338,12 @@ bool Engine::ProcessTx() {
       more = true;
       break;
     }
+    // A table the JS thread replaced (setMemory) applies from the next batch
+    // on, not only from the next round: a guest that posts buffers in new
+    // memory right after the replacement is then not read through the old one
+    // while TX keeps the worker in this loop.
+    RefreshMemory();
+    if (tx_broken_) break;
     unsigned n = 0;
     bool drained = false;
     while (n < kBatch && packets + n < kBudgetPackets) {
@@ -364,6 +370,7 @@ bool Engine::ProcessTx() {
       if (c.iov.size() <= kMaxIov) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
     }
     const TapIo::Batch outcome = nio ? io_->Write(frames_.data(), nio, results_.data()) : TapIo::Batch::kDone;
+    tx_counts_.reordered += io_->TakeReordered();
     if (outcome == TapIo::Batch::kUnknown) {
       // Whether these frames went out is unknown and the kernel may still
       // read their buffers: they are neither completed nor sent again. The
@@ -381,11 +388,16 @@ bool Engine::ProcessTx() {
       } else {
         const int32_t r = results_[k++];
         if (r == kNotDone || r == -EAGAIN || r == -EWOULDBLOCK) {
-          if (r != kNotDone) tx_blocked_ = true;
+          if (r != kNotDone) {
+            tx_blocked_ = true;
+            tx_counts_.tap_full++;
+          }
           undo_from = i;
           break;
         }
-        if (r < 0) {
+        if (r == kDroppedFull) {
+          tx_counts_.drops[kTxTapFullReordered]++;
+        } else if (r < 0) {
           tx_counts_.drops[WriteErrorDrop(-r, c, cfg_.hdr_len)]++;
         } else {
           bytes += c.bytes;
@@ -681,6 +693,9 @@ void Engine::Run() {
     DrainRx();
     DiscardRx();
   }
+  // Released here, not by Stop(): an io_uring ring is the worker's own
+  // (SINGLE_ISSUER), and only its owner can take back the TAP file it holds.
+  io_.reset();
 }
 
 void Engine::Loop() {
@@ -695,6 +710,7 @@ void Engine::Loop() {
 
     UpdateTapInterest();
     int n = epoll_wait(epoll_fd_, evs, kMaxEvents, -1);
+    io_->Woke();
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {
       switch (evs[i].data.u32) {

@@ -44,6 +44,9 @@ struct EngineConfig {
   // Use readv/writev even where io_uring works (option io: 'readv'): lets one
   // process compare both paths per device; VHOST_TAP_IO=readv does it for all.
   bool force_readv = false;
+  // io_uring with a kernel thread polling the submission ring (option
+  // sqpoll): no system call per batch while it is busy, a core while it is.
+  bool sqpoll = false;
   QueueConfig rx, tx;
 };
 
