@@ -311,6 +311,16 @@ void Engine::RefreshMemory() {
   mem_ = std::move(next);  // the old table goes when no one else holds it
 }
 
+bool Engine::MemoryMovedUnder(const Violation& v) const {
+  // Translation failed and the table was replaced since this one was taken.
+  // A guest that posts into new memory learnt of it after the replacement,
+  // so the replacement happens-before its avail.idx store, and the pop loaded
+  // avail.idx with acquire: a generation seen unchanged here means the buffer
+  // really is outside the guest's memory.
+  const bool translation = v.rule && (strcmp(v.rule, "desc-out-of-bounds") == 0 || strcmp(v.rule, "indirect-out-of-bounds") == 0);
+  return translation && cfg_.memory->generation() != mem_gen_;
+}
+
 void Engine::PinLostMemory() {
   // The kernel may still read or write buffers of the failed batch: the table
   // they point into (and so their mappings) must never be released.
@@ -346,6 +356,7 @@ bool Engine::ProcessTx() {
     if (tx_broken_) break;
     unsigned n = 0;
     bool drained = false;
+    bool memory_moved = false;
     while (n < kBatch && packets + n < kBudgetPackets) {
       uint16_t head;
       Violation v;
@@ -354,14 +365,26 @@ bool Engine::ProcessTx() {
         drained = true;
         break;
       }
-      if (p == SplitQueue::Pop::kBroken || !tx_.ReadTxChain(head, cfg_.hdr_len, &tx_slots_[n], &v)) {
+      if (p == SplitQueue::Pop::kChain && !tx_.ReadTxChain(head, cfg_.hdr_len, &tx_slots_[n], &v) &&
+          MemoryMovedUnder(v)) {
+        // Posted in memory the JS thread added after this batch took its
+        // table: give it back and take it again with the new table, once
+        // this batch (whose buffers the old table holds) is done.
+        tx_.UndoPop();
+        memory_moved = true;
+        break;
+      }
+      if (p == SplitQueue::Pop::kBroken || v.rule) {
         Break(tx_, tx_stats, cfg_.tx, v);
         broke = true;
         break;
       }
       n++;
     }
-    if (n == 0) break;
+    if (n == 0) {
+      if (memory_moved) continue;  // RefreshMemory() at the top takes the new table
+      break;
+    }
     // A chain in more buffers than one writev takes is dropped in place; the
     // rest go to the TAP as one batch.
     unsigned nio = 0;
@@ -443,7 +466,16 @@ bool Engine::FillRxStash() {
     Violation v;
     const SplitQueue::Pop p = rx_.PopOrArm(&head, &v);
     if (p == SplitQueue::Pop::kEmpty) return true;  // kicks stay enabled: we sleep until the guest posts buffers
-    if (p == SplitQueue::Pop::kBroken || !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v)) {
+    if (p == SplitQueue::Pop::kChain && !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v) &&
+        MemoryMovedUnder(v)) {
+      // Posted in memory added after this round took its table: give it back
+      // (and the stash, which points into the old table) and go on with the new one.
+      rx_.UndoPop();
+      RefreshMemory();
+      if (rx_broken_) return false;
+      continue;
+    }
+    if (p == SplitQueue::Pop::kBroken || v.rule) {
       Break(rx_, rx_stats, cfg_.rx, v);
       return false;
     }

@@ -94,6 +94,9 @@ class Engine {
   void DiscardRx();
   // Takes a new memory table if the slot changed (between batches only).
   void RefreshMemory();
+  // Whether a chain failed translation only because the table it was read
+  // through has been replaced since (the chain is then taken again).
+  bool MemoryMovedUnder(const Violation& v) const;
   bool ProcessTx();
   bool ProcessRx();
   // One RX read batch: fills frames into the stash; adds to the round's counts.
