@@ -100,6 +100,12 @@ const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'm
 /** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
 const MAX_BUSY_POLL_US = 1_000_000;
 
+/** The largest feature mask: virtio features are 64 bits. */
+const MAX_FEATURES = (1n << 64n) - 1n;
+
+/** Eventfds one waitCall() takes (its result is a 32-bit mask). */
+const WAIT_FDS = 32;
+
 /** Default MTU when none is given: Ethernet's. */
 const DEFAULT_MTU = 1500;
 
@@ -130,11 +136,19 @@ export class VirtioNetDevice extends EventEmitter {
   private activePairs = 1;
   private closed = false;
   private featuresError: string | null = null;
+  /**
+   * Bumped at every reset: an engine's rule-violation report crosses threads and may arrive
+   * after the driver reset the device, so it carries the session it belongs to.
+   */
+  private session = 0;
   readonly rxFilter = new RxFilter();
 
   constructor(opts: VirtioNetDeviceOptions) {
     super();
-    for (const k of Object.keys(opts ?? {})) {
+    if (opts === null || typeof opts !== 'object') {
+      throw new InvalidArgumentError(`VirtioNetDevice needs an options object { memory, tap, ... }, got ${opts === null ? 'null' : typeof opts}`);
+    }
+    for (const k of Object.keys(opts)) {
       if (!KNOWN_OPTIONS.has(k)) throw new InvalidArgumentError(`unknown option '${k}'; known options: ${[...KNOWN_OPTIONS].join(', ')}`);
     }
     this.memory = native('guest memory', () => new (addon().GuestMemory)(toNativeRegions(opts.memory)));
@@ -210,6 +224,11 @@ export class VirtioNetDevice extends EventEmitter {
   set driverFeatures(v: bigint) {
     this.assertOpen();
     if (typeof v !== 'bigint') throw new InvalidArgumentError('driverFeatures must be a bigint');
+    // The driver writes a 64-bit register (virtio 1.x §4.1.4.3: two 32-bit halves); anything
+    // else is not a feature set, and a negative bigint has infinitely many bits set.
+    if (v < 0n || v > MAX_FEATURES) {
+      throw new InvalidArgumentError(`driverFeatures must be a 64-bit mask (0 .. 2^64 - 1), got ${v < 0n ? 'a negative value' : `0x${v.toString(16)}`}`);
+    }
     if (!(this._status & STATUS.DRIVER) || this._status & STATUS.FEATURES_OK) {
       throw new DeviceStateError('driverFeatures may be written only after DRIVER and before FEATURES_OK (virtio 1.x §3.1.1)');
     }
@@ -347,6 +366,16 @@ export class VirtioNetDevice extends EventEmitter {
     this.stopAll();
     this.unwatchCalls();
     this.closed = true;
+    // A vCPU Worker blocked in waitCall() on these fds would never wake once they are
+    // closed (poll keeps the file open): one last interrupt sends it to look at the device.
+    const a = addon();
+    for (const fd of this.callFds) {
+      try {
+        a.kick(fd);
+      } catch {
+        // Nothing waits on an fd that cannot be written.
+      }
+    }
     this.releaseFds();
     this.removeAllListeners('interrupt');
   }
@@ -450,10 +479,14 @@ export class VirtioNetDevice extends EventEmitter {
       callFd: this.callFds[i],
       ...(this.positions.get(i) ?? { lastAvailIdx: 0, usedIdx: 0 }),
     });
+    const session = this.session;
     return {
       rx: ring(2 * p, rx),
       tx: ring(2 * p + 1, tx),
-      onBroken: (queue: number, rule: string, detail: string) => this.guestBrokeRule(queue, rule, detail),
+      // A report from before the last reset is about a session the driver already ended.
+      onBroken: (queue: number, rule: string, detail: string) => {
+        if (session === this.session) this.guestBrokeRule(queue, rule, detail);
+      },
     };
   }
 
@@ -487,20 +520,33 @@ export class VirtioNetDevice extends EventEmitter {
 
   /** Status 0: stop everything and return to the state right after construction. */
   private reset(): void {
+    this.session++;
     this.stopAll();
     // Ring positions start from 0 after a reset; counters stay monotonic.
     this.positions.clear();
     const a = addon();
-    this.dp.attachAll();
-    this.dp.setCarrier(false);
+    // Writing 0 cannot fail for the driver (virtio 1.x §2.1.2): the device's own state is
+    // reset whatever the TAP says. A TAP that refuses (deleted from outside: EBADFD) is
+    // reported as a warning here and fails the next DRIVER_OK with a TapError.
+    let tapFailure: unknown;
+    for (const step of [() => this.dp.attachAll(), () => this.dp.setCarrier(false)]) {
+      try {
+        step();
+      } catch (e) {
+        tapFailure ??= e;
+      }
+    }
     this._status = 0;
     this._driverFeatures = 0n;
     this.featuresError = null;
     this.queues.fill(undefined);
     this.activePairs = 1;
     this.resetConfig();
-    // Drain stale doorbells so the next initialisation starts quiet.
-    a.waitCall([...this.kickFds, ...this.callFds], 0);
+    // Drain stale doorbells so the next initialisation starts quiet (waitCall takes at most
+    // WAIT_FDS at a time; 8 pairs already have 34 eventfds).
+    const fds = [...this.kickFds, ...this.callFds];
+    for (let i = 0; i < fds.length; i += WAIT_FDS) a.waitCall(fds.slice(i, i + WAIT_FDS), 0);
+    if (tapFailure) this.emit('warning', convert(`TAP '${this.tapName}'`, tapFailure));
   }
 
   /** One control command; returns the ack. Malformed commands get ERR, never an exception. */

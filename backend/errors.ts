@@ -107,6 +107,13 @@ export function convert(what: string, e: unknown): Error {
     case 'ENOENT':
       if (err.syscall === 'open' && /netns|namespace/i.test(err.message)) return new NamespaceError(err.message);
       return new TapError(`${what}: ${err.message}`, err.code);
+    case 'EBADFD':
+      // tun's answer on a queue fd whose device is gone.
+      return new TapError(`${what}: ${err.message} (the TAP device no longer exists, deleted from outside? Close this device and create a new one)`, err.code);
+    case undefined:
+      // No errno: not something the kernel or the TAP said, but a JavaScript error raised
+      // inside the addon (a RangeError from a typed array, a TypeError from a bad value).
+      return new VhostTapError(`${what}: ${err.message}`, 'ERR_VHOST_INTERNAL');
     default:
       return new TapError(`${what}: ${err.message}`, err.code);
   }

@@ -2,7 +2,7 @@
 // the notification helpers that work inside worker_threads Workers, and a
 // plain TAP (TapQueues) for tools that do their own I/O.
 
-import { InvalidArgumentError } from './errors';
+import { convert, InvalidArgumentError } from './errors';
 import { addon } from './native';
 
 export { VirtioNetDevice } from './device';
@@ -27,8 +27,11 @@ export {
 } from './errors';
 export * from './virtio';
 
+/** Largest fd and timeout the kernel's int arguments take. */
+const INT32_MAX = 0x7fffffff;
+
 function checkFd(fd: unknown): number {
-  if (!Number.isInteger(fd) || (fd as number) < 0) throw new InvalidArgumentError(`expected an eventfd number, got ${String(fd)}`);
+  if (!Number.isInteger(fd) || (fd as number) < 0 || (fd as number) > INT32_MAX) throw new InvalidArgumentError(`expected an eventfd number, got ${String(fd)}`);
   return fd as number;
 }
 
@@ -42,7 +45,13 @@ export function eventfd(): number {
 
 /** Guest → device doorbell: writes the kick eventfd. Usable from any thread. */
 export function kick(fd: number): void {
-  addon().kick(checkFd(fd));
+  const f = checkFd(fd);
+  // A hot path (every doorbell): no closure or message unless it fails.
+  try {
+    addon().kick(f);
+  } catch (e) {
+    throw convert(`eventfd ${f}`, e);
+  }
 }
 
 /**
@@ -53,10 +62,22 @@ export function kick(fd: number): void {
 export function waitCall(fd: number, timeoutMs: number): boolean;
 export function waitCall(fds: number[], timeoutMs: number): number;
 export function waitCall(fds: number | number[], timeoutMs: number): boolean | number {
-  if (!Number.isInteger(timeoutMs) || timeoutMs < -1) throw new InvalidArgumentError(`timeoutMs must be an integer >= -1, got ${timeoutMs}`);
+  if (!Number.isInteger(timeoutMs) || timeoutMs < -1 || timeoutMs > INT32_MAX) {
+    throw new InvalidArgumentError(`timeoutMs must be an integer from -1 to ${INT32_MAX}, got ${timeoutMs}`);
+  }
   if (Array.isArray(fds)) {
     if (fds.length === 0 || fds.length > 31) throw new InvalidArgumentError('waitCall takes 1 to 31 eventfds');
-    return addon().waitCall(fds.map(checkFd), timeoutMs);
+    const list = fds.map(checkFd);
+    try {
+      return addon().waitCall(list, timeoutMs);
+    } catch (e) {
+      throw convert('waitCall', e);
+    }
   }
-  return addon().waitCall([checkFd(fds)], timeoutMs) !== 0;
+  const one = checkFd(fds);
+  try {
+    return addon().waitCall([one], timeoutMs) !== 0;
+  } catch (e) {
+    throw convert('waitCall', e);
+  }
 }

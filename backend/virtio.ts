@@ -3,6 +3,8 @@
 // native/virtio.h defines the same numbers for C++; test/constants.test.ts
 // compares the two so they cannot drift.
 
+import { InvalidArgumentError } from './errors';
+
 /** Feature bit numbers (virtio 1.x §6 and §5.1.3). */
 export const F = {
   CSUM: 0,
@@ -72,6 +74,8 @@ export function has(features: bigint, name: FeatureName): boolean {
 
 /** Names of the bits set in a mask, for messages and `capabilities()`. */
 export function featureNames(features: bigint): string[] {
+  // A negative bigint has infinitely many bits set: listing them would never end.
+  if (typeof features !== 'bigint' || features < 0n) throw new InvalidArgumentError(`featureNames takes a non-negative bigint mask, got ${String(features)}`);
   const out: string[] = [];
   let named = 0n;
   for (const [name, b] of Object.entries(F)) {

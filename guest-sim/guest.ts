@@ -146,6 +146,14 @@ function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
+/** Largest RX buffer a driver without mergeable buffers posts when it takes GSO (virtio 1.x §5.1.6.3.1). */
+const RX_BUF_MAX = 65562;
+
+/** TX slot size: a TSO/USO super-frame is up to 64 KiB of IP packet behind Ethernet (+ VLAN) and the 20-byte maximal header. */
+function txSlotFor(f: bigint, mtu: number): number {
+  return alignUp(20 + 14 + 4 + ((f & bits('HOST_TSO4', 'HOST_TSO6', 'HOST_USO')) !== 0n ? 65535 : Math.max(mtu, 1500)), 64);
+}
+
 function parseCidr(s: string, v: 4 | 6): { addr: Uint8Array; prefix: number } {
   const [a, p] = s.split('/');
   const prefix = p === undefined ? (v === 4 ? 24 : 64) : Number(p);
@@ -157,25 +165,34 @@ function parseCidr(s: string, v: 4 | 6): { addr: Uint8Array; prefix: number } {
 export class GuestSim extends EventEmitter {
   readonly device: VirtioNetDevice;
   readonly mem: SharedArrayBuffer;
-  readonly mac: string;
-  readonly features: bigint;
+  private _mac = '';
+  private _features = 0n;
   private readonly workers: { worker: Worker; ctl: SharedArrayBuffer; port: import('node:worker_threads').MessagePort; done: Promise<unknown> }[] = [];
   private ctrl: ControlDriver | undefined;
   private stopped = false;
+  /** Counters of the Workers of earlier sessions (before restart()), so stats() stays monotonic. */
+  private retiredPairs: GuestStats['pairs'] = [];
 
   private constructor(
     device: VirtioNetDevice,
     mem: SharedArrayBuffer,
-    mac: string,
-    features: bigint,
+    private readonly opts: GuestOptions,
     /** The pcapng file the Workers' captures go to (GuestOptions.pcap). */
     private pcapFd: number | undefined,
   ) {
     super();
     this.device = device;
     this.mem = mem;
-    this.mac = mac;
-    this.features = features;
+  }
+
+  /** The guest's MAC address (from config space when MAC was negotiated). */
+  get mac(): string {
+    return this._mac;
+  }
+
+  /** The features the guest negotiated. */
+  get features(): bigint {
+    return this._features;
   }
 
   /** Creates the device (and its TAP), negotiates, starts the queue-pair Workers. */
@@ -188,18 +205,14 @@ export class GuestSim extends EventEmitter {
     }
     const qsize = opts.queueSize ?? DEFAULT_QUEUE_SIZE;
     const mtu = opts.mtu ?? 1500;
-    const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;
-    const ip6 = opts.ip6 ? parseCidr(opts.ip6, 6) : undefined;
+    if (opts.ip4) parseCidr(opts.ip4, 4);
+    if (opts.ip6) parseCidr(opts.ip6, 6);
 
     // Memory is sized before negotiation (the device needs it to exist), from the
-    // worst case the guest may negotiate; the layout below uses what was negotiated.
-    const rxBufMax = 65562;
+    // worst case the guest may negotiate; the layout in initialise() uses what was negotiated.
     const wantedMask = GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED);
-    const txSlotFor = (f: bigint): number =>
-      // A TSO/USO super-frame is up to 64 KiB of IP packet behind Ethernet (+ VLAN) and the 20-byte maximal header.
-      alignUp(20 + 14 + 4 + ((f & bits('HOST_TSO4', 'HOST_TSO6', 'HOST_USO')) !== 0n ? 65535 : Math.max(mtu, 1500)), 64);
-    const txSlotMax = txSlotFor(wantedMask);
-    const perPair = 2 * (DriverQueue.layout(0, qsize, 4096).end + 4096) + qsize * rxBufMax + qsize * txSlotMax;
+    const txSlotMax = txSlotFor(wantedMask, mtu);
+    const perPair = 2 * (DriverQueue.layout(0, qsize, 4096).end + 4096) + qsize * RX_BUF_MAX + qsize * txSlotMax;
     const memBytes = alignUp(pairs * perPair + DriverQueue.layout(0, CTRL_QUEUE_SIZE, 4096).end + 4096 + CTRL_BUF_BYTES + 4096, 1 << 20);
     const mem = new SharedArrayBuffer(memBytes);
 
@@ -216,70 +229,97 @@ export class GuestSim extends EventEmitter {
       if (pcapFd !== undefined) fs.closeSync(pcapFd);
       throw e;
     }
-    let guest: GuestSim | undefined;
+    const guest = new GuestSim(device, mem, opts, pcapFd);
     try {
-      // Linux's order (virtio 1.x §3.1.1): reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, queues, DRIVER_OK.
-      const features = negotiate(device, GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED));
-
-      const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
-      const hdrLen = netHdrSize(features);
-      const mergeable = has(features, 'MRG_RXBUF');
-      const gso = (features & bits('GUEST_TSO4', 'GUEST_TSO6', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6')) !== 0n;
-      // Buffer sizes the spec asks of a driver (virtio 1.x §5.1.6.3.1).
-      const rxBufSize = mergeable ? MRG_RX_BUF : gso ? rxBufMax : hdrLen + 14 + mtu;
-      const eventIdx = has(features, 'RING_EVENT_IDX');
-      const usePairs = has(features, 'MQ') ? pairs : 1;
-      const txSlot = txSlotFor(features);
-      const offloads = {
-        csum: has(features, 'CSUM'),
-        tso4: has(features, 'HOST_TSO4'),
-        tso6: has(features, 'HOST_TSO6'),
-        uso: has(features, 'HOST_USO'),
-      };
-      // The kernel's TAP queue holds 1000 frames (txqueuelen): a window much larger than
-      // that many MSS-sized frames only turns into drops when the guest falls behind.
-      const guestTso = (features & bits('GUEST_TSO4', 'GUEST_TSO6')) !== 0n;
-      const tcpRcvBuf = opts.tcpRcvBuf ?? (guestTso ? 4 << 20 : 1 << 20);
-
-      guest = new GuestSim(device, mem, mac, features, pcapFd);
-      const alloc = new GuestAllocator(new DriverMemory(mem));
-      const configs: Omit<PairConfig, 'port'>[] = [];
-      for (let p = 0; p < usePairs; p++) {
-        configs.push({
-          pair: p,
-          queues: setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot }),
-          ctl: new SharedArrayBuffer(CTL_BYTES),
-          mac: parseMac(mac),
-          ip4,
-          ip6,
-          mtu,
-          offloads,
-          tcpRcvBuf,
-          sourceBytes: opts.sourceBytes ?? 1 << 30,
-          capture: guest.pcapFd !== undefined,
-        });
-      }
-      if (has(features, 'CTRL_VQ')) {
-        const addrs = alloc.ring(CTRL_QUEUE_SIZE);
-        const cmdBuf = alloc.alloc(CTRL_BUF_BYTES + 1, 64);
-        guest.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, eventIdx, cmdBuf);
-        device.setQueue(ctrlq(pairs), addrs);
-      }
-      device.on('needs-reset', (e: VirtioNetError) => guest!.emit('needs-reset', e));
-      device.status |= STATUS.DRIVER_OK;
-
-      for (const cfg of configs) guest.spawn(cfg);
-      if (guest.ctrl && has(features, 'MQ') && usePairs > 1 && opts.useAllPairs !== false) {
-        await guest.setQueuePairs(usePairs);
-      }
+      await guest.initialise();
+      device.on('needs-reset', (e: VirtioNetError) => guest.emit('needs-reset', e));
       return guest;
     } catch (e) {
-      if (guest) await guest.stop().catch(() => undefined);
-      else {
-        await device.close();
-        if (pcapFd !== undefined) fs.closeSync(pcapFd);
-      }
+      await guest.stop().catch(() => undefined);
       throw e;
+    }
+  }
+
+  /**
+   * A driver reset and a fresh initialisation of the same device, as a rebooting guest's
+   * driver does: the queue-pair Workers stop, status 0 is written, then the whole
+   * initialisation runs again with new Workers. Open TCP connections are lost.
+   */
+  async restart(): Promise<void> {
+    if (this.stopped) throw new Error('GuestSim.restart: the guest was stopped');
+    const before = this.pairStats();
+    await this.stopWorkers();
+    this.retiredPairs = before;
+    this.workers.length = 0;
+    this.ctrl = undefined;
+    await this.initialise();
+  }
+
+  /** Linux's order (virtio 1.x §3.1.1): reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, queues, DRIVER_OK; then the Workers. */
+  private async initialise(): Promise<void> {
+    const { device, mem, opts } = this;
+    const pairs = device.queuePairs;
+    const qsize = opts.queueSize ?? DEFAULT_QUEUE_SIZE;
+    const mtu = opts.mtu ?? 1500;
+    const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;
+    const ip6 = opts.ip6 ? parseCidr(opts.ip6, 6) : undefined;
+    const features = negotiate(device, GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED));
+
+    const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
+    const hdrLen = netHdrSize(features);
+    const mergeable = has(features, 'MRG_RXBUF');
+    const gso = (features & bits('GUEST_TSO4', 'GUEST_TSO6', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6')) !== 0n;
+    // Buffer sizes the spec asks of a driver (virtio 1.x §5.1.6.3.1).
+    const rxBufSize = mergeable ? MRG_RX_BUF : gso ? RX_BUF_MAX : hdrLen + 14 + mtu;
+    const eventIdx = has(features, 'RING_EVENT_IDX');
+    const usePairs = has(features, 'MQ') ? pairs : 1;
+    const txSlot = txSlotFor(features, mtu);
+    const offloads = {
+      csum: has(features, 'CSUM'),
+      tso4: has(features, 'HOST_TSO4'),
+      tso6: has(features, 'HOST_TSO6'),
+      uso: has(features, 'HOST_USO'),
+    };
+    // The kernel's TAP queue holds 1000 frames (txqueuelen): a window much larger than
+    // that many MSS-sized frames only turns into drops when the guest falls behind.
+    const guestTso = (features & bits('GUEST_TSO4', 'GUEST_TSO6')) !== 0n;
+    const tcpRcvBuf = opts.tcpRcvBuf ?? (guestTso ? 4 << 20 : 1 << 20);
+
+    this._features = features;
+    this._mac = mac;
+    const alloc = new GuestAllocator(new DriverMemory(mem));
+    const configs: Omit<PairConfig, 'port'>[] = [];
+    const u8 = new Uint8Array(mem);
+    for (let p = 0; p < usePairs; p++) {
+      const queues = setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot });
+      // A driver initialises its rings before DRIVER_OK tells the device to look at them:
+      // after a restart they still hold the last session's indices.
+      for (const q of [queues.rx, queues.tx]) u8.fill(0, q.desc, q.used + 6 + 8 * q.size);
+      configs.push({
+        pair: p,
+        queues,
+        ctl: new SharedArrayBuffer(CTL_BYTES),
+        mac: parseMac(mac),
+        ip4,
+        ip6,
+        mtu,
+        offloads,
+        tcpRcvBuf,
+        sourceBytes: opts.sourceBytes ?? 1 << 30,
+        capture: this.pcapFd !== undefined,
+      });
+    }
+    if (has(features, 'CTRL_VQ')) {
+      const addrs = alloc.ring(CTRL_QUEUE_SIZE);
+      const cmdBuf = alloc.alloc(CTRL_BUF_BYTES + 1, 64);
+      this.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, eventIdx, cmdBuf);
+      device.setQueue(ctrlq(pairs), addrs);
+    }
+    device.status |= STATUS.DRIVER_OK;
+
+    for (const cfg of configs) this.spawn(cfg);
+    if (this.ctrl && has(features, 'MQ') && usePairs > 1 && opts.useAllPairs !== false) {
+      await this.setQueuePairs(usePairs);
     }
   }
 
@@ -323,34 +363,45 @@ export class GuestSim extends EventEmitter {
   }
 
   stats(): GuestStats {
-    const pairs = this.workers.map((w) => {
-      const c = new Float64Array(w.ctl, 8, CTL.SIZE);
-      return {
-        rxFrames: c[CTL.RX_FRAMES],
-        rxBytes: c[CTL.RX_BYTES],
-        txFrames: c[CTL.TX_FRAMES],
-        txBytes: c[CTL.TX_BYTES],
-        txRingFull: c[CTL.TX_RING_FULL],
-        wakeups: c[CTL.WAKEUPS],
-      };
-    });
-    return { pairs, device: this.device.stats() };
+    return { pairs: this.pairStats(), device: this.device.stats() };
   }
 
-  /** Stops the Workers, then the device (which removes the TAP). Returns final statistics. */
-  async stop(): Promise<GuestStats> {
-    if (this.stopped) return this.stats();
-    this.stopped = true;
+  /** Per-pair counters of the Workers, added to those of earlier sessions. */
+  private pairStats(): GuestStats['pairs'] {
+    const n = Math.max(this.workers.length, this.retiredPairs.length);
+    return Array.from({ length: n }, (_, i) => {
+      const old = this.retiredPairs[i];
+      const w = this.workers[i];
+      const c = w ? new Float64Array(w.ctl, 8, CTL.SIZE) : undefined;
+      return {
+        rxFrames: (old?.rxFrames ?? 0) + (c?.[CTL.RX_FRAMES] ?? 0),
+        rxBytes: (old?.rxBytes ?? 0) + (c?.[CTL.RX_BYTES] ?? 0),
+        txFrames: (old?.txFrames ?? 0) + (c?.[CTL.TX_FRAMES] ?? 0),
+        txBytes: (old?.txBytes ?? 0) + (c?.[CTL.TX_BYTES] ?? 0),
+        txRingFull: (old?.txRingFull ?? 0) + (c?.[CTL.TX_RING_FULL] ?? 0),
+        wakeups: (old?.wakeups ?? 0) + (c?.[CTL.WAKEUPS] ?? 0),
+      };
+    });
+  }
+
+  /** Asks every Worker to stop, waits for them, and takes what they posted last (capture buffers). */
+  private async stopWorkers(): Promise<void> {
     for (let i = 0; i < this.workers.length; i++) {
       Atomics.store(new Int32Array(this.workers[i].ctl, 0, 1), 0, 1);
       // A spurious interrupt wakes the vCPU so it sees the stop request now.
       kick(this.device.notifier(rxq(i)).callFd);
     }
     await Promise.all(this.workers.map((w) => w.done.catch(() => undefined)));
-    // What the Workers posted last (their final capture buffers) may not have been delivered yet.
     this.workers.forEach((w, i) => {
       for (let m = receiveMessageOnPort(w.port); m; m = receiveMessageOnPort(w.port)) this.onPairMessage(i, m.message as PairMessage);
     });
+  }
+
+  /** Stops the Workers, then the device (which removes the TAP). Returns final statistics. */
+  async stop(): Promise<GuestStats> {
+    if (this.stopped) return this.stats();
+    this.stopped = true;
+    await this.stopWorkers();
     if (this.pcapFd !== undefined) {
       fs.closeSync(this.pcapFd);
       this.pcapFd = undefined;

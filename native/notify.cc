@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <vector>
 
 #include "errors.h"
@@ -21,12 +22,18 @@ namespace {
 // waitCall returns a bit mask as a JS number; 32 keeps it a plain uint32.
 constexpr size_t kMaxWaitFds = 32;
 
-int FdArg(const Napi::CallbackInfo& info, size_t i) {
-  if (!info[i].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", "fd must be a number");
-  int64_t fd = info[i].As<Napi::Number>().Int64Value();
-  if (fd < 0 || fd > INT32_MAX) ThrowCode(info.Env(), "EVHOST_BADARG", "fd must be a non-negative integer");
-  return static_cast<int>(fd);
+// A file descriptor argument. Checked as a double before any conversion:
+// Int64Value() turns NaN and fractions into 0 (stdin), and -0.5 or 0.9 would
+// pass a range check done after it.
+int FdValue(Napi::Env env, const Napi::Value& v) {
+  if (!v.IsNumber()) ThrowCode(env, "EVHOST_BADARG", "fd must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= INT32_MAX) || std::trunc(d) != d)
+    ThrowCode(env, "EVHOST_BADARG", "fd must be a non-negative integer");
+  return static_cast<int>(d);
 }
+
+int FdArg(const Napi::CallbackInfo& info, size_t i) { return FdValue(info.Env(), info[i]); }
 
 Napi::Value NewEventfd(const Napi::CallbackInfo& info) {
   int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -50,14 +57,14 @@ Napi::Value WaitCall(const Napi::CallbackInfo& info) {
   Napi::Array arr = info[0].As<Napi::Array>();
   if (arr.Length() > kMaxWaitFds) ThrowCode(env, "EVHOST_BADARG", "waitCall takes at most 32 fds");
   if (!info[1].IsNumber()) ThrowCode(env, "EVHOST_BADARG", "timeoutMs must be a number");
-  const int64_t timeout = info[1].As<Napi::Number>().Int64Value();
+  const double t = info[1].As<Napi::Number>().DoubleValue();
+  // -1 waits forever; NaN or a fraction is a caller's bug, not "no timeout".
+  // The upper bound is poll()'s int; it also keeps the deadline below from overflowing.
+  if (!(t >= -1 && t <= INT32_MAX) || std::trunc(t) != t)
+    ThrowCode(env, "EVHOST_BADARG", "timeoutMs must be an integer from -1 to 2147483647");
+  const int64_t timeout = static_cast<int64_t>(t);
   std::vector<pollfd> pfds(arr.Length());
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Value v = arr.Get(i);
-    if (!v.IsNumber() || v.As<Napi::Number>().Int64Value() < 0)
-      ThrowCode(env, "EVHOST_BADARG", "fds must hold non-negative integers");
-    pfds[i] = pollfd{static_cast<int>(v.As<Napi::Number>().Int64Value()), POLLIN, 0};
-  }
+  for (uint32_t i = 0; i < arr.Length(); i++) pfds[i] = pollfd{FdValue(env, arr.Get(i)), POLLIN, 0};
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + std::chrono::milliseconds(timeout < 0 ? 0 : timeout);
   int r;
