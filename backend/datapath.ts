@@ -19,6 +19,10 @@ export interface QueueStats {
   bytes: number;
   interrupts: number;
   kicks: number;
+  /** TX: writes the TAP refused for lack of room (sent again later, in order). */
+  tapFull: number;
+  /** TX: frames that overtook an earlier one because the TAP's sndbuf shrank mid-batch (normally 0). */
+  reordered: number;
   /**
    * Chains returned to the guest in the used ring. TX: each is one frame, so
    * usedChains = packets + the sum of drops. RX: a mergeable frame may take several.
@@ -75,6 +79,8 @@ export interface TapDataPathOptions {
   mtu?: number;
   busyPollUs: number;
   io: 'auto' | 'readv';
+  /** io_uring through a kernel thread polling the submission ring (engine option sqpoll). */
+  sqpoll?: boolean;
 }
 
 export class TapDataPath {
@@ -91,6 +97,7 @@ export class TapDataPath {
   private readonly netnsPath: string | null;
   private readonly busyPollUs: number;
   private readonly io: 'auto' | 'readv';
+  private readonly sqpoll: boolean;
   private readonly fds: number[];
   /** Whether each TAP queue is attached (the kernel refuses to attach twice); all are after open. */
   private readonly attached: boolean[];
@@ -109,6 +116,7 @@ export class TapDataPath {
     this.netnsPath = opts.netnsPath;
     this.busyPollUs = opts.busyPollUs;
     this.io = opts.io;
+    this.sqpoll = opts.sqpoll ?? false;
     this.fds = fds;
     this.attached = fds.map(() => true);
     this.engines = new Array(opts.queuePairs).fill(undefined);
@@ -360,6 +368,7 @@ export class TapDataPath {
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
         busyPollUs: this.busyPollUs,
         io: this.io,
+        sqpoll: this.sqpoll,
         rx: s.rx,
         tx: s.tx,
         onBroken: s.onBroken,
@@ -378,6 +387,8 @@ export class TapDataPath {
       bytes: (old?.bytes ?? 0) + (live?.bytes ?? 0),
       interrupts: (old?.interrupts ?? 0) + (live?.interrupts ?? 0),
       kicks: (old?.kicks ?? 0) + (live?.kicks ?? 0),
+      tapFull: (old?.tapFull ?? 0) + (live?.tapFull ?? 0),
+      reordered: (old?.reordered ?? 0) + (live?.reordered ?? 0),
       usedChains: (old?.usedChains ?? 0) + (live?.usedChains ?? 0),
       drops,
       broken: live?.broken ?? false,

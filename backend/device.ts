@@ -43,6 +43,11 @@ export interface VirtioNetDeviceOptions {
   napi?: boolean;
   /** Data path I/O: 'auto' (default) io_uring batching where the kernel allows it, 'readv' one readv/writev per frame; stats().io says which runs. */
   io?: 'auto' | 'readv';
+  /**
+   * io_uring with a kernel thread polling the submission ring (IORING_SETUP_SQPOLL), opt-in:
+   * costs a core per queue pair while busy; see README. stats().io says 'io_uring sqpoll' when it runs.
+   */
+  sqpoll?: boolean;
 }
 
 /** Where a virtqueue lives: its size (a power of two, 1..32768) and the guest addresses of its three parts. */
@@ -90,7 +95,7 @@ export interface VirtioNetDevice {
 }
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
-const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io']);
+const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io', 'sqpoll']);
 
 /** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
 const MAX_BUSY_POLL_US = 1_000_000;
@@ -166,6 +171,7 @@ export class VirtioNetDevice extends EventEmitter {
     }
     if (opts.napi !== undefined && typeof opts.napi !== 'boolean') throw new InvalidArgumentError("option 'napi' must be a boolean");
     if (opts.io !== undefined && opts.io !== 'auto' && opts.io !== 'readv') throw new InvalidArgumentError("option 'io' must be 'auto' or 'readv'");
+    if (opts.sqpoll !== undefined && typeof opts.sqpoll !== 'boolean') throw new InvalidArgumentError("option 'sqpoll' must be a boolean");
     const tapFlags = opts.napi ? TUN.IFF_NAPI : 0;
 
     this.netns = opts.netns;
@@ -177,7 +183,7 @@ export class VirtioNetDevice extends EventEmitter {
     }
 
     const a = addon();
-    this.dp = TapDataPath.open({ tap: opts.tap, netnsPath: this.netnsPath, queuePairs: this.queuePairs, tapFlags, mtu: this.mtu, busyPollUs, io: opts.io ?? 'auto' });
+    this.dp = TapDataPath.open({ tap: opts.tap, netnsPath: this.netnsPath, queuePairs: this.queuePairs, tapFlags, mtu: this.mtu, busyPollUs, io: opts.io ?? 'auto', sqpoll: opts.sqpoll ?? false });
     this.dp.memory = this.memory;
     this.tapName = this.dp.tapName;
     let offered = BASE_FEATURES | this.dp.offloads;

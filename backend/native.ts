@@ -28,6 +28,13 @@ export interface NativeQueueStats {
   interrupts: number;
   /** Times the worker woke up because of this queue's kick eventfd. */
   kicks: number;
+  /** TX: writes the TAP refused for lack of room (its sndbuf is finite); each frame is sent again later, in order. */
+  tapFull: number;
+  /**
+   * TX: frames that reached the TAP ahead of an earlier frame of the guest's, because the TAP's
+   * sndbuf shrank while a batch was being written (see README, "Ordering"). Normally 0.
+   */
+  reordered: number;
   /**
    * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
    * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_pair_detached' (still queued in the TAP
@@ -36,7 +43,9 @@ export interface NativeQueueStats {
    * filter). TX: 'tap_write_einval', 'tap_write_eio', 'tap_write_efault', 'tap_write_error',
    * 'tx_too_many_segments', and for headers the kernel refuses (EINVAL), why:
    * 'tx_hdr_csum_past_frame', 'tx_hdr_len_past_frame', 'tx_hdr_bad_gso_type',
-   * 'tx_hdr_gso_size_zero', 'tx_hdr_uso_without_csum'.
+   * 'tx_hdr_gso_size_zero', 'tx_hdr_uso_without_csum'; 'tx_tap_full_reordered': refused by a full
+   * TAP after later frames of its batch had gone out (counted in reordered) and still refused
+   * after a short wait.
    */
   drops: Record<string, number>;
   /** True when the queue stopped because the guest broke a rule. */
@@ -54,14 +63,15 @@ export interface NativeEngineStats {
   rx: NativeQueueStats;
   tx: NativeQueueStats;
   /**
-   * Which I/O method the worker uses: 'io_uring' (TX: up to 64 linked WRITEVs per
-   * io_uring_enter, order kept across EAGAIN; RX: up to 64 READVs per submission when
+   * Which I/O method the worker uses: 'io_uring' (TX: up to 64 WRITEVs per io_uring_enter,
+   * unlinked while the TAP's sndbuf is unlimited, linked while it is finite, order kept
+   * across EAGAIN; 'io_uring sqpoll' the same through a kernel polling thread; RX: up to 64 READVs per submission when
    * frames are queued and each RX chain holds rxFrameMax alone) or 'readv/writev' (one
    * system call per frame). Chosen at each start(): io_uring unless the kernel refuses it
    * (ENOSYS, EPERM: kernel.io_uring_disabled, seccomp) or the environment variable
    * VHOST_TAP_IO=readv forces readv/writev. Both move the same frames in the same order.
    */
-  io: 'io_uring' | 'readv/writev';
+  io: 'io_uring' | 'io_uring sqpoll' | 'readv/writev';
   /** Worker wake-ups (epoll_wait returns after sleeping; busy-poll hits are not counted). */
   wakeups: number;
   running: boolean;
@@ -215,6 +225,13 @@ export interface NativeEngineOptions {
    * 'readv': readv/writev even where io_uring works (stats().io says which runs).
    */
   io?: 'auto' | 'readv';
+  /**
+   * io_uring with a kernel thread polling its submission ring (IORING_SETUP_SQPOLL): no
+   * system call per batch while the worker is busy, at the cost of that thread's core.
+   * Falls back to an ordinary ring where the kernel refuses it; stats().io says
+   * 'io_uring sqpoll' when it runs. Ignored with io: 'readv'.
+   */
+  sqpoll?: boolean;
   /**
    * Called on the JS thread (through a thread-safe function) when the guest broke a
    * rule and the queue stopped: (queueIndex, rule, detail). Only that queue stops; the

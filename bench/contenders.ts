@@ -1,8 +1,9 @@
-// The three things the benchmark races on the same TAP with the same traffic:
-// vhost-tap (VirtioNetDevice + native engine), the C syscall loop
-// (bench/baseline.c) and the plain-Node JS device (bench/node-loop.ts). Each
-// runs one trial: set up, warm up, measure a window, tear down, and returns
-// counters and per-thread CPU for that window only.
+// The things the benchmark races on the same TAP with the same traffic:
+// vhost-tap (VirtioNetDevice + native engine), the two C baselines
+// (bench/baseline.c: a write()/read() loop and batched io_uring) and the
+// plain-Node JS device (bench/node-loop.ts). Each runs one trial: set up, warm
+// up, measure a window, tear down, and returns counters and per-thread CPU for
+// that window only.
 
 import { ChildProcess, execFileSync, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -18,9 +19,26 @@ import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
 // 'vhost' is the default engine (io_uring batching where the kernel allows it);
 // 'vhost-readv' is the same device with option io: 'readv' (one readv/writev per
 // frame), so the table shows what batching buys next to the same baselines.
-export type Contender = 'vhost' | 'vhost-readv' | 'c' | 'node';
-export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'c', 'node'];
-export const CONTENDER_NAMES: Record<Contender, string> = { vhost: 'vhost-tap', 'vhost-readv': 'vhost-tap readv', c: 'C loop', node: 'Node loop' };
+// 'c' is one write()/read() per frame; 'c-uring' batches of 64 io_uring
+// requests on a registered fd: the syscall ceiling and the batching ceiling.
+// 'vhost-sqpoll' is the device with option sqpoll (a kernel thread polls the
+// io_uring submission ring; its CPU counts as backend CPU): opt-in, since it
+// needs a spare core per pair.
+export type Contender = 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'c' | 'c-uring' | 'node';
+export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'c', 'c-uring', 'node'];
+/** What runs when --contenders is not given: everything but vhost-sqpoll. */
+export const DEFAULT_CONTENDERS: Contender[] = CONTENDERS.filter((k) => k !== 'vhost-sqpoll');
+export const CONTENDER_NAMES: Record<Contender, string> = {
+  vhost: 'vhost-tap',
+  'vhost-readv': 'vhost-tap readv',
+  'vhost-sqpoll': 'vhost-tap sqpoll',
+  c: 'C loop',
+  'c-uring': 'C io_uring',
+  node: 'Node loop',
+};
+
+/** A contender this machine cannot run (e.g. io_uring disabled); the bench reports it and goes on. */
+export class ContenderUnavailable extends Error {}
 
 export interface Trial {
   dir: 'tx' | 'rx';
@@ -52,7 +70,7 @@ export interface Sample {
   backendThreads: number;
   /** CPU of the guest's traffic workers (not for the C loop, which has no guest). */
   guestCpuNs: number | null;
-  /** vhost-tap only: stats().io, drops, wake-ups of the guest, interrupts, kicks. */
+  /** vhost-tap: stats().io; C io_uring: the ring setup it got (e.g. 'defer-taskrun+fixed-file'). */
   io?: string;
   drops?: number;
   interrupts?: number;
@@ -69,6 +87,20 @@ const RX_BUF_GSO = 16384;
 const RX_FRAME_MAX_GSO = HDR_LEN + 14 + 65535 + 13; // what backend/features.ts allows with GUEST_TSO4
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Signals a child the bench started, unless it is gone. Node reaps a child
+ * before it runs the 'exit' handlers, so exitCode can still be null for a pid
+ * that no longer exists: kill() then throws ESRCH, which only means "done".
+ */
+export function signalChild(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.exitCode !== null || child.signalCode !== null || !child.pid) return;
+  try {
+    process.kill(child.pid, sig);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ESRCH') throw e;
+  }
+}
 const alignUp = (n: number, a: number): number => Math.ceil(n / a) * a;
 
 /** Run time of one of this process's threads, ns (schedstat), or from stat ticks if schedstat is missing. */
@@ -204,7 +236,7 @@ function startSource(env: Env, t: Trial): Source {
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   return {
     async stop() {
-      if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGTERM');
+      signalChild(child, 'SIGTERM');
       const code = await exited;
       env.children.delete(child);
       if (code !== 0) throw new Error(`pktsrc failed (${code}): ${err.trim()}`);
@@ -235,10 +267,10 @@ async function window<T>(env: Env, snap: () => T): Promise<{ a: T; b: T; wallNs:
 
 // --- vhost-tap ---------------------------------------------------------------------------
 
-export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'): Promise<Sample> {
+export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto', sqpoll = false): Promise<Sample> {
   const mq = t.queues > 1;
   const L = layout(t, env.ringSize, mq);
-  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io });
+  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io, sqpoll });
   const workers: Spawned[] = [];
   const callFds: number[] = [];
   let source: Source | undefined;
@@ -263,7 +295,8 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
       device.setQueue(ctrlq(t.queues), L.ctrl.addrs);
       ctrl = new ControlDriver(device, L.mem, ctrlq(t.queues), L.ctrl.addrs, true, L.ctrl.buf);
     }
-    // The engine threads are unnamed: they are the threads that appear when the pairs start.
+    // The engine threads are the threads that appear when the pairs start (with sqpoll, the
+    // kernel's iou-sqp threads too: they are threads of this process, made with each ring).
     const before = tids();
     device.status |= STATUS.DRIVER_OK;
     if (ctrl) {
@@ -312,6 +345,7 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
     const src = source ? await source.stop() : undefined;
     source = undefined;
     if (io === 'readv' && w.b.io !== 'readv/writev') throw new Error(`option io 'readv' ran ${w.b.io}`);
+    if (sqpoll && w.b.io !== 'io_uring sqpoll') throw new ContenderUnavailable(`the kernel refused an SQPOLL ring (ran ${w.b.io})`);
     const broken = device.stats().queues.filter((q) => q.broken);
     if (broken.length) throw new Error(`queue ${broken[0].index} broke during the trial`);
     return {
@@ -336,12 +370,22 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
   }
 }
 
-// --- the C syscall loop -----------------------------------------------------------------
+// --- the C baselines ---------------------------------------------------------------------
 
-export async function runC(env: Env, t: Trial): Promise<Sample> {
+/** ns per getppid() on this machine (median of 3 runs of 10^6): the cost of entering the kernel. */
+export function syscallNs(env: Pick<Env, 'outDir'>): number {
+  const runs = [0, 1, 2].map(() => {
+    const out = execFileSync(path.join(env.outDir, 'baseline'), ['syscall', '1000000'], { encoding: 'utf8' });
+    return (JSON.parse(out) as { getppidNs: number }).getppidNs;
+  });
+  return runs.sort((a, b) => a - b)[1];
+}
+
+/** method 'loop': one write()/read() per frame; 'uring': batched io_uring (see bench/baseline.c). */
+export async function runC(env: Env, t: Trial, method: 'loop' | 'uring' = 'loop'): Promise<Sample> {
   const offloads = t.dir === 'rx' && t.gso ? TUN.F_CSUM | TUN.F_TSO4 : 0;
   const args = [
-    'netns', 'exec', env.ns, path.join(env.outDir, 'baseline'), t.dir, env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec),
+    'netns', 'exec', env.ns, path.join(env.outDir, 'baseline'), method, t.dir, env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec),
     String(t.queues), String(env.warmupMs), String(env.durationMs), String(offloads), String(env.txqlen),
   ];
   const child = spawn('ip', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -359,17 +403,21 @@ export async function runC(env: Env, t: Trial): Promise<Sample> {
   child.stderr!.on('data', (d) => (err += d));
   try {
     const code0 = await Promise.race([ready.then(() => null), exited]);
+    if (code0 === 3) {
+      const why = (JSON.parse(out.trim().split('\n').pop() ?? '{}') as { unavailable?: string }).unavailable;
+      throw new ContenderUnavailable(why ?? 'the baseline says it cannot run here');
+    }
     if (code0 !== null || child.exitCode !== null) throw new Error(`baseline failed: ${err.trim()}`);
     if (t.dir === 'rx') source = startSource(env, t);
     const code = await exited;
     if (code !== 0) throw new Error(`baseline exited ${code}: ${err.trim()}`);
     const src = source ? await source.stop() : undefined;
     source = undefined;
-    const r = JSON.parse(out.split('\n').filter((l) => l.startsWith('{'))[0]) as { frames: number; bytes: number; cpuNs: number; wallNs: number };
-    return { frames: r.frames, bytes: r.bytes, wallNs: r.wallNs, backendCpuNs: r.cpuNs, backendThreads: t.queues, guestCpuNs: null, source: src };
+    const r = JSON.parse(out.split('\n').filter((l) => l.startsWith('{'))[0]) as { frames: number; bytes: number; cpuNs: number; wallNs: number; uring?: string };
+    return { frames: r.frames, bytes: r.bytes, wallNs: r.wallNs, backendCpuNs: r.cpuNs, backendThreads: t.queues, guestCpuNs: null, source: src, io: r.uring };
   } finally {
     if (source) await source.stop().catch(() => undefined);
-    if (child.exitCode === null && child.pid) process.kill(child.pid, 'SIGKILL');
+    signalChild(child, 'SIGKILL');
     await exited;
     env.children.delete(child);
   }

@@ -7,9 +7,16 @@
 
 import type { BenchReport } from './run';
 
-const KEYS = ['vhost', 'vhost-readv', 'c', 'node'];
-const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', c: '#7f7f7f', node: '#ff7f0e' };
-const NAMES: Record<string, string> = { vhost: 'vhost-tap (io_uring)', 'vhost-readv': 'vhost-tap (readv/writev)', c: 'C write()/read() loop', node: 'Node loop' };
+const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'c', 'c-uring', 'node'];
+const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
+const NAMES: Record<string, string> = {
+  vhost: 'vhost-tap (io_uring)',
+  'vhost-readv': 'vhost-tap (readv/writev)',
+  'vhost-sqpoll': 'vhost-tap (io_uring sqpoll)',
+  c: 'C write()/read() loop',
+  'c-uring': 'C io_uring (batches of 64)',
+  node: 'Node loop',
+};
 
 interface Group {
   label: string;
@@ -87,7 +94,8 @@ export function renderSvg(report: BenchReport): string {
   parts.push(panel(W * 0.42, 30, W * 0.58, H, 'throughput (1 queue pair; log scale)', 'Gbit/s (frame bytes; TCP: payload)', gbpsGroups, true));
   const legend = KEYS.map((k, i) => `<rect x="${20 + i * 260}" y="${H + 40}" width="12" height="12" fill="${COLORS[k]}"/><text x="${38 + i * 260}" y="${H + 51}" font-size="12">${esc(NAMES[k])}</text>`).join('\n');
   const m = report.machine;
-  const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}; medians of ${report.options.rounds} rounds; TCP: vhost-tap only (no baseline has a guest TCP stack)`;
+  const sys = typeof m.getppidNs === 'number' ? `; getppid() ${m.getppidNs.toFixed(0)} ns (syscalls ${m.syscalls})` : '';
+  const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}${sys}; medians of ${report.options.rounds} rounds; TCP: vhost-tap only (no baseline has a guest TCP stack)`;
   return `<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H + 70}" viewBox="0 0 ${W} ${H + 70}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>

@@ -10,7 +10,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { GuestSim } from '../guest-sim/guest';
-import { cpuOf, Env, ipNs, tids } from './contenders';
+import { cpuOf, Env, ipNs, signalChild, tids } from './contenders';
 
 export type TcpDir = 'h2g' | 'g2h';
 
@@ -125,9 +125,15 @@ export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv'): Promi
   let err = '';
   try {
     ipNs(env, 'addr', 'add', `${HOST4}/24`, 'dev', env.tap);
-    // The engine thread names itself vt-pair0; the other new threads are the guest's Worker.
-    const fresh = [...tids()].filter((x) => !before.has(x));
-    const engine = fresh.filter((x) => comm(x).startsWith('vt-pair'));
+    // The engine thread names itself vt-pair0 first thing it runs, which may be a moment after
+    // it exists on a busy machine; the other new threads are the guest's Worker.
+    let fresh: number[] = [];
+    let engine: number[] = [];
+    for (let tries = 0; tries < 200 && engine.length === 0; tries++) {
+      if (tries > 0) await sleep(5);
+      fresh = [...tids()].filter((x) => !before.has(x));
+      engine = fresh.filter((x) => comm(x).startsWith('vt-pair'));
+    }
     const guestT = fresh.filter((x) => !engine.includes(x));
     if (engine.length !== 1) throw new Error(`expected one engine thread, found ${engine.length}`);
     child = spawn('ip', ['netns', 'exec', env.ns, process.execPath, '-e', PEER, dir, GUEST4], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -170,7 +176,7 @@ export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv'): Promi
     if (child) {
       const c = child;
       const exited = c.exitCode === null ? new Promise((r) => c.once('exit', r)) : Promise.resolve();
-      if (c.exitCode === null && c.pid) process.kill(c.pid, 'SIGKILL');
+      signalChild(c, 'SIGKILL');
       await exited;
       env.children.delete(c);
     }

@@ -33,6 +33,10 @@ Options:
                       Default: every one the device offers. tso4, tso6 and uso need
                       csum; guest-tso*/guest-uso* need guest-csum.
   --source-bytes N    bytes the TCP source (port 19) sends per connection (default 1073741824)
+  --sqpoll            io_uring through a kernel thread that polls its submission ring:
+                      no system call per batch under load, but that thread takes a
+                      core per queue pair while busy (slower on a machine without a
+                      spare core; see README)
   --pcap FILE         write every frame the device moves, both directions, super-frames
                       whole, to FILE as pcapng (Wireshark, tcpdump -r); each frame's
                       virtio_net_hdr is in its packet comment
@@ -85,6 +89,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
     offloads: { type: 'string' },
     'source-bytes': { type: 'string' },
     pcap: { type: 'string' },
+    sqpoll: { type: 'boolean' },
     json: { type: 'boolean' },
   });
   if (o.help) {
@@ -129,6 +134,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
     features,
     sourceBytes,
     pcap: o.pcap as string | undefined,
+    sqpoll: o.sqpoll === true,
   });
   guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
   // A queue-pair Worker that dies is reported as 'error'. Without a listener EventEmitter throws

@@ -115,6 +115,8 @@ export interface GuestOptions {
   tcpRcvBuf?: number;
   /** The device's I/O method (VirtioNetDevice option io); default 'auto'. */
   io?: 'auto' | 'readv';
+  /** The device's sqpoll option: io_uring through a kernel polling thread (costs a core). */
+  sqpoll?: boolean;
   /**
    * Write every frame the device moves (both directions, super-frames whole) to this file as
    * pcapng, each frame's virtio_net_hdr in its packet comment. Off (and free) by default.
@@ -222,7 +224,7 @@ export class GuestSim extends EventEmitter {
     }
     let device: VirtioNetDevice;
     try {
-      device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io });
+      device = new VirtioNetDevice({ memory: mem, tap: opts.tap, netns: opts.netns, queuePairs: pairs, mac: opts.mac, mtu, io: opts.io, sqpoll: opts.sqpoll });
     } catch (e) {
       if (pcapFd !== undefined) fs.closeSync(pcapFd);
       throw e;

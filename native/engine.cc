@@ -230,7 +230,7 @@ SysResult Engine::Start() {
   io_.reset();
   if (!cfg_.force_readv && UringWanted()) {
     int err = 0;
-    io_ = MakeUringIo(cfg_.tap_fd, kBatch, &err);
+    io_ = MakeUringIo(cfg_.tap_fd, kBatch, cfg_.sqpoll, &err);
   }
   if (!io_) io_ = MakeReadvIo(cfg_.tap_fd);
   io_name.store(io_->name());
@@ -311,6 +311,16 @@ void Engine::RefreshMemory() {
   mem_ = std::move(next);  // the old table goes when no one else holds it
 }
 
+bool Engine::MemoryMovedUnder(const Violation& v) const {
+  // Translation failed and the table was replaced since this one was taken.
+  // A guest that posts into new memory learnt of it after the replacement,
+  // so the replacement happens-before its avail.idx store, and the pop loaded
+  // avail.idx with acquire: a generation seen unchanged here means the buffer
+  // really is outside the guest's memory.
+  const bool translation = v.rule && (strcmp(v.rule, "desc-out-of-bounds") == 0 || strcmp(v.rule, "indirect-out-of-bounds") == 0);
+  return translation && cfg_.memory->generation() != mem_gen_;
+}
+
 void Engine::PinLostMemory() {
   // The kernel may still read or write buffers of the failed batch: the table
   // they point into (and so their mappings) must never be released.
@@ -338,8 +348,15 @@ bool Engine::ProcessTx() {
       more = true;
       break;
     }
+    // A table the JS thread replaced (setMemory) applies from the next batch
+    // on, not only from the next round: a guest that posts buffers in new
+    // memory right after the replacement is then not read through the old one
+    // while TX keeps the worker in this loop.
+    RefreshMemory();
+    if (tx_broken_) break;
     unsigned n = 0;
     bool drained = false;
+    bool memory_moved = false;
     while (n < kBatch && packets + n < kBudgetPackets) {
       uint16_t head;
       Violation v;
@@ -348,14 +365,26 @@ bool Engine::ProcessTx() {
         drained = true;
         break;
       }
-      if (p == SplitQueue::Pop::kBroken || !tx_.ReadTxChain(head, cfg_.hdr_len, &tx_slots_[n], &v)) {
+      if (p == SplitQueue::Pop::kChain && !tx_.ReadTxChain(head, cfg_.hdr_len, &tx_slots_[n], &v) &&
+          MemoryMovedUnder(v)) {
+        // Posted in memory the JS thread added after this batch took its
+        // table: give it back and take it again with the new table, once
+        // this batch (whose buffers the old table holds) is done.
+        tx_.UndoPop();
+        memory_moved = true;
+        break;
+      }
+      if (p == SplitQueue::Pop::kBroken || v.rule) {
         Break(tx_, tx_stats, cfg_.tx, v);
         broke = true;
         break;
       }
       n++;
     }
-    if (n == 0) break;
+    if (n == 0) {
+      if (memory_moved) continue;  // RefreshMemory() at the top takes the new table
+      break;
+    }
     // A chain in more buffers than one writev takes is dropped in place; the
     // rest go to the TAP as one batch.
     unsigned nio = 0;
@@ -364,6 +393,7 @@ bool Engine::ProcessTx() {
       if (c.iov.size() <= kMaxIov) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
     }
     const TapIo::Batch outcome = nio ? io_->Write(frames_.data(), nio, results_.data()) : TapIo::Batch::kDone;
+    tx_counts_.reordered += io_->TakeReordered();
     if (outcome == TapIo::Batch::kUnknown) {
       // Whether these frames went out is unknown and the kernel may still
       // read their buffers: they are neither completed nor sent again. The
@@ -381,11 +411,16 @@ bool Engine::ProcessTx() {
       } else {
         const int32_t r = results_[k++];
         if (r == kNotDone || r == -EAGAIN || r == -EWOULDBLOCK) {
-          if (r != kNotDone) tx_blocked_ = true;
+          if (r != kNotDone) {
+            tx_blocked_ = true;
+            tx_counts_.tap_full++;
+          }
           undo_from = i;
           break;
         }
-        if (r < 0) {
+        if (r == kDroppedFull) {
+          tx_counts_.drops[kTxTapFullReordered]++;
+        } else if (r < 0) {
           tx_counts_.drops[WriteErrorDrop(-r, c, cfg_.hdr_len)]++;
         } else {
           bytes += c.bytes;
@@ -431,7 +466,16 @@ bool Engine::FillRxStash() {
     Violation v;
     const SplitQueue::Pop p = rx_.PopOrArm(&head, &v);
     if (p == SplitQueue::Pop::kEmpty) return true;  // kicks stay enabled: we sleep until the guest posts buffers
-    if (p == SplitQueue::Pop::kBroken || !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v)) {
+    if (p == SplitQueue::Pop::kChain && !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v) &&
+        MemoryMovedUnder(v)) {
+      // Posted in memory added after this round took its table: give it back
+      // (and the stash, which points into the old table) and go on with the new one.
+      rx_.UndoPop();
+      RefreshMemory();
+      if (rx_broken_) return false;
+      continue;
+    }
+    if (p == SplitQueue::Pop::kBroken || v.rule) {
       Break(rx_, rx_stats, cfg_.rx, v);
       return false;
     }
@@ -681,6 +725,9 @@ void Engine::Run() {
     DrainRx();
     DiscardRx();
   }
+  // Released here, not by Stop(): an io_uring ring is the worker's own
+  // (SINGLE_ISSUER), and only its owner can take back the TAP file it holds.
+  io_.reset();
 }
 
 void Engine::Loop() {
@@ -695,6 +742,7 @@ void Engine::Loop() {
 
     UpdateTapInterest();
     int n = epoll_wait(epoll_fd_, evs, kMaxEvents, -1);
+    io_->Woke();
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {
       switch (evs[i].data.u32) {

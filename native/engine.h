@@ -44,6 +44,9 @@ struct EngineConfig {
   // Use readv/writev even where io_uring works (option io: 'readv'): lets one
   // process compare both paths per device; VHOST_TAP_IO=readv does it for all.
   bool force_readv = false;
+  // io_uring with a kernel thread polling the submission ring (option
+  // sqpoll): no system call per batch while it is busy, a core while it is.
+  bool sqpoll = false;
   QueueConfig rx, tx;
 };
 
@@ -91,6 +94,9 @@ class Engine {
   void DiscardRx();
   // Takes a new memory table if the slot changed (between batches only).
   void RefreshMemory();
+  // Whether a chain failed translation only because the table it was read
+  // through has been replaced since (the chain is then taken again).
+  bool MemoryMovedUnder(const Violation& v) const;
   bool ProcessTx();
   bool ProcessRx();
   // One RX read batch: fills frames into the stash; adds to the round's counts.

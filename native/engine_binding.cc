@@ -59,6 +59,8 @@ Napi::Object QueueStatsObject(Napi::Env env, const QueueStats& s, const char* co
   o.Set("usedChains", num(s.used_chains.load(std::memory_order_relaxed)));
   o.Set("interrupts", num(s.interrupts.load(std::memory_order_relaxed)));
   o.Set("kicks", num(s.kicks.load(std::memory_order_relaxed)));
+  o.Set("tapFull", num(s.tap_full.load(std::memory_order_relaxed)));
+  o.Set("reordered", num(s.reordered.load(std::memory_order_relaxed)));
   Napi::Object drops = Napi::Object::New(env);
   for (size_t i = 0; i < ndrops; i++) drops.Set(names[i], num(s.drops[i].load(std::memory_order_relaxed)));
   o.Set("drops", drops);
@@ -142,6 +144,11 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       const std::string v = io.IsString() ? io.As<Napi::String>().Utf8Value() : "";
       if (v != "auto" && v != "readv") BadArg(env, "option 'io' must be 'auto' or 'readv'");
       cfg.force_readv = v == "readv";
+    }
+    Napi::Value sq = opts.Get("sqpoll");
+    if (!sq.IsUndefined()) {
+      if (!sq.IsBoolean()) BadArg(env, "option 'sqpoll' must be a boolean");
+      cfg.sqpoll = sq.As<Napi::Boolean>().Value();
     }
     cfg.rx = ParseQueue(opts, "rx");
     cfg.tx = ParseQueue(opts, "tx");

@@ -25,12 +25,14 @@ enum TxDrop : int {
   kTxHdrBadGsoType,     // a gso_type the kernel does not know
   kTxHdrGsoSizeZero,    // a GSO frame with gso_size 0
   kTxHdrUsoNoCsum,      // UDP_L4 (USO) without NEEDS_CSUM
+  kTxTapFullReordered,  // the TAP refused it after later frames of its batch were
+                        // already written (tx_reordered) and stayed full (tap_io.h)
   kTxDropCount
 };
 inline constexpr std::array<const char*, kTxDropCount> kTxDropNames = {
     "tap_write_einval",       "tap_write_eio",        "tap_write_efault",        "tap_write_error",
     "tx_too_many_segments",   "tx_hdr_csum_past_frame", "tx_hdr_len_past_frame", "tx_hdr_bad_gso_type",
-    "tx_hdr_gso_size_zero",   "tx_hdr_uso_without_csum"};
+    "tx_hdr_gso_size_zero",   "tx_hdr_uso_without_csum", "tx_tap_full_reordered"};
 
 enum RxDrop : int {
   kRxTruncated,   // the frame was larger than the buffers offered; discarded, buffers reused
@@ -50,6 +52,8 @@ inline constexpr size_t kMaxDropCount = std::max<size_t>(kTxDropCount, kRxDropCo
 struct BatchCounts {
   uint64_t packets = 0;
   uint64_t bytes = 0;  // frame bytes, virtio_net_hdr excluded
+  uint64_t tap_full = 0;   // TX: writes the TAP refused for lack of room (sent again later)
+  uint64_t reordered = 0;  // TX: frames written after an earlier frame of their batch was refused
   std::array<uint64_t, kMaxDropCount> drops{};
 };
 
@@ -59,6 +63,8 @@ struct QueueStats {
   std::atomic<uint64_t> used_chains{0};
   std::atomic<uint64_t> interrupts{0};
   std::atomic<uint64_t> kicks{0};
+  std::atomic<uint64_t> tap_full{0};
+  std::atomic<uint64_t> reordered{0};
   std::atomic<bool> broken{false};
   std::atomic<uint32_t> last_avail_idx{0};
   std::atomic<uint32_t> used_idx{0};
@@ -72,6 +78,8 @@ struct QueueStats {
   void Publish(BatchCounts& b) {
     Add(packets, b.packets);
     Add(bytes, b.bytes);
+    Add(tap_full, b.tap_full);
+    Add(reordered, b.reordered);
     for (size_t i = 0; i < kMaxDropCount; i++) Add(drops[i], b.drops[i]);
     b = BatchCounts{};
   }

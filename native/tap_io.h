@@ -25,6 +25,10 @@ constexpr size_t kMaxIov = IOV_MAX;
 // Result of a frame that was never issued: the batch stopped before it (the
 // TAP had no room), or the I/O mechanism failed before it ran.
 constexpr int32_t kNotDone = INT32_MIN;
+// Result of a frame dropped because the TAP stayed full after later frames of
+// its batch had already been written (see Write): counted as
+// tx_tap_full_reordered.
+constexpr int32_t kDroppedFull = INT32_MIN + 1;
 
 class TapIo {
  public:
@@ -41,7 +45,18 @@ class TapIo {
   // or -errno (the frame is dropped), or -EAGAIN / kNotDone: not written, and
   // then neither is any later frame of the batch — all of them go again later,
   // in the same order, so no frame overtakes one the kernel refused.
+  // One exception, counted (TakeReordered): when the TAP's room shrinks while
+  // a batch is issued unlinked (tap_io_uring.cc), later frames may already be
+  // written when an earlier one is refused. Those keep their result, and the
+  // refused ones before them are written at once (waiting a bounded time for
+  // room) or, if the TAP stays full, dropped (kDroppedFull); only a refused
+  // suffix is reported as above. So no frame is lost silently or sent twice.
   virtual Batch Write(const IoFrame* frames, uint32_t n, int32_t* res) = 0;
+  // Frames written after an earlier frame of their batch since the last call.
+  virtual uint64_t TakeReordered() { return 0; }
+  // The worker woke up from a wait: state that may have changed meanwhile
+  // (the TAP's sndbuf) is looked at again before the next batch.
+  virtual void Woke() {}
   // Reads at most one frame into each of bufs[0..n), in order. res[i] is the
   // frame length (which may exceed the buffers: tun reports the full length of
   // a frame it had to cut), -EAGAIN (no frame was there for it), -errno, or
@@ -56,7 +71,8 @@ class TapIo {
 std::unique_ptr<TapIo> MakeReadvIo(int fd);
 // io_uring for batches of up to `batch` frames; nullptr with *err set when the
 // kernel refuses io_uring (ENOSYS, EPERM: kernel.io_uring_disabled or seccomp,
-// ENOMEM: locked memory).
-std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, int* err);
+// ENOMEM: locked memory). `sqpoll`: a kernel thread polls the submission ring
+// where the kernel grants one (name() then says "io_uring sqpoll").
+std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, bool sqpoll, int* err);
 
 }  // namespace vt

@@ -20,10 +20,26 @@ class Uring {
   // Sets up a ring of `entries` submission slots. Returns 0 or an errno
   // (ENOSYS on kernels without io_uring, EPERM where it is disabled by
   // kernel.io_uring_disabled or a seccomp policy, ENOMEM for locked memory).
-  int Init(unsigned entries);
+  // The ring is made disabled where the kernel allows SINGLE_ISSUER (6.1):
+  // such a ring belongs to the thread that enables it (Bind).
+  // With `sqpoll`, asks for a kernel thread that polls the submission ring
+  // (IORING_SETUP_SQPOLL): submitting then needs no system call while that
+  // thread is awake. Falls back to an ordinary ring where refused (sqpoll()
+  // says which was made).
+  int Init(unsigned entries, bool sqpoll = false);
+  bool sqpoll() const { return (setup_flags_ & IORING_SETUP_SQPOLL) != 0; }
   bool ok() const { return fd_ >= 0; }
+  // On the thread that will use the ring, before anything is queued: enables
+  // a ring Init made disabled, and registers `fd` as fixed file 0 so requests
+  // on it skip the per-request file lookup (IOSQE_FIXED_FILE). Returns 0 or
+  // an errno from enabling (the ring is then unusable); a kernel that refuses
+  // the registration just gets the plain fd.
+  int Bind(int fd);
+  // Setup flags the kernel accepted (for tests and the benchmark).
+  unsigned setup_flags() const { return setup_flags_; }
+  bool fixed_file() const { return fixed_fd_ >= 0; }
 
-  // Queues a READV/WRITEV of iov[0..cnt) on `fd` at the current file position
+  // Queues a READV/WRITEV of iov[0..cnt) (a READ/WRITE when cnt is 1) on `fd` at the current file position
   // (offset -1, the only thing a TAP or socket understands). `link` chains it
   // to the next one queued: that one starts only if this one fully succeeded.
   // Always RWF_NOWAIT: a read with no frame or a write with no room completes
@@ -55,10 +71,17 @@ class Uring {
   bool Quiesce(int32_t* res, unsigned n, unsigned* got);
 
  private:
+  int SqpollSubmitAndWait(unsigned wait);
+  // The SQ tail including entries queued but not published yet (SQPOLL).
+  unsigned local_tail() const { return *sq_tail_ + (sqpoll() ? queued_ : 0); }
+  // Completions ready to reap.
+  unsigned ready() const;
   // Books r SQEs the kernel took (io_uring_enter's result); returns how many.
   unsigned Submitted(unsigned r);
 
   int fd_ = -1;
+  unsigned setup_flags_ = 0;
+  int fixed_fd_ = -1;  // the fd registered as fixed file 0, or -1
   void* sq_map_ = nullptr;
   size_t sq_map_len_ = 0;
   void* cq_map_ = nullptr;  // == sq_map_ with IORING_FEAT_SINGLE_MMAP
@@ -67,6 +90,7 @@ class Uring {
   size_t sqes_len_ = 0;
 
   unsigned* sq_head_ = nullptr;
+  unsigned* sq_flags_ = nullptr;
   unsigned* sq_tail_ = nullptr;
   unsigned sq_mask_ = 0;
   unsigned sq_entries_ = 0;

@@ -28,7 +28,7 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.is(rep.results.length, 1);
   const res = rep.results[0];
   t.is(res.case, 'tx');
-  for (const k of ['vhost', 'vhost-readv', 'c', 'node']) {
+  for (const k of ['vhost', 'vhost-readv', 'c', 'c-uring', 'node']) {
     const s = res.contenders[k].rounds[0];
     t.true(s.frames > 0, `${k} moved frames`);
     t.true(s.bytes > 0, `${k} moved bytes`);
@@ -37,7 +37,10 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.is(typeof rep.io, 'string');
   t.is(res.contenders['vhost-readv'].rounds[0].io, 'readv/writev', "the second vhost-tap contender runs with io: 'readv'");
   t.is(res.contenders.vhost.rounds[0].backendThreads, 1, 'one engine thread found');
-  t.true(typeof res.ratios.vsC === 'number' && typeof res.ratios.vsNode === 'number');
+  t.true(typeof res.ratios.vsC === 'number' && typeof res.ratios.vsCUring === 'number' && typeof res.ratios.vsNode === 'number');
+  t.regex(res.contenders['c-uring'].rounds[0].io, /taskrun|plain/, 'the C io_uring baseline says which ring setup it got');
+  t.true(rep.machine.getppidNs > 0, 'the machine line has the cost of a system call');
+  t.true(['cheap', 'expensive'].includes(rep.machine.syscalls));
   t.true(rep.targets.length >= 4);
   t.true(rep.unavailable.length === 0);
   t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');

@@ -16,7 +16,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { featureNames, has } from '../backend';
-import { guestToHost, hostToGuest, ping } from '../host/linux-guest/host';
+import { guestToHost, hostToGuest, ping, waitReachable } from '../host/linux-guest/host';
 import { LinuxGuest } from '../host/linux-guest/qemu';
 import { withNetns } from '../host/netns';
 import { startCommand } from './helpers/cli';
@@ -135,7 +135,11 @@ test.serial('vhost-tap vhost-user serves Linux guests under QEMU: offloads and M
     const g2 = await LinuxGuest.boot({ netdev: { kind: 'vhost-user', socket: sock, queues: 2 }, cpus: 2, ip4: `${GUEST4}/24`, ip6: `${GUEST6}/64`, bootTimeoutMs: BOOT_TIMEOUT_MS });
     ns.defer(() => g2.killNow());
     t.log(`second guest booted in ${(g2.bootMs / 1000).toFixed(1)} s`);
+    // The host still remembers the first guest (same addresses, and QEMU gives both the same
+    // MAC) as unreachable: let neighbour resolution settle before counting replies.
+    ip('neigh', 'flush', 'dev', tap);
     for (const addr of [GUEST4, GUEST6]) {
+      t.true(await waitReachable(ns.name, addr), `second guest answers ${addr}`);
       const p = await ping(ns.name, addr, 100, 0.02);
       t.is(p.received, 100, `second guest, ping ${addr}: ${p.output}`);
     }

@@ -91,6 +91,19 @@ export async function ping(ns: string | undefined, addr: string, count = 100, in
   return { transmitted, received, lossPct: (100 * (transmitted - received)) / transmitted, avgMs: rtt ? Number(rtt[1]) : NaN, output: r.stdout };
 }
 
+/**
+ * Waits (bounded) until `addr` answers one ping from `ns`: a guest that just booted, or that
+ * took over an address another guest had, is reachable once neighbour resolution catches up.
+ * Returns whether it answered within `tries` seconds.
+ */
+export async function waitReachable(ns: string | undefined, addr: string, tries = 20): Promise<boolean> {
+  for (let i = 0; i < tries; i++) {
+    const r = await runChild(ns, 'ping', [...(addr.includes(':') ? ['-6'] : []), '-c', '1', '-W', '1', '-q', addr], 10_000);
+    if (r.code === 0) return true;
+  }
+  return false;
+}
+
 function parsePeer(r: { code: number | null; stdout: string; stderr: string }, what: string): { bytes: number; sha256: string; ms: number } {
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
   if (r.code !== 0 || !line) throw new Error(`${what}: tcp-peer exited ${r.code}: ${r.stderr.trim()} ${r.stdout.trim()}`);
