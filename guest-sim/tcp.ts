@@ -758,10 +758,13 @@ export class TcpStack {
     if (wnd === 0) c.retries = 0;
     if (seqGt(s.ack, c.sndUna)) {
       const acked = seqDiff(s.ack, c.sndUna);
+      // Our SYN takes the first sequence number and is no data byte (a passive open gets its
+      // ACK here): counting it would put every retransmission's data one byte late.
+      const synAcked = c.sndUna === c.iss ? 1 : 0;
       c.sndUna = s.ack;
-      let dataAcked = acked;
+      let dataAcked = acked - synAcked;
       // Only the FIN lies beyond the last data byte.
-      if (c.finQueued && c.ackedBytes + acked > c.sndEnd) {
+      if (c.finQueued && c.ackedBytes + dataAcked > c.sndEnd) {
         c.finAcked = true;
         dataAcked = c.sndEnd - c.ackedBytes;
       }
