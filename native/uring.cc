@@ -105,7 +105,11 @@ int Uring::Init(unsigned entries, bool sqpoll) {
     memset(&p, 0, sizeof p);
     p.flags = flags;
     if (flags & IORING_SETUP_SQPOLL) p.sq_thread_idle = kSqThreadIdleMs;
-    fd = SysSetup(entries, &p);
+    // The SQ thread commits the SQ head only when it has issued what it took,
+    // and those requests may complete (and be reaped) before that: the last
+    // batch's slots can look taken while the next batch is queued. Twice the
+    // batch always leaves a whole batch free.
+    fd = SysSetup((flags & IORING_SETUP_SQPOLL) ? 2 * entries : entries, &p);
     if (fd >= 0) break;
     // EPERM/ENOMEM for SQPOLL alone (older kernels wanted CAP_SYS_NICE):
     // an ordinary ring may still work.
