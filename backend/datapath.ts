@@ -12,6 +12,13 @@ import { addon, NativeEngine, NativeGuestMemory, NativeQueueStats } from './nati
 import { RxFilterSnapshot } from './rxfilter';
 import { has, netHdrSize } from './virtio';
 
+/**
+ * Frames read off a TAP queue (and counted) before it is detached with no engine running:
+ * a queue holds at most txqueuelen frames (1000 by default), so this only bounds the work
+ * a flood could make the JS thread do.
+ */
+const DISCARD_MAX = 65536;
+
 export interface QueueStats {
   index: number;
   kind: 'rx' | 'tx' | 'ctrl';
@@ -251,7 +258,10 @@ export class TapDataPath {
   setPairs(changes: Map<number, PairSetup | null>): Map<number, { rx: RingPosition; tx: RingPosition }> {
     const a = addon();
     const stopped = new Map<number, { rx: RingPosition; tx: RingPosition }>();
-    const shrinking = [...changes].some(([p, s]) => s === null && this.engines[p]);
+    // A queue leaves the kernel's steering when its pair stops (its engine drains it first)
+    // or when it is attached with no engine at all (after a reset, until DRIVER_OK says how
+    // many pairs run): either way it may hold frames.
+    const shrinking = [...changes].some(([p, s]) => s === null && (this.engines[p] || (p > 0 && this.attached[p])));
     if (shrinking) native(this.what, () => a.tapSteerAllTo(this.fds[0], 0));
     let failure: unknown;
     try {
@@ -263,7 +273,10 @@ export class TapDataPath {
         const pos = this.stopPair(p, true);
         if (pos) stopped.set(p, pos);
         // Detached queues get no frames from the kernel's steering; pair 0 never detaches.
-        if (p > 0) this.attach(p, false);
+        if (p > 0) {
+          if (!pos && this.attached[p]) this.discardQueued(p);
+          this.attach(p, false);
+        }
       }
     } catch (e) {
       failure = e;
@@ -277,6 +290,19 @@ export class TapDataPath {
     }
     if (failure) throw failure;
     return stopped;
+  }
+
+  /**
+   * Reads off and counts (rx_pair_detached) what pair p's TAP queue holds while no engine
+   * runs for it: detaching the queue would make the kernel free those frames uncounted.
+   * Steering must already send new frames elsewhere.
+   */
+  private discardQueued(p: number): void {
+    const n = native(this.what, () => addon().tapDiscardQueued(this.fds[p], DISCARD_MAX));
+    if (n === 0) return;
+    const q = this.merge(2 * p, 'rx', undefined);
+    q.drops.rx_pair_detached = (q.drops.rx_pair_detached ?? 0) + n;
+    this.retired.set(2 * p, q);
   }
 
   /** Stops every engine (no drain), keeping counters. */

@@ -38,7 +38,8 @@ export interface NativeQueueStats {
   /**
    * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
    * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_pair_detached' (still queued in the TAP
-   * when stop(true) ran before its queue was detached and the guest had no buffers for them),
+   * when stop(true) ran before its queue was detached and the guest had no buffers for them;
+   * datapath.ts adds those of queues detached with no engine running),
    * 'rx_filtered' (refused by setRxFilter's
    * filter). TX: 'tap_write_einval', 'tap_write_eio', 'tap_write_efault', 'tap_write_error',
    * 'tx_too_many_segments', and for headers the kernel refuses (EINVAL), why:
@@ -313,6 +314,8 @@ export interface Addon {
   tapSetQueue(fd: number, attach: boolean): void;
   /** TUNSETCARRIER */
   tapSetCarrier(fd: number, up: boolean): void;
+  /** Reads and throws away up to `max` frames the queue holds; returns how many. */
+  tapDiscardQueued(fd: number, max: number): number;
   /**
    * TUNSETSTEERINGEBPF with a program that sends every frame to `queue`; -1 removes it
    * and the kernel's flow steering applies again.

@@ -324,10 +324,10 @@ async function main(): Promise<number> {
     }
     const acc = account(devStats, tapc);
     const csumErrors = hostChecksumErrors(ns);
-    // Host side, for information: packets the namespace sent that reached neither the device
-    // nor a TAP counter (tx_dropped). The kernel frees some without counting them: sent while
-    // the carrier is off (a reset turns it off until DRIVER_OK), or left in a TAP queue that
-    // VQ_PAIRS_SET detaches.
+    // Host side: packets the namespace sent that reached neither the device nor a TAP counter
+    // (tx_dropped counts what a TAP with its carrier off, or a full queue, refuses). The one
+    // place the kernel frees frames uncounted is a TAP queue being detached, so the device
+    // reads such a queue off first and counts what it held (rx_pair_detached).
     const hostOut = hostPacketsOut(ns) - hostOut0;
     const hostUncounted = hostOut - (tapc.txPackets - tap0.txPackets) - (tapc.txDropped - tap0.txDropped);
     await guest.stop();
@@ -364,7 +364,7 @@ async function main(): Promise<number> {
       console.log(`TAP (kernel): handed ${tapc.txPackets} frames to the device, got ${tapc.rxPackets} from it; dropped before the device (tx_dropped) ${tapc.txDropped}`);
       console.log(`drops by name: ${JSON.stringify(report.drops)}; checksum errors the host stack saw: ${JSON.stringify(csumErrors)}`);
       console.log(`resources (sampled after a reset) after 1 min → end (max): RSS ${first.rssMiB} → ${last.rssMiB} MiB (${report.resources.max.rssMiB}), fds ${first.fds} → ${last.fds} (${report.resources.max.fds}), threads ${first.threads} → ${last.threads} (${report.resources.max.threads})`);
-      console.log(`host stack → TAP: ${hostOut} packets sent, ${hostUncounted} of them freed by the kernel without a counter (while the carrier was off at resets, or in a detached TAP queue)`);
+      console.log(`host stack → TAP: ${hostOut} packets sent, ${hostUncounted} of them reached neither the device nor a TAP counter`);
       const why = [...acc.why, ...(hostUncounted ? [`${hostUncounted} sent by the host stack reached neither the device nor a TAP counter`] : [])];
       console.log(`frames not accounted for: ${acc.unaccounted + Math.abs(hostUncounted)}${why.length ? ` (${why.join('; ')})` : ''}`);
       if (errors.length) console.log(`errors: ${errors.slice(0, 10).join(' | ')}`);

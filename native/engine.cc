@@ -16,6 +16,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "tap.h"
+
 namespace vt {
 
 namespace {
@@ -701,14 +703,10 @@ void Engine::DrainRx() {
 
 void Engine::DiscardRx() {
   if (tap_hup_) return;
-  // One buffer big enough for any frame tun hands out (64 KiB + header).
-  std::vector<uint8_t> scratch(cfg_.hdr_len + 65536 + 64);
-  for (int i = 0; i < kDiscardMax; i++) {
-    const ssize_t n = read(cfg_.tap_fd, scratch.data(), scratch.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;  // EAGAIN: empty; anything else: nothing more to take
-    rx_counts_.drops[kRxPairDetached]++;
-  }
+  int discarded = 0;
+  // A read error here leaves the rest to the kernel; what was read is still counted.
+  (void)TapDiscardQueued(cfg_.tap_fd, kDiscardMax, &discarded);
+  rx_counts_.drops[kRxPairDetached] += discarded;
   rx_stats.Publish(rx_counts_);
 }
 

@@ -35,6 +35,7 @@ const char* const kStepIoctl = "configuring the TAP queue";
 const char* const kStepSocket = "creating the interface-control socket";
 const char* const kStepNetdev = "controlling the interface";
 const char* const kStepReadlink = "reading the thread's network namespace";
+const char* const kStepDiscard = "discarding the frames a TAP queue holds";
 
 namespace {
 
@@ -287,6 +288,22 @@ SysResult TapSteerAllTo(int fd, int queue) {
 
 SysResult TapSetSndBuf(int fd, int bytes) {
   return IntIoctl(fd, kTunSetSndBuf, "ioctl(TUNSETSNDBUF)", bytes);
+}
+
+SysResult TapDiscardQueued(int fd, int max, int* discarded) {
+  *discarded = 0;
+  // Big enough for any frame tun hands out: a 64 KiB GSO frame plus the largest vnet header.
+  std::vector<uint8_t> scratch(65536 + 64);
+  while (*discarded < max) {
+    const ssize_t n = read(fd, scratch.data(), scratch.size());
+    if (n < 0 && errno == EINTR) continue;
+    // EBADFD: the TAP was deleted, and its queues with it: nothing left to take.
+    if (n < 0 && (errno == EAGAIN || errno == EBADFD)) break;
+    if (n < 0) return Fail("read", kStepDiscard, errno);
+    if (n == 0) break;
+    ++*discarded;
+  }
+  return {};
 }
 
 SysResult TapClose(int fd) {

@@ -27,6 +27,7 @@ extern const char* const kStepIoctl;         // any later TUN ioctl
 extern const char* const kStepSocket;        // creating the ioctl socket
 extern const char* const kStepNetdev;        // an SIOC* request
 extern const char* const kStepReadlink;      // reading the thread's namespace id
+extern const char* const kStepDiscard;       // reading frames off a queue to discard them
 
 // Interface names are at most IFNAMSIZ-1 bytes (the kernel needs the NUL).
 constexpr size_t kMaxIfName = 15;
@@ -55,6 +56,12 @@ SysResult TapSteerAllTo(int fd, int queue);
 // `macs` holds `count` 6-byte addresses back to back.
 SysResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count);
 SysResult TapSetSndBuf(int fd, int bytes);
+// Reads and throws away up to `max` frames the queue behind `fd` (O_NONBLOCK)
+// holds, stopping when it is empty; *discarded says how many. For a queue about
+// to be detached with no guest buffers for its frames: the kernel would free
+// them on detach and count them nowhere, read here they are in the TAP's
+// tx_packets and the caller counts them as a named drop.
+SysResult TapDiscardQueued(int fd, int max, int* discarded);
 SysResult TapClose(int fd);
 
 struct NetdevState {

@@ -242,6 +242,18 @@ Napi::Value TapSetQueueJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// tapDiscardQueued(fd, max) -> frames read off the queue and thrown away.
+Napi::Value TapDiscardQueuedJs(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (!info[1].IsNumber() || !(info[1].As<Napi::Number>().DoubleValue() >= 0))
+    ThrowCode(info.Env(), "EVHOST_BADARG", "max must be a number of frames (>= 0)");
+  const double max = info[1].As<Napi::Number>().DoubleValue();
+  int discarded = 0;
+  SysResult r = TapDiscardQueued(fd, max > 1e9 ? 1000000000 : static_cast<int>(max), &discarded);
+  if (!r.ok()) ThrowTap(info.Env(), r, "discarding the frames " + FdDesc(fd) + " holds", nullptr);
+  return Napi::Number::New(info.Env(), discarded);
+}
+
 Napi::Value TapSetCarrierJs(const Napi::CallbackInfo& info) {
   int fd = ArgFd(info, 0);
   bool up = ArgBool(info, 1, "up");
@@ -378,6 +390,7 @@ void InitTap(Napi::Env env, Napi::Object exports) {
   add("tapSetOffload", TapSetOffloadJs);
   add("tapSetQueue", TapSetQueueJs);
   add("tapSetCarrier", TapSetCarrierJs);
+  add("tapDiscardQueued", TapDiscardQueuedJs);
   add("tapSteerAllTo", TapSteerAllToJs);
   add("tapSetTxFilter", TapSetTxFilterJs);
   add("tapSetSndBuf", TapSetSndBufJs);
