@@ -1,7 +1,8 @@
-// What the libFuzzer targets in fuzz/targets/ share: the input reader, the
-// guest memory (one host buffer, cut into regions when native/ has the region
-// table of issue 9, else the single block before it), the checks every chain
-// must pass, and the device's use of a chain's buffers. Not a target itself.
+// What the libFuzzer targets in fuzz/targets/ share: the input reader and the
+// header fields the ring targets read alike (ring layout, step list, memory
+// shape), the guest memory (one host buffer cut into regions), the checks
+// every chain must pass, and the device's use of a chain's buffers. Not a
+// target itself.
 #pragma once
 #include <cstddef>
 #include <cstdio>
@@ -12,10 +13,7 @@
 #include <string>
 #include <vector>
 
-#if __has_include("../native/memory.h")
 #include "../native/memory.h"
-#define VT_REGION_TABLE 1
-#endif
 #include "../native/virtqueue.h"
 
 namespace fuzz {
@@ -50,7 +48,6 @@ inline uint8_t* Memory() {
   return mem;
 }
 
-#ifdef VT_REGION_TABLE
 using Mem = std::shared_ptr<const vt::MemoryTable>;
 inline const vt::MemoryTable& Ref(const Mem& m) { return *m; }
 
@@ -90,18 +87,36 @@ inline Mem MakeMemory(const uint8_t* image, size_t len, uint8_t shape, uint64_t 
   if (!t) Finding("a valid region table was refused");
   return t;
 }
-#else
-using Mem = vt::GuestMemory;
-inline const vt::GuestMemory& Ref(const Mem& m) { return m; }
-
-inline Mem MakeMemory(const uint8_t* image, size_t len, uint8_t, uint64_t, uint64_t) {
-  uint8_t* mem = Memory();
-  const size_t n = len < kMem ? len : kMem;
-  memcpy(mem, image, n);
-  memset(mem + n, 0, kMem - n);
-  return vt::GuestMemory{mem, kMem};
+// The ring layout, read right after a target's flags byte (3 + 6 bytes): log2
+// of the queue size (mod 16), then desc / avail / used as u16 in units of their
+// alignment (16, 2, 4), so most layouts pass the alignment rule and the walker
+// gets exercised; the range reaches past memory too.
+inline vt::QueueLayout ReadLayout(Reader& r) {
+  vt::QueueLayout layout;
+  layout.size = 1u << (r.U8() % 16);
+  layout.desc = uint64_t{r.U16()} * 16;
+  layout.avail = uint64_t{r.U16()} * 2;
+  layout.used = uint64_t{r.U16()} * 4;
+  return layout;
 }
-#endif
+
+// The end of a ring target's header and the rest of its input (7 bytes, then
+// the body): the length L of the step list (u16, at most max_steps), the guest
+// memory's shape (one byte) and split and hole (u16 each, x16; see
+// MakeMemory); then L step bytes, and the rest is the guest memory image
+// (zero-filled).
+struct Body {
+  Reader steps;
+  Mem mem;
+};
+inline Body ReadBody(Reader& r, size_t max_steps) {
+  const size_t nsteps = r.U16() % (max_steps + 1);
+  const uint8_t shape = r.U8();
+  const uint64_t split = uint64_t{r.U16()} * 16;
+  const uint64_t hole = uint64_t{r.U16()} * 16;
+  const size_t steps_len = nsteps < r.n ? nsteps : r.n;
+  return Body{Reader{r.p, steps_len}, MakeMemory(r.p + steps_len, r.n - steps_len, shape, split, hole)};
+}
 
 // Every iovec of a chain must lie inside guest memory and add up to its byte count.
 inline void CheckChain(const Chain& c) {

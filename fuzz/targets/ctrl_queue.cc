@@ -32,18 +32,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < kHeader) return 0;
   Reader r{data, size};
   const uint8_t flags = r.U8();
-  vt::QueueLayout layout;
-  layout.size = 1u << (r.U8() % 16);
-  layout.desc = uint64_t{r.U16()} * 16;
-  layout.avail = uint64_t{r.U16()} * 2;
-  layout.used = uint64_t{r.U16()} * 4;
-  const size_t nsteps = r.U16() % (kMaxSteps + 1);
-  const uint8_t shape = r.U8();
-  const uint64_t split = uint64_t{r.U16()} * 16;
-  const uint64_t hole = uint64_t{r.U16()} * 16;
-  const size_t steps_len = nsteps < r.n ? nsteps : r.n;
-  Reader steps{r.p, steps_len};
-  const fuzz::Mem mem = fuzz::MakeMemory(r.p + steps_len, r.n - steps_len, shape, split, hole);
+  const vt::QueueLayout layout = fuzz::ReadLayout(r);
+  fuzz::Body body = fuzz::ReadBody(r, kMaxSteps);
+  Reader& steps = body.steps;
+  const fuzz::Mem& mem = body.mem;
 
   vt::CtrlQueue q;
   vt::Violation v;

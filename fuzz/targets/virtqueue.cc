@@ -14,14 +14,10 @@
 //   2..7   desc / avail / used as u16 in units of their alignment (16, 2, 4)
 //   8..11  last_avail, used_idx to resume from (u16 each)
 //   12..13 length L of the step list (at most kMaxSteps)
-//   14     guest memory shape (region table only, see MakeMemory)
+//   14     guest memory shape (how the one host buffer is cut into regions: holes,
+//          regions out of guest-address order; see fuzz/common.h MakeMemory)
 //   15..18 where the memory is split, and the hole after the split (u16 each, x16)
 //   19..   L step bytes, then the guest memory image (the rest, zero-filled)
-//
-// Builds against either memory model of native/: the region table
-// (native/memory.h, issue 9), where the input also chooses how the one host
-// buffer is cut into regions (holes, regions out of guest-address order),
-// or the single block of native/guest_memory.h before it.
 #include "../common.h"
 
 namespace {
@@ -47,22 +43,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const bool indirect_ok = flags & 2;
   const uint32_t hdr_len = kHdrSizes[(flags >> 2) & 3];
   const bool rx = flags & 16;
-  vt::QueueLayout layout;
-  layout.size = 1u << (r.U8() % 16);
-  // Units of each part's alignment, so most layouts pass the alignment rule
-  // and the walker gets exercised; the range reaches past memory too.
-  layout.desc = uint64_t{r.U16()} * 16;
-  layout.avail = uint64_t{r.U16()} * 2;
-  layout.used = uint64_t{r.U16()} * 4;
+  const vt::QueueLayout layout = fuzz::ReadLayout(r);
   const uint16_t last_avail = r.U16();
   const uint16_t used_idx = r.U16();
-  const size_t nsteps = r.U16() % (kMaxSteps + 1);
-  const uint8_t shape = r.U8();
-  const uint64_t split = uint64_t{r.U16()} * 16;
-  const uint64_t hole = uint64_t{r.U16()} * 16;
-  const size_t steps_len = nsteps < r.n ? nsteps : r.n;
-  Reader steps{r.p, steps_len};
-  const fuzz::Mem mem = fuzz::MakeMemory(r.p + steps_len, r.n - steps_len, shape, split, hole);
+  fuzz::Body body = fuzz::ReadBody(r, kMaxSteps);
+  Reader& steps = body.steps;
+  const fuzz::Mem& mem = body.mem;
 
   SplitQueue q;
   Violation v;
