@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "poll_watch.h"
 
 namespace vt {
 
@@ -101,8 +102,7 @@ Napi::Value SeqpacketPair(const Napi::CallbackInfo& info) {
 
 // Calls a JS function each time an eventfd fires, from the thread's own event
 // loop. The poll handle is unref'd: a watcher alone does not keep a process
-// (or a Worker) alive. The handle lives in a heap block that outlives the
-// JS object until libuv confirms the close.
+// (or a Worker) alive; poll_watch.h keeps it safe from a JS object that goes first.
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -111,23 +111,9 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
-    int fd = FdArg(info, 0);
+    fd_ = FdArg(info, 0);
     if (!info[1].IsFunction()) ThrowCode(env, "EVHOST_BADARG", "callback must be a function");
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop)
-      ThrowCode(env, "EVHOST_STATE", "no event loop for this thread");
-    handle_ = new Handle;
-    handle_->owner = this;
-    handle_->fd = fd;
-    int err = uv_poll_init(loop, &handle_->poll, fd);
-    if (err) {
-      delete handle_;
-      handle_ = nullptr;
-      ThrowErrno(env, -err, "uv_poll_init", "watching an eventfd");
-    }
-    handle_->poll.data = handle_;
-    uv_poll_start(&handle_->poll, UV_READABLE, &FdWatcher::OnReadable);
-    uv_unref(reinterpret_cast<uv_handle_t*>(&handle_->poll));
+    watch_.Start(env, fd_, UV_READABLE, this, &FdWatcher::OnReadable, "watching an eventfd", /*ref=*/false);
     cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     // Stay alive while watching even if JS drops its reference; close() lets go.
     Ref();
@@ -137,24 +123,15 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   ~FdWatcher() override { Shutdown(); }
 
  private:
-  struct Handle {
-    uv_poll_t poll;
-    FdWatcher* owner;
-    int fd;
-  };
-
-  static void OnReadable(uv_poll_t* p, int status, int events) {
-    auto* h = static_cast<Handle*>(p->data);
+  static void OnReadable(FdWatcher* self, int status, int) {
     if (status < 0) {
       // The fd went bad (closed under us): stop rather than fire forever.
-      uv_poll_stop(p);
+      self->watch_.Pause();
       return;
     }
     uint64_t v;
     // A spurious wake-up (another reader got there first) does not call back.
-    if (read(h->fd, &v, sizeof v) != sizeof v) return;
-    FdWatcher* self = h->owner;
-    if (!self) return;
+    if (read(self->fd_, &v, sizeof v) != sizeof v) return;
     Napi::Env env = self->env_;
     Napi::HandleScope scope(env);
     try {
@@ -166,34 +143,23 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   }
 
   void Shutdown() {
-    if (!handle_) return;
+    if (!watch_.open()) return;
     napi_remove_env_cleanup_hook(env_, &FdWatcher::OnEnvCleanup, this);
-    handle_->owner = nullptr;
-    uv_poll_stop(&handle_->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll),
-             [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
-    handle_ = nullptr;
+    watch_.Close();
     cb_.Reset();
   }
 
-  static void OnEnvCleanup(void* arg) {
-    auto* self = static_cast<FdWatcher*>(arg);
-    if (!self->handle_) return;
-    self->handle_->owner = nullptr;
-    uv_poll_stop(&self->handle_->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->handle_->poll),
-             [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
-    self->handle_ = nullptr;
-  }
+  static void OnEnvCleanup(void* arg) { static_cast<FdWatcher*>(arg)->watch_.Close(); }
 
   void Close(const Napi::CallbackInfo&) {
-    if (!handle_) return;
+    if (!watch_.open()) return;
     Shutdown();
     Unref();
   }
 
   napi_env env_;
-  Handle* handle_ = nullptr;
+  int fd_ = -1;
+  PollWatch<FdWatcher> watch_;
   Napi::FunctionReference cb_;
 };
 

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "errors.h"
+#include "poll_watch.h"
 #include "vhost_user.h"
 
 namespace vt {
@@ -286,21 +287,10 @@ class Connection : public Napi::ObjectWrap<Connection> {
     Napi::Object cbs = info[2].As<Napi::Object>();
     for (const char* k : {"message", "refused", "closed"})
       if (!cbs.Get(k).IsFunction()) ThrowCode(env, "EVHOST_BADARG", std::string("callbacks.") + k + " must be a function");
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) ThrowCode(env, "EVHOST_STATE", "no event loop for this thread");
-    handle_ = new Handle{};
-    handle_->owner = this;
-    int err = uv_poll_init(loop, &handle_->poll, fd);
-    if (err) {
-      delete handle_;
-      handle_ = nullptr;
-      ThrowErrno(env, -err, "uv_poll_init", "watching the vhost-user socket");
-    }
+    watch_.Start(env, fd, UV_READABLE | UV_DISCONNECT, this, &Connection::OnReadable, "watching the vhost-user socket");
     // Taken only once the watch is set up: from here on the connection owns the fd.
     fd_ = fd;
     reader_ = new vu::Reader(role == "back-end" ? vu::Role::kBackEnd : vu::Role::kFrontEnd);
-    handle_->poll.data = handle_;
-    uv_poll_start(&handle_->poll, UV_READABLE | UV_DISCONNECT, &Connection::OnReadable);
     callbacks_ = Napi::Persistent(cbs);
     // Alive while open even if JS drops it; the session holds it anyway.
     Ref();
@@ -310,15 +300,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
   ~Connection() override { Shutdown(); }
 
  private:
-  struct Handle {
-    uv_poll_t poll;
-    Connection* owner;
-  };
-
-  static void OnReadable(uv_poll_t* p, int status, int events) {
-    auto* h = static_cast<Handle*>(p->data);
-    Connection* self = h->owner;
-    if (!self) return;
+  static void OnReadable(Connection* self, int status, int) {
     Napi::Env env = self->env_;
     Napi::HandleScope scope(env);
     try {
@@ -417,32 +399,24 @@ class Connection : public Napi::ObjectWrap<Connection> {
   }
 
   void Shutdown() {
-    if (handle_) {
-      napi_remove_env_cleanup_hook(env_, &Connection::OnEnvCleanup, this);
-      handle_->owner = nullptr;
-      uv_poll_stop(&handle_->poll);
-      uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
-      handle_ = nullptr;
-    }
+    if (watch_.open()) napi_remove_env_cleanup_hook(env_, &Connection::OnEnvCleanup, this);
+    Release();
+  }
+
+  // Stops watching, closes the fd and the fds of a message half read.
+  void Release() {
+    watch_.Close();
     if (fd_ >= 0) {
       close(fd_);
       fd_ = -1;
     }
-    delete reader_;  // closes the fds of a message half read
+    delete reader_;
     reader_ = nullptr;
   }
 
   static void OnEnvCleanup(void* arg) {
     auto* self = static_cast<Connection*>(arg);
-    if (!self->handle_) return;
-    self->handle_->owner = nullptr;
-    uv_poll_stop(&self->handle_->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
-    self->handle_ = nullptr;
-    if (self->fd_ >= 0) close(self->fd_);
-    self->fd_ = -1;
-    delete self->reader_;
-    self->reader_ = nullptr;
+    if (self->watch_.open()) self->Release();
   }
 
   void Send(const std::vector<uint8_t>& bytes, const std::vector<int>& fds, const char* what) {
@@ -493,7 +467,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
   Napi::Value FdGetter(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
 
   napi_env env_;
-  Handle* handle_ = nullptr;
+  PollWatch<Connection> watch_;
   int fd_ = -1;
   vu::Reader* reader_ = nullptr;
   Napi::ObjectReference callbacks_;
@@ -512,18 +486,7 @@ class Listener : public Napi::ObjectWrap<Listener> {
     Napi::Env env = info.Env();
     int fd = FdArg(info, 0, "listening fd");
     if (!info[1].IsFunction()) ThrowCode(env, "EVHOST_BADARG", "callback must be a function");
-    uv_loop_t* loop = nullptr;
-    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) ThrowCode(env, "EVHOST_STATE", "no event loop for this thread");
-    handle_ = new Handle{};
-    handle_->owner = this;
-    int err = uv_poll_init(loop, &handle_->poll, fd);
-    if (err) {
-      delete handle_;
-      handle_ = nullptr;
-      ThrowErrno(env, -err, "uv_poll_init", "watching the listening socket");
-    }
-    handle_->poll.data = handle_;
-    uv_poll_start(&handle_->poll, UV_READABLE, &Listener::OnReadable);
+    watch_.Start(env, fd, UV_READABLE, this, &Listener::OnReadable, "watching the listening socket");
     cb_ = Napi::Persistent(info[1].As<Napi::Function>());
     Ref();
     napi_add_env_cleanup_hook(env_, &Listener::OnEnvCleanup, this);
@@ -532,15 +495,7 @@ class Listener : public Napi::ObjectWrap<Listener> {
   ~Listener() override { Shutdown(); }
 
  private:
-  struct Handle {
-    uv_poll_t poll;
-    Listener* owner;
-  };
-
-  static void OnReadable(uv_poll_t* p, int status, int) {
-    auto* h = static_cast<Handle*>(p->data);
-    Listener* self = h->owner;
-    if (!self) return;
+  static void OnReadable(Listener* self, int status, int) {
     Napi::Env env = self->env_;
     Napi::HandleScope scope(env);
     try {
@@ -551,43 +506,29 @@ class Listener : public Napi::ObjectWrap<Listener> {
   }
 
   void Shutdown() {
-    if (!handle_) return;
+    if (!watch_.open()) return;
     napi_remove_env_cleanup_hook(env_, &Listener::OnEnvCleanup, this);
-    handle_->owner = nullptr;
-    uv_poll_stop(&handle_->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
-    handle_ = nullptr;
+    watch_.Close();
     cb_.Reset();
   }
 
-  static void OnEnvCleanup(void* arg) {
-    auto* self = static_cast<Listener*>(arg);
-    if (!self->handle_) return;
-    self->handle_->owner = nullptr;
-    uv_poll_stop(&self->handle_->poll);
-    uv_close(reinterpret_cast<uv_handle_t*>(&self->handle_->poll), [](uv_handle_t* hh) { delete static_cast<Handle*>(hh->data); });
-    self->handle_ = nullptr;
-  }
+  static void OnEnvCleanup(void* arg) { static_cast<Listener*>(arg)->watch_.Close(); }
 
   // pause(): no callbacks until resume(); connections wait in the backlog
   // (a back end serving one front end at a time does not take the next yet).
-  void Pause(const Napi::CallbackInfo&) {
-    if (handle_) uv_poll_stop(&handle_->poll);
-  }
+  void Pause(const Napi::CallbackInfo&) { watch_.Pause(); }
 
-  void Resume(const Napi::CallbackInfo&) {
-    if (handle_) uv_poll_start(&handle_->poll, UV_READABLE, &Listener::OnReadable);
-  }
+  void Resume(const Napi::CallbackInfo&) { watch_.Resume(); }
 
   // Stops watching; the caller closes the listening fd.
   void Close(const Napi::CallbackInfo&) {
-    if (!handle_) return;
+    if (!watch_.open()) return;
     Shutdown();
     Unref();
   }
 
   napi_env env_;
-  Handle* handle_ = nullptr;
+  PollWatch<Listener> watch_;
   Napi::FunctionReference cb_;
 };
 
