@@ -433,6 +433,11 @@ bool Engine::ProcessTx() {
     }
     // A broken queue is never touched again; its position no longer matters.
     if (undo_from < n && !broke) tx_.UndoPop(static_cast<uint16_t>(n - undo_from));
+    // Each batch's chains go back to the guest at once, not at the end of the
+    // round: a guest then refills its ring while the next batch is written,
+    // instead of waiting for the whole round (with a 256-entry ring and a
+    // 256-frame budget the two took turns, each idle while the other worked).
+    Flush(tx_, tx_stats, tx_counts_, cfg_.tx, 0);
     FallBackIfFailed();
     if (broke || tx_blocked_) break;
     // Drained, unless frames went back to the ring without EAGAIN (the I/O
@@ -625,6 +630,9 @@ bool Engine::ProcessRx() {
     if (tap_hup_ || !rx_tap_readable_) break;
     ReadBatch(&attempts, &bytes, check);
     if (rx_broken_) break;
+    // As on TX: the guest gets each batch's frames (and can post their
+    // buffers again) while the next batch is read.
+    Flush(rx_, rx_stats, rx_counts_, cfg_.rx, static_cast<uint16_t>(stash_.chains()));
   }
   Flush(rx_, rx_stats, rx_counts_, cfg_.rx, static_cast<uint16_t>(stash_.chains()));
   return more;
