@@ -50,10 +50,15 @@ enum : uint32_t { kTagWake, kTagRxKick, kTagTxKick, kTagTap };
 constexpr int kMaxEvents = 8;
 
 // VHOST_TAP_IO=readv forces readv/writev (tests run both paths; a way out
-// should io_uring misbehave somewhere).
+// should io_uring misbehave somewhere); VHOST_TAP_IO=uring keeps io: 'auto'
+// on io_uring instead of choosing by measurement (tests of io_uring itself).
 bool UringWanted() {
   const char* v = getenv("VHOST_TAP_IO");
   return !(v && strcmp(v, "readv") == 0);
+}
+bool UringPinned() {
+  const char* v = getenv("VHOST_TAP_IO");
+  return v && strcmp(v, "uring") == 0;
 }
 
 // Why tun refused a header with EINVAL, worked out as its virtio_net_hdr
@@ -231,6 +236,9 @@ SysResult Engine::Start() {
   if (!cfg_.force_readv && UringWanted()) {
     int err = 0;
     io_ = MakeUringIo(cfg_.tap_fd, kBatch, cfg_.sqpoll, &err);
+    // Which of the two is cheaper depends on the machine (tap_io_auto.cc);
+    // sqpoll was asked for by name, so it stays.
+    if (io_ && !cfg_.sqpoll && !UringPinned()) io_ = MakeAutoIo(std::move(io_), cfg_.tap_fd);
   }
   if (!io_) io_ = MakeReadvIo(cfg_.tap_fd);
   io_name.store(io_->name());
@@ -328,6 +336,8 @@ void Engine::PinLostMemory() {
 }
 
 void Engine::FallBackIfFailed() {
+  // After every batch: io: 'auto' may have changed method.
+  io_name.store(io_->name(), std::memory_order_relaxed);
   if (!io_->failed()) return;
   io_ = MakeReadvIo(cfg_.tap_fd);
   io_name.store(io_->name());
@@ -393,6 +403,7 @@ bool Engine::ProcessTx() {
       if (c.iov.size() <= kMaxIov) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
     }
     const TapIo::Batch outcome = nio ? io_->Write(frames_.data(), nio, results_.data()) : TapIo::Batch::kDone;
+    if (nio) QueueStats::Add(io_batches[io_->method()], 1);
     tx_counts_.reordered += io_->TakeReordered();
     if (outcome == TapIo::Batch::kUnknown) {
       // Whether these frames went out is unknown and the kernel may still
@@ -536,6 +547,7 @@ void Engine::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* chec
   }
   for (size_t i = 0; i < nt; i++) frames_[i] = stash_.Span(targets[i].first, targets[i].end - targets[i].first);
   const TapIo::Batch outcome = io_->Read(frames_.data(), static_cast<uint32_t>(nt), results_.data());
+  QueueStats::Add(io_batches[io_->method()], 1);
   if (outcome == TapIo::Batch::kUnknown) {
     // The I/O mechanism failed and the kernel never confirmed its reads were
     // over: these chains may still be written, so they are neither published
