@@ -1138,6 +1138,38 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
   }
 });
 
+// The same failure under io: 'auto' (which starts on io_uring): the ring is dropped inside
+// auto, whose batches then all go over readv/writev; every frame once, in order.
+test.serial("io 'auto' whose io_uring fails mid-batch goes on over readv/writev; no frame lost or doubled", async (t) => {
+  const saved = process.env.VHOST_TAP_IO;
+  if (saved === 'uring') delete process.env.VHOST_TAP_IO;
+  process.env.VHOST_TAP_TEST_URING_FAIL = '1';
+  try {
+    const r = rig();
+    t.teardown(() => r.close());
+    r.engine.start();
+    for (let i = 0; i < 8; i++) {
+      const a = r.mem.alloc(100);
+      put(r.mem, a, pattern(100, i));
+      r.tx.setChain(i, [[a, 100, false]]);
+      r.tx.place(i);
+    }
+    r.tx.publish();
+    A.kick(r.txKick);
+    t.true(await waitFor(() => r.tx.usedIdx === 8));
+    for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
+    t.is(readPeer(r.peer), null, 'no frame sent twice');
+    t.is(r.engine.stats().tx.packets, 8);
+    t.is(r.engine.stats().io, 'readv/writev');
+    // The failing batch is the only one io_uring ran (none where it is unavailable or forced off).
+    t.is(r.engine.stats().ioBatches.uring, saved !== 'readv' && !uringDisabled() ? 1 : 0);
+  } finally {
+    delete process.env.VHOST_TAP_TEST_URING_FAIL;
+    if (saved === undefined) delete process.env.VHOST_TAP_IO;
+    else process.env.VHOST_TAP_IO = saved;
+  }
+});
+
 // With io: 'auto' the worker changes method between batches when the other one measured
 // cheaper. VHOST_TAP_TEST_AUTO_FLIP=1 (test only, read at start()) makes it change at every
 // batch of each direction, without measuring: frames must still leave and arrive once each
