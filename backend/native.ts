@@ -78,7 +78,7 @@ export interface NativeEngineStats {
    * the same frames in the same order, and changes only between batches.
    */
   io: 'io_uring' | 'io_uring sqpoll' | 'readv/writev' | 'io_uring tx, readv/writev rx' | 'readv/writev tx, io_uring rx';
-  /** Batches (both directions) moved over io_uring and over readv/writev since start. */
+  /** Batches (both directions) moved over io_uring and over readv/writev, over this engine's life (restarts included). */
   ioBatches: { uring: number; readv: number };
   /** Worker wake-ups (epoll_wait returns after sleeping; busy-poll hits are not counted). */
   wakeups: number;
