@@ -16,6 +16,7 @@
         "native/uring.cc",
         "native/tap_io_readv.cc",
         "native/tap_io_uring.cc",
+        "native/tap_io_auto.cc",
         "native/rx_stash.cc",
         "native/engine.cc",
         "native/engine_binding.cc",

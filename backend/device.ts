@@ -41,7 +41,7 @@ export interface VirtioNetDeviceOptions {
   busyPollUs?: number;
   /** Open the TAP with IFF_NAPI: frames the guest sends go through NAPI/GRO in the kernel; default false. */
   napi?: boolean;
-  /** Data path I/O: 'auto' (default) io_uring batching where the kernel allows it, 'readv' one readv/writev per frame; stats().io says which runs. */
+  /** Data path I/O: 'auto' (default) per direction io_uring batching or readv/writev, whichever costs less CPU per frame on this machine (measured while running); 'readv' one readv/writev per frame; stats().io says which runs. */
   io?: 'auto' | 'readv';
   /**
    * io_uring with a kernel thread polling the submission ring (IORING_SETUP_SQPOLL), opt-in:

@@ -68,11 +68,19 @@ export interface NativeEngineStats {
    * unlinked while the TAP's sndbuf is unlimited, linked while it is finite, order kept
    * across EAGAIN; 'io_uring sqpoll' the same through a kernel polling thread; RX: up to 64 READVs per submission when
    * frames are queued and each RX chain holds rxFrameMax alone) or 'readv/writev' (one
-   * system call per frame). Chosen at each start(): io_uring unless the kernel refuses it
-   * (ENOSYS, EPERM: kernel.io_uring_disabled, seccomp) or the environment variable
-   * VHOST_TAP_IO=readv forces readv/writev. Both move the same frames in the same order.
+   * system call per frame; read()/write() for a one-buffer frame). With io: 'auto' each
+   * direction runs on whichever of the two costs the worker less CPU per frame, measured
+   * as it runs (a short timed window of both about every 16k batches): io_uring where
+   * system calls are expensive, readv/writev where they are cheap; a mixed choice reads
+   * 'io_uring tx, readv/writev rx' or 'readv/writev tx, io_uring rx'. Set up at each
+   * start(): readv/writev only when the kernel refuses io_uring (ENOSYS, EPERM:
+   * kernel.io_uring_disabled, seccomp) or the environment variable VHOST_TAP_IO=readv
+   * forces it; VHOST_TAP_IO=uring keeps io_uring without measuring. Every method moves
+   * the same frames in the same order, and changes only between batches.
    */
-  io: 'io_uring' | 'io_uring sqpoll' | 'readv/writev';
+  io: 'io_uring' | 'io_uring sqpoll' | 'readv/writev' | 'io_uring tx, readv/writev rx' | 'readv/writev tx, io_uring rx';
+  /** Batches (both directions) moved over io_uring and over readv/writev, over this engine's life (restarts included). */
+  ioBatches: { uring: number; readv: number };
   /** Worker wake-ups (epoll_wait returns after sleeping; busy-poll hits are not counted). */
   wakeups: number;
   running: boolean;
@@ -222,7 +230,9 @@ export interface NativeEngineOptions {
    */
   busyPollUs?: number;
   /**
-   * 'auto' (default): io_uring batching where the kernel allows it, else readv/writev.
+   * 'auto' (default): per direction, io_uring batching or readv/writev, whichever costs
+   * less CPU per frame here (measured while running); readv/writev where the kernel
+   * refuses io_uring.
    * 'readv': readv/writev even where io_uring works (stats().io says which runs).
    */
   io?: 'auto' | 'readv';

@@ -76,6 +76,8 @@ export interface Sample {
   interrupts?: number;
   kicks?: number;
   guestWakeups?: number;
+  /** vhost-tap: times the engine threads slept (voluntary context switches): how often the backend ran dry. */
+  backendSleeps?: number;
   /** RX: what the source sent and what the TAP dropped (queue full) during the trial. */
   source?: { sent: number; drops: number };
   /** TX: frames the namespace's stack received from the TAP (the sink), whole trial. */
@@ -123,6 +125,20 @@ export function tids(): Set<number> {
 
 export function cpuOf(list: number[]): number {
   return list.reduce((s, t) => s + threadCpuNs(t), 0);
+}
+
+/** Voluntary context switches of this process's threads `list` (each one a sleep: epoll_wait, a blocking read). */
+function sleepsOf(list: number[]): number {
+  let n = 0;
+  for (const t of list) {
+    try {
+      const m = /voluntary_ctxt_switches:\s+(\d+)/.exec(fs.readFileSync(`/proc/self/task/${t}/status`, 'utf8'));
+      if (m) n += Number(m[1]);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return n;
 }
 
 /** Guest memory for `queues` pairs: rings plus the buffers of the direction under test. */
@@ -337,6 +353,7 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
         kicks: s.queues.reduce((n, q) => n + q.kicks, 0),
         wakeups: counters(workers).wakeups,
         backend: cpuOf(engineTids),
+        sleeps: sleepsOf(engineTids),
         guest: cpuOf(gTids),
         io: s.io,
       };
@@ -360,6 +377,7 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
       interrupts: w.b.interrupts - w.a.interrupts,
       kicks: w.b.kicks - w.a.kicks,
       guestWakeups: w.b.wakeups - w.a.wakeups,
+      backendSleeps: w.b.sleeps - w.a.sleeps,
       source: src,
       sinkRxPackets: t.dir === 'tx' ? tapRxPackets(env) : undefined,
     };

@@ -10,7 +10,7 @@ import type { BenchReport } from './run';
 const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'c', 'c-uring', 'node'];
 const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
 const NAMES: Record<string, string> = {
-  vhost: 'vhost-tap (io_uring)',
+  vhost: 'vhost-tap (io auto)',
   'vhost-readv': 'vhost-tap (readv/writev)',
   'vhost-sqpoll': 'vhost-tap (io_uring sqpoll)',
   c: 'C write()/read() loop',

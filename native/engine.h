@@ -82,8 +82,11 @@ class Engine {
 
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
-  // 'io_uring' or 'readv/writev': what the worker uses now (string literal).
+  // What the worker uses now (TapIo::name(); string literal).
   std::atomic<const char*> io_name{"readv/writev"};
+  // Batches (both directions) moved over io_uring [kIoUring] and
+  // readv/writev [kIoReadv]: with io: 'auto', how often each ran.
+  std::atomic<uint64_t> io_batches[2] = {};
 
  private:
   void Run();

@@ -249,6 +249,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("rx", QueueStatsObject(env, engine_->rx_stats, kRxDropNames.data(), kRxDropNames.size()));
     o.Set("tx", QueueStatsObject(env, engine_->tx_stats, kTxDropNames.data(), kTxDropNames.size()));
     o.Set("io", Napi::String::New(env, engine_->io_name.load()));
+    Napi::Object batches = Napi::Object::New(env);
+    batches.Set("uring", Napi::Number::New(env, static_cast<double>(engine_->io_batches[kIoUring].load())));
+    batches.Set("readv", Napi::Number::New(env, static_cast<double>(engine_->io_batches[kIoReadv].load())));
+    o.Set("ioBatches", batches);
     o.Set("wakeups", Napi::Number::New(env, static_cast<double>(engine_->wakeups.load())));
     o.Set("running", Napi::Boolean::New(env, engine_->running()));
     return o;

@@ -30,11 +30,17 @@ constexpr int32_t kNotDone = INT32_MIN;
 // tx_tap_full_reordered.
 constexpr int32_t kDroppedFull = INT32_MIN + 1;
 
+// Which system calls moved a batch (engine stats count batches per method).
+enum IoMethod : int { kIoUring = 0, kIoReadv = 1 };
+
 class TapIo {
  public:
   virtual ~TapIo() = default;
-  // 'io_uring' or 'readv/writev' (string literal).
+  // 'io_uring', 'io_uring sqpoll' or 'readv/writev'; with io: 'auto', per
+  // direction (tap_io_auto.cc). A string literal.
   virtual const char* name() const = 0;
+  // The method the last Write or Read ran on.
+  virtual IoMethod method() const = 0;
 
   enum class Batch {
     kDone,     // every result is final; the kernel holds no buffer of this batch
@@ -74,5 +80,8 @@ std::unique_ptr<TapIo> MakeReadvIo(int fd);
 // ENOMEM: locked memory). `sqpoll`: a kernel thread polls the submission ring
 // where the kernel grants one (name() then says "io_uring sqpoll").
 std::unique_ptr<TapIo> MakeUringIo(int fd, unsigned batch, bool sqpoll, int* err);
+// io: 'auto': each direction over `uring` or readv/writev on `fd`, whichever
+// costs less CPU per frame here, measured as it runs (tap_io_auto.cc).
+std::unique_ptr<TapIo> MakeAutoIo(std::unique_ptr<TapIo> uring, int fd);
 
 }  // namespace vt

@@ -15,6 +15,7 @@ class ReadvIo final : public TapIo {
  public:
   explicit ReadvIo(int fd) : fd_(fd) {}
   const char* name() const override { return "readv/writev"; }
+  IoMethod method() const override { return kIoReadv; }
 
   Batch Write(const IoFrame* frames, uint32_t n, int32_t* res) override {
     uint32_t i = 0;

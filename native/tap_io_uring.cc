@@ -62,6 +62,7 @@ class UringIo final : public TapIo {
     }
   }
   const char* name() const override { return sqpoll_ ? "io_uring sqpoll" : "io_uring"; }
+  IoMethod method() const override { return kIoUring; }
   bool failed() const override { return !ring_; }
 
   // Unlinked writes when the TAP queue's sndbuf is INT_MAX (what every queue

@@ -397,6 +397,14 @@ bool SplitQueue::PublishUsed() {
   return (Load16(avail_, __ATOMIC_RELAXED) & RING_AVAIL_F_NO_INTERRUPT) == 0;
 }
 
+uint16_t SplitQueue::UntilUsedEvent() const {
+  if (!event_idx_ || !avail_) return 0;
+  const uint16_t event = Load16(avail_ + kRingHeader + 2u * layout_.size, __ATOMIC_RELAXED);
+  const uint16_t d = static_cast<uint16_t>(event + 1 - used_idx_);
+  // Beyond the ring: used_event is behind us (passed, or interrupts off).
+  return d <= layout_.size ? d : 0;
+}
+
 void SplitQueue::DisableNotify() {
   if (notify_disabled_) return;
   notify_disabled_ = true;

@@ -158,6 +158,11 @@ class SplitQueue {
     return Le16(__atomic_load_n(reinterpret_cast<const uint16_t*>(avail_ + 2), __ATOMIC_RELAXED));
   }
   uint16_t used_idx() const { return used_idx_; }
+  // EVENT_IDX: how many more used elements (counting those added but not yet
+  // published) until used.idx passes the driver's used_event, i.e. until the
+  // driver wants an interrupt; 0 when it already passed or without EVENT_IDX.
+  // A hint (the driver moves used_event at any time): it only shapes batches.
+  uint16_t UntilUsedEvent() const;
   uint32_t size() const { return layout_.size; }
   const QueueLayout& layout() const { return layout_; }
   const MemoryTable& memory() const { return *mem_; }

@@ -1,5 +1,7 @@
 // TX order and no loss under pressure, for both I/O methods (io: 'auto', which
-// is io_uring here, and io: 'readv'): the guest sends N sequence-numbered frames
+// runs io_uring or readv/writev, whichever it measures cheaper here, and
+// io: 'readv'; io_uring alone where VHOST_TAP_IO=uring pins it, and auto
+// changing method every two batches through a test hook): the guest sends N sequence-numbered frames
 // as fast as its ring allows into a TAP whose frames are redirected (tc mirred)
 // to a veth with a slow token bucket, so the frames pile up behind a slow
 // reader. Every frame must leave that veth exactly once and in the guest's
@@ -225,16 +227,33 @@ for (const io of ['auto', 'readv'] as const) {
   test.serial(`TX order under pressure (io '${io}', default sndbuf): a slow reader behind the TAP, every frame once and in order`, (t) => run(t, io, null));
   test.serial(`TX order under pressure (io '${io}', 32 KiB sndbuf set by another queue holder): the TAP refuses writes, every frame once and in order`, (t) => run(t, io, 32768));
 }
-test.serial('TX under pressure (io auto): the sndbuf shrinks while the guest sends; every frame once, any overtaking counted', (t) => run(t, 'auto', 32768, false, 'midway'));
-test.serial('TX under pressure (io auto), the race forced: unlinked writes under a 32 KiB sndbuf; every frame once, every overtaking frame counted', async (t) => {
+/** Runs `f` with environment variables set (read by the engine at start()), then restores them. */
+async function withEnv(vars: Record<string, string>, f: () => Promise<void>): Promise<void> {
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, vars);
+  try {
+    await f();
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+}
+
+// io_uring's unlinked writes are what the sndbuf race is about: VHOST_TAP_IO=uring keeps
+// auto on io_uring (it could otherwise measure readv/writev cheaper and take that).
+test.serial('TX under pressure (io_uring): the sndbuf shrinks while the guest sends; every frame once, any overtaking counted', (t) =>
+  withEnv({ VHOST_TAP_IO: 'uring' }, () => run(t, 'auto', 32768, false, 'midway')));
+test.serial('TX under pressure (io_uring), the race forced: unlinked writes under a 32 KiB sndbuf; every frame once, every overtaking frame counted', (t) =>
   // Test hook (tap_io_uring.cc): keeps writing unlinked after the sndbuf became finite,
   // which is what the worker does for the ~1 ms until it next reads the sndbuf.
-  process.env.VHOST_TAP_TEST_UNLINKED_ALWAYS = '1';
-  try {
-    await run(t, 'auto', 32768, false, 'forced');
-  } finally {
-    delete process.env.VHOST_TAP_TEST_UNLINKED_ALWAYS;
-  }
-});
+  withEnv({ VHOST_TAP_IO: 'uring', VHOST_TAP_TEST_UNLINKED_ALWAYS: '1' }, () => run(t, 'auto', 32768, false, 'forced')));
+// Test hook (tap_io_auto.cc): auto changes method every 2 batches, so refused suffixes are
+// sent again on the other method and waits for room end on either.
+for (const sndbuf of [null, 32768]) {
+  test.serial(`TX order under pressure (io auto changing method every 2 batches, ${sndbuf === null ? 'default sndbuf' : '32 KiB sndbuf'}): every frame once and in order`, (t) =>
+    withEnv({ VHOST_TAP_TEST_AUTO_FLIP: '2' }, () => run(t, 'auto', sndbuf)));
+}
 test.serial('TX order under pressure (sqpoll, default sndbuf): every frame once and in order through the kernel polling thread', (t) => run(t, 'auto', null, true));
 test.serial('TX order under pressure (sqpoll, 32 KiB sndbuf): the TAP refuses writes, every frame once and in order', (t) => run(t, 'auto', 32768, true));

@@ -399,6 +399,38 @@ CASE(ctrl_without_ack_byte_is_broken_and_short_command_malformed) {
   CHECK_RULE(v, "header-too-short");
 }
 
+// ---- notifications ---------------------------------------------------------------------
+
+// The TX worker ends a batch where UntilUsedEvent() says, so that the interrupt the driver
+// asked for (EVENT_IDX used_event) goes out with the batch that uses that entry.
+CASE(until_used_event_counts_to_the_drivers_used_event) {
+  Mem m;
+  m.Add(0, 0x40000);
+  const MemoryTable& t = m.Build();
+  QueueLayout l = Ring(0, 16);
+  SplitQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, true, false, 0, 0, &v));
+  uint16_t* used_event = reinterpret_cast<uint16_t*>(m.At(l.avail + 4 + 2 * 16));
+  *used_event = 5;  // interrupt once entry 5 is used, i.e. at used.idx 6
+  CHECK_EQ(q.UntilUsedEvent(), 6u);
+  for (uint32_t i = 0; i < 4; i++) q.AddUsed(i, 0);  // added, not yet published: they count
+  CHECK_EQ(q.UntilUsedEvent(), 2u);
+  q.AddUsed(4, 0);
+  q.AddUsed(5, 0);
+  CHECK_EQ(q.UntilUsedEvent(), 0u);  // reached
+  CHECK(q.PublishUsed());            // and this publication is the one that interrupts
+  q.AddUsed(6, 0);
+  CHECK_EQ(q.UntilUsedEvent(), 0u);  // passed
+  *used_event = 6;  // interrupts off, as a driver does: used_event one behind what it consumed
+  CHECK_EQ(q.UntilUsedEvent(), 0u);
+  *used_event = 0xfffe;  // far behind (wrapped): no limit either
+  CHECK_EQ(q.UntilUsedEvent(), 0u);
+  SplitQueue plain;  // without EVENT_IDX there is no used_event to honour
+  CHECK(plain.Init(t, Ring(0x20000, 16), false, false, 0, 0, &v));
+  CHECK_EQ(plain.UntilUsedEvent(), 0u);
+}
+
 // ---- RX stash -----------------------------------------------------------------------------
 
 CASE(stash_places_frames_down_past_holes_and_sets_num_buffers) {
