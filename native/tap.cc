@@ -258,6 +258,9 @@ SysResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t c
   return Ok();
 }
 
+// How often a steering program's load is tried when the verifier answers EAGAIN.
+constexpr int kBpfLoadAttempts = 5;
+
 SysResult TapSteerAllTo(int fd, int queue) {
   int prog = -1;
   if (queue >= 0) {
@@ -275,7 +278,13 @@ SysResult TapSteerAllTo(int fd, int queue) {
     attr.insn_cnt = 2;
     attr.insns = reinterpret_cast<uintptr_t>(insns);
     attr.license = reinterpret_cast<uintptr_t>("Dual MIT/GPL");
-    prog = static_cast<int>(::syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
+    // The verifier gives up with EAGAIN when a signal is pending (a Node
+    // process gets SIGCHLD whenever a child ends), whatever the program; it
+    // is worth asking again, as libbpf does.
+    for (int attempt = 0; attempt < kBpfLoadAttempts; attempt++) {
+      prog = static_cast<int>(::syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof attr));
+      if (prog >= 0 || errno != EAGAIN) break;
+    }
     if (prog < 0) return Fail("bpf(BPF_PROG_LOAD)", kStepIoctl, errno);
   }
   // tun holds its own reference to the program; ours goes right away.
