@@ -30,6 +30,8 @@ export interface QueueStats {
   tapFull: number;
   /** TX: frames that overtook an earlier one because the TAP's sndbuf shrank mid-batch (normally 0). */
   reordered: number;
+  /** Chains kept back because the I/O mechanism failed unconfirmed (see NativeQueueStats.withheld); normally 0. */
+  withheld: number;
   /**
    * Chains returned to the guest in the used ring. TX: each is one frame, so
    * usedChains = packets + the sum of drops. RX: a mergeable frame may take several.
@@ -415,6 +417,7 @@ export class TapDataPath {
       kicks: (old?.kicks ?? 0) + (live?.kicks ?? 0),
       tapFull: (old?.tapFull ?? 0) + (live?.tapFull ?? 0),
       reordered: (old?.reordered ?? 0) + (live?.reordered ?? 0),
+      withheld: (old?.withheld ?? 0) + (live?.withheld ?? 0),
       usedChains: (old?.usedChains ?? 0) + (live?.usedChains ?? 0),
       drops,
       broken: live?.broken ?? false,

@@ -36,6 +36,13 @@ export interface NativeQueueStats {
    */
   reordered: number;
   /**
+   * Chains of a batch whose I/O mechanism failed without the kernel confirming it was done
+   * with their buffers (io_uring itself failing, which should not happen): whether those
+   * frames went out is unknown, so they are neither completed nor reused nor given back;
+   * the guest gets them back at its next reset. Normally 0.
+   */
+  withheld: number;
+  /**
    * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
    * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_pair_detached' (still queued in the TAP
    * when stop(true) ran before its queue was detached and the guest had no buffers for them;

@@ -419,6 +419,7 @@ bool Engine::ProcessTx() {
       // Whether these frames went out is unknown and the kernel may still
       // read their buffers: they are neither completed nor sent again. The
       // guest gets the chains back at its next reset.
+      tx_counts_.withheld += n;
       PinLostMemory();
       FallBackIfFailed();
       more = true;
@@ -564,6 +565,7 @@ void Engine::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* chec
     // nor reused nor given back at stop (they are the oldest pops, so the
     // stash's give-back stays right). The guest gets them back at its next
     // reset; readv goes on with the rest of the stash.
+    rx_counts_.withheld += targets[nt - 1].end;
     PinLostMemory();
     stash_.Withhold(targets[nt - 1].end);
     FallBackIfFailed();

@@ -54,6 +54,7 @@ struct BatchCounts {
   uint64_t bytes = 0;  // frame bytes, virtio_net_hdr excluded
   uint64_t tap_full = 0;   // TX: writes the TAP refused for lack of room (sent again later)
   uint64_t reordered = 0;  // TX: frames written after an earlier frame of their batch was refused
+  uint64_t withheld = 0;   // chains of a batch whose I/O failed unconfirmed (tap_io.h kUnknown)
   std::array<uint64_t, kMaxDropCount> drops{};
 };
 
@@ -65,6 +66,7 @@ struct QueueStats {
   std::atomic<uint64_t> kicks{0};
   std::atomic<uint64_t> tap_full{0};
   std::atomic<uint64_t> reordered{0};
+  std::atomic<uint64_t> withheld{0};
   std::atomic<bool> broken{false};
   std::atomic<uint32_t> last_avail_idx{0};
   std::atomic<uint32_t> used_idx{0};
@@ -80,6 +82,7 @@ struct QueueStats {
     Add(bytes, b.bytes);
     Add(tap_full, b.tap_full);
     Add(reordered, b.reordered);
+    Add(withheld, b.withheld);
     for (size_t i = 0; i < kMaxDropCount; i++) Add(drops[i], b.drops[i]);
     b = BatchCounts{};
   }

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "tap_io.h"
@@ -46,8 +47,13 @@ class UringIo final : public TapIo {
   UringIo(int fd, std::unique_ptr<Uring> ring, unsigned batch)
       : fd_(fd), ring_(std::move(ring)), batch_(batch), res_(batch), sqpoll_(ring_->sqpoll()) {
     // Test only: VHOST_TAP_TEST_URING_FAIL makes the first batch fail after
-    // submission, as io_uring_enter might, to exercise Abandon().
-    fail_once_ = getenv("VHOST_TAP_TEST_URING_FAIL") != nullptr;
+    // submission, as io_uring_enter might, to exercise Abandon(); with the
+    // value 'unconfirmed' Abandon() then also reports the kernel as not having
+    // confirmed the batch over (after making sure it is), so the engine's
+    // kUnknown path runs.
+    const char* fail = getenv("VHOST_TAP_TEST_URING_FAIL");
+    fail_once_ = fail != nullptr;
+    fail_unconfirmed_ = fail != nullptr && strcmp(fail, "unconfirmed") == 0;
     // Test only: VHOST_TAP_TEST_UNLINKED_ALWAYS writes unlinked whatever the
     // sndbuf, so a finite one makes the race SettleRefused handles happen
     // (a refusal with later frames of the batch written) on demand.
@@ -215,7 +221,14 @@ class UringIo final : public TapIo {
   // confirm in time, the ring is leaked on purpose, mapped with its fd open:
   // dropping it would not stop a request either. False: results unknown.
   bool Abandon(unsigned n, unsigned got) {
-    const bool quiet = ring_->Quiesce(res_.data(), n, &got);
+    bool quiet = ring_->Quiesce(res_.data(), n, &got);
+    if (fail_unconfirmed_) {
+      fail_unconfirmed_ = false;
+      if (quiet) {
+        ring_.reset();  // really over: nothing to leak, only the report differs
+        return false;
+      }
+    }
     if (quiet) ring_.reset();
     else static_cast<void>(ring_.release());
     return quiet;
@@ -227,6 +240,7 @@ class UringIo final : public TapIo {
   std::vector<int32_t> res_;
   const bool sqpoll_;
   bool fail_once_ = false;
+  bool fail_unconfirmed_ = false;
   bool unlinked_always_ = false;
   bool bound_ = false;        // Uring::Bind ran (on the worker)
   bool tap_ = true;           // TUNGETSNDBUF works on fd_

@@ -1139,6 +1139,44 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
   }
 });
 
+// VHOST_TAP_TEST_URING_FAIL=unconfirmed: the failed ring's batch is reported as never
+// confirmed over (the kernel might still read its buffers). Those chains must be neither
+// completed nor reused, and counted (withheld); the worker goes on over readv/writev.
+// Registered only where io_uring runs (the readv re-run has no ring to fail).
+if (EXPECTED_IO === 'io_uring') {
+  test.serial('io_uring failing unconfirmed: the batch\'s chains are withheld and counted, later frames flow over readv/writev', async (t) => {
+    process.env.VHOST_TAP_TEST_URING_FAIL = 'unconfirmed';
+    try {
+      const r = rig();
+      t.teardown(() => r.close());
+      r.engine.start();
+      const post = (from: number, to: number): void => {
+        for (let i = from; i < to; i++) {
+          const a = r.mem.alloc(100);
+          put(r.mem, a, pattern(100, i));
+          r.tx.setChain(i, [[a, 100, false]]);
+          r.tx.place(i);
+        }
+        r.tx.publish();
+        A.kick(r.txKick);
+      };
+      post(0, 8);
+      t.true(await waitFor(() => r.engine.stats().tx.withheld === 8), 'the failed batch of 8 is withheld');
+      post(8, 12);
+      t.true(await waitFor(() => r.tx.usedIdx === 4));
+      for (let i = 0; i < 4; i++) t.is(r.tx.usedElem(i).id, 8 + i, 'only the later chains come back, in order');
+      await new Promise((res) => setTimeout(res, 20));
+      t.is(r.tx.usedIdx, 4, 'no withheld chain completed');
+      const s = r.engine.stats();
+      t.is(s.io, 'readv/writev');
+      t.is(s.tx.packets, 4, 'the withheld frames are not counted as written');
+      t.is(s.tx.usedChains, 4);
+    } finally {
+      delete process.env.VHOST_TAP_TEST_URING_FAIL;
+    }
+  });
+}
+
 // The same failure under io: 'auto' (which starts on io_uring): the ring is dropped inside
 // auto, whose batches then all go over readv/writev; every frame once, in order.
 test.serial("io 'auto' whose io_uring fails mid-batch goes on over readv/writev; no frame lost or doubled", async (t) => {
