@@ -23,11 +23,11 @@
 // backlogs), and a bridge drops the first frames after carrier-on.
 
 import test from 'ava';
-import { spawn } from 'node:child_process';
 
 import { bits, STATUS, VirtioNetDevice, type VirtioNetError } from '../backend';
 import { addon } from '../backend/native';
 import { type Netns, withNetns } from '../host/netns';
+import { readyPython } from './helpers/netns-python';
 import { DriverQueue, GuestMem } from './helpers/rings';
 
 const MiB = 1 << 20;
@@ -56,26 +56,10 @@ while len(got)<${count} and time.time()<end:
         got.append(struct.unpack('>I',f[14:18])[0])
 print(' '.join(map(str,got)),flush=True)
 `;
-  const child = spawn('ip', ['netns', 'exec', ns.name, 'python3', '-c', py], { stdio: ['ignore', 'pipe', 'inherit'] });
-  ns.defer(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill();
-  });
-  let out = '';
-  const exited = new Promise<void>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('exit', () => resolve());
-  });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.startsWith('ready\n')) resolve();
-    });
-    child.on('exit', () => reject(new Error(`capture on ${ifname} ended before it was ready: ${out}`)));
-  });
+  const capture = await readyPython(ns, py, `capture on ${ifname}`);
   return {
     async done() {
-      await exited;
-      const line = out.split('\n')[1] ?? '';
+      const [line = ''] = await capture.done();
       return line === '' ? [] : line.split(' ').map(Number);
     },
   };

@@ -3,10 +3,9 @@
 // guest addresses that cross from one region into the next; and a capture
 // of the frames a TAP receives, from inside its namespace.
 
-import { spawn } from 'node:child_process';
-
 import type { MemoryRegion } from '../../backend';
 import type { Netns } from '../../host/netns';
+import { readyPython } from './netns-python';
 
 export class RegionMem {
   readonly regions: { guestAddr: number; buffer: SharedArrayBuffer; u8: Uint8Array }[];
@@ -75,27 +74,10 @@ while n<${count} and time.time()<end:
     print(f.hex(),flush=True)
     n+=1
 `;
-  const child = spawn('ip', ['netns', 'exec', ns.name, 'python3', '-c', py], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  const exited = new Promise<void>((resolve, reject) => {
-    child.on('error', reject);
-    child.on('exit', () => resolve());
-  });
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      if (out.startsWith('ready\n')) resolve();
-    });
-    child.on('exit', () => reject(new Error(`capture on ${ifname} ended before it was ready: ${out}`)));
-  });
+  const capture = await readyPython(ns, py, `capture on ${ifname}`);
   return {
     async done() {
-      await exited;
-      return out
-        .split('\n')
-        .slice(1)
-        .filter((l) => l !== '')
-        .map((h) => Uint8Array.from(Buffer.from(h, 'hex')));
+      return (await capture.done()).map((h) => Uint8Array.from(Buffer.from(h, 'hex')));
     },
   };
 }
