@@ -144,6 +144,31 @@ function put(mem: GuestMem, addr: number, bytes: Uint8Array): void {
   mem.u8.set(bytes, addr);
 }
 
+/** Posts TX chains from..to-1, one 100-byte buffer each holding pattern(100, i), and kicks. */
+function postTx(r: Rig, from: number, to: number): void {
+  for (let i = from; i < to; i++) {
+    const a = r.mem.alloc(100);
+    put(r.mem, a, pattern(100, i));
+    r.tx.setChain(i, [[a, 100, false]]);
+    r.tx.place(i);
+  }
+  r.tx.publish();
+  A.kick(r.txKick);
+}
+
+/** Posts n RX chains of one `size`-byte buffer each (not kicked); returns the buffers' addresses by id. */
+function postRx(r: Rig, n: number, size: number): number[] {
+  const bufs: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const a = r.mem.alloc(size);
+    r.rx.setChain(i, [[a, size, true]]);
+    bufs.push(a);
+    r.rx.place(i);
+  }
+  r.rx.publish();
+  return bufs;
+}
+
 // ---- happy paths ----------------------------------------------------------------------
 
 test('TX: a frame split over descriptors arrives whole, header bytes intact; used len 0', async (t) => {
@@ -198,14 +223,7 @@ test('TX: a batch of chains is one interrupt; NO_INTERRUPT suppresses it', async
     t.teardown(() => r.close());
     r.tx.availFlags = suppress ? 1 : 0;
     r.engine.start();
-    for (let i = 0; i < 8; i++) {
-      const a = r.mem.alloc(100);
-      put(r.mem, a, pattern(100, i));
-      r.tx.setChain(i, [[a, 100, false]]);
-      r.tx.place(i);
-    }
-    r.tx.publish();
-    A.kick(r.txKick);
+    postTx(r, 0, 8);
     t.true(await waitFor(() => r.tx.usedIdx === 8));
     for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
     const s = r.engine.stats();
@@ -1094,14 +1112,7 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
     const r = rig();
     t.teardown(() => r.close());
     r.engine.start();
-    for (let i = 0; i < 8; i++) {
-      const a = r.mem.alloc(100);
-      put(r.mem, a, pattern(100, i));
-      r.tx.setChain(i, [[a, 100, false]]);
-      r.tx.place(i);
-    }
-    r.tx.publish();
-    A.kick(r.txKick);
+    postTx(r, 0, 8);
     t.true(await waitFor(() => r.tx.usedIdx === 8));
     for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
     t.is(readPeer(r.peer), null, 'no frame sent twice');
@@ -1112,14 +1123,7 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
     // RX: the first batched read (two or more chains) is the one that fails.
     const q = rig({ qsize: 16, mergeable: false });
     t.teardown(() => q.close());
-    const bufs: number[] = [];
-    for (let i = 0; i < 16; i++) {
-      const a = q.mem.alloc(1600);
-      q.rx.setChain(i, [[a, 1600, true]]);
-      bufs.push(a);
-      q.rx.place(i);
-    }
-    q.rx.publish();
+    const bufs = postRx(q, 16, 1600);
     const N = 10;
     for (let i = 0; i < N; i++) fs.writeSync(q.peer, ethFrame(12, { dst: PRIMARY }, i));
     q.engine.start();
@@ -1150,19 +1154,9 @@ if (EXPECTED_IO === 'io_uring') {
       const r = rig();
       t.teardown(() => r.close());
       r.engine.start();
-      const post = (from: number, to: number): void => {
-        for (let i = from; i < to; i++) {
-          const a = r.mem.alloc(100);
-          put(r.mem, a, pattern(100, i));
-          r.tx.setChain(i, [[a, 100, false]]);
-          r.tx.place(i);
-        }
-        r.tx.publish();
-        A.kick(r.txKick);
-      };
-      post(0, 8);
+      postTx(r, 0, 8);
       t.true(await waitFor(() => r.engine.stats().tx.withheld === 8), 'the failed batch of 8 is withheld');
-      post(8, 12);
+      postTx(r, 8, 12);
       t.true(await waitFor(() => r.tx.usedIdx === 4));
       for (let i = 0; i < 4; i++) t.is(r.tx.usedElem(i).id, 8 + i, 'only the later chains come back, in order');
       await new Promise((res) => setTimeout(res, 20));
@@ -1187,14 +1181,7 @@ test.serial("io 'auto' whose io_uring fails mid-batch goes on over readv/writev;
     const r = rig();
     t.teardown(() => r.close());
     r.engine.start();
-    for (let i = 0; i < 8; i++) {
-      const a = r.mem.alloc(100);
-      put(r.mem, a, pattern(100, i));
-      r.tx.setChain(i, [[a, 100, false]]);
-      r.tx.place(i);
-    }
-    r.tx.publish();
-    A.kick(r.txKick);
+    postTx(r, 0, 8);
     t.true(await waitFor(() => r.tx.usedIdx === 8));
     for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
     t.is(readPeer(r.peer), null, 'no frame sent twice');
@@ -1257,14 +1244,7 @@ test.serial("io 'auto' changing method at every batch: every frame once and in o
     // RX: frames queued before start are read in growing batches (1, 2, 4, ...), each on the other method.
     const q = rig({ qsize: 16, mergeable: false });
     t.teardown(() => q.close());
-    const bufs: number[] = [];
-    for (let i = 0; i < 16; i++) {
-      const a = q.mem.alloc(1600);
-      q.rx.setChain(i, [[a, 1600, true]]);
-      bufs.push(a);
-      q.rx.place(i);
-    }
-    q.rx.publish();
+    const bufs = postRx(q, 16, 1600);
     const N = 14;
     for (let i = 0; i < N; i++) fs.writeSync(q.peer, ethFrame(12, { dst: PRIMARY }, i));
     q.engine.start();
