@@ -16,16 +16,18 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { featureNames, has } from '../backend';
-import { guestToHost, hostToGuest, ping, waitReachable } from '../host/linux-guest/host';
+import { guestToHost, hostToGuest, ping } from '../host/linux-guest/host';
 import { LinuxGuest } from '../host/linux-guest/qemu';
 import { withNetns } from '../host/netns';
 import { startCommand } from './helpers/cli';
+import { checkGuestNetworks } from './helpers/guest-networks';
 import { HOSTILE_CASES, playHostileCase } from './helpers/vhost-user-frontend';
 
 const HOST4 = '10.203.24.1';
 const GUEST4 = '10.203.24.2';
 const HOST6 = 'fd00:cb:24::1';
 const GUEST6 = 'fd00:cb:24::2';
+const ADDRS = { host4: HOST4, guest4: GUEST4, guest6: GUEST6 };
 /** 100 MB each way as issue 10 asks; VT_GUEST_TCP_BYTES overrides it for quick local runs. */
 const BYTES = Number(process.env.VT_GUEST_TCP_BYTES ?? 100e6);
 /** Per-CPU flows that put traffic on each TX queue (and, through the TAP's flow steering, each RX queue). */
@@ -79,17 +81,7 @@ test.serial('vhost-tap vhost-user serves Linux guests under QEMU: offloads and M
     for (const name of ['VERSION_1', 'CSUM', 'GUEST_CSUM', 'HOST_TSO4', 'HOST_TSO6', 'GUEST_TSO4', 'GUEST_TSO6', 'MRG_RXBUF', 'MQ'] as const) {
       t.true(has(f, name), `the guest driver negotiated ${name}: ${featureNames(f).join(',')}`);
     }
-    for (const addr of [GUEST4, GUEST6]) {
-      const p = await ping(ns.name, addr, 100, 0.02);
-      t.is(p.transmitted, 100, p.output);
-      t.is(p.received, 100, `ping ${addr}: ${p.output}`);
-    }
-    const h2g = await hostToGuest(g1, ns.name, GUEST4, 5001, BYTES, TRANSFER_TIMEOUT_MS);
-    t.is(h2g.bytes, BYTES);
-    t.is(h2g.guestSha256, h2g.hostSha256, 'host → guest: the guest received exactly what the host sent');
-    const g2h = await guestToHost(g1, ns.name, HOST4, 5002, BYTES, TRANSFER_TIMEOUT_MS);
-    t.is(g2h.bytes, BYTES);
-    t.is(g2h.hostSha256, g2h.guestSha256, 'guest → host: the host received exactly the pattern the guest sent');
+    const { h2g, g2h } = await checkGuestNetworks(t, g1, ns.name, ADDRS, { bytes: BYTES, timeoutMs: TRANSFER_TIMEOUT_MS, port: 5001 });
     t.log(`host → guest ${h2g.mbps.toFixed(0)} Mbps, guest → host ${g2h.mbps.toFixed(0)} Mbps (${BYTES / 1e6} MB each; TCG, shared cores: noisy)`);
     // A sender pinned to each guest CPU: the driver's XPS maps CPU i to TX queue i, and the TAP's
     // flow steering sends the host's side of a flow to the queue the guest sent it on.
@@ -138,16 +130,7 @@ test.serial('vhost-tap vhost-user serves Linux guests under QEMU: offloads and M
     // The host still remembers the first guest (same addresses, and QEMU gives both the same
     // MAC) as unreachable: let neighbour resolution settle before counting replies.
     ip('neigh', 'flush', 'dev', tap);
-    for (const addr of [GUEST4, GUEST6]) {
-      t.true(await waitReachable(ns.name, addr), `second guest answers ${addr}`);
-      const p = await ping(ns.name, addr, 100, 0.02);
-      t.is(p.received, 100, `second guest, ping ${addr}: ${p.output}`);
-    }
-    const small = 10e6;
-    const a = await hostToGuest(g2, ns.name, GUEST4, 5011, small, TRANSFER_TIMEOUT_MS);
-    t.is(a.guestSha256, a.hostSha256, 'second guest, host → guest');
-    const b = await guestToHost(g2, ns.name, HOST4, 5012, small, TRANSFER_TIMEOUT_MS);
-    t.is(b.hostSha256, b.guestSha256, 'second guest, guest → host');
+    await checkGuestNetworks(t, g2, ns.name, ADDRS, { bytes: 10e6, timeoutMs: TRANSFER_TIMEOUT_MS, port: 5011, label: 'second guest', waitReachable: true });
     const ended2 = nextEnd();
     void g2.run('poweroff -f').catch(() => undefined);
     t.is((await g2.exited).code, 0, 'QEMU powers off cleanly');
