@@ -2,7 +2,7 @@
 // frames both ways, mergeable RX, notification suppression, hostile rings
 // (each must stop the queue with the right rule and leave guest memory
 // alone), a descriptor fuzz loop, and the notify helpers from Workers.
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -154,6 +154,35 @@ function postTx(r: Rig, from: number, to: number): void {
   }
   r.tx.publish();
   A.kick(r.txKick);
+}
+
+/** Posts n TX frames (postTx) and checks that each reached the TAP once, whole, in order. */
+async function txInOrder(t: ExecutionContext, r: Rig, n: number): Promise<void> {
+  postTx(r, 0, n);
+  t.true(await waitFor(() => r.tx.usedIdx === n));
+  for (let i = 0; i < n; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
+  t.is(readPeer(r.peer), null, 'no frame sent twice');
+  t.is(r.engine.stats().tx.packets, n);
+}
+
+/**
+ * Posts 16 RX buffers of 1600 bytes, queues n small frames in the TAP, starts the engine and
+ * checks that each frame arrived once, whole, in its own buffer, in order.
+ */
+async function rxInOrder(t: ExecutionContext, q: Rig, n: number): Promise<void> {
+  const bufs = postRx(q, 16, 1600);
+  for (let i = 0; i < n; i++) fs.writeSync(q.peer, ethFrame(12, { dst: PRIMARY }, i));
+  q.engine.start();
+  t.true(await waitFor(() => q.rx.usedIdx === n));
+  await new Promise((res) => setTimeout(res, 20));
+  t.is(q.rx.usedIdx, n, 'no frame delivered twice');
+  for (let i = 0; i < n; i++) {
+    const { id, len } = q.rx.usedElem(i);
+    t.is(id, i);
+    t.is(len, 12 + 14 + 46);
+    t.is(q.mem.dv.getUint32(bufs[id] + 12 + 14, true), i, 'frames in order');
+  }
+  t.is(q.engine.stats().rx.packets, n);
 }
 
 /** Posts n RX chains of one `size`-byte buffer each (not kicked); returns the buffers' addresses by id. */
@@ -1112,31 +1141,14 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
     const r = rig();
     t.teardown(() => r.close());
     r.engine.start();
-    postTx(r, 0, 8);
-    t.true(await waitFor(() => r.tx.usedIdx === 8));
-    for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
-    t.is(readPeer(r.peer), null, 'no frame sent twice');
-    t.is(r.engine.stats().tx.packets, 8);
+    await txInOrder(t, r, 8);
     t.is(r.engine.stats().io, 'readv/writev');
     r.close();
 
     // RX: the first batched read (two or more chains) is the one that fails.
     const q = rig({ qsize: 16, mergeable: false });
     t.teardown(() => q.close());
-    const bufs = postRx(q, 16, 1600);
-    const N = 10;
-    for (let i = 0; i < N; i++) fs.writeSync(q.peer, ethFrame(12, { dst: PRIMARY }, i));
-    q.engine.start();
-    t.true(await waitFor(() => q.rx.usedIdx === N));
-    await new Promise((res) => setTimeout(res, 20));
-    t.is(q.rx.usedIdx, N, 'no frame delivered twice');
-    for (let i = 0; i < N; i++) {
-      const { id, len } = q.rx.usedElem(i);
-      t.is(id, i);
-      t.is(len, 12 + 14 + 46);
-      t.is(q.mem.dv.getUint32(bufs[id] + 12 + 14, true), i, 'frames in order');
-    }
-    t.is(q.engine.stats().rx.packets, N);
+    await rxInOrder(t, q, 10);
     t.is(q.engine.stats().io, 'readv/writev');
   } finally {
     delete process.env.VHOST_TAP_TEST_URING_FAIL;
@@ -1181,11 +1193,7 @@ test.serial("io 'auto' whose io_uring fails mid-batch goes on over readv/writev;
     const r = rig();
     t.teardown(() => r.close());
     r.engine.start();
-    postTx(r, 0, 8);
-    t.true(await waitFor(() => r.tx.usedIdx === 8));
-    for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
-    t.is(readPeer(r.peer), null, 'no frame sent twice');
-    t.is(r.engine.stats().tx.packets, 8);
+    await txInOrder(t, r, 8);
     t.is(r.engine.stats().io, 'readv/writev');
     // The failing batch is the only one io_uring ran (none where it is unavailable or forced off).
     t.is(r.engine.stats().ioBatches.uring, saved !== 'readv' && !uringDisabled() ? 1 : 0);
@@ -1244,20 +1252,7 @@ test.serial("io 'auto' changing method at every batch: every frame once and in o
     // RX: frames queued before start are read in growing batches (1, 2, 4, ...), each on the other method.
     const q = rig({ qsize: 16, mergeable: false });
     t.teardown(() => q.close());
-    const bufs = postRx(q, 16, 1600);
-    const N = 14;
-    for (let i = 0; i < N; i++) fs.writeSync(q.peer, ethFrame(12, { dst: PRIMARY }, i));
-    q.engine.start();
-    t.true(await waitFor(() => q.rx.usedIdx === N));
-    await new Promise((res) => setTimeout(res, 20));
-    t.is(q.rx.usedIdx, N, 'no frame delivered twice');
-    for (let i = 0; i < N; i++) {
-      const { id, len } = q.rx.usedElem(i);
-      t.is(id, i);
-      t.is(len, 12 + 14 + 46);
-      t.is(q.mem.dv.getUint32(bufs[id] + 12 + 14, true), i, 'frames in order');
-    }
-    t.is(q.engine.stats().rx.packets, N);
+    await rxInOrder(t, q, 14);
     checkBatches(q.engine);
   } finally {
     delete process.env.VHOST_TAP_TEST_AUTO_FLIP;
