@@ -2,6 +2,8 @@
 // bound, for tests whose failure on broken code is a hang, a spinning thread,
 // heap exhaustion or a process exit: the child is killed (by its pid) when the
 // bound passes, so a hang becomes a clean test failure and never a stuck suite.
+// scenarioMain() is the scenario's side: exit 0 when it returns, 2 with the
+// stack on stderr when it throws.
 
 import { spawn } from 'node:child_process';
 import * as path from 'node:path';
@@ -57,4 +59,15 @@ export function describeChild(r: ChildResult): string {
   const how = r.timedOut ? 'killed after the time bound (hung)' : r.signal ? `killed by ${r.signal}` : `exit ${r.code}`;
   const tail = (s: string): string => s.trim().split('\n').slice(-12).join('\n');
   return `${how}\n--- stdout:\n${tail(r.stdout)}\n--- stderr:\n${tail(r.stderr)}`;
+}
+
+/** A scenario file's entry point: exit 0 when `main` resolves, 2 (stack on stderr) when it rejects. */
+export function scenarioMain(main: () => Promise<void>): void {
+  main().then(
+    () => process.exit(0),
+    (e) => {
+      process.stderr.write(`${(e as Error).stack ?? e}\n`);
+      process.exit(2);
+    },
+  );
 }

@@ -16,8 +16,8 @@ import {
   VirtioNetDevice,
   type VirtioNetError,
 } from '../../backend';
-import { ControlDriver, CTRL_BUF_BYTES } from '../../driver';
-import { DriverQueue } from '../../driver';
+import { ControlDriver, CTRL_BUF_BYTES, DriverQueue } from '../../driver';
+import { scenarioMain } from '../helpers/child';
 
 const { ACKNOWLEDGE: ACK, DRIVER, FEATURES_OK, DRIVER_OK } = STATUS;
 
@@ -325,10 +325,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stderr.write(`${(e as Error).stack ?? e}\n`);
-    process.exit(2);
-  },
-);
+scenarioMain(main);

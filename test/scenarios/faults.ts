@@ -11,6 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { rxq, txq, VirtioNetDevice } from '../../backend';
 import type { Netns } from '../../host/netns';
 import { deviceAccounting, startFlood, TrafficGuest } from '../helpers/traffic-guest';
+import { scenarioMain } from '../helpers/child';
 
 const uncaught: string[] = [];
 process.on('uncaughtException', (e) => uncaught.push(String((e as Error)?.stack ?? e)));
@@ -111,10 +112,4 @@ async function main(): Promise<void> {
   throw new Error(`unknown scenario '${scenario}'`);
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stderr.write(`${(e as Error).stack ?? e}\n`);
-    process.exit(2);
-  },
-);
+scenarioMain(main);

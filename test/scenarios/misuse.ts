@@ -9,6 +9,7 @@ import { CTRL, featureNames, rxq, txq, VirtioNetDevice, type VirtioNetError } fr
 import { addon } from '../../backend/native';
 import { DriverQueue } from '../../driver';
 import { MINI_FEATURES, MiniGuest } from '../helpers/mini-guest';
+import { scenarioMain } from '../helpers/child';
 
 function out(o: Record<string, unknown>): void {
   process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -117,10 +118,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stderr.write(`${(e as Error).stack ?? e}\n`);
-    process.exit(2);
-  },
-);
+scenarioMain(main);
