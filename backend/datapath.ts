@@ -8,7 +8,7 @@
 
 import { convert, native } from './errors';
 import { Capabilities, GUEST_OFFLOAD_FEATURES, probeOffloads, rxFrameMax, tunOffloads } from './features';
-import { addon, NativeEngine, NativeGuestMemory, NativeQueueStats } from './native';
+import { addon, NativeEngine, NativeGuestMemory, NativeQueueConfig, NativeQueueStats } from './native';
 import { RxFilterSnapshot } from './rxfilter';
 import { has, netHdrSize } from './virtio';
 
@@ -51,18 +51,8 @@ export interface DeviceStats {
   totals: { rxPackets: number; rxBytes: number; txPackets: number; txBytes: number; drops: number };
 }
 
-/** One virtqueue as an engine runs it: where it lives, its eventfds, where to resume. */
-export interface RingConfig {
-  index: number;
-  size: number;
-  desc: number;
-  avail: number;
-  used: number;
-  kickFd: number;
-  callFd: number;
-  lastAvailIdx: number;
-  usedIdx: number;
-}
+/** One virtqueue as an engine runs it: where it lives, its eventfds, where to resume (always given here). */
+export type RingConfig = Required<NativeQueueConfig>;
 
 /** Where a ring stopped: the next avail index to read and the used index last published. */
 export interface RingPosition {
