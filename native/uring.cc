@@ -14,8 +14,6 @@
 #include <cstring>
 #include <ctime>
 
-// Kernel 5.19 uapi; Debian 12's <linux/io_uring.h> has it, older headers do
-// not (the kernel then answers -EINVAL and Quiesce cancels per user_data).
 // Kernel 6.0/6.1 uapi, defined here for older headers (the kernel answers
 // -EINVAL to what it does not know and Init tries the next flag set).
 #ifndef IORING_SETUP_SINGLE_ISSUER
@@ -25,6 +23,8 @@
 #define IORING_SETUP_DEFER_TASKRUN (1U << 13)
 #endif
 
+// Kernel 5.19 uapi; Debian 12's <linux/io_uring.h> has it, older headers do
+// not (the kernel then answers -EINVAL and Quiesce cancels per user_data).
 #ifndef IORING_ASYNC_CANCEL_ANY
 #define IORING_ASYNC_CANCEL_ANY (1U << 2)
 #endif
