@@ -107,6 +107,8 @@ export class TapDataPath {
   private guestOffloads = 0n;
   private mtu = 1500;
   private rxFilter: RxFilterSnapshot | null = null;
+  /** The driver's interrupt coalescing per direction: [maxPackets, maxUsecs]. */
+  private readonly coalescing: Record<'rx' | 'tx', [maxPackets: number, maxUsecs: number]> = { rx: [0, 0], tx: [0, 0] };
   private closed = false;
 
   private constructor(opts: TapDataPathOptions, fds: number[], name: string, probe: { offered: bigint; caps: Capabilities }) {
@@ -195,6 +197,12 @@ export class TapDataPath {
     for (const e of this.engines) e?.setRxFilter(snapshot);
   }
 
+  /** Interrupt coalescing for every RX or TX queue, running or started later (0, 0: off). */
+  setCoalescing(queue: 'rx' | 'tx', maxPackets: number, maxUsecs: number): void {
+    this.coalescing[queue] = [maxPackets, maxUsecs];
+    for (const e of this.engines) e?.setCoalescing(queue, maxPackets, maxUsecs);
+  }
+
   running(p: number): boolean {
     return this.engines[p] !== undefined;
   }
@@ -207,6 +215,7 @@ export class TapDataPath {
     try {
       e = this.makeEngine(p, setup);
       e.setRxFilter(this.rxFilter);
+      for (const q of ['rx', 'tx'] as const) e.setCoalescing(q, ...this.coalescing[q]);
       e.start();
       this.engines[p] = e;
     } catch (err) {

@@ -70,6 +70,8 @@ export interface VirtioNetDeviceEvents {
   'queue-pairs': [pairs: number];
   /** The guest changed RX modes, MAC tables or VLANs. */
   'rx-filter': [state: RxFilterState];
+  /** The guest set interrupt coalescing for all RX or all TX queues (NOTF_COAL; 0 in either field: off). */
+  coalescing: [queue: 'rx' | 'tx', params: { maxPackets: number; maxUsecs: number }];
   /** Something went wrong that does not stop the device (e.g. a control command the TAP refused). */
   warning: [error: Error];
 }
@@ -415,6 +417,8 @@ export class VirtioNetDevice extends EventEmitter {
     this.dp.program(f, this.mtu);
     this.rxFilter.reset(this.macBytes, has(f, 'CTRL_VLAN'));
     this.applyRxFilter();
+    // Coalescing parameters start at 0 after every reset (virtio 1.3 §5.1.6.5.9).
+    for (const q of ['rx', 'tx'] as const) this.dp.setCoalescing(q, 0, 0);
     if (has(f, 'CTRL_VQ')) {
       const cq = this.queues[ctrlq(this.queuePairs)];
       if (!cq) throw new DeviceStateError(`CTRL_VQ negotiated but the control queue ${ctrlq(this.queuePairs)} was not set up`);
@@ -607,6 +611,18 @@ export class VirtioNetDevice extends EventEmitter {
           if (want & ~(f & GUEST_OFFLOAD_FEATURES)) return CTRL.ERR;
           if (validateDriverFeatures(want | (f & ~GUEST_OFFLOAD_FEATURES), this.deviceFeatures)) return CTRL.ERR;
           this.dp.setGuestOffloads(want);
+          return CTRL.OK;
+        }
+        case CTRL.CLASS_NOTF_COAL: {
+          // TX_SET / RX_SET only: the per-virtqueue commands belong to VQ_NOTF_COAL, not offered.
+          if (!has(f, 'NOTF_COAL') || data.length !== 8) return CTRL.ERR;
+          const queue = cmd === CTRL.NOTF_COAL_RX_SET ? 'rx' : cmd === CTRL.NOTF_COAL_TX_SET ? 'tx' : null;
+          if (!queue) return CTRL.ERR;
+          const d = new DataView(data.buffer, data.byteOffset, 8);
+          const maxPackets = d.getUint32(0, true);
+          const maxUsecs = d.getUint32(4, true);
+          this.dp.setCoalescing(queue, maxPackets, maxUsecs);
+          this.emit('coalescing', queue, { maxPackets, maxUsecs });
           return CTRL.OK;
         }
         default:

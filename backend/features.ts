@@ -20,6 +20,7 @@ export const BASE_FEATURES: bigint = bits(
   'CTRL_MAC_ADDR',
   'CTRL_GUEST_OFFLOADS',
   'GUEST_ANNOUNCE',
+  'NOTF_COAL',
 );
 
 /** Offered only with more than one queue pair. */
@@ -100,6 +101,7 @@ const DEPENDENCIES: ReadonlyArray<{ feature: FeatureName; needs?: FeatureName[];
   { feature: 'MQ', needs: ['CTRL_VQ'] },
   { feature: 'CTRL_MAC_ADDR', needs: ['CTRL_VQ'] },
   { feature: 'CTRL_GUEST_OFFLOADS', needs: ['CTRL_VQ'] },
+  { feature: 'NOTF_COAL', needs: ['CTRL_VQ'] },
   { feature: 'RSS', needs: ['CTRL_VQ'] },
 ];
 

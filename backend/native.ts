@@ -289,6 +289,17 @@ export interface NativeEngine {
    */
   setRxFilter(snapshot: RxFilterSnapshot | null): void;
   /**
+   * The driver's interrupt coalescing for this pair's RX or TX queue
+   * (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET): the worker holds a queue's used-buffer
+   * notification until `maxPackets` packets were used or `maxUsecs` microseconds passed
+   * since the first of them, whichever comes first; a notification the driver suppressed
+   * stays suppressed. Either value 0 (the initial state) notifies per batch. Callable at
+   * any time, running or not; kept across stop()/start(); takes effect at the worker's next
+   * round, sending at once what the new values make due. Throws 'EVHOST_BADARG' unless the
+   * values are integers 0..2^32-1.
+   */
+  setCoalescing(queue: 'rx' | 'tx', maxPackets: number, maxUsecs: number): void;
+  /**
    * Stops the worker and releases what the engine holds now rather than at garbage
    * collection: the thread, its reference to the guest memory and the table it last used
    * (for vhost-user, the front end's mappings). Idempotent; stop() and wake() do nothing

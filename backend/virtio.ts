@@ -189,6 +189,10 @@ export const CTRL = {
   MQ_VQ_PAIRS_MAX: 0x8000,
   CLASS_GUEST_OFFLOADS: 5,
   GUEST_OFFLOADS_SET: 0,
+  /** data: le32 max_packets, le32 max_usecs (struct virtio_net_ctrl_coal). */
+  CLASS_NOTF_COAL: 6,
+  NOTF_COAL_TX_SET: 0,
+  NOTF_COAL_RX_SET: 1,
 } as const;
 
 /** linux/if_tun.h values the backend uses (USO4/6 are missing from Debian 12's headers). */

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +51,12 @@ constexpr unsigned kBatch = 64;
 enum : uint32_t { kTagWake, kTagRxKick, kTagTxKick, kTagTap };
 
 constexpr int kMaxEvents = 8;
+
+int64_t NowNs() {
+  timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1000000000LL + t.tv_nsec;
+}
 
 // VHOST_TAP_IO=readv forces readv/writev (tests run both paths; a way out
 // should io_uring misbehave somewhere); VHOST_TAP_IO=uring keeps io: 'auto'
@@ -291,19 +298,73 @@ void Engine::Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const V
 }
 
 // Once per batch: the used elements become visible with one store of used.idx,
-// at most one interrupt goes out, and the batch's counts are published.
-void Engine::Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, uint16_t stashed) {
+// at most one interrupt goes out (or waits, when the driver asked for
+// coalescing), and the batch's counts are published.
+void Engine::Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
+                   uint16_t stashed) {
   st.Publish(counts);
   const uint16_t before = static_cast<uint16_t>(st.used_idx.load(std::memory_order_relaxed));
-  if (q.PublishUsed()) {
-    uint64_t one = 1;
-    // A full eventfd counter (EAGAIN) already means "interrupt pending".
-    if (write(qc.call_fd, &one, sizeof one) == sizeof one || errno == EAGAIN)
-      QueueStats::Add(st.interrupts, 1);
-  }
-  QueueStats::Add(st.used_chains, static_cast<uint16_t>(q.used_idx() - before));
+  bool notify = q.PublishUsed();
+  const uint16_t n = static_cast<uint16_t>(q.used_idx() - before);
+  // The clock is read only while coalescing: a plain batch pays nothing for it.
+  if (coal.engaged()) notify = coal.Published(n, notify, NowNs());
+  if (notify) Interrupt(qc, st);
+  QueueStats::Add(st.used_chains, n);
   st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
   st.last_avail_idx.store(static_cast<uint16_t>(q.last_avail() - stashed), std::memory_order_relaxed);
+}
+
+void Engine::Interrupt(const QueueConfig& qc, QueueStats& st) {
+  uint64_t one = 1;
+  // A full eventfd counter (EAGAIN) already means "interrupt pending".
+  if (write(qc.call_fd, &one, sizeof one) == sizeof one || errno == EAGAIN) QueueStats::Add(st.interrupts, 1);
+}
+
+void Engine::SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) {
+  coalescing_[rx ? 0 : 1].store(uint64_t{max_packets} << 32 | max_usecs, std::memory_order_relaxed);
+  // A sleeping worker applies it now: new values may make an interrupt due.
+  Wake();
+}
+
+int64_t Engine::CoalesceRound() {
+  struct Queue {
+    NotifyCoalescer& coal;
+    const QueueConfig& qc;
+    QueueStats& st;
+  };
+  const Queue queues[2] = {{rx_coal_, cfg_.rx, rx_stats}, {tx_coal_, cfg_.tx, tx_stats}};
+  int64_t now = 0;
+  int64_t next = -1;
+  for (size_t i = 0; i < 2; i++) {
+    const uint64_t p = coalescing_[i].load(std::memory_order_relaxed);
+    queues[i].coal.Set(static_cast<uint32_t>(p >> 32), static_cast<uint32_t>(p));
+    if (!queues[i].coal.open()) continue;
+    if (now == 0) now = NowNs();
+    if (queues[i].coal.Due(now)) {
+      Interrupt(queues[i].qc, queues[i].st);
+    } else {
+      const int64_t left = std::max<int64_t>(0, queues[i].coal.deadline_ns() - now);
+      next = next < 0 ? left : std::min(next, left);
+    }
+  }
+  return next;
+}
+
+// epoll_wait with a timeout in ns (-1: none). A coalescing window of a few
+// microseconds needs better than epoll_wait's milliseconds: epoll_pwait2
+// (Linux 5.11) takes a timespec; older kernels round up to the millisecond.
+int Engine::Wait(epoll_event* evs, int max, int64_t timeout_ns) {
+  if (timeout_ns < 0) return epoll_wait(epoll_fd_, evs, max, -1);
+#ifdef SYS_epoll_pwait2
+  static std::atomic<bool> no_pwait2{false};
+  if (!no_pwait2.load(std::memory_order_relaxed)) {
+    const timespec ts{static_cast<time_t>(timeout_ns / 1000000000), static_cast<long>(timeout_ns % 1000000000)};
+    const long n = syscall(SYS_epoll_pwait2, epoll_fd_, evs, max, &ts, nullptr, 0);
+    if (n >= 0 || errno != ENOSYS) return static_cast<int>(n);
+    no_pwait2.store(true, std::memory_order_relaxed);
+  }
+#endif
+  return epoll_wait(epoll_fd_, evs, max, static_cast<int>(std::min<int64_t>((timeout_ns + 999999) / 1000000, INT32_MAX)));
 }
 
 void Engine::RefreshMemory() {
@@ -459,14 +520,14 @@ bool Engine::ProcessTx() {
     // round: a guest then refills its ring while the next batch is written,
     // instead of waiting for the whole round (with a 256-entry ring and a
     // 256-frame budget the two took turns, each idle while the other worked).
-    Flush(tx_, tx_stats, tx_counts_, cfg_.tx, 0);
+    Flush(tx_, tx_stats, tx_counts_, cfg_.tx, tx_coal_, 0);
     FallBackIfFailed();
     if (broke || tx_blocked_) break;
     // Drained, unless frames went back to the ring without EAGAIN (the I/O
     // mechanism failed under them): those go now, the guest will not kick again.
     if (drained && undo_from == n) break;
   }
-  Flush(tx_, tx_stats, tx_counts_, cfg_.tx, 0);
+  Flush(tx_, tx_stats, tx_counts_, cfg_.tx, tx_coal_, 0);
   return more;
 }
 
@@ -656,9 +717,9 @@ bool Engine::ProcessRx() {
     if (rx_broken_) break;
     // As on TX: the guest gets each batch's frames (and can post their
     // buffers again) while the next batch is read.
-    Flush(rx_, rx_stats, rx_counts_, cfg_.rx, static_cast<uint16_t>(stash_.chains()));
+    Flush(rx_, rx_stats, rx_counts_, cfg_.rx, rx_coal_, static_cast<uint16_t>(stash_.chains()));
   }
-  Flush(rx_, rx_stats, rx_counts_, cfg_.rx, static_cast<uint16_t>(stash_.chains()));
+  Flush(rx_, rx_stats, rx_counts_, cfg_.rx, rx_coal_, static_cast<uint16_t>(stash_.chains()));
   return more;
 }
 
@@ -748,11 +809,16 @@ void Engine::Run() {
   snprintf(name, sizeof name, "vt-pair%u", (cfg_.rx.index / 2) & 0xffff);
   pthread_setname_np(pthread_self(), name);
 
+  CoalesceRound();  // the driver's coalescing applies from the first batch
   Loop();
   if (drain_rx_.load(std::memory_order_relaxed)) {
     DrainRx();
     DiscardRx();
   }
+  // Published entries whose interrupt a coalescing window still held: the
+  // driver hears of them now, not never (a restarted worker starts afresh).
+  if (rx_coal_.Close()) Interrupt(cfg_.rx, rx_stats);
+  if (tx_coal_.Close()) Interrupt(cfg_.tx, tx_stats);
   // Released here, not by Stop(): an io_uring ring is the worker's own
   // (SINGLE_ISSUER), and only its owner can take back the TAP file it holds.
   io_.reset();
@@ -765,11 +831,13 @@ void Engine::Loop() {
     bool more = false;
     if (!tx_broken_) more |= ProcessTx();
     if (!rx_broken_) more |= ProcessRx();
+    const int64_t coalesce_ns = CoalesceRound();
     if (more) continue;  // out of budget with work left: next round, no sleep
     if (BusyPoll()) continue;
 
     UpdateTapInterest();
-    int n = epoll_wait(epoll_fd_, evs, kMaxEvents, -1);
+    // Asleep at most until the next coalescing window closes.
+    int n = Wait(evs, kMaxEvents, coalesce_ns);
     io_->Woke();
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {

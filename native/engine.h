@@ -2,6 +2,8 @@
 // guest's RX/TX virtqueues and a TAP queue fd, straight into and out of guest
 // memory. Plain C++ (threads, no Node): engine_binding.cc wraps it for JS.
 #pragma once
+#include <sys/epoll.h>
+
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -12,6 +14,7 @@
 
 #include "engine_stats.h"
 #include "memory.h"
+#include "notify_coalesce.h"
 #include "rx_filter.h"
 #include "rx_stash.h"
 #include "status.h"
@@ -80,6 +83,12 @@ class Engine {
   // modified after this call, so the worker reads it without a lock.
   void SetRxFilter(std::shared_ptr<const RxFilter> f) { std::atomic_store(&rx_filter_, std::move(f)); }
 
+  // The driver's interrupt coalescing for the RX or the TX queue
+  // (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET; 0 in either turns it off).
+  // Any thread, at any time, kept across Stop()/Start(); the worker applies it
+  // at its next round, and an interrupt the new values make due goes out then.
+  void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs);
+
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
   // What the worker uses now (TapIo::name(); string literal).
@@ -113,7 +122,13 @@ class Engine {
   void PinLostMemory();
   void FallBackIfFailed();
   void Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
-  void Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, uint16_t stashed);
+  void Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
+             uint16_t stashed);
+  void Interrupt(const QueueConfig& qc, QueueStats& st);
+  // Takes new coalescing parameters, sends interrupts whose window is over;
+  // returns the ns until the next window closes (-1: none open).
+  int64_t CoalesceRound();
+  int Wait(epoll_event* evs, int max, int64_t timeout_ns);
   void UpdateTapInterest();
   void DrainKick(int fd, QueueStats& st);
   bool BusyPoll();
@@ -137,6 +152,9 @@ class Engine {
   std::atomic<bool> running_{false};
   std::atomic<bool> stop_{false};
   std::atomic<bool> drain_rx_{false};
+  // max_packets << 32 | max_usecs, for [0] RX and [1] TX: one word, so the
+  // worker never sees one half of an update.
+  std::atomic<uint64_t> coalescing_[2] = {};
   int epoll_fd_ = -1;
   int wake_fd_ = -1;  // written by Stop() and Wake()
 
@@ -148,6 +166,7 @@ class Engine {
   bool tap_hup_ = false;           // the TAP (or socket peer) hung up: stop polling it
   uint32_t tap_events_ = 0;        // what the TAP is registered for in epoll (0: not registered)
   BatchCounts rx_counts_, tx_counts_;
+  NotifyCoalescer rx_coal_, tx_coal_;
   std::vector<Chain> tx_slots_;    // the chains of one TX batch
   std::vector<IoFrame> frames_;    // one batch's frames as handed to io_
   std::vector<int32_t> results_;   // and their results

@@ -119,6 +119,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {InstanceMethod<&EngineWrap::Start>("start"), InstanceMethod<&EngineWrap::Stop>("stop"),
                         InstanceMethod<&EngineWrap::Stats>("stats"), InstanceMethod<&EngineWrap::Wake>("wake"),
                         InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter"),
+                        InstanceMethod<&EngineWrap::SetCoalescing>("setCoalescing"),
                         InstanceMethod<&EngineWrap::Close>("close")});
   }
 
@@ -241,6 +242,23 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     if (!v.IsObject()) BadArg(info.Env(), "setRxFilter takes an RxFilterSnapshot or null");
     engine_->SetRxFilter(ParseRxFilter(v.As<Napi::Object>()));
+  }
+
+  // setCoalescing('rx' | 'tx', maxPackets, maxUsecs): u32 each, as the
+  // driver's VIRTIO_NET_CTRL_NOTF_COAL command carries them.
+  void SetCoalescing(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    const std::string dir = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (dir != "rx" && dir != "tx") BadArg(env, "setCoalescing(queue, maxPackets, maxUsecs): queue must be 'rx' or 'tx'");
+    uint32_t v[2];
+    for (int i = 0; i < 2; i++) {
+      const double d = info[1 + i].IsNumber() ? info[1 + i].As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= UINT32_MAX && d == static_cast<double>(static_cast<uint64_t>(d))))
+        BadArg(env, "setCoalescing(queue, maxPackets, maxUsecs): maxPackets and maxUsecs must be integers 0..4294967295");
+      v[i] = static_cast<uint32_t>(d);
+    }
+    engine_->SetCoalescing(dir == "rx", v[0], v[1]);
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 
 import test from 'ava';
 
-import { CTRL, STATUS, VirtioNetDevice } from '../backend';
+import { bits, CTRL, STATUS, VirtioNetDevice } from '../backend';
 import { GuestSim } from '../guest-sim/guest';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, RxFrame, testFrame } from './helpers/mini-guest';
 import { Netns, withNetns } from '../host/netns';
@@ -214,6 +214,47 @@ test.serial('GUEST_OFFLOADS SET changes what the kernel hands the guest', async 
     t.is(await ctrl(g, CTRL.CLASS_GUEST_OFFLOADS, CTRL.GUEST_OFFLOADS_SET, [2, 0, 0, 0, 0, 0, 0, 0]), CTRL.OK);
     t.is(flagsOf(await sendUdp()) & 1, 1, 'back on');
     t.is(await ctrl(g, CTRL.CLASS_GUEST_OFFLOADS, CTRL.GUEST_OFFLOADS_SET, [0x80, 0, 0, 0, 0, 0, 0, 0]), CTRL.ERR, 'a bit not negotiated: ERR');
+  });
+});
+
+test.serial('NOTF_COAL: RX_SET holds RX interrupts in a window, turning it off sends the owed one, reset clears it', async (t) => {
+  await withNetns(async (ns) => {
+    const want = MINI_FEATURES | bits('NOTF_COAL');
+    const { g, tap } = await miniGuest(ns, 1, want);
+    const coal = (cmd: number, maxPackets: number, maxUsecs: number): Promise<number> => {
+      const d = new DataView(new ArrayBuffer(8));
+      d.setUint32(0, maxPackets, true);
+      d.setUint32(4, maxUsecs, true);
+      return ctrl(g, CTRL.CLASS_NOTF_COAL, cmd, new Uint8Array(d.buffer));
+    };
+    const events: unknown[] = [];
+    g.device.on('coalescing', (q, p) => events.push([q, p]));
+    const rxInterrupts = (): number => g.device.stats().queues[0].interrupts;
+    const frames = (from: number, n: number): string[] => range(from, from + n - 1).map((i) => testFrame(GUEST_MAC, i));
+    // A window of 1000 packets or 30 s: five frames cannot close it.
+    t.is(await coal(CTRL.NOTF_COAL_RX_SET, 1000, 30_000_000), CTRL.OK);
+    t.deepEqual(events, [['rx', { maxPackets: 1000, maxUsecs: 30_000_000 }]]);
+    let before = rxInterrupts();
+    t.deepEqual(await deliver(ns, g, tap, frames(1, 5), range(1, 5)), range(1, 5));
+    t.is(rxInterrupts() - before, 0, 'the guest polled them in; no interrupt yet');
+    // Off (0): the open window closes and its interrupt, wanted by the guest, goes out.
+    t.is(await coal(CTRL.NOTF_COAL_RX_SET, 0, 0), CTRL.OK);
+    await g.collect(10_000, () => rxInterrupts() > before);
+    t.true(rxInterrupts() > before);
+    // A reset sets the parameters back to 0: interrupts flow without a command.
+    t.is(await coal(CTRL.NOTF_COAL_RX_SET, 1000, 30_000_000), CTRL.OK);
+    g.device.status = 0;
+    await g.init(want);
+    before = rxInterrupts();
+    t.deepEqual(await deliver(ns, g, tap, frames(11, 5), range(11, 15)), range(11, 15));
+    t.true(rxInterrupts() > before, 'no window after the reset');
+    t.is(await coal(CTRL.NOTF_COAL_TX_SET, 32, 50), CTRL.OK);
+    t.deepEqual(events.at(-1), ['tx', { maxPackets: 32, maxUsecs: 50 }]);
+    t.is(await ctrl(g, CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_RX_SET, [1, 0, 0, 0, 1, 0, 0]), CTRL.ERR, 'short: ERR');
+    t.is(await coal(2, 1, 1), CTRL.ERR, 'VQ_SET (VQ_NOTF_COAL is not offered): ERR');
+    g.device.status = 0;
+    await g.init(MINI_FEATURES);
+    t.is(await coal(CTRL.NOTF_COAL_RX_SET, 8, 8), CTRL.ERR, 'NOTF_COAL not negotiated: ERR');
   });
 });
 

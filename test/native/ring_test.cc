@@ -1,5 +1,5 @@
 // C++ unit tests of the plain ring code (native/memory, virtqueue, ctrl_queue,
-// rx_stash), linked without Node. test/native-unit.test.ts builds this file
+// rx_stash, notify_coalesce), linked without Node. test/native-unit.test.ts builds this file
 // with g++ and runs each case as its own ava test: `ring_test --list` prints
 // the case names, `ring_test NAME` runs one (exit 0 = pass).
 #include <cstdio>
@@ -12,6 +12,7 @@
 
 #include "../../native/ctrl_queue.h"
 #include "../../native/memory.h"
+#include "../../native/notify_coalesce.h"
 #include "../../native/rx_stash.h"
 #include "../../native/virtqueue.h"
 
@@ -429,6 +430,42 @@ CASE(until_used_event_counts_to_the_drivers_used_event) {
   SplitQueue plain;  // without EVENT_IDX there is no used_event to honour
   CHECK(plain.Init(t, Ring(0x20000, 16), false, false, 0, 0, &v));
   CHECK_EQ(plain.UntilUsedEvent(), 0u);
+}
+
+// Coalescing windows with the clock in the test's hands: a window opens at its first packet
+// and closes at max_packets or max_usecs, owing an interrupt only if one was wanted inside it.
+CASE(coalescer_closes_windows_by_count_time_and_new_parameters) {
+  NotifyCoalescer c;
+  CHECK(c.Published(1, true, 0));  // off: every wanted publication interrupts
+  CHECK(!c.Published(1, false, 0));
+  c.Set(4, 0);
+  CHECK(!c.active());  // either field 0 = off
+  c.Set(4, 100);       // 4 packets or 100 us
+  CHECK(!c.Published(3, true, 1000));
+  CHECK(c.open());
+  CHECK(!c.Due(1000 + 99999));
+  CHECK(c.Published(1, false, 2000));  // the 4th packet: the earlier want is owed
+  CHECK(!c.open());
+  CHECK(!c.Published(0, false, 3000));  // nothing published opens nothing
+  CHECK(!c.open());
+  CHECK(!c.Published(2, true, 10000));
+  CHECK(!c.Due(10000 + 99999));
+  CHECK(c.Due(10000 + 100000));  // time is up
+  CHECK(!c.Due(10000 + 200000));
+  CHECK(!c.Published(5, false, 20000));  // a full window nobody wanted: closes silently
+  CHECK(!c.open());
+  CHECK(!c.Published(2, true, 30000));
+  c.Set(2, 100);  // lowered to what the window already holds
+  CHECK(c.Due(30001));
+  CHECK(!c.Published(1, true, 40000));
+  c.Set(0, 0);  // turned off with a window open: it still closes, owing its interrupt
+  CHECK(c.engaged());
+  CHECK(c.Due(40001));
+  CHECK(!c.engaged());
+  c.Set(1000, 1000);
+  CHECK(!c.Published(1, true, 50000));
+  CHECK(c.Close());  // the worker stops: owed
+  CHECK(!c.Close());
 }
 
 // ---- RX stash -----------------------------------------------------------------------------
