@@ -52,6 +52,11 @@ enum : uint32_t { kTagWake, kTagRxKick, kTagTxKick, kTagTap };
 
 constexpr int kMaxEvents = 8;
 
+// Longest the worker leaves frames in the TAP while the RX interrupt the guest
+// waits for is held by coalescing (see Loop): bounds how many pile up there
+// (100 at 1 Mpps, a tenth of the default txqueuelen) whatever max_usecs is.
+constexpr int64_t kRxGatherMaxNs = 100 * 1000;
+
 int64_t NowNs() {
   timespec t;
   clock_gettime(CLOCK_MONOTONIC, &t);
@@ -725,7 +730,7 @@ bool Engine::ProcessRx() {
 
 void Engine::UpdateTapInterest() {
   uint32_t want = 0;
-  if (!tap_hup_ && !rx_broken_ && rx_want_tap_) want |= EPOLLIN;
+  if (!tap_hup_ && !rx_broken_ && rx_want_tap_ && !rx_gathering_) want |= EPOLLIN;
   if (!tx_broken_ && tx_blocked_) want |= EPOLLOUT;
   if (want == tap_events_) return;
   // Level-triggered, and registered only while wanted: epoll reports HUP/ERR
@@ -835,9 +840,31 @@ void Engine::Loop() {
     if (more) continue;  // out of budget with work left: next round, no sleep
     if (BusyPoll()) continue;
 
+    // The guest waits for an RX interrupt that coalescing holds, and the TAP
+    // ran dry: a frame read now would be seen no sooner than one read when the
+    // window closes, so rather than wake for every frame (a paced source gives
+    // one or two per read: a wake-up and an empty read each), the worker lets
+    // them gather in the TAP and reads them in one batch then. Measured on the
+    // bench's paced 64 B source: 2.4 frames per read batch without this, a
+    // full batch with it. A gathering sleep that found nothing means the link
+    // is quiet: then the TAP is waited for as usual, not polled every
+    // kRxGatherMaxNs for nothing.
+    const uint64_t rx_packets = rx_stats.packets.load(std::memory_order_relaxed);
+    rx_gathering_ = rx_coal_.holding() && rx_coal_.active() && rx_want_tap_ && !rx_tap_readable_ &&
+                    rx_packets != rx_packets_at_gather_;
+    int64_t timeout_ns = coalesce_ns;
+    if (rx_gathering_) {
+      timeout_ns = std::min(timeout_ns, kRxGatherMaxNs);
+      rx_packets_at_gather_ = rx_packets;
+    }
     UpdateTapInterest();
-    // Asleep at most until the next coalescing window closes.
-    int n = Wait(evs, kMaxEvents, coalesce_ns);
+    // Asleep at most until the next coalescing window closes (or gathering ends).
+    int n = Wait(evs, kMaxEvents, timeout_ns);
+    if (rx_gathering_) {
+      rx_gathering_ = false;
+      rx_tap_readable_ = true;
+      rx_batch_ = kBatch;  // expect a pile, not one frame
+    }
     io_->Woke();
     wakeups.fetch_add(1, std::memory_order_relaxed);
     for (int i = 0; i < n; i++) {

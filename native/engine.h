@@ -163,6 +163,8 @@ class Engine {
   bool tx_blocked_ = false;        // a write said EAGAIN: wait for EPOLLOUT
   bool rx_tap_readable_ = true;    // not yet seen EAGAIN since the last EPOLLIN
   bool rx_want_tap_ = false;       // RX buffers are ready, so a frame could be taken
+  bool rx_gathering_ = false;      // this sleep leaves RX frames in the TAP (coalescing)
+  uint64_t rx_packets_at_gather_ = UINT64_MAX;  // rx_stats.packets when the last gathering sleep began
   bool tap_hup_ = false;           // the TAP (or socket peer) hung up: stop polling it
   uint32_t tap_events_ = 0;        // what the TAP is registered for in epoll (0: not registered)
   BatchCounts rx_counts_, tx_counts_;

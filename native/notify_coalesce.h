@@ -55,6 +55,9 @@ class NotifyCoalescer {
   }
 
   bool open() const { return open_; }
+  // The window owes the driver an interrupt: it is waiting for one, so what
+  // the device adds before the window closes is seen no sooner than then.
+  bool holding() const { return open_ && want_; }
   // When the open window's time is up (meaningful only while open()).
   int64_t deadline_ns() const { return start_ns_ + int64_t{max_usecs_} * 1000; }
 
