@@ -7,12 +7,13 @@
 
 import type { BenchReport } from './run';
 
-const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'c', 'c-uring', 'node'];
-const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
+const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'vhost-coal', 'c', 'c-uring', 'node'];
+const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', 'vhost-coal': '#08519c', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
 const NAMES: Record<string, string> = {
   vhost: 'vhost-tap (io auto)',
   'vhost-readv': 'vhost-tap (readv/writev)',
   'vhost-sqpoll': 'vhost-tap (io_uring sqpoll)',
+  'vhost-coal': 'vhost-tap (guest asks for coalescing)',
   c: 'C write()/read() loop',
   'c-uring': 'C io_uring (batches of 64)',
   node: 'Node loop',

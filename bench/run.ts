@@ -51,10 +51,12 @@ Options:
   --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514)
   --queues LIST    queue pair counts (default 1,2)
   --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h; also: guest)
-  --contenders L   vhost,vhost-readv,vhost-sqpoll,c,c-uring,node (default all
-                   but vhost-sqpoll; vhost = io_uring batching, vhost-readv =
-                   the same device with io: 'readv', vhost-sqpoll = with option
-                   sqpoll (its kernel thread's CPU counted; needs a spare core),
+  --contenders L   vhost,vhost-readv,vhost-sqpoll,vhost-coal,c,c-uring,node
+                   (default all but vhost-sqpoll; vhost = io_uring batching,
+                   vhost-readv = the same device with io: 'readv', vhost-sqpoll =
+                   with option sqpoll (its kernel thread's CPU counted; needs a
+                   spare core), vhost-coal = the guest asks for RX interrupt
+                   coalescing, 64 packets or 50 µs (NOTF_COAL; RX cases only),
                    c = C write()/read() loop, c-uring = C io_uring)
   --ring N         virtqueue size (default 256)
   --guest-bytes N  guest case: TCP payload per direction per round (default 100000000)
@@ -111,6 +113,8 @@ export interface CaseResult extends CaseSpec {
   readvRatios: Ratios;
   /** The same for vhost-tap with sqpoll (empty unless that contender ran). */
   sqpollRatios?: Ratios;
+  /** The same for vhost-tap with a guest that asks for interrupt coalescing (unless not run). */
+  coalRatios?: Ratios;
   /** RX only: true when the TAP never dropped during the C loop's rounds, i.e. the source, not the reader, set its pace. */
   cSourceLimited?: boolean;
 }
@@ -235,7 +239,7 @@ function summarizeGuest(rounds: GuestSample[]): GuestMedian {
   };
 }
 
-function ratiosOf(res: CaseResult, k: 'vhost' | 'vhost-readv' | 'vhost-sqpoll'): Ratios {
+function ratiosOf(res: CaseResult, k: 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'vhost-coal'): Ratios {
   const out: Ratios = {};
   const v = res.contenders[k]?.median;
   if (!v) return out;
@@ -319,7 +323,7 @@ export function table(r: BenchReport): string {
     for (const k of CONTENDERS) {
       const m = c.contenders[k]?.median;
       if (!m) continue;
-      const rat = k === 'vhost' ? c.ratios : k === 'vhost-readv' ? c.readvRatios : k === 'vhost-sqpoll' ? (c.sqpollRatios ?? {}) : {};
+      const rat = k === 'vhost' ? c.ratios : k === 'vhost-readv' ? c.readvRatios : k === 'vhost-sqpoll' ? (c.sqpollRatios ?? {}) : k === 'vhost-coal' ? (c.coalRatios ?? {}) : {};
       rows.push([
         c.case,
         sizeLabel(c),
@@ -418,6 +422,12 @@ export function table(r: BenchReport): string {
   return lines.join('\n');
 }
 
+/** The RX CPU figure of the guest that asks for interrupt coalescing, when it ran. */
+function coal(rx: CaseResult, cNs: number): string {
+  const v = rx.contenders['vhost-coal']?.median.backendNsPerFrame;
+  return v === undefined || !(cNs > 0) ? '' : `with a guest coalescing RX interrupts ${v.toFixed(0)} ns, ${(v / cNs).toFixed(2)}×`;
+}
+
 function targets(results: CaseResult[], smallest: number, syscalls: Machine['syscalls']): Target[] {
   const find = (c: string, q = 1, size = smallest): CaseResult | undefined => results.find((r) => r.case === c && !r.gso && r.size === size && r.queues === q);
   const t: Target[] = [];
@@ -444,7 +454,7 @@ function targets(results: CaseResult[], smallest: number, syscalls: Machine['sys
     want: '≤ 0.80×',
     measured: cpu ?? null,
     met: cpu === undefined ? null : cpu <= 0.8,
-    note: rx && v !== undefined && c !== undefined ? `${v.toFixed(0)} vs ${c.toFixed(0)} ns per frame` : undefined,
+    note: rx && v !== undefined && c !== undefined ? [`${v.toFixed(0)} vs ${c.toFixed(0)} ns per frame`, coal(rx, c)].filter(Boolean).join('; ') : undefined,
   });
   ratio(`RX ${smallest} B: vhost-tap vs C read() loop, frames/s`, 1.0, rx?.ratios.vsC, rx?.ratios.cpuVsC, rx?.readvRatios.vsC, rx?.cSourceLimited ? 'C loop source-limited' : '');
   ratio(`TX ${smallest} B: vhost-tap vs Node loop, frames/s`, 10, tx?.ratios.vsNode, tx?.ratios.cpuVsNode, tx?.readvRatios.vsNode);
@@ -578,7 +588,10 @@ export async function main(argv: string[]): Promise<number> {
     // IPv6 off: the kernel's own DAD/RS/MLD frames would otherwise reach the RX consumers.
     execFileSync('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
     const tcpContenders = contenders.filter((k) => k === 'vhost' || k === 'vhost-readv');
-    const total = specs.length * rounds * contenders.length + tcpCases.length * rounds * tcpContenders.length + runnableGuest.length * rounds;
+    // The coalescing guest asks for RX interrupt coalescing only: it runs the RX cases.
+    const runsCase = (k: Contender, spec: CaseSpec): boolean => k !== 'vhost-coal' || spec.dir === 'rx';
+    const frameTrials = specs.reduce((n, spec) => n + contenders.filter((k) => runsCase(k, spec)).length, 0);
+    const total = frameTrials * rounds + tcpCases.length * rounds * tcpContenders.length + runnableGuest.length * rounds;
     let done = 0;
     for (const spec of specs) {
       const recs = buildRecords(spec.size, spec.gso, FLOWS, spec.dir);
@@ -588,7 +601,8 @@ export async function main(argv: string[]): Promise<number> {
       const samples: Partial<Record<Contender, Sample[]>> = {};
       for (let r = 0; r < rounds; r++) {
         // Rotate the order each round so no contender always runs first (or right after another).
-        const order = contenders.map((_, i) => contenders[(i + r) % contenders.length]);
+        const mine = contenders.filter((k) => runsCase(k, spec));
+        const order = mine.map((_, i) => mine[(i + r) % mine.length]);
         for (const k of order) {
           progress(`[${++done}/${total}] ${spec.case} ${sizeLabel(spec)} B q${spec.queues} ${k} round ${r + 1}/${rounds}`);
           if (cannot.has(k)) continue;
@@ -600,6 +614,8 @@ export async function main(argv: string[]): Promise<number> {
                 ? runVhost(env, trial, 'readv')
                 : k === 'vhost-sqpoll'
                 ? runVhost(env, trial, 'auto', true)
+                : k === 'vhost-coal'
+                ? runVhost(env, trial, 'auto', false, true)
                 : k === 'c'
                   ? runC(env, trial)
                   : k === 'c-uring'
@@ -621,6 +637,7 @@ export async function main(argv: string[]): Promise<number> {
       res.ratios = ratiosOf(res, 'vhost');
       res.readvRatios = ratiosOf(res, 'vhost-readv');
       if (res.contenders['vhost-sqpoll']) res.sqpollRatios = ratiosOf(res, 'vhost-sqpoll');
+      if (res.contenders['vhost-coal']) res.coalRatios = ratiosOf(res, 'vhost-coal');
       if (spec.dir === 'rx' && samples.c) res.cSourceLimited = samples.c.every((x) => (x.source?.drops ?? 0) === 0);
       results.push(res);
     }

@@ -46,6 +46,22 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
 });
 
+test('bench: the RX case runs the coalescing guest beside the plain one', (t) => {
+  requireRoot();
+  const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'rx', '--sizes', '64', '--queues', '1', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--contenders', 'vhost,vhost-coal,c', '--json'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  t.is(r.status, 0, r.stderr);
+  const res = JSON.parse(r.stdout).results[0];
+  t.deepEqual(Object.keys(res.contenders).sort(), ['c', 'vhost', 'vhost-coal']);
+  const s = res.contenders['vhost-coal'].rounds[0];
+  t.true(s.frames > 0 && s.backendCpuNs > 0, 'the coalescing guest received frames');
+  t.true(s.interrupts > 0, 'and was interrupted');
+  t.true(typeof res.coalRatios.vsC === 'number');
+  t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
+});
+
 test('bench: the TCP cases move payload both ways through guest-sim\'s TCP', (t) => {
   requireRoot();
   const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'tcp-h2g,tcp-g2h', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--json'], {
