@@ -4,7 +4,7 @@
 // bounded number of commands per turn of the event loop, the rest on the next
 // turn — and passes each command to the device, which decides the ack.
 
-import type { NativeControlQueue, NativeCtrlCommand } from './native';
+import type { CtrlAnswer, NativeControlQueue, NativeCtrlCommand } from './native';
 import { CTRL } from './virtio';
 
 /**
@@ -15,8 +15,8 @@ import { CTRL } from './virtio';
  */
 export const CTRL_COMMANDS_PER_TURN = 64;
 
-/** Decides one decoded command; returns CTRL.OK or CTRL.ERR. */
-export type CtrlHandler = (cmd: NativeCtrlCommand) => number;
+/** Decides one decoded command; returns CTRL.OK or CTRL.ERR, with the result of a command that returns one. */
+export type CtrlHandler = (cmd: NativeCtrlCommand) => CtrlAnswer;
 
 export interface CtrlEvents {
   /** The driver asked to be interrupted for answered commands. */
@@ -40,14 +40,14 @@ export class ControlQueueServer {
   kick(): void {
     if (this.closed || this.dead || this.scheduled) return;
     const { commands, more, broken } = this.q.pop(CTRL_COMMANDS_PER_TURN);
-    const acks: number[] = [];
+    const answers: CtrlAnswer[] = [];
     for (const c of commands) {
-      acks.push(c.malformed ? CTRL.ERR : this.handler(c));
+      answers.push(c.malformed ? CTRL.ERR : this.handler(c));
       // A handler (or a listener of an event it emitted) may have closed the device:
       // then nothing more is written to the guest.
       if (this.closed) return;
     }
-    if (this.q.answer(acks)) this.events.interrupt();
+    if (this.q.answer(answers)) this.events.interrupt();
     if (broken) {
       this.dead = true;
       this.events.broken(broken.rule, broken.detail);

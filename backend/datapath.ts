@@ -6,7 +6,7 @@
 // Internal to backend/: what differs between the two (status writes and a
 // control queue, or vhost-user messages) stays with them.
 
-import { convert, native } from './errors';
+import { convert, DeviceStateError, native } from './errors';
 import { Capabilities, GUEST_OFFLOAD_FEATURES, probeOffloads, rxFrameMax, tunOffloads } from './features';
 import { addon, NativeEngine, NativeGuestMemory, NativeQueueConfig, NativeQueueStats } from './native';
 import { RxFilterSnapshot } from './rxfilter';
@@ -107,8 +107,10 @@ export class TapDataPath {
   private guestOffloads = 0n;
   private mtu = 1500;
   private rxFilter: RxFilterSnapshot | null = null;
-  /** The driver's interrupt coalescing per direction: [maxPackets, maxUsecs]. */
-  private readonly coalescing: Record<'rx' | 'tx', [maxPackets: number, maxUsecs: number]> = { rx: [0, 0], tx: [0, 0] };
+  /** The driver's interrupt coalescing for all RX and all TX queues (RX_SET / TX_SET). */
+  private readonly coalescing: Record<'rx' | 'tx', Coalescing> = { rx: [0, 0], tx: [0, 0] };
+  /** Per virtqueue, set since (VQ_SET): what differs from `coalescing` while the queue runs. */
+  private readonly queueCoalescingSet = new Map<number, Coalescing>();
   private closed = false;
 
   private constructor(opts: TapDataPathOptions, fds: number[], name: string, probe: { offered: bigint; caps: Capabilities }) {
@@ -197,10 +199,27 @@ export class TapDataPath {
     for (const e of this.engines) e?.setRxFilter(snapshot);
   }
 
-  /** Interrupt coalescing for every RX or TX queue, running or started later (0, 0: off). */
-  setCoalescing(queue: 'rx' | 'tx', maxPackets: number, maxUsecs: number): void {
-    this.coalescing[queue] = [maxPackets, maxUsecs];
-    for (const e of this.engines) e?.setCoalescing(queue, maxPackets, maxUsecs);
+  /**
+   * Interrupt coalescing for every RX or TX queue, running or started later (0, 0: off); it
+   * replaces what setQueueCoalescing() gave queues of that kind.
+   */
+  setCoalescing(kind: 'rx' | 'tx', maxPackets: number, maxUsecs: number): void {
+    this.coalescing[kind] = [maxPackets, maxUsecs];
+    for (const vq of this.queueCoalescingSet.keys()) if (kindOf(vq) === kind) this.queueCoalescingSet.delete(vq);
+    for (const e of this.engines) e?.setCoalescing(kind, maxPackets, maxUsecs);
+  }
+
+  /** Interrupt coalescing for virtqueue `vq` of a running pair, until the pair stops or setCoalescing(). */
+  setQueueCoalescing(vq: number, maxPackets: number, maxUsecs: number): void {
+    const e = this.engines[vq >> 1];
+    if (!e) throw new DeviceStateError(`virtqueue ${vq} is not running`);
+    this.queueCoalescingSet.set(vq, [maxPackets, maxUsecs]);
+    e.setCoalescing(kindOf(vq), maxPackets, maxUsecs);
+  }
+
+  /** The coalescing virtqueue `vq` runs with (or would start with). */
+  queueCoalescing(vq: number): Coalescing {
+    return this.queueCoalescingSet.get(vq) ?? this.coalescing[kindOf(vq)];
   }
 
   running(p: number): boolean {
@@ -215,7 +234,7 @@ export class TapDataPath {
     try {
       e = this.makeEngine(p, setup);
       e.setRxFilter(this.rxFilter);
-      for (const q of ['rx', 'tx'] as const) e.setCoalescing(q, ...this.coalescing[q]);
+      for (const vq of [2 * p, 2 * p + 1]) e.setCoalescing(kindOf(vq), ...this.queueCoalescing(vq));
       e.start();
       this.engines[p] = e;
     } catch (err) {
@@ -241,6 +260,9 @@ export class TapDataPath {
     const e = this.engines[p];
     if (!e) return undefined;
     this.engines[p] = undefined;
+    // A queue enabled again takes RX_SET's / TX_SET's values (virtio 1.3 §5.1.6.5.9.3).
+    this.queueCoalescingSet.delete(2 * p);
+    this.queueCoalescingSet.delete(2 * p + 1);
     e.stop(drainRx);
     const s = e.stats();
     e.close();
@@ -422,4 +444,11 @@ export class TapDataPath {
       broken: live?.broken ?? false,
     };
   }
+}
+
+/** Interrupt coalescing of one queue: [maxPackets, maxUsecs]; 0 in either turns it off. */
+export type Coalescing = [maxPackets: number, maxUsecs: number];
+
+function kindOf(vq: number): 'rx' | 'tx' {
+  return vq % 2 === 0 ? 'rx' : 'tx';
 }

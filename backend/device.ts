@@ -12,7 +12,7 @@ import { DeviceStats, PairSetup, RingPosition, TapDataPath } from './datapath';
 import { convert, DeviceStateError, InvalidArgumentError, NamespaceError, native, VirtioNetError } from './errors';
 import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, validateDriverFeatures } from './features';
 import { GuestMemory, toNativeRegions } from './memory';
-import { addon, NativeCtrlCommand, NativeGuestMemory } from './native';
+import { addon, CtrlAnswer, NativeCtrlCommand, NativeGuestMemory } from './native';
 import { RxFilter, RxFilterState } from './rxfilter';
 import { CONFIG, CTRL, ctrlq, has, STATUS, TUN } from './virtio';
 
@@ -70,8 +70,11 @@ export interface VirtioNetDeviceEvents {
   'queue-pairs': [pairs: number];
   /** The guest changed RX modes, MAC tables or VLANs. */
   'rx-filter': [state: RxFilterState];
-  /** The guest set interrupt coalescing for all RX or all TX queues (NOTF_COAL; 0 in either field: off). */
-  coalescing: [queue: 'rx' | 'tx', params: { maxPackets: number; maxUsecs: number }];
+  /**
+   * The guest set interrupt coalescing (0 in either field: off) for all RX or all TX queues
+   * (NOTF_COAL RX_SET / TX_SET), or for one virtqueue by index (VQ_NOTF_COAL VQ_SET).
+   */
+  coalescing: [change: { queues: 'rx' | 'tx' | number; maxPackets: number; maxUsecs: number }];
   /** Something went wrong that does not stop the device (e.g. a control command the TAP refused). */
   warning: [error: Error];
 }
@@ -553,8 +556,8 @@ export class VirtioNetDevice extends EventEmitter {
     if (tapFailure) this.emit('warning', convert(`TAP '${this.tapName}'`, tapFailure));
   }
 
-  /** One control command; returns the ack. Malformed commands get ERR, never an exception. */
-  private handleCtrl({ cls, cmd, data }: NativeCtrlCommand): number {
+  /** One control command; returns the ack (and a result). Malformed commands get ERR, never an exception. */
+  private handleCtrl({ cls, cmd, data }: NativeCtrlCommand): CtrlAnswer {
     const f = this._driverFeatures;
     try {
       switch (cls) {
@@ -614,16 +617,35 @@ export class VirtioNetDevice extends EventEmitter {
           return CTRL.OK;
         }
         case CTRL.CLASS_NOTF_COAL: {
-          // TX_SET / RX_SET only: the per-virtqueue commands belong to VQ_NOTF_COAL, not offered.
-          if (!has(f, 'NOTF_COAL') || data.length !== 8) return CTRL.ERR;
-          const queue = cmd === CTRL.NOTF_COAL_RX_SET ? 'rx' : cmd === CTRL.NOTF_COAL_TX_SET ? 'tx' : null;
-          if (!queue) return CTRL.ERR;
-          const d = new DataView(data.buffer, data.byteOffset, 8);
-          const maxPackets = d.getUint32(0, true);
-          const maxUsecs = d.getUint32(4, true);
-          this.dp.setCoalescing(queue, maxPackets, maxUsecs);
-          this.emit('coalescing', queue, { maxPackets, maxUsecs });
-          return CTRL.OK;
+          const d = new DataView(data.buffer, data.byteOffset, data.length);
+          if (cmd === CTRL.NOTF_COAL_RX_SET || cmd === CTRL.NOTF_COAL_TX_SET) {
+            if (!has(f, 'NOTF_COAL') || data.length !== 8) return CTRL.ERR;
+            const queues = cmd === CTRL.NOTF_COAL_RX_SET ? 'rx' : 'tx';
+            const maxPackets = d.getUint32(0, true);
+            const maxUsecs = d.getUint32(4, true);
+            this.dp.setCoalescing(queues, maxPackets, maxUsecs);
+            this.emit('coalescing', { queues, maxPackets, maxUsecs });
+            return CTRL.OK;
+          }
+          if (cmd !== CTRL.NOTF_COAL_VQ_SET && cmd !== CTRL.NOTF_COAL_VQ_GET) return CTRL.ERR;
+          // VQ_GET's result comes before the ack whatever the answer: an ERR goes where the driver looks for it.
+          const err: CtrlAnswer = cmd === CTRL.NOTF_COAL_VQ_GET ? { ack: CTRL.ERR, result: new Uint8Array(8) } : CTRL.ERR;
+          if (!has(f, 'VQ_NOTF_COAL') || data.length !== (cmd === CTRL.NOTF_COAL_VQ_SET ? 12 : 4)) return err;
+          const vq = d.getUint16(0, true); // then le16 reserved, ignored
+          // Only an enabled RX or TX queue: one of a running pair (not the control queue).
+          if (vq >= 2 * this.queuePairs || !this.dp.running(vq >> 1)) return err;
+          if (cmd === CTRL.NOTF_COAL_VQ_SET) {
+            const maxPackets = d.getUint32(4, true);
+            const maxUsecs = d.getUint32(8, true);
+            this.dp.setQueueCoalescing(vq, maxPackets, maxUsecs);
+            this.emit('coalescing', { queues: vq, maxPackets, maxUsecs });
+            return CTRL.OK;
+          }
+          const result = new Uint8Array(8);
+          const [maxPackets, maxUsecs] = this.dp.queueCoalescing(vq);
+          new DataView(result.buffer).setUint32(0, maxPackets, true);
+          new DataView(result.buffer).setUint32(4, maxUsecs, true);
+          return { ack: CTRL.OK, result };
         }
         default:
           return CTRL.ERR;

@@ -21,6 +21,7 @@ export const BASE_FEATURES: bigint = bits(
   'CTRL_GUEST_OFFLOADS',
   'GUEST_ANNOUNCE',
   'NOTF_COAL',
+  'VQ_NOTF_COAL',
 );
 
 /** Offered only with more than one queue pair. */
@@ -102,6 +103,7 @@ const DEPENDENCIES: ReadonlyArray<{ feature: FeatureName; needs?: FeatureName[];
   { feature: 'CTRL_MAC_ADDR', needs: ['CTRL_VQ'] },
   { feature: 'CTRL_GUEST_OFFLOADS', needs: ['CTRL_VQ'] },
   { feature: 'NOTF_COAL', needs: ['CTRL_VQ'] },
+  { feature: 'VQ_NOTF_COAL', needs: ['CTRL_VQ'] },
   { feature: 'RSS', needs: ['CTRL_VQ'] },
 ];
 

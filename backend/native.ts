@@ -185,6 +185,9 @@ export interface NativeCtrlCommand {
   malformed: boolean;
 }
 
+/** How the device answers one control command: the ack, or the ack and the command's result. */
+export type CtrlAnswer = number | { ack: number; result: Uint8Array };
+
 /**
  * The device side of the control virtqueue, walked by the same native ring code as the data
  * queues (native/ctrl_queue.h). Runs on the JS thread.
@@ -197,8 +200,12 @@ export interface NativeControlQueue {
    * is dead (commands already decoded are still returned and must be answered).
    */
   pop(maxCommands: number): { commands: NativeCtrlCommand[]; more: boolean; broken: null | { rule: string; detail: string } };
-  /** Answers the commands of the last pop() in order (CTRL.OK / CTRL.ERR); returns whether an interrupt is due. */
-  answer(acks: number[]): boolean;
+  /**
+   * Answers the commands of the last pop() in order: CTRL.OK / CTRL.ERR, or { ack, result }
+   * for a command that returns data (at most 8 bytes, written before the ack; a driver that
+   * left no room for it gets ERR). Returns whether an interrupt is due.
+   */
+  answer(answers: CtrlAnswer[]): boolean;
 }
 
 export interface NativeControlQueueOptions extends NativeRingLayout {

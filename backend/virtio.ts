@@ -189,10 +189,16 @@ export const CTRL = {
   MQ_VQ_PAIRS_MAX: 0x8000,
   CLASS_GUEST_OFFLOADS: 5,
   GUEST_OFFLOADS_SET: 0,
-  /** data: le32 max_packets, le32 max_usecs (struct virtio_net_ctrl_coal). */
+  /**
+   * TX_SET / RX_SET data: le32 max_packets, le32 max_usecs (struct virtio_net_ctrl_coal).
+   * VQ_SET data: le16 vq_index, le16 reserved, then the same; VQ_GET data: le16 vq_index,
+   * le16 reserved, and it returns struct virtio_net_ctrl_coal before the ack.
+   */
   CLASS_NOTF_COAL: 6,
   NOTF_COAL_TX_SET: 0,
   NOTF_COAL_RX_SET: 1,
+  NOTF_COAL_VQ_SET: 2,
+  NOTF_COAL_VQ_GET: 3,
 } as const;
 
 /** linux/if_tun.h values the backend uses (USO4/6 are missing from Debian 12's headers). */

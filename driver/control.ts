@@ -35,31 +35,47 @@ export class ControlDriver {
   }
 
   /** Sends one command and resolves with the device's ack (CTRL.OK or CTRL.ERR). */
-  command(cls: number, cmd: number, data: Uint8Array = new Uint8Array(0)): Promise<number> {
-    const next = this.busy.then(() => this.send(cls, cmd, data));
+  async command(cls: number, cmd: number, data: Uint8Array = new Uint8Array(0)): Promise<number> {
+    return (await this.query(cls, cmd, data, 0)).ack === CTRL.OK ? CTRL.OK : CTRL.ERR;
+  }
+
+  /**
+   * Sends one command that returns `resultLen` bytes before its ack (e.g. NOTF_COAL_VQ_GET:
+   * 8) and resolves with both, the ack byte as the device wrote it (0xff if it wrote none);
+   * the result means something only when the ack is CTRL.OK.
+   */
+  query(cls: number, cmd: number, data: Uint8Array, resultLen: number): Promise<{ ack: number; result: Uint8Array }> {
+    const next = this.busy.then(() => this.send(cls, cmd, data, resultLen));
     this.busy = next.catch(() => undefined);
     return next;
   }
 
-  private async send(cls: number, cmd: number, data: Uint8Array): Promise<number> {
+  private async send(cls: number, cmd: number, data: Uint8Array, resultLen: number): Promise<{ ack: number; result: Uint8Array }> {
     // The buffers of an unanswered command still belong to the device: a late
     // answer to it must never be read as the answer to a newer one.
     if (this.stuck) throw new Error(`control queue stuck: ${this.stuck} got no answer; reset the device`);
-    if (2 + data.length > CTRL_BUF_BYTES) throw new RangeError(`control command data of ${data.length} bytes is too long`);
+    if (2 + data.length + resultLen > CTRL_BUF_BYTES) throw new RangeError(`control command data of ${data.length} bytes is too long`);
     const ack = CTRL_BUF_BYTES;
+    const result = 2 + data.length;
     this.u8[0] = cls;
     this.u8[1] = cmd;
     this.u8.set(data, 2);
+    this.u8.fill(0, result, result + resultLen);
     this.u8[ack] = 0xff;
+    // As Linux's virtnet_send_command: the command readable, then the result and the ack
+    // writable, each in its own buffer.
     const head = this.q.add([
       { addr: this.buf, len: 2 + data.length, write: false },
+      ...(resultLen ? [{ addr: this.buf + result, len: resultLen, write: true }] : []),
       { addr: this.buf + ack, len: 1, write: true },
     ]);
     if (this.q.publish()) this.device.kick(this.index);
     const deadline = Date.now() + CTRL_TIMEOUT_MS;
     for (;;) {
       const u = this.q.popUsed();
-      if (u && u.id === head) return this.u8[ack] === CTRL.OK ? CTRL.OK : CTRL.ERR;
+      if (u && u.id === head) {
+        return { ack: this.u8[ack], result: this.u8.slice(result, result + resultLen) };
+      }
       if (u) throw new Error(`control command ${cls}/${cmd}: the device returned chain ${u.id}, not ${head}`);
       if (Date.now() > deadline) {
         this.stuck = `command ${cls}/${cmd}`;

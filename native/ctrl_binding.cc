@@ -2,7 +2,7 @@
 // backend/native.ts. Commands are rare and small, so they are handled on the
 // JS thread when the guest kicks: pop() decodes a bounded number of them with
 // the native walker (ctrl_queue.h), the device logic decides, answer() writes
-// the acks back and publishes them.
+// the acks (and any result) back and publishes them.
 #include <napi.h>
 
 #include <memory>
@@ -110,24 +110,43 @@ class CtrlQueueWrap : public Napi::ObjectWrap<CtrlQueueWrap> {
     return out;
   }
 
-  // answer(acks) -> whether an interrupt is due. acks[i] answers the i-th
-  // command of the last pop(); commands popped before a rule was broken are
-  // still answered (their chains were valid).
+  // answer(answers) -> whether an interrupt is due. answers[i] answers the
+  // i-th command of the last pop(): an ack byte, or { ack, result } for a
+  // command that returns data (written before the ack). Commands popped before
+  // a rule was broken are still answered (their chains were valid).
   Napi::Value Answer(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    if (!info[0].IsArray()) BadArg(env, "answer(acks) takes an array of ack bytes");
-    Napi::Array acks = info[0].As<Napi::Array>();
-    if (acks.Length() != pending_.size())
-      BadArg(env, "answer(acks): " + std::to_string(pending_.size()) + " commands are waiting, got " +
-                      std::to_string(acks.Length()) + " acks");
-    std::vector<uint8_t> values;
-    for (uint32_t i = 0; i < acks.Length(); i++) {
-      Napi::Value a = acks.Get(i);
+    if (!info[0].IsArray()) BadArg(env, "answer(answers) takes an array of acks");
+    Napi::Array answers = info[0].As<Napi::Array>();
+    if (answers.Length() != pending_.size())
+      BadArg(env, "answer(answers): " + std::to_string(pending_.size()) + " commands are waiting, got " +
+                      std::to_string(answers.Length()) + " answers");
+    struct Parsed {
+      uint8_t ack;
+      std::vector<uint8_t> result;
+    };
+    std::vector<Parsed> parsed;
+    for (uint32_t i = 0; i < answers.Length(); i++) {
+      Napi::Value a = answers.Get(i);
+      Parsed p{0, {}};
+      if (a.IsObject() && !a.IsArray()) {
+        Napi::Object o = a.As<Napi::Object>();
+        Napi::Value r = o.Get("result");
+        if (!r.IsTypedArray() || r.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+          BadArg(env, "answer(answers): result must be a Uint8Array");
+        Napi::Uint8Array u8 = r.As<Napi::Uint8Array>();
+        if (u8.ElementLength() > kCtrlMaxResultBytes)
+          BadArg(env, "answer(answers): a result is at most " + std::to_string(kCtrlMaxResultBytes) + " bytes");
+        p.result.assign(u8.Data(), u8.Data() + u8.ElementLength());
+        a = o.Get("ack");
+      }
       const int64_t v = a.IsNumber() ? a.As<Napi::Number>().Int64Value() : -1;
-      if (v < 0 || v > 255) BadArg(env, "answer(acks): acks must be bytes");
-      values.push_back(static_cast<uint8_t>(v));
+      if (v < 0 || v > 255) BadArg(env, "answer(answers): acks must be bytes");
+      p.ack = static_cast<uint8_t>(v);
+      parsed.push_back(std::move(p));
     }
-    for (size_t i = 0; i < pending_.size(); i++) q_.Answer(pending_[i], values[i]);
+    for (size_t i = 0; i < pending_.size(); i++)
+      q_.Answer(pending_[i], parsed[i].ack, parsed[i].result.data(), static_cast<uint32_t>(parsed[i].result.size()));
     pending_.clear();
     return Napi::Boolean::New(env, q_.Publish());
   }

@@ -1,6 +1,7 @@
 // Control virtqueue commands (see ctrl_queue.h).
 #include "ctrl_queue.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <string>
 
@@ -18,6 +19,8 @@ CtrlQueue::Next CtrlQueue::Pop(CtrlCommand* out, uint64_t* descriptors, Violatio
   out->cls = out->cmd = 0;
   out->data.clear();
   out->malformed = false;
+  out->writable.clear();
+  out->writable_bytes = 0;
   bool have_ack = false;
   uint64_t readable = 0;
   // The readable part in one copy (class, command, data), at most the longest
@@ -35,9 +38,11 @@ CtrlQueue::Next CtrlQueue::Pop(CtrlCommand* out, uint64_t* descriptors, Violatio
     }
     if (s == DescriptorChain::Step::kEnd) break;
     if (b.writable) {
-      if (!have_ack && b.len > 0) {
-        have_ack = true;
-        out->ack_addr = b.addr;
+      have_ack = have_ack || b.len > 0;
+      if (b.len > 0 && out->writable_bytes < kCtrlMaxResultBytes + 1) {
+        const uint32_t take = std::min<uint32_t>(b.len, kCtrlMaxResultBytes + 1 - out->writable_bytes);
+        out->writable.push_back(CtrlCommand::Span{b.addr, take});
+        out->writable_bytes += take;
       }
       continue;
     }
@@ -71,12 +76,24 @@ CtrlQueue::Next CtrlQueue::Pop(CtrlCommand* out, uint64_t* descriptors, Violatio
   return Next::kCommand;
 }
 
-void CtrlQueue::Answer(const CtrlCommand& c, uint8_t ack) {
-  // The ack byte was in guest memory when the command was popped; the table
-  // cannot have changed since (both happen on the JS thread, back to back),
-  // but look it up again rather than keep a host pointer across calls.
-  if (uint8_t* p = q_.memory().Contiguous(c.ack_addr, 1)) __atomic_store_n(p, ack, __ATOMIC_RELAXED);
-  q_.AddUsed(c.head, 1);
+void CtrlQueue::Answer(const CtrlCommand& c, uint8_t ack, const uint8_t* result, uint32_t result_len) {
+  if (result_len > kCtrlMaxResultBytes || c.writable_bytes < result_len + 1) {
+    // No room for what the command returns: the driver gets ERR in the ack's
+    // place (the first writable byte), and nothing else.
+    result_len = 0;
+    ack = kCtrlErr;
+  }
+  // The writable buffers were in guest memory when the command was popped; the
+  // table cannot have changed since (both happen on the JS thread, back to
+  // back), but look them up again rather than keep host pointers across calls.
+  uint32_t at = 0;
+  for (const CtrlCommand::Span& s : c.writable) {
+    for (uint32_t i = 0; i < s.len && at <= result_len; i++, at++) {
+      if (uint8_t* p = q_.memory().Contiguous(s.addr + i, 1))
+        __atomic_store_n(p, at < result_len ? result[at] : ack, __ATOMIC_RELAXED);
+    }
+  }
+  q_.AddUsed(c.head, result_len + 1);
 }
 
 }  // namespace vt

@@ -1,7 +1,8 @@
 // The device side of the control virtqueue (virtio 1.x §5.1.6.5): the same
 // SplitQueue and DescriptorChain as the data queues (so the same rules), plus
 // what is particular to commands: gathering the readable part { class,
-// command, data } across descriptors and regions, finding the ack byte, and
+// command, data } across descriptors and regions, finding where the result and
+// the ack byte go, and
 // bounding the work one call may do. The device logic (backend/) only ever
 // sees decoded commands and answers each with an ack. Plain C++, no I/O.
 #pragma once
@@ -20,6 +21,13 @@ namespace vt {
 // walked (every rule checked) and answered ERR, without copying its data.
 constexpr uint32_t kCtrlMaxCommandBytes = 2 + 2 * (4 + 6 * 1024);
 
+// The ack the device writes when it cannot answer otherwise (VIRTIO_NET_ERR).
+constexpr uint8_t kCtrlErr = 1;
+
+// Largest command-specific result the device writes before the ack: struct
+// virtio_net_ctrl_coal (VIRTIO_NET_CTRL_NOTF_COAL_VQ_GET).
+constexpr uint32_t kCtrlMaxResultBytes = 8;
+
 struct CtrlCommand {
   uint16_t head = 0;
   uint8_t cls = 0;
@@ -28,7 +36,14 @@ struct CtrlCommand {
   // Readable part shorter than class + command, or longer than
   // kCtrlMaxCommandBytes: nothing to decode, the answer is ERR.
   bool malformed = false;
-  uint64_t ack_addr = 0;  // guest address of the first device-writable byte
+  // The device-writable part, where the command's result and then the ack go:
+  // its first kCtrlMaxResultBytes + 1 bytes, as guest buffers in chain order.
+  struct Span {
+    uint64_t addr;
+    uint32_t len;
+  };
+  std::vector<Span> writable;
+  uint32_t writable_bytes = 0;  // bytes in `writable`
 };
 
 class CtrlQueue {
@@ -42,8 +57,10 @@ class CtrlQueue {
   // Pops and decodes the next command, adding the descriptors it walked to
   // *descriptors. kEmpty: nothing available and notifications are re-enabled.
   Next Pop(CtrlCommand* out, uint64_t* descriptors, Violation* v);
-  // Writes the ack byte of a popped command and returns its chain (used len 1).
-  void Answer(const CtrlCommand& c, uint8_t ack);
+  // Writes a popped command's result (what the command returns; empty for
+  // most) and then its ack into the writable part, and returns its chain with
+  // used len result + 1. A writable part too short for both gets ERR alone.
+  void Answer(const CtrlCommand& c, uint8_t ack, const uint8_t* result = nullptr, uint32_t result_len = 0);
   // Publishes answered commands; true when the driver wants an interrupt.
   bool Publish() { return q_.PublishUsed(); }
   // Kicks are suppressed while commands are being handled.

@@ -6,7 +6,7 @@
 
 import test from 'ava';
 
-import { addon, type NativeControlQueue, type NativeGuestMemory } from '../backend/native';
+import { addon, type CtrlAnswer, type NativeControlQueue, type NativeGuestMemory } from '../backend/native';
 import { CTRL, RING } from '../backend/virtio';
 import { DriverQueue, type Buf } from '../driver/virtqueue';
 
@@ -22,7 +22,7 @@ class RingRuleError extends Error {
   }
 }
 
-type CtrlHandler = (cls: number, cmd: number, data: Uint8Array) => number;
+type CtrlHandler = (cls: number, cmd: number, data: Uint8Array) => CtrlAnswer;
 
 /**
  * Serves every available command as the device does (pop a turn's worth, decide, answer),
@@ -158,6 +158,64 @@ test("the handler's ERR reaches the ack byte", (t) => {
   r.drv.publish();
   r.process(recorder(CTRL.ERR).handler);
   t.is(r.u8[ack], CTRL.ERR);
+});
+
+test('a command that returns data: its result fills the writable part before the ack, across buffers; used len result + 1', (t) => {
+  const r = rig();
+  const first = r.put(new Array(5).fill(0xee));
+  const second = r.put(new Array(3).fill(0xee));
+  const ack = r.put([0xee]);
+  const head = r.drv.add([
+    { addr: r.put([CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_VQ_GET, 0, 0, 0, 0]), len: 6, write: false },
+    { addr: first, len: 5, write: true },
+    { addr: second, len: 3, write: true },
+    { addr: ack, len: 1, write: true },
+  ]);
+  r.drv.publish();
+  r.process(() => ({ ack: CTRL.OK, result: Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8]) }));
+  t.deepEqual([...r.u8.subarray(first, first + 5), ...r.u8.subarray(second, second + 3)], [1, 2, 3, 4, 5, 6, 7, 8]);
+  t.is(r.u8[ack], CTRL.OK);
+  t.deepEqual(r.usedElem(0), { id: head, len: 9 });
+});
+
+test('a result the driver left no room for: ERR in the first writable byte, nothing else written', (t) => {
+  const r = rig();
+  const writable = r.put([0xee, 0xee, 0xee, 0xee]);
+  const head = r.drv.add([
+    { addr: r.put([CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_VQ_GET, 0, 0, 0, 0]), len: 6, write: false },
+    { addr: writable, len: 4, write: true },
+  ]);
+  r.drv.publish();
+  r.process(() => ({ ack: CTRL.OK, result: new Uint8Array(8).fill(7) }));
+  t.deepEqual([...r.u8.subarray(writable, writable + 4)], [CTRL.ERR, 0xee, 0xee, 0xee]);
+  t.deepEqual(r.usedElem(0), { id: head, len: 1 });
+});
+
+test('a command without a result acks in the first writable byte, however many the driver gave', (t) => {
+  const r = rig();
+  const writable = r.put(new Array(16).fill(0xee));
+  r.drv.add([
+    { addr: r.put([CTRL.CLASS_RX, CTRL.RX_PROMISC, 1]), len: 3, write: false },
+    { addr: writable, len: 16, write: true },
+  ]);
+  r.drv.publish();
+  r.process(() => CTRL.OK);
+  t.is(r.u8[writable], CTRL.OK);
+  t.is(r.u8[writable + 1], 0xee);
+  t.is(r.usedElem(0).len, 1);
+});
+
+test('answer() refuses a result longer than any command returns, and acks that are not bytes', (t) => {
+  const r = rig();
+  postCommand(r, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]);
+  r.drv.publish();
+  const { commands } = r.dev.pop(64);
+  t.is(commands.length, 1);
+  t.throws(() => r.dev.answer([{ ack: CTRL.OK, result: new Uint8Array(9) }]), { code: 'EVHOST_BADARG' });
+  t.throws(() => r.dev.answer([{ ack: 256, result: new Uint8Array(0) }]), { code: 'EVHOST_BADARG' });
+  t.throws(() => r.dev.answer([{ ack: CTRL.OK, result: [1] as unknown as Uint8Array }]), { code: 'EVHOST_BADARG' });
+  r.dev.answer([CTRL.OK]); // the valid answer still goes through
+  t.is(r.usedIdx(), 1);
 });
 
 test('data split over several readable buffers arrives as one contiguous command', (t) => {

@@ -217,23 +217,28 @@ test.serial('GUEST_OFFLOADS SET changes what the kernel hands the guest', async 
   });
 });
 
+/** NOTF_COAL commands: RX_SET / TX_SET (8 bytes), VQ_SET (vq index, reserved, then the same). */
+function coalCommand(g: MiniGuest, cmd: number, maxPackets: number, maxUsecs: number, vq?: number): Promise<number> {
+  const d = new DataView(new ArrayBuffer(vq === undefined ? 8 : 12));
+  const at = vq === undefined ? 0 : 4;
+  if (vq !== undefined) d.setUint16(0, vq, true);
+  d.setUint32(at, maxPackets, true);
+  d.setUint32(at + 4, maxUsecs, true);
+  return ctrl(g, CTRL.CLASS_NOTF_COAL, cmd, new Uint8Array(d.buffer));
+}
+
 test.serial('NOTF_COAL: RX_SET holds RX interrupts in a window, turning it off sends the owed one, reset clears it', async (t) => {
   await withNetns(async (ns) => {
     const want = MINI_FEATURES | bits('NOTF_COAL');
     const { g, tap } = await miniGuest(ns, 1, want);
-    const coal = (cmd: number, maxPackets: number, maxUsecs: number): Promise<number> => {
-      const d = new DataView(new ArrayBuffer(8));
-      d.setUint32(0, maxPackets, true);
-      d.setUint32(4, maxUsecs, true);
-      return ctrl(g, CTRL.CLASS_NOTF_COAL, cmd, new Uint8Array(d.buffer));
-    };
+    const coal = (cmd: number, maxPackets: number, maxUsecs: number): Promise<number> => coalCommand(g, cmd, maxPackets, maxUsecs);
     const events: unknown[] = [];
-    g.device.on('coalescing', (q, p) => events.push([q, p]));
+    g.device.on('coalescing', (c) => events.push(c));
     const rxInterrupts = (): number => g.device.stats().queues[0].interrupts;
     const frames = (from: number, n: number): string[] => range(from, from + n - 1).map((i) => testFrame(GUEST_MAC, i));
     // A window of 1000 packets or 30 s: five frames cannot close it.
     t.is(await coal(CTRL.NOTF_COAL_RX_SET, 1000, 30_000_000), CTRL.OK);
-    t.deepEqual(events, [['rx', { maxPackets: 1000, maxUsecs: 30_000_000 }]]);
+    t.deepEqual(events, [{ queues: 'rx', maxPackets: 1000, maxUsecs: 30_000_000 }]);
     let before = rxInterrupts();
     t.deepEqual(await deliver(ns, g, tap, frames(1, 5), range(1, 5)), range(1, 5));
     t.is(rxInterrupts() - before, 0, 'the guest polled them in; no interrupt yet');
@@ -249,12 +254,54 @@ test.serial('NOTF_COAL: RX_SET holds RX interrupts in a window, turning it off s
     t.deepEqual(await deliver(ns, g, tap, frames(11, 5), range(11, 15)), range(11, 15));
     t.true(rxInterrupts() > before, 'no window after the reset');
     t.is(await coal(CTRL.NOTF_COAL_TX_SET, 32, 50), CTRL.OK);
-    t.deepEqual(events.at(-1), ['tx', { maxPackets: 32, maxUsecs: 50 }]);
+    t.deepEqual(events.at(-1), { queues: 'tx', maxPackets: 32, maxUsecs: 50 });
     t.is(await ctrl(g, CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_RX_SET, [1, 0, 0, 0, 1, 0, 0]), CTRL.ERR, 'short: ERR');
-    t.is(await coal(2, 1, 1), CTRL.ERR, 'VQ_SET (VQ_NOTF_COAL is not offered): ERR');
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_VQ_SET, 1, 1, 0), CTRL.ERR, 'VQ_SET without VQ_NOTF_COAL negotiated: ERR');
     g.device.status = 0;
     await g.init(MINI_FEATURES);
     t.is(await coal(CTRL.NOTF_COAL_RX_SET, 8, 8), CTRL.ERR, 'NOTF_COAL not negotiated: ERR');
+  });
+});
+
+test.serial('VQ_NOTF_COAL: VQ_SET / VQ_GET per enabled virtqueue; RX_SET overrides; a pair enabled again takes RX_SET / TX_SET values', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap } = await miniGuest(ns, 2, MINI_FEATURES | bits('NOTF_COAL', 'VQ_NOTF_COAL'));
+    const get = async (vq: number): Promise<{ ack: number; maxPackets?: number; maxUsecs?: number }> => {
+      const { ack, result } = await g.ctrl!.query(CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_VQ_GET, Uint8Array.from([vq, 0, 0, 0]), 8);
+      if (ack !== CTRL.OK) return { ack };
+      const d = new DataView(result.buffer, result.byteOffset, 8);
+      return { ack, maxPackets: d.getUint32(0, true), maxUsecs: d.getUint32(4, true) };
+    };
+    t.is(await ctrl(g, CTRL.CLASS_MQ, CTRL.MQ_VQ_PAIRS_SET, [2, 0]), CTRL.OK);
+    t.deepEqual(await get(0), { ack: CTRL.OK, maxPackets: 0, maxUsecs: 0 }, 'after reset: 0');
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_RX_SET, 16, 100), CTRL.OK);
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_VQ_SET, 1000, 30_000_000, 0), CTRL.OK);
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_VQ_SET, 7, 9, 3), CTRL.OK);
+    t.deepEqual(await get(0), { ack: CTRL.OK, maxPackets: 1000, maxUsecs: 30_000_000 });
+    t.deepEqual(await get(2), { ack: CTRL.OK, maxPackets: 16, maxUsecs: 100 }, 'the other RX queue keeps RX_SET');
+    t.deepEqual(await get(3), { ack: CTRL.OK, maxPackets: 7, maxUsecs: 9 });
+    t.deepEqual(await get(1), { ack: CTRL.OK, maxPackets: 0, maxUsecs: 0 });
+    // It reaches the engines: with both RX queues holding a long window, whichever queue the
+    // kernel steers the frames to, the guest polls them in without an RX interrupt.
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_VQ_SET, 1000, 30_000_000, 2), CTRL.OK);
+    const rxInterrupts = (): number => g.device.stats().queues[0].interrupts + g.device.stats().queues[2].interrupts;
+    const before = rxInterrupts();
+    t.deepEqual(await deliver(ns, g, tap, [1, 2, 3].map((i) => testFrame(GUEST_MAC, i)), [1, 2, 3]), [1, 2, 3]);
+    t.is(rxInterrupts() - before, 0);
+    t.is((await get(4)).ack, CTRL.ERR, 'the control queue is not an RX/TX queue');
+    t.is((await get(99)).ack, CTRL.ERR, 'no such queue');
+    // RX_SET applies to every RX queue, replacing VQ_SET's.
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_RX_SET, 32, 64), CTRL.OK);
+    t.deepEqual(await get(0), { ack: CTRL.OK, maxPackets: 32, maxUsecs: 64 });
+    t.deepEqual(await get(3), { ack: CTRL.OK, maxPackets: 7, maxUsecs: 9 }, 'TX queues untouched');
+    // Pair 1 disabled, then enabled again: its queues take RX_SET's / TX_SET's values.
+    t.is(await ctrl(g, CTRL.CLASS_MQ, CTRL.MQ_VQ_PAIRS_SET, [1, 0]), CTRL.OK);
+    t.is((await get(3)).ack, CTRL.ERR, 'a queue of a disabled pair');
+    t.is(await coalCommand(g, CTRL.NOTF_COAL_VQ_SET, 1, 1, 2), CTRL.ERR, 'VQ_SET on a disabled queue');
+    t.is(await ctrl(g, CTRL.CLASS_MQ, CTRL.MQ_VQ_PAIRS_SET, [2, 0]), CTRL.OK);
+    t.deepEqual(await get(3), { ack: CTRL.OK, maxPackets: 0, maxUsecs: 0 });
+    t.deepEqual(await get(2), { ack: CTRL.OK, maxPackets: 32, maxUsecs: 64 });
+    t.is(await ctrl(g, CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_VQ_GET, [0, 0]), CTRL.ERR, 'VQ_GET too short');
   });
 });
 

@@ -65,14 +65,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
         if (c.head >= layout.size) Finding("a command head outside the table");
         if (!c.malformed && 2 + c.data.size() > vt::kCtrlMaxCommandBytes) Finding("a command longer than the limit was kept");
-        if (!mem->Contiguous(c.ack_addr, 1)) Finding("the ack byte is not in guest memory");
+        if (c.writable_bytes == 0 || c.writable_bytes > vt::kCtrlMaxResultBytes + 1)
+          Finding("the writable part kept is empty or longer than a result and its ack");
+        // Byte by byte: a buffer may run on from one region into the next.
+        for (const vt::CtrlCommand::Span& w : c.writable)
+          for (uint32_t i = 0; i < w.len; i++)
+            if (!mem->Contiguous(w.addr + i, 1)) Finding("a writable byte is not in guest memory");
         for (uint8_t b : c.data) sink = sink + b;
         pending.push_back(std::move(c));
         break;
       }
-      case 2:  // the handler answers the oldest command: OK, ERR or anything
+      case 2:  // the handler answers the oldest command: OK, ERR or anything, with a result of 0..8 bytes
         if (!pending.empty()) {
-          q.Answer(pending.front(), static_cast<uint8_t>(op >> 4));
+          const uint8_t result[vt::kCtrlMaxResultBytes] = {1, 2, 3, 4, 5, 6, 7, 8};
+          q.Answer(pending.front(), static_cast<uint8_t>(op >> 4), result, (op >> 3) % (vt::kCtrlMaxResultBytes + 1));
           pending.erase(pending.begin());
         }
         break;
