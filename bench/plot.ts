@@ -93,12 +93,19 @@ export function renderSvg(report: BenchReport): string {
   const parts: string[] = [];
   parts.push(panel(0, 30, W * 0.42, H, 'frames per second (1 queue pair)', 'Mframes/s', frameGroups, false));
   parts.push(panel(W * 0.42, 30, W * 0.58, H, 'throughput (1 queue pair; log scale)', 'Gbit/s (frame bytes; TCP: payload)', gbpsGroups, true));
-  const legend = KEYS.map((k, i) => `<rect x="${20 + i * 260}" y="${H + 40}" width="12" height="12" fill="${COLORS[k]}"/><text x="${38 + i * 260}" y="${H + 51}" font-size="12">${esc(NAMES[k])}</text>`).join('\n');
+  // Four entries per row: seven 260-px entries in one row would run past the chart's width.
+  const PER_ROW = 4;
+  const rows = Math.ceil(KEYS.length / PER_ROW);
+  const legend = KEYS.map((k, i) => {
+    const x = 20 + (i % PER_ROW) * 260;
+    const y = H + 40 + Math.floor(i / PER_ROW) * 20;
+    return `<rect x="${x}" y="${y}" width="12" height="12" fill="${COLORS[k]}"/><text x="${x + 18}" y="${y + 11}" font-size="12">${esc(NAMES[k])}</text>`;
+  }).join('\n');
   const m = report.machine;
   const sys = typeof m.getppidNs === 'number' ? `; getppid() ${m.getppidNs.toFixed(0)} ns (syscalls ${m.syscalls})` : '';
   const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}${sys}; medians of ${report.options.rounds} rounds; TCP: vhost-tap only (no baseline has a guest TCP stack)`;
   return `<?xml version="1.0" encoding="UTF-8"?>
-<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H + 70}" viewBox="0 0 ${W} ${H + 70}" font-family="sans-serif">
+<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H + 50 + 20 * rows}" viewBox="0 0 ${W} ${H + 50 + 20 * rows}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>
 <text x="${W / 2}" y="20" text-anchor="middle" font-size="12" fill="#555">${esc(sub)}</text>
 ${parts.join('\n')}
