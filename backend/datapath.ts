@@ -260,7 +260,7 @@ export class TapDataPath {
     const e = this.engines[p];
     if (!e) return undefined;
     this.engines[p] = undefined;
-    // A queue enabled again takes RX_SET's / TX_SET's values (virtio 1.3 §5.1.6.5.9.3).
+    // A queue enabled again takes RX_SET's / TX_SET's values (virtio 1.3, Notifications Coalescing).
     this.queueCoalescingSet.delete(2 * p);
     this.queueCoalescingSet.delete(2 * p + 1);
     e.stop(drainRx);

@@ -420,7 +420,7 @@ export class VirtioNetDevice extends EventEmitter {
     this.dp.program(f, this.mtu);
     this.rxFilter.reset(this.macBytes, has(f, 'CTRL_VLAN'));
     this.applyRxFilter();
-    // Coalescing parameters start at 0 after every reset (virtio 1.3 §5.1.6.5.9).
+    // Coalescing parameters start at 0 after every reset (virtio 1.3, Notifications Coalescing).
     for (const q of ['rx', 'tx'] as const) this.dp.setCoalescing(q, 0, 0);
     if (has(f, 'CTRL_VQ')) {
       const cq = this.queues[ctrlq(this.queuePairs)];
@@ -643,8 +643,9 @@ export class VirtioNetDevice extends EventEmitter {
           }
           const result = new Uint8Array(8);
           const [maxPackets, maxUsecs] = this.dp.queueCoalescing(vq);
-          new DataView(result.buffer).setUint32(0, maxPackets, true);
-          new DataView(result.buffer).setUint32(4, maxUsecs, true);
+          const r = new DataView(result.buffer);
+          r.setUint32(0, maxPackets, true);
+          r.setUint32(4, maxUsecs, true);
           return { ack: CTRL.OK, result };
         }
         default:

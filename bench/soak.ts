@@ -19,8 +19,8 @@ const HELP = `Usage: npm run soak -- [options]
 
 Runs a simulated guest (guest-sim) behind a TAP in a namespace of its own with
 mixed traffic for a while: UDP echo (host → guest → host) on 16 flows, TCP to
-the guest's discard port and from its source port, RX mode commands on the
-control queue every 3 s, a queue-pair change (VQ_PAIRS_SET) every 7 s and a
+the guest's discard port and from its source port, control commands every
+3 s (RX modes, and RX interrupt coalescing on and off), a queue-pair change (VQ_PAIRS_SET) every 7 s and a
 driver reset with a fresh initialisation every 10 s. Prints RSS, open fds and
 threads of this process over time, and at the end the frames the device and
 the kernel do not agree on. Exit status 1 when a frame is not accounted for.
@@ -36,7 +36,7 @@ Options:
   --offloads LIST  what the guest negotiates, as 'vhost-tap run --offloads' (default: all
                    offered); 'none' makes the host verify every TCP/UDP checksum
   --no-reset, --no-pairs, --no-ctrl
-                   leave out the resets, the queue-pair changes or the RX-mode commands
+                   leave out the resets, the queue-pair changes or the control commands
                    (to find which one a problem comes with)
   --json           print the whole report as JSON at the end
   -h, --help       this help`;
@@ -286,9 +286,20 @@ async function main(): Promise<number> {
           nextSample += sampleS * 1000;
         }
       } else if (now >= nextCtrl) {
-        promisc = !promisc;
-        const cmd = ctrlCommands % 2 === 0 ? CTRL.RX_PROMISC : CTRL.RX_ALLMULTI;
-        const ack = await guest.control(CTRL.CLASS_RX, cmd, Uint8Array.of(promisc ? 1 : 0)).catch(() => CTRL.ERR);
+        let ack: number;
+        if (ctrlCommands % 2 === 0) {
+          promisc = !promisc;
+          const cmd = ctrlCommands % 4 === 0 ? CTRL.RX_PROMISC : CTRL.RX_ALLMULTI;
+          ack = await guest.control(CTRL.CLASS_RX, cmd, Uint8Array.of(promisc ? 1 : 0)).catch(() => CTRL.ERR);
+        } else {
+          // RX interrupt coalescing on (64 packets or 50 us) and off again, every other time:
+          // windows held across resets and queue-pair changes must lose nothing either.
+          const on = ctrlCommands % 4 === 1;
+          const d = new DataView(new ArrayBuffer(8));
+          d.setUint32(0, on ? 64 : 0, true);
+          d.setUint32(4, on ? 50 : 0, true);
+          ack = await guest.control(CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_RX_SET, new Uint8Array(d.buffer)).catch(() => CTRL.ERR);
+        }
         ctrlCommands++;
         if (ack !== CTRL.OK) ctrlErrors++;
         nextCtrl += CTRL_EVERY_MS;

@@ -40,6 +40,9 @@ export const GUEST_SUPPORTED: bigint = bits(
   'CTRL_VQ',
   'CTRL_RX',
   'CTRL_MAC_ADDR',
+  // Interrupt coalescing, so that a caller (the soak) can ask for it over control();
+  // guest-sim itself never does.
+  'NOTF_COAL',
   'MQ',
   'CSUM',
   'GUEST_CSUM',

@@ -2,9 +2,9 @@
 // SplitQueue and DescriptorChain as the data queues (so the same rules), plus
 // what is particular to commands: gathering the readable part { class,
 // command, data } across descriptors and regions, finding where the result and
-// the ack byte go, and
-// bounding the work one call may do. The device logic (backend/) only ever
-// sees decoded commands and answers each with an ack. Plain C++, no I/O.
+// the ack byte go, and bounding the work one call may do. The device logic
+// (backend/) only ever sees decoded commands and answers each with an ack (and
+// a result, for the few commands that return one). Plain C++, no I/O.
 #pragma once
 #include <cstdint>
 #include <vector>

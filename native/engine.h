@@ -85,7 +85,8 @@ class Engine {
 
   // The driver's interrupt coalescing for the RX or the TX queue
   // (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET; 0 in either turns it off).
-  // Any thread, at any time, kept across Stop()/Start(); the worker applies it
+  // At any time, from the thread that starts and stops the engine (it wakes
+  // the worker, as Wake()); kept across Stop()/Start(). The worker applies it
   // at its next round, and an interrupt the new values make due goes out then.
   void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs);
 
