@@ -2,7 +2,7 @@
 // SIGTERM. Parses the flags, prints the ready line and the statistics, and
 // tears down cleanly; the work is in GuestSim.
 
-import { TUN } from '../backend';
+import { CTRL, TUN } from '../backend';
 import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
@@ -33,6 +33,11 @@ Options:
                       Default: every one the device offers. tso4, tso6 and uso need
                       csum; guest-tso*/guest-uso* need guest-csum.
   --source-bytes N    bytes the TCP source (port 19) sends per connection (default 1073741824)
+  --rx-coalesce P,U   the guest asks the device for RX interrupt coalescing
+                      (NOTF_COAL): one interrupt per P packets or U microseconds
+                      after the first, whichever comes first (as Linux's
+                      'ethtool -C eth0 rx-frames P rx-usecs U'); 0 in either: off
+  --tx-coalesce P,U   the same for TX interrupts
   --sqpoll            io_uring through a kernel thread that polls its submission ring:
                       no system call per batch under load, but that thread takes a
                       core per queue pair while busy (slower on a machine without a
@@ -47,6 +52,16 @@ Options:
 export function offloadList(features: bigint): string {
   const on = Object.entries(OFFLOAD_NAMES).filter(([, b]) => (features & b) !== 0n).map(([n]) => n);
   return on.length ? on.join(',') : 'none';
+}
+
+/** `--rx-coalesce` / `--tx-coalesce` P,U: two unsigned 32-bit integers, as the control command carries them. */
+function coalescing(flag: string, v: string): { maxPackets: number; maxUsecs: number } {
+  const m = /^(\d{1,10}),(\d{1,10})$/.exec(v);
+  const [p, u] = m ? [Number(m[1]), Number(m[2])] : [NaN, NaN];
+  if (!(p <= 0xffffffff && u <= 0xffffffff)) {
+    throw new UsageError(`--${flag}: expected PACKETS,USECS like 64,50 (each 0 to 4294967295), got '${v}'`);
+  }
+  return { maxPackets: p, maxUsecs: u };
 }
 
 /** Resolves with the signal's name, or with 'error' once `failed` resolves (whichever comes first). */
@@ -90,6 +105,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
     'source-bytes': { type: 'string' },
     pcap: { type: 'string' },
     sqpoll: { type: 'boolean' },
+    'rx-coalesce': { type: 'string' },
+    'tx-coalesce': { type: 'string' },
     json: { type: 'boolean' },
   });
   if (o.help) {
@@ -116,6 +133,10 @@ export async function cmdRun(argv: string[]): Promise<number> {
     }
   }
   const sourceBytes = int('source-bytes', o['source-bytes'], 1 << 30);
+  const coalesce = (['rx', 'tx'] as const).flatMap((q) => {
+    const v = o[`${q}-coalesce`];
+    return v === undefined ? [] : [{ q, ...coalescing(`${q}-coalesce`, String(v)) }];
+  });
   if (o.netns !== undefined && (!/^[A-Za-z0-9_.-]+$/.test(String(o.netns)) || !Netns.exists(String(o.netns)))) {
     throw new UsageError(`--netns: network namespace '${String(o.netns)}' does not exist (create it with: ip netns add ${String(o.netns)})`);
   }
@@ -137,6 +158,18 @@ export async function cmdRun(argv: string[]): Promise<number> {
     sqpoll: o.sqpoll === true,
   });
   guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
+  try {
+    for (const c of coalesce) {
+      const d = new DataView(new ArrayBuffer(8));
+      d.setUint32(0, c.maxPackets, true);
+      d.setUint32(4, c.maxUsecs, true);
+      const ack = await guest.control(CTRL.CLASS_NOTF_COAL, c.q === 'rx' ? CTRL.NOTF_COAL_RX_SET : CTRL.NOTF_COAL_TX_SET, new Uint8Array(d.buffer));
+      if (ack !== CTRL.OK) throw new Error(`the device refused ${c.q.toUpperCase()} interrupt coalescing (NOTF_COAL not negotiated?)`);
+    }
+  } catch (e) {
+    await guest.stop();
+    throw e;
+  }
   // A queue-pair Worker that dies is reported as 'error'. Without a listener EventEmitter throws
   // it as an uncaught exception (a stack trace, no statistics); stop cleanly and exit 1 instead.
   let workerError: Error | undefined;
@@ -148,7 +181,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
   );
   guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
-  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}`);
+  const coalesced = coalesce.map((c) => `, ${c.q} coalescing ${c.maxPackets} packets / ${c.maxUsecs} us`).join('');
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}${coalesced}`);
   const sig = await waitForSignal(failed);
   const s = await guest.stop();
   if (workerError) console.error(`vhost-tap: a guest queue-pair worker failed: ${workerError.message}`);

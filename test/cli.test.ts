@@ -1,7 +1,8 @@
 // The `vhost-tap` command's habits: --version; exit status 2 for usage errors
 // and 1 for runtime failures; messages in the CLI's own flag names; one line
-// saying what is needed when run without root; and `run --pcap`, whose file
-// tcpdump opens and whose comments carry each frame's virtio_net_hdr.
+// saying what is needed when run without root; `run --pcap`, whose file
+// tcpdump opens and whose comments carry each frame's virtio_net_hdr; and
+// `run --rx-coalesce`, whose guest asks the device for interrupt coalescing.
 
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -10,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { parsePcapng } from '../host/pcap';
-import { requireRoot, withNetns } from '../host/netns';
+import { Netns, requireRoot, withNetns } from '../host/netns';
 import { CLI, runCli, startRun } from './helpers/cli';
 
 const VERSION = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')).version as string;
@@ -33,6 +34,8 @@ test('usage errors: exit 2, one line, in the CLI flag names', (t) => {
     [['run', '--tap', 'vtx', '--ip6', 'fd00::2/129'], /--ip6: prefix length 129 is over 128/],
     [['run', '--tap', 'vtx', '--mtu', '10'], /--mtu must be from 68 to 65535, got 10/],
     [['run', '--tap', 'vtx', '--offloads', 'tso4'], /--offloads: offload 'tso4' needs 'csum'/],
+    [['run', '--tap', 'vtx', '--rx-coalesce', '64'], /^vhost-tap: --rx-coalesce: expected PACKETS,USECS like 64,50 \(each 0 to 4294967295\), got '64'$/],
+    [['run', '--tap', 'vtx', '--tx-coalesce', '1,4294967296'], /--tx-coalesce: expected PACKETS,USECS/],
     [['demo', '--queues', '0'], /--queues must be from 1 to 256/],
     [['demo', '--extra'], /Unknown option '--extra'/],
     [['gso-check', '--case', 'TSO5'], /--case: unknown case 'TSO5'/],
@@ -102,30 +105,39 @@ test('a runtime failure exits 1 with one line: run --pcap into a directory that 
   t.is(r.stderr.trim().split('\n').length, 1);
 });
 
+/**
+ * `run` in `ns` with the guest at 10.98.NET.2 and `args`: pings it three times, sends 1 MiB to
+ * its discard port (with GUEST_TSO4 the kernel hands the guest TCP super-frames), waits for
+ * the discard line and stops it with SIGINT.
+ */
+async function pingAndDiscard(ns: Netns, net: number, args: string[]): Promise<{ ready: string; code: number | null; stdout: string }> {
+  const tap = ns.ifname();
+  const cli = await startRun(['--tap', tap, '--netns', ns.name, '--ip', `10.98.${net}.2/24`, ...args, '--json']);
+  ns.defer(() => {
+    if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
+  });
+  ns.ip('addr', 'add', `10.98.${net}.1/24`, 'dev', tap);
+  ns.exec('ping', ['-c', '3', '-i', '0.2', '-W', '2', `10.98.${net}.2`]);
+  ns.exec(process.execPath, ['-e', `const s = require('net').connect(9, '10.98.${net}.2', () => s.end(Buffer.alloc(1 << 20, 7))); s.on('close', () => process.exit(0)); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
+  await cli.printed(/discard: \S+ bytes 1048576 /);
+  const { code, stdout } = await cli.stop('SIGINT');
+  return { ready: cli.ready, code, stdout };
+}
+
+test('run --rx-coalesce: the device takes the guest\'s coalescing, and the guest still answers ping and TCP', async (t) => {
+  await withNetns(async (ns) => {
+    const { ready, code, stdout } = await pingAndDiscard(ns, 1, ['--rx-coalesce', '32,200', '--tx-coalesce', '16,100']);
+    t.regex(ready, /, rx coalescing 32 packets \/ 200 us, tx coalescing 16 packets \/ 100 us$/);
+    t.is(code, 0, stdout);
+  });
+});
+
 test('run --pcap: tcpdump reads a ping and a TCP transfer; every frame both ways, super-frames whole, virtio_net_hdr in the comments', async (t) => {
   await withNetns(async (ns) => {
-    const tap = ns.ifname();
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vt-pcap-')), 'run.pcapng');
     t.teardown(() => fs.rmSync(path.dirname(file), { recursive: true, force: true }));
-    const cli = await startRun(['--tap', tap, '--netns', ns.name, '--ip', '10.98.0.2/24', '--pcap', file, '--json']);
-    ns.defer(() => {
-      if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
-    });
-    t.regex(cli.ready, /capturing to /);
-    ns.ip('addr', 'add', '10.98.0.1/24', 'dev', tap);
-    ns.exec('ping', ['-c', '3', '-i', '0.2', '-W', '2', '10.98.0.2']);
-    // 1 MiB to the discard port: with GUEST_TSO4 the kernel hands the guest TCP super-frames.
-    ns.exec(process.execPath, ['-e', `const s = require('net').connect(9, '10.98.0.2', () => s.end(Buffer.alloc(1 << 20, 7))); s.on('close', () => process.exit(0)); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
-    await new Promise<void>((resolve, reject) => {
-      const end = Date.now() + 10_000;
-      const poll = (): void => {
-        if (/discard: \S+ bytes 1048576 /.test(cli.output())) resolve();
-        else if (Date.now() > end) reject(new Error(`no discard line: ${cli.output()}`));
-        else setTimeout(poll, 50);
-      };
-      poll();
-    });
-    const { code, stdout } = await cli.stop('SIGINT');
+    const { ready, code, stdout } = await pingAndDiscard(ns, 0, ['--pcap', file]);
+    t.regex(ready, /capturing to /);
     t.is(code, 0, stdout);
     const stats = JSON.parse(stdout.split('\n').filter((l) => l.startsWith('{')).pop()!) as { pairs: { rxFrames: number; txFrames: number }[] };
 

@@ -13,6 +13,8 @@ export interface RunningCli {
   output(): string;
   /** What it printed on stderr so far. */
   errors(): string;
+  /** Resolves once its stdout matches `re`; rejects with what it printed after `ms`. */
+  printed(re: RegExp, ms?: number): Promise<void>;
   /** Sends SIGINT and resolves with the exit code and everything printed. */
   stop(signal?: NodeJS.Signals): Promise<{ code: number | null; stdout: string; stderr: string }>;
 }
@@ -45,6 +47,16 @@ export function startCommand(cmd: string, args: string[], timeoutMs = 30_000): P
         ready: line,
         output: () => stdout,
         errors: () => stderr,
+        printed: (re: RegExp, ms = 10_000) =>
+          new Promise<void>((ok, fail) => {
+            const end = Date.now() + ms;
+            const poll = (): void => {
+              if (re.test(stdout)) ok();
+              else if (Date.now() > end) fail(new Error(`vhost-tap ${cmd} did not print ${re} in ${ms} ms: ${stdout}`));
+              else setTimeout(poll, 50);
+            };
+            poll();
+          }),
         stop: async (signal: NodeJS.Signals = 'SIGINT') => {
           if (child.exitCode === null) child.kill(signal);
           const code = await exited;
