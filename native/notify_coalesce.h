@@ -26,8 +26,9 @@ class NotifyCoalescer {
   // max_packets or is max_usecs old, and only if the driver wanted one at some
   // point inside it (a suppressed notification stays suppressed).
   bool Published(uint32_t n, bool wanted, int64_t now_ns) {
-    if (!active() && !open_) return wanted;
-    if (n > 0 && !open_) {
+    // Off, or nothing published to open a window with: nothing to hold.
+    if (!open_ && (!active() || n == 0)) return wanted;
+    if (!open_) {
       open_ = true;
       start_ns_ = now_ns;
       packets_ = 0;

@@ -452,6 +452,7 @@ CASE(coalescer_closes_windows_by_count_time_and_new_parameters) {
   CHECK(!c.Due(10000 + 99999));
   CHECK(c.Due(10000 + 100000));  // time is up
   CHECK(!c.Due(10000 + 200000));
+  CHECK(c.Published(0, true, 15000));    // nothing published: nothing held, and no want kept
   CHECK(!c.Published(5, false, 20000));  // a full window nobody wanted: closes silently
   CHECK(!c.open());
   CHECK(!c.Published(2, true, 30000));
