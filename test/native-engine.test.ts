@@ -383,6 +383,22 @@ test('NOTF_COAL: an interrupt the driver suppressed stays suppressed when the wi
   t.is(A.waitCall([r.txCall], 5000), 1);
 });
 
+test('NOTF_COAL: the largest window (2^32-1 packets, 2^32-1 us) neither overflows nor holds stop() up', async (t) => {
+  const r = rig({ qsize: 32 });
+  t.teardown(() => r.close());
+  postRx(r, 32, 1600);
+  r.engine.setCoalescing('rx', 2 ** 32 - 1, 2 ** 32 - 1);
+  r.engine.start();
+  for (let i = 0; i < 3; i++) {
+    fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
+    t.true(await waitFor(() => r.rx.usedIdx === i + 1));
+  }
+  t.is(r.engine.stats().rx.interrupts, 0, 'held: the window is 71 minutes long');
+  r.engine.stop(); // the worker sleeps until the window's end: stop() must wake it
+  t.is(r.engine.stats().rx.interrupts, 1, 'and the held interrupt goes out as it stops');
+  t.false(r.engine.stats().running);
+});
+
 test('setCoalescing refuses what the driver cannot have sent, with EVHOST_BADARG', (t) => {
   const r = rig();
   t.teardown(() => r.close());
