@@ -115,6 +115,29 @@ async function waitFor(cond: () => boolean, ms = 5000): Promise<boolean> {
   return true;
 }
 
+/**
+ * Runs `fn` with the engine's environment switches set (undefined: unset; the engine reads
+ * them at start()), then puts back what was there. For serial tests only.
+ */
+async function withEnv(vars: Record<string, string | undefined>, fn: () => Promise<void>): Promise<void> {
+  const set = (v: Record<string, string | undefined>): void => {
+    for (const [k, x] of Object.entries(v)) {
+      if (x === undefined) delete process.env[k];
+      else process.env[k] = x;
+    }
+  };
+  const saved = Object.fromEntries(Object.keys(vars).map((k) => [k, process.env[k]]));
+  set(vars);
+  try {
+    await fn();
+  } finally {
+    set(saved);
+  }
+}
+
+/** VHOST_TAP_IO for a test of io: 'auto' itself: this file's 'uring' pin lifted, a forced 'readv' kept. */
+const AUTO_IO = process.env.VHOST_TAP_IO === 'uring' ? undefined : process.env.VHOST_TAP_IO;
+
 function readPeer(fd: number, max = 1 << 20): Buffer | null {
   const buf = Buffer.alloc(max);
   try {
@@ -1260,8 +1283,7 @@ test("option io: 'readv' picks readv/writev for this engine alone; anything else
 // Over readv (no ring) the variable changes nothing and the same holds.
 // Serial: ava runs serial tests alone, so no other engine starts meanwhile.
 test.serial('io_uring failing mid-batch: requests are reaped before the ring goes; no frame lost or doubled', async (t) => {
-  process.env.VHOST_TAP_TEST_URING_FAIL = '1';
-  try {
+  await withEnv({ VHOST_TAP_TEST_URING_FAIL: '1' }, async () => {
     // TX: the first batch is the one that fails.
     const r = rig();
     t.teardown(() => r.close());
@@ -1275,9 +1297,7 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
     t.teardown(() => q.close());
     await rxInOrder(t, q, 10);
     t.is(q.engine.stats().io, 'readv/writev');
-  } finally {
-    delete process.env.VHOST_TAP_TEST_URING_FAIL;
-  }
+  });
 });
 
 // VHOST_TAP_TEST_URING_FAIL=unconfirmed: the failed ring's batch is reported as never
@@ -1286,8 +1306,7 @@ test.serial('io_uring failing mid-batch: requests are reaped before the ring goe
 // Registered only where io_uring runs (the readv re-run has no ring to fail).
 if (EXPECTED_IO === 'io_uring') {
   test.serial('io_uring failing unconfirmed: the batch\'s chains are withheld and counted, later frames flow over readv/writev', async (t) => {
-    process.env.VHOST_TAP_TEST_URING_FAIL = 'unconfirmed';
-    try {
+    await withEnv({ VHOST_TAP_TEST_URING_FAIL: 'unconfirmed' }, async () => {
       const r = rig();
       t.teardown(() => r.close());
       r.engine.start();
@@ -1302,31 +1321,22 @@ if (EXPECTED_IO === 'io_uring') {
       t.is(s.io, 'readv/writev');
       t.is(s.tx.packets, 4, 'the withheld frames are not counted as written');
       t.is(s.tx.usedChains, 4);
-    } finally {
-      delete process.env.VHOST_TAP_TEST_URING_FAIL;
-    }
+    });
   });
 }
 
 // The same failure under io: 'auto' (which starts on io_uring): the ring is dropped inside
 // auto, whose batches then all go over readv/writev; every frame once, in order.
 test.serial("io 'auto' whose io_uring fails mid-batch goes on over readv/writev; no frame lost or doubled", async (t) => {
-  const saved = process.env.VHOST_TAP_IO;
-  if (saved === 'uring') delete process.env.VHOST_TAP_IO;
-  process.env.VHOST_TAP_TEST_URING_FAIL = '1';
-  try {
+  await withEnv({ VHOST_TAP_IO: AUTO_IO, VHOST_TAP_TEST_URING_FAIL: '1' }, async () => {
     const r = rig();
     t.teardown(() => r.close());
     r.engine.start();
     await txInOrder(t, r, 8);
     t.is(r.engine.stats().io, 'readv/writev');
     // The failing batch is the only one io_uring ran (none where it is unavailable or forced off).
-    t.is(r.engine.stats().ioBatches.uring, saved !== 'readv' && !uringDisabled() ? 1 : 0);
-  } finally {
-    delete process.env.VHOST_TAP_TEST_URING_FAIL;
-    if (saved === undefined) delete process.env.VHOST_TAP_IO;
-    else process.env.VHOST_TAP_IO = saved;
-  }
+    t.is(r.engine.stats().ioBatches.uring, AUTO_IO !== 'readv' && !uringDisabled() ? 1 : 0);
+  });
 });
 
 // With io: 'auto' the worker changes method between batches when the other one measured
@@ -1336,11 +1346,8 @@ test.serial("io 'auto' whose io_uring fails mid-batch goes on over readv/writev;
 // not available (or the readv variant forces readv/writev) auto has nothing to change to:
 // then only readv/writev may have run.
 test.serial("io 'auto' changing method at every batch: every frame once and in order, both ways", async (t) => {
-  const saved = process.env.VHOST_TAP_IO;
-  const switches = saved !== 'readv' && !uringDisabled();
-  if (saved === 'uring') delete process.env.VHOST_TAP_IO;
-  process.env.VHOST_TAP_TEST_AUTO_FLIP = '1';
-  try {
+  const switches = AUTO_IO !== 'readv' && !uringDisabled();
+  await withEnv({ VHOST_TAP_IO: AUTO_IO, VHOST_TAP_TEST_AUTO_FLIP: '1' }, async () => {
     const checkBatches = (e: NativeEngine): void => {
       const b = e.stats().ioBatches;
       if (switches) {
@@ -1379,9 +1386,5 @@ test.serial("io 'auto' changing method at every batch: every frame once and in o
     t.teardown(() => q.close());
     await rxInOrder(t, q, 14);
     checkBatches(q.engine);
-  } finally {
-    delete process.env.VHOST_TAP_TEST_AUTO_FLIP;
-    if (saved === undefined) delete process.env.VHOST_TAP_IO;
-    else process.env.VHOST_TAP_IO = saved;
-  }
+  });
 });
