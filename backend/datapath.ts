@@ -6,7 +6,7 @@
 // Internal to backend/: what differs between the two (status writes and a
 // control queue, or vhost-user messages) stays with them.
 
-import { convert, DeviceStateError, native } from './errors';
+import { convert, DeviceStateError, native, PermissionError } from './errors';
 import { Capabilities, GUEST_OFFLOAD_FEATURES, probeOffloads, rxFrameMax, tunOffloads } from './features';
 import { addon, NativeEngine, NativeGuestMemory, NativeQueueConfig, NativeQueueStats } from './native';
 import { RxFilterSnapshot } from './rxfilter';
@@ -112,6 +112,8 @@ export class TapDataPath {
   /** Per virtqueue, set since (VQ_SET): what differs from `coalescing` while the queue runs. */
   private readonly queueCoalescingSet = new Map<number, Coalescing>();
   private closed = false;
+  /** Holds this process's claim on the TAP (tapLock) until close(). */
+  private lockFd = -1;
 
   private constructor(opts: TapDataPathOptions, fds: number[], name: string, probe: { offered: bigint; caps: Capabilities }) {
     this.tapName = name;
@@ -136,6 +138,8 @@ export class TapDataPath {
     const a = addon();
     const what = `TAP '${opts.tap}'`;
     const fds: number[] = [];
+    // First of all, so that a second back end on this TAP is refused before it attaches a queue.
+    const lockFd = native(what, () => a.tapLock(opts.tap, opts.netnsPath));
     try {
       let name = opts.tap;
       for (let i = 0; i < opts.queuePairs; i++) {
@@ -144,12 +148,24 @@ export class TapDataPath {
         name = q.name;
       }
       const probe = probeOffloads((flags) => native(what, () => a.tapSetOffload(fds[0], flags)));
-      if (opts.mtu !== undefined) native(what, () => a.netdevSetMtu(opts.netnsPath, name, opts.mtu!));
+      // Interface settings need CAP_NET_ADMIN, the TUN ioctls only the TAP's owner: a user's
+      // persistent TAP (ip tuntap add ... user U) works when root already set it up as asked.
+      const info = native(what, () => a.netdevInfo(opts.netnsPath, name));
+      if (opts.mtu !== undefined && info.mtu !== opts.mtu) {
+        unprivileged(what, `its MTU is ${info.mtu}, and setting it to ${opts.mtu}`, `ip link set ${name} mtu ${opts.mtu}`, () =>
+          a.netdevSetMtu(opts.netnsPath, name, opts.mtu!),
+        );
+      }
       for (const fd of fds) native(what, () => a.tapSetCarrier(fd, false));
-      native(what, () => a.netdevSetUp(opts.netnsPath, name, true));
-      return new TapDataPath(opts, fds, name, probe);
+      if (!(info.flags & IFF_UP)) {
+        unprivileged(what, 'it is down, and bringing it up', `ip link set ${name} up`, () => a.netdevSetUp(opts.netnsPath, name, true));
+      }
+      const dp = new TapDataPath(opts, fds, name, probe);
+      dp.lockFd = lockFd;
+      return dp;
     } catch (e) {
       for (const fd of fds) a.close(fd);
+      a.close(lockFd);
       throw convert(what, e);
     }
   }
@@ -285,7 +301,19 @@ export class TapDataPath {
     // or when it is attached with no engine at all (after a reset, until DRIVER_OK says how
     // many pairs run): either way it may hold frames.
     const shrinking = [...changes].some(([p, s]) => s === null && (this.engines[p] || (p > 0 && this.attached[p])));
-    if (shrinking) native(this.what, () => a.tapSteerAllTo(this.fds[0], 0));
+    // Loading the steering program needs CAP_BPF (or CAP_SYS_ADMIN) on kernels that keep
+    // unprivileged BPF off (Debian's default). Without it a user's TAP still shrinks: the
+    // kernel's own steering may then hand a leaving queue a frame between its drain and its
+    // detach, which the kernel frees on detach.
+    let steered = false;
+    if (shrinking) {
+      try {
+        native(this.what, () => a.tapSteerAllTo(this.fds[0], 0));
+        steered = true;
+      } catch (e) {
+        if (!(e instanceof PermissionError)) throw e;
+      }
+    }
     let failure: unknown;
     try {
       for (const [p, s] of [...changes].sort((x, y) => x[0] - y[0])) {
@@ -304,7 +332,7 @@ export class TapDataPath {
     } catch (e) {
       failure = e;
     }
-    if (shrinking) {
+    if (steered) {
       try {
         native(this.what, () => a.tapSteerAllTo(this.fds[0], -1));
       } catch (e) {
@@ -392,6 +420,8 @@ export class TapDataPath {
       }
     }
     this.fds.length = 0;
+    if (this.lockFd >= 0) a.close(this.lockFd);
+    this.lockFd = -1;
   }
 
   // --- internals -----------------------------------------------------------------------
@@ -448,6 +478,22 @@ export class TapDataPath {
 
 /** Interrupt coalescing of one queue: [maxPackets, maxUsecs]; 0 in either turns it off. */
 export type Coalescing = [maxPackets: number, maxUsecs: number];
+
+/** IFF_UP in SIOCGIFFLAGS. */
+const IFF_UP = 0x1;
+
+/**
+ * Runs an interface change that needs CAP_NET_ADMIN; without it, says what root has to do
+ * once for this TAP instead of the bare EPERM.
+ */
+function unprivileged(what: string, state: string, rootCommand: string, fn: () => void): void {
+  try {
+    native(what, fn);
+  } catch (e) {
+    if (!(e instanceof PermissionError)) throw e;
+    throw new PermissionError(`${what}: ${state} needs CAP_NET_ADMIN: have root run '${rootCommand}' once, or run as root`);
+  }
+}
 
 function kindOf(vq: number): 'rx' | 'tx' {
   return vq % 2 === 0 ? 'rx' : 'tx';

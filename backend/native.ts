@@ -355,6 +355,12 @@ export interface Addon {
    * TUNSETSTEERINGEBPF with a program that sends every frame to `queue`; -1 removes it
    * and the kernel's flow steering applies again.
    */
+  /**
+   * Claims TAP `name` in its namespace for this process (an abstract Unix socket bound there):
+   * returns the fd that holds the claim (close it to let go; it goes with the process too).
+   * Throws EBUSY when another process holds it.
+   */
+  tapLock(name: string, netnsPath: string | null): number;
   tapSteerAllTo(fd: number, queue: number): void;
   /** TUNSETTXFILTER: flags (TUN_FLT_ALLMULTI = 1) and a Buffer of 6-byte addresses. */
   tapSetTxFilter(fd: number, flags: number, macs: Uint8Array): void;

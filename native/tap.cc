@@ -12,9 +12,11 @@
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +38,7 @@ const char* const kStepSocket = "creating the interface-control socket";
 const char* const kStepNetdev = "controlling the interface";
 const char* const kStepReadlink = "reading the thread's network namespace";
 const char* const kStepDiscard = "discarding the frames a TAP queue holds";
+const char* const kStepLock = "claiming the TAP for this process";
 
 namespace {
 
@@ -200,6 +203,46 @@ SysResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags
 
   actualName->assign(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ));
   *fd = tun.release();
+  return Ok();
+}
+
+SysResult TapLock(const std::string& name, const char* netnsPath, int* fd, int* holderPid) {
+  *holderPid = 0;
+  if (!NameFits(name)) return Fail("bind", kStepName, ENAMETOOLONG);
+  struct sockaddr_un addr;
+  std::memset(&addr, 0, sizeof(addr));
+  addr.sun_family = AF_UNIX;
+  // sun_path[0] == 0: an abstract name, no file, gone with the last fd.
+  const std::string abstractName = std::string("vhost-tap/tap/") + name;
+  std::memcpy(addr.sun_path + 1, abstractName.data(), abstractName.size());
+  const socklen_t len = static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + 1 + abstractName.size());
+
+  UniqueFd s;
+  UniqueFd probe;
+  {
+    // A Unix socket's abstract names are those of the namespace it was created in.
+    NetnsGuard guard;
+    SysResult r = guard.Enter(netnsPath);
+    if (!r.ok()) return r;
+    s.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (s.get() < 0) return Fail("socket", kStepLock, errno);
+    probe.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  }
+  if (::bind(s.get(), reinterpret_cast<struct sockaddr*>(&addr), len) != 0) {
+    const int err = errno;
+    // Who holds it: the owner listens, and a connection's peer credentials name it.
+    // Best effort only; a full backlog (many refused attempts) just leaves the pid out.
+    if (err == EADDRINUSE && probe.get() >= 0 &&
+        ::connect(probe.get(), reinterpret_cast<struct sockaddr*>(&addr), len) == 0) {
+      struct ucred cred;
+      socklen_t cl = sizeof(cred);
+      if (::getsockopt(probe.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) *holderPid = cred.pid;
+    }
+    return Fail("bind", kStepLock, err);
+  }
+  // Listening lets a refused second owner learn our pid (above); nothing is ever accepted.
+  if (::listen(s.get(), 1) != 0) return Fail("listen", kStepLock, errno);
+  *fd = s.release();
   return Ok();
 }
 

@@ -28,6 +28,7 @@ extern const char* const kStepSocket;        // creating the ioctl socket
 extern const char* const kStepNetdev;        // an SIOC* request
 extern const char* const kStepReadlink;      // reading the thread's namespace id
 extern const char* const kStepDiscard;       // reading frames off a queue to discard them
+extern const char* const kStepLock;          // binding the TAP's lock socket
 
 // Interface names are at most IFNAMSIZ-1 bytes (the kernel needs the NUL).
 constexpr size_t kMaxIfName = 15;
@@ -40,6 +41,16 @@ constexpr size_t kMaxIfName = 15;
 // (O_NONBLOCK|O_CLOEXEC) and *actualName the kernel's name for the device.
 SysResult TapOpen(const std::string& name, const char* netnsPath, int extraFlags, int* fd,
                   std::string* actualName);
+
+// Claims TAP `name` in `netnsPath` (nullable) for this process: binds an
+// abstract Unix socket "vhost-tap/tap/NAME" created inside that namespace
+// (abstract names are per network namespace, so the namespace is part of the
+// name without spelling it). The kernel releases it when the fd closes or the
+// process dies, so a crashed owner never leaves a stale lock. Two back ends on
+// one multiqueue TAP would each attach queues and silently split the host's
+// traffic; the second gets EADDRINUSE here, and *holderPid is the owner's pid
+// when it could be learned (else 0).
+SysResult TapLock(const std::string& name, const char* netnsPath, int* fd, int* holderPid);
 
 SysResult TapGetFeatures(int fd, unsigned* features);
 SysResult TapSetVnetHdrSz(int fd, int size);

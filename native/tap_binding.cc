@@ -131,7 +131,9 @@ std::string Where(const char* netns) {
              "all of which vhost-tap needs (Linux 3.8 or later)";
   } else if (r.step == kStepSetIff) {
     if (e == EPERM)
-      msg += ": needs CAP_NET_ADMIN" + Where(netns) + "; run as root";
+      msg += ": needs CAP_NET_ADMIN" + Where(netns) +
+             "; run as root, or have root make a TAP of yours once: ip tuntap add NAME mode tap user USER "
+             "multi_queue vnet_hdr";
     else if (e == EINVAL)
       msg += ": the name is invalid, or an interface by that name exists that is not a multi-queue TAP; "
              "choose another name or delete it";
@@ -177,6 +179,26 @@ Napi::Value TapOpenJs(const Napi::CallbackInfo& info) {
   o.Set("fd", Napi::Number::New(env, fd));
   o.Set("name", Napi::String::New(env, actual));
   return o;
+}
+
+// tapLock(name, netnsPath | null) -> fd; the claim lasts until the fd is closed.
+Napi::Value TapLockJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = ArgIfName(info, 0, false);
+  std::string ns;
+  const char* netns = ArgNetns(info, 1, &ns) ? ns.c_str() : nullptr;
+  int fd = -1, holder = 0;
+  SysResult r = TapLock(name, netns, &fd, &holder);
+  if (!r.ok() && r.err == EADDRINUSE) {
+    // No errno text: "bind failed: Address already in use" would only confuse.
+    ThrowCode(env, "EBUSY",
+              "already in use by another vhost-tap back end" +
+                  (holder > 0 ? " (pid " + std::to_string(holder) + ")" : std::string()) + Where(netns) +
+                  "; two back ends on one multiqueue TAP would split its traffic between them: stop that one "
+                  "or choose another TAP name");
+  }
+  if (!r.ok()) ThrowTap(env, r, "claiming TAP '" + name + "'" + Where(netns), netns);
+  return Napi::Number::New(env, fd);
 }
 
 Napi::Value TapGetFeaturesJs(const Napi::CallbackInfo& info) {
@@ -383,6 +405,7 @@ void InitTap(Napi::Env env, Napi::Object exports) {
     exports.Set(name, Napi::Function::New(env, fn, name));
   };
   add("tapOpen", TapOpenJs);
+  add("tapLock", TapLockJs);
   add("tapGetFeatures", TapGetFeaturesJs);
   add("tapSetVnetHdrSz", TapSetVnetHdrSzJs);
   add("tapGetVnetHdrSz", TapGetVnetHdrSzJs);

@@ -1,0 +1,114 @@
+// A user who is not root, on a persistent multiqueue vnet-hdr TAP that root
+// made for them once (ip tuntap add NAME mode tap user U multi_queue vnet_hdr):
+// `run` (the library's VirtioNetDevice under guest-sim) answers ping and TCP
+// with the offloads the kernel allows the TAP's owner, and `vhost-user` gets
+// ready on it. The CLI runs as uid/gid 65534 with no groups and no
+// capabilities (setpriv), inside a namespace the test creates, where root
+// made the TAP, put the host's address on it and brought it up.
+
+import test from 'ava';
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { withNetns, type Netns } from '../host/netns';
+import { CLI } from './helpers/cli';
+
+const NOBODY = 65534;
+const AS_NOBODY = [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--inh-caps=-all'];
+
+/**
+ * The CLI as uid 65534 can load it: the tree itself when that user can read it (a checkout
+ * made with umask 022), else a copy of what the CLI needs (dist/, the addon, node-gyp-build)
+ * in a directory everyone can read.
+ */
+function cliForNobody(): string {
+  const readable = spawnSync('setpriv', [...AS_NOBODY, process.execPath, '-e', `require(${JSON.stringify(CLI)}.replace(/main\\.js$/, '../backend/native.js')).addon()`], { cwd: '/' });
+  if (readable.status === 0) return CLI;
+  const root = path.join(__dirname, '..', '..', '..');
+  const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'vt-nobody-'));
+  for (const rel of ['package.json', 'dist', 'build/Release/vhost_tap.node', 'node_modules/node-gyp-build']) {
+    fs.cpSync(path.join(root, rel), path.join(copy, rel), { recursive: true });
+  }
+  spawnSync('chmod', ['-R', 'a+rX', copy]);
+  process.on('exit', () => fs.rmSync(copy, { recursive: true, force: true }));
+  return path.join(copy, 'dist', 'cli', 'main.js');
+}
+
+/** Root's part: the TAP for uid 65534, the host's address on it, link up. */
+function tapForNobody(ns: Netns, net: number): string {
+  const tap = ns.ifname();
+  ns.ip('tuntap', 'add', tap, 'mode', 'tap', 'user', String(NOBODY), 'multi_queue', 'vnet_hdr');
+  ns.ip('addr', 'add', `10.97.${net}.1/24`, 'dev', tap);
+  ns.ip('link', 'set', tap, 'up');
+  return tap;
+}
+
+/** Starts `vhost-tap ARGS` as uid 65534 inside `ns`; resolves with its ready line and a stop(). */
+function startAsNobody(ns: Netns, cli: string, args: string[]): Promise<{ ready: string; stop(): Promise<{ code: number | null; out: string }> }> {
+  const child = spawn('ip', ['netns', 'exec', ns.name, 'setpriv', ...AS_NOBODY, process.execPath, cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: '/' });
+  ns.defer(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stderr.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`not ready in 30 s: ${out}`)), 30_000);
+    void exited.then((code) => reject(new Error(`exited with ${code} before it was ready: ${out}`)));
+    child.stdout.on('data', () => {
+      const ready = out.split('\n').find((l) => l.startsWith('ready:'));
+      if (!ready) return;
+      clearTimeout(timer);
+      resolve({
+        ready,
+        stop: async () => {
+          // ip netns exec and setpriv exec the node process: the child's pid is the CLI's.
+          child.kill('SIGINT');
+          return { code: await exited, out };
+        },
+      });
+    });
+  });
+}
+
+test('as uid 65534: run on a TAP made for that user answers ping and TCP, with every offload the kernel offers the TAP', async (t) => {
+  const cli = cliForNobody();
+  await withNetns(async (ns) => {
+    const tap = tapForNobody(ns, 0);
+    const run = await startAsNobody(ns, cli, ['run', '--tap', tap, '--queues', '2', '--ip', '10.97.0.2/24']);
+    t.regex(run.ready, new RegExp(`^ready: tap ${tap}, .*2 queue pair\\(s\\), offloads csum,tso4,tso6,.*guest-csum,guest-tso4,guest-tso6`));
+    const ping = ns.run('ping', ['-c', '3', '-i', '0.2', '-W', '2', '10.97.0.2']);
+    t.regex(ping.stdout, / 0% packet loss/, ping.stdout + ping.stderr);
+    // 1 MiB to the guest's discard port: with GUEST_TSO4 the kernel hands it TCP super-frames.
+    const tcp = ns.run(process.execPath, ['-e', `const s = require('net').connect(9, '10.97.0.2', () => s.end(Buffer.alloc(1 << 20, 7))); s.on('close', () => process.exit(0)); s.on('error', (e) => { console.error(e.message); process.exit(1); });`]);
+    t.is(tcp.status, 0, tcp.stderr);
+    const { code, out } = await run.stop();
+    t.is(code, 0, out);
+    t.regex(out, /discard: \S+ bytes 1048576 /);
+    // The TAP is root's: it outlives the unprivileged back end.
+    t.true(ns.ip('link', 'show', tap).includes(tap));
+  });
+});
+
+test('as uid 65534: vhost-user gets ready on a TAP made for that user; one it was not given is refused with what to ask root for', async (t) => {
+  const cli = cliForNobody();
+  await withNetns(async (ns) => {
+    const tap = tapForNobody(ns, 1);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vt-nobody-sock-'));
+    fs.chmodSync(dir, 0o777);
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const sock = path.join(dir, 'vu.sock');
+    const vu = await startAsNobody(ns, cli, ['vhost-user', '--socket', sock, '--tap', tap, '--queues', '2']);
+    t.regex(vu.ready, new RegExp(`^ready: listening on ${sock}, tap ${tap}, 2 queue pair\\(s\\), offloads csum,`));
+    t.is(fs.statSync(sock).uid, NOBODY);
+    const { code, out } = await vu.stop();
+    t.is(code, 0, out);
+    // A TAP root did not make for this user: TUNSETIFF needs CAP_NET_ADMIN, and the message says how to get one.
+    const other = ns.run('setpriv', [...AS_NOBODY, process.execPath, cli, 'run', '--tap', `${tap}x`.slice(-15)]);
+    t.is(other.status, 1, other.stderr);
+    t.regex(other.stderr, /needs CAP_NET_ADMIN; run as root, or have root make a TAP of yours once: ip tuntap add NAME mode tap user USER multi_queue vnet_hdr/);
+  });
+});
