@@ -114,6 +114,9 @@ const WAIT_FDS = 32;
 /** Default MTU when none is given: Ethernet's. */
 const DEFAULT_MTU = 1500;
 
+/** Period of the idle timer that keeps the event loop alive: the longest Node allows (~24.8 days). */
+const KEEP_ALIVE_MS = 2 ** 31 - 1;
+
 export class VirtioNetDevice extends EventEmitter {
   readonly deviceFeatures: bigint;
   readonly config: DataView;
@@ -138,6 +141,11 @@ export class VirtioNetDevice extends EventEmitter {
   private ctrl: ControlQueueServer | undefined;
   private ctrlWatcher: { close(): void } | undefined;
   private callWatchers: { close(): void }[] = [];
+  /**
+   * Keeps the process alive while the device is open, as a net.Server does: the workers are
+   * native threads and the eventfd watchers are unreferenced, which the event loop cannot see.
+   */
+  private readonly keepAlive: NodeJS.Timeout;
   private activePairs = 1;
   private closed = false;
   private featuresError: string | null = null;
@@ -207,6 +215,8 @@ export class VirtioNetDevice extends EventEmitter {
     this.queues = new Array(2 * this.queuePairs + 1).fill(undefined);
     this.config = new DataView(new ArrayBuffer(CONFIG.SIZE));
     this.resetConfig();
+
+    this.keepAlive = setInterval(() => {}, KEEP_ALIVE_MS);
 
     this.on('newListener', (event) => {
       if (event === 'interrupt' && this.listenerCount('interrupt') === 0) this.watchCalls();
@@ -365,9 +375,22 @@ export class VirtioNetDevice extends EventEmitter {
     return this.dp.stats();
   }
 
-  /** Stops the workers, closes the TAP queues (the TAP disappears) and the eventfds. */
+  /** Lets the process exit while this device is open (like net.Server's unref()); ref() undoes it. */
+  unref(): this {
+    this.keepAlive.unref();
+    return this;
+  }
+
+  /** Keeps the process alive while this device is open (the default). */
+  ref(): this {
+    if (!this.closed) this.keepAlive.ref();
+    return this;
+  }
+
+  /** Stops the workers, closes the TAP queues (the TAP disappears) and the eventfds; the process may exit. */
   async close(): Promise<void> {
     if (this.closed) return;
+    clearInterval(this.keepAlive);
     this.stopAll();
     this.unwatchCalls();
     this.closed = true;
