@@ -3,7 +3,7 @@
 // namespace behind. No timing is asserted: throughput is measured, not tested.
 
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { requireRoot } from '../host/netns';
 import { CLI } from './helpers/cli';
@@ -42,6 +42,8 @@ test('bench: one short TX case produces a complete JSON report', (t) => {
   t.true(rep.machine.getppidNs > 0, 'the machine line has the cost of a system call');
   t.true(['cheap', 'expensive'].includes(rep.machine.syscalls));
   t.true(rep.targets.length >= 4);
+  // One round: a single outlier trial could decide a verdict, so none is given.
+  t.deepEqual(rep.targets.map((x: { met: boolean | null }) => x.met), rep.targets.map(() => null), 'no MET / NOT MET from one round');
   t.true(rep.unavailable.length === 0);
   t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
 });
@@ -109,4 +111,39 @@ test('bench: the guest case boots the Linux guest under QEMU per back end and re
   t.is(rep.unavailable.some((u: { case: string }) => u.case === 'guest vhost-net'), !vhostNet, 'vhost-net is reported unavailable exactly when /dev/vhost-net is missing');
   t.true(rep.targets.some((x: { name: string }) => /real guest host → guest/.test(x.name)));
   t.deepEqual(benchNamespaces(r.pid), [], 'bench namespace deleted');
+});
+
+test('bench --plot into a directory that does not exist: refused before anything runs, exit 2, one line', (t) => {
+  const r = spawnSync(process.execPath, [CLI, 'bench', '--cases', 'tx', '--rounds', '1', '--plot', '/nonexistent-vt-dir/chart.svg'], { encoding: 'utf8', timeout: 60_000 });
+  t.is(r.status, 2, r.stderr);
+  t.is(r.stderr.trim(), "vhost-tap: --plot: directory '/nonexistent-vt-dir' does not exist; create it first");
+  t.is(r.stdout, '');
+  t.deepEqual(benchNamespaces(r.pid), [], 'no namespace was made');
+});
+
+test('bench interrupted with SIGINT prints the cases that finished, cleans up and exits 130', async (t) => {
+  requireRoot();
+  const child = spawn(process.execPath, [CLI, 'bench', '--cases', 'tx', '--sizes', '64,512', '--queues', '1', '--rounds', '1', '--duration', '0.2', '--warmup', '50', '--contenders', 'vhost,c'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  let sent = false;
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => {
+    stderr += d;
+    // The 64 B case is complete once a trial of the 512 B case starts. One SIGINT only: a
+    // second one is the user insisting, and ends the process without a word.
+    if (/\] tx 512 B/.test(stderr) && !sent) {
+      sent = true;
+      child.kill('SIGINT');
+    }
+  });
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+  t.is(code, 130, stderr);
+  t.regex(stderr, /\[2\/4, ~\d+s left\] tx 64 B q1/, 'progress says how long is left');
+  t.regex(stdout, /^tx\s+64\s+1\s+vhost-tap/m, 'the finished case is in the table');
+  t.notRegex(stdout, /^tx\s+512\s/m, 'the unfinished one is not');
+  t.regex(stdout, /interrupted by SIGINT: the cases above finished, the rest did not run/);
+  t.deepEqual(benchNamespaces(child.pid!), [], 'bench namespace deleted');
 });
