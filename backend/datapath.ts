@@ -112,6 +112,8 @@ export class TapDataPath {
   /** Per virtqueue, set since (VQ_SET): what differs from `coalescing` while the queue runs. */
   private readonly queueCoalescingSet = new Map<number, Coalescing>();
   private closed = false;
+  /** The I/O method engines used last: the final statistics after sessions ended still say it ('none' before any ran). */
+  private lastIo = 'none';
   /** Holds this process's claim on the TAP (tapLock) until close(). */
   private lockFd = -1;
 
@@ -384,10 +386,9 @@ export class TapDataPath {
 
   stats(): DeviceStats {
     const queues: QueueStats[] = [];
-    let io = 'none';
     for (let p = 0; p < this.queuePairs; p++) {
       const s = this.engines[p]?.stats();
-      if (s) io = s.io;
+      if (s) this.lastIo = s.io;
       queues.push(this.merge(2 * p, 'rx', s?.rx));
       queues.push(this.merge(2 * p + 1, 'tx', s?.tx));
     }
@@ -403,7 +404,7 @@ export class TapDataPath {
       for (const v of Object.values(q.drops)) totals.drops += v;
     }
     const filtered = queues.reduce((n, q) => n + (q.drops.rx_filtered ?? 0), 0);
-    return { queues, io, filtered, totals };
+    return { queues, io: this.lastIo, filtered, totals };
   }
 
   /** Stops the engines and closes the TAP queues: the TAP goes with the last one. */

@@ -17,6 +17,7 @@ Commands:
   gso-check   check checksum/segmentation offloads both ways against this kernel
   bench       measure throughput against a C syscall loop and a Node loop (bench/)
   vhost-user  serve a VMM's virtio-net (QEMU, cloud-hypervisor) over vhost-user on a TAP
+  guest-image write a small Linux guest (kernel + initramfs) to boot under QEMU against vhost-user
 
 Run 'vhost-tap <command> --help' for a command's options, 'vhost-tap --version' for the version.
 Exit status: 0 done, 1 failed (or a check failed), 2 bad usage, 130 interrupted (demo).`;
@@ -52,6 +53,8 @@ async function main(argv: string[]): Promise<number> {
       return (await import('./bench')).cmdBench(rest);
     case 'vhost-user':
       return (await import('./vhost-user')).cmdVhostUser(rest);
+    case 'guest-image':
+      return (await import('./guest-image')).cmdGuestImage(rest);
     default:
       throw new UsageError(`unknown command '${cmd}' (see 'vhost-tap --help')`);
   }

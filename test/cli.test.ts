@@ -167,3 +167,17 @@ test('run --pcap: tcpdump reads a ping and a TCP transfer; every frame both ways
     for (const p of supers) t.regex(p.comments[0], /flags=0x1\(NEEDS_CSUM\) gso_type=TCPV4 hdr_len=\d+ gso_size=14\d\d /);
   });
 });
+
+test('guest-image DIR writes the test guest\'s kernel and initramfs and prints a QEMU line with vectors=0', (t) => {
+  const dir = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vt-gi-')), 'guest');
+  t.teardown(() => fs.rmSync(path.dirname(dir), { recursive: true, force: true }));
+  const r = runCli(['guest-image', dir]);
+  t.is(r.status, 0, r.stderr);
+  t.true(fs.statSync(path.join(dir, 'vmlinuz')).size > 1 << 20);
+  t.true(fs.statSync(path.join(dir, 'initrd.cpio.gz')).size > 1 << 20);
+  t.regex(r.stdout, /-device virtio-net-pci,netdev=n0,mq=on,vectors=0/);
+  t.regex(r.stdout, new RegExp(`-kernel \\S*vmlinuz -initrd \\S*initrd\\.cpio\\.gz`));
+  const bad = runCli(['guest-image', '/nonexistent-vt-dir/guest']);
+  t.is(bad.status, 2, bad.stderr);
+  t.is(bad.stderr.trim(), "vhost-tap: directory '/nonexistent-vt-dir' does not exist; create it first");
+});
