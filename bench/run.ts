@@ -187,7 +187,10 @@ export interface BenchReport {
 }
 
 /** Bad `vhost-tap bench` flags (the CLI exits 2). */
-export class BenchUsageError extends Error {}
+export class BenchUsageError extends Error {
+  /** node:util parseArgs's own error, for the CLI to say in its words. */
+  parseError?: unknown;
+}
 
 function list(v: string | undefined, def: string): string[] {
   return (v ?? def).split(',').map((s) => s.trim()).filter(Boolean);
@@ -514,7 +517,9 @@ export async function main(argv: string[]): Promise<number> {
       },
     }).values as Record<string, string | boolean | undefined>;
   } catch (e) {
-    throw new BenchUsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap bench --help')`);
+    const u = new BenchUsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap bench --help')`);
+    u.parseError = e;
+    throw u;
   }
   if (o.help) {
     console.log(HELP);

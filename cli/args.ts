@@ -16,8 +16,27 @@ export function parse(cmd: string, argv: string[], options: ParseArgsConfig['opt
     const { values } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false });
     return values as Values;
   } catch (e) {
-    throw new UsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap ${cmd} --help')`);
+    throw parseArgsError(cmd, e);
   }
+}
+
+/**
+ * node:util parseArgs's error, said the way the CLI says everything else: one line, lower case,
+ * in terms of the flag (its own text asks "Did you forget ...?" over three lines).
+ */
+export function parseArgsError(cmd: string, e: unknown): UsageError {
+  const err = e as { code?: string; message?: string };
+  const msg = String(err.message ?? e);
+  const flag = /'(-[^' ]+)/.exec(msg)?.[1] ?? '';
+  const arg = /'([^']*)'/.exec(msg)?.[1] ?? '';
+  let what: string;
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') what = `unknown option '${arg}'`;
+  else if (err.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') what = `unexpected argument '${arg}'`;
+  else if (/ambiguous/.test(msg)) what = `${flag} needs a value; a value that starts with '-' is written ${flag}=VALUE`;
+  else if (/argument missing/.test(msg)) what = `${flag} needs a value`;
+  else if (/does not take an argument/.test(msg)) what = `${flag} takes no value`;
+  else what = msg.split('\n')[0];
+  return new UsageError(`${what} (see 'vhost-tap ${cmd} --help')`);
 }
 
 /** A whole-number flag in [min, max], or `def` when absent. */

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 
 import { CASES, formatTable, Outcome, runGsoCheck } from '../host/gso-check';
 import { requireRoot } from '../host/netns';
-import { UsageError } from './args';
+import { parseArgsError, UsageError } from './args';
 
 export const GSO_CHECK_HELP = `Usage: vhost-tap gso-check [--json] [--case NAME ...]
 
@@ -37,7 +37,7 @@ export async function cmdGsoCheck(argv: string[]): Promise<number> {
       allowPositionals: false,
     }));
   } catch (e) {
-    throw new UsageError(`${(e as Error).message.split('\n')[0]} (see 'vhost-tap gso-check --help')`);
+    throw parseArgsError('gso-check', e);
   }
   if (values.help) {
     console.log(GSO_CHECK_HELP);

@@ -3,6 +3,9 @@
 // prints the ready line, session events on stderr and the statistics at the
 // end; the work is in VhostUserServer (backend/vhost-user/server.ts).
 
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
 import { bits, TUN, VhostUserServer, VhostUserServerStats } from '../backend';
 import { OFFLOAD_MASK, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { Netns, requireRoot } from '../host/netns';
@@ -37,11 +40,16 @@ Options:
   --json              print the final statistics as JSON
   -h, --help          this help
 
-QEMU (guest RAM must be shareable; -numa ties it to the memory backend):
-  qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \\
-    -numa node,memdev=mem -chardev socket,id=c0,path=PATH \\
-    -netdev vhost-user,id=n0,chardev=c0,queues=N \\
-    -device virtio-net-pci,netdev=n0,mq=on`;
+QEMU, for --socket /tmp/vt.sock --queues 2 (guest RAM must be shareable; -numa
+ties it to the memory backend; vectors=0 because QEMU 7.2 under TCG dies with
+SIGSEGV when the guest starts a vhost-user NIC that has MSI-X vectors). The
+guest: 'vhost-tap guest-image vt-guest' writes one there.
+  qemu-system-x86_64 -M q35 -cpu max -smp 2 -m 512M -nographic \\
+    -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \\
+    -chardev socket,id=c0,path=/tmp/vt.sock -netdev vhost-user,id=n0,chardev=c0,queues=2 \\
+    -device virtio-net-pci,netdev=n0,mq=on,vectors=0 \\
+    -kernel vt-guest/vmlinuz -initrd vt-guest/initrd.cpio.gz -append "console=ttyS0 quiet vt.ip4=10.9.0.2/24"
+With --client, QEMU listens: add ,server=on,wait=off to its -chardev.`;
 
 /** Offload bits --offloads can name or leave out. */
 const ALL_OFFLOADS = bits('CSUM', 'GUEST_CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO', 'HOST_USO', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6');
@@ -80,6 +88,8 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   }
   if (typeof o.socket !== 'string' || o.socket === '') throw new UsageError("--socket PATH is required (see 'vhost-tap vhost-user --help')");
   if (Buffer.byteLength(o.socket) > 107) throw new UsageError(`--socket: '${o.socket}' is longer than the 107 bytes a Unix socket path may have`);
+  const sockDir = path.dirname(path.resolve(o.socket));
+  if (!o.client && !fs.existsSync(sockDir)) throw new UsageError(`--socket: directory '${sockDir}' does not exist; create it first`);
   if (typeof o.tap !== 'string') throw new UsageError("--tap NAME is required (see 'vhost-tap vhost-user --help')");
   if (Buffer.byteLength(o.tap) > TUN.MAX_NAME || !/^[A-Za-z0-9_.-]+$/.test(o.tap)) {
     throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
