@@ -110,7 +110,7 @@ test.serial('two queue pairs: flows from many source ports reach both RX queues'
 
 test('CLI: bad input is one clear line and a non-zero exit', (t) => {
   const cases: [string[], RegExp][] = [
-    [['run', '--tap', 'vtx', '--bogus'], /Unknown option '--bogus'/],
+    [['run', '--tap', 'vtx', '--bogus'], /^vhost-tap: unknown option '--bogus'/],
     [['run'], /--tap NAME is required/],
     [['run', '--tap', 'vt-name-too-long0'], /--tap: 'vt-name-too-long0' must be 1 to 15 bytes/],
     [['run', '--tap', 'vtx', '--mac', 'zz:00:00:00:00:00'], /--mac: 'zz:00:00:00:00:00' is not a MAC address/],
