@@ -5,19 +5,13 @@
 // magnitude, and on a linear axis the small sizes are invisible. No
 // dependencies; the output is committed as bench/results.svg.
 
+import { CONTENDER_NAMES } from './contenders';
 import type { BenchReport } from './run';
 
 const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'vhost-coal', 'c', 'c-uring', 'node'];
 const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', 'vhost-coal': '#08519c', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
-const NAMES: Record<string, string> = {
-  vhost: 'vhost-tap (io auto)',
-  'vhost-readv': 'vhost-tap (readv/writev)',
-  'vhost-sqpoll': 'vhost-tap (io_uring sqpoll)',
-  'vhost-coal': 'vhost-tap (guest asks for coalescing)',
-  c: 'C write()/read() loop',
-  'c-uring': 'C io_uring (batches of 64)',
-  node: 'Node loop',
-};
+/** The table's names, so chart and table call each contender the same. */
+const NAMES: Record<string, string> = CONTENDER_NAMES;
 
 interface Group {
   label: string;
@@ -95,19 +89,23 @@ export function renderSvg(report: BenchReport): string {
   parts.push(panel(W * 0.42, 30, W * 0.58, H, 'throughput (1 queue pair; log scale)', 'Gbit/s (frame bytes; TCP: payload)', gbpsGroups, true));
   // Four entries per row: seven 260-px entries in one row would run past the chart's width.
   const PER_ROW = 4;
-  const rows = Math.ceil(KEYS.length / PER_ROW);
-  const legend = KEYS.map((k, i) => {
+  // Only contenders that ran: a legend entry without bars reads as a result of zero.
+  const ran = KEYS.filter((k) => [...frameGroups, ...gbpsGroups].some((g) => g.values[k] !== undefined));
+  const rows = Math.max(1, Math.ceil(ran.length / PER_ROW));
+  const legend = ran.map((k, i) => {
     const x = 20 + (i % PER_ROW) * 260;
     const y = H + 40 + Math.floor(i / PER_ROW) * 20;
     return `<rect x="${x}" y="${y}" width="12" height="12" fill="${COLORS[k]}"/><text x="${x + 18}" y="${y + 11}" font-size="12">${esc(NAMES[k])}</text>`;
   }).join('\n');
   const m = report.machine;
   const sys = typeof m.getppidNs === 'number' ? `; getppid() ${m.getppidNs.toFixed(0)} ns (syscalls ${m.syscalls})` : '';
-  const sub = `${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}${sys}; medians of ${report.options.rounds} rounds; TCP: vhost-tap only (no baseline has a guest TCP stack)`;
+  // Two lines: in one, a long CPU model name pushed both ends past the chart's edges.
+  const sub = [`${m.model}, ${m.cpus} CPUs, Linux ${m.kernel}, Node ${m.node}${sys}`, `medians of ${report.options.rounds} rounds; TCP: vhost-tap only (no baseline has a guest TCP stack)`];
   return `<?xml version="1.0" encoding="UTF-8"?>
 <svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H + 50 + 20 * rows}" viewBox="0 0 ${W} ${H + 50 + 20 * rows}" font-family="sans-serif">
 <rect width="100%" height="100%" fill="white"/>
-<text x="${W / 2}" y="20" text-anchor="middle" font-size="12" fill="#555">${esc(sub)}</text>
+<text x="${W / 2}" y="14" text-anchor="middle" font-size="11" fill="#555">${esc(sub[0])}</text>
+<text x="${W / 2}" y="28" text-anchor="middle" font-size="11" fill="#555">${esc(sub[1])}</text>
 ${parts.join('\n')}
 ${legend}
 </svg>
