@@ -496,6 +496,8 @@ export interface NativeVhostUser {
   memfd(size: number, sealed?: boolean): number;
   /** What an fd is, in the kernel's words (fstat, the /proc/self/fd link, F_GETFL, F_GET_SEALS). */
   inspectFd(fd: number): NativeFdInfo;
+  /** A blocking eventfd whose counter is at its maximum (a write blocks): a hostile call/error fd for tests. */
+  fullEventfd(): number;
   /** Sets O_NONBLOCK on the fd's file description (shared with whoever handed it over). */
   setNonblock(fd: number): void;
   /**

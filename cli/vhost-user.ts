@@ -3,6 +3,8 @@
 // prints the ready line, session events on stderr and the statistics at the
 // end; the work is in VhostUserServer (backend/vhost-user/server.ts).
 
+import * as fs from 'node:fs';
+
 import { bits, TUN, VhostUserServer, VhostUserServerStats } from '../backend';
 import { OFFLOAD_MASK, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { Netns, requireRoot } from '../host/netns';
@@ -30,6 +32,10 @@ Options:
                       ${Object.keys(OFFLOAD_NAMES).join(', ')}.
                       Default: every one this kernel's TAP takes.
   --client            connect to PATH instead of listening on it
+  --socket-mode MODE  permission bits of the socket file, octal (e.g. 0660; default
+                      0777 minus the umask): who may connect
+  --socket-group G    group of the socket file (a name or a number)
+  --socket-owner U    owner of the socket file (a name or a number)
   --busy-poll US      each worker polls this many microseconds before sleeping (default 0)
   --io auto|readv     io_uring batching where the kernel allows it (auto, default) or
                       one readv/writev per frame
@@ -41,7 +47,32 @@ QEMU (guest RAM must be shareable; -numa ties it to the memory backend):
   qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=1G,share=on \\
     -numa node,memdev=mem -chardev socket,id=c0,path=PATH \\
     -netdev vhost-user,id=n0,chardev=c0,queues=N \\
-    -device virtio-net-pci,netdev=n0,mq=on`;
+    -device virtio-net-pci,netdev=n0,mq=on
+QEMU running as its own user (here in group kvm): --socket-mode 0660 --socket-group kvm
+
+A front end must send SET_OWNER within 10 s of connecting (QEMU and DPDK send it
+first), one that reads none of its replies for 5 s is dropped; either way the next
+front end is served.`;
+
+/** A user or group name (or a number) as an id, from /etc/passwd or /etc/group. */
+function idOf(flag: string, v: string, file: '/etc/passwd' | '/etc/group'): number {
+  if (/^\d+$/.test(v)) {
+    const n = Number(v);
+    if (n >= 0xffffffff) throw new UsageError(`--${flag}: ${v} is not an id`);
+    return n;
+  }
+  let text = '';
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    // No such file: only numbers work then.
+  }
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f[0] === v && /^\d+$/.test(f[2] ?? '')) return Number(f[2]);
+  }
+  throw new UsageError(`--${flag}: no ${file === '/etc/group' ? 'group' : 'user'} '${v}' in ${file} (give a name from it or a number)`);
+}
 
 /** Offload bits --offloads can name or leave out. */
 const ALL_OFFLOADS = bits('CSUM', 'GUEST_CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO', 'HOST_USO', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6');
@@ -69,6 +100,9 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     mtu: { type: 'string' },
     offloads: { type: 'string' },
     client: { type: 'boolean' },
+    'socket-mode': { type: 'string' },
+    'socket-group': { type: 'string' },
+    'socket-owner': { type: 'string' },
     'busy-poll': { type: 'string' },
     io: { type: 'string' },
     trace: { type: 'boolean' },
@@ -85,6 +119,17 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
   }
   const queues = intIn('queues', o.queues, 1, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  let socketMode: number | undefined;
+  if (o['socket-mode'] !== undefined) {
+    const m = String(o['socket-mode']);
+    if (!/^0?[0-7]{3}$/.test(m)) throw new UsageError(`--socket-mode must be octal permission bits such as 0660, got '${m}'`);
+    socketMode = parseInt(m, 8);
+  }
+  const socketGid = o['socket-group'] === undefined ? undefined : idOf('socket-group', String(o['socket-group']), '/etc/group');
+  const socketUid = o['socket-owner'] === undefined ? undefined : idOf('socket-owner', String(o['socket-owner']), '/etc/passwd');
+  if (o.client && (socketMode !== undefined || socketGid !== undefined || socketUid !== undefined)) {
+    throw new UsageError('--socket-mode, --socket-group and --socket-owner apply to a socket vhost-tap listens on, not to --client');
+  }
   const mtu = o.mtu === undefined ? undefined : intIn('mtu', o.mtu, 1500, 68, 65535);
   const busyPollUs = intIn('busy-poll', o['busy-poll'], 0, 0, 1_000_000, ' microseconds');
   if (o.io !== undefined && o.io !== 'auto' && o.io !== 'readv') throw new UsageError(`--io must be 'auto' or 'readv', got '${String(o.io)}'`);
@@ -109,6 +154,9 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   const server = new VhostUserServer({
     socket: o.socket,
     client: !!o.client,
+    socketMode,
+    socketGid,
+    socketUid,
     tap: o.tap,
     netns: o.netns as string | undefined,
     queuePairs: queues,

@@ -9,6 +9,7 @@
 #include <napi.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -184,6 +185,21 @@ Napi::Value Memfd(const Napi::CallbackInfo& info) {
     ThrowErrno(env, e, "ftruncate", "sizing test guest memory");
   }
   return Napi::Number::New(env, fd);
+}
+
+// fullEventfd(): a blocking eventfd whose counter is at its maximum, so that
+// a write to it blocks until someone reads: what a hostile front end hands
+// over as a call or error fd (tests).
+Napi::Value FullEventfd(const Napi::CallbackInfo& info) {
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "eventfd", "creating an eventfd");
+  const uint64_t max = UINT64_MAX - 1;
+  if (write(fd, &max, sizeof max) != sizeof max) {
+    const int e = errno;
+    close(fd);
+    ThrowErrno(info.Env(), e, "write", "filling an eventfd");
+  }
+  return Napi::Number::New(info.Env(), fd);
 }
 
 // inspectFd(fd) -> { type, link, nonblock, seals, size }: what a front end
@@ -771,6 +787,7 @@ void InitVhostUser(Napi::Env env, Napi::Object exports) {
   v.Set("streamPair", Napi::Function::New<StreamPair>(env, "streamPair"));
   v.Set("memfd", Napi::Function::New<Memfd>(env, "memfd"));
   v.Set("inspectFd", Napi::Function::New<InspectFd>(env, "inspectFd"));
+  v.Set("fullEventfd", Napi::Function::New<FullEventfd>(env, "fullEventfd"));
   v.Set("setNonblock", Napi::Function::New<SetNonblock>(env, "setNonblock"));
   v.Set("Connection", Connection::Define(env));
   v.Set("Listener", Listener::Define(env));

@@ -543,7 +543,11 @@ export class VhostUserSession extends EventEmitter {
     const r = this.ring(index);
     const fd = nofd ? -1 : fds[0];
     const p = index >> 1;
-    if (!nofd) eventfdOrRefuse(fd, index, request === REQ.SET_VRING_KICK ? 'kick' : request === REQ.SET_VRING_CALL ? 'call' : 'error');
+    if (!nofd) {
+      const kind = request === REQ.SET_VRING_KICK ? 'kick' : request === REQ.SET_VRING_CALL ? 'call' : 'error';
+      const wasNonblocking = eventfdOrRefuse(fd, index, kind);
+      this.opts.trace?.(`vhost-user: ring ${index} ${kind} fd: eventfd, ${wasNonblocking ? 'non-blocking as sent' : 'sent blocking, made non-blocking'}`);
+    }
     if (request === REQ.SET_VRING_KICK) {
       if (nofd) throw new Refuse(`ring ${index}: no kick fd (polling mode) is not supported`);
       if (!this.regions) throw new Refuse(`ring ${index}: SET_VRING_KICK before SET_MEM_TABLE`);
@@ -761,7 +765,7 @@ function describeFd(info: NativeFdInfo): string {
  * non-blocking (QEMU's and DPDK's already are), so that a counter at its maximum never blocks
  * a worker's interrupt or the JS thread's error signal.
  */
-function eventfdOrRefuse(fd: number, index: number, kind: 'kick' | 'call' | 'error'): void {
+function eventfdOrRefuse(fd: number, index: number, kind: 'kick' | 'call' | 'error'): boolean {
   let info: NativeFdInfo;
   try {
     info = addon().vhostUser.inspectFd(fd);
@@ -774,6 +778,7 @@ function eventfdOrRefuse(fd: number, index: number, kind: 'kick' | 'call' | 'err
   } catch (e) {
     throw new Refuse(`ring ${index}: the ${kind} fd cannot be made non-blocking: ${oneLine(e)}`);
   }
+  return info.nonblock;
 }
 
 /** F_SEAL_SHRINK (linux/fcntl.h): the memfd can never get smaller. */
@@ -797,7 +802,8 @@ function memoryFdOrRefuse(fd: number, i: number): string {
     throw new Refuse(`region ${i}: the fd is ${describeFd(info)}; guest memory must be a memfd or a regular file (shared memory)`);
   }
   const sealed = info.seals >= 0 && (info.seals & F_SEAL_SHRINK) !== 0;
-  return `region ${i}: ${info.type === 'memfd' ? 'memfd' : info.link}, ${info.size} bytes, ${sealed ? 'sealed against shrinking' : 'not sealed (a shrink is contained)'}`;
+  const seals = info.seals < 0 ? 'no seals possible' : `seals ${hex(info.seals)}`;
+  return `region ${i}: ${info.type === 'memfd' ? 'memfd' : info.link}, ${info.size} bytes, ${seals}, ${sealed ? 'sealed against shrinking' : 'not sealed (a shrink is contained)'}`;
 }
 
 function u64(m: NativeVuMessage): bigint {
