@@ -178,8 +178,8 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   server.on('session-end', (reason: string) => log(`vhost-user: waiting for the next front end (${reason})`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const how = o.client ? `connecting to ${o.socket}` : `listening on ${o.socket}`;
-  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
-  const sig = await new Promise<string>((resolve) => {
+  // The handlers go in before the ready line: whoever waits for it may signal at once.
+  const sig = new Promise<string>((resolve) => {
     const on = (s: string): void => {
       process.removeListener('SIGINT', on);
       process.removeListener('SIGTERM', on);
@@ -189,11 +189,13 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     process.on('SIGTERM', on);
     void failed.then(() => on('error'));
   });
+  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
+  await sig;
   await server.close();
   // After close: the last session's counters are in (its workers stopped).
   const final = server.stats();
   if (failure) console.error(`vhost-tap: ${failure.message}`);
-  else if (!o.json) console.log(`stopped on ${sig}`);
+  else if (!o.json) console.log(`stopped on ${await sig}`);
   printStats(final, !!o.json);
   return failure ? 1 : 0;
 }

@@ -492,7 +492,9 @@ test.serial('the socket file gets the mode, group and owner asked for (library a
       t.is(st2.mode & 0o777, 0o640);
       t.is(st2.gid, 65534);
     } finally {
-      await cli.stop('SIGTERM');
+      const r = await cli.stop('SIGTERM');
+      t.is(r.code, 0, r.stderr);
     }
+    t.false(fs.existsSync(sock2), 'the CLI removed its socket file');
   });
 });
