@@ -10,6 +10,7 @@
         "native/notify.cc",
         "native/memory.cc",
         "native/memory_binding.cc",
+        "native/fault_guard.cc",
         "native/virtqueue.cc",
         "native/ctrl_queue.cc",
         "native/ctrl_binding.cc",

@@ -244,6 +244,13 @@ export class TapDataPath {
     return this.engines[p] !== undefined;
   }
 
+  /** A new call fd for running pair p's RX or TX ring, swapped into its worker (no restart). */
+  setCallFd(p: number, ring: 'rx' | 'tx', fd: number): void {
+    const e = this.engines[p];
+    if (!e) throw new DeviceStateError(`queue pair ${p} is not running`);
+    native(this.what, () => e.setCallFd(ring, fd));
+  }
+
   /** Starts pair p's engine on its TAP queue, attaching the queue if it was detached. */
   startPair(p: number, setup: PairSetup): void {
     if (this.engines[p]) return;

@@ -158,6 +158,14 @@ export interface NativeGuestMemory {
    */
   replaceFds(regions: NativeFdRegion[]): void;
   /**
+   * An eventfd (owned by the memory) that fires when a SIGBUS was contained in one of the fd
+   * mappings: the front end shrank a region's file under the device. The pages from the fault
+   * to the mapping's end read zeros since; faulted() says which regions.
+   */
+  faultFd(): number;
+  /** Guest addresses of the current table's regions in which a SIGBUS was contained. */
+  faulted(): number[];
+  /**
    * Drops the table: no regions at all (a vhost-user session ended). Its mappings go now, or
    * when the last worker still holding the table lets go of it (stop and close engines first).
    * Nothing can start on a cleared memory until the next replace/replaceFds.
@@ -307,6 +315,12 @@ export interface NativeEngine {
    */
   setCoalescing(queue: 'rx' | 'tx', maxPackets: number, maxUsecs: number): void;
   /**
+   * A new call fd for the RX or TX queue, swapped into the running worker without a restart
+   * (the worker signals it once when it takes it); used by the next start() too. The engine
+   * writes its own duplicate: the caller keeps `fd` and may close it. It must be non-blocking.
+   */
+  setCallFd(queue: 'rx' | 'tx', fd: number): void;
+  /**
    * Stops the worker and releases what the engine holds now rather than at garbage
    * collection: the thread, its reference to the guest memory and the table it last used
    * (for vhost-user, the front end's mappings). Idempotent; stop() and wake() do nothing
@@ -450,13 +464,30 @@ export interface NativeVuConnection {
   replyState(request: number, index: number, num: number): void;
   /** Raw bytes with up to 32 fds attached to the first byte (test front ends; a back end accepts 8). */
   sendRaw(bytes: Uint8Array, fds?: number[]): void;
+  /** Stops (true) or resumes reading messages: a test front end that does not read its replies. */
+  pauseReading(paused: boolean): void;
+  /** Bytes queued for the peer (sends never wait; what the socket does not take waits here). */
+  readonly queuedBytes: number;
   /** Stops reading and closes the socket; fds of a message half read are closed. */
   close(): void;
 }
 
+export interface NativeFdInfo {
+  type: 'eventfd' | 'memfd' | 'regular' | 'socket' | 'pipe' | 'chardev' | 'blockdev' | 'directory' | 'other';
+  /** The /proc/self/fd link: a path, "anon_inode:[eventfd]", "socket:[N]", ... */
+  link: string;
+  nonblock: boolean;
+  /** F_GET_SEALS; -1 when the file cannot carry seals (not a memfd or shmem file). */
+  seals: number;
+  size: number;
+}
+
 export interface NativeVhostUser {
-  /** A listening AF_UNIX stream socket bound to `path` (non-blocking, close-on-exec). */
-  listen(path: string): number;
+  /**
+   * A listening AF_UNIX stream socket bound to `path` (non-blocking, close-on-exec); `mode`,
+   * `uid` and `gid` are set on the socket file before it listens.
+   */
+  listen(path: string, opts?: { mode?: number; uid?: number; gid?: number }): number;
   /** A waiting connection's fd, or -1 when none is waiting. */
   accept(listenFd: number): number;
   /**
@@ -467,10 +498,20 @@ export interface NativeVhostUser {
   connect(path: string): number;
   /** socketpair(AF_UNIX, SOCK_STREAM) for tests. */
   streamPair(): [number, number];
-  /** memfd_create + ftruncate: shareable memory for test front ends. */
-  memfd(size: number): number;
-  /** Reads messages on this thread's event loop; takes ownership of `fd`. */
-  Connection: new (fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) => NativeVuConnection;
+  /** memfd_create + ftruncate: shareable memory for test front ends; `sealed`: F_SEAL_SHRINK | F_SEAL_GROW. */
+  memfd(size: number, sealed?: boolean): number;
+  /** What an fd is, in the kernel's words (fstat, the /proc/self/fd link, F_GETFL, F_GET_SEALS). */
+  inspectFd(fd: number): NativeFdInfo;
+  /** A blocking eventfd whose counter is at its maximum (a write blocks): a hostile call/error fd for tests. */
+  fullEventfd(): number;
+  /** Sets O_NONBLOCK on the fd's file description (shared with whoever handed it over). */
+  setNonblock(fd: number): void;
+  /**
+   * Reads messages on this thread's event loop; takes ownership of `fd`. Sends never wait:
+   * output the socket does not take queues; a peer that reads none of it for `sendStallMs`
+   * (default 5000) is dropped (`closed` is called with the reason).
+   */
+  Connection: new (fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks, opts?: { sendStallMs?: number }) => NativeVuConnection;
   /** Calls `cb` (with an error string or null) when the listening socket has a connection waiting. */
   Listener: new (fd: number, cb: (error: string | null) => void) => { close(): void; pause(): void; resume(): void };
   constants: {

@@ -33,6 +33,10 @@ Options:
                       ${Object.keys(OFFLOAD_NAMES).join(', ')}.
                       Default: every one this kernel's TAP takes.
   --client            connect to PATH instead of listening on it
+  --socket-mode MODE  permission bits of the socket file, octal (e.g. 0660; default
+                      0777 minus the umask): who may connect
+  --socket-group G    group of the socket file (a name or a number)
+  --socket-owner U    owner of the socket file (a name or a number)
   --busy-poll US      each worker polls this many microseconds before sleeping (default 0)
   --io auto|readv     io_uring batching where the kernel allows it (auto, default) or
                       one readv/writev per frame
@@ -49,7 +53,32 @@ guest: 'vhost-tap guest-image vt-guest' writes one there.
     -chardev socket,id=c0,path=/tmp/vt.sock -netdev vhost-user,id=n0,chardev=c0,queues=2 \\
     -device virtio-net-pci,netdev=n0,mq=on,vectors=0 \\
     -kernel vt-guest/vmlinuz -initrd vt-guest/initrd.cpio.gz -append "console=ttyS0 quiet vt.ip4=10.9.0.2/24"
-With --client, QEMU listens: add ,server=on,wait=off to its -chardev.`;
+With --client, QEMU listens: add ,server=on,wait=off to its -chardev.
+QEMU running as its own user (here in group kvm): --socket-mode 0660 --socket-group kvm
+
+A front end must send SET_OWNER within 10 s of connecting (QEMU and DPDK send it
+first), one that reads none of its replies for 5 s is dropped; either way the next
+front end is served.`;
+
+/** A user or group name (or a number) as an id, from /etc/passwd or /etc/group. */
+function idOf(flag: string, v: string, file: '/etc/passwd' | '/etc/group'): number {
+  if (/^\d+$/.test(v)) {
+    const n = Number(v);
+    if (n >= 0xffffffff) throw new UsageError(`--${flag}: ${v} is not an id`);
+    return n;
+  }
+  let text = '';
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    // No such file: only numbers work then.
+  }
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f[0] === v && /^\d+$/.test(f[2] ?? '')) return Number(f[2]);
+  }
+  throw new UsageError(`--${flag}: no ${file === '/etc/group' ? 'group' : 'user'} '${v}' in ${file} (give a name from it or a number)`);
+}
 
 /** Offload bits --offloads can name or leave out. */
 const ALL_OFFLOADS = bits('CSUM', 'GUEST_CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_ECN', 'HOST_UFO', 'HOST_USO', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6');
@@ -77,6 +106,9 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     mtu: { type: 'string' },
     offloads: { type: 'string' },
     client: { type: 'boolean' },
+    'socket-mode': { type: 'string' },
+    'socket-group': { type: 'string' },
+    'socket-owner': { type: 'string' },
     'busy-poll': { type: 'string' },
     io: { type: 'string' },
     trace: { type: 'boolean' },
@@ -95,6 +127,17 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     throw new UsageError(`--tap: '${o.tap}' must be 1 to ${TUN.MAX_NAME} bytes of letters, digits, '_', '.' and '-'`);
   }
   const queues = intIn('queues', o.queues, 1, 1, TUN.MAX_QUEUES, " (the TAP's queue limit)");
+  let socketMode: number | undefined;
+  if (o['socket-mode'] !== undefined) {
+    const m = String(o['socket-mode']);
+    if (!/^0?[0-7]{3}$/.test(m)) throw new UsageError(`--socket-mode must be octal permission bits such as 0660, got '${m}'`);
+    socketMode = parseInt(m, 8);
+  }
+  const socketGid = o['socket-group'] === undefined ? undefined : idOf('socket-group', String(o['socket-group']), '/etc/group');
+  const socketUid = o['socket-owner'] === undefined ? undefined : idOf('socket-owner', String(o['socket-owner']), '/etc/passwd');
+  if (o.client && (socketMode !== undefined || socketGid !== undefined || socketUid !== undefined)) {
+    throw new UsageError('--socket-mode, --socket-group and --socket-owner apply to a socket vhost-tap listens on, not to --client');
+  }
   const mtu = o.mtu === undefined ? undefined : intIn('mtu', o.mtu, 1500, 68, 65535);
   const busyPollUs = intIn('busy-poll', o['busy-poll'], 0, 0, 1_000_000, ' microseconds');
   if (o.io !== undefined && o.io !== 'auto' && o.io !== 'readv') throw new UsageError(`--io must be 'auto' or 'readv', got '${String(o.io)}'`);
@@ -118,6 +161,9 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   const server = new VhostUserServer({
     socket: o.socket,
     client: !!o.client,
+    socketMode,
+    socketGid,
+    socketUid,
     tap: o.tap,
     netns: o.netns as string | undefined,
     queuePairs: queues,
@@ -139,8 +185,8 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   server.on('session-end', (reason: string) => log(`vhost-user: waiting for the next front end (${reason})`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const how = o.client ? `connecting to ${o.socket}` : `listening on ${o.socket}`;
-  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
-  const sig = await new Promise<string>((resolve) => {
+  // The handlers go in before the ready line: whoever waits for it may signal at once.
+  const sig = new Promise<string>((resolve) => {
     const on = (s: string): void => {
       process.removeListener('SIGINT', on);
       process.removeListener('SIGTERM', on);
@@ -150,11 +196,13 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     process.on('SIGTERM', on);
     void failed.then(() => on('error'));
   });
+  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
+  await sig;
   await server.close();
   // After close: the last session's counters are in (its workers stopped).
   const final = server.stats();
   if (failure) console.error(`vhost-tap: ${failure.message}`);
-  else if (!o.json) console.log(`stopped on ${sig}`);
+  else if (!o.json) console.log(`stopped on ${await sig}`);
   printStats(final, !!o.json);
   return failure ? 1 : 0;
 }

@@ -3,6 +3,7 @@
 // batches handed to the TapIo.
 #include "engine.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/epoll.h>
@@ -255,6 +256,21 @@ SysResult Engine::Start() {
     if (io_ && !cfg_.sqpoll && !UringPinned()) io_ = MakeAutoIo(std::move(io_), cfg_.tap_fd);
   }
   if (!io_) io_ = MakeReadvIo(cfg_.tap_fd);
+  // The worker writes its own copies of the call fds: SetCallFd() swaps them
+  // while it runs, and the caller may close its fd at once.
+  for (int i = 0; i < 2; i++) {
+    call_fd_[i] = fcntl(i == 0 ? cfg_.rx.call_fd : cfg_.tx.call_fd, F_DUPFD_CLOEXEC, 3);
+    if (call_fd_[i] < 0) {
+      r.err = errno;
+      r.syscall = "fcntl(F_DUPFD_CLOEXEC)";
+      CloseCallFds();
+      io_.reset();
+      close(epoll_fd_);
+      close(wake_fd_);
+      epoll_fd_ = wake_fd_ = -1;
+      return r;
+    }
+  }
   io_name.store(io_->name());
   rx_batch_ = 1;
   // A restart starts from a clean I/O state; the rings carry the rest.
@@ -289,7 +305,50 @@ void Engine::Stop(bool drain_rx) {
   stash_.GiveBack(rx_);
   rx_stats.last_avail_idx = rx_.last_avail();
   io_.reset();
+  CloseCallFds();
   running_ = false;
+}
+
+void Engine::CloseCallFds() {
+  for (int i = 0; i < 2; i++) {
+    if (call_fd_[i] >= 0) close(call_fd_[i]);
+    call_fd_[i] = -1;
+    const int pending = next_call_fd_[i].exchange(-1);
+    if (pending >= 0) close(pending);
+  }
+}
+
+SysResult Engine::SetCallFd(bool rx, int fd) {
+  SysResult r;
+  (rx ? cfg_.rx : cfg_.tx).call_fd = fd;  // for the next Start(); the worker reads call_fd_ only
+  if (!running_) return r;
+  const int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  if (copy < 0) {
+    r.err = errno;
+    r.syscall = "fcntl(F_DUPFD_CLOEXEC)";
+    return r;
+  }
+  // A swap the worker has not taken yet is replaced whole.
+  const int replaced = next_call_fd_[rx ? 0 : 1].exchange(copy);
+  if (replaced >= 0) close(replaced);
+  Wake();
+  return r;
+}
+
+// Worker thread, between batches: takes call fds SetCallFd() handed over.
+void Engine::TakeCallFds() {
+  for (int i = 0; i < 2; i++) {
+    if (next_call_fd_[i].load(std::memory_order_relaxed) < 0) continue;
+    const int fd = next_call_fd_[i].exchange(-1);
+    if (fd < 0) continue;
+    close(call_fd_[i]);
+    call_fd_[i] = fd;
+    // An interrupt that went to the old fd during the switch may be lost to
+    // the driver; a spurious one is harmless (it finds nothing new).
+    const uint64_t one = 1;
+    ssize_t w = write(fd, &one, sizeof one);
+    (void)w;
+  }
 }
 
 // Only the offending queue stops: the backend resets the whole device anyway
@@ -321,8 +380,10 @@ void Engine::Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const Que
 
 void Engine::Interrupt(const QueueConfig& qc, QueueStats& st) {
   uint64_t one = 1;
-  // A full eventfd counter (EAGAIN) already means "interrupt pending".
-  if (write(qc.call_fd, &one, sizeof one) == sizeof one || errno == EAGAIN) QueueStats::Add(st.interrupts, 1);
+  // A full eventfd counter (EAGAIN) already means "interrupt pending". The fd
+  // is non-blocking (the caller's rule): a full counter never blocks the worker.
+  if (write(call_fd_[&qc == &cfg_.tx ? 1 : 0], &one, sizeof one) == sizeof one || errno == EAGAIN)
+    QueueStats::Add(st.interrupts, 1);
 }
 
 void Engine::SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) {
@@ -750,7 +811,15 @@ void Engine::UpdateTapInterest() {
 
 void Engine::DrainKick(int fd, QueueStats& st) {
   uint64_t v;
-  if (read(fd, &v, sizeof v) == sizeof v) QueueStats::Add(st.kicks, 1);
+  const ssize_t n = read(fd, &v, sizeof v);
+  if (n == sizeof v) {
+    QueueStats::Add(st.kicks, 1);
+  } else if (n >= 0 || (errno != EAGAIN && errno != EINTR)) {
+    // Not an eventfd's answer (a pipe at EOF, a socket whose peer is gone):
+    // epoll would report it readable for ever and the worker would spin. It
+    // stops being watched; the rings are still served on other wake-ups.
+    epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  }
 }
 
 // Spins for up to busy_poll_us looking for work that would otherwise need a
@@ -833,6 +902,7 @@ void Engine::Loop() {
   epoll_event evs[kMaxEvents];
   while (!stop_.load(std::memory_order_relaxed)) {
     RefreshMemory();
+    TakeCallFds();
     bool more = false;
     if (!tx_broken_) more |= ProcessTx();
     if (!rx_broken_) more |= ProcessRx();

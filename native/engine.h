@@ -90,6 +90,12 @@ class Engine {
   // at its next round, and an interrupt the new values make due goes out then.
   void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs);
 
+  // Replaces the RX or TX call fd (vhost-user SET_VRING_CALL) without a
+  // restart: the engine writes its own duplicate, so the caller may close `fd`
+  // after this returns. The running worker takes it between batches and sends
+  // one interrupt on it. From the thread that starts and stops the engine.
+  SysResult SetCallFd(bool rx, int fd);
+
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
   // What the worker uses now (TapIo::name(); string literal).
@@ -132,6 +138,8 @@ class Engine {
   int Wait(epoll_event* evs, int max, int64_t timeout_ns);
   void UpdateTapInterest();
   void DrainKick(int fd, QueueStats& st);
+  void TakeCallFds();
+  void CloseCallFds();
   bool BusyPoll();
 
   EngineConfig cfg_;
@@ -158,6 +166,10 @@ class Engine {
   std::atomic<uint64_t> coalescing_[2] = {};
   int epoll_fd_ = -1;
   int wake_fd_ = -1;  // written by Stop() and Wake()
+  // The call fds the worker writes ([0] RX, [1] TX): duplicates owned by the
+  // engine from Start() to Stop(); SetCallFd() hands a new one over in next_call_fd_.
+  int call_fd_[2] = {-1, -1};
+  std::atomic<int> next_call_fd_[2] = {-1, -1};
 
   // Worker-thread state.
   std::unique_ptr<TapIo> io_;

@@ -120,6 +120,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::Stats>("stats"), InstanceMethod<&EngineWrap::Wake>("wake"),
                         InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter"),
                         InstanceMethod<&EngineWrap::SetCoalescing>("setCoalescing"),
+                        InstanceMethod<&EngineWrap::SetCallFd>("setCallFd"),
                         InstanceMethod<&EngineWrap::Close>("close")});
   }
 
@@ -259,6 +260,20 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       v[i] = static_cast<uint32_t>(d);
     }
     engine_->SetCoalescing(dir == "rx", v[0], v[1]);
+  }
+
+  // setCallFd(queue: 'rx' | 'tx', fd): a new call fd, swapped into the running
+  // worker (no restart); the engine keeps its own copy, the caller keeps `fd`.
+  void SetCallFd(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    const std::string dir = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (dir != "rx" && dir != "tx") BadArg(env, "setCallFd(queue, fd): queue must be 'rx' or 'tx'");
+    const double d = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d <= INT32_MAX && d == static_cast<double>(static_cast<int64_t>(d))))
+      BadArg(env, "setCallFd(queue, fd): fd must be a non-negative integer");
+    const SysResult r = engine_->SetCallFd(dir == "rx", static_cast<int>(d));
+    if (!r.ok()) ThrowErrno(env, r.err, r.syscall, "handing the engine a new call fd");
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

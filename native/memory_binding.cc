@@ -3,6 +3,7 @@
 // queries the backend needs. The table logic itself is memory.cc.
 #include "memory_binding.h"
 
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,6 +12,7 @@
 #include <cmath>
 
 #include "errors.h"
+#include "fault_guard.h"
 #include "virtqueue.h"
 
 namespace vt {
@@ -88,7 +90,9 @@ Napi::Function GuestMemoryWrap::Define(Napi::Env env) {
                       InstanceMethod<&GuestMemoryWrap::UserToGuest>("userToGuest"),
                       InstanceMethod<&GuestMemoryWrap::Regions>("regions"),
                       InstanceMethod<&GuestMemoryWrap::CheckRings>("checkRings"),
-                      InstanceMethod<&GuestMemoryWrap::Read>("read")});
+                      InstanceMethod<&GuestMemoryWrap::Read>("read"),
+                      InstanceMethod<&GuestMemoryWrap::FaultFd>("faultFd"),
+                      InstanceMethod<&GuestMemoryWrap::Faulted>("faulted")});
 }
 
 GuestMemoryWrap* GuestMemoryWrap::From(const Napi::Value& v, const char* what) {
@@ -130,10 +134,55 @@ void GuestMemoryWrap::InstallBuffers(const Napi::Value& list) {
   Install(std::move(t), std::move(refs));
 }
 
+GuestMemoryWrap::~GuestMemoryWrap() {
+  // Mappings still registered hold their own copy of it.
+  if (fault_fd_ >= 0) close(fault_fd_);
+}
+
+int GuestMemoryWrap::EnsureFaultFd(Napi::Env env) {
+  if (fault_fd_ < 0) {
+    fault_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fault_fd_ < 0) ThrowErrno(env, errno, "eventfd", "creating guest memory's fault eventfd");
+  }
+  return fault_fd_;
+}
+
+// faultFd(): an eventfd that fires when a SIGBUS was contained in a mapping
+// of this memory (the front end shrank a region's file under it).
+Napi::Value GuestMemoryWrap::FaultFd(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), EnsureFaultFd(info.Env()));
+}
+
+// faulted(): the guest addresses of the current table's regions in which a
+// SIGBUS was contained (they read zeros since).
+Napi::Value GuestMemoryWrap::Faulted(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (const auto& [slot, gpa] : guards_)
+    if (fault_guard::Faulted(slot)) out.Set(n++, Napi::Number::New(env, static_cast<double>(gpa)));
+  return out;
+}
+
 void GuestMemoryWrap::ReplaceFds(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array a = RegionList(info[0], "replaceFds");
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const bool had_fault_fd = fault_fd_ >= 0;
+  const int notify = EnsureFaultFd(env);
+  // A first table refused below leaves no fault eventfd behind (the memory may
+  // wait long for the garbage collector).
+  struct DropNew {
+    GuestMemoryWrap* self;
+    bool armed;
+    ~DropNew() {
+      if (armed && self->fault_fd_ >= 0) {
+        close(self->fault_fd_);
+        self->fault_fd_ = -1;
+      }
+    }
+  } drop_new{this, !had_fault_fd};
+  std::vector<std::pair<int, uint64_t>> guards;
   std::vector<Region> regions;
   std::vector<std::shared_ptr<void>> owners;  // unmap on any failure below, and when the table goes
   for (uint32_t i = 0; i < a.Length(); i++) {
@@ -153,6 +202,9 @@ void GuestMemoryWrap::ReplaceFds(const Napi::CallbackInfo& info) {
     if (offset > UINT64_MAX - r.size) BadArg(env, where + "mmapOffset + size overflows");
     struct stat st;
     if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat", where + "checking the region's fd");
+    // Shared memory is a file: a memfd, or one on tmpfs or hugetlbfs. Anything
+    // else (a device, a socket, an eventfd) is not memory the guest can share.
+    if (!S_ISREG(st.st_mode)) BadArg(env, where + "the fd is not a regular file or memfd (shared guest memory)");
     // Never map more than the front end gave: the region must lie inside the file.
     if (st.st_size < 0 || offset + r.size > static_cast<uint64_t>(st.st_size))
       BadArg(env, where + "mmapOffset " + std::to_string(offset) + " + size " + std::to_string(r.size) +
@@ -163,7 +215,18 @@ void GuestMemoryWrap::ReplaceFds(const Napi::CallbackInfo& info) {
     const uint64_t maplen = offset - start + r.size;
     void* base = mmap(nullptr, maplen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, static_cast<off_t>(start));
     if (base == MAP_FAILED) ThrowErrno(env, errno, "mmap", where + "mapping the region's fd");
-    owners.emplace_back(base, [maplen](void* p) { munmap(p, maplen); });
+    // A front end that shrinks the file later would make every access past its
+    // new end raise SIGBUS: contained (fault_guard.h), the session then ends.
+    const int slot = fault_guard::Register(base, maplen, notify);
+    if (slot < 0) {
+      munmap(base, maplen);
+      ThrowCode(env, "ENOMEM", where + "too many guest memory mappings at once to guard against SIGBUS");
+    }
+    owners.emplace_back(base, [maplen, slot](void* p) {
+      fault_guard::Unregister(slot);
+      munmap(p, maplen);
+    });
+    guards.emplace_back(slot, r.guest_addr);
     r.host = static_cast<uint8_t*>(base) + (offset - start);
     regions.push_back(r);
   }
@@ -171,6 +234,8 @@ void GuestMemoryWrap::ReplaceFds(const Napi::CallbackInfo& info) {
   std::shared_ptr<const MemoryTable> t = MemoryTable::Make(std::move(regions), std::move(owners), &why);
   if (!t) BadArg(env, "guest memory: " + why);
   Install(std::move(t), {});
+  guards_ = std::move(guards);
+  drop_new.armed = false;
 }
 
 // The table goes now (its mappings with it) unless a worker still holds it:
@@ -178,6 +243,10 @@ void GuestMemoryWrap::ReplaceFds(const Napi::CallbackInfo& info) {
 // start on a cleared memory (Validate: "no guest memory").
 void GuestMemoryWrap::Clear(const Napi::CallbackInfo&) {
   slot_->Set(nullptr);
+  guards_.clear();
+  // Mappings a worker still holds keep their own copy; a later replaceFds makes a new one.
+  if (fault_fd_ >= 0) close(fault_fd_);
+  fault_fd_ = -1;
   for (size_t i = 0; i < pinned_.size();) {
     if (pinned_[i].table.expired()) pinned_.erase(pinned_.begin() + static_cast<ptrdiff_t>(i));
     else i++;

@@ -19,6 +19,7 @@ class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
   static GuestMemoryWrap* From(const Napi::Value& v, const char* what);
 
   explicit GuestMemoryWrap(const Napi::CallbackInfo& info);
+  ~GuestMemoryWrap() override;
 
   const std::shared_ptr<MemorySlot>& slot() const { return slot_; }
 
@@ -33,6 +34,9 @@ class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
   Napi::Value Regions(const Napi::CallbackInfo& info);
   Napi::Value CheckRings(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
+  Napi::Value FaultFd(const Napi::CallbackInfo& info);
+  Napi::Value Faulted(const Napi::CallbackInfo& info);
+  int EnsureFaultFd(Napi::Env env);
 
   // Builds a table over SharedArrayBuffers and installs it.
   void InstallBuffers(const Napi::Value& regions);
@@ -47,6 +51,10 @@ class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
     std::vector<Napi::ObjectReference> refs;
   };
   std::vector<Pinned> pinned_;
+  // Fires when a SIGBUS was contained in one of this memory's fd mappings.
+  int fault_fd_ = -1;
+  // The current fd table's guarded mappings: fault_guard slot, guest address.
+  std::vector<std::pair<int, uint64_t>> guards_;
 };
 
 }  // namespace vt

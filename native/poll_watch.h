@@ -52,6 +52,13 @@ class PollWatch {
   void Resume() {
     if (h_) uv_poll_start(&h_->poll, h_->events, &PollWatch::OnEvent);
   }
+  // Watches for `events` from now on (0: none until the next SetEvents).
+  void SetEvents(int events) {
+    if (!h_) return;
+    h_->events = events;
+    if (events) uv_poll_start(&h_->poll, events, &PollWatch::OnEvent);
+    else uv_poll_stop(&h_->poll);
+  }
 
   // Stops for good; the handle's block goes when libuv is done with it.
   void Close() {

@@ -2,19 +2,24 @@
 // socket, and a connection that reads messages with their fds (SCM_RIGHTS,
 // MSG_CMSG_CLOEXEC) on the JS thread's event loop (libuv poll), decodes them
 // with native/vhost_user.h and hands them to JS; sends replies (and, for test
-// front ends, raw bytes with fds). No protocol policy here: the session in
+// front ends, raw bytes with fds) without ever waiting for the peer: what the
+// socket does not take queues and goes out when it is writable. Also what a
+// handed-over fd is (inspectFd). No protocol policy here: the session in
 // backend/ decides. Fds of a refused message are closed before JS hears of it.
 #include <napi.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -28,19 +33,29 @@ namespace {
 
 namespace vu = vhost_user;
 
-// Messages handled per readable event before going back to the event loop, so
-// a front end that floods the socket cannot starve timers and other I/O; the
-// poll fires again while data is left.
+// Per readable event, messages are handled until this much time has gone
+// (or kMessagesPerWake), then the event loop runs timers and other I/O: the
+// poll fires again while data is left. Time, not a message count, because
+// messages differ in cost by orders of magnitude (a GET_FEATURES is a reply,
+// a SET_MEM_TABLE maps up to 8 regions, a GET_VRING_BASE joins a worker).
+// 2 ms keeps a flood's share of the loop small against the 100 ms the event
+// loop may never be stalled by a front end.
+constexpr uint64_t kWakeBudgetNs = 2'000'000;
+// And at most this many, however cheap: a bound on work per wake-up that does
+// not depend on the clock's resolution.
 constexpr int kMessagesPerWake = 64;
 
 // Test front ends may attach more fds than a back end accepts (to see it
 // refuse them); the kernel's own limit per message is 253.
 constexpr size_t kMaxSendFds = 32;
 
-// How long a send waits for room in the socket buffer. Replies are a few
-// bytes and the front end waits for them; a peer that stops reading for this
-// long is treated as gone.
-constexpr int kSendTimeoutMs = 5000;
+// How long queued output may wait for the peer to read (default; the
+// connection's option sendStallMs). Replies are a few bytes and a front end
+// waits for each one; a peer that reads nothing for this long is gone.
+constexpr double kSendStallMs = 5000;
+// Output queued at most: a back end stops reading requests while its replies
+// wait, so it holds a message's worth; a test front end may queue more.
+constexpr size_t kMaxQueuedBytes = 1 << 20;
 
 int FdArg(const Napi::CallbackInfo& info, size_t i, const char* what) {
   if (!info[i].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", std::string(what) + " must be a number");
@@ -61,9 +76,28 @@ sockaddr_un UnixAddr(Napi::Env env, const Napi::Value& v) {
   return a;
 }
 
+// listen(path, { mode?, uid?, gid? }): mode and owner are set on the socket
+// file between bind() and listen(), so no front end can connect while it
+// still has the umask's mode (connecting before listen() is refused).
 Napi::Value Listen(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   sockaddr_un a = UnixAddr(env, info[0]);
+  int64_t mode = -1, uid = -1, gid = -1;
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    if (!info[1].IsObject()) ThrowCode(env, "EVHOST_BADARG", "listen options must be an object");
+    Napi::Object o = info[1].As<Napi::Object>();
+    auto get = [&](const char* k, int64_t hi) -> int64_t {
+      Napi::Value v = o.Get(k);
+      if (v.IsUndefined()) return -1;
+      const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+      if (!(d >= 0 && d <= static_cast<double>(hi)) || d != static_cast<double>(static_cast<int64_t>(d)))
+        ThrowCode(env, "EVHOST_BADARG", std::string(k) + " must be an integer from 0 to " + std::to_string(hi));
+      return static_cast<int64_t>(d);
+    };
+    mode = get("mode", 07777);
+    uid = get("uid", UINT32_MAX - 1);
+    gid = get("gid", UINT32_MAX - 1);
+  }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) ThrowErrno(env, errno, "socket", "creating the vhost-user socket");
   if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) < 0) {
@@ -71,6 +105,17 @@ Napi::Value Listen(const Napi::CallbackInfo& info) {
     close(fd);
     ThrowErrno(env, e, "bind", std::string("binding the vhost-user socket to ") + a.sun_path);
   }
+  auto fail = [&](int e, const char* call, const std::string& what) {
+    close(fd);
+    unlink(a.sun_path);
+    ThrowErrno(env, e, call, what);
+  };
+  if ((uid >= 0 || gid >= 0) &&
+      chown(a.sun_path, uid >= 0 ? static_cast<uid_t>(uid) : static_cast<uid_t>(-1),
+            gid >= 0 ? static_cast<gid_t>(gid) : static_cast<gid_t>(-1)) < 0)
+    fail(errno, "chown", std::string("setting the owner of ") + a.sun_path);
+  if (mode >= 0 && chmod(a.sun_path, static_cast<mode_t>(mode)) < 0)
+    fail(errno, "chmod", std::string("setting the mode of ") + a.sun_path);
   // One front end at a time; a second one waits in the backlog.
   if (listen(fd, 1) < 0) {
     int e = errno;
@@ -123,15 +168,18 @@ Napi::Value StreamPair(const Napi::CallbackInfo& info) {
   return a;
 }
 
-// A memfd of `size` bytes: shareable guest memory for test front ends.
+// memfd(size, sealed?): a memfd of `size` bytes, shareable guest memory for
+// test front ends; `sealed` adds F_SEAL_SHRINK | F_SEAL_GROW as QEMU's
+// memory-backend-memfd does (its seal=on default).
 Napi::Value Memfd(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsNumber()) ThrowCode(env, "EVHOST_BADARG", "size must be a number");
   int64_t size = info[0].As<Napi::Number>().Int64Value();
   if (size < 0) ThrowCode(env, "EVHOST_BADARG", "size must be non-negative");
-  int fd = memfd_create("vhost-tap-test", MFD_CLOEXEC);
+  const bool sealed = info.Length() > 1 && info[1].ToBoolean().Value();
+  int fd = memfd_create("vhost-tap-test", MFD_CLOEXEC | (sealed ? MFD_ALLOW_SEALING : 0));
   if (fd < 0) ThrowErrno(env, errno, "memfd_create", "creating test guest memory");
-  if (ftruncate(fd, size) < 0) {
+  if (ftruncate(fd, size) < 0 || (sealed && fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) < 0)) {
     int e = errno;
     close(fd);
     ThrowErrno(env, e, "ftruncate", "sizing test guest memory");
@@ -139,20 +187,85 @@ Napi::Value Memfd(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// Sends `len` bytes with `fds` attached to the first byte; waits (bounded) for room.
-// Returns 0 or an errno.
-int SendAll(int fd, const uint8_t* data, size_t len, const std::vector<int>& fds) {
+// fullEventfd(): a blocking eventfd whose counter is at its maximum, so that
+// a write to it blocks until someone reads: what a hostile front end hands
+// over as a call or error fd (tests).
+Napi::Value FullEventfd(const Napi::CallbackInfo& info) {
+  int fd = eventfd(0, EFD_CLOEXEC);
+  if (fd < 0) ThrowErrno(info.Env(), errno, "eventfd", "creating an eventfd");
+  const uint64_t max = UINT64_MAX - 1;
+  if (write(fd, &max, sizeof max) != sizeof max) {
+    const int e = errno;
+    close(fd);
+    ThrowErrno(info.Env(), e, "write", "filling an eventfd");
+  }
+  return Napi::Number::New(info.Env(), fd);
+}
+
+// inspectFd(fd) -> { type, link, nonblock, seals, size }: what a front end
+// handed over. type: 'eventfd', 'memfd', 'regular', 'socket', 'pipe', 'chardev',
+// 'blockdev', 'directory' or 'other' (an anon inode that is not an eventfd:
+// the link names it). seals: F_GET_SEALS, -1 where the file has none to ask
+// (not shmem). The kernel's own words decide: fstat's mode, and the
+// /proc/self/fd link ("anon_inode:[eventfd]", "/memfd:NAME (deleted)").
+Napi::Value InspectFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = FdArg(info, 0, "fd");
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat", "inspecting fd " + std::to_string(fd));
+  char link[256] = {0};
+  const std::string proc = "/proc/self/fd/" + std::to_string(fd);
+  const ssize_t n = readlink(proc.c_str(), link, sizeof link - 1);
+  const std::string target = n > 0 ? std::string(link, static_cast<size_t>(n)) : std::string();
+  const int fl = fcntl(fd, F_GETFL);
+  const int seals = fcntl(fd, F_GET_SEALS);
+  const char* type = "other";
+  if (S_ISREG(st.st_mode)) type = target.rfind("/memfd:", 0) == 0 ? "memfd" : "regular";
+  else if (S_ISSOCK(st.st_mode)) type = "socket";
+  else if (S_ISFIFO(st.st_mode)) type = "pipe";
+  else if (S_ISCHR(st.st_mode)) type = "chardev";
+  else if (S_ISBLK(st.st_mode)) type = "blockdev";
+  else if (S_ISDIR(st.st_mode)) type = "directory";
+  else if (target == "anon_inode:[eventfd]") type = "eventfd";
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("type", type);
+  o.Set("link", target);
+  o.Set("nonblock", Napi::Boolean::New(env, fl >= 0 && (fl & O_NONBLOCK) != 0));
+  o.Set("seals", Napi::Number::New(env, seals));
+  o.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  return o;
+}
+
+// setNonblock(fd): O_NONBLOCK on the fd's file description, which the front
+// end shares. QEMU's and DPDK's eventfds are created non-blocking already; for
+// any other front end it only means its own writes to a full counter fail
+// with EAGAIN instead of waiting, which an eventfd's writer treats as
+// "already signalled".
+void SetNonblock(const Napi::CallbackInfo& info) {
+  const int fd = FdArg(info, 0, "fd");
+  const int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0))
+    ThrowErrno(info.Env(), errno, "fcntl", "making fd " + std::to_string(fd) + " non-blocking");
+}
+
+// One message waiting to be sent; owns duplicates of its fds until they went.
+struct Outgoing {
+  std::vector<uint8_t> bytes;
+  std::vector<int> fds;
   size_t off = 0;
-  bool fds_sent = fds.empty();
+};
+
+// Sends as much of `m` as the socket takes now, never waiting. Returns 0 (all
+// of it went, or EAGAIN left the rest: see m.off) or an errno.
+int SendSome(int fd, Outgoing* m) {
   alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * kMaxSendFds)];
-  if (fds.size() > kMaxSendFds) return EINVAL;
-  while (off < len || !fds_sent) {
-    iovec iov{const_cast<uint8_t*>(data) + off, len - off};
+  while (m->off < m->bytes.size()) {
+    iovec iov{m->bytes.data() + m->off, m->bytes.size() - m->off};
     msghdr mh{};
     mh.msg_iov = &iov;
     mh.msg_iovlen = 1;
-    if (!fds_sent) {
-      const size_t n = fds.size() * sizeof(int);
+    if (!m->fds.empty()) {
+      const size_t n = m->fds.size() * sizeof(int);
       memset(ctrl, 0, sizeof ctrl);
       mh.msg_control = ctrl;
       mh.msg_controllen = CMSG_SPACE(n);
@@ -160,22 +273,18 @@ int SendAll(int fd, const uint8_t* data, size_t len, const std::vector<int>& fds
       c->cmsg_level = SOL_SOCKET;
       c->cmsg_type = SCM_RIGHTS;
       c->cmsg_len = CMSG_LEN(n);
-      memcpy(CMSG_DATA(c), fds.data(), n);
+      memcpy(CMSG_DATA(c), m->fds.data(), n);
     }
-    ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
+    ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN && errno != EWOULDBLOCK) return errno;
-      pollfd p{fd, POLLOUT, 0};
-      int r;
-      do r = poll(&p, 1, kSendTimeoutMs);
-      while (r < 0 && errno == EINTR);
-      if (r == 0) return ETIMEDOUT;
-      if (r < 0) return errno;
-      continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      return errno;
     }
-    fds_sent = true;
-    off += static_cast<size_t>(w);
+    // The fds went with the first byte: the peer holds its own copies now.
+    for (int f : m->fds) close(f);
+    m->fds.clear();
+    m->off += static_cast<size_t>(w);
   }
   return 0;
 }
@@ -272,8 +381,10 @@ class Connection : public Napi::ObjectWrap<Connection> {
                            InstanceMethod<&Connection::ReplyU64>("replyU64"),
                            InstanceMethod<&Connection::ReplyState>("replyState"),
                            InstanceMethod<&Connection::SendRaw>("sendRaw"),
+                           InstanceMethod<&Connection::PauseReading>("pauseReading"),
                            InstanceMethod<&Connection::Close>("close"),
                            InstanceAccessor<&Connection::FdGetter>("fd"),
+                           InstanceAccessor<&Connection::QueuedGetter>("queuedBytes"),
                        });
   }
 
@@ -287,10 +398,25 @@ class Connection : public Napi::ObjectWrap<Connection> {
     Napi::Object cbs = info[2].As<Napi::Object>();
     for (const char* k : {"message", "refused", "closed"})
       if (!cbs.Get(k).IsFunction()) ThrowCode(env, "EVHOST_BADARG", std::string("callbacks.") + k + " must be a function");
-    watch_.Start(env, fd, UV_READABLE | UV_DISCONNECT, this, &Connection::OnReadable, "watching the vhost-user socket");
+    if (info.Length() > 3 && !info[3].IsUndefined()) {
+      if (!info[3].IsObject()) ThrowCode(env, "EVHOST_BADARG", "options must be an object");
+      Napi::Value v = info[3].As<Napi::Object>().Get("sendStallMs");
+      if (!v.IsUndefined()) {
+        const double ms = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+        if (!(ms >= 1 && ms <= 3600000)) ThrowCode(env, "EVHOST_BADARG", "sendStallMs must be 1 to 3600000");
+        stall_ms_ = ms;
+      }
+    }
+    uv_loop_t* loop = nullptr;
+    if (napi_get_uv_event_loop(env, &loop) != napi_ok || !loop) ThrowCode(env, "EVHOST_STATE", "no event loop for this thread");
+    watch_.Start(env, fd, UV_READABLE | UV_DISCONNECT, this, &Connection::OnEvent, "watching the vhost-user socket");
+    stall_ = new uv_timer_t;
+    uv_timer_init(loop, stall_);
+    stall_->data = this;
     // Taken only once the watch is set up: from here on the connection owns the fd.
     fd_ = fd;
-    reader_ = new vu::Reader(role == "back-end" ? vu::Role::kBackEnd : vu::Role::kFrontEnd);
+    back_end_ = role == "back-end";
+    reader_ = new vu::Reader(back_end_ ? vu::Role::kBackEnd : vu::Role::kFrontEnd);
     callbacks_ = Napi::Persistent(cbs);
     // Alive while open even if JS drops it; the session holds it anyway.
     Ref();
@@ -300,10 +426,14 @@ class Connection : public Napi::ObjectWrap<Connection> {
   ~Connection() override { Shutdown(); }
 
  private:
-  static void OnReadable(Connection* self, int status, int) {
+  static void OnEvent(Connection* self, int status, int events) {
     Napi::Env env = self->env_;
     Napi::HandleScope scope(env);
     try {
+      if (status >= 0 && (events & UV_WRITABLE)) {
+        self->Flush();
+        if (self->fd_ < 0) return;
+      }
       if (status < 0) {
         // libuv reports POLLERR as EBADF; the socket knows the real error (ECONNRESET
         // when the peer closed with data unread).
@@ -315,15 +445,30 @@ class Connection : public Napi::ObjectWrap<Connection> {
           self->End(std::string("socket error: ") + uv_strerror(status));
         return;
       }
-      self->ReadSome();
+      if (events & (UV_READABLE | UV_DISCONNECT)) self->ReadSome();
     } catch (const Napi::Error& e) {
       // A callback threw: there is no JS frame to throw into.
       napi_fatal_exception(env, e.Value());
     }
   }
 
+  // Whether requests are read now: not while replies wait for the peer (a
+  // front end that does not read them cannot make this side queue more), nor
+  // while JS paused reading.
+  bool Reading() const { return fd_ >= 0 && !read_paused_ && !(back_end_ && !out_.empty()); }
+
+  void UpdateEvents() {
+    if (fd_ < 0) return;
+    int ev = 0;
+    if (Reading()) ev |= UV_READABLE | UV_DISCONNECT;
+    if (!out_.empty()) ev |= UV_WRITABLE;
+    watch_.SetEvents(ev);
+  }
+
   void ReadSome() {
-    for (int handled = 0; handled < kMessagesPerWake && fd_ >= 0;) {
+    const uint64_t start = uv_hrtime();
+    for (int handled = 0; Reading();) {
+      if (handled >= kMessagesPerWake || (handled > 0 && uv_hrtime() - start >= kWakeBudgetNs)) return;
       alignas(cmsghdr) char ctrl[CMSG_SPACE(sizeof(int) * vu::kMaxFds)];
       iovec iov{reader_->Buffer(), reader_->Want()};
       msghdr mh{};
@@ -403,15 +548,62 @@ class Connection : public Napi::ObjectWrap<Connection> {
     Release();
   }
 
-  // Stops watching, closes the fd and the fds of a message half read.
+  // Stops watching, closes the fd, the fds of a message half read and of
+  // messages not sent.
   void Release() {
     watch_.Close();
+    if (stall_) {
+      uv_timer_stop(stall_);
+      uv_close(reinterpret_cast<uv_handle_t*>(stall_), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+      stall_ = nullptr;
+    }
     if (fd_ >= 0) {
       close(fd_);
       fd_ = -1;
     }
+    for (Outgoing& m : out_)
+      for (int f : m.fds) close(f);
+    out_.clear();
+    out_bytes_ = 0;
     delete reader_;
     reader_ = nullptr;
+  }
+
+  // Sends what is queued as far as the socket takes it. The stall clock runs
+  // while anything waits; the connection ends when it is over or the socket fails.
+  void Flush() {
+    while (!out_.empty() && fd_ >= 0) {
+      Outgoing& m = out_.front();
+      const size_t before = m.off;
+      const int e = SendSome(fd_, &m);
+      out_bytes_ -= m.off - before;
+      if (e) {
+        End(std::string("sending on the vhost-user socket failed: ") + strerror(e));
+        return;
+      }
+      if (m.off < m.bytes.size()) break;
+      out_.pop_front();
+    }
+    if (fd_ < 0) return;
+    if (out_.empty()) {
+      uv_timer_stop(stall_);
+    } else if (!uv_is_active(reinterpret_cast<uv_handle_t*>(stall_))) {
+      uv_timer_start(stall_, &Connection::OnStall, static_cast<uint64_t>(stall_ms_), 0);
+    }
+    UpdateEvents();
+  }
+
+  static void OnStall(uv_timer_t* t) {
+    auto* self = static_cast<Connection*>(t->data);
+    Napi::HandleScope scope(self->env_);
+    try {
+      char b[160];
+      snprintf(b, sizeof b, "the peer read nothing for %.0f ms (%zu bytes of replies waiting); dropping it",
+               self->stall_ms_, self->out_bytes_);
+      self->End(b);
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(self->env_, e.Value());
+    }
   }
 
   static void OnEnvCleanup(void* arg) {
@@ -419,10 +611,55 @@ class Connection : public Napi::ObjectWrap<Connection> {
     if (self->watch_.open()) self->Release();
   }
 
-  void Send(const std::vector<uint8_t>& bytes, const std::vector<int>& fds, const char* what) {
+  // Queues the message and sends what the socket takes now; never waits.
+  void Send(std::vector<uint8_t> bytes, const std::vector<int>& fds, const char* what) {
     if (fd_ < 0) ThrowCode(env_, "EVHOST_STATE", std::string("sending ") + what + ": the connection is closed");
-    int e = SendAll(fd_, bytes.data(), bytes.size(), fds);
-    if (e) ThrowErrno(env_, e, "sendmsg", std::string("sending ") + what + " on the vhost-user socket");
+    if (out_bytes_ + bytes.size() > kMaxQueuedBytes)
+      ThrowCode(env_, "ENOBUFS",
+                std::string("sending ") + what + ": " + std::to_string(out_bytes_) + " bytes wait for the peer to read");
+    Outgoing m;
+    for (int f : fds) {
+      // The caller may close its fds once this returns; the queue keeps its own.
+      const int d = fcntl(f, F_DUPFD_CLOEXEC, 3);
+      if (d < 0) {
+        const int e = errno;
+        for (int x : m.fds) close(x);
+        ThrowErrno(env_, e, "fcntl(F_DUPFD_CLOEXEC)", std::string("sending ") + what + ": fd " + std::to_string(f));
+      }
+      m.fds.push_back(d);
+    }
+    m.bytes = std::move(bytes);
+    out_bytes_ += m.bytes.size();
+    const bool was_empty = out_.empty();
+    out_.push_back(std::move(m));
+    if (!was_empty) return;  // behind others: goes when the socket is writable
+    Outgoing& front = out_.front();
+    const size_t before = front.off;
+    const int e = SendSome(fd_, &front);
+    out_bytes_ -= front.off - before;
+    if (e) {
+      // The caller hears it: the session ends the connection with this reason.
+      for (int f : front.fds) close(f);
+      out_.pop_front();
+      ThrowErrno(env_, e, "sendmsg", std::string("sending ") + what + " on the vhost-user socket");
+    }
+    if (front.off == front.bytes.size()) {
+      out_.pop_front();
+      return;
+    }
+    uv_timer_start(stall_, &Connection::OnStall, static_cast<uint64_t>(stall_ms_), 0);
+    UpdateEvents();
+  }
+
+  // pauseReading(paused): stops (or resumes) reading messages; what arrives
+  // stays in the socket. A test front end that never reads its replies.
+  void PauseReading(const Napi::CallbackInfo& info) {
+    read_paused_ = info[0].ToBoolean().Value();
+    UpdateEvents();
+  }
+
+  Napi::Value QueuedGetter(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(out_bytes_));
   }
 
   void ReplyU64(const Napi::CallbackInfo& info) {
@@ -448,13 +685,14 @@ class Connection : public Napi::ObjectWrap<Connection> {
       if (!info[1].IsArray()) ThrowCode(env, "EVHOST_BADARG", "fds must be an array");
       Napi::Array a = info[1].As<Napi::Array>();
       if (a.Length() > kMaxSendFds) ThrowCode(env, "EVHOST_BADARG", "at most " + std::to_string(kMaxSendFds) + " fds per message");
+      if (bytes.empty() && a.Length() > 0) ThrowCode(env, "EVHOST_BADARG", "fds need at least one byte to go with");
       for (uint32_t i = 0; i < a.Length(); i++) {
         Napi::Value v = a.Get(i);
         if (!v.IsNumber() || v.As<Napi::Number>().Int64Value() < 0) ThrowCode(env, "EVHOST_BADARG", "fds must hold non-negative integers");
         fds.push_back(static_cast<int>(v.As<Napi::Number>().Int64Value()));
       }
     }
-    Send(bytes, fds, "a message");
+    Send(std::move(bytes), fds, "a message");
   }
 
   void Close(const Napi::CallbackInfo&) {
@@ -469,8 +707,15 @@ class Connection : public Napi::ObjectWrap<Connection> {
   napi_env env_;
   PollWatch<Connection> watch_;
   int fd_ = -1;
+  bool back_end_ = true;
+  bool read_paused_ = false;
   vu::Reader* reader_ = nullptr;
   Napi::ObjectReference callbacks_;
+  std::deque<Outgoing> out_;
+  size_t out_bytes_ = 0;
+  // Runs while output waits; owned like the poll handle (freed in uv_close's callback).
+  uv_timer_t* stall_ = nullptr;
+  double stall_ms_ = kSendStallMs;
 };
 
 // The listening socket's watcher: calls back (on the JS thread) when a front end is waiting.
@@ -541,6 +786,9 @@ void InitVhostUser(Napi::Env env, Napi::Object exports) {
   v.Set("connect", Napi::Function::New<Connect>(env, "connect"));
   v.Set("streamPair", Napi::Function::New<StreamPair>(env, "streamPair"));
   v.Set("memfd", Napi::Function::New<Memfd>(env, "memfd"));
+  v.Set("inspectFd", Napi::Function::New<InspectFd>(env, "inspectFd"));
+  v.Set("fullEventfd", Napi::Function::New<FullEventfd>(env, "fullEventfd"));
+  v.Set("setNonblock", Napi::Function::New<SetNonblock>(env, "setNonblock"));
   v.Set("Connection", Connection::Define(env));
   v.Set("Listener", Listener::Define(env));
   Napi::Object c = Napi::Object::New(env);

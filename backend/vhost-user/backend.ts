@@ -189,6 +189,19 @@ export class TapBackend implements VhostUserBackend {
     return { rx: pos.rx.lastAvailIdx, tx: pos.tx.lastAvailIdx };
   }
 
+  setCallFd(pair: number, ring: 'rx' | 'tx', fd: number): void {
+    this.assertOpen();
+    this.dp.setCallFd(pair, ring, fd);
+  }
+
+  faultFd(): number {
+    return this.memory ? this.memory.faultFd() : -1;
+  }
+
+  faulted(): number[] {
+    return this.memory?.faulted() ?? [];
+  }
+
   /** Stops every worker, unmaps, closes the TAP (it disappears). */
   close(): void {
     if (this.closed) return;

@@ -12,7 +12,7 @@ import { Capabilities } from '../features';
 import { addon } from '../native';
 import { TapBackend, TapBackendOptions } from './backend';
 import { Refusal, VhostUserSession } from './session';
-import { connectVhostUser, VhostUserListener } from './socket';
+import { connectVhostUser, SocketAccess, VhostUserListener } from './socket';
 
 export interface VhostUserServerOptions extends TapBackendOptions {
   /** Unix socket path: listened on (default), or connected to with `client`. */
@@ -23,6 +23,19 @@ export interface VhostUserServerOptions extends TapBackendOptions {
   log?: (line: string) => void;
   /** Every message received, as a line (debugging a front end's sequence). */
   trace?: (line: string) => void;
+  /**
+   * The socket file's permission bits (e.g. 0o660; default 0o777 minus the umask), set before
+   * it listens. With socketGid/socketUid, lets a VMM running as its own user connect.
+   */
+  socketMode?: number;
+  /** The socket file's owner (a user id; needs CAP_CHOWN). */
+  socketUid?: number;
+  /** The socket file's group (a group id). */
+  socketGid?: number;
+  /** A front end that sends no SET_OWNER this long after connecting is dropped (default 10000 ms). */
+  handshakeTimeoutMs?: number;
+  /** A front end that reads none of its replies this long is dropped (default 5000 ms). */
+  replyTimeoutMs?: number;
 }
 
 export interface VhostUserServerStats {
@@ -82,6 +95,8 @@ export class VhostUserServer extends EventEmitter {
   private waiting = false;
   private readonly log: (line: string) => void;
   private readonly trace: ((line: string) => void) | undefined;
+  private readonly handshakeTimeoutMs: number | undefined;
+  private readonly replyTimeoutMs: number | undefined;
 
   /**
    * Creates the TAP and starts listening (or connecting). Throws a typed error when the TAP
@@ -90,7 +105,25 @@ export class VhostUserServer extends EventEmitter {
   constructor(opts: VhostUserServerOptions) {
     super();
     if (opts === null || typeof opts !== 'object') throw new InvalidArgumentError('VhostUserServer needs an options object { socket, tap, ... }');
-    const { socket, client, log, trace, ...backendOpts } = opts;
+    const { socket, client, log, trace, socketMode, socketUid, socketGid, handshakeTimeoutMs, replyTimeoutMs, ...backendOpts } = opts;
+    const access: SocketAccess = {};
+    if (socketMode !== undefined) {
+      if (!Number.isInteger(socketMode) || socketMode < 0 || socketMode > 0o777) throw new InvalidArgumentError(`socketMode must be permission bits from 0 to 0o777, got ${socketMode}`);
+      access.mode = socketMode;
+    }
+    for (const [k, v] of [['socketUid', socketUid], ['socketGid', socketGid]] as const) {
+      if (v !== undefined && (!Number.isInteger(v) || v < 0 || v >= 0xffffffff)) throw new InvalidArgumentError(`${k} must be a numeric id, got ${v}`);
+    }
+    if (socketUid !== undefined) access.uid = socketUid;
+    if (socketGid !== undefined) access.gid = socketGid;
+    for (const [k, v] of [['handshakeTimeoutMs', handshakeTimeoutMs], ['replyTimeoutMs', replyTimeoutMs]] as const) {
+      if (v !== undefined && (!Number.isInteger(v) || v < 1 || v > 3_600_000)) throw new InvalidArgumentError(`${k} must be an integer from 1 to 3600000 (ms), got ${v}`);
+    }
+    if (client && (socketMode !== undefined || socketUid !== undefined || socketGid !== undefined)) {
+      throw new InvalidArgumentError('socketMode, socketUid and socketGid apply to a socket this back end listens on, not to client mode');
+    }
+    this.handshakeTimeoutMs = handshakeTimeoutMs;
+    this.replyTimeoutMs = replyTimeoutMs;
     if (typeof socket !== 'string' || socket.length === 0) throw new InvalidArgumentError("option 'socket' must be a socket path");
     // sun_path holds 107 bytes and a NUL.
     if (Buffer.byteLength(socket) > 107) throw new InvalidArgumentError(`socket path '${socket}' is longer than the 107 bytes a Unix socket address holds`);
@@ -102,7 +135,7 @@ export class VhostUserServer extends EventEmitter {
     this.backend = new TapBackend(backendOpts);
     try {
       if (this.client) this.connect(true);
-      else this.listener = new VhostUserListener(socket, (fd) => this.serve(fd), (e) => this.fail(e));
+      else this.listener = new VhostUserListener(socket, (fd) => this.serve(fd), (e) => this.fail(e), access);
     } catch (e) {
       this.backend.close();
       throw e;
@@ -148,7 +181,12 @@ export class VhostUserServer extends EventEmitter {
     this.log(`vhost-user: session ${n}: front end connected`);
     let s: VhostUserSession;
     try {
-      s = new VhostUserSession(fd, this.backend, { log: this.log, trace: this.trace });
+      s = new VhostUserSession(fd, this.backend, {
+        log: this.log,
+        trace: this.trace,
+        handshakeTimeoutMs: this.handshakeTimeoutMs,
+        sendStallMs: this.replyTimeoutMs,
+      });
     } catch (e) {
       this.emit('warning', e as Error);
       this.next();

@@ -8,8 +8,9 @@
 
 import { EventEmitter } from 'node:events';
 
+import { VhostUserError } from '../errors';
 import { validateDriverFeatures } from '../features';
-import { addon, NativeVuHeader, NativeVuMessage } from '../native';
+import { addon, NativeFdInfo, NativeVuHeader, NativeVuMessage } from '../native';
 import { bit, featureNames, RING, splitRingSizes } from '../virtio';
 import {
   F_LOG_ALL,
@@ -88,6 +89,16 @@ export interface VhostUserBackend {
    * (a new call fd, GET_VRING_BASE) and what the TAP holds for it should wait.
    */
   stopPair(pair: number, disable: boolean): { rx: number; tx: number };
+  /**
+   * Hands running pair `pair`'s worker a new call fd for its RX or TX ring without stopping
+   * it (the worker keeps a duplicate; the fd stays the caller's). Without it, a new call fd
+   * restarts the pair.
+   */
+  setCallFd?(pair: number, ring: 'rx' | 'tx', fd: number): void;
+  /** An eventfd that fires when a SIGBUS was contained in guest memory (-1: none mapped yet). */
+  faultFd?(): number;
+  /** Guest addresses of the regions in which a SIGBUS was contained. */
+  faulted?(): number[];
 }
 
 /** Protocol features offered: MQ (GET_QUEUE_NUM), REPLY_ACK. Nothing that is not implemented. */
@@ -106,7 +117,18 @@ export interface SessionOptions {
   log?: (line: string) => void;
   /** Called with every message received, for debugging the sequence a front end sends. */
   trace?: (line: string) => void;
+  /**
+   * A front end that has not sent SET_OWNER this long after connecting is dropped, so that a
+   * connection that never speaks cannot hold the back end (default 10000 ms). QEMU and DPDK
+   * send it first thing; after it a session never times out (a running guest is silent).
+   */
+  handshakeTimeoutMs?: number;
+  /** A front end that reads none of its replies for this long is dropped (default 5000 ms). */
+  sendStallMs?: number;
 }
+
+/** Default of SessionOptions.handshakeTimeoutMs: far beyond what a VMM takes to send SET_OWNER. */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 /** Split rings hold at most 32768 entries (virtio 1.x §2.7). */
 const MAX_RING_SIZE: number = RING.MAX_SIZE;
@@ -198,6 +220,8 @@ export class VhostUserSession extends EventEmitter {
   private protocolFeatures = 0n;
   private regions: MemoryRegion[] | undefined;
   private ended = false;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private faultWatch: { close(): void } | undefined;
 
   constructor(
     fd: number,
@@ -216,11 +240,20 @@ export class VhostUserSession extends EventEmitter {
       enabled: false,
     }));
     this.running = new Array(backend.queuePairs).fill(false);
-    this.conn = new VhostUserConnection(fd, 'back-end', {
-      message: (m) => this.onMessage(m),
-      refused: (reason, h) => this.refuse(h, reason),
-      closed: (reason) => this.end(reason),
-    });
+    this.conn = new VhostUserConnection(
+      fd,
+      'back-end',
+      {
+        message: (m) => this.onMessage(m),
+        refused: (reason, h) => this.refuse(h, reason),
+        closed: (reason) => this.end(reason),
+      },
+      { sendStallMs: opts.sendStallMs },
+    );
+    const ms = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+    this.handshakeTimer = setTimeout(() => this.end(`the front end sent no SET_OWNER within ${ms} ms of connecting; dropping it`), ms);
+    // The listener (or a client-mode retry) keeps the process alive, not this.
+    this.handshakeTimer.unref();
   }
 
   /** Features offered in GET_FEATURES: the device's plus F_PROTOCOL_FEATURES. */
@@ -283,7 +316,9 @@ export class VhostUserSession extends EventEmitter {
       if (m.needReply && !HAS_REPLY.has(m.request) && !this.ended) this.conn.replyU64(m.request, 0n);
     } catch (e) {
       if (e instanceof Refuse) this.refuse(m, e.message);
-      else this.refuse(m, `internal error: ${(e as Error)?.stack ?? String(e)}`);
+      // A reply that could not be sent: the connection is gone (one line, no stack).
+      else if (e instanceof VhostUserError) this.end(e.message);
+      else this.refuse(m, `internal error: ${oneLine(e)}`);
     } finally {
       for (const fd of m.fds) if (!taken.has(fd)) this.closeFd(fd);
     }
@@ -329,6 +364,8 @@ export class VhostUserSession extends EventEmitter {
       case REQ.SET_OWNER:
         if (this.owner) throw new Refuse('the session already has an owner (SET_OWNER twice)');
         this.owner = true;
+        clearTimeout(this.handshakeTimer);
+        this.handshakeTimer = undefined;
         return;
       case REQ.RESET_OWNER:
         // Deprecated; the spec recommends treating it as "disable all rings".
@@ -414,6 +451,7 @@ export class VhostUserSession extends EventEmitter {
     if (raw.length === 0 || raw.length > MAX_MEM_REGIONS) throw new Refuse(`${raw.length} regions, must be 1 to ${MAX_MEM_REGIONS}`);
     if (fds.length !== raw.length) throw new Refuse(`${raw.length} regions but ${fds.length} file descriptors`);
     const regions = raw.map((r, i) => checkRegion(r, i));
+    const kinds = fds.map((fd, i) => memoryFdOrRefuse(fd, i));
     // No two regions may claim the same guest or front-end addresses: translations must be unambiguous.
     for (const [space, key] of [['guest physical', 'guestAddr'], ['front-end virtual', 'userAddr']] as const) {
       const sorted = regions.map((r, i) => ({ r, i })).sort((a, b) => a.r[key] - b.r[key]);
@@ -441,6 +479,8 @@ export class VhostUserSession extends EventEmitter {
       throw new Refuse(`mapping the regions failed: ${(e as Error).message}`);
     }
     this.regions = regions;
+    this.opts.trace?.(`vhost-user: memory: ${kinds.join('; ')}`);
+    this.watchFaults();
     // A running ring whose guest addresses changed restarts at its position with the new ones.
     for (const p of new Set(moved.map((i) => i >> 1))) {
       if (!this.running[p]) continue;
@@ -503,6 +543,11 @@ export class VhostUserSession extends EventEmitter {
     const r = this.ring(index);
     const fd = nofd ? -1 : fds[0];
     const p = index >> 1;
+    if (!nofd) {
+      const kind = request === REQ.SET_VRING_KICK ? 'kick' : request === REQ.SET_VRING_CALL ? 'call' : 'error';
+      const wasNonblocking = eventfdOrRefuse(fd, index, kind);
+      this.opts.trace?.(`vhost-user: ring ${index} ${kind} fd: eventfd, ${wasNonblocking ? 'non-blocking as sent' : 'sent blocking, made non-blocking'}`);
+    }
     if (request === REQ.SET_VRING_KICK) {
       if (nofd) throw new Refuse(`ring ${index}: no kick fd (polling mode) is not supported`);
       if (!this.regions) throw new Refuse(`ring ${index}: SET_VRING_KICK before SET_MEM_TABLE`);
@@ -521,6 +566,19 @@ export class VhostUserSession extends EventEmitter {
       // Without a call fd the front end polls; the worker still needs an eventfd to write.
       const callFd = nofd ? addon().eventfd() : fd;
       if (!nofd) taken.add(fd);
+      if (this.running[p] && this.backend.setCallFd) {
+        // Swapped into the running worker: a burst of SET_VRING_CALL costs a dup each, not a
+        // worker restart each.
+        try {
+          this.backend.setCallFd(p, (index & 1) === 0 ? 'rx' : 'tx', callFd);
+        } catch (e) {
+          this.closeFd(callFd);
+          throw new Refuse(`ring ${index}: handing the worker the new call fd failed: ${oneLine(e)}`);
+        }
+        this.closeFd(r.callFd);
+        r.callFd = callFd;
+        return;
+      }
       const wasRunning = this.stopPair(p);
       this.closeFd(r.callFd);
       r.callFd = callFd;
@@ -628,9 +686,28 @@ export class VhostUserSession extends EventEmitter {
 
   // --- the end ---------------------------------------------------------------------------
 
+  /** Ends the session when the front end shrank guest memory under a worker (a contained SIGBUS). */
+  private watchFaults(): void {
+    if (this.faultWatch || !this.backend.faultFd) return;
+    const fd = this.backend.faultFd();
+    if (fd < 0) return;
+    this.faultWatch = new (addon().FdWatcher)(fd, () => {
+      const at = this.backend.faulted?.() ?? [];
+      if (at.length === 0) return;
+      this.end(
+        `the front end shrank the file behind guest memory (region at guest address ${at.map((a) => hex(a)).join(', ')}): ` +
+          'an access past its end faulted and was contained; dropping it',
+      );
+    });
+  }
+
   private end(reason: string): void {
     if (this.ended) return;
     this.ended = true;
+    clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = undefined;
+    this.faultWatch?.close();
+    this.faultWatch = undefined;
     let failure: unknown;
     for (let p = 0; p < this.running.length; p++) {
       try {
@@ -670,6 +747,63 @@ export class VhostUserSession extends EventEmitter {
       // Already closed: nothing to release.
     }
   }
+}
+
+/** An error's message as one line: a reason, never a stack trace. */
+function oneLine(e: unknown): string {
+  return String((e as Error)?.message ?? e).split('\n')[0];
+}
+
+function describeFd(info: NativeFdInfo): string {
+  const what = info.type === 'other' ? `'${info.link}'` : info.type === 'regular' ? `a regular file (${info.link})` : `a ${info.type}`;
+  return what;
+}
+
+/**
+ * Kick, call and error fds must be eventfds: anything else (a pipe at EOF, a socket) would be
+ * readable for ever to the worker that polls it, or block whoever writes it. Each is made
+ * non-blocking (QEMU's and DPDK's already are), so that a counter at its maximum never blocks
+ * a worker's interrupt or the JS thread's error signal.
+ */
+function eventfdOrRefuse(fd: number, index: number, kind: 'kick' | 'call' | 'error'): boolean {
+  let info: NativeFdInfo;
+  try {
+    info = addon().vhostUser.inspectFd(fd);
+  } catch (e) {
+    throw new Refuse(`ring ${index}: the ${kind} fd cannot be inspected: ${oneLine(e)}`);
+  }
+  if (info.type !== 'eventfd') throw new Refuse(`ring ${index}: the ${kind} fd is ${describeFd(info)}, not an eventfd`);
+  try {
+    addon().vhostUser.setNonblock(fd);
+  } catch (e) {
+    throw new Refuse(`ring ${index}: the ${kind} fd cannot be made non-blocking: ${oneLine(e)}`);
+  }
+  return info.nonblock;
+}
+
+/** F_SEAL_SHRINK (linux/fcntl.h): the memfd can never get smaller. */
+const F_SEAL_SHRINK = 0x2;
+
+/**
+ * Guest memory must be a memfd or a regular file (tmpfs, hugetlbfs): shared memory that maps.
+ * QEMU's memory-backend-memfd seals it against shrinking; DPDK and memory-backend-file send
+ * files that carry no seals. Either is accepted: a file shrunk after SET_MEM_TABLE faults
+ * (SIGBUS) where it is touched, and the data plane contains that fault and ends the session.
+ * Returns how the region is held, for the trace.
+ */
+function memoryFdOrRefuse(fd: number, i: number): string {
+  let info: NativeFdInfo;
+  try {
+    info = addon().vhostUser.inspectFd(fd);
+  } catch (e) {
+    throw new Refuse(`region ${i}: its fd cannot be inspected: ${oneLine(e)}`);
+  }
+  if (info.type !== 'memfd' && info.type !== 'regular') {
+    throw new Refuse(`region ${i}: the fd is ${describeFd(info)}; guest memory must be a memfd or a regular file (shared memory)`);
+  }
+  const sealed = info.seals >= 0 && (info.seals & F_SEAL_SHRINK) !== 0;
+  const seals = info.seals < 0 ? 'no seals possible' : `seals ${hex(info.seals)}`;
+  return `region ${i}: ${info.type === 'memfd' ? 'memfd' : info.link}, ${info.size} bytes, ${seals}, ${sealed ? 'sealed against shrinking' : 'not sealed (a shrink is contained)'}`;
 }
 
 function u64(m: NativeVuMessage): bigint {

@@ -37,9 +37,12 @@ export function vu<T>(what: string, fn: () => T): T {
 export class VhostUserConnection {
   private readonly c: NativeVuConnection;
 
-  /** Takes ownership of `fd` (a connected AF_UNIX stream socket). */
-  constructor(fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks) {
-    this.c = vu('vhost-user connection', () => new (addon().vhostUser.Connection)(fd, role, callbacks));
+  /**
+   * Takes ownership of `fd` (a connected AF_UNIX stream socket). Sends never wait for the
+   * peer; one that reads nothing for `sendStallMs` (default 5000) is dropped (`closed`).
+   */
+  constructor(fd: number, role: 'back-end' | 'front-end', callbacks: NativeVuCallbacks, opts: { sendStallMs?: number } = {}) {
+    this.c = vu('vhost-user connection', () => new (addon().vhostUser.Connection)(fd, role, callbacks, opts));
   }
 
   get fd(): number {
@@ -60,6 +63,16 @@ export class VhostUserConnection {
 
   sendRaw(bytes: Uint8Array, fds?: number[]): void {
     vu('vhost-user send', () => this.c.sendRaw(bytes, fds));
+  }
+
+  /** Stops (or resumes) reading messages; what the peer sends waits in the socket. */
+  pauseReading(paused: boolean): void {
+    this.c.pauseReading(paused);
+  }
+
+  /** Bytes waiting for the peer to read. */
+  get queuedBytes(): number {
+    return this.c.queuedBytes;
   }
 
   close(): void {
@@ -84,9 +97,10 @@ export class VhostUserListener {
     readonly path: string,
     onConnection: (fd: number) => void,
     onError: (e: Error) => void,
+    access: SocketAccess = {},
   ) {
     const a = addon();
-    this.fd = listenReplacingStale(path);
+    this.fd = listenReplacingStale(path, access);
     try {
       this.watcher = vu(`listening on ${path}`, () =>
         new a.vhostUser.Listener(this.fd, (error) => {
@@ -136,11 +150,22 @@ export class VhostUserListener {
   }
 }
 
+/** Who may connect: the socket file's mode and owner, set before it listens. */
+export interface SocketAccess {
+  /** Permission bits, e.g. 0o660 (default: 0o777 minus the umask). */
+  mode?: number;
+  /** Owner user id (changing it needs CAP_CHOWN). */
+  uid?: number;
+  /** Group id (root, or an owner in that group). */
+  gid?: number;
+}
+
 /** Binds and listens at `path`; a stale socket file there (nobody accepts on it) is removed first. */
-function listenReplacingStale(path: string): number {
+function listenReplacingStale(path: string, access: SocketAccess): number {
   const a = addon();
+  const listen = (): number => a.vhostUser.listen(path, access);
   try {
-    return vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+    return vu(`listening on ${path}`, listen);
   } catch (e) {
     if (!(e instanceof VhostUserError) || e.errno !== 'EADDRINUSE') throw e;
   }
@@ -149,7 +174,7 @@ function listenReplacingStale(path: string): number {
     st = fs.lstatSync(path);
   } catch {
     // Gone meanwhile: try once more below.
-    return vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+    return vu(`listening on ${path}`, listen);
   }
   if (!st.isSocket()) throw new InvalidArgumentError(`${path} exists and is not a socket; remove it or choose another --socket path`);
   try {
@@ -159,7 +184,7 @@ function listenReplacingStale(path: string): number {
     if (code === 'ECONNREFUSED') {
       // A socket file whose listener is gone (a back end that was killed): nobody will ever accept on it.
       fs.unlinkSync(path);
-      return vu(`listening on ${path}`, () => a.vhostUser.listen(path));
+      return vu(`listening on ${path}`, listen);
     }
     // EAGAIN: a listener whose backlog is full is alive too.
     if (code !== 'EAGAIN') {

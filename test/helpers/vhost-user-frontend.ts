@@ -213,9 +213,12 @@ export interface TestMemory {
   close(): void;
 }
 
-/** A memfd of `size` bytes announced at guest address `guestAddr` and front-end address `userAddr`. */
-export function testMemory(size: number, guestAddr = 0n, userAddr = 0x7f0000000000n): TestMemory {
-  const fd = addon().vhostUser.memfd(size);
+/**
+ * A memfd of `size` bytes announced at guest address `guestAddr` and front-end address
+ * `userAddr`; `sealed` seals it against shrinking and growing, as QEMU's memory-backend-memfd does.
+ */
+export function testMemory(size: number, guestAddr = 0n, userAddr = 0x7f0000000000n, sealed = false): TestMemory {
+  const fd = addon().vhostUser.memfd(size, sealed);
   return {
     fd,
     region: { guestAddr, size: BigInt(size), userAddr, mmapOffset: 0n },
@@ -576,14 +579,18 @@ export class MemfdGuest {
     private readonly call: number[],
   ) {}
 
-  /** Connects to `sock` and brings pair 0 up; throws if the back end refuses anything. */
-  static async start(sock: string, features: bigint = 1n << 32n): Promise<MemfdGuest> {
+  /**
+   * Connects to `sock` and brings pair 0 up; throws if the back end refuses anything. `call`
+   * and `err` give the rings' call fds (default: fresh eventfds) and error fds (default none);
+   * the guest owns them from then on.
+   */
+  static async start(sock: string, features: bigint = 1n << 32n, opts: { sealed?: boolean; call?: number[]; err?: number[] } = {}): Promise<MemfdGuest> {
     const fe = FrontEnd.connect(sock);
-    const mem = testMemory(1 << 20, 0n, GUEST_UVA);
+    const mem = testMemory(1 << 20, 0n, GUEST_UVA, opts.sealed);
     const a = addon();
     const kick = [a.eventfd(), a.eventfd()];
-    const call = [a.eventfd(), a.eventfd()];
-    const g = new MemfdGuest(fe, mem, kick, call);
+    const call = opts.call ?? [a.eventfd(), a.eventfd()];
+    const g = new MemfdGuest(fe, mem, kick, [...call, ...(opts.err ?? [])]);
     try {
       await fe.handshake();
       await expectOk(fe, REQ.SET_FEATURES, u64(features | (1n << 30n)));
@@ -594,6 +601,7 @@ export class MemfdGuest {
         await expectOk(fe, REQ.SET_VRING_ADDR, vringAddr(ring, ringAt(GUEST_UVA, BigInt(RING_OFFSET[ring]))));
         await expectOk(fe, REQ.SET_VRING_KICK, u64(BigInt(ring)), [kick[ring]]);
         await expectOk(fe, REQ.SET_VRING_CALL, u64(BigInt(ring)), [call[ring]]);
+        if (opts.err) await expectOk(fe, REQ.SET_VRING_ERR, u64(BigInt(ring)), [opts.err[ring]]);
       }
       for (const ring of [0, 1]) await expectOk(fe, REQ.SET_VRING_ENABLE, state(ring, 1));
     } catch (e) {
@@ -652,6 +660,11 @@ export class MemfdGuest {
     this.desc(1, i, 1 << 30, 64, 0);
     this.publish(1, this.txNext - 1, i);
     addon().kick(this.kick[1]);
+  }
+
+  /** Kicks ring `ring` (0 RX, 1 TX) without posting anything. */
+  kickRing(ring: number): void {
+    addon().kick(this.kick[ring]);
   }
 
   /** Posts `n` RX buffers of 2 KiB and kicks. */
