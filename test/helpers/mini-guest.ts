@@ -9,6 +9,8 @@ import { DriverQueue } from '../../driver/virtqueue';
 
 const QSIZE = 64;
 const RX_BUF = 2048;
+/** Bytes per floodCtrl command: class, command, data up to 16 bytes, and the ack in the last byte. */
+const FLOOD_SLOT = 32;
 
 export interface RxFrame {
   pair: number;
@@ -20,6 +22,8 @@ export class MiniGuest {
   readonly mem: SharedArrayBuffer;
   readonly u8: Uint8Array;
   ctrl: ControlDriver | undefined;
+  /** With init's `ctrlFlood`: the control ring driven directly, for many commands in flight at once. */
+  private flood: { q: DriverQueue; buf: number } | undefined;
   private rx: { q: DriverQueue; bufOf: Int32Array; base: number }[] = [];
   private tx: { q: DriverQueue; base: number; next: number }[] = [];
   features = 0n;
@@ -38,8 +42,12 @@ export class MiniGuest {
     return (1 << 20) + pairs * (2 * QSIZE * RX_BUF + 8192);
   }
 
-  /** Handshake, rings, DRIVER_OK, RX buffers posted; `want` masks the offered features. */
-  async init(want: bigint, pairs = this.device.queuePairs): Promise<void> {
+  /**
+   * Handshake, rings, DRIVER_OK, RX buffers posted; `want` masks the offered features.
+   * `opts.ctrlFlood`: a control ring of that size driven by floodCtrl() instead of a ControlDriver
+   * (which, as Linux's driver, has one command in flight), for tests of what a hostile guest queues.
+   */
+  async init(want: bigint, pairs = this.device.queuePairs, opts: { ctrlFlood?: number } = {}): Promise<void> {
     const d = this.device;
     d.status = STATUS.ACKNOWLEDGE;
     d.status |= STATUS.DRIVER;
@@ -70,24 +78,72 @@ export class MiniGuest {
     }
     let ctrlAddrs;
     if (has(this.features, 'CTRL_VQ')) {
-      const l = DriverQueue.layout(next, 16);
+      const size = opts.ctrlFlood ?? 16;
+      const l = DriverQueue.layout(next, size);
       const buf = Math.ceil(l.end / 64) * 64;
-      next = buf + CTRL_BUF_BYTES + 64;
-      ctrlAddrs = { size: 16, desc: l.desc, avail: l.avail, used: l.used, buf };
-      d.setQueue(ctrlq(d.queuePairs), { size: 16, desc: l.desc, avail: l.avail, used: l.used });
+      next = buf + (opts.ctrlFlood ? size * FLOOD_SLOT : CTRL_BUF_BYTES + 64);
+      ctrlAddrs = { size, desc: l.desc, avail: l.avail, used: l.used, buf };
+      d.setQueue(ctrlq(d.queuePairs), { size, desc: l.desc, avail: l.avail, used: l.used });
     }
     if (next > this.mem.byteLength) throw new Error('MiniGuest: guest memory too small');
     this.rx = layouts.map(({ r, rb }) => ({ q: new DriverQueue(this.mem, r, { eventIdx }), bufOf: new Int32Array(QSIZE), base: rb }));
     this.tx = layouts.map(({ t, tb }) => ({ q: new DriverQueue(this.mem, t, { eventIdx }), base: tb, next: 0 }));
-    this.ctrl = ctrlAddrs
-      ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), { size: 16, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used }, eventIdx, ctrlAddrs.buf)
-      : undefined;
+    const ca = ctrlAddrs && { size: ctrlAddrs.size, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used };
+    this.ctrl = ca && !opts.ctrlFlood ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), ca, eventIdx, ctrlAddrs!.buf) : undefined;
+    this.flood = ca && opts.ctrlFlood ? { q: new DriverQueue(this.mem, ca, { eventIdx }), buf: ctrlAddrs!.buf } : undefined;
     d.status |= STATUS.DRIVER_OK;
     this.rx.forEach((r, p) => {
       for (let i = 0; i < QSIZE; i++) r.bufOf[r.q.addBuf(r.base + i * RX_BUF, RX_BUF, true)] = i;
       r.q.publish();
       d.kick(rxq(p));
     });
+  }
+
+  /**
+   * Queues every command at once (command readable, ack writable, as Linux lays them out), kicks
+   * once, and returns a promise of the answers in the order the device used them: the command's
+   * index and its ack byte.
+   */
+  floodCtrl(cmds: { cls: number; cmd: number; data: number[] }[], timeoutMs = 20_000): Promise<{ index: number; ack: number }[]> {
+    const f = this.flood;
+    if (!f) throw new Error('floodCtrl: init() without ctrlFlood');
+    const indexOf = new Map<number, number>();
+    cmds.forEach((c, i) => {
+      const slot = f.buf + (i % f.q.size) * FLOOD_SLOT;
+      if (2 + c.data.length > FLOOD_SLOT - 1) throw new RangeError('floodCtrl: command data too long');
+      this.u8[slot] = c.cls;
+      this.u8[slot + 1] = c.cmd;
+      this.u8.set(c.data, slot + 2);
+      this.u8[slot + FLOOD_SLOT - 1] = 0xff;
+      const head = f.q.add([
+        { addr: slot, len: 2 + c.data.length, write: false },
+        { addr: slot + FLOOD_SLOT - 1, len: 1, write: true },
+      ]);
+      if (head < 0) throw new Error(`floodCtrl: the control ring (${f.q.size}) has no room for command ${i}`);
+      indexOf.set(head, i);
+    });
+    if (f.q.publish()) this.device.kick(ctrlq(this.device.queuePairs));
+    const out: { index: number; ack: number }[] = [];
+    const end = Date.now() + timeoutMs;
+    return new Promise((resolve, reject) => {
+      const poll = (): void => {
+        for (let u = f.q.popUsed(); u; u = f.q.popUsed()) {
+          const i = indexOf.get(u.id)!;
+          out.push({ index: i, ack: this.u8[f.buf + (i % f.q.size) * FLOOD_SLOT + FLOOD_SLOT - 1] });
+        }
+        if (out.length === cmds.length) resolve(out);
+        else if (Date.now() > end) reject(new Error(`floodCtrl: ${out.length} of ${cmds.length} commands answered in ${timeoutMs} ms`));
+        else setTimeout(poll, 1);
+      };
+      poll();
+    });
+  }
+
+  /** The control ring's used.idx as the guest sees it now (floodCtrl's ring). */
+  ctrlUsedIdx(): number {
+    const f = this.flood;
+    if (!f) throw new Error('ctrlUsedIdx: init() without ctrlFlood');
+    return Atomics.load(new Uint16Array(this.mem, f.q.addrs.used, 2), 1);
   }
 
   /** Frames received since the last call (copies), with buffers re-posted. */
