@@ -9,8 +9,8 @@ import { DriverQueue } from '../../driver/virtqueue';
 
 const QSIZE = 64;
 const RX_BUF = 2048;
-/** Bytes per floodCtrl command: class, command, data up to 16 bytes, and the ack in the last byte. */
-const FLOOD_SLOT = 32;
+/** Guest memory for floodCtrl's commands (class, command, data, then the ack byte each): two 1024-entry MAC tables are 12 KiB. */
+const FLOOD_BYTES = 512 * 1024;
 
 export interface RxFrame {
   pair: number;
@@ -81,7 +81,7 @@ export class MiniGuest {
       const size = opts.ctrlFlood ?? 16;
       const l = DriverQueue.layout(next, size);
       const buf = Math.ceil(l.end / 64) * 64;
-      next = buf + (opts.ctrlFlood ? size * FLOOD_SLOT : CTRL_BUF_BYTES + 64);
+      next = buf + (opts.ctrlFlood ? FLOOD_BYTES : CTRL_BUF_BYTES + 64);
       ctrlAddrs = { size, desc: l.desc, avail: l.avail, used: l.used, buf };
       d.setQueue(ctrlq(d.queuePairs), { size, desc: l.desc, avail: l.avail, used: l.used });
     }
@@ -104,32 +104,38 @@ export class MiniGuest {
    * once, and returns a promise of the answers in the order the device used them: the command's
    * index and its ack byte.
    */
-  floodCtrl(cmds: { cls: number; cmd: number; data: number[] }[], timeoutMs = 20_000): Promise<{ index: number; ack: number }[]> {
+  floodCtrl(cmds: { cls: number; cmd: number; data: ArrayLike<number> }[], timeoutMs = 30_000): Promise<{ index: number; ack: number }[]> {
     const f = this.flood;
     if (!f) throw new Error('floodCtrl: init() without ctrlFlood');
+    const ackAt: number[] = [];
     const indexOf = new Map<number, number>();
+    let at = f.buf;
     cmds.forEach((c, i) => {
-      const slot = f.buf + (i % f.q.size) * FLOOD_SLOT;
-      if (2 + c.data.length > FLOOD_SLOT - 1) throw new RangeError('floodCtrl: command data too long');
-      this.u8[slot] = c.cls;
-      this.u8[slot + 1] = c.cmd;
-      this.u8.set(c.data, slot + 2);
-      this.u8[slot + FLOOD_SLOT - 1] = 0xff;
+      const len = 2 + c.data.length;
+      if (at + len + 1 > f.buf + FLOOD_BYTES) throw new RangeError('floodCtrl: the commands do not fit in the flood buffer');
+      this.u8[at] = c.cls;
+      this.u8[at + 1] = c.cmd;
+      this.u8.set(Array.from(c.data), at + 2);
+      this.u8[at + len] = 0xff;
       const head = f.q.add([
-        { addr: slot, len: 2 + c.data.length, write: false },
-        { addr: slot + FLOOD_SLOT - 1, len: 1, write: true },
+        { addr: at, len, write: false },
+        { addr: at + len, len: 1, write: true },
       ]);
       if (head < 0) throw new Error(`floodCtrl: the control ring (${f.q.size}) has no room for command ${i}`);
       indexOf.set(head, i);
+      ackAt.push(at + len);
+      at += len + 1;
     });
     if (f.q.publish()) this.device.kick(ctrlq(this.device.queuePairs));
     const out: { index: number; ack: number }[] = [];
     const end = Date.now() + timeoutMs;
     return new Promise((resolve, reject) => {
       const poll = (): void => {
+        // The ring is the guest's: after a re-init, a flood still waiting reads another session's ring.
+        if (this.flood !== f) return reject(new Error('floodCtrl: the guest re-initialised its control queue'));
         for (let u = f.q.popUsed(); u; u = f.q.popUsed()) {
           const i = indexOf.get(u.id)!;
-          out.push({ index: i, ack: this.u8[f.buf + (i % f.q.size) * FLOOD_SLOT + FLOOD_SLOT - 1] });
+          out.push({ index: i, ack: this.u8[ackAt[i]] });
         }
         if (out.length === cmds.length) resolve(out);
         else if (Date.now() > end) reject(new Error(`floodCtrl: ${out.length} of ${cmds.length} commands answered in ${timeoutMs} ms`));
