@@ -599,109 +599,110 @@ export class VirtioNetDevice extends EventEmitter {
    * whose TAP or worker changes run off the JS thread (the ack goes out once they are done).
    * Malformed commands get ERR, never an exception.
    */
-  private handleCtrl(c: NativeCtrlCommand): CtrlAnswer | Promise<CtrlAnswer> {
+  private handleCtrl({ cls, cmd, data }: NativeCtrlCommand): CtrlAnswer | Promise<CtrlAnswer> {
+    const f = this._driverFeatures;
     try {
-      const a = this.decideCtrl(c);
-      if (!(a instanceof Promise)) return a;
-      const session = this.session;
-      return a.catch((e: unknown) => {
-        // Cut short by a reset or close: nobody waits for this answer any more.
-        if (session === this.session && !this.closed) this.emit('warning', convert('control queue', e));
-        return CTRL.ERR;
-      });
+      switch (cls) {
+        case CTRL.CLASS_RX: {
+          if (!has(f, 'CTRL_RX') || data.length !== 1) return CTRL.ERR;
+          const extra = cmd >= CTRL.RX_ALLUNI;
+          if (extra && !has(f, 'CTRL_RX_EXTRA')) return CTRL.ERR;
+          if (!this.rxFilter.setMode(cmd, data[0] !== 0)) return CTRL.ERR;
+          return this.offThread(this.rxFilterChanged());
+        }
+        case CTRL.CLASS_MAC: {
+          if (cmd === CTRL.MAC_TABLE_SET) {
+            if (!has(f, 'CTRL_RX') || !this.rxFilter.setTables(data)) return CTRL.ERR;
+          } else if (cmd === CTRL.MAC_ADDR_SET) {
+            if (!has(f, 'CTRL_MAC_ADDR') || data.length !== 6) return CTRL.ERR;
+            this.macBytes.set(data);
+            for (let i = 0; i < 6; i++) this.config.setUint8(CONFIG.OFF_MAC + i, data[i]);
+            this.rxFilter.setPrimary(data);
+          } else return CTRL.ERR;
+          return this.offThread(this.rxFilterChanged());
+        }
+        case CTRL.CLASS_VLAN: {
+          if (!has(f, 'CTRL_VLAN') || data.length !== 2) return CTRL.ERR;
+          const vid = data[0] | (data[1] << 8);
+          if (vid >= 4096) return CTRL.ERR;
+          if (cmd === CTRL.VLAN_ADD) this.rxFilter.setVlan(vid, true);
+          else if (cmd === CTRL.VLAN_DEL) this.rxFilter.setVlan(vid, false);
+          else return CTRL.ERR;
+          return this.offThread(this.rxFilterChanged());
+        }
+        case CTRL.CLASS_ANNOUNCE: {
+          if (!has(f, 'GUEST_ANNOUNCE') || cmd !== CTRL.ANNOUNCE_ACK || data.length !== 0) return CTRL.ERR;
+          this.config.setUint16(CONFIG.OFF_STATUS, this.config.getUint16(CONFIG.OFF_STATUS, true) & ~CONFIG.S_ANNOUNCE, true);
+          return CTRL.OK;
+        }
+        case CTRL.CLASS_MQ: {
+          if (!has(f, 'MQ') || cmd !== CTRL.MQ_VQ_PAIRS_SET || data.length !== 2) return CTRL.ERR;
+          const n = data[0] | (data[1] << 8);
+          if (n < CTRL.MQ_VQ_PAIRS_MIN || n > this.queuePairs) return CTRL.ERR;
+          return this.offThread(
+            this.setActivePairsAsync(n).then(() => {
+              this.emit('queue-pairs', n);
+              return CTRL.OK;
+            }),
+          );
+        }
+        case CTRL.CLASS_GUEST_OFFLOADS: {
+          if (!has(f, 'CTRL_GUEST_OFFLOADS') || cmd !== CTRL.GUEST_OFFLOADS_SET || data.length !== 8) return CTRL.ERR;
+          const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
+          // Only GUEST_* bits that were negotiated may be switched (virtio 1.x §5.1.6.5.6.1).
+          if (want & ~(f & GUEST_OFFLOAD_FEATURES)) return CTRL.ERR;
+          if (validateDriverFeatures(want | (f & ~GUEST_OFFLOAD_FEATURES), this.deviceFeatures)) return CTRL.ERR;
+          return this.offThread(this.dp.setGuestOffloadsAsync(want).then(() => CTRL.OK));
+        }
+        case CTRL.CLASS_NOTF_COAL: {
+          const d = new DataView(data.buffer, data.byteOffset, data.length);
+          if (cmd === CTRL.NOTF_COAL_RX_SET || cmd === CTRL.NOTF_COAL_TX_SET) {
+            if (!has(f, 'NOTF_COAL') || data.length !== 8) return CTRL.ERR;
+            const queues = cmd === CTRL.NOTF_COAL_RX_SET ? 'rx' : 'tx';
+            const maxPackets = d.getUint32(0, true);
+            const maxUsecs = d.getUint32(4, true);
+            this.dp.setCoalescing(queues, maxPackets, maxUsecs);
+            this.emit('coalescing', { queues, maxPackets, maxUsecs });
+            return CTRL.OK;
+          }
+          if (cmd !== CTRL.NOTF_COAL_VQ_SET && cmd !== CTRL.NOTF_COAL_VQ_GET) return CTRL.ERR;
+          // VQ_GET's result comes before the ack whatever the answer: an ERR goes where the driver looks for it.
+          const err: CtrlAnswer = cmd === CTRL.NOTF_COAL_VQ_GET ? { ack: CTRL.ERR, result: new Uint8Array(8) } : CTRL.ERR;
+          if (!has(f, 'VQ_NOTF_COAL') || data.length !== (cmd === CTRL.NOTF_COAL_VQ_SET ? 12 : 4)) return err;
+          const vq = d.getUint16(0, true); // then le16 reserved, ignored
+          // Only an enabled RX or TX queue: one of a running pair (not the control queue).
+          if (vq >= 2 * this.queuePairs || !this.dp.running(vq >> 1)) return err;
+          if (cmd === CTRL.NOTF_COAL_VQ_SET) {
+            const maxPackets = d.getUint32(4, true);
+            const maxUsecs = d.getUint32(8, true);
+            this.dp.setQueueCoalescing(vq, maxPackets, maxUsecs);
+            this.emit('coalescing', { queues: vq, maxPackets, maxUsecs });
+            return CTRL.OK;
+          }
+          const result = new Uint8Array(8);
+          const [maxPackets, maxUsecs] = this.dp.queueCoalescing(vq);
+          const r = new DataView(result.buffer);
+          r.setUint32(0, maxPackets, true);
+          r.setUint32(4, maxUsecs, true);
+          return { ack: CTRL.OK, result };
+        }
+        default:
+          return CTRL.ERR;
+      }
     } catch (e) {
       this.emit('warning', convert('control queue', e));
       return CTRL.ERR;
     }
   }
 
-  private decideCtrl({ cls, cmd, data }: NativeCtrlCommand): CtrlAnswer | Promise<CtrlAnswer> {
-    const f = this._driverFeatures;
-    switch (cls) {
-      case CTRL.CLASS_RX: {
-        if (!has(f, 'CTRL_RX') || data.length !== 1) return CTRL.ERR;
-        const extra = cmd >= CTRL.RX_ALLUNI;
-        if (extra && !has(f, 'CTRL_RX_EXTRA')) return CTRL.ERR;
-        if (!this.rxFilter.setMode(cmd, data[0] !== 0)) return CTRL.ERR;
-        return this.rxFilterChanged();
-      }
-      case CTRL.CLASS_MAC: {
-        if (cmd === CTRL.MAC_TABLE_SET) {
-          if (!has(f, 'CTRL_RX') || !this.rxFilter.setTables(data)) return CTRL.ERR;
-        } else if (cmd === CTRL.MAC_ADDR_SET) {
-          if (!has(f, 'CTRL_MAC_ADDR') || data.length !== 6) return CTRL.ERR;
-          this.macBytes.set(data);
-          for (let i = 0; i < 6; i++) this.config.setUint8(CONFIG.OFF_MAC + i, data[i]);
-          this.rxFilter.setPrimary(data);
-        } else return CTRL.ERR;
-        return this.rxFilterChanged();
-      }
-      case CTRL.CLASS_VLAN: {
-        if (!has(f, 'CTRL_VLAN') || data.length !== 2) return CTRL.ERR;
-        const vid = data[0] | (data[1] << 8);
-        if (vid >= 4096) return CTRL.ERR;
-        if (cmd === CTRL.VLAN_ADD) this.rxFilter.setVlan(vid, true);
-        else if (cmd === CTRL.VLAN_DEL) this.rxFilter.setVlan(vid, false);
-        else return CTRL.ERR;
-        return this.rxFilterChanged();
-      }
-      case CTRL.CLASS_ANNOUNCE: {
-        if (!has(f, 'GUEST_ANNOUNCE') || cmd !== CTRL.ANNOUNCE_ACK || data.length !== 0) return CTRL.ERR;
-        this.config.setUint16(CONFIG.OFF_STATUS, this.config.getUint16(CONFIG.OFF_STATUS, true) & ~CONFIG.S_ANNOUNCE, true);
-        return CTRL.OK;
-      }
-      case CTRL.CLASS_MQ: {
-        if (!has(f, 'MQ') || cmd !== CTRL.MQ_VQ_PAIRS_SET || data.length !== 2) return CTRL.ERR;
-        const n = data[0] | (data[1] << 8);
-        if (n < CTRL.MQ_VQ_PAIRS_MIN || n > this.queuePairs) return CTRL.ERR;
-        return this.setActivePairsAsync(n).then(() => {
-          this.emit('queue-pairs', n);
-          return CTRL.OK;
-        });
-      }
-      case CTRL.CLASS_GUEST_OFFLOADS: {
-        if (!has(f, 'CTRL_GUEST_OFFLOADS') || cmd !== CTRL.GUEST_OFFLOADS_SET || data.length !== 8) return CTRL.ERR;
-        const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
-        // Only GUEST_* bits that were negotiated may be switched (virtio 1.x §5.1.6.5.6.1).
-        if (want & ~(f & GUEST_OFFLOAD_FEATURES)) return CTRL.ERR;
-        if (validateDriverFeatures(want | (f & ~GUEST_OFFLOAD_FEATURES), this.deviceFeatures)) return CTRL.ERR;
-        return this.dp.setGuestOffloadsAsync(want).then(() => CTRL.OK);
-      }
-      case CTRL.CLASS_NOTF_COAL: {
-        const d = new DataView(data.buffer, data.byteOffset, data.length);
-        if (cmd === CTRL.NOTF_COAL_RX_SET || cmd === CTRL.NOTF_COAL_TX_SET) {
-          if (!has(f, 'NOTF_COAL') || data.length !== 8) return CTRL.ERR;
-          const queues = cmd === CTRL.NOTF_COAL_RX_SET ? 'rx' : 'tx';
-          const maxPackets = d.getUint32(0, true);
-          const maxUsecs = d.getUint32(4, true);
-          this.dp.setCoalescing(queues, maxPackets, maxUsecs);
-          this.emit('coalescing', { queues, maxPackets, maxUsecs });
-          return CTRL.OK;
-        }
-        if (cmd !== CTRL.NOTF_COAL_VQ_SET && cmd !== CTRL.NOTF_COAL_VQ_GET) return CTRL.ERR;
-        // VQ_GET's result comes before the ack whatever the answer: an ERR goes where the driver looks for it.
-        const err: CtrlAnswer = cmd === CTRL.NOTF_COAL_VQ_GET ? { ack: CTRL.ERR, result: new Uint8Array(8) } : CTRL.ERR;
-        if (!has(f, 'VQ_NOTF_COAL') || data.length !== (cmd === CTRL.NOTF_COAL_VQ_SET ? 12 : 4)) return err;
-        const vq = d.getUint16(0, true); // then le16 reserved, ignored
-        // Only an enabled RX or TX queue: one of a running pair (not the control queue).
-        if (vq >= 2 * this.queuePairs || !this.dp.running(vq >> 1)) return err;
-        if (cmd === CTRL.NOTF_COAL_VQ_SET) {
-          const maxPackets = d.getUint32(4, true);
-          const maxUsecs = d.getUint32(8, true);
-          this.dp.setQueueCoalescing(vq, maxPackets, maxUsecs);
-          this.emit('coalescing', { queues: vq, maxPackets, maxUsecs });
-          return CTRL.OK;
-        }
-        const result = new Uint8Array(8);
-        const [maxPackets, maxUsecs] = this.dp.queueCoalescing(vq);
-        const r = new DataView(result.buffer);
-        r.setUint32(0, maxPackets, true);
-        r.setUint32(4, maxUsecs, true);
-        return { ack: CTRL.OK, result };
-      }
-      default:
-        return CTRL.ERR;
-    }
+  /** A command's work off the JS thread: its failure is an ERR ack and a warning, as on the thread. */
+  private offThread(work: Promise<CtrlAnswer>): Promise<CtrlAnswer> {
+    const session = this.session;
+    return work.catch((e: unknown) => {
+      // Cut short by a reset or close: nobody waits for this answer any more.
+      if (session === this.session && !this.closed) this.emit('warning', convert('control queue', e));
+      return CTRL.ERR;
+    });
   }
 
   /** The RX filter changed: the TAP's and the engines' filters follow, then listeners hear of it. */
