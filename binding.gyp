@@ -7,6 +7,7 @@
         "native/errors.cc",
         "native/tap.cc",
         "native/tap_binding.cc",
+        "native/tap_ops_binding.cc",
         "native/notify.cc",
         "native/memory.cc",
         "native/memory_binding.cc",

@@ -8,7 +8,7 @@
 
 import { convert, DeviceStateError, native, PermissionError } from './errors';
 import { Capabilities, GUEST_OFFLOAD_FEATURES, probeOffloads, rxFrameMax, tunOffloads } from './features';
-import { addon, NativeEngine, NativeGuestMemory, NativeQueueConfig, NativeQueueStats } from './native';
+import { addon, NativeEngine, NativeGuestMemory, NativeQueueConfig, NativeQueueStats, NativeTapOps, NativeTapStep, TAP_STEP } from './native';
 import { RxFilterSnapshot } from './rxfilter';
 import { has, netHdrSize } from './virtio';
 
@@ -67,6 +67,25 @@ export interface PairSetup {
   onBroken: (queue: number, rule: string, detail: string) => void;
 }
 
+/** Where each stopped pair's rings stopped. */
+export type StoppedPairs = Map<number, { rx: RingPosition; tx: RingPosition }>;
+
+/** What a step of a TapOps list changes here once it has run (applied on the JS thread). */
+type StepEffect =
+  | { kind: 'attach'; p: number; attach: boolean }
+  | { kind: 'steer'; queue: number }
+  | { kind: 'discard'; p: number }
+  | { kind: 'start'; p: number; engine: NativeEngine }
+  | { kind: 'stop'; p: number; engine: NativeEngine }
+  | { kind: 'offload'; bits: bigint }
+  | { kind: 'none' };
+
+/** A list of steps running off the JS thread, and what its outcome will change here. */
+interface Work {
+  effects: StepEffect[];
+  stopped: StoppedPairs;
+}
+
 export interface TapDataPathOptions {
   tap: string;
   /** /run/netns/NAME, or null for this process's namespace. */
@@ -101,6 +120,17 @@ export class TapDataPath {
   /** Whether each TAP queue is attached (the kernel refuses to attach twice); all are after open. */
   private readonly attached: boolean[];
   private readonly engines: (NativeEngine | undefined)[];
+  /**
+   * Engines a running TapOps list starts or stops: not in `engines` until their worker runs,
+   * no longer once it is being joined; counted in stats() meanwhile.
+   */
+  private readonly transit: (NativeEngine | undefined)[];
+  /** Runs the *Async changes' TAP and engine steps off the JS thread. */
+  private readonly ops: NativeTapOps;
+  /** The list running in `ops`, until its outcome is applied (by its continuation or abort()). */
+  private work: Work | undefined;
+  /** Every frame is steered to queue 0 (while pairs leave). */
+  private steeredToZero = false;
   /** Counters of engines that were stopped, so stats() stays monotonic. */
   private readonly retired = new Map<number, QueueStats>();
   private features = 0n;
@@ -127,6 +157,8 @@ export class TapDataPath {
     this.fds = fds;
     this.attached = fds.map(() => true);
     this.engines = new Array(opts.queuePairs).fill(undefined);
+    this.transit = new Array(opts.queuePairs).fill(undefined);
+    this.ops = new (addon().TapOps)();
     this.caps = probe.caps;
     this.offloads = probe.offered;
     if (opts.mtu !== undefined) this.mtu = opts.mtu;
@@ -258,8 +290,7 @@ export class TapDataPath {
     let e: NativeEngine | undefined;
     try {
       e = this.makeEngine(p, setup);
-      e.setRxFilter(this.rxFilter);
-      for (const vq of [2 * p, 2 * p + 1]) e.setCoalescing(kindOf(vq), ...this.queueCoalescing(vq));
+      this.configure(p, e);
       e.start();
       this.engines[p] = e;
     } catch (err) {
@@ -289,6 +320,11 @@ export class TapDataPath {
     this.queueCoalescingSet.delete(2 * p);
     this.queueCoalescingSet.delete(2 * p + 1);
     e.stop(drainRx);
+    return this.retire(p, e);
+  }
+
+  /** A stopped engine of pair p: keeps its counters, releases it, returns where its rings stopped. */
+  private retire(p: number, e: NativeEngine): { rx: RingPosition; tx: RingPosition } {
     const s = e.stats();
     e.close();
     for (const [i, kind, live] of [[2 * p, 'rx', s.rx], [2 * p + 1, 'tx', s.tx]] as const) this.retired.set(i, this.merge(i, kind, live));
@@ -353,20 +389,196 @@ export class TapDataPath {
   }
 
   /**
+   * setPairs() with its TAP and engine work off the JS thread (TapOps): for a guest's
+   * VQ_PAIRS_SET, which may come 64 at a time. The same steps in the same order; resolves
+   * once every step ran, so what runs afterwards is what `changes` asked for (running() says
+   * nothing new before that). One change at a time; abort() (reset, close) stops it after
+   * its current step, and its promise then rejects with a DeviceStateError.
+   */
+  async setPairsAsync(changes: Map<number, PairSetup | null>): Promise<StoppedPairs> {
+    const steps: NativeTapStep[] = [];
+    const effects: StepEffect[] = [];
+    const add = (step: NativeTapStep, effect: StepEffect): void => {
+      steps.push(step);
+      effects.push(effect);
+    };
+    this.assertIdle();
+    const shrinking = [...changes].some(([p, s]) => s === null && (this.engines[p] || (p > 0 && this.attached[p])));
+    if (shrinking) add({ op: 'steer', fd: this.fds[0], queue: 0 }, { kind: 'steer', queue: 0 });
+    try {
+      for (const [p, s] of [...changes].sort((x, y) => x[0] - y[0])) {
+        if (s) {
+          if (this.engines[p]) continue;
+          if (!this.attached[p]) add({ op: 'attach', fd: this.fds[p] }, { kind: 'attach', p, attach: true });
+          const e = this.makeEngine(p, s);
+          this.transit[p] = e;
+          add({ op: 'start', engine: e }, { kind: 'start', p, engine: e });
+          this.configure(p, e);
+          continue;
+        }
+        const e = this.engines[p];
+        if (e) {
+          this.engines[p] = undefined;
+          this.transit[p] = e;
+          this.queueCoalescingSet.delete(2 * p);
+          this.queueCoalescingSet.delete(2 * p + 1);
+          add({ op: 'stop', engine: e, drain: true }, { kind: 'stop', p, engine: e });
+        }
+        if (p > 0 && this.attached[p]) {
+          if (!e) add({ op: 'discard', fd: this.fds[p], max: DISCARD_MAX }, { kind: 'discard', p });
+          add({ op: 'detach', fd: this.fds[p] }, { kind: 'attach', p, attach: false });
+        }
+      }
+    } catch (err) {
+      // Nothing ran yet: engines made go, engines taken out run on.
+      this.settle({ effects, stopped: new Map() }, [], []);
+      throw err;
+    }
+    if (shrinking) add({ op: 'steer', fd: this.fds[0], queue: -1, always: true }, { kind: 'steer', queue: -1 });
+    const w = await this.run(steps, effects);
+    // A worker that could not start leaves its queue attached: it would take frames nobody reads.
+    const orphans = effects.filter((e, i): e is StepEffect & { kind: 'start' } => e.kind === 'start' && e.p > 0 && !w.ok[i] && this.attached[e.p]);
+    if (orphans.length) {
+      await this.run(
+        orphans.map((o) => ({ op: 'detach', fd: this.fds[o.p] })),
+        orphans.map((o) => ({ kind: 'attach', p: o.p, attach: false })),
+      ).catch(() => undefined); // the start failure is the one worth reporting
+    }
+    if (w.error) throw w.error;
+    return w.stopped;
+  }
+
+  /** setTxFilter() off the JS thread (TUNSETTXFILTER takes the RTNL lock). */
+  async setTxFilterAsync(flags: number, macs: Uint8Array): Promise<void> {
+    this.assertIdle();
+    const w = await this.run([{ op: 'txfilter', fd: this.fds[0], flags, macs }], [{ kind: 'none' }]);
+    if (w.error) throw w.error;
+  }
+
+  /** setGuestOffloads() off the JS thread (TUNSETOFFLOAD takes the RTNL lock). */
+  async setGuestOffloadsAsync(bits: bigint): Promise<void> {
+    this.assertIdle();
+    const w = await this.run([{ op: 'offload', fd: this.fds[0], flags: tunOffloads(bits) }], [{ kind: 'offload', bits }]);
+    if (w.error) throw w.error;
+  }
+
+  /**
+   * Stops an *Async change in progress (reset, close, FAILED): waits for its current step
+   * only, then applies what it did; engines it was starting or stopping are in `engines` if
+   * their worker runs (so that stopPair() stops them), and steering is the kernel's again.
+   * Returns where the pairs it stopped stopped.
+   */
+  abort(): StoppedPairs {
+    const w = this.work;
+    if (!w) return new Map();
+    this.work = undefined;
+    const r = this.ops.cancel();
+    this.settle(w, r?.status ?? [], r?.result ?? []);
+    if (this.steeredToZero) {
+      try {
+        native(this.what, () => addon().tapSteerAllTo(this.fds[0], -1));
+        this.steeredToZero = false;
+      } catch {
+        // A TAP that refuses (deleted from outside) refuses the rest too; the caller reports that.
+      }
+    }
+    return w.stopped;
+  }
+
+  private assertIdle(): void {
+    if (this.work) throw new DeviceStateError('a change of the TAP is still in progress; changes are made one at a time');
+    if (this.closed) throw new DeviceStateError('the TAP is closed');
+  }
+
+  /** Runs a list on `ops` and applies its outcome, unless abort() got there first. */
+  private async run(steps: NativeTapStep[], effects: StepEffect[]): Promise<Work & { ok: boolean[]; error: Error | undefined }> {
+    const w: Work = { effects, stopped: new Map() };
+    this.work = w;
+    let r: Awaited<ReturnType<NativeTapOps['run']>>;
+    try {
+      r = await this.ops.run(steps);
+    } catch (e) {
+      if (this.work === w) {
+        this.work = undefined;
+        this.settle(w, [], []);
+      }
+      throw convert(this.what, e);
+    }
+    if (this.work !== w) throw new DeviceStateError('the change was cut short by a reset or close of the device');
+    this.work = undefined;
+    this.settle(w, r.status, r.result);
+    return { ...w, ok: r.status.map((s) => s === TAP_STEP.DONE), error: r.error ? convert(this.what, r.error) : undefined };
+  }
+
+  /**
+   * Applies what the steps of `w` did (status[i] DONE) on the JS thread. An engine whose
+   * start did not run is released; one whose stop did not run still runs and goes back to
+   * `engines`.
+   */
+  private settle(w: Work, status: number[], result: number[]): void {
+    w.effects.forEach((e, i) => {
+      const done = status[i] === TAP_STEP.DONE;
+      switch (e.kind) {
+        case 'attach':
+          if (done) this.attached[e.p] = e.attach;
+          break;
+        case 'steer':
+          if (done) this.steeredToZero = e.queue >= 0;
+          break;
+        case 'discard':
+          if (done) this.countDetached(e.p, result[i]);
+          break;
+        case 'start':
+          this.transit[e.p] = undefined;
+          if (done) {
+            this.engines[e.p] = e.engine;
+            // What changed while it started (filters, coalescing, memory) reaches it now.
+            this.configure(e.p, e.engine);
+            e.engine.wake();
+          } else {
+            e.engine.close();
+          }
+          break;
+        case 'stop':
+          this.transit[e.p] = undefined;
+          if (done) w.stopped.set(e.p, this.retire(e.p, e.engine));
+          else this.engines[e.p] = e.engine;
+          break;
+        case 'offload':
+          if (done) this.guestOffloads = e.bits;
+          break;
+        case 'none':
+          break;
+      }
+    });
+  }
+
+  /** The RX filter and coalescing pair p's engine runs with. */
+  private configure(p: number, e: NativeEngine): void {
+    e.setRxFilter(this.rxFilter);
+    for (const vq of [2 * p, 2 * p + 1]) e.setCoalescing(kindOf(vq), ...this.queueCoalescing(vq));
+  }
+
+  /**
    * Reads off and counts (rx_pair_detached) what pair p's TAP queue holds while no engine
    * runs for it: detaching the queue would make the kernel free those frames uncounted.
    * Steering must already send new frames elsewhere.
    */
   private discardQueued(p: number): void {
-    const n = native(this.what, () => addon().tapDiscardQueued(this.fds[p], DISCARD_MAX));
+    this.countDetached(p, native(this.what, () => addon().tapDiscardQueued(this.fds[p], DISCARD_MAX)));
+  }
+
+  /** Counts `n` frames of pair p's TAP queue dropped with no engine to take them (rx_pair_detached). */
+  private countDetached(p: number, n: number): void {
     if (n === 0) return;
     const q = this.merge(2 * p, 'rx', undefined);
     q.drops.rx_pair_detached = (q.drops.rx_pair_detached ?? 0) + n;
     this.retired.set(2 * p, q);
   }
 
-  /** Stops every engine (no drain), keeping counters. */
+  /** Stops every engine (no drain), keeping counters; an *Async change in progress first. */
   stopAll(): void {
+    this.abort();
     for (let p = 0; p < this.queuePairs; p++) this.stopPair(p);
   }
 
@@ -394,7 +606,7 @@ export class TapDataPath {
   stats(): DeviceStats {
     const queues: QueueStats[] = [];
     for (let p = 0; p < this.queuePairs; p++) {
-      const s = this.engines[p]?.stats();
+      const s = (this.engines[p] ?? this.transit[p])?.stats();
       if (s) this.lastIo = s.io;
       queues.push(this.merge(2 * p, 'rx', s?.rx));
       queues.push(this.merge(2 * p + 1, 'tx', s?.tx));

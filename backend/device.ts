@@ -499,6 +499,42 @@ export class VirtioNetDevice extends EventEmitter {
     if (failure) throw failure;
   }
 
+  /**
+   * setActivePairs() for VQ_PAIRS_SET: the TAP queues' attach/detach/steering and the workers'
+   * start/join run off the JS thread (datapath.ts setPairsAsync), so a guest that queues many
+   * commands cannot stall the event loop; it resolves once pairs [0, n) run and the rest are
+   * stopped, before the command's ack goes out.
+   */
+  private async setActivePairsAsync(n: number): Promise<void> {
+    const changes = new Map<number, PairSetup | null>();
+    for (let p = 0; p < this.queuePairs; p++) {
+      if (p < n && !this.dp.running(p)) changes.set(p, this.pairSetup(p));
+      else if (p >= n) changes.set(p, null);
+    }
+    const session = this.session;
+    let failure: unknown;
+    try {
+      for (const [p, pos] of await this.dp.setPairsAsync(changes)) this.keepPositions(p, pos);
+    } catch (e) {
+      failure = e;
+    }
+    // A reset or close cut it short: the device has moved on, nothing here is current.
+    if (session !== this.session || this.closed) throw failure ?? new DeviceStateError('the device was reset during VQ_PAIRS_SET');
+    let active = 0;
+    while (active < this.queuePairs && this.dp.running(active)) active++;
+    this.activePairs = Math.max(active, 1);
+    if (failure) throw failure;
+  }
+
+  /** applyRxFilter() with the TAP's filter set off the JS thread (TUNSETTXFILTER takes the RTNL lock). */
+  private async applyRxFilterAsync(): Promise<void> {
+    const { flags, macs } = this.rxFilter.tapFilter();
+    const session = this.session;
+    await this.dp.setTxFilterAsync(flags, macs);
+    if (session !== this.session || this.closed) throw new DeviceStateError('the device was reset during a control command');
+    this.dp.setRxFilter(this.rxFilter.snapshot());
+  }
+
   private pairSetup(p: number): PairSetup {
     const rx = this.queues[2 * p]!;
     const tx = this.queues[2 * p + 1]!;
@@ -526,6 +562,8 @@ export class VirtioNetDevice extends EventEmitter {
   }
 
   private stopAll(): void {
+    // A control command's change in progress stops after its current step (never a whole list).
+    for (const [p, pos] of this.dp.abort()) this.keepPositions(p, pos);
     for (let p = 0; p < this.queuePairs; p++) {
       const pos = this.dp.stopPair(p);
       if (pos) this.keepPositions(p, pos);
@@ -579,8 +617,12 @@ export class VirtioNetDevice extends EventEmitter {
     if (tapFailure) this.emit('warning', convert(`TAP '${this.tapName}'`, tapFailure));
   }
 
-  /** One control command; returns the ack (and a result). Malformed commands get ERR, never an exception. */
-  private handleCtrl({ cls, cmd, data }: NativeCtrlCommand): CtrlAnswer {
+  /**
+   * One control command; returns the ack (and a result), or a promise of it for a command
+   * whose TAP or worker changes run off the JS thread (the ack goes out once they are done).
+   * Malformed commands get ERR, never an exception.
+   */
+  private handleCtrl({ cls, cmd, data }: NativeCtrlCommand): CtrlAnswer | Promise<CtrlAnswer> {
     const f = this._driverFeatures;
     try {
       switch (cls) {
@@ -589,9 +631,7 @@ export class VirtioNetDevice extends EventEmitter {
           const extra = cmd >= CTRL.RX_ALLUNI;
           if (extra && !has(f, 'CTRL_RX_EXTRA')) return CTRL.ERR;
           if (!this.rxFilter.setMode(cmd, data[0] !== 0)) return CTRL.ERR;
-          this.applyRxFilter();
-          this.emit('rx-filter', this.rxFilter.describe());
-          return CTRL.OK;
+          return this.offThread(this.rxFilterChanged());
         }
         case CTRL.CLASS_MAC: {
           if (cmd === CTRL.MAC_TABLE_SET) {
@@ -602,9 +642,7 @@ export class VirtioNetDevice extends EventEmitter {
             for (let i = 0; i < 6; i++) this.config.setUint8(CONFIG.OFF_MAC + i, data[i]);
             this.rxFilter.setPrimary(data);
           } else return CTRL.ERR;
-          this.applyRxFilter();
-          this.emit('rx-filter', this.rxFilter.describe());
-          return CTRL.OK;
+          return this.offThread(this.rxFilterChanged());
         }
         case CTRL.CLASS_VLAN: {
           if (!has(f, 'CTRL_VLAN') || data.length !== 2) return CTRL.ERR;
@@ -613,9 +651,7 @@ export class VirtioNetDevice extends EventEmitter {
           if (cmd === CTRL.VLAN_ADD) this.rxFilter.setVlan(vid, true);
           else if (cmd === CTRL.VLAN_DEL) this.rxFilter.setVlan(vid, false);
           else return CTRL.ERR;
-          this.applyRxFilter();
-          this.emit('rx-filter', this.rxFilter.describe());
-          return CTRL.OK;
+          return this.offThread(this.rxFilterChanged());
         }
         case CTRL.CLASS_ANNOUNCE: {
           if (!has(f, 'GUEST_ANNOUNCE') || cmd !== CTRL.ANNOUNCE_ACK || data.length !== 0) return CTRL.ERR;
@@ -626,9 +662,12 @@ export class VirtioNetDevice extends EventEmitter {
           if (!has(f, 'MQ') || cmd !== CTRL.MQ_VQ_PAIRS_SET || data.length !== 2) return CTRL.ERR;
           const n = data[0] | (data[1] << 8);
           if (n < CTRL.MQ_VQ_PAIRS_MIN || n > this.queuePairs) return CTRL.ERR;
-          this.setActivePairs(n);
-          this.emit('queue-pairs', n);
-          return CTRL.OK;
+          return this.offThread(
+            this.setActivePairsAsync(n).then(() => {
+              this.emit('queue-pairs', n);
+              return CTRL.OK;
+            }),
+          );
         }
         case CTRL.CLASS_GUEST_OFFLOADS: {
           if (!has(f, 'CTRL_GUEST_OFFLOADS') || cmd !== CTRL.GUEST_OFFLOADS_SET || data.length !== 8) return CTRL.ERR;
@@ -636,8 +675,7 @@ export class VirtioNetDevice extends EventEmitter {
           // Only GUEST_* bits that were negotiated may be switched (virtio 1.x §5.1.6.5.6.1).
           if (want & ~(f & GUEST_OFFLOAD_FEATURES)) return CTRL.ERR;
           if (validateDriverFeatures(want | (f & ~GUEST_OFFLOAD_FEATURES), this.deviceFeatures)) return CTRL.ERR;
-          this.dp.setGuestOffloads(want);
-          return CTRL.OK;
+          return this.offThread(this.dp.setGuestOffloadsAsync(want).then(() => CTRL.OK));
         }
         case CTRL.CLASS_NOTF_COAL: {
           const d = new DataView(data.buffer, data.byteOffset, data.length);
@@ -678,6 +716,23 @@ export class VirtioNetDevice extends EventEmitter {
       this.emit('warning', convert('control queue', e));
       return CTRL.ERR;
     }
+  }
+
+  /** A command's work off the JS thread: its failure is an ERR ack and a warning, as on the thread. */
+  private offThread(work: Promise<CtrlAnswer>): Promise<CtrlAnswer> {
+    const session = this.session;
+    return work.catch((e: unknown) => {
+      // Cut short by a reset or close: nobody waits for this answer any more.
+      if (session === this.session && !this.closed) this.emit('warning', convert('control queue', e));
+      return CTRL.ERR;
+    });
+  }
+
+  /** The RX filter changed: the TAP's and the engines' filters follow, then listeners hear of it. */
+  private async rxFilterChanged(): Promise<CtrlAnswer> {
+    await this.applyRxFilterAsync();
+    this.emit('rx-filter', this.rxFilter.describe());
+    return CTRL.OK;
   }
 
   private watchCalls(): void {

@@ -211,7 +211,9 @@ export interface NativeControlQueue {
   /**
    * Answers the commands of the last pop() in order: CTRL.OK / CTRL.ERR, or { ack, result }
    * for a command that returns data (at most 8 bytes, written before the ack; a driver that
-   * left no room for it gets ERR). Returns whether an interrupt is due.
+   * left no room for it gets ERR). Fewer answers than commands answer the first ones not yet
+   * answered and publish them; pop() throws until every command is. Returns whether an
+   * interrupt is due.
    */
   answer(answers: CtrlAnswer[]): boolean;
 }
@@ -276,6 +278,39 @@ export interface NativeEngineOptions {
    * 'rx-chain-too-small', 'ring-out-of-bounds', 'ring-overlap', 'empty-chain'.
    */
   onBroken: (queueIndex: number, rule: string, detail: string) => void;
+}
+
+/** One step of a TapOps list (native/tap_ops_binding.cc); `always`: runs even after an earlier step failed. */
+export type NativeTapStep = { always?: boolean } & (
+  | { op: 'attach' | 'detach'; fd: number }
+  | { op: 'steer'; fd: number; queue: number }
+  | { op: 'discard'; fd: number; max: number }
+  | { op: 'txfilter'; fd: number; flags: number; macs: Uint8Array }
+  | { op: 'offload'; fd: number; flags: number }
+  | { op: 'start'; engine: NativeEngine }
+  | { op: 'stop'; engine: NativeEngine; drain: boolean }
+);
+
+/** What each step of a list did: TAP_STEP.PENDING (did not run), DONE, FAILED or SKIPPED (after a failure). */
+export const TAP_STEP = { PENDING: 0, DONE: 1, FAILED: 2, SKIPPED: 3 } as const;
+
+/**
+ * Runs lists of TAP and engine steps in order on a libuv pool thread, so that the JS thread
+ * never waits for the RTNL lock, an RCU grace period or a worker's join. One list at a time.
+ */
+export interface NativeTapOps {
+  /**
+   * Runs `steps`; settles with each step's status and result (discard: frames dropped), and
+   * the first failure (`failed` its index, `error` an errno Error; later steps are skipped
+   * unless `always`). `cancelled`: cancel() stopped it.
+   */
+  run(steps: NativeTapStep[]): Promise<{ status: number[]; result: number[]; failed: number; error: Error | null; cancelled: boolean }>;
+  /**
+   * Stops the last list once its current step has ended (waits for that step only) and
+   * returns what its steps did, finished or not; null when there was none or cancel() already
+   * answered for it. No step of it runs afterwards.
+   */
+  cancel(): { status: number[]; result: number[] } | null;
 }
 
 /** One worker thread serving one queue pair. */
@@ -416,6 +451,7 @@ export interface Addon {
   /** With no argument the table is empty until replace()/replaceFds(). */
   GuestMemory: new (regions?: NativeBufferRegion[]) => NativeGuestMemory;
   Engine: new (opts: NativeEngineOptions) => NativeEngine;
+  TapOps: new () => NativeTapOps;
   ControlQueue: new (opts: NativeControlQueueOptions) => NativeControlQueue;
 
   // --- vhost-user socket (native/vhost_user_binding.cc) -------------------------

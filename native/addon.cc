@@ -8,6 +8,7 @@
 
 namespace vt {
 void InitTap(Napi::Env env, Napi::Object exports);      // tap_binding.cc
+void InitTapOps(Napi::Env env, Napi::Object exports);   // tap_ops_binding.cc
 void InitNotify(Napi::Env env, Napi::Object exports);   // notify.cc
 void InitEngine(Napi::Env env, Napi::Object exports);   // engine_binding.cc
 void InitCtrl(Napi::Env env, Napi::Object exports);     // ctrl_binding.cc
@@ -21,6 +22,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
 #undef VT_EXPORT_CONST
   exports.Set("constants", c);
   vt::InitTap(env, exports);
+  vt::InitTapOps(env, exports);
   vt::InitNotify(env, exports);
   exports.Set("GuestMemory", vt::GuestMemoryWrap::Define(env));
   vt::InitEngine(env, exports);

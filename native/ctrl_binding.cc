@@ -1,8 +1,9 @@
 // JS face of the control virtqueue: the `ControlQueue` class of
-// backend/native.ts. Commands are rare and small, so they are handled on the
+// backend/native.ts. Commands are rare and small, so they are decoded on the
 // JS thread when the guest kicks: pop() decodes a bounded number of them with
 // the native walker (ctrl_queue.h), the device logic decides, answer() writes
-// the acks (and any result) back and publishes them.
+// the acks (and any result) back and publishes them, all at once or a few at
+// a time as the device completes them.
 #include <napi.h>
 
 #include <memory>
@@ -111,14 +112,16 @@ class CtrlQueueWrap : public Napi::ObjectWrap<CtrlQueueWrap> {
   }
 
   // answer(answers) -> whether an interrupt is due. answers[i] answers the
-  // i-th command of the last pop(): an ack byte, or { ack, result } for a
-  // command that returns data (written before the ack). Commands popped before
-  // a rule was broken are still answered (their chains were valid).
+  // i-th command of the last pop() not answered yet: an ack byte, or { ack,
+  // result } for a command that returns data (written before the ack). Fewer
+  // answers than commands answer the first ones (the device publishes acks as
+  // their work completes); pop() waits until all are. Commands popped before a
+  // rule was broken are still answered (their chains were valid).
   Napi::Value Answer(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!info[0].IsArray()) BadArg(env, "answer(answers) takes an array of acks");
     Napi::Array answers = info[0].As<Napi::Array>();
-    if (answers.Length() != pending_.size())
+    if (answers.Length() > pending_.size())
       BadArg(env, "answer(answers): " + std::to_string(pending_.size()) + " commands are waiting, got " +
                       std::to_string(answers.Length()) + " answers");
     struct Parsed {
@@ -145,9 +148,9 @@ class CtrlQueueWrap : public Napi::ObjectWrap<CtrlQueueWrap> {
       p.ack = static_cast<uint8_t>(v);
       parsed.push_back(std::move(p));
     }
-    for (size_t i = 0; i < pending_.size(); i++)
+    for (size_t i = 0; i < parsed.size(); i++)
       q_.Answer(pending_[i], parsed[i].ack, parsed[i].result.data(), static_cast<uint32_t>(parsed[i].result.size()));
-    pending_.clear();
+    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(parsed.size()));
     return Napi::Boolean::New(env, q_.Publish());
   }
 

@@ -4,8 +4,10 @@
 #include <napi.h>
 
 #include <memory>
+#include <mutex>
 
 #include "engine.h"
+#include "engine_binding.h"
 #include "errors.h"
 #include "memory_binding.h"
 
@@ -110,6 +112,9 @@ std::shared_ptr<const RxFilter> ParseRxFilter(const Napi::Object& o) {
   return f;
 }
 
+// Marks Engine objects, so that EngineFromValue never takes another wrap for one.
+constexpr napi_type_tag kEngineTag = {0x7674656e67696e65ULL, 0x2d656e67696e6531ULL};
+
 }  // namespace
 
 class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
@@ -126,6 +131,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info), env_(info.Env()) {
     Napi::Env env = info.Env();
+    info.This().As<Napi::Object>().TypeTag(&kEngineTag);
     if (!info[0].IsObject()) BadArg(env, "Engine options must be an object");
     Napi::Object opts = info[0].As<Napi::Object>();
 
@@ -183,8 +189,21 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (engine_) napi_remove_env_cleanup_hook(env_, &EngineWrap::OnEnvCleanup, this);
   }
 
+  // Start/Stop from a helper thread (engine_binding.h).
+  SysResult StartAnyThread() {
+    std::lock_guard<std::mutex> g(mu_);
+    if (!engine_ || !tsfn_live_) return SysResult{EBADFD, "start", ""};
+    if (engine_->running()) return SysResult{EBUSY, "start", ""};
+    return engine_->Start();
+  }
+  void StopAnyThread(bool drain_rx) {
+    std::lock_guard<std::mutex> g(mu_);
+    if (engine_) engine_->Stop(drain_rx);
+  }
+
  private:
   void Shutdown() {
+    std::lock_guard<std::mutex> g(mu_);
     if (engine_) engine_->Stop();
     if (tsfn_live_) {
       tsfn_live_ = false;
@@ -206,6 +225,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (!engine_) return;
     Shutdown();
     napi_remove_env_cleanup_hook(env_, &EngineWrap::OnEnvCleanup, this);
+    std::lock_guard<std::mutex> g(mu_);
     engine_.reset();
     memory_.Reset();
   }
@@ -218,13 +238,18 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     CheckOpen(info.Env());
     if (!tsfn_live_) ThrowCode(info.Env(), "EVHOST_STATE", "engine was shut down");
     if (engine_->running()) ThrowCode(info.Env(), "EVHOST_STATE", "engine is already running");
-    const SysResult r = engine_->Start();
+    SysResult r;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      r = engine_->Start();
+    }
     if (!r.ok()) ThrowErrno(info.Env(), r.err, r.syscall, "starting the engine worker");
   }
 
   // stop(drainRx?: boolean)
   void Stop(const Napi::CallbackInfo& info) {
     const bool drain = info.Length() > 0 && info[0].IsBoolean() && info[0].As<Napi::Boolean>().Value();
+    std::lock_guard<std::mutex> g(mu_);
     if (engine_) engine_->Stop(drain);
   }
 
@@ -293,6 +318,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   }
 
   napi_env env_;
+  // Held while the worker is made or joined (Engine::Start/Stop) and while
+  // engine_ goes: a helper thread (tap_ops_binding.cc) may start or stop this
+  // engine while the JS thread closes it or the environment tears down.
+  std::mutex mu_;
   // Declared before engine_ so that the engine (and its worker) is gone
   // before the memory it points into may be let go.
   Napi::ObjectReference memory_;
@@ -300,6 +329,14 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::ThreadSafeFunction on_broken_;
   bool tsfn_live_ = false;
 };
+
+EngineWrap* EngineFromValue(Napi::Value v) {
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&kEngineTag)) return nullptr;
+  return EngineWrap::Unwrap(v.As<Napi::Object>());
+}
+
+SysResult StartEngineAnyThread(EngineWrap* w) { return w->StartAnyThread(); }
+void StopEngineAnyThread(EngineWrap* w, bool drain_rx) { w->StopAnyThread(drain_rx); }
 
 void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", EngineWrap::Define(env)); }
 

@@ -46,12 +46,16 @@ static const char* ErrnoName(int err) {
   }
 }
 
-void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& what) {
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& what) {
   Napi::Error e = Napi::Error::New(env, what + ": " + syscall + " failed: " + strerror(err));
   e.Set("code", Napi::String::New(env, ErrnoName(err)));
   e.Set("errno", Napi::Number::New(env, err));
   e.Set("syscall", Napi::String::New(env, syscall));
-  throw e;
+  return e;
+}
+
+void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& what) {
+  throw ErrnoError(env, err, syscall, what);
 }
 
 void ThrowCode(Napi::Env env, const char* code, const std::string& message) {

@@ -9,6 +9,8 @@ namespace vt {
 
 // Throws an Error for errno `err` from `syscall`; `what` says what was being done.
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& what);
+// The same Error, not thrown: for a promise that work off the JS thread rejects.
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& what);
 
 // Throws an Error with code `code` (e.g. "EVHOST_BADARG").
 [[noreturn]] void ThrowCode(Napi::Env env, const char* code, const std::string& message);

@@ -596,6 +596,25 @@ test('pop() takes at most maxCommands; the rest waits for the next call (more = 
   t.is(r.usedIdx(), 10);
 });
 
+test('answer() with fewer answers than commands publishes the first ones; pop() waits until all are answered', (t) => {
+  const r = rig({ size: 16 });
+  const posted = [0, 1, 2, 3, 4].map((i) => postCommand(r, CTRL.CLASS_RX, CTRL.RX_PROMISC, [i & 1]));
+  r.drv.publish();
+  const { commands } = r.dev.pop(64);
+  t.is(commands.length, 5);
+  r.dev.answer([CTRL.OK, CTRL.ERR]);
+  t.is(r.usedIdx(), 2, 'the first two are used');
+  t.deepEqual([r.u8[posted[0].ack], r.u8[posted[1].ack], r.u8[posted[2].ack]], [CTRL.OK, CTRL.ERR, 0xee]);
+  t.throws(() => r.dev.pop(64), { code: 'EVHOST_STATE' });
+  t.throws(() => r.dev.answer([CTRL.OK, CTRL.OK, CTRL.OK, CTRL.OK]), { code: 'EVHOST_BADARG' }, 'more answers than commands left');
+  r.dev.answer([CTRL.OK]);
+  r.dev.answer([CTRL.ERR, CTRL.OK]);
+  t.is(r.usedIdx(), 5);
+  t.deepEqual([0, 1, 2, 3, 4].map((i) => r.usedElem(i).id), posted.map((x) => x.head), 'used in the order they were posted');
+  t.deepEqual(posted.map((x) => r.u8[x.ack]), [CTRL.OK, CTRL.ERR, CTRL.OK, CTRL.ERR, CTRL.OK]);
+  t.is(r.dev.pop(64).commands.length, 0, 'pop() works again once every command is answered');
+});
+
 test('pathological chains (zero-length readable descriptors through a whole ring) are walked within a per-call descriptor budget', (t) => {
   // A 32768-entry queue whose every chain visits all 32768 descriptors: one call may walk
   // at most its budget plus one chain, then says more = true; nothing is skipped.

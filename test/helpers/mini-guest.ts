@@ -9,6 +9,8 @@ import { DriverQueue } from '../../driver/virtqueue';
 
 const QSIZE = 64;
 const RX_BUF = 2048;
+/** Guest memory for floodCtrl's commands (class, command, data, then the ack byte each): two 1024-entry MAC tables are 12 KiB. */
+const FLOOD_BYTES = 512 * 1024;
 
 export interface RxFrame {
   pair: number;
@@ -20,6 +22,8 @@ export class MiniGuest {
   readonly mem: SharedArrayBuffer;
   readonly u8: Uint8Array;
   ctrl: ControlDriver | undefined;
+  /** With init's `ctrlFlood`: the control ring driven directly, for many commands in flight at once. */
+  private flood: { q: DriverQueue; buf: number } | undefined;
   private rx: { q: DriverQueue; bufOf: Int32Array; base: number }[] = [];
   private tx: { q: DriverQueue; base: number; next: number }[] = [];
   features = 0n;
@@ -38,8 +42,12 @@ export class MiniGuest {
     return (1 << 20) + pairs * (2 * QSIZE * RX_BUF + 8192);
   }
 
-  /** Handshake, rings, DRIVER_OK, RX buffers posted; `want` masks the offered features. */
-  async init(want: bigint, pairs = this.device.queuePairs): Promise<void> {
+  /**
+   * Handshake, rings, DRIVER_OK, RX buffers posted; `want` masks the offered features.
+   * `opts.ctrlFlood`: a control ring of that size driven by floodCtrl() instead of a ControlDriver
+   * (which, as Linux's driver, has one command in flight), for tests of what a hostile guest queues.
+   */
+  async init(want: bigint, pairs = this.device.queuePairs, opts: { ctrlFlood?: number } = {}): Promise<void> {
     const d = this.device;
     d.status = STATUS.ACKNOWLEDGE;
     d.status |= STATUS.DRIVER;
@@ -70,24 +78,78 @@ export class MiniGuest {
     }
     let ctrlAddrs;
     if (has(this.features, 'CTRL_VQ')) {
-      const l = DriverQueue.layout(next, 16);
+      const size = opts.ctrlFlood ?? 16;
+      const l = DriverQueue.layout(next, size);
       const buf = Math.ceil(l.end / 64) * 64;
-      next = buf + CTRL_BUF_BYTES + 64;
-      ctrlAddrs = { size: 16, desc: l.desc, avail: l.avail, used: l.used, buf };
-      d.setQueue(ctrlq(d.queuePairs), { size: 16, desc: l.desc, avail: l.avail, used: l.used });
+      next = buf + (opts.ctrlFlood ? FLOOD_BYTES : CTRL_BUF_BYTES + 64);
+      ctrlAddrs = { size, desc: l.desc, avail: l.avail, used: l.used, buf };
+      d.setQueue(ctrlq(d.queuePairs), { size, desc: l.desc, avail: l.avail, used: l.used });
     }
     if (next > this.mem.byteLength) throw new Error('MiniGuest: guest memory too small');
     this.rx = layouts.map(({ r, rb }) => ({ q: new DriverQueue(this.mem, r, { eventIdx }), bufOf: new Int32Array(QSIZE), base: rb }));
     this.tx = layouts.map(({ t, tb }) => ({ q: new DriverQueue(this.mem, t, { eventIdx }), base: tb, next: 0 }));
-    this.ctrl = ctrlAddrs
-      ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), { size: 16, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used }, eventIdx, ctrlAddrs.buf)
-      : undefined;
+    const ca = ctrlAddrs && { size: ctrlAddrs.size, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used };
+    this.ctrl = ca && !opts.ctrlFlood ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), ca, eventIdx, ctrlAddrs!.buf) : undefined;
+    this.flood = ca && opts.ctrlFlood ? { q: new DriverQueue(this.mem, ca, { eventIdx }), buf: ctrlAddrs!.buf } : undefined;
     d.status |= STATUS.DRIVER_OK;
     this.rx.forEach((r, p) => {
       for (let i = 0; i < QSIZE; i++) r.bufOf[r.q.addBuf(r.base + i * RX_BUF, RX_BUF, true)] = i;
       r.q.publish();
       d.kick(rxq(p));
     });
+  }
+
+  /**
+   * Queues every command at once (command readable, ack writable, as Linux lays them out), kicks
+   * once, and returns a promise of the answers in the order the device used them: the command's
+   * index and its ack byte.
+   */
+  floodCtrl(cmds: { cls: number; cmd: number; data: ArrayLike<number> }[], timeoutMs = 30_000): Promise<{ index: number; ack: number }[]> {
+    const f = this.flood;
+    if (!f) throw new Error('floodCtrl: init() without ctrlFlood');
+    const ackAt: number[] = [];
+    const indexOf = new Map<number, number>();
+    let at = f.buf;
+    cmds.forEach((c, i) => {
+      const len = 2 + c.data.length;
+      if (at + len + 1 > f.buf + FLOOD_BYTES) throw new RangeError('floodCtrl: the commands do not fit in the flood buffer');
+      this.u8[at] = c.cls;
+      this.u8[at + 1] = c.cmd;
+      this.u8.set(Array.from(c.data), at + 2);
+      this.u8[at + len] = 0xff;
+      const head = f.q.add([
+        { addr: at, len, write: false },
+        { addr: at + len, len: 1, write: true },
+      ]);
+      if (head < 0) throw new Error(`floodCtrl: the control ring (${f.q.size}) has no room for command ${i}`);
+      indexOf.set(head, i);
+      ackAt.push(at + len);
+      at += len + 1;
+    });
+    if (f.q.publish()) this.device.kick(ctrlq(this.device.queuePairs));
+    const out: { index: number; ack: number }[] = [];
+    const end = Date.now() + timeoutMs;
+    return new Promise((resolve, reject) => {
+      const poll = (): void => {
+        // The ring is the guest's: after a re-init, a flood still waiting reads another session's ring.
+        if (this.flood !== f) return reject(new Error('floodCtrl: the guest re-initialised its control queue'));
+        for (let u = f.q.popUsed(); u; u = f.q.popUsed()) {
+          const i = indexOf.get(u.id)!;
+          out.push({ index: i, ack: this.u8[ackAt[i]] });
+        }
+        if (out.length === cmds.length) resolve(out);
+        else if (Date.now() > end) reject(new Error(`floodCtrl: ${out.length} of ${cmds.length} commands answered in ${timeoutMs} ms`));
+        else setTimeout(poll, 1);
+      };
+      poll();
+    });
+  }
+
+  /** The control ring's used.idx as the guest sees it now (floodCtrl's ring). */
+  ctrlUsedIdx(): number {
+    const f = this.flood;
+    if (!f) throw new Error('ctrlUsedIdx: init() without ctrlFlood');
+    return Atomics.load(new Uint16Array(this.mem, f.q.addrs.used, 2), 1);
   }
 
   /** Frames received since the last call (copies), with buffers re-posted. */
