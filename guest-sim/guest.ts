@@ -147,9 +147,9 @@ export interface GuestMemory {
  * garbage per frame (views, parsed headers), which a few MiB of nursery collect as well as more.
  * Left to V8, the nursery of a busy Worker only grows: V8 doubles it each time the bytes that
  * survived scavenges since the last doubling exceed its size, which steady traffic always reaches,
- * up to 16 MiB semi-spaces; and it shrinks only when allocation slows down or the memory reducer
- * runs, which a Worker that never returns to its event loop never does. That was issue 24's
- * "growth": +8 then +16 MiB per Worker, in steps minutes apart.
+ * up to 16 MiB semi-spaces; and it shrinks only when allocation slows down or memory is to be
+ * reduced (the memory reducer is a task: a Worker that never returns to its event loop never runs
+ * it). That was issue 24's growth: +8 then +16 MiB per Worker, in steps minutes apart.
  */
 export const WORKER_YOUNG_GENERATION_MB = 12;
 
