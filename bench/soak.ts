@@ -14,6 +14,7 @@ import { parseArgs } from 'node:util';
 import { CTRL, type DeviceStats } from '../backend';
 import { GuestSim, parseOffloads } from '../guest-sim/guest';
 import { Netns } from '../host/netns';
+import { steadySoak } from './soak-steady';
 
 const HELP = `Usage: npm run soak -- [options]
 
@@ -39,6 +40,8 @@ Options:
                    leave out the resets, the queue-pair changes or the control commands
                    (to find which one a problem comes with)
   --json           print the whole report as JSON at the end
+  --steady         the other mode: 'vhost-tap run''s guest under steady traffic with no
+                   resets, memory of every isolate over time (--steady --help)
   -h, --help       this help`;
 
 const HOST4 = '10.203.31.1';
@@ -157,6 +160,7 @@ process.on('SIGTERM', () => {
 });`;
 
 async function main(): Promise<number> {
+  if (process.argv.includes('--steady')) return steadySoak(process.argv.slice(2).filter((a) => a !== '--steady'));
   const { values: o } = parseArgs({
     args: process.argv.slice(2),
     options: {

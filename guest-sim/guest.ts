@@ -26,7 +26,7 @@ import {
 import { CTRL_BUF_BYTES, ControlDriver, DriverMemory, DriverQueue, GuestAllocator, negotiate, setUpQueuePair } from '../driver';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
 import { pcapngHeader } from './pcapng';
-import { CTL, CTL_BYTES, PairConfig, PairMessage } from './worker';
+import { CTL, CTL_BYTES, IsolateMemory, isolateMemory, PairConfig, PairMessage } from './worker';
 
 /** Features guest-sim knows how to drive; the device offers, the guest takes the intersection. */
 export const GUEST_SUPPORTED: bigint = bits(
@@ -135,6 +135,27 @@ export interface DiscardEvent {
   sha256: string;
 }
 
+/** V8 heaps of every isolate guest-sim runs: this (main) thread's and each queue-pair Worker's. */
+export interface GuestMemory {
+  main: IsolateMemory;
+  workers: IsolateMemory[];
+}
+
+/**
+ * Young generation of a queue-pair Worker's V8 heap (Worker resourceLimits.maxYoungGenerationSizeMb;
+ * V8 makes each of its two semi-spaces a third of it: 4 MiB). A Worker allocates only short-lived
+ * garbage per frame (views, parsed headers), which a few MiB of nursery collect as well as more.
+ * Left to V8, the nursery of a busy Worker only grows: V8 doubles it each time the bytes that
+ * survived scavenges since the last doubling exceed its size, which steady traffic always reaches,
+ * up to 16 MiB semi-spaces; and it shrinks only when allocation slows down or memory is to be
+ * reduced (the memory reducer is a task: a Worker that never returns to its event loop never runs
+ * it). That was issue 24's growth: +8 then +16 MiB per Worker, in steps minutes apart.
+ */
+export const WORKER_YOUNG_GENERATION_MB = 12;
+
+/** How long memoryUsage() waits for a Worker's answer (it answers between two batches, so within milliseconds). */
+const MEMORY_REPLY_MS = 5000;
+
 export interface GuestStats {
   pairs: { rxFrames: number; rxBytes: number; txFrames: number; txBytes: number; txRingFull: number; wakeups: number }[];
   device: DeviceStats;
@@ -175,6 +196,8 @@ export class GuestSim extends EventEmitter {
   private stopped = false;
   /** Counters of the Workers of earlier sessions (before restart()), so stats() stays monotonic. */
   private retiredPairs: GuestStats['pairs'] = [];
+  /** memoryUsage() callers waiting for a Worker's answer, per pair, oldest first. */
+  private readonly memoryWaiters = new Map<number, ((m: IsolateMemory) => void)[]>();
 
   private constructor(
     device: VirtioNetDevice,
@@ -331,6 +354,7 @@ export class GuestSim extends EventEmitter {
     const worker = new Worker(path.join(__dirname, 'worker.js'), {
       workerData: { ...cfg, port: port2 },
       transferList: [port2],
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     });
     const done = new Promise((resolve, reject) => {
       worker.once('exit', resolve);
@@ -350,6 +374,36 @@ export class GuestSim extends EventEmitter {
       if (this.pcapFd !== undefined) fs.writeSync(this.pcapFd, m.pcap);
     } else if ('discard' in m) this.emit('discard', { pair, ...m.discard } satisfies DiscardEvent);
     else if ('final' in m) this.emit('pair-stats', pair, m.responder, m.tcp);
+    else if ('memory' in m) this.memoryWaiters.get(pair)?.shift()?.(m.memory);
+  }
+
+  /**
+   * The V8 heap of every isolate: this thread's and each queue-pair Worker's (a Worker's heap
+   * is not in the main thread's process.memoryUsage()). Rejects when a Worker does not answer
+   * within 5 s.
+   */
+  async memoryUsage(): Promise<GuestMemory> {
+    const workers = await Promise.all(
+      this.workers.map(
+        (w, pair) =>
+          new Promise<IsolateMemory>((resolve, reject) => {
+            const q = this.memoryWaiters.get(pair) ?? [];
+            this.memoryWaiters.set(pair, q);
+            const timer = setTimeout(() => {
+              const i = q.indexOf(done);
+              if (i >= 0) q.splice(i, 1);
+              reject(new Error(`guest-sim: queue-pair Worker ${pair} did not report its memory within ${MEMORY_REPLY_MS} ms`));
+            }, MEMORY_REPLY_MS);
+            const done = (m: IsolateMemory): void => {
+              clearTimeout(timer);
+              resolve(m);
+            };
+            q.push(done);
+            w.port.postMessage('memory');
+          }),
+      ),
+    );
+    return { main: isolateMemory(), workers };
   }
 
   /** Sends a control command; resolves with CTRL.OK or CTRL.ERR. */

@@ -6,6 +6,7 @@
 // halted vCPU waiting for an interrupt (or a TCP timer).
 
 import { performance } from 'node:perf_hooks';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { receiveMessageOnPort, workerData, MessagePort } from 'node:worker_threads';
 
 import { HDR } from '../backend';
@@ -47,8 +48,27 @@ export interface PairConfig {
 export type PairMessage =
   | { final: true; responder: Record<string, number>; tcp: Record<string, number> }
   | { responder: Record<string, number>; tcp: Record<string, number> }
+  | { memory: IsolateMemory }
   | { discard: DiscardReport }
   | { pcap: Uint8Array };
+
+/** One isolate's V8 heap and the memory outside it that V8 knows of (process.memoryUsage() of that isolate). */
+export interface IsolateMemory {
+  heapUsed: number;
+  heapTotal: number;
+  /** Committed memory of the young generation (new space and new large objects), part of heapTotal. */
+  youngGeneration: number;
+  external: number;
+  arrayBuffers: number;
+}
+
+/** This thread's isolate's IsolateMemory. */
+export function isolateMemory(): IsolateMemory {
+  const { heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage();
+  let youngGeneration = 0;
+  for (const s of getHeapSpaceStatistics()) if (s.space_name === 'new_space' || s.space_name === 'new_large_object_space') youngGeneration += s.space_size;
+  return { heapUsed, heapTotal, youngGeneration, external, arrayBuffers };
+}
 
 /** Indices into the shared Float64Array of counters. */
 export const CTL = {
@@ -168,6 +188,10 @@ function run(cfg: PairConfig): void {
     cap?.flush();
     for (let m = receiveMessageOnPort(cfg.port); m; m = receiveMessageOnPort(cfg.port)) {
       if (m.message === 'stats') cfg.port.postMessage({ responder: { ...responder.stats }, tcp: stats() } satisfies PairMessage);
+      else if (m.message === 'memory') {
+        // This Worker's own isolate: the main thread's process.memoryUsage() does not see it.
+        cfg.port.postMessage({ memory: isolateMemory() } satisfies PairMessage);
+      }
     }
     if (rxWork) continue;
     let wait = IDLE_WAIT_MS;
