@@ -94,7 +94,8 @@ export class DriverQueue implements Virtqueue {
   /**
    * VIRTIO_F_IN_ORDER: descriptors are handed out in ring order (the free list is a FIFO, which
    * in-order completion keeps in ring order), and a used entry completes its chain and every
-   * chain made available before it.
+   * chain made available before it: the device may write only the batch's first used slot,
+   * naming the batch's last head, and advance used.idx by the whole batch.
    */
   readonly inOrder: boolean;
   readonly addrs: Readonly<QueueAddrs>;
@@ -255,7 +256,7 @@ export class DriverQueue implements Virtqueue {
 
   /** Used entries the device has published that popUsed() has not consumed yet. */
   get pending(): number {
-    return ((Atomics.load(this.used16, USED_IDX) - this.lastUsed) & 0xffff) + (this.batchEnd >= 0 ? 1 : 0);
+    return (Atomics.load(this.used16, USED_IDX) - this.lastUsed) & 0xffff;
   }
 
   /** Chains added since the last publish(). */
@@ -399,7 +400,13 @@ export class DriverQueue implements Virtqueue {
       throw new DeviceBugError(`popUsed: used.ring[${slot}].len = ${len} exceeds the ${this.chainWritable[id]} writable bytes of chain ${id}`);
     }
     if (this.inOrder) {
-      this.lastUsed = (this.lastUsed + 1) & 0xffff;
+      // The entry at the batch's first slot names its last chain; used.idx counts every chain
+      // of the batch, so it must cover them all.
+      let k = 1;
+      for (let i = this.fifoRd; this.fifo[i] !== id; i = (i + 1) & this.mask) k++;
+      if (k > ((usedIdx - this.lastUsed) & 0xffff)) {
+        throw new DeviceBugError(`popUsed: used.ring[${slot}] names chain ${id}, the end of a batch of ${k} chains, but used.idx covers only ${(usedIdx - this.lastUsed) & 0xffff}`);
+      }
       this.batchEnd = id;
       this.batchLen = len;
       return this.nextOfBatch(out ?? this.scratch);
@@ -419,10 +426,14 @@ export class DriverQueue implements Virtqueue {
     return r;
   }
 
-  /** IN_ORDER: hands out the oldest chain in flight; the one the used entry named gets its len, earlier ones 0. */
+  /**
+   * IN_ORDER: hands out the oldest chain in flight, one used.idx step each; the one the used
+   * entry named gets its len, earlier ones 0.
+   */
   private nextOfBatch(r: UsedElem): UsedElem {
     const id = this.fifo[this.fifoRd];
     const last = id === this.batchEnd;
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
     this.fifoRd = (this.fifoRd + 1) & this.mask;
     this.fifoN--;
     this.inFlightHead[id] = 0;

@@ -243,7 +243,7 @@ test('IN_ORDER (packed): one used descriptor with the last id of a batch returns
   t.throws(() => q.popUsed(), { instanceOf: DeviceBugError });
 });
 
-test('IN_ORDER (split): one used entry with the last head of a batch completes every earlier chain; descriptors are handed out in ring order', (t) => {
+test('IN_ORDER (split): one used entry at the batch\'s first slot names its last head and completes every chain of it; used.idx counts them all; descriptors go out in ring order', (t) => {
   const mem = new SharedArrayBuffer(1 << 20);
   const size = 8;
   const l = DriverQueue.layout(0, size);
@@ -264,17 +264,24 @@ test('IN_ORDER (split): one used entry with the last head of a batch completes e
       t.is(d0, (h + 1) % size, 'the chain continues at the next descriptor');
       expectHead = (expectHead + 2) % size;
     }
-    // One used entry naming the last chain.
+    // One used entry, at the batch's first slot, naming its last chain; used.idx moves by 3.
     dv.setUint32(l.used + 4 + 8 * (usedIdx % size), heads[2], true);
     dv.setUint32(l.used + 8 + 8 * (usedIdx % size), 60, true);
-    usedIdx++;
-    Atomics.store(new Uint16Array(mem, l.used, 2), 1, usedIdx);
+    usedIdx += 3;
+    Atomics.store(new Uint16Array(mem, l.used, 2), 1, usedIdx & 0xffff);
     const got: [number, number][] = [];
     for (let u = q.popUsed(); u; u = q.popUsed()) got.push([u.id, u.len]);
     t.deepEqual(got, [[heads[0], 0], [heads[1], 0], [heads[2], 60]]);
     t.is(q.freeCount, size);
     t.is(q.pending, 0);
   }
+  // A used entry naming a chain beyond what used.idx covers is a device bug.
+  const h = [q.addBuf(0x40000, 8, true), q.addBuf(0x40000, 8, true)];
+  q.publish();
+  dv.setUint32(l.used + 4 + 8 * (usedIdx % size), h[1], true);
+  dv.setUint32(l.used + 8 + 8 * (usedIdx % size), 0, true);
+  Atomics.store(new Uint16Array(mem, l.used, 2), 1, (usedIdx + 1) & 0xffff);
+  t.throws(() => q.popUsed(), { instanceOf: DeviceBugError, message: /covers only 1/ });
 });
 
 test('kicks: the device event area says enable, disable, or (EVENT_IDX) the position whose crossing needs a kick, across the wrap', (t) => {
