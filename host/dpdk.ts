@@ -7,6 +7,7 @@
 
 import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 
 /** Where testpmd is installed by Debian's `dpdk` package. */
 export const TESTPMD = '/usr/bin/dpdk-testpmd';
@@ -66,7 +67,7 @@ export interface TestpmdOptions {
   forwardMode: string;
   /** txonly frame length in bytes (Ethernet header and FCS-less payload), default 64. */
   txpkts?: number;
-  /** The lcores: the first polls (forwards), the second is the main lcore that reads commands. */
+  /** The lcore ids: the first polls (forwards), the second is the main lcore that reads commands; both float over every CPU. */
   lcores?: [number, number];
   /** More testpmd application arguments (after `--`). */
   args?: string[];
@@ -127,7 +128,10 @@ export class Testpmd {
     if (missing) throw new Error(missing);
     if (!/^[A-Za-z0-9_-]+$/.test(o.prefix)) throw new Error(`DPDK file prefix '${o.prefix}' must be letters, digits, '_' and '-'`);
     const [fwd, main] = o.lcores ?? [0, 1];
-    const eal = ['-l', `${fwd},${main}`, '--main-lcore', String(main), '--no-huge', '--single-file-segments', '-m', String(MEMORY_MB), '--no-pci', '--iova-mode=va', '--file-prefix', o.prefix];
+    // Each lcore thread may run on any CPU, as the back ends it is compared with do: pinned to
+    // one CPU, a poller on a machine shared with other work gets that CPU's share and no more.
+    const cpus = `(0-${os.cpus().length - 1})`;
+    const eal = ['--lcores', `${fwd}@${cpus},${main}@${cpus}`, '--main-lcore', String(main), '--no-huge', '--single-file-segments', '-m', String(MEMORY_MB), '--no-pci', '--iova-mode=va', '--file-prefix', o.prefix];
     for (const v of o.vdevs) eal.push('--vdev', v);
     const app = ['-i', `--forward-mode=${o.forwardMode}`, '--nb-cores=1', `--total-num-mbufs=${MBUFS}`, `--txpkts=${o.txpkts ?? 64}`, ...(o.args ?? [])];
     const child = spawn('ip', ['netns', 'exec', o.netns, 'stdbuf', '-oL', TESTPMD, ...eal, '--', ...app], { stdio: ['pipe', 'pipe', 'pipe'] });
