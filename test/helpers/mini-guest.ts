@@ -5,7 +5,8 @@
 
 import { bits, ctrlq, has, netHdrSize, rxq, STATUS, txq, VirtioNetDevice } from '../../backend';
 import { CTRL_BUF_BYTES, ControlDriver } from '../../driver/control';
-import { DriverQueue } from '../../driver/virtqueue';
+import { openVirtqueue, PackedDriverQueue } from '../../driver/packed';
+import { DriverQueue, Virtqueue } from '../../driver/virtqueue';
 
 const QSIZE = 64;
 const RX_BUF = 2048;
@@ -20,8 +21,8 @@ export class MiniGuest {
   readonly mem: SharedArrayBuffer;
   readonly u8: Uint8Array;
   ctrl: ControlDriver | undefined;
-  private rx: { q: DriverQueue; bufOf: Int32Array; base: number }[] = [];
-  private tx: { q: DriverQueue; base: number; next: number }[] = [];
+  private rx: { q: Virtqueue; bufOf: Int32Array; base: number }[] = [];
+  private tx: { q: Virtqueue; base: number; next: number }[] = [];
   features = 0n;
   hdrLen = 12;
 
@@ -49,9 +50,13 @@ export class MiniGuest {
     if (!(d.status & STATUS.FEATURES_OK)) throw new Error(`FEATURES_OK refused: ${d.featuresRefusal}`);
     this.hdrLen = netHdrSize(this.features);
     const eventIdx = has(this.features, 'RING_EVENT_IDX');
+    // The ring layout follows what was negotiated: RING_PACKED (and IN_ORDER) when `want` asks for them.
+    const packed = has(this.features, 'RING_PACKED');
+    const ringOpts = { eventIdx, packed, inOrder: has(this.features, 'IN_ORDER') };
+    const layoutOf = (base: number, size: number): { desc: number; avail: number; used: number; end: number } => (packed ? PackedDriverQueue.layout(base, size) : DriverQueue.layout(base, size));
     let next = 0;
     const ring = (): { size: number; desc: number; avail: number; used: number } => {
-      const l = DriverQueue.layout(next, QSIZE);
+      const l = layoutOf(next, QSIZE);
       next = l.end;
       return { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used };
     };
@@ -70,17 +75,17 @@ export class MiniGuest {
     }
     let ctrlAddrs;
     if (has(this.features, 'CTRL_VQ')) {
-      const l = DriverQueue.layout(next, 16);
+      const l = layoutOf(next, 16);
       const buf = Math.ceil(l.end / 64) * 64;
       next = buf + CTRL_BUF_BYTES + 64;
       ctrlAddrs = { size: 16, desc: l.desc, avail: l.avail, used: l.used, buf };
       d.setQueue(ctrlq(d.queuePairs), { size: 16, desc: l.desc, avail: l.avail, used: l.used });
     }
     if (next > this.mem.byteLength) throw new Error('MiniGuest: guest memory too small');
-    this.rx = layouts.map(({ r, rb }) => ({ q: new DriverQueue(this.mem, r, { eventIdx }), bufOf: new Int32Array(QSIZE), base: rb }));
-    this.tx = layouts.map(({ t, tb }) => ({ q: new DriverQueue(this.mem, t, { eventIdx }), base: tb, next: 0 }));
+    this.rx = layouts.map(({ r, rb }) => ({ q: openVirtqueue(this.mem, r, ringOpts), bufOf: new Int32Array(QSIZE), base: rb }));
+    this.tx = layouts.map(({ t, tb }) => ({ q: openVirtqueue(this.mem, t, ringOpts), base: tb, next: 0 }));
     this.ctrl = ctrlAddrs
-      ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), { size: 16, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used }, eventIdx, ctrlAddrs.buf)
+      ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), { size: 16, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used }, ringOpts, ctrlAddrs.buf)
       : undefined;
     d.status |= STATUS.DRIVER_OK;
     this.rx.forEach((r, p) => {
