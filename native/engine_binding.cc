@@ -42,6 +42,7 @@ QueueConfig ParseQueue(const Napi::Object& opts, const char* key) {
   c.layout.desc = static_cast<uint64_t>(GetRange(q, "desc", 0, kMaxSafe, where.c_str()));
   c.layout.avail = static_cast<uint64_t>(GetRange(q, "avail", 0, kMaxSafe, where.c_str()));
   c.layout.used = static_cast<uint64_t>(GetRange(q, "used", 0, kMaxSafe, where.c_str()));
+  c.layout.packed = !q.Get("packed").IsUndefined() && GetBool(q, "packed");
   c.kick_fd = static_cast<int>(GetRange(q, "kickFd", 0, INT32_MAX, where.c_str()));
   c.call_fd = static_cast<int>(GetRange(q, "callFd", 0, INT32_MAX, where.c_str()));
   if (!q.Get("lastAvailIdx").IsUndefined())
@@ -158,9 +159,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     // packed: VIRTIO_F_RING_PACKED; then rx/tx desc, avail, used are the
     // descriptor ring, driver and device event areas, and lastAvailIdx /
     // usedIdx carry the wrap counter in bit 15 (a new ring: 0x8000).
-    if (!opts.Get("packed").IsUndefined() && GetBool(opts, "packed")) {
-      for (auto [qc, key] : {std::pair<QueueConfig*, const char*>{&cfg.rx, "rx"}, {&cfg.tx, "tx"}}) {
-        qc->layout.packed = true;
+    const bool packed = !opts.Get("packed").IsUndefined() && GetBool(opts, "packed");
+    for (auto [qc, key] : {std::pair<QueueConfig*, const char*>{&cfg.rx, "rx"}, {&cfg.tx, "tx"}}) {
+      if (packed) qc->layout.packed = true;
+      if (qc->layout.packed) {
         const Napi::Object q = opts.Get(key).As<Napi::Object>();
         if (q.Get("lastAvailIdx").IsUndefined()) qc->last_avail_idx = RING_PACKED_WRAP_BIT;
         if (q.Get("usedIdx").IsUndefined()) qc->used_idx = RING_PACKED_WRAP_BIT;
