@@ -11,6 +11,7 @@
         "native/memory.cc",
         "native/memory_binding.cc",
         "native/virtqueue.cc",
+        "native/packed_queue.cc",
         "native/ctrl_queue.cc",
         "native/ctrl_binding.cc",
         "native/uring.cc",
