@@ -13,6 +13,7 @@
         "native/memory_binding.cc",
         "native/fault_guard.cc",
         "native/virtqueue.cc",
+        "native/packed_queue.cc",
         "native/ctrl_queue.cc",
         "native/ctrl_binding.cc",
         "native/uring.cc",

@@ -664,6 +664,8 @@ export class TapDataPath {
         mergeable: has(f, 'MRG_RXBUF'),
         eventIdx: has(f, 'RING_EVENT_IDX'),
         indirect: has(f, 'RING_INDIRECT_DESC'),
+        packed: has(f, 'RING_PACKED'),
+        inOrder: has(f, 'IN_ORDER'),
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
         busyPollUs: this.busyPollUs,
         io: this.io,

@@ -14,7 +14,7 @@ import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, valid
 import { GuestMemory, toNativeRegions } from './memory';
 import { addon, CtrlAnswer, NativeCtrlCommand, NativeGuestMemory } from './native';
 import { RxFilter, RxFilterState } from './rxfilter';
-import { CONFIG, CTRL, ctrlq, has, STATUS, TUN } from './virtio';
+import { CONFIG, CTRL, ctrlq, has, PACKED_RING, STATUS, TUN } from './virtio';
 
 export type { DeviceStats, QueueStats } from './datapath';
 
@@ -56,6 +56,12 @@ export interface QueueSetup {
   desc: number;
   avail: number;
   used: number;
+  /**
+   * Set by the device, not the caller: the driver negotiated VIRTIO_F_RING_PACKED, so desc,
+   * avail and used are the descriptor ring and the driver and device event suppression areas,
+   * and the size need not be a power of two.
+   */
+  packed?: boolean;
 }
 
 /** The events a VirtioNetDevice emits and their arguments. */
@@ -309,7 +315,8 @@ export class VirtioNetDevice extends EventEmitter {
         throw new InvalidArgumentError(`queue ${index}: ${name} must be a non-negative integer, got ${String(v)}`);
       }
     }
-    const ring = { size, desc, avail, used };
+    // The layout follows the negotiated features (set before the queues, virtio 1.x §3.1.1).
+    const ring = has(this._driverFeatures, 'RING_PACKED') ? { size, desc, avail, used, packed: true } : { size, desc, avail, used };
     const others = this.queues.filter((o, i): o is QueueSetup => o !== undefined && i !== index);
     const bad = this.memory.checkRings([ring]) ?? this.memory.checkRings([ring, ...others]);
     if (bad) throw new InvalidArgumentError(`queue ${index}: ${bad.detail} (${bad.rule})`);
@@ -450,7 +457,13 @@ export class VirtioNetDevice extends EventEmitter {
       if (!cq) throw new DeviceStateError(`CTRL_VQ negotiated but the control queue ${ctrlq(this.queuePairs)} was not set up`);
       const index = ctrlq(this.queuePairs);
       const q = native(`control queue ${index}`, () =>
-        new a.ControlQueue({ memory: this.memory, ...cq, eventIdx: has(f, 'RING_EVENT_IDX'), indirect: has(f, 'RING_INDIRECT_DESC') }),
+        new a.ControlQueue({
+          memory: this.memory,
+          ...cq,
+          eventIdx: has(f, 'RING_EVENT_IDX'),
+          indirect: has(f, 'RING_INDIRECT_DESC'),
+          packed: has(f, 'RING_PACKED'),
+        }),
       );
       const ctrl = new ControlQueueServer(q, (c) => this.handleCtrl(c), {
         interrupt: () => addon().kick(this.callFds[index]),
@@ -543,7 +556,7 @@ export class VirtioNetDevice extends EventEmitter {
       ...q,
       kickFd: this.kickFds[i],
       callFd: this.callFds[i],
-      ...(this.positions.get(i) ?? { lastAvailIdx: 0, usedIdx: 0 }),
+      ...(this.positions.get(i) ?? (q.packed ? { lastAvailIdx: PACKED_RING.INITIAL_POSITION, usedIdx: PACKED_RING.INITIAL_POSITION } : { lastAvailIdx: 0, usedIdx: 0 })),
     });
     const session = this.session;
     return {

@@ -13,6 +13,9 @@ export const BASE_FEATURES: bigint = bits(
   'MRG_RXBUF',
   'RING_EVENT_IDX',
   'RING_INDIRECT_DESC',
+  // Both ring layouts and IN_ORDER: the engines, the control queue and vhost-user serve each.
+  'RING_PACKED',
+  'IN_ORDER',
   'CTRL_VQ',
   'CTRL_RX',
   'CTRL_VLAN',

@@ -109,7 +109,10 @@ export interface NativeQueueConfig {
   kickFd: number;
   /** eventfd the device writes when an interrupt is due. */
   callFd: number;
-  /** Where to resume (0 for a fresh queue). */
+  /**
+   * Where to resume (0 for a fresh split queue). Packed rings: bits 0-14 the position in the
+   * ring, bit 15 the wrap counter (0x8000 for a fresh queue, the default).
+   */
   lastAvailIdx?: number;
   usedIdx?: number;
 }
@@ -137,6 +140,8 @@ export interface NativeRingLayout {
   desc: number;
   avail: number;
   used: number;
+  /** A packed ring (any size 1..32768; desc, driver event area, device event area). */
+  packed?: boolean;
 }
 
 /**
@@ -220,6 +225,8 @@ export interface NativeControlQueue {
 
 export interface NativeControlQueueOptions extends NativeRingLayout {
   memory: NativeGuestMemory;
+  /** VIRTIO_F_RING_PACKED (as NativeRingLayout.packed). */
+  packed?: boolean;
   eventIdx: boolean;
   indirect: boolean;
 }
@@ -237,6 +244,17 @@ export interface NativeEngineOptions {
   eventIdx: boolean;
   /** VIRTIO_F_RING_INDIRECT_DESC negotiated. */
   indirect: boolean;
+  /**
+   * VIRTIO_F_RING_PACKED negotiated: both rings are packed (as rx.packed / tx.packed). The
+   * layout is chosen once, here: the worker is compiled per layout.
+   */
+  packed?: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER negotiated: a batch of TX chains is answered with one used element
+   * naming its last buffer; on the split ring the driver must post descriptors in table
+   * order (rule 'in-order-head').
+   */
+  inOrder?: boolean;
   /**
    * Largest RX frame, virtio_net_hdr included, that the negotiated features allow.
    * Mergeable: the device gathers chains until they hold this many bytes before a read.
@@ -275,7 +293,9 @@ export interface NativeEngineOptions {
    * 'indirect-with-next', 'indirect-bad-len', 'indirect-not-negotiated',
    * 'indirect-out-of-bounds', 'writable-on-tx', 'readable-on-rx',
    * 'readable-after-writable', 'header-too-short', 'avail-idx-jump', 'avail-idx-backwards',
-   * 'rx-chain-too-small', 'ring-out-of-bounds', 'ring-overlap', 'empty-chain'.
+   * 'rx-chain-too-small', 'ring-out-of-bounds', 'ring-overlap', 'empty-chain', 'in-order-head';
+   * packed rings also 'chain-not-available', 'buffer-id-out-of-range', 'buffer-id-in-use',
+   * 'avail-withdrawn', 'ring-base-out-of-range'.
    */
   onBroken: (queueIndex: number, rule: string, detail: string) => void;
 }

@@ -112,6 +112,29 @@ export const RING = {
   USED_F_NO_NOTIFY: 1,
 } as const;
 
+/**
+ * Packed virtqueue layout (virtio 1.x §2.8): descriptor { addr u64, len u32, id u16, flags u16 },
+ * and two event suppression areas { off_wrap u16, flags u16 }. Positions saved and restored
+ * (lastAvailIdx / usedIdx, vhost-user's ring base) carry the wrap counter in bit 15.
+ */
+export const PACKED_RING = {
+  DESC_F_AVAIL: 1 << 7,
+  DESC_F_USED: 1 << 15,
+  EVENT_FLAGS_ENABLE: 0,
+  EVENT_FLAGS_DISABLE: 1,
+  EVENT_FLAGS_DESC: 2,
+  EVENT_AREA_SIZE: 4,
+  EVENT_AREA_ALIGN: 4,
+  WRAP_BIT: 1 << 15,
+  /** Where a new packed ring starts: position 0, wrap counter 1. */
+  INITIAL_POSITION: 1 << 15,
+} as const;
+
+/** Byte sizes of the three parts of a packed ring: descriptor ring, driver and device event areas. */
+export function packedRingSizes(size: number): { desc: number; avail: number; used: number } {
+  return { desc: RING.DESC_SIZE * size, avail: PACKED_RING.EVENT_AREA_SIZE, used: PACKED_RING.EVENT_AREA_SIZE };
+}
+
 /** Byte sizes of the three parts of a split ring of `size` entries (event fields included). */
 export function splitRingSizes(size: number): { desc: number; avail: number; used: number } {
   return {

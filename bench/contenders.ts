@@ -239,11 +239,11 @@ function workerTids(ws: Spawned[]): number[] {
 
 // --- traffic source (RX) and sink counters --------------------------------------------
 
-interface Source {
+export interface Source {
   stop(): Promise<{ sent: number; drops: number }>;
 }
 
-function startSource(env: Env, t: Trial): Source {
+export function startSource(env: Env, t: Trial): Source {
   const child = spawn('ip', ['netns', 'exec', env.ns, path.join(env.outDir, 'pktsrc'), env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec), t.gso ? 'gso' : 'plain', 'pace'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -268,7 +268,7 @@ export function ipNs(env: Env, ...args: string[]): string {
   return execFileSync('ip', ['-n', env.ns, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-function tapRxPackets(env: Env): number {
+export function tapRxPackets(env: Env): number {
   const j = JSON.parse(ipNs(env, '-j', '-s', 'link', 'show', 'dev', env.tap)) as { stats64?: { rx?: { packets?: number } } }[];
   return j[0]?.stats64?.rx?.packets ?? 0;
 }

@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 
 import { Netns, requireRoot } from '../host/netns';
 import { CONTENDER_NAMES, CONTENDERS, Contender, DEFAULT_CONTENDERS, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
+import { dpdkCase, DpdkResult, dpdkTable, dpdkTargets } from './dpdk';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { buildGuestImage, GUEST_BACKEND_NAMES, GUEST_BACKENDS, GuestBackend, guestBackendUnavailable, GuestDir, GuestRig, GuestSample, makeGuestRig, runGuestRound } from './guest';
 import { renderSvg } from './plot';
@@ -41,6 +42,11 @@ Cases:
             vhost-tap over vhost-user, QEMU's own -netdev tap, and tap,vhost=on where
             /dev/vhost-net exists; TCP Mbps both ways and host CPU per byte (QEMU
             process + back-end threads). Not in the default list: each round boots.
+  dpdk      DPDK's virtio-user driver (dpdk-testpmd, one polling core), split and packed
+            ring, 64 and 1514 B, guest → TAP (txonly) and TAP → guest (rxonly), against
+            vhost-tap vhost-user and against DPDK's own back end (vhost PMD → TAP PMD, one
+            polling core); frames/s and back-end CPU per frame. Not in the default list:
+            DPDK polls two cores for the whole case.
   tx and rx run with 1 queue pair at every size and with every other --queues
   count at the smallest size (the queue-scaling comparison).
 
@@ -68,7 +74,7 @@ Options:
   -h, --help       this help`;
 
 const DEFAULT_CASES = ['tx', 'rx', 'tx-gso', 'rx-gso', 'tcp-h2g', 'tcp-g2h'];
-const ALL_CASES = [...DEFAULT_CASES, 'guest'];
+const ALL_CASES = [...DEFAULT_CASES, 'guest', 'dpdk'];
 const FLOWS = 64;
 /**
  * A getppid() at or above this many ns marks a machine where every system call
@@ -182,6 +188,8 @@ export interface BenchReport {
   tcp: TcpResult[];
   /** The guest case: the guest it booted and one result per direction. */
   guest?: { kernel: string; cpus: number; queues: number; bytes: number; results: GuestResult[] };
+  /** The dpdk case: DPDK's virtio-user driver against vhost-tap and DPDK's own back end. */
+  dpdk?: DpdkResult[];
   unavailable: { case: string; reason: string }[];
   targets: Target[];
 }
@@ -407,6 +415,7 @@ export function table(r: BenchReport): string {
     }
     lines.push('vs QEMU tap: ratio of Mbps. CPU vs QEMU tap: QEMU tap\'s host CPU per byte over vhost-tap\'s (above 1: vhost-tap costs the host less per byte).');
   }
+  if (r.dpdk?.length) lines.push(...dpdkTable(r.dpdk));
   for (const u of r.unavailable) lines.push(`${u.case}: unavailable — ${u.reason}`);
   lines.push('vs …: ratio of frames/s. CPU vs …: ratio of frames per second of backend CPU (efficiency, robust to a busy machine).');
   lines.push('C loop: one write()/read() per frame. C uring: batches of 64 io_uring requests on a registered fd (the fastest single-thread user-space way).');
@@ -567,7 +576,7 @@ export async function main(argv: string[]): Promise<number> {
       for (const q of qs) if (q !== 1) specs.push({ id: `${c}-${smallest}-q${q}`, case: c, dir: c, gso: false, size: smallest, queues: q });
     } else if (c === 'tx-gso' || c === 'rx-gso') {
       specs.push({ id: `${c}-q1`, case: c, dir: c === 'tx-gso' ? 'tx' : 'rx', gso: true, size: GSO_FRAME_LEN, queues: 1 });
-    } else if (c === 'guest') {
+    } else if (c === 'guest' || c === 'dpdk') {
       // Handled after the frame and TCP cases.
     } else if (!contenders.some((k) => k === 'vhost' || k === 'vhost-readv')) {
       unavailable.push({ case: c, reason: 'only vhost-tap contenders run TCP (the baselines have no guest TCP stack)' });
@@ -612,6 +621,7 @@ export async function main(argv: string[]): Promise<number> {
   const results: CaseResult[] = [];
   const tcp: TcpResult[] = [];
   let guest: BenchReport['guest'];
+  let dpdk: DpdkResult[] | undefined;
   const runnableGuest = cases.includes('guest') ? guestBackends.filter((b) => {
     const why = guestBackendUnavailable(b);
     if (why) unavailable.push({ case: `guest ${b}`, reason: why });
@@ -625,8 +635,9 @@ export async function main(argv: string[]): Promise<number> {
     results,
     tcp,
     guest: g,
+    dpdk,
     unavailable,
-    targets: [...targets(results, smallest, mach.syscalls, rounds), ...guestTargets(g, rounds)],
+    targets: [...targets(results, smallest, mach.syscalls, rounds), ...guestTargets(g, rounds), ...dpdkTargets(dpdk ?? [])],
   });
   const started = Date.now();
   /** Progress with an estimate of the time left, from the trials done so far. */
@@ -712,6 +723,15 @@ export async function main(argv: string[]): Promise<number> {
       tcp.push(res);
     }
     if (runnableGuest.length) guest = await guestCase(env, runnableGuest, rounds, guestBytes, guestQueues, prefix);
+    if (cases.includes('dpdk')) {
+      const trialFor = (dir: 'tx' | 'rx', size: number): Trial => {
+        const recs = buildRecords(size, false, FLOWS, dir);
+        const file = path.join(outDir, `frames-${dir}-${size}.bin`);
+        fs.writeFileSync(file, recs.data);
+        return { dir, gso: false, queues: 1, recs, file };
+      };
+      dpdk = await dpdkCase(env, rounds, trialFor, (what) => progress(`[${done}/${total}] ${what}`), unavailable);
+    }
     progress('done');
     if (process.stderr.isTTY) process.stderr.write('\n');
   } finally {

@@ -5,7 +5,8 @@
 
 import { CTRL, VirtioNetDevice } from '../backend';
 import { DriverMemory, DriverMemoryInput } from './memory';
-import { DriverQueue, QueueAddrs } from './virtqueue';
+import { openVirtqueue, VirtqueueOptions } from './packed';
+import { QueueAddrs, Virtqueue } from './virtqueue';
 
 /** Bytes reserved for one command: class, command and the largest data we send (MAC tables). */
 export const CTRL_BUF_BYTES = 8192;
@@ -14,7 +15,7 @@ export const CTRL_BUF_BYTES = 8192;
 const CTRL_TIMEOUT_MS = 5000;
 
 export class ControlDriver {
-  private readonly q: DriverQueue;
+  private readonly q: Virtqueue;
   /** The command buffer and its ack byte (one region). */
   private readonly u8: Uint8Array;
   private busy: Promise<unknown> = Promise.resolve();
@@ -26,11 +27,12 @@ export class ControlDriver {
     mem: DriverMemory | DriverMemoryInput,
     private readonly index: number,
     addrs: QueueAddrs,
-    eventIdx: boolean,
+    /** VIRTIO_F_RING_EVENT_IDX negotiated, or the ring options (packed, IN_ORDER) too. */
+    ring: boolean | VirtqueueOptions,
     /** Guest address of CTRL_BUF_BYTES + 1 bytes for the command and its ack, in one region. */
     private readonly buf: number,
   ) {
-    this.q = new DriverQueue(mem, addrs, { eventIdx });
+    this.q = openVirtqueue(mem, addrs, typeof ring === 'boolean' ? { eventIdx: ring } : ring);
     this.u8 = this.q.memory.view(buf, CTRL_BUF_BYTES + 1);
   }
 

@@ -8,7 +8,8 @@
 import { CONFIG, HDR, has, kick, netHdrSize, rxq, STATUS, txq, waitCall } from '../backend';
 import type { QueueSetup, VirtioNetDevice } from '../backend';
 import { DriverMemory, DriverMemoryInput, driverMemory, GuestAddressError, Region } from './memory';
-import { DriverQueue, QueueAddrs } from './virtqueue';
+import { openVirtqueue, PackedDriverQueue } from './packed';
+import { DriverQueue, QueueAddrs, Virtqueue } from './virtqueue';
 
 /** The virtio_net_hdr fields (virtio 1.x 5.1.6), little-endian in guest memory. */
 export interface NetHdr {
@@ -78,6 +79,10 @@ export interface NetQueuePairOptions {
   mergeable: boolean;
   /** VIRTIO_F_RING_EVENT_IDX negotiated. */
   eventIdx: boolean;
+  /** VIRTIO_F_RING_PACKED negotiated: rx and tx are packed rings (desc, driver area as avail, device area as used). */
+  packed?: boolean;
+  /** VIRTIO_F_IN_ORDER negotiated. */
+  inOrder?: boolean;
 }
 
 /**
@@ -114,8 +119,8 @@ export interface NetQueuePairStats {
 
 export class NetQueuePair {
   readonly memory: DriverMemory;
-  readonly rxq: DriverQueue;
-  readonly txq: DriverQueue;
+  readonly rxq: Virtqueue;
+  readonly txq: Virtqueue;
   readonly hdrLen: number;
   readonly mergeable: boolean;
   /** The RX buffer area's bytes: RxFrame offsets index it. */
@@ -150,8 +155,9 @@ export class NetQueuePair {
     this.mergeable = !!o.mergeable;
     this.rx = o.rx;
     this.tx = o.tx;
-    this.rxq = new DriverQueue(this.memory, o.rx, { eventIdx: !!o.eventIdx });
-    this.txq = new DriverQueue(this.memory, o.tx, { eventIdx: !!o.eventIdx });
+    const ring = { eventIdx: !!o.eventIdx, packed: !!o.packed, inOrder: !!o.inOrder };
+    this.rxq = openVirtqueue(this.memory, o.rx, ring);
+    this.txq = openVirtqueue(this.memory, o.tx, ring);
     this.rxArea = { ...o.rxBuffers };
     this.txArea = { ...o.txBuffers };
     this.rxU8 = areaView(this.memory, 'rxBuffers', o.rxBuffers, this.mergeable ? 1 : this.hdrLen + 1);
@@ -395,6 +401,13 @@ export class GuestAllocator {
     return { size, desc: base + l.desc, avail: base + l.avail, used: base + l.used };
   }
 
+  /** A packed ring of `size` entries: the descriptor ring then the driver and device event areas, page-aligned. */
+  packedRing(size: number): QueueAddrs {
+    const l = PackedDriverQueue.layout(0, size);
+    const base = this.alloc(l.end, 4096);
+    return { size, desc: base + l.desc, avail: base + l.avail, used: base + l.used };
+  }
+
   /** `count` buffers of `size` bytes in one region. */
   buffers(count: number, size: number): BufferArea {
     return { base: this.alloc(count * size, 64), count, size };
@@ -428,8 +441,9 @@ export function setUpQueuePair(device: VirtioNetDevice, pair: number, alloc: Gue
   // virtio 1.x 5.1.6.3.1: without MRG_RXBUF each buffer must hold the largest frame the features allow.
   const rxBufSize = layout.rxBufSize ?? (mergeable ? 2048 : gsoIn ? hdrLen + 65550 : hdrLen + 14 + 4 + Math.max(mtu, 1500));
   const txBufSize = layout.txBufSize ?? alignUp(hdrLen + 14 + 4 + (gsoOut ? 65535 : Math.max(mtu, 1500)), 64);
-  const rx = alloc.ring(qsize);
-  const tx = alloc.ring(qsize);
+  const packed = has(f, 'RING_PACKED');
+  const rx = packed ? alloc.packedRing(qsize) : alloc.ring(qsize);
+  const tx = packed ? alloc.packedRing(qsize) : alloc.ring(qsize);
   const rxBuffers = alloc.buffers(layout.rxBufCount ?? qsize, rxBufSize);
   const txBuffers = alloc.buffers(layout.txBufCount ?? qsize, txBufSize);
   const setup = (q: QueueAddrs): QueueSetup => ({ size: q.size, desc: q.desc, avail: q.avail, used: q.used });
@@ -444,6 +458,8 @@ export function setUpQueuePair(device: VirtioNetDevice, pair: number, alloc: Gue
     hdrLen,
     mergeable,
     eventIdx: has(f, 'RING_EVENT_IDX'),
+    packed,
+    inOrder: has(f, 'IN_ORDER'),
   };
 }
 

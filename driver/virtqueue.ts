@@ -1,7 +1,9 @@
 // The driver (guest) side of one virtio split virtqueue living in guest memory:
 // posting buffer chains on the avail ring, deciding when to kick, reclaiming
-// used chains and steering interrupt suppression. Each ring part lies in one
-// region of guest memory; buffers may lie anywhere in it.
+// used chains (with IN_ORDER, one used entry may complete a whole batch) and
+// steering interrupt suppression. Each ring part lies in one region of guest
+// memory; buffers may lie anywhere in it. Also the face both layouts share
+// (Virtqueue; the packed ring is driver/packed.ts).
 
 import { RING } from '../backend';
 import { DriverMemory, DriverMemoryInput, driverMemory, Region } from './memory';
@@ -34,6 +36,34 @@ export interface QueueAddrs {
   used: number;
 }
 
+/**
+ * What a driver does with one virtqueue, whatever its layout: the split DriverQueue and the
+ * packed PackedDriverQueue (driver/packed.ts). Ids are head descriptor indexes (split) or
+ * buffer ids (packed), both below `size`.
+ */
+export interface Virtqueue {
+  readonly size: number;
+  readonly eventIdx: boolean;
+  readonly inOrder: boolean;
+  readonly packed: boolean;
+  /** Split: desc, avail, used. Packed: desc, the driver event area (avail), the device event area (used). */
+  readonly addrs: Readonly<QueueAddrs>;
+  readonly memory: DriverMemory;
+  readonly freeCount: number;
+  readonly inFlight: number;
+  readonly pending: number;
+  readonly unpublished: number;
+  reset(): void;
+  add(bufs: readonly Buf[]): number;
+  addBuf(addr: number, len: number, write: boolean): number;
+  addIndirect(bufs: readonly Buf[], table: number): number;
+  publish(): boolean;
+  popUsed(out?: UsedElem): UsedElem | null;
+  disableInterrupts(): void;
+  enableInterrupts(): boolean;
+  enableInterruptsDelayed(): boolean;
+}
+
 /** Thrown when the device returns something no correct device can (unknown id, oversized len). */
 export class DeviceBugError extends Error {
   override name = 'DeviceBugError';
@@ -56,10 +86,18 @@ function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
-export class DriverQueue {
+export class DriverQueue implements Virtqueue {
+  readonly packed = false;
   /** Queue size (number of descriptors), a power of two. */
   readonly size: number;
   readonly eventIdx: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER: descriptors are handed out in ring order (the free list is a FIFO, which
+   * in-order completion keeps in ring order), and a used entry completes its chain and every
+   * chain made available before it: the device may write only the batch's first used slot,
+   * naming the batch's last head, and advance used.idx by the whole batch.
+   */
+  readonly inOrder: boolean;
   readonly addrs: Readonly<QueueAddrs>;
 
   /** The guest memory the ring and its buffers live in. */
@@ -87,7 +125,14 @@ export class DriverQueue {
   private readonly chainWritable: Float64Array; // device-writable bytes of the chain headed here
   private readonly inFlightHead: Uint8Array; // 1 while the head is owned by the device
   private freeHead = 0;
+  private freeTail = 0;
   private numFree = 0;
+  // IN_ORDER: heads in the order they were made available, and the batch a used entry ended.
+  private readonly fifo: Uint16Array;
+  private fifoRd = 0;
+  private fifoN = 0;
+  private batchEnd = -1;
+  private batchLen = 0;
   private availShadow = 0; // next avail.idx to publish (u16)
   private lastKickIdx = 0; // avail.idx at the previous publish(), for vring_need_event's `old`
   private lastUsed = 0; // next used.idx slot we will consume (u16)
@@ -118,13 +163,14 @@ export class DriverQueue {
    * rings before telling the device where they are), so construct before the
    * queue is enabled on the device.
    */
-  constructor(mem: DriverMemory | DriverMemoryInput, q: QueueAddrs, opts: { eventIdx: boolean }) {
+  constructor(mem: DriverMemory | DriverMemoryInput, q: QueueAddrs, opts: { eventIdx: boolean; inOrder?: boolean }) {
     if (!HOST_IS_LE) throw new Error('DriverQueue: big-endian hosts are not supported (virtio 1.x rings are little-endian)');
     const memory = driverMemory(mem);
     if (q === null || typeof q !== 'object') throw new TypeError('DriverQueue: q must be { size, desc, avail, used }');
     if (opts === null || typeof opts !== 'object' || typeof opts.eventIdx !== 'boolean') {
       throw new TypeError('DriverQueue: opts.eventIdx must be a boolean');
     }
+    if (opts.inOrder !== undefined && typeof opts.inOrder !== 'boolean') throw new TypeError('DriverQueue: opts.inOrder must be a boolean');
     const { size, desc, avail, used } = q;
     checkSize(size);
     const sizes = {
@@ -152,6 +198,8 @@ export class DriverQueue {
     this.size = size;
     this.mask = size - 1;
     this.eventIdx = opts.eventIdx;
+    this.inOrder = opts.inOrder ?? false;
+    this.fifo = new Uint16Array(size);
     this.addrs = Object.freeze({ size, desc, avail, used });
     this.desc32 = new Uint32Array(descR.buffer, desc - descR.guestAddr, sizes.desc / 4);
     this.desc16 = new Uint16Array(descR.buffer, desc - descR.guestAddr, sizes.desc / 2);
@@ -183,7 +231,12 @@ export class DriverQueue {
     this.chainWritable.fill(0);
     this.inFlightHead.fill(0);
     this.freeHead = 0;
+    this.freeTail = size - 1;
     this.numFree = size;
+    this.fifoRd = 0;
+    this.fifoN = 0;
+    this.batchEnd = -1;
+    this.batchLen = 0;
     this.availShadow = 0;
     this.lastKickIdx = 0;
     this.lastUsed = 0;
@@ -331,6 +384,7 @@ export class DriverQueue {
    * call (hot loops allocate nothing): copy the fields before calling again.
    */
   popUsed(out?: UsedElem): UsedElem | null {
+    if (this.batchEnd >= 0) return this.nextOfBatch(out ?? this.scratch);
     const usedIdx = Atomics.load(this.used16, USED_IDX);
     if (usedIdx === this.lastUsed) return null;
     // Reading the entry after the seq-cst load of used.idx is the acquire side
@@ -345,6 +399,18 @@ export class DriverQueue {
     if (len > this.chainWritable[id]) {
       throw new DeviceBugError(`popUsed: used.ring[${slot}].len = ${len} exceeds the ${this.chainWritable[id]} writable bytes of chain ${id}`);
     }
+    if (this.inOrder) {
+      // The entry at the batch's first slot names its last chain; used.idx counts every chain
+      // of the batch, so it must cover them all.
+      let k = 1;
+      for (let i = this.fifoRd; this.fifo[i] !== id; i = (i + 1) & this.mask) k++;
+      if (k > ((usedIdx - this.lastUsed) & 0xffff)) {
+        throw new DeviceBugError(`popUsed: used.ring[${slot}] names chain ${id}, the end of a batch of ${k} chains, but used.idx covers only ${(usedIdx - this.lastUsed) & 0xffff}`);
+      }
+      this.batchEnd = id;
+      this.batchLen = len;
+      return this.nextOfBatch(out ?? this.scratch);
+    }
     this.inFlightHead[id] = 0;
     this.link[this.chainTail[id]] = this.freeHead;
     this.freeHead = id;
@@ -357,6 +423,30 @@ export class DriverQueue {
     const r = out ?? this.scratch;
     r.id = id;
     r.len = len;
+    return r;
+  }
+
+  /**
+   * IN_ORDER: hands out the oldest chain in flight, one used.idx step each; the one the used
+   * entry named gets its len, earlier ones 0.
+   */
+  private nextOfBatch(r: UsedElem): UsedElem {
+    const id = this.fifo[this.fifoRd];
+    const last = id === this.batchEnd;
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    this.fifoRd = (this.fifoRd + 1) & this.mask;
+    this.fifoN--;
+    this.inFlightHead[id] = 0;
+    // Back on the tail of the free list: descriptors keep being handed out in ring order.
+    if (this.numFree === 0) this.freeHead = id;
+    else this.link[this.freeTail] = id;
+    this.freeTail = this.chainTail[id];
+    this.numFree += this.chainCount[id];
+    this.outstanding -= 1;
+    if (last) this.batchEnd = -1;
+    if (this.eventIdx && !this.interruptsOff) Atomics.store(this.avail16, this.usedEventW, this.lastUsed);
+    r.id = id;
+    r.len = last ? this.batchLen : 0;
     return r;
   }
 
@@ -432,6 +522,7 @@ export class DriverQueue {
     this.chainWritable[head] = writable;
     this.inFlightHead[head] = 1;
     this.outstanding += 1;
+    if (this.inOrder) this.fifo[(this.fifoRd + this.fifoN++) & this.mask] = head;
     this.avail16[AVAIL_RING + (this.availShadow & this.mask)] = head;
     this.availShadow = (this.availShadow + 1) & 0xffff;
   }
@@ -449,7 +540,7 @@ function checkSize(size: number): void {
 }
 
 /** The region holding a ring part (or an indirect table) whole; checks alignment in guest and in host memory. */
-function checkPart(mem: DriverMemory, what: string, addr: number, len: number, align: number): Region {
+export function checkPart(mem: DriverMemory, what: string, addr: number, len: number, align: number): Region {
   if (!Number.isSafeInteger(addr) || addr < 0) throw new RangeError(`${what} address ${addr} is not a non-negative integer`);
   if (addr % align !== 0) throw new RangeError(`${what} address ${addr} must be ${align}-byte aligned`);
   const r = mem.regionOf(addr, len);

@@ -341,6 +341,71 @@ def vhost_user_seeds():
     return out
 
 
+class PackedRing:
+    # A packed ring: descriptors { addr u64, len u32, id u16, flags u16 } and the two event areas.
+    AVAIL, USED = 1 << 7, 1 << 15
+
+    def __init__(self, size, desc=0, mem=16384):
+        self.size, self.desc = size, desc
+        self.driver = desc + 16 * size
+        self.device = self.driver + 4
+        self.mem = bytearray(mem)
+        self.next, self.wrap = 0, 1
+
+    def post(self, bufs, buf_id):
+        # bufs: [(addr, len, flags)]; the head's flags are written last, as a driver must.
+        head, head_wrap, head_flags = self.next, self.wrap, 0
+        for i, (addr, length, flags) in enumerate(bufs):
+            f = flags | (NEXT if i + 1 < len(bufs) else 0) | (self.AVAIL if self.wrap else self.USED)
+            struct.pack_into('<QIHH', self.mem, self.desc + 16 * self.next, addr, length, buf_id, f)
+            if i == 0:
+                head_flags = f
+            self.next += 1
+            if self.next == self.size:
+                self.next, self.wrap = 0, self.wrap ^ 1
+        struct.pack_into('<H', self.mem, self.desc + 16 * head + 14, head_flags)
+
+    def seed(self, flags, steps, last_avail=0x8000, used_idx=0x8000, shape=0, split=0, hole=0):
+        hdr = struct.pack('<BHHHHHHHBHH', flags, self.size - 1, self.desc // 16, self.driver // 4, self.device // 4,
+                          last_avail, used_idx, len(steps), shape, split // 16, hole // 16)
+        end = len(self.mem.rstrip(b'\0'))
+        return hdr + bytes(steps) + bytes(self.mem[:end])
+
+
+def packed_seeds():
+    out = {}
+    r = PackedRing(8)
+    for i in range(6):
+        r.post([(0x2000 + 0x100 * i, 40, 0), (0x3000 + 0x100 * i, 60, 0)] if i % 2 else [(0x2000 + 0x100 * i, 100, 0)], i)
+    out['tx-chains'] = r.seed(0, [POP, POP, PUB, ARM, ARM, UNDO | 0x10, POP, PUB, DIS, ENA, PEEK, ARM, ARM, PUB])
+    out['tx-in-order-event-idx'] = r.seed(1 | 32, [POP, POP, POP, PUB, ARM, ARM, ARM, PUB, ENA, PEEK] + write(r.driver + 2, 2) + write(r.driver, 0x8003) + [POP, PUB])
+    r = PackedRing(5)  # not a power of two
+    for i in range(4):
+        r.post([(0x2000 + 0x400 * i, 0x400, WRITE)], i)
+    out['rx-odd-size'] = r.seed(16 | 4, [POP | 0x30, POP, POP | 0x70, PUB, ARM, ARM, PUB, PEEK | 0x20])
+    r = PackedRing(4)
+    struct.pack_into('<QIHH', r.mem, 0x1000, 0x2000, 64, 0, WRITE)
+    struct.pack_into('<QIHH', r.mem, 0x1010, 0x2100, 64, 0, WRITE)
+    r.post([(0x1000, 32, INDIRECT)], 2)
+    out['rx-indirect'] = r.seed(16 | 2, [POP, PUB, ARM])
+    r = PackedRing(4)
+    r.post([(0x2000, 64, 0)], 7)  # buffer id out of range
+    out['hostile-id'] = r.seed(0, [POP])
+    r = PackedRing(2)
+    for i in range(2):
+        struct.pack_into('<QIHH', r.mem, 16 * i, 0x2000, 64, 0, NEXT | PackedRing.AVAIL)
+    out['hostile-endless-chain'] = r.seed(0, [POP])
+    r = PackedRing(4)
+    r.post([(0x1000, 32, INDIRECT)], 0)
+    struct.pack_into('<QIHH', r.mem, 0x1000, 0x1000, 32, 0, INDIRECT)
+    out['hostile-nested-indirect'] = r.seed(2, [POP])
+    r = PackedRing(4)
+    r.post([(0x2000, 64, 0)], 1)
+    r.post([(0x2000, 64, 0)], 1)  # the same id twice
+    out['hostile-id-in-use'] = r.seed(0, [POP, POP])
+    return out
+
+
 def save(target, seeds_by_name):
     out = os.path.join(CORPUS, target)
     os.makedirs(out, exist_ok=True)
@@ -357,6 +422,7 @@ def main():
     save('ctrl_queue', ctrl_seeds())
     save('rx_stash', stash_seeds())
     save('vhost_user', vhost_user_seeds())
+    save('packed_queue', packed_seeds())
 
 
 if __name__ == '__main__':

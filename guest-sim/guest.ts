@@ -110,6 +110,12 @@ export interface GuestOptions {
   features?: bigint;
   /** Entries per RX/TX ring. */
   queueSize?: number;
+  /**
+   * Ask for the packed ring (VIRTIO_F_RING_PACKED) and/or IN_ORDER; taken when the device offers
+   * them (features() says what was negotiated). Default: neither, the split ring.
+   */
+  packed?: boolean;
+  inOrder?: boolean;
   /** Use every queue pair the device has (VQ_PAIRS_SET) right after start; default true. */
   useAllPairs?: boolean;
   /** Bytes the TCP source service (port 19) sends per connection; default 1 GiB. */
@@ -289,7 +295,8 @@ export class GuestSim extends EventEmitter {
     const mtu = opts.mtu ?? 1500;
     const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;
     const ip6 = opts.ip6 ? parseCidr(opts.ip6, 6) : undefined;
-    const features = negotiate(device, GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED));
+    const ringWanted = (opts.packed ? bits('RING_PACKED') : 0n) | (opts.inOrder ? bits('IN_ORDER') : 0n);
+    const features = negotiate(device, (GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED)) | ringWanted);
 
     const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
     const hdrLen = netHdrSize(features);
@@ -320,7 +327,7 @@ export class GuestSim extends EventEmitter {
       const queues = setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot });
       // A driver initialises its rings before DRIVER_OK tells the device to look at them:
       // after a restart they still hold the last session's indices.
-      for (const q of [queues.rx, queues.tx]) u8.fill(0, q.desc, q.used + 6 + 8 * q.size);
+      for (const q of [queues.rx, queues.tx]) u8.fill(0, q.desc, queues.packed ? q.used + 4 : q.used + 6 + 8 * q.size);
       configs.push({
         pair: p,
         queues,
@@ -336,9 +343,10 @@ export class GuestSim extends EventEmitter {
       });
     }
     if (has(features, 'CTRL_VQ')) {
-      const addrs = alloc.ring(CTRL_QUEUE_SIZE);
+      const packed = has(features, 'RING_PACKED');
+      const addrs = packed ? alloc.packedRing(CTRL_QUEUE_SIZE) : alloc.ring(CTRL_QUEUE_SIZE);
       const cmdBuf = alloc.alloc(CTRL_BUF_BYTES + 1, 64);
-      this.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, eventIdx, cmdBuf);
+      this.ctrl = new ControlDriver(device, alloc.memory, ctrlq(pairs), addrs, { eventIdx, packed, inOrder: has(features, 'IN_ORDER') }, cmdBuf);
       device.setQueue(ctrlq(pairs), addrs);
     }
     device.status |= STATUS.DRIVER_OK;

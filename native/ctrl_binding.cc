@@ -60,6 +60,7 @@ class CtrlQueueWrap : public Napi::ObjectWrap<CtrlQueueWrap> {
     gen_ = slot_->generation();
     if (!table_) ThrowCode(env, "EVHOST_STATE", "guest memory has no regions yet");
     Violation v;
+    l.packed = !o.Get("packed").IsUndefined() && GetBool(o, "packed");  // VIRTIO_F_RING_PACKED: desc, avail, used are ring, driver and device areas
     if (!q_.Init(*table_, l, GetBool(o, "eventIdx"), GetBool(o, "indirect"), &v))
       BadArg(env, "control queue: " + v.detail);
   }

@@ -8,13 +8,24 @@
 namespace vt {
 
 CtrlQueue::Next CtrlQueue::Pop(CtrlCommand* out, uint64_t* descriptors, Violation* v) {
-  uint16_t head;
-  switch (q_.PopOrArm(&head, v)) {
-    case SplitQueue::Pop::kEmpty: return Next::kEmpty;
-    case SplitQueue::Pop::kBroken: return Next::kBroken;
-    case SplitQueue::Pop::kChain: break;
+  return packed_ ? PopFrom(pq_, out, descriptors, v) : PopFrom(q_, out, descriptors, v);
+}
+
+namespace {
+uint16_t IdOf(const SplitQueue&, uint16_t head) { return head; }
+uint16_t IdOf(const PackedQueue& q, uint16_t token) { return q.BufferId(token); }
+}  // namespace
+
+template <class Q>
+CtrlQueue::Next CtrlQueue::PopFrom(Q& q, CtrlCommand* out, uint64_t* descriptors, Violation* v) {
+  uint16_t token;
+  switch (q.PopOrArm(&token, v)) {
+    case Q::Pop::kEmpty: return Next::kEmpty;
+    case Q::Pop::kBroken: return Next::kBroken;
+    case Q::Pop::kChain: break;
   }
-  const MemoryTable& mem = q_.memory();
+  const MemoryTable& mem = q.memory();
+  const uint16_t head = IdOf(q, token);
   out->head = head;
   out->cls = out->cmd = 0;
   out->data.clear();
@@ -27,16 +38,16 @@ CtrlQueue::Next CtrlQueue::Pop(CtrlCommand* out, uint64_t* descriptors, Violatio
   // command understood; a longer one is still walked to its end so every rule
   // is checked, and answered ERR.
   std::vector<uint8_t> bytes;
-  DescriptorChain chain = q_.Walk(head);
+  auto chain = q.Walk(token);
   Buffer b;
   for (;;) {
-    const DescriptorChain::Step s = chain.Next(&b, v);
-    if (s == DescriptorChain::Step::kBroken) {
+    const auto s = chain.Next(&b, v);
+    if (s == decltype(chain)::Step::kBroken) {
       *descriptors += chain.visited_total();
       v->detail = "control command at head " + std::to_string(head) + ": " + v->detail;
       return Next::kBroken;
     }
-    if (s == DescriptorChain::Step::kEnd) break;
+    if (s == decltype(chain)::Step::kEnd) break;
     if (b.writable) {
       have_ack = have_ack || b.len > 0;
       if (b.len > 0 && out->writable_bytes < kCtrlMaxResultBytes + 1) {
@@ -89,11 +100,14 @@ void CtrlQueue::Answer(const CtrlCommand& c, uint8_t ack, const uint8_t* result,
   uint32_t at = 0;
   for (const CtrlCommand::Span& s : c.writable) {
     for (uint32_t i = 0; i < s.len && at <= result_len; i++, at++) {
-      if (uint8_t* p = q_.memory().Contiguous(s.addr + i, 1))
+      if (uint8_t* p = (packed_ ? pq_.memory() : q_.memory()).Contiguous(s.addr + i, 1))
         __atomic_store_n(p, at < result_len ? result[at] : ack, __ATOMIC_RELAXED);
     }
   }
-  q_.AddUsed(c.head, result_len + 1);
+  if (packed_)
+    pq_.AddUsed(c.head, result_len + 1);
+  else
+    q_.AddUsed(c.head, result_len + 1);
 }
 
 }  // namespace vt

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "memory.h"
+#include "packed_queue.h"
 #include "status.h"
 #include "virtqueue.h"
 
@@ -48,10 +49,13 @@ struct CtrlCommand {
 
 class CtrlQueue {
  public:
+  // layout.packed chooses the packed ring (a new one: both wrap counters 1).
   bool Init(const MemoryTable& mem, const QueueLayout& layout, bool event_idx, bool indirect_ok, Violation* v) {
+    packed_ = layout.packed;
+    if (packed_) return pq_.Init(mem, layout, event_idx, indirect_ok, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, v);
     return q_.Init(mem, layout, event_idx, indirect_ok, 0, 0, v);
   }
-  bool Remap(const MemoryTable& mem, Violation* v) { return q_.Remap(mem, v); }
+  bool Remap(const MemoryTable& mem, Violation* v) { return packed_ ? pq_.Remap(mem, v) : q_.Remap(mem, v); }
 
   enum class Next { kCommand, kEmpty, kBroken };
   // Pops and decodes the next command, adding the descriptors it walked to
@@ -62,12 +66,18 @@ class CtrlQueue {
   // used len result + 1. A writable part too short for both gets ERR alone.
   void Answer(const CtrlCommand& c, uint8_t ack, const uint8_t* result = nullptr, uint32_t result_len = 0);
   // Publishes answered commands; true when the driver wants an interrupt.
-  bool Publish() { return q_.PublishUsed(); }
+  bool Publish() { return packed_ ? pq_.PublishUsed() : q_.PublishUsed(); }
   // Kicks are suppressed while commands are being handled.
-  void DisableNotify() { q_.DisableNotify(); }
+  void DisableNotify() { packed_ ? pq_.DisableNotify() : q_.DisableNotify(); }
 
  private:
+  template <class Q>
+  Next PopFrom(Q& q, CtrlCommand* out, uint64_t* descriptors, Violation* v);
+
+  // The control queue is not a hot path: one of the two, by a flag.
+  bool packed_ = false;
   SplitQueue q_;
+  PackedQueue pq_;
 };
 
 }  // namespace vt

@@ -178,6 +178,18 @@ bool Engine::Validate(const EngineConfig& c, std::string* why) {
     *why = "no guest memory";
     return false;
   }
+  if (c.rx.layout.packed != c.tx.layout.packed) {
+    *why = "rx and tx queues must have the same ring layout (both packed or both split)";
+    return false;
+  }
+  for (const QueueConfig* q : {&c.rx, &c.tx}) {
+    if (q->layout.packed && ((q->last_avail_idx & ~RING_PACKED_WRAP_BIT) >= q->layout.size ||
+                             (q->used_idx & ~RING_PACKED_WRAP_BIT) >= q->layout.size)) {
+      *why = "queue " + std::to_string(q->index) +
+             ": packed ring positions (bits 0-14 of lastAvailIdx / usedIdx) must be below the queue size";
+      return false;
+    }
+  }
   const QueueLayout both[2] = {c.rx.layout, c.tx.layout};
   Violation v;
   if (!CheckLayouts(*mem, both, 2, &v)) {
@@ -187,12 +199,15 @@ bool Engine::Validate(const EngineConfig& c, std::string* why) {
   return true;
 }
 
-Engine::Engine(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on_broken_(std::move(on_broken)) {
+template <class Q>
+EngineT<Q>::EngineT(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on_broken_(std::move(on_broken)) {
   mem_gen_ = cfg_.memory->generation();
   mem_ = cfg_.memory->Get();
   Violation v;
   // Validate() ran first; Init cannot fail here, and if the memory changed in
   // between, RefreshMemory() at the first round re-checks.
+  rx_.SetInOrder(cfg_.in_order);
+  tx_.SetInOrder(cfg_.in_order);
   rx_broken_ = !rx_.Init(*mem_, cfg_.rx.layout, cfg_.event_idx, cfg_.indirect, cfg_.rx.last_avail_idx,
                          cfg_.rx.used_idx, &v);
   tx_broken_ = !tx_.Init(*mem_, cfg_.tx.layout, cfg_.event_idx, cfg_.indirect, cfg_.tx.last_avail_idx,
@@ -206,9 +221,11 @@ Engine::Engine(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on_brok
   results_.resize(kBatch);
 }
 
-Engine::~Engine() { Stop(); }
+template <class Q>
+EngineT<Q>::~EngineT() { Stop(); }
 
-SysResult Engine::Start() {
+template <class Q>
+SysResult EngineT<Q>::Start() {
   SysResult r;
   if (running_) {
     r.err = EBUSY;
@@ -284,14 +301,16 @@ SysResult Engine::Start() {
   return r;
 }
 
-void Engine::Wake() {
+template <class Q>
+void EngineT<Q>::Wake() {
   if (wake_fd_ < 0) return;
   uint64_t one = 1;
   ssize_t r = write(wake_fd_, &one, sizeof one);
   (void)r;  // a full counter already means "look again"
 }
 
-void Engine::Stop(bool drain_rx) {
+template <class Q>
+void EngineT<Q>::Stop(bool drain_rx) {
   if (!thread_.joinable()) return;
   drain_rx_ = drain_rx;
   stop_ = true;
@@ -355,7 +374,8 @@ void Engine::TakeCallFds() {
 // (DEVICE_NEEDS_RESET), and until it does the healthy direction loses nothing
 // by running. A broken queue is never touched again, so nothing the guest
 // writes to it afterwards can reach the device.
-void Engine::Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v) {
+template <class Q>
+void EngineT<Q>::Break(Q& q, QueueStats& st, const QueueConfig& qc, const Violation& v) {
   (&q == &rx_ ? rx_broken_ : tx_broken_) = true;
   st.broken = true;
   on_broken_(qc.index, v.rule, v.detail);
@@ -364,21 +384,22 @@ void Engine::Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const V
 // Once per batch: the used elements become visible with one store of used.idx,
 // at most one interrupt goes out (or waits, when the driver asked for
 // coalescing), and the batch's counts are published.
-void Engine::Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
+template <class Q>
+void EngineT<Q>::Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
                    uint16_t stashed) {
   st.Publish(counts);
-  const uint16_t before = static_cast<uint16_t>(st.used_idx.load(std::memory_order_relaxed));
+  const uint16_t n = q.pending_used();
   bool notify = q.PublishUsed();
-  const uint16_t n = static_cast<uint16_t>(q.used_idx() - before);
   // The clock is read only while coalescing: a plain batch pays nothing for it.
   if (coal.engaged()) notify = coal.Published(n, notify, NowNs());
   if (notify) Interrupt(qc, st);
   QueueStats::Add(st.used_chains, n);
   st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
-  st.last_avail_idx.store(static_cast<uint16_t>(q.last_avail() - stashed), std::memory_order_relaxed);
+  st.last_avail_idx.store(q.last_avail_before(stashed), std::memory_order_relaxed);
 }
 
-void Engine::Interrupt(const QueueConfig& qc, QueueStats& st) {
+template <class Q>
+void EngineT<Q>::Interrupt(const QueueConfig& qc, QueueStats& st) {
   uint64_t one = 1;
   // A full eventfd counter (EAGAIN) already means "interrupt pending". The fd
   // is non-blocking (the caller's rule): a full counter never blocks the worker.
@@ -386,13 +407,15 @@ void Engine::Interrupt(const QueueConfig& qc, QueueStats& st) {
     QueueStats::Add(st.interrupts, 1);
 }
 
-void Engine::SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) {
+template <class Q>
+void EngineT<Q>::SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) {
   coalescing_[rx ? 0 : 1].store(uint64_t{max_packets} << 32 | max_usecs, std::memory_order_relaxed);
   // A sleeping worker applies it now: new values may make an interrupt due.
   Wake();
 }
 
-int64_t Engine::CoalesceRound() {
+template <class Q>
+int64_t EngineT<Q>::CoalesceRound() {
   struct Queue {
     NotifyCoalescer& coal;
     const QueueConfig& qc;
@@ -419,7 +442,8 @@ int64_t Engine::CoalesceRound() {
 // epoll_wait with a timeout in ns (-1: none). A coalescing window of a few
 // microseconds needs better than epoll_wait's milliseconds: epoll_pwait2
 // (Linux 5.11) takes a timespec; older kernels round up to the millisecond.
-int Engine::Wait(epoll_event* evs, int max, int64_t timeout_ns) {
+template <class Q>
+int EngineT<Q>::Wait(epoll_event* evs, int max, int64_t timeout_ns) {
   if (timeout_ns < 0) return epoll_wait(epoll_fd_, evs, max, -1);
 #ifdef SYS_epoll_pwait2
   static std::atomic<bool> no_pwait2{false};
@@ -433,7 +457,8 @@ int Engine::Wait(epoll_event* evs, int max, int64_t timeout_ns) {
   return epoll_wait(epoll_fd_, evs, max, static_cast<int>(std::min<int64_t>((timeout_ns + 999999) / 1000000, INT32_MAX)));
 }
 
-void Engine::RefreshMemory() {
+template <class Q>
+void EngineT<Q>::RefreshMemory() {
   const uint64_t gen = cfg_.memory->generation();
   if (gen == mem_gen_) return;
   std::shared_ptr<const MemoryTable> next = cfg_.memory->Get();
@@ -448,7 +473,8 @@ void Engine::RefreshMemory() {
   mem_ = std::move(next);  // the old table goes when no one else holds it
 }
 
-bool Engine::MemoryMovedUnder(const Violation& v) const {
+template <class Q>
+bool EngineT<Q>::MemoryMovedUnder(const Violation& v) const {
   // Translation failed and the table was replaced since this one was taken.
   // A guest that posts into new memory learnt of it after the replacement,
   // so the replacement happens-before its avail.idx store, and the pop loaded
@@ -458,13 +484,15 @@ bool Engine::MemoryMovedUnder(const Violation& v) const {
   return translation && cfg_.memory->generation() != mem_gen_;
 }
 
-void Engine::PinLostMemory() {
+template <class Q>
+void EngineT<Q>::PinLostMemory() {
   // The kernel may still read or write buffers of the failed batch: the table
   // they point into (and so their mappings) must never be released.
   static_cast<void>(new std::shared_ptr<const MemoryTable>(mem_));
 }
 
-void Engine::FallBackIfFailed() {
+template <class Q>
+void EngineT<Q>::FallBackIfFailed() {
   // After every batch: io: 'auto' may have changed method.
   io_name.store(io_->name(), std::memory_order_relaxed);
   if (!io_->failed()) return;
@@ -475,7 +503,8 @@ void Engine::FallBackIfFailed() {
 // TX: pop up to kBatch chains, hand them to the TapIo as one batch, complete
 // them in order. A frame the TAP had no room for goes back to the ring with
 // every frame after it (UndoPop), to be sent in the same order on EPOLLOUT.
-bool Engine::ProcessTx() {
+template <class Q>
+bool EngineT<Q>::ProcessTx() {
   if (tx_blocked_) return false;
   tx_.DisableNotify();
   uint32_t packets = 0;
@@ -507,12 +536,12 @@ bool Engine::ProcessTx() {
     while (n < cap && packets + n < kBudgetPackets) {
       uint16_t head;
       Violation v;
-      const SplitQueue::Pop p = tx_.PopOrArm(&head, &v);
-      if (p == SplitQueue::Pop::kEmpty) {
+      const typename Q::Pop p = tx_.PopOrArm(&head, &v);
+      if (p == Q::Pop::kEmpty) {
         drained = true;
         break;
       }
-      if (p == SplitQueue::Pop::kChain && !tx_.ReadTxChain(head, cfg_.hdr_len, &tx_slots_[n], &v) &&
+      if (p == Q::Pop::kChain && !tx_.ReadTxChain(head, cfg_.hdr_len, &tx_slots_[n], &v) &&
           MemoryMovedUnder(v)) {
         // Posted in memory the JS thread added after this batch took its
         // table: give it back and take it again with the new table, once
@@ -521,7 +550,7 @@ bool Engine::ProcessTx() {
         memory_moved = true;
         break;
       }
-      if (p == SplitQueue::Pop::kBroken || v.rule) {
+      if (p == Q::Pop::kBroken || v.rule) {
         Break(tx_, tx_stats, cfg_.tx, v);
         broke = true;
         break;
@@ -597,7 +626,8 @@ bool Engine::ProcessTx() {
   return more;
 }
 
-bool Engine::RxNeedsMore() const {
+template <class Q>
+bool EngineT<Q>::RxNeedsMore() const {
   if (!cfg_.mergeable) return stash_.chains() == 0;
   // Mergeable: gather until the largest frame fits. Also stop when the stash
   // already holds every buffer the ring can hold (a small ring would otherwise
@@ -606,21 +636,22 @@ bool Engine::RxNeedsMore() const {
   return stash_.bytes() < cfg_.rx_frame_max && stash_.chains() < rx_.size() && stash_.iovs() < kMaxIov;
 }
 
-bool Engine::FillRxStash() {
+template <class Q>
+bool EngineT<Q>::FillRxStash() {
   for (;;) {
     if (!RxNeedsMore()) {
       // Take what the guest already posted up to the next batch size, so
       // several reads can go in one batch. Only chains that are there: an
       // empty ring here is no reason to wait.
       if (stash_.chains() >= rx_batch_ || stash_.iovs() >= kMaxIov || stash_.chains() >= rx_.size() ||
-          rx_.last_avail() == rx_.AvailIdx())
+          !rx_.HasAvail())
         break;
     }
     uint16_t head;
     Violation v;
-    const SplitQueue::Pop p = rx_.PopOrArm(&head, &v);
-    if (p == SplitQueue::Pop::kEmpty) return true;  // kicks stay enabled: we sleep until the guest posts buffers
-    if (p == SplitQueue::Pop::kChain && !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v) &&
+    const typename Q::Pop p = rx_.PopOrArm(&head, &v);
+    if (p == Q::Pop::kEmpty) return true;  // kicks stay enabled: we sleep until the guest posts buffers
+    if (p == Q::Pop::kChain && !rx_.ReadRxChain(head, cfg_.hdr_len, kMaxIov, &scratch_, &v) &&
         MemoryMovedUnder(v)) {
       // Posted in memory added after this round took its table: give it back
       // (and the stash, which points into the old table) and go on with the new one.
@@ -629,7 +660,7 @@ bool Engine::FillRxStash() {
       if (rx_broken_) return false;
       continue;
     }
-    if (p == SplitQueue::Pop::kBroken || v.rule) {
+    if (p == Q::Pop::kBroken || v.rule) {
       Break(rx_, rx_stats, cfg_.rx, v);
       return false;
     }
@@ -649,7 +680,8 @@ bool Engine::FillRxStash() {
 // holds rxFrameMax alone, so a frame always fits in one chain (mergeable
 // buffers of MTU size without GSO, or any non-mergeable chain). Smaller
 // mergeable chains need the whole stash for one read.
-size_t Engine::RxBatchable() const {
+template <class Q>
+size_t EngineT<Q>::RxBatchable() const {
   size_t g = 0;
   while (g < stash_.chains() && g < rx_batch_ && g < kBatch && stash_.chain_bytes(g) >= cfg_.rx_frame_max) g++;
   return g;
@@ -662,7 +694,8 @@ size_t Engine::RxBatchable() const {
 // down into the first free chain, so the used chains stay the oldest pops and
 // the stash stays the newest pops (what Stop() gives back). The copy only
 // happens after such a hole.
-void Engine::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check) {
+template <class Q>
+void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check) {
   struct Target {
     size_t first, end;  // stash chains [first, end)
   };
@@ -758,7 +791,8 @@ void Engine::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* chec
   FallBackIfFailed();
 }
 
-bool Engine::ProcessRx() {
+template <class Q>
+bool EngineT<Q>::ProcessRx() {
   rx_.DisableNotify();
   // One load per round, not per frame: a new filter applies from the next round.
   const std::shared_ptr<const RxFilter> filter = std::atomic_load(&rx_filter_);
@@ -789,7 +823,8 @@ bool Engine::ProcessRx() {
   return more;
 }
 
-void Engine::UpdateTapInterest() {
+template <class Q>
+void EngineT<Q>::UpdateTapInterest() {
   uint32_t want = 0;
   if (!tap_hup_ && !rx_broken_ && rx_want_tap_ && !rx_gathering_) want |= EPOLLIN;
   if (!tx_broken_ && tx_blocked_) want |= EPOLLOUT;
@@ -809,7 +844,8 @@ void Engine::UpdateTapInterest() {
   }
 }
 
-void Engine::DrainKick(int fd, QueueStats& st) {
+template <class Q>
+void EngineT<Q>::DrainKick(int fd, QueueStats& st) {
   uint64_t v;
   const ssize_t n = read(fd, &v, sizeof v);
   if (n == sizeof v) {
@@ -829,7 +865,8 @@ void Engine::DrainKick(int fd, QueueStats& st) {
 // and without counting a wake-up). Kicks stay enabled meanwhile, as vhost's
 // busy loop does not rely on them either: a kick that races in is drained at
 // the next epoll_wait.
-bool Engine::BusyPoll() {
+template <class Q>
+bool EngineT<Q>::BusyPoll() {
   if (cfg_.busy_poll_us == 0) return false;
   timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
@@ -837,8 +874,8 @@ bool Engine::BusyPoll() {
   for (uint32_t spin = 0;; spin++) {
     if (stop_.load(std::memory_order_relaxed)) return false;
     if (cfg_.memory->generation() != mem_gen_) return true;
-    if (!tx_broken_ && !tx_blocked_ && tx_.AvailIdx() != tx_.last_avail()) return true;
-    if (!rx_broken_ && !rx_want_tap_ && rx_.AvailIdx() != rx_.last_avail()) return true;
+    if (!tx_broken_ && !tx_blocked_ && tx_.HasAvail()) return true;
+    if (!rx_broken_ && !rx_want_tap_ && rx_.HasAvail()) return true;
     const short want = static_cast<short>((!rx_broken_ && rx_want_tap_ && !tap_hup_ ? POLLIN : 0) |
                                           (!tx_broken_ && tx_blocked_ ? POLLOUT : 0));
     // poll() is a system call: look at the TAP every 16th turn only, the
@@ -858,7 +895,8 @@ bool Engine::BusyPoll() {
   }
 }
 
-void Engine::DrainRx() {
+template <class Q>
+void EngineT<Q>::DrainRx() {
   for (int i = 0; i < kDrainRounds && !rx_broken_ && !tap_hup_; i++) {
     RefreshMemory();
     rx_tap_readable_ = true;
@@ -866,7 +904,8 @@ void Engine::DrainRx() {
   }
 }
 
-void Engine::DiscardRx() {
+template <class Q>
+void EngineT<Q>::DiscardRx() {
   if (tap_hup_) return;
   int discarded = 0;
   // A read error here leaves the rest to the kernel; what was read is still counted.
@@ -875,7 +914,8 @@ void Engine::DiscardRx() {
   rx_stats.Publish(rx_counts_);
 }
 
-void Engine::Run() {
+template <class Q>
+void EngineT<Q>::Run() {
   // "vt-pair<p>" (p = RX virtqueue index / 2): lets tools and the benchmark find
   // this worker's CPU time in /proc/self/task/*/comm. Linux keeps 15 bytes of a
   // thread name; the longest here, "vt-pair32767", is 12.
@@ -898,7 +938,8 @@ void Engine::Run() {
   io_.reset();
 }
 
-void Engine::Loop() {
+template <class Q>
+void EngineT<Q>::Loop() {
   epoll_event evs[kMaxEvents];
   while (!stop_.load(std::memory_order_relaxed)) {
     RefreshMemory();
@@ -959,5 +1000,15 @@ void Engine::Loop() {
     }
   }
 }
+
+std::unique_ptr<Engine> Engine::Create(const EngineConfig& cfg, BrokenFn on_broken) {
+  // The ring layout is chosen here, once: each instantiation's hot path runs
+  // one queue type, with no per-frame test of which.
+  if (cfg.rx.layout.packed) return std::make_unique<EngineT<PackedQueue>>(cfg, std::move(on_broken));
+  return std::make_unique<EngineT<SplitQueue>>(cfg, std::move(on_broken));
+}
+
+template class EngineT<SplitQueue>;
+template class EngineT<PackedQueue>;
 
 }  // namespace vt

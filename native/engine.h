@@ -15,6 +15,7 @@
 #include "engine_stats.h"
 #include "memory.h"
 #include "notify_coalesce.h"
+#include "packed_queue.h"
 #include "rx_filter.h"
 #include "rx_stash.h"
 #include "status.h"
@@ -40,6 +41,9 @@ struct EngineConfig {
   bool mergeable = false;
   bool event_idx = false;
   bool indirect = false;
+  // VIRTIO_F_IN_ORDER negotiated (either layout). The layout itself is
+  // rx.layout.packed / tx.layout.packed (VIRTIO_F_RING_PACKED; both alike).
+  bool in_order = false;
   uint32_t rx_frame_max = 0;
   // Before sleeping, poll the rings and the TAP for up to this long (vhost-net's
   // busyloop_timeout): trades CPU for latency and fewer kicks. 0 = never.
@@ -56,26 +60,31 @@ struct EngineConfig {
 // Called on the worker thread when the guest broke a rule (queue index, rule, detail).
 using BrokenFn = std::function<void(uint32_t, const char*, const std::string&)>;
 
+// The engine as its owner sees it. The worker behind it is EngineT<Q>, one
+// instantiation per ring layout (Q = SplitQueue or PackedQueue), chosen once
+// by Create() from the configuration: the per-frame path is compiled for one
+// layout and never asks which.
 class Engine {
  public:
   // Checks a configuration against the memory's current table; false with a
   // reason when it cannot run.
   static bool Validate(const EngineConfig& cfg, std::string* why);
+  static std::unique_ptr<Engine> Create(const EngineConfig& cfg, BrokenFn on_broken);
 
-  Engine(const EngineConfig& cfg, BrokenFn on_broken);
-  ~Engine();
+  virtual ~Engine() = default;
+  Engine() = default;
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
   // Starts the worker.
-  SysResult Start();
+  virtual SysResult Start() = 0;
   // Stops and joins the worker; idempotent.
   // With drain_rx, the worker first moves frames the TAP queue still holds into
   // the guest's posted buffers (used before detaching a queue, which drops them).
-  void Stop(bool drain_rx = false);
+  virtual void Stop(bool drain_rx = false) = 0;
   // Makes a sleeping worker look again now: after the memory slot changed, so
   // that it lets go of the old table without waiting for traffic.
-  void Wake();
+  virtual void Wake() = 0;
   bool running() const { return running_.load(std::memory_order_relaxed); }
 
   // Replaces the RX filter (nullptr: accept every frame). Any thread, at any
@@ -88,7 +97,7 @@ class Engine {
   // At any time, from the thread that starts and stops the engine (it wakes
   // the worker, as Wake()); kept across Stop()/Start(). The worker applies it
   // at its next round, and an interrupt the new values make due goes out then.
-  void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs);
+  virtual void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) = 0;
 
   // Replaces the RX or TX call fd (vhost-user SET_VRING_CALL) without a
   // restart: the engine writes its own duplicate, so the caller may close `fd`
@@ -103,6 +112,26 @@ class Engine {
   // Batches (both directions) moved over io_uring [kIoUring] and
   // readv/writev [kIoReadv]: with io: 'auto', how often each ran.
   std::atomic<uint64_t> io_batches[2] = {};
+
+ protected:
+  std::atomic<bool> running_{false};
+  // Swapped whole with std::atomic_store/atomic_load (C++17's atomic
+  // shared_ptr access): the worker loads it once per RX round, so a filter
+  // change costs it one reference count, never a lock held by the JS thread
+  // across a frame.
+  std::shared_ptr<const RxFilter> rx_filter_;
+};
+
+template <class Q>
+class EngineT final : public Engine {
+ public:
+  EngineT(const EngineConfig& cfg, BrokenFn on_broken);
+  ~EngineT() override;
+
+  SysResult Start() override;
+  void Stop(bool drain_rx = false) override;
+  void Wake() override;
+  void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) override;
 
  private:
   void Run();
@@ -128,8 +157,8 @@ class Engine {
   // mapped for good, and stop using io_uring.
   void PinLostMemory();
   void FallBackIfFailed();
-  void Break(SplitQueue& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
-  void Flush(SplitQueue& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
+  void Break(Q& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
+  void Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
              uint16_t stashed);
   void Interrupt(const QueueConfig& qc, QueueStats& st);
   // Takes new coalescing parameters, sends interrupts whose window is over;
@@ -148,17 +177,10 @@ class Engine {
   // generation it came from. The worker swaps it only between batches.
   std::shared_ptr<const MemoryTable> mem_;
   uint64_t mem_gen_ = 0;
-  SplitQueue rx_, tx_;
+  Q rx_, tx_;
   bool rx_broken_ = false, tx_broken_ = false;
 
-  // Swapped whole with std::atomic_store/atomic_load (C++17's atomic
-  // shared_ptr access): the worker loads it once per RX round, so a filter
-  // change costs it one reference count, never a lock held by the JS thread
-  // across a frame.
-  std::shared_ptr<const RxFilter> rx_filter_;
-
   std::thread thread_;
-  std::atomic<bool> running_{false};
   std::atomic<bool> stop_{false};
   std::atomic<bool> drain_rx_{false};
   // max_packets << 32 | max_usecs, for [0] RX and [1] TX: one word, so the

@@ -44,6 +44,7 @@ QueueConfig ParseQueue(const Napi::Object& opts, const char* key) {
   c.layout.desc = static_cast<uint64_t>(GetRange(q, "desc", 0, kMaxSafe, where.c_str()));
   c.layout.avail = static_cast<uint64_t>(GetRange(q, "avail", 0, kMaxSafe, where.c_str()));
   c.layout.used = static_cast<uint64_t>(GetRange(q, "used", 0, kMaxSafe, where.c_str()));
+  c.layout.packed = !q.Get("packed").IsUndefined() && GetBool(q, "packed");
   c.kick_fd = static_cast<int>(GetRange(q, "kickFd", 0, INT32_MAX, where.c_str()));
   c.call_fd = static_cast<int>(GetRange(q, "callFd", 0, INT32_MAX, where.c_str()));
   if (!q.Get("lastAvailIdx").IsUndefined())
@@ -144,6 +145,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.mergeable = GetBool(opts, "mergeable");
     cfg.event_idx = GetBool(opts, "eventIdx");
     cfg.indirect = GetBool(opts, "indirect");
+    cfg.in_order = !opts.Get("inOrder").IsUndefined() && GetBool(opts, "inOrder");
     cfg.rx_frame_max = static_cast<uint32_t>(GetRange(opts, "rxFrameMax", 0, UINT32_MAX, ""));
     // A second at most: longer is a spinning thread, not a latency trade.
     if (!opts.Get("busyPollUs").IsUndefined())
@@ -161,6 +163,18 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     cfg.rx = ParseQueue(opts, "rx");
     cfg.tx = ParseQueue(opts, "tx");
+    // packed: VIRTIO_F_RING_PACKED; then rx/tx desc, avail, used are the
+    // descriptor ring, driver and device event areas, and lastAvailIdx /
+    // usedIdx carry the wrap counter in bit 15 (a new ring: 0x8000).
+    const bool packed = !opts.Get("packed").IsUndefined() && GetBool(opts, "packed");
+    for (auto [qc, key] : {std::pair<QueueConfig*, const char*>{&cfg.rx, "rx"}, {&cfg.tx, "tx"}}) {
+      if (packed) qc->layout.packed = true;
+      if (qc->layout.packed) {
+        const Napi::Object q = opts.Get(key).As<Napi::Object>();
+        if (q.Get("lastAvailIdx").IsUndefined()) qc->last_avail_idx = RING_PACKED_WRAP_BIT;
+        if (q.Get("usedIdx").IsUndefined()) qc->used_idx = RING_PACKED_WRAP_BIT;
+      }
+    }
     Napi::Value cb = opts.Get("onBroken");
     if (!cb.IsFunction()) BadArg(env, "option 'onBroken' must be a function");
     std::string why;
@@ -171,7 +185,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     on_broken_.Unref(env);
     tsfn_live_ = true;
     Napi::ThreadSafeFunction tsfn = on_broken_;
-    engine_ = std::make_unique<Engine>(cfg, [tsfn](uint32_t index, const char* rule, const std::string& detail) mutable {
+    engine_ = Engine::Create(cfg, [tsfn](uint32_t index, const char* rule, const std::string& detail) mutable {
       auto* r = new BrokenReport{index, rule, detail};
       napi_status s = tsfn.NonBlockingCall(r, [](Napi::Env env, Napi::Function fn, BrokenReport* rep) {
         std::unique_ptr<BrokenReport> own(rep);

@@ -312,6 +312,9 @@ Napi::Value GuestMemoryWrap::CheckRings(const Napi::CallbackInfo& info) {
     l.desc = SafeUint(o, "desc", where);
     l.avail = SafeUint(o, "avail", where);
     l.used = SafeUint(o, "used", where);
+    // A packed ring (VIRTIO_F_RING_PACKED): desc, avail, used are the
+    // descriptor ring and the driver and device event areas.
+    l.packed = !o.Get("packed").IsUndefined() && GetBool(o, "packed");
     ls.push_back(l);
   }
   std::shared_ptr<const MemoryTable> t = slot_->Get();

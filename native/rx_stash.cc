@@ -55,7 +55,8 @@ IoFrame RxStash::Span(size_t first, size_t count) const {
   return IoFrame{iov_.data() + a.iov_first, b.iov_first + b.iov_count - a.iov_first};
 }
 
-uint32_t RxStash::Place(SplitQueue& q, size_t free, size_t at, size_t end, uint64_t len, bool mergeable,
+template <class Q>
+uint32_t RxStash::Place(Q& q, size_t free, size_t at, size_t end, uint64_t len, bool mergeable,
                         bool set_num_buffers) {
   // Chains [free, end) hold at least what [at, end) holds, which took the
   // frame: with mergeable buffers it always fits.
@@ -102,9 +103,15 @@ void RxStash::Consume(size_t n) {
   for (Stashed& s : chains_) s.iov_first -= drop_iov;
 }
 
-void RxStash::GiveBack(SplitQueue& q) {
+template <class Q>
+void RxStash::GiveBack(Q& q) {
   q.UndoPop(static_cast<uint16_t>(chains_.size()));
   Consume(chains_.size());
 }
+
+template uint32_t RxStash::Place(SplitQueue&, size_t, size_t, size_t, uint64_t, bool, bool);
+template uint32_t RxStash::Place(PackedQueue&, size_t, size_t, size_t, uint64_t, bool, bool);
+template void RxStash::GiveBack(SplitQueue&);
+template void RxStash::GiveBack(PackedQueue&);
 
 }  // namespace vt

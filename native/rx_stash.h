@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "tap_io.h"
+#include "packed_queue.h"
 #include "virtqueue.h"
 
 namespace vt {
@@ -31,13 +32,16 @@ class RxStash {
   // chain it occupies. Without `mergeable` it must fit chain `free` alone.
   // Returns how many chains it occupies, or 0 when it does not fit (the
   // caller counts rx_truncated; the chains stay free).
-  uint32_t Place(SplitQueue& q, size_t free, size_t at, size_t end, uint64_t len, bool mergeable,
+  // Q: SplitQueue or PackedQueue.
+  template <class Q>
+  uint32_t Place(Q& q, size_t free, size_t at, size_t end, uint64_t len, bool mergeable,
                  bool set_num_buffers);
   // Forgets the first n chains (placed; their used elements are added).
   void Consume(size_t n);
   // Returns every stashed chain to the ring (they are its newest pops), at
   // stop or when guest memory changes under them.
-  void GiveBack(SplitQueue& q);
+  template <class Q>
+  void GiveBack(Q& q);
   // Forgets the first n chains without using or returning them: a failed
   // I/O mechanism may still write them (see TapIo::Batch::kUnknown).
   void Withhold(size_t n) { Consume(n); }

@@ -27,6 +27,8 @@ constexpr int F_MQ = 22;
 constexpr int F_RING_INDIRECT_DESC = 28;
 constexpr int F_RING_EVENT_IDX = 29;
 constexpr int F_VERSION_1 = 32;
+constexpr int F_RING_PACKED = 34;
+constexpr int F_IN_ORDER = 35;
 constexpr int F_GUEST_USO4 = 54;
 constexpr int F_GUEST_USO6 = 55;
 constexpr int F_HOST_USO = 56;
@@ -40,6 +42,18 @@ constexpr uint16_t RING_DESC_F_WRITE = 2;
 constexpr uint16_t RING_DESC_F_INDIRECT = 4;
 constexpr uint16_t RING_AVAIL_F_NO_INTERRUPT = 1;
 constexpr uint16_t RING_USED_F_NO_NOTIFY = 1;
+
+// Packed ring (virtio 1.x §2.8): descriptor { addr u64, len u32, id u16,
+// flags u16 }, and the two event suppression areas { off_wrap u16, flags u16 }.
+constexpr uint16_t RING_PACKED_DESC_F_AVAIL = 1 << 7;
+constexpr uint16_t RING_PACKED_DESC_F_USED = 1 << 15;
+constexpr uint16_t RING_EVENT_FLAGS_ENABLE = 0;
+constexpr uint16_t RING_EVENT_FLAGS_DISABLE = 1;
+constexpr uint16_t RING_EVENT_FLAGS_DESC = 2;
+constexpr uint32_t RING_EVENT_AREA_SIZE = 4;
+// Bit 15 of a packed ring's position (vhost-user's ring base, our saved
+// state): the wrap counter; bits 0-14 the index in the ring.
+constexpr uint16_t RING_PACKED_WRAP_BIT = 1 << 15;
 
 // virtio_net_hdr (virtio 1.x §5.1.6).
 constexpr uint8_t HDR_F_NEEDS_CSUM = 1;

@@ -99,6 +99,7 @@ DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
       return Fail(v, "chain-too-long",
                   Fmt("chain visits more than the %u entries of its %s (a loop?)", table_size_, where));
     visited_total_++;
+    if (!in_indirect_) table_entries_++;
     Descriptor d;
     const uint32_t at = index_;
     if (!ReadEntry(at, &d)) return Fail(v, "indirect-out-of-bounds", Fmt("indirect table entry %u unreadable", at));
@@ -166,23 +167,32 @@ bool Overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen) {
 // Resolves the three parts of `l` in `mem`; false with the violation filled in.
 bool ResolveParts(const MemoryTable& mem, const QueueLayout& l, Part parts[3], Violation* v) {
   v->rule = "ring-out-of-bounds";
-  if (l.size == 0 || l.size > RING_MAX_SIZE || (l.size & (l.size - 1)) != 0) {
+  if (l.packed) {
+    // A packed ring's size need not be a power of two (virtio 1.x §2.8.10).
+    if (l.size == 0 || l.size > RING_MAX_SIZE) {
+      v->detail = Fmt("packed queue size %u is not in 1..%u", l.size, RING_MAX_SIZE);
+      return false;
+    }
+  } else if (l.size == 0 || l.size > RING_MAX_SIZE || (l.size & (l.size - 1)) != 0) {
     v->detail = Fmt("queue size %u is not a power of two in 1..%u", l.size, RING_MAX_SIZE);
     return false;
   }
+  // Packed: descriptor ring, driver and device event areas (§2.8.10.1).
+  const uint64_t avail_align = l.packed ? 4 : 2;
+  const char* names[3] = {"desc", l.packed ? "driver event" : "avail", l.packed ? "device event" : "used"};
   const struct {
     const char* name;
     uint64_t addr, align;
-  } aligns[] = {{"desc", l.desc, 16}, {"avail", l.avail, 2}, {"used", l.used, 4}};
+  } aligns[] = {{names[0], l.desc, 16}, {names[1], l.avail, avail_align}, {names[2], l.used, 4}};
   for (const auto& a : aligns) {
     if (a.addr % a.align) {
       v->detail = Fmt("%s ring address 0x%" PRIx64 " is not %" PRIu64 "-byte aligned", a.name, a.addr, a.align);
       return false;
     }
   }
-  parts[0] = {"desc", l.desc, l.desc_bytes(), nullptr};
-  parts[1] = {"avail", l.avail, l.avail_bytes(), nullptr};
-  parts[2] = {"used", l.used, l.used_bytes(), nullptr};
+  parts[0] = {names[0], l.desc, l.desc_bytes(), nullptr};
+  parts[1] = {names[1], l.avail, l.avail_bytes(), nullptr};
+  parts[2] = {names[2], l.used, l.used_bytes(), nullptr};
   for (int i = 0; i < 3; i++) {
     Part& p = parts[i];
     p.host = mem.Contiguous(p.addr, p.len);
@@ -193,7 +203,7 @@ bool ResolveParts(const MemoryTable& mem, const QueueLayout& l, Part parts[3], V
       return false;
     }
     // Ring words are accessed atomically, which needs host alignment too.
-    const uintptr_t align = i == 0 ? 16 : i == 1 ? 2 : 4;
+    const uintptr_t align = i == 0 ? 16 : i == 1 ? avail_align : 4;
     if (reinterpret_cast<uintptr_t>(p.host) % align != 0) {
       v->detail = Fmt("%s ring maps to host memory not %zu-byte aligned (a region's host mapping is misaligned)",
                       p.name, static_cast<size_t>(align));
@@ -252,6 +262,13 @@ bool SplitQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_i
   used_idx_ = used_idx;
   signalled_used_ = used_idx;
   notify_disabled_ = false;
+  in_order_next_ = kNoHead;
+  batch_n_ = 0;
+  if (l.packed) {
+    v->rule = "ring-out-of-bounds";
+    v->detail = "a packed ring layout given to the split ring";
+    return false;
+  }
   return Remap(mem, v);
 }
 
@@ -309,58 +326,17 @@ SplitQueue::Pop SplitQueue::PopOrArm(uint16_t* head, Violation* v) {
 
 bool SplitQueue::ReadChain(uint16_t head, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out,
                            Violation* v) {
-  out->head = head;
-  out->iov.clear();
-  out->bytes = 0;
   DescriptorChain chain = Walk(head);
-  bool seen_writable = false;
-  uint64_t total = 0;  // every byte the chain names, kept even where iovecs are capped
-  Buffer b;
-  for (;;) {
-    DescriptorChain::Step s = chain.Next(&b, v);
-    if (s == DescriptorChain::Step::kBroken) {
-      v->detail = Fmt("chain at head %u: ", head) + v->detail;
+  if (!CollectChain(*mem_, chain, head, want_writable, min_bytes, max_iov, out, v)) return false;
+  if (in_order_) {
+    // IN_ORDER (§2.7.9): the driver uses descriptors in table order, so each
+    // chain starts where the previous one ended.
+    if (in_order_next_ != kNoHead && head != in_order_next_) {
+      v->rule = "in-order-head";
+      v->detail = Fmt("chain at head %u, but with IN_ORDER the next chain starts at %u", head, in_order_next_);
       return false;
     }
-    if (s == DescriptorChain::Step::kEnd) break;
-    if (b.writable) {
-      if (!want_writable) {
-        v->rule = "writable-on-tx";
-        v->detail = Fmt("chain at head %u has a device-writable buffer", head);
-        return false;
-      }
-      seen_writable = true;
-    } else if (want_writable) {
-      // A readable buffer after a writable one breaks the general ordering
-      // rule; one before any writable buffer is RX-specific (RX is all writable).
-      v->rule = seen_writable ? "readable-after-writable" : "readable-on-rx";
-      v->detail = Fmt("chain at head %u has a device-readable buffer%s", head,
-                      seen_writable ? " after a writable one" : "");
-      return false;
-    }
-    total += b.len;
-    if (b.len == 0 || out->iov.size() >= max_iov) continue;
-    if (b.host) {
-      out->iov.push_back(iovec{b.host, b.len});
-      out->bytes += b.len;
-      continue;
-    }
-    // Crosses into an adjacent region: one iovec per region (RX may keep
-    // only part of it when max_iov runs out; the device need not use it all).
-    const size_t before = out->iov.size();
-    mem_->AppendIov(b.addr, b.len, &out->iov, max_iov - before);
-    for (size_t i = before; i < out->iov.size(); i++) out->bytes += out->iov[i].iov_len;
-  }
-  if (total == 0) {
-    v->rule = "empty-chain";
-    v->detail = Fmt("chain at head %u has no bytes", head);
-    return false;
-  }
-  if (out->bytes < min_bytes) {
-    v->rule = "header-too-short";
-    v->detail = Fmt("chain at head %u holds %" PRIu64 " bytes, less than the %u-byte net header", head,
-                    out->bytes, min_bytes);
-    return false;
+    in_order_next_ = (head + chain.table_entries()) & (layout_.size - 1);
   }
   return true;
 }
@@ -374,13 +350,32 @@ bool SplitQueue::ReadRxChain(uint16_t head, uint32_t min_bytes, size_t max_iov, 
 }
 
 void SplitQueue::AddUsed(uint32_t id, uint32_t len) {
+  if (in_order_ && len == 0) {
+    // One element for the batch, at its first slot, naming its last chain
+    // (§2.7.9): the driver frees every chain up to that one.
+    if (batch_n_ == 0) batch_start_ = used_idx_;
+    batch_n_++;
+    batch_id_ = id;
+    used_idx_++;
+    return;
+  }
+  CloseInOrderBatch();
   uint8_t* e = used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * (used_idx_ & (layout_.size - 1));
   Store32(e, id);
   Store32(e + 4, len);
   used_idx_++;
 }
 
+void SplitQueue::CloseInOrderBatch() {
+  if (batch_n_ == 0) return;
+  uint8_t* e = used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * (batch_start_ & (layout_.size - 1));
+  Store32(e, batch_id_);
+  Store32(e + 4, 0);
+  batch_n_ = 0;
+}
+
 bool SplitQueue::PublishUsed() {
+  CloseInOrderBatch();
   if (used_idx_ == signalled_used_ || !used_) return false;
   // Release: the elements (and the buffer contents written before them) are
   // visible to a driver that acquires used.idx.

@@ -238,10 +238,10 @@ test('FEATURES_OK is refused for a feature not offered', (t) =>
     dev.status = ACK | DRIVER | FEATURES_OK;
     t.is(dev.status & FEATURES_OK, 0);
     t.regex(dev.featuresRefusal ?? '', /\bMQ\b/);
-    dev.driverFeatures = bits('VERSION_1', 'RING_PACKED');
+    dev.driverFeatures = bits('VERSION_1', 'NOTIFICATION_DATA');
     dev.status = ACK | DRIVER | FEATURES_OK;
     t.is(dev.status & FEATURES_OK, 0);
-    t.regex(dev.featuresRefusal ?? '', /RING_PACKED/);
+    t.regex(dev.featuresRefusal ?? '', /NOTIFICATION_DATA/);
   }));
 
 test('driverFeatures may be written only between DRIVER and FEATURES_OK', (t) =>
@@ -370,7 +370,7 @@ test('deviceFeatures: the basics always, MQ only with more than one queue pair',
 
 test("the 'features' option masks the offer", (t) =>
   withNetns((ns) => {
-    const mask = bits('VERSION_1', 'MAC', 'MRG_RXBUF', 'RING_PACKED');
+    const mask = bits('VERSION_1', 'MAC', 'MRG_RXBUF', 'NOTIFICATION_DATA');
     const dev = makeDevice(ns, { features: mask, queuePairs: 2 });
     t.is(dev.deviceFeatures, bits('VERSION_1', 'MAC', 'MRG_RXBUF'), 'only offered bits survive the mask; the mask adds nothing');
     dev.status = ACK | DRIVER;

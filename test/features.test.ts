@@ -97,9 +97,9 @@ test('the device offers a consistent set: BASE, MQ and offloads together pass it
 
 test('bits the device did not offer are refused, by name', (t) => {
   const offered = BASE_FEATURES;
-  const msg = validateDriverFeatures(bits('VERSION_1', 'RING_PACKED'), offered);
+  const msg = validateDriverFeatures(bits('VERSION_1', 'NOTIFICATION_DATA'), offered);
   t.truthy(msg);
-  t.regex(msg!, /RING_PACKED/);
+  t.regex(msg!, /NOTIFICATION_DATA/);
   t.regex(msg!, /not offer/);
   const msg2 = validateDriverFeatures(bits('VERSION_1', 'MQ', 'CTRL_VQ'), offered);
   t.regex(msg2 ?? '', /\bMQ\b/);

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 const ROOT = path.join(__dirname, '..', '..');
 const OUT = path.join(ROOT, 'build', 'ring_test');
-const SOURCES = ['test/native/ring_test.cc', 'native/memory.cc', 'native/virtqueue.cc', 'native/ctrl_queue.cc', 'native/rx_stash.cc'];
+const SOURCES = ['test/native/ring_test.cc', 'native/memory.cc', 'native/virtqueue.cc', 'native/packed_queue.cc', 'native/ctrl_queue.cc', 'native/rx_stash.cc'];
 
 fs.mkdirSync(path.dirname(OUT), { recursive: true });
 execFileSync(

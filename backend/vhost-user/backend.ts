@@ -183,10 +183,11 @@ export class TapBackend implements VhostUserBackend {
     }
   }
 
-  stopPair(pair: number, disable: boolean): { rx: number; tx: number } {
+  stopPair(pair: number, disable: boolean): { rx: number; tx: number; rxUsed: number; txUsed: number } {
     const pos = disable ? this.dp.setPairs(new Map([[pair, null]])).get(pair) : this.dp.stopPair(pair);
     if (!pos) throw new Error(`queue pair ${pair} was not running`);
-    return { rx: pos.rx.lastAvailIdx, tx: pos.tx.lastAvailIdx };
+    // Packed rings keep their used position (with its wrap counter) in the device alone.
+    return { rx: pos.rx.lastAvailIdx, tx: pos.tx.lastAvailIdx, rxUsed: pos.rx.usedIdx, txUsed: pos.tx.usedIdx };
   }
 
   setCallFd(pair: number, ring: 'rx' | 'tx', fd: number): void {

@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { VhostUserError } from '../errors';
 import { validateDriverFeatures } from '../features';
 import { addon, NativeFdInfo, NativeVuHeader, NativeVuMessage } from '../native';
-import { bit, featureNames, RING, splitRingSizes } from '../virtio';
+import { bit, F, featureNames, has, packedRingSizes, RING, splitRingSizes } from '../virtio';
 import {
   F_LOG_ALL,
   F_PROTOCOL_FEATURES,
@@ -43,6 +43,8 @@ export interface RingLayout {
   desc: number;
   avail: number;
   used: number;
+  /** VIRTIO_F_RING_PACKED: descriptor ring, driver event area, device event area. */
+  packed?: boolean;
 }
 
 /** Everything a worker needs to run one ring. */
@@ -88,7 +90,7 @@ export interface VhostUserBackend {
    * pairs), so its TAP queue should stop getting frames; otherwise the pair restarts soon
    * (a new call fd, GET_VRING_BASE) and what the TAP holds for it should wait.
    */
-  stopPair(pair: number, disable: boolean): { rx: number; tx: number };
+  stopPair(pair: number, disable: boolean): { rx: number; tx: number; rxUsed?: number; txUsed?: number };
   /**
    * Hands running pair `pair`'s worker a new call fd for its RX or TX ring without stopping
    * it (the worker keeps a duplicate; the fd stays the caller's). Without it, a new call fd
@@ -181,8 +183,17 @@ interface Ring {
   num: number | undefined;
   /** SET_VRING_ADDR: front-end virtual addresses. */
   addr: { desc: number; avail: number; used: number } | undefined;
-  /** Next avail index to start from: SET_VRING_BASE, or where the ring last stopped. */
+  /**
+   * Next avail index to start from: SET_VRING_BASE, or where the ring last stopped. Packed
+   * rings: bits 0-14 the position, bit 15 the driver's wrap counter.
+   */
   base: number;
+  /**
+   * Packed rings: the device's used position (bit 15 its wrap counter), bits 16-31 of the
+   * ring base; undefined when the front end sent only the avail half (DPDK's virtio-user does):
+   * then it equals `base`, as after a clean stop.
+   */
+  usedBase: number | undefined;
   kickFd: number;
   callFd: number;
   errFd: number;
@@ -233,6 +244,7 @@ export class VhostUserSession extends EventEmitter {
       num: undefined,
       addr: undefined,
       base: 0,
+      usedBase: undefined,
       kickFd: -1,
       callFd: -1,
       errFd: -1,
@@ -429,6 +441,7 @@ export class VhostUserSession extends EventEmitter {
     } catch (e) {
       throw new Refuse(`programming the TAP for features ${hex(device)} failed: ${(e as Error).message}`);
     }
+    if (v !== this.features || !this.featuresSet) this.opts.log?.(`vhost-user: features ${hex(v)} negotiated: ${featureNames(device).join(', ') || 'none'}`);
     this.features = v;
     this.featuresSet = true;
     // Without F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings are enabled from the start.
@@ -468,8 +481,8 @@ export class VhostUserSession extends EventEmitter {
     for (let i = 0; i < this.rings.length; i++) {
       const r = this.rings[i];
       if (!r.started || !r.addr || r.num === undefined) continue;
-      const before = this.regions ? translateRing(this.regions, r.addr, r.num) : undefined;
-      const after = translateRing(regions, r.addr, r.num);
+      const before = this.regions ? translateRing(this.regions, r.addr, r.num, this.packed()) : undefined;
+      const after = translateRing(regions, r.addr, r.num, this.packed());
       if (typeof after === 'string') throw new Refuse(`ring ${i} would lie outside the new memory table: ${after}`);
       if (typeof before !== 'object' || before.desc !== after.desc || before.avail !== after.avail || before.used !== after.used) moved.push(i);
     }
@@ -506,7 +519,10 @@ export class VhostUserSession extends EventEmitter {
 
   private setVringNum(s: { index: number; num: number }): void {
     const r = this.notStarted(s.index, 'SET_VRING_NUM');
-    if (s.num < 1 || s.num > MAX_RING_SIZE || (s.num & (s.num - 1)) !== 0) {
+    if (this.packed()) {
+      // A packed ring's size need not be a power of two (virtio 1.x §2.8.10).
+      if (!Number.isInteger(s.num) || s.num < 1 || s.num > MAX_RING_SIZE) throw new Refuse(`ring ${s.index}: packed ring size ${s.num} must be from 1 to ${MAX_RING_SIZE}`);
+    } else if (s.num < 1 || s.num > MAX_RING_SIZE || (s.num & (s.num - 1)) !== 0) {
       throw new Refuse(`ring ${s.index}: size ${s.num} must be a power of two from 1 to ${MAX_RING_SIZE}`);
     }
     if (r.addr && this.regions) this.layoutOrRefuse(s.index, r.addr, s.num);
@@ -525,7 +541,18 @@ export class VhostUserSession extends EventEmitter {
 
   private setVringBase(s: { index: number; num: number }): void {
     const r = this.notStarted(s.index, 'SET_VRING_BASE');
-    if (s.num > MAX_RING_INDEX) throw new Refuse(`ring ${s.index}: base ${s.num} is not a 16-bit split-ring index (packed rings are not offered)`);
+    if (this.packed()) {
+      // Bits 0-14 the driver's next avail position, bit 15 its wrap counter; bits 16-31 the
+      // same for the device's used position. QEMU sends both halves; DPDK's virtio-user sends
+      // the avail half alone (then both start there).
+      const avail = s.num & 0xffff;
+      const used = s.num >>> 16;
+      r.base = avail;
+      r.usedBase = used === 0 ? undefined : used;
+      this.opts.log?.(`vhost-user: ring ${s.index}: packed ring base ${hex(s.num)} (avail ${avail & 0x7fff} wrap ${avail >> 15}, used ${used === 0 ? 'as avail' : `${used & 0x7fff} wrap ${used >> 15}`})`);
+      return;
+    }
+    if (s.num > MAX_RING_INDEX) throw new Refuse(`ring ${s.index}: base ${s.num} is not a 16-bit split-ring index (packed rings were not negotiated)`);
     r.base = s.num;
   }
 
@@ -534,7 +561,14 @@ export class VhostUserSession extends EventEmitter {
     const r = this.ring(index);
     this.stopPair(index >> 1);
     this.stopRing(r);
-    this.conn.replyState(REQ.GET_VRING_BASE, index, r.base);
+    // Packed: the avail half and, in bits 16-31, the used half (each with its wrap counter
+    // in bit 15), as QEMU reads it back.
+    const num = this.packed() ? (r.base | ((r.usedBase ?? r.base) << 16)) >>> 0 : r.base;
+    this.conn.replyState(REQ.GET_VRING_BASE, index, num);
+  }
+
+  private packed(): boolean {
+    return ((this.features >> BigInt(F.RING_PACKED)) & 1n) === 1n;
   }
 
   private setVringFd(request: number, v: bigint, fds: number[], taken: Set<number>): void {
@@ -603,12 +637,12 @@ export class VhostUserSession extends EventEmitter {
    * overlap another ring's); refuses when it is not inside guest memory or breaks a layout rule.
    */
   private layoutOrRefuse(index: number, addr: { desc: number; avail: number; used: number }, num: number): RingLayout {
-    const t = translateRing(this.regions!, addr, num);
+    const t = translateRing(this.regions!, addr, num, this.packed());
     if (typeof t === 'string') throw new Refuse(`ring ${index}: ${t}`);
     const others: RingLayout[] = [];
     this.rings.forEach((r, i) => {
       if (i === index || !r.started || !r.addr || r.num === undefined) return;
-      const o = translateRing(this.regions!, r.addr, r.num);
+      const o = translateRing(this.regions!, r.addr, r.num, this.packed());
       if (typeof o === 'object') others.push(o);
     });
     const v = this.backend.checkRings([t, ...others]);
@@ -644,7 +678,8 @@ export class VhostUserSession extends EventEmitter {
     const start = (index: number, r: Ring): RingStart => {
       const layout = this.layoutOrRefuse(index, r.addr!, r.num!);
       if (r.callFd < 0) r.callFd = addon().eventfd();
-      return { index, ...layout, kickFd: r.kickFd, callFd: r.callFd, lastAvailIdx: r.base, usedIdx: this.backend.readUsedIdx(layout) };
+      const usedIdx = layout.packed ? (r.usedBase ?? r.base) : this.backend.readUsedIdx(layout);
+      return { index, ...layout, kickFd: r.kickFd, callFd: r.callFd, lastAvailIdx: r.base, usedIdx };
     };
     const a = start(2 * p, rx);
     const b = start(2 * p + 1, tx);
@@ -654,7 +689,8 @@ export class VhostUserSession extends EventEmitter {
       throw new Refuse(`starting queue pair ${p} failed: ${(e as Error).message}`);
     }
     this.running[p] = true;
-    this.opts.log?.(`vhost-user: queue pair ${p} running (rings ${2 * p} and ${2 * p + 1}, ${a.size} entries)`);
+    const format = [a.packed ? 'packed' : 'split', ...(has(this.features, 'IN_ORDER') ? ['in-order'] : []), ...(has(this.features, 'RING_EVENT_IDX') ? ['event-idx'] : [])];
+    this.opts.log?.(`vhost-user: queue pair ${p} running (${format.join(', ')}, ${a.size} entries; rings ${2 * p} and ${2 * p + 1})`);
     this.emit('pair', p, true);
     return true;
   }
@@ -666,6 +702,8 @@ export class VhostUserSession extends EventEmitter {
     const pos = this.backend.stopPair(p, disable);
     this.rings[2 * p].base = pos.rx;
     this.rings[2 * p + 1].base = pos.tx;
+    this.rings[2 * p].usedBase = pos.rxUsed;
+    this.rings[2 * p + 1].usedBase = pos.txUsed;
     this.emit('pair', p, false);
     return true;
   }
@@ -842,9 +880,14 @@ function checkRegion(r: { guestAddr: bigint; size: bigint; userAddr: bigint; mma
  * Translates a ring's front-end virtual addresses to guest physical ones through the regions'
  * user addresses; each part must lie inside one region. Returns the reason as a string when not.
  */
-export function translateRing(regions: MemoryRegion[], addr: { desc: number; avail: number; used: number }, num: number): RingLayout | string {
-  const sizes = splitRingSizes(num);
-  const out: RingLayout = { size: num, desc: 0, avail: 0, used: 0 };
+/**
+ * A ring's front-end addresses as guest addresses. Packed rings (VIRTIO_F_RING_PACKED): the
+ * three addresses of SET_VRING_ADDR are the descriptor ring, the driver event suppression area
+ * (in the avail field) and the device event suppression area (in the used field).
+ */
+export function translateRing(regions: MemoryRegion[], addr: { desc: number; avail: number; used: number }, num: number, packed = false): RingLayout | string {
+  const sizes = packed ? packedRingSizes(num) : splitRingSizes(num);
+  const out: RingLayout = packed ? { size: num, desc: 0, avail: 0, used: 0, packed: true } : { size: num, desc: 0, avail: 0, used: 0 };
   for (const part of ['desc', 'avail', 'used'] as const) {
     const ua = addr[part];
     const len = sizes[part];

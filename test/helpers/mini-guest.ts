@@ -5,7 +5,8 @@
 
 import { bits, ctrlq, has, netHdrSize, rxq, STATUS, txq, VirtioNetDevice } from '../../backend';
 import { CTRL_BUF_BYTES, ControlDriver } from '../../driver/control';
-import { DriverQueue } from '../../driver/virtqueue';
+import { openVirtqueue, PackedDriverQueue } from '../../driver/packed';
+import { DriverQueue, Virtqueue } from '../../driver/virtqueue';
 
 const QSIZE = 64;
 const RX_BUF = 2048;
@@ -23,9 +24,9 @@ export class MiniGuest {
   readonly u8: Uint8Array;
   ctrl: ControlDriver | undefined;
   /** With init's `ctrlFlood`: the control ring driven directly, for many commands in flight at once. */
-  private flood: { q: DriverQueue; buf: number } | undefined;
-  private rx: { q: DriverQueue; bufOf: Int32Array; base: number }[] = [];
-  private tx: { q: DriverQueue; base: number; next: number }[] = [];
+  private flood: { q: Virtqueue; buf: number } | undefined;
+  private rx: { q: Virtqueue; bufOf: Int32Array; base: number }[] = [];
+  private tx: { q: Virtqueue; base: number; next: number }[] = [];
   features = 0n;
   hdrLen = 12;
 
@@ -57,9 +58,13 @@ export class MiniGuest {
     if (!(d.status & STATUS.FEATURES_OK)) throw new Error(`FEATURES_OK refused: ${d.featuresRefusal}`);
     this.hdrLen = netHdrSize(this.features);
     const eventIdx = has(this.features, 'RING_EVENT_IDX');
+    // The ring layout follows what was negotiated: RING_PACKED (and IN_ORDER) when `want` asks for them.
+    const packed = has(this.features, 'RING_PACKED');
+    const ringOpts = { eventIdx, packed, inOrder: has(this.features, 'IN_ORDER') };
+    const layoutOf = (base: number, size: number): { desc: number; avail: number; used: number; end: number } => (packed ? PackedDriverQueue.layout(base, size) : DriverQueue.layout(base, size));
     let next = 0;
     const ring = (): { size: number; desc: number; avail: number; used: number } => {
-      const l = DriverQueue.layout(next, QSIZE);
+      const l = layoutOf(next, QSIZE);
       next = l.end;
       return { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used };
     };
@@ -79,18 +84,18 @@ export class MiniGuest {
     let ctrlAddrs;
     if (has(this.features, 'CTRL_VQ')) {
       const size = opts.ctrlFlood ?? 16;
-      const l = DriverQueue.layout(next, size);
+      const l = layoutOf(next, size);
       const buf = Math.ceil(l.end / 64) * 64;
       next = buf + (opts.ctrlFlood ? FLOOD_BYTES : CTRL_BUF_BYTES + 64);
       ctrlAddrs = { size, desc: l.desc, avail: l.avail, used: l.used, buf };
       d.setQueue(ctrlq(d.queuePairs), { size, desc: l.desc, avail: l.avail, used: l.used });
     }
     if (next > this.mem.byteLength) throw new Error('MiniGuest: guest memory too small');
-    this.rx = layouts.map(({ r, rb }) => ({ q: new DriverQueue(this.mem, r, { eventIdx }), bufOf: new Int32Array(QSIZE), base: rb }));
-    this.tx = layouts.map(({ t, tb }) => ({ q: new DriverQueue(this.mem, t, { eventIdx }), base: tb, next: 0 }));
+    this.rx = layouts.map(({ r, rb }) => ({ q: openVirtqueue(this.mem, r, ringOpts), bufOf: new Int32Array(QSIZE), base: rb }));
+    this.tx = layouts.map(({ t, tb }) => ({ q: openVirtqueue(this.mem, t, ringOpts), base: tb, next: 0 }));
     const ca = ctrlAddrs && { size: ctrlAddrs.size, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used };
-    this.ctrl = ca && !opts.ctrlFlood ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), ca, eventIdx, ctrlAddrs!.buf) : undefined;
-    this.flood = ca && opts.ctrlFlood ? { q: new DriverQueue(this.mem, ca, { eventIdx }), buf: ctrlAddrs!.buf } : undefined;
+    this.ctrl = ca && !opts.ctrlFlood ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), ca, ringOpts, ctrlAddrs!.buf) : undefined;
+    this.flood = ca && opts.ctrlFlood ? { q: openVirtqueue(this.mem, ca, ringOpts), buf: ctrlAddrs!.buf } : undefined;
     d.status |= STATUS.DRIVER_OK;
     this.rx.forEach((r, p) => {
       for (let i = 0; i < QSIZE; i++) r.bufOf[r.q.addBuf(r.base + i * RX_BUF, RX_BUF, true)] = i;

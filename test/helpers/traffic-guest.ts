@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 
 import { bits, ctrlq, CTRL, has, netHdrSize, rxq, STATUS, txq, type DeviceStats, type VirtioNetDevice } from '../../backend';
 import { ControlDriver, CTRL_BUF_BYTES } from '../../driver';
-import { DriverQueue } from '../../driver';
+import { DriverQueue, openVirtqueue, PackedDriverQueue, Virtqueue } from '../../driver';
 import type { Netns } from '../../host/netns';
 
 /** What the guest negotiates (when offered): Linux's usual set for a multiqueue NIC without offloads. */
@@ -23,8 +23,8 @@ const TX_SLOT = 128;
 const TX_FRAME = 60;
 
 interface Pair {
-  rx: DriverQueue;
-  tx: DriverQueue;
+  rx: Virtqueue;
+  tx: Virtqueue;
   rxBase: number;
   rxBufOf: Int32Array;
   txBase: number;
@@ -81,10 +81,14 @@ export class TrafficGuest {
     if (!(d.status & STATUS.FEATURES_OK)) throw new Error(`FEATURES_OK refused: ${d.featuresRefusal}`);
     this.hdrLen = netHdrSize(this.features);
     const eventIdx = has(this.features, 'RING_EVENT_IDX');
+    // The ring layout follows what was negotiated: RING_PACKED (and IN_ORDER) when `want` asks for them.
+    const packed = has(this.features, 'RING_PACKED');
+    const ringOpts = { eventIdx, packed, inOrder: has(this.features, 'IN_ORDER') };
+    const layoutOf = (base: number, size: number): { desc: number; avail: number; used: number; end: number } => (packed ? PackedDriverQueue.layout(base, size) : DriverQueue.layout(base, size));
     const n = has(this.features, 'MQ') ? d.queuePairs : 1;
     let next = 0;
     const ring = (): { size: number; desc: number; avail: number; used: number } => {
-      const l = DriverQueue.layout(next, QSIZE);
+      const l = layoutOf(next, QSIZE);
       next = Math.ceil(l.end / 64) * 64;
       return { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used };
     };
@@ -98,15 +102,15 @@ export class TrafficGuest {
       next += QSIZE * TX_SLOT;
       d.setQueue(rxq(p), r);
       d.setQueue(txq(p), t);
-      this.pairs.push({ rx: new DriverQueue(this.mem, r, { eventIdx }), tx: new DriverQueue(this.mem, t, { eventIdx }), rxBase, rxBufOf: new Int32Array(QSIZE), txBase, held: [], txNext: 0 });
+      this.pairs.push({ rx: openVirtqueue(this.mem, r, ringOpts), tx: openVirtqueue(this.mem, t, ringOpts), rxBase, rxBufOf: new Int32Array(QSIZE), txBase, held: [], txNext: 0 });
       for (let i = 0; i < QSIZE; i++) this.writeFrame(txBase + i * TX_SLOT);
     }
     this.ctrl = undefined;
     if (has(this.features, 'CTRL_VQ')) {
-      const c = DriverQueue.layout(next, 64);
+      const c = layoutOf(next, 64);
       const buf = Math.ceil(c.end / 64) * 64;
       const addrs = { size: 64, desc: c.desc, avail: c.avail, used: c.used };
-      this.ctrl = new ControlDriver(d, this.mem, ctrlq(d.queuePairs), addrs, eventIdx, buf);
+      this.ctrl = new ControlDriver(d, this.mem, ctrlq(d.queuePairs), addrs, ringOpts, buf);
       d.setQueue(ctrlq(d.queuePairs), addrs);
       next = buf + CTRL_BUF_BYTES + 64;
     }

@@ -13,6 +13,7 @@
 #include "../../native/ctrl_queue.h"
 #include "../../native/memory.h"
 #include "../../native/notify_coalesce.h"
+#include "../../native/packed_queue.h"
 #include "../../native/rx_stash.h"
 #include "../../native/virtqueue.h"
 
@@ -516,6 +517,464 @@ CASE(stash_places_frames_down_past_holes_and_sets_num_buffers) {
   CHECK_EQ(s2.Place(q, 0, 0, 1, 65, false, false), 0u);
   s2.GiveBack(q);
   CHECK_EQ(s2.chains(), 0u);
+}
+
+// ---- split ring: IN_ORDER ------------------------------------------------------------
+
+CASE(split_in_order_answers_a_batch_with_one_element_and_checks_heads) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = Ring(0, 8);
+  for (uint32_t i = 0; i < 8; i++) m.Desc(l.desc, i, 0x8000 + 0x100 * i, 64, 0);
+  m.Desc(l.desc, 1, 0x8100, 64, RING_DESC_F_NEXT, 2);  // chain 1 -> 2
+  SplitQueue q;
+  Violation v;
+  q.SetInOrder(true);
+  CHECK(q.Init(t, l, false, false, 0, 0, &v));
+  uint16_t idx = 0;
+  Post(m, l, &idx, 0);
+  Post(m, l, &idx, 1);
+  Post(m, l, &idx, 3);
+  Chain c;
+  for (uint16_t want : {0, 1, 3}) {
+    uint16_t head = 0;
+    CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+    CHECK_EQ(head, want);
+    CHECK(q.ReadTxChain(head, 12, &c, &v));
+    q.AddUsed(head, 0);
+  }
+  CHECK_EQ(q.pending_used(), 3);
+  q.PublishUsed();
+  // One element, at the batch's first slot, naming its last chain; used.idx
+  // still counts every chain.
+  CHECK_EQ(*reinterpret_cast<uint16_t*>(m.At(l.used + 2)), 3);
+  CHECK_EQ(*reinterpret_cast<uint32_t*>(m.At(l.used + 4)), 3u);
+  CHECK_EQ(*reinterpret_cast<uint32_t*>(m.At(l.used + 4 + 8)), 0u);  // slot 1 untouched
+  // A driver that skips a descriptor breaks its side of IN_ORDER.
+  Post(m, l, &idx, 5);
+  uint16_t head = 0;
+  CHECK(q.PopAvail(&head, &v) == SplitQueue::Pop::kChain);
+  CHECK(!q.ReadTxChain(head, 12, &c, &v));
+  CHECK_RULE(v, "in-order-head");
+}
+
+// ---- packed ring ---------------------------------------------------------------------
+
+// The driver side of a packed ring, as small as the tests need.
+struct PackedDriver {
+  Mem& m;
+  QueueLayout l;
+  uint32_t next = 0;
+  bool wrap = true;
+  uint32_t used_next = 0;
+  bool used_wrap = true;
+  std::vector<uint16_t> ndesc = std::vector<uint16_t>(RING_MAX_SIZE, 0);
+
+  PackedDriver(Mem& mem, QueueLayout layout) : m(mem), l(layout) {}
+
+  struct Buf {
+    uint64_t addr;
+    uint32_t len;
+    uint16_t flags;  // NEXT is added between buffers; WRITE / INDIRECT as given
+  };
+  uint16_t AvailFlags(bool w) const { return w ? RING_PACKED_DESC_F_AVAIL : RING_PACKED_DESC_F_USED; }
+  void Write(uint32_t slot, const Buf& b, uint16_t id, uint16_t flags) {
+    const uint64_t at = l.desc + 16ull * slot;
+    m.Set<uint64_t>(at, b.addr);
+    m.Set<uint32_t>(at + 8, b.len);
+    m.Set<uint16_t>(at + 12, id);
+    m.Set<uint16_t>(at + 14, flags);
+  }
+  // Makes a chain available, its head last (as a driver must).
+  void Post(const std::vector<Buf>& bufs, uint16_t id) {
+    const uint32_t head = next;
+    const bool head_wrap = wrap;
+    uint16_t head_flags = 0;
+    for (size_t i = 0; i < bufs.size(); i++) {
+      const uint16_t f = static_cast<uint16_t>(bufs[i].flags | (i + 1 < bufs.size() ? RING_DESC_F_NEXT : 0) |
+                                               AvailFlags(wrap));
+      if (i == 0)
+        head_flags = f;
+      else
+        Write(next, bufs[i], id, f);
+      if (++next == l.size) {
+        next = 0;
+        wrap = !wrap;
+      }
+    }
+    ndesc[id] = static_cast<uint16_t>(bufs.size());
+    Write(head, bufs[0], id, static_cast<uint16_t>((head_flags & ~(RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED)) |
+                                                   AvailFlags(head_wrap)));
+  }
+  // The next used descriptor, if the device wrote one.
+  bool Used(uint16_t* id, uint32_t* len) {
+    const uint64_t at = l.desc + 16ull * used_next;
+    const uint16_t f = *reinterpret_cast<uint16_t*>(m.At(at + 14));
+    const bool a = f & RING_PACKED_DESC_F_AVAIL, u = f & RING_PACKED_DESC_F_USED;
+    if (a != used_wrap || u != used_wrap) return false;
+    *id = *reinterpret_cast<uint16_t*>(m.At(at + 12));
+    *len = *reinterpret_cast<uint32_t*>(m.At(at + 8));
+    used_next += ndesc[*id];
+    while (used_next >= l.size) {
+      used_next -= l.size;
+      used_wrap = !used_wrap;
+    }
+    return true;
+  }
+};
+
+// A packed ring of `size` descriptors at `base`, the two event areas after it.
+QueueLayout PackedRing(uint64_t base, uint32_t size) {
+  QueueLayout l;
+  l.packed = true;
+  l.size = size;
+  l.desc = base;
+  l.avail = base + 16ull * size;
+  l.used = l.avail + 4;
+  return l;
+}
+
+CASE(packed_chains_go_round_the_ring_with_both_wrap_counters) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 3);  // not a power of two: allowed for packed rings
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  Chain c;
+  uint16_t token = 0;
+  CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kEmpty);
+  // Seven laps' worth of chains of one and two descriptors, ids reused.
+  for (int round = 0; round < 7; round++) {
+    d.Post({{0x8000, 40, 0}, {0x9000, 24, 0}}, 2);
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+    CHECK(q.ReadTxChain(token, 12, &c, &v));
+    CHECK_EQ(c.head, 2);
+    CHECK_EQ(c.bytes, 64u);
+    CHECK_EQ(c.iov.size(), 2u);
+    d.Post({{0xa000, 100, 0}}, 0);
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+    CHECK(q.ReadTxChain(token, 12, &c, &v));
+    CHECK_EQ(c.head, 0);
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kEmpty);
+    // Used out of order: 0 first, then 2.
+    q.AddUsed(0, 0);
+    q.AddUsed(2, 7);
+    CHECK_EQ(q.pending_used(), 2);
+    q.PublishUsed();
+    uint16_t id;
+    uint32_t len;
+    CHECK(d.Used(&id, &len) && id == 0 && len == 0);
+    CHECK(d.Used(&id, &len) && id == 2 && len == 7);
+    CHECK(!d.Used(&id, &len));
+    CHECK_EQ(q.last_avail(), static_cast<uint16_t>(d.next | (d.wrap ? RING_PACKED_WRAP_BIT : 0)));
+    CHECK_EQ(q.used_idx(), static_cast<uint16_t>(d.used_next | (d.used_wrap ? RING_PACKED_WRAP_BIT : 0)));
+  }
+  // Restored from its saved state, a queue goes on where it was.
+  PackedQueue q2;
+  CHECK(q2.Init(t, l, false, false, q.last_avail(), q.used_idx(), &v));
+  d.Post({{0x8000, 40, 0}}, 1);
+  CHECK(q2.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+  CHECK(q2.ReadTxChain(token, 12, &c, &v) && c.head == 1);
+  // Positions beyond the ring cannot be restored.
+  CHECK(!q2.Init(t, l, false, false, RING_PACKED_WRAP_BIT | 3, RING_PACKED_WRAP_BIT, &v));
+  CHECK_RULE(v, "ring-base-out-of-range");
+}
+
+CASE(packed_rules_each_stop_the_queue_with_their_name) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 4);
+  struct Case {
+    const char* rule;
+    std::function<void(PackedDriver&)> post;
+    bool indirect_ok;
+    bool rx;
+  };
+  const Case cases[] = {
+      {"buffer-id-out-of-range", [](PackedDriver& d) { d.Post({{0x8000, 64, 0}}, 4); }, false, false},
+      {"buffer-id-in-use",
+       [](PackedDriver& d) {
+         d.Post({{0x8000, 64, 0}}, 1);
+         d.Post({{0x8000, 64, 0}}, 1);
+       },
+       false, false},
+      {"chain-too-long",
+       [](PackedDriver& d) {
+         // Four descriptors that all say NEXT: the chain never ends in the ring.
+         for (uint32_t i = 0; i < 4; i++)
+           d.Write(i, {0x8000, 64, 0}, 0, RING_DESC_F_NEXT | RING_PACKED_DESC_F_AVAIL);
+       },
+       false, false},
+      {"chain-not-available",
+       [](PackedDriver& d) {
+         // The head says NEXT, the descriptor after it is not available
+         // (its flags disagree with the driver's wrap counter).
+         d.Write(1, {0x8000, 64, 0}, 0, RING_PACKED_DESC_F_USED);
+         d.Write(0, {0x8000, 64, 0}, 0, RING_DESC_F_NEXT | RING_PACKED_DESC_F_AVAIL);
+       },
+       false, false},
+      {"desc-out-of-bounds", [](PackedDriver& d) { d.Post({{0xfff0, 64, 0}}, 0); }, false, false},
+      {"writable-on-tx", [](PackedDriver& d) { d.Post({{0x8000, 64, RING_DESC_F_WRITE}}, 0); }, false, false},
+      {"readable-on-rx", [](PackedDriver& d) { d.Post({{0x8000, 64, 0}}, 0); }, false, true},
+      {"empty-chain", [](PackedDriver& d) { d.Post({{0x8000, 0, 0}}, 0); }, false, false},
+      {"header-too-short", [](PackedDriver& d) { d.Post({{0x8000, 4, 0}}, 0); }, false, false},
+      {"indirect-not-negotiated",
+       [](PackedDriver& d) { d.Post({{0x4000, 32, RING_DESC_F_INDIRECT}}, 0); }, false, false},
+      {"indirect-with-next",
+       [](PackedDriver& d) { d.Post({{0x4000, 32, RING_DESC_F_INDIRECT}, {0x8000, 64, 0}}, 0); }, true, false},
+      {"indirect-bad-len", [](PackedDriver& d) { d.Post({{0x4000, 20, RING_DESC_F_INDIRECT}}, 0); }, true, false},
+      {"indirect-out-of-bounds",
+       [](PackedDriver& d) { d.Post({{0xfff0, 32, RING_DESC_F_INDIRECT}}, 0); }, true, false},
+      {"nested-indirect",
+       [](PackedDriver& d) {
+         d.m.Set<uint64_t>(0x4000, 0x5000);
+         d.m.Set<uint32_t>(0x4008, 32);
+         d.m.Set<uint16_t>(0x400e, RING_DESC_F_INDIRECT);
+         d.Post({{0x4000, 32, RING_DESC_F_INDIRECT}}, 0);
+       },
+       true, false},
+  };
+  for (const Case& k : cases) {
+    memset(m.At(0), 0, 0x10000);
+    PackedQueue q;
+    Violation v;
+    CHECK(q.Init(t, l, false, k.indirect_ok, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+    PackedDriver d(m, l);
+    k.post(d);
+    Chain c;
+    uint16_t token = 0;
+    bool ok = true;
+    for (int i = 0; i < 4 && ok; i++) {
+      const PackedQueue::Pop p = q.PopAvail(&token, &v);
+      if (p == PackedQueue::Pop::kEmpty) break;
+      ok = p == PackedQueue::Pop::kChain &&
+           (k.rx ? q.ReadRxChain(token, 12, 8, &c, &v) : q.ReadTxChain(token, 12, &c, &v));
+    }
+    if (ok) fprintf(stderr, "case %s: no violation\n", k.rule);
+    CHECK(!ok);
+    CHECK_RULE(v, k.rule);
+  }
+}
+
+CASE(packed_indirect_table_is_read_in_order) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 4);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, true, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  // Three entries; NEXT is not used in a packed indirect table.
+  for (uint32_t i = 0; i < 3; i++) {
+    m.Set<uint64_t>(0x4000 + 16 * i, 0x8000 + 0x100 * i);
+    m.Set<uint32_t>(0x4008 + 16 * i, 20);
+    m.Set<uint16_t>(0x400e + 16 * i, RING_DESC_F_WRITE);
+  }
+  d.Post({{0x4000, 48, RING_DESC_F_INDIRECT}}, 3);
+  uint16_t token = 0;
+  Chain c;
+  CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+  CHECK(q.ReadRxChain(token, 12, 8, &c, &v));
+  CHECK_EQ(c.head, 3);
+  CHECK_EQ(c.iov.size(), 3u);
+  CHECK_EQ(c.bytes, 60u);
+  CHECK(c.iov[2].iov_base == m.At(0x8200));
+  q.AddUsed(3, 60);
+  q.PublishUsed();
+  uint16_t id;
+  uint32_t len;
+  CHECK(d.Used(&id, &len) && id == 3 && len == 60);
+  CHECK_EQ(q.used_idx(), RING_PACKED_WRAP_BIT | 1);  // an indirect chain takes one ring descriptor
+}
+
+CASE(packed_layout_rules) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  Violation v;
+  QueueLayout l = PackedRing(0, 100);
+  CHECK(CheckLayout(t, l, &v));
+  QueueLayout bad = l;
+  bad.avail += 2;  // the driver event area must be 4-byte aligned
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  bad = l;
+  bad.used = l.desc + 16;  // device event area over a descriptor
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-overlap");
+  bad = l;
+  bad.size = 40000;
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  bad = l;
+  bad.desc = 0x10000 - 16 * 50;  // runs off guest memory
+  CHECK(!CheckLayout(t, bad, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  // One queue layout never goes to the other ring.
+  SplitQueue sq;
+  CHECK(!sq.Init(t, l, false, false, 0, 0, &v));
+  PackedQueue pq;
+  CHECK(!pq.Init(t, Ring(0x8000, 16), false, false, 0, 0, &v));
+}
+
+CASE(packed_event_suppression_both_areas) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 8);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, true, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  uint16_t* drv_off = reinterpret_cast<uint16_t*>(m.At(l.avail));
+  uint16_t* drv_flags = reinterpret_cast<uint16_t*>(m.At(l.avail + 2));
+  uint16_t* dev_off = reinterpret_cast<uint16_t*>(m.At(l.used));
+  uint16_t* dev_flags = reinterpret_cast<uint16_t*>(m.At(l.used + 2));
+  // Device area: disable, then with EVENT_IDX enable at the next position.
+  q.DisableNotify();
+  CHECK_EQ(*dev_flags, RING_EVENT_FLAGS_DISABLE);
+  CHECK(!q.EnableNotify());
+  CHECK_EQ(*dev_flags, RING_EVENT_FLAGS_DESC);
+  CHECK_EQ(*dev_off, RING_PACKED_WRAP_BIT | 0);
+  auto one = [&](uint16_t id) {
+    uint16_t token = 0;
+    Chain c;
+    d.Post({{0x8000, 64, 0}}, id);
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+    CHECK(q.ReadTxChain(token, 12, &c, &v));
+    q.AddUsed(id, 0);
+  };
+  // Driver area: disable -> no interrupt; enable -> interrupt.
+  *drv_flags = RING_EVENT_FLAGS_DISABLE;
+  one(0);
+  CHECK(!q.PublishUsed());
+  *drv_flags = RING_EVENT_FLAGS_ENABLE;
+  one(0);
+  CHECK(q.PublishUsed());
+  // Descriptor-specific: interrupt when the device passes slot 4 of this lap.
+  *drv_flags = RING_EVENT_FLAGS_DESC;
+  *drv_off = RING_PACKED_WRAP_BIT | 4;
+  CHECK_EQ(q.UntilUsedEvent(), 3);  // slots 2, 3 and 4
+  one(0);
+  CHECK(!q.PublishUsed());  // slot 2
+  one(0);
+  one(1);
+  CHECK(q.PublishUsed());  // slots 3 and 4
+  // The same slot with the other wrap counter is a lap away.
+  *drv_off = 4;
+  for (int i = 0; i < 7; i++) {
+    one(0);
+    CHECK(!q.PublishUsed());  // slots 5..7, then 0..3 of the next lap
+  }
+  one(0);
+  CHECK(q.PublishUsed());  // slot 4 with wrap counter 0
+}
+
+CASE(packed_in_order_skips_a_batch_with_one_used_descriptor) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 8);
+  PackedQueue q;
+  Violation v;
+  q.SetInOrder(true);
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  d.Post({{0x8000, 64, 0}}, 0);
+  d.Post({{0x8000, 64, 0}, {0x9000, 64, 0}}, 1);
+  d.Post({{0x8000, 64, 0}}, 3);
+  uint16_t token = 0;
+  Chain c;
+  for (uint16_t id : {0, 1, 3}) {
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+    CHECK(q.ReadTxChain(token, 12, &c, &v) && c.head == id);
+    q.AddUsed(id, 0);
+  }
+  CHECK_EQ(q.pending_used(), 3);
+  q.PublishUsed();
+  // One used descriptor at slot 0 naming buffer 3; the device skips all four
+  // descriptors of the batch.
+  CHECK_EQ(*reinterpret_cast<uint16_t*>(m.At(l.desc + 12)), 3);
+  CHECK_EQ(*reinterpret_cast<uint16_t*>(m.At(l.desc + 14)), RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED);
+  CHECK_EQ(*reinterpret_cast<uint16_t*>(m.At(l.desc + 16 + 14)), RING_PACKED_DESC_F_AVAIL | RING_DESC_F_NEXT);  // still the driver's
+  CHECK_EQ(q.used_idx(), RING_PACKED_WRAP_BIT | 4);
+  // A used element with a length (RX) is written on its own.
+  d.Post({{0x8000, 64, RING_DESC_F_WRITE}}, 2);
+  CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+  CHECK(q.ReadRxChain(token, 12, 8, &c, &v));
+  q.AddUsed(2, 60);
+  q.PublishUsed();
+  CHECK_EQ(*reinterpret_cast<uint16_t*>(m.At(l.desc + 64 + 12)), 2);
+  CHECK_EQ(*reinterpret_cast<uint32_t*>(m.At(l.desc + 64 + 8)), 60u);
+}
+
+CASE(packed_undo_pop_gives_chains_back) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 4);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  d.Post({{0x8000, 64, RING_DESC_F_WRITE}, {0x9000, 64, RING_DESC_F_WRITE}}, 1);
+  d.Post({{0xa000, 64, RING_DESC_F_WRITE}}, 0);
+  uint16_t a = 0, b = 0;
+  CHECK(q.PopAvail(&a, &v) == PackedQueue::Pop::kChain);
+  CHECK(q.PopAvail(&b, &v) == PackedQueue::Pop::kChain);
+  CHECK_EQ(q.last_avail_before(1), RING_PACKED_WRAP_BIT | 2);
+  CHECK_EQ(q.last_avail_before(2), RING_PACKED_WRAP_BIT | 0);
+  q.UndoPop(2);
+  CHECK_EQ(q.last_avail(), RING_PACKED_WRAP_BIT | 0);
+  uint16_t a2 = 0;
+  CHECK(q.PopAvail(&a2, &v) == PackedQueue::Pop::kChain);  // id 1 is free again: no 'buffer-id-in-use'
+  CHECK_EQ(a2, a);
+  RxStash s;
+  Chain c;
+  CHECK(q.ReadRxChain(a2, 12, 8, &c, &v));
+  s.Push(c);
+  CHECK_EQ(s.Place(q, 0, 0, 1, 100, true, true), 1u);
+  s.Consume(1);
+  q.PublishUsed();
+  uint16_t id;
+  uint32_t len;
+  CHECK(d.Used(&id, &len) && id == 1 && len == 100);
+}
+
+CASE(packed_ctrl_queue_decodes_and_acks) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 8);
+  CtrlQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, &v));
+  PackedDriver d(m, l);
+  m.Set<uint8_t>(0x8000, 0);  // class RX
+  m.Set<uint8_t>(0x8001, 1);  // command ALLMULTI
+  m.Set<uint8_t>(0x8002, 1);
+  d.Post({{0x8000, 3, 0}, {0x9000, 1, RING_DESC_F_WRITE}}, 5);
+  CtrlCommand c;
+  uint64_t walked = 0;
+  CHECK(q.Pop(&c, &walked, &v) == CtrlQueue::Next::kCommand);
+  CHECK_EQ(c.head, 5);
+  CHECK_EQ(c.cls, 0);
+  CHECK_EQ(c.cmd, 1);
+  CHECK_EQ(c.data.size(), 1u);
+  CHECK_EQ(walked, 2u);
+  q.Answer(c, 0);
+  q.Publish();
+  CHECK_EQ(*m.At(0x9000), 0);
+  uint16_t id;
+  uint32_t len;
+  CHECK(d.Used(&id, &len) && id == 5 && len == 1);
+  CHECK(q.Pop(&c, &walked, &v) == CtrlQueue::Next::kEmpty);
 }
 
 }  // namespace

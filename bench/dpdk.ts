@@ -1,0 +1,338 @@
+// The bench's DPDK case: DPDK's virtio-user PMD (dpdk-testpmd, a complete
+// virtio-net driver at native speed, one polling core) drives a vhost-user
+// back end — vhost-tap (`vhost-tap vhost-user`, a child process) or DPDK's
+// own (testpmd with its vhost PMD forwarding to its TAP PMD, one polling
+// core) — on the same TAP name in the bench's namespace. guest → TAP:
+// testpmd's txonly, counted on the TAP's rx counter; TAP → guest: the bench's
+// packet source (pktsrc) into the TAP, counted by testpmd's rxonly. Back-end
+// CPU is the whole back-end process's (every thread), so CPU per frame
+// compares like with like.
+
+import { ChildProcess, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+import { bits } from '../backend';
+import { VHOST_USER_BASE_FEATURES } from '../backend/vhost-user/backend';
+import { dpdkMissing, Testpmd, virtioUserVdev } from '../host/dpdk';
+import { Env, ipNs, signalChild, startSource, Source, tapRxPackets, Trial } from './contenders';
+
+export type DpdkBackend = 'vhost-tap' | 'dpdk';
+export const DPDK_BACKENDS: DpdkBackend[] = ['vhost-tap', 'dpdk'];
+export const DPDK_BACKEND_NAMES: Record<DpdkBackend, string> = { 'vhost-tap': 'vhost-tap vhost-user', dpdk: "DPDK's vhost PMD → TAP PMD" };
+export type DpdkLayout = 'split' | 'packed';
+export const DPDK_LAYOUTS: DpdkLayout[] = ['split', 'packed'];
+
+export interface DpdkSample {
+  frames: number;
+  bytes: number;
+  wallNs: number;
+  /** CPU of the back-end process, all threads. */
+  backendCpuNs: number;
+  /** The virtio features the driver and back end settled on, when the back end says. */
+  features?: string;
+}
+
+/** The lcore the driver's forwarding thread polls on, and the one DPDK's back end polls on: one core each. */
+const DRIVER_LCORES: [number, number] = [0, 1];
+const BACKEND_LCORES: [number, number] = [1, 0];
+const READY_MS = 30_000;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Why this machine cannot run the DPDK case (or one of its layouts on vhost-tap), or undefined. */
+export function dpdkCaseUnavailable(backend?: DpdkBackend, layout?: DpdkLayout): string | undefined {
+  const missing = dpdkMissing();
+  if (missing) return missing;
+  if (backend === 'vhost-tap' && layout === 'packed' && (VHOST_USER_BASE_FEATURES & bits('RING_PACKED')) === 0n) {
+    return 'vhost-tap does not offer VIRTIO_F_RING_PACKED yet (virtio-user would fall back to the split ring)';
+  }
+  return undefined;
+}
+
+/** CPU time of every thread of process `pid`, ns (schedstat). */
+function processCpuNs(pid: number): number {
+  let ns = 0;
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0;
+  }
+  for (const t of tasks) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return ns;
+}
+
+interface BackEnd {
+  pid: number;
+  features(): string | undefined;
+  close(): Promise<void>;
+}
+
+/** `vhost-tap vhost-user` on env.tap in env.ns, listening on `sock`; resolves once it printed its ready line. */
+async function startVhostTap(env: Env, sock: string): Promise<BackEnd> {
+  const cli = path.join(__dirname, '..', 'cli', 'main.js');
+  const child: ChildProcess = spawn(process.execPath, [cli, 'vhost-user', '--socket', sock, '--tap', env.tap, '--netns', env.ns, '--trace'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  env.children.add(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (err += d));
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const end = Date.now() + READY_MS;
+  while (!out.includes('ready:')) {
+    if (child.exitCode !== null || Date.now() > end) {
+      signalChild(child, 'SIGKILL');
+      throw new Error(`vhost-tap vhost-user did not get ready: ${out} ${err}`);
+    }
+    await sleep(20);
+  }
+  ipNs(env, 'link', 'set', 'dev', env.tap, 'txqueuelen', String(env.txqlen), 'up');
+  return {
+    pid: child.pid!,
+    features: () => /SET_FEATURES (0x[0-9a-f]+)/.exec(err)?.[1],
+    async close() {
+      signalChild(child, 'SIGINT');
+      const timer = setTimeout(() => signalChild(child, 'SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+      env.children.delete(child);
+    },
+  };
+}
+
+/** DPDK's own back end: its vhost PMD (listening on `sock`) forwarding to its TAP PMD (env.tap), io mode, one polling core. */
+async function startDpdkBackend(env: Env, sock: string): Promise<BackEnd> {
+  const pmd = await Testpmd.start({
+    netns: env.ns,
+    prefix: `${env.ns}v`,
+    vdevs: [`net_vhost0,iface=${sock},queues=1`, `net_tap0,iface=${env.tap}`],
+    forwardMode: 'io',
+    lcores: BACKEND_LCORES,
+  });
+  try {
+    ipNs(env, 'link', 'set', 'dev', env.tap, 'txqueuelen', String(env.txqlen), 'up');
+    await pmd.command('start');
+  } catch (e) {
+    pmd.kill();
+    throw e;
+  }
+  return {
+    pid: pmd.pid,
+    features: () => /negotiated Virtio features: (0x[0-9a-f]+)/i.exec(pmd.output())?.[1],
+    async close() {
+      await pmd.quit();
+    },
+  };
+}
+
+/**
+ * One trial: back end up, the driver connects (split or packed ring), warm-up, a measured
+ * window, everything down. `t` gives the direction, the frame size and (RX) the source's frames.
+ */
+export async function runDpdkTrial(env: Env, backend: DpdkBackend, layout: DpdkLayout, t: Trial, size: number): Promise<DpdkSample> {
+  const sock = path.join('/tmp', `${env.ns}-dpdk.sock`);
+  fs.rmSync(sock, { force: true });
+  const be = backend === 'vhost-tap' ? await startVhostTap(env, sock) : await startDpdkBackend(env, sock);
+  let driver: Testpmd | undefined;
+  let source: Source | undefined;
+  try {
+    const end = Date.now() + READY_MS;
+    while (!fs.existsSync(sock)) {
+      if (Date.now() > end) throw new Error(`${backend}: no socket at ${sock}`);
+      await sleep(20);
+    }
+    driver = await Testpmd.start({
+      netns: env.ns,
+      prefix: `${env.ns}d`,
+      // in_order off: DPDK's back end offers IN_ORDER and virtio-user takes it by default; both back ends get the same ring.
+      vdevs: [virtioUserVdev(sock, { packed: layout === 'packed', inOrder: false, queueSize: env.ringSize })],
+      forwardMode: t.dir === 'tx' ? 'txonly' : 'rxonly',
+      txpkts: size,
+      lcores: DRIVER_LCORES,
+    });
+    await driver.command('start');
+    if (t.dir === 'rx') source = startSource(env, t);
+    const d = driver;
+    const count = async (): Promise<number> => (t.dir === 'tx' ? tapRxPackets(env) : (await d.portStats()).rxPackets);
+    await sleep(env.warmupMs);
+    const t0 = process.hrtime.bigint();
+    const c0 = processCpuNs(be.pid);
+    const f0 = await count();
+    await sleep(env.durationMs);
+    const f1 = await count();
+    const c1 = processCpuNs(be.pid);
+    const t1 = process.hrtime.bigint();
+    const frames = f1 - f0;
+    const features = be.features();
+    if (features !== undefined && (BigInt(features) & bits('RING_PACKED')) !== 0n) {
+      if (layout !== 'packed') throw new Error(`${backend} ${layout}: the packed ring was negotiated (${features})`);
+    } else if (features !== undefined && layout === 'packed') {
+      throw new Error(`${backend} packed: the driver fell back to the split ring (features ${features})`);
+    }
+    return { frames, bytes: frames * size, wallNs: Number(t1 - t0), backendCpuNs: c1 - c0, features };
+  } finally {
+    if (source) await source.stop().catch(() => undefined);
+    if (driver) await driver.quit().catch(() => driver!.kill());
+    await be.close();
+    fs.rmSync(sock, { force: true });
+  }
+}
+
+// --- the case: rounds, medians, table, targets ------------------------------------------
+
+/** The issue's frame sizes for this case: the smallest Ethernet frame and a full 1500-MTU one. */
+export const DPDK_SIZES = [64, 1514];
+/** The issue's bar: vhost-tap ≥ 1.1× DPDK's back end in frames/s, with less CPU per frame; packed ≥ 1.0× split. */
+const WANT_VS_DPDK = 1.1;
+const WANT_PACKED_VS_SPLIT = 1.0;
+
+export interface DpdkMedian {
+  framesPerSec: number;
+  backendNsPerFrame: number;
+}
+
+export interface DpdkResult {
+  dir: 'tx' | 'rx';
+  size: number;
+  layout: DpdkLayout;
+  backends: Partial<Record<DpdkBackend, { median: DpdkMedian; rounds: DpdkSample[] }>>;
+  /** vhost-tap's frames/s over DPDK's back end's, and DPDK's CPU per frame over vhost-tap's (> 1: vhost-tap cheaper). */
+  vsDpdk?: { frames: number; cpu: number };
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+
+/**
+ * Runs every (direction, size, layout) with each back end in turn, `rounds` times, the back
+ * ends' order rotating each round. `trialFor` builds the Trial (the RX source's frames) for a
+ * direction and size. Combinations this machine cannot run go to `unavailable`.
+ */
+export async function dpdkCase(
+  env: Env,
+  rounds: number,
+  trialFor: (dir: 'tx' | 'rx', size: number) => Trial,
+  step: (what: string) => void,
+  unavailable: { case: string; reason: string }[],
+): Promise<DpdkResult[]> {
+  const results: DpdkResult[] = [];
+  const said = new Set<string>();
+  for (const dir of ['tx', 'rx'] as const) {
+    for (const size of DPDK_SIZES) {
+      const t = trialFor(dir, size);
+      for (const layout of DPDK_LAYOUTS) {
+        const runnable = DPDK_BACKENDS.filter((b) => {
+          const why = dpdkCaseUnavailable(b, layout);
+          if (why && !said.has(`${b} ${layout}`)) {
+            said.add(`${b} ${layout}`);
+            unavailable.push({ case: `dpdk ${DPDK_BACKEND_NAMES[b]} ${layout}`, reason: why });
+          }
+          return !why;
+        });
+        const samples: Partial<Record<DpdkBackend, DpdkSample[]>> = {};
+        for (let r = 0; r < rounds; r++) {
+          const order = runnable.map((_, i) => runnable[(i + r) % runnable.length]);
+          for (const b of order) {
+            step(`dpdk ${dir === 'tx' ? 'guest→TAP' : 'TAP→guest'} ${size} B ${layout} ${b} round ${r + 1}/${rounds}`);
+            // A window with no frames is a measurement too (a starved poller on a shared machine):
+            // kept, it pulls the median down rather than ending the run.
+            (samples[b] ??= []).push(await runDpdkTrial(env, b, layout, t, size));
+          }
+        }
+        const res: DpdkResult = { dir, size, layout, backends: {} };
+        for (const b of runnable) {
+          const rs = samples[b];
+          if (!rs?.length) continue;
+          res.backends[b] = {
+            median: { framesPerSec: median(rs.map((s) => (s.frames * 1e9) / s.wallNs)), backendNsPerFrame: median(rs.map((s) => s.backendCpuNs / Math.max(1, s.frames))) },
+            rounds: rs,
+          };
+        }
+        const v = res.backends['vhost-tap']?.median;
+        const d = res.backends.dpdk?.median;
+        if (v && d) res.vsDpdk = { frames: v.framesPerSec / d.framesPerSec, cpu: d.backendNsPerFrame / v.backendNsPerFrame };
+        results.push(res);
+      }
+    }
+  }
+  return results;
+}
+
+/** The case's table: frames/s and back-end CPU per frame, and the ratios against DPDK's back end. */
+export function dpdkTable(results: DpdkResult[]): string[] {
+  const lines: string[] = [];
+  lines.push('');
+  lines.push("DPDK virtio-user driver (dpdk-testpmd, one polling core) against vhost-tap and against DPDK's own back end (one polling core); back-end CPU = the whole back-end process.");
+  const head = ['dir', 'size', 'ring', 'back end', 'frames/s', 'back end ns/f', 'vs DPDK', 'CPU vs DPDK'];
+  const rows: string[][] = [head];
+  for (const r of results) {
+    for (const b of DPDK_BACKENDS) {
+      const m = r.backends[b]?.median;
+      if (!m) continue;
+      const mine = b === 'vhost-tap' && r.vsDpdk;
+      rows.push([
+        r.dir === 'tx' ? 'guest → TAP' : 'TAP → guest',
+        String(r.size),
+        r.layout,
+        DPDK_BACKEND_NAMES[b],
+        m.framesPerSec >= 1e6 ? `${(m.framesPerSec / 1e6).toFixed(2)}M` : `${(m.framesPerSec / 1e3).toFixed(1)}k`,
+        m.backendNsPerFrame.toFixed(0),
+        mine ? `${r.vsDpdk!.frames.toFixed(2)}×` : '',
+        mine ? `${r.vsDpdk!.cpu.toFixed(2)}×` : '',
+      ]);
+    }
+  }
+  const w = head.map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  for (const [i, row] of rows.entries()) {
+    lines.push(row.map((x, j) => (j >= 4 ? x.padStart(w[j]) : x.padEnd(w[j]))).join('  '));
+    if (i === 0) lines.push(w.map((n) => '-'.repeat(n)).join('  '));
+  }
+  lines.push("vs DPDK: ratio of frames/s. CPU vs DPDK: DPDK's back-end CPU per frame over vhost-tap's (above 1: vhost-tap costs less per frame; DPDK's poller costs a whole core whatever the rate).");
+  return lines;
+}
+
+export interface DpdkTarget {
+  name: string;
+  want: string;
+  measured: number | null;
+  met: boolean | null;
+  note?: string;
+}
+
+/** The issue's targets for this case. */
+export function dpdkTargets(results: DpdkResult[]): DpdkTarget[] {
+  const out: DpdkTarget[] = [];
+  const label = (r: DpdkResult): string => `${r.dir === 'tx' ? 'guest → TAP' : 'TAP → guest'} ${r.size} B ${r.layout}`;
+  for (const r of results) {
+    const x = r.vsDpdk;
+    out.push({
+      name: `DPDK virtio-user ${label(r)}: vhost-tap vs DPDK's back end, frames/s, with less CPU per frame`,
+      want: `≥ ${WANT_VS_DPDK.toFixed(1)}× and CPU ratio > 1`,
+      measured: x?.frames ?? null,
+      met: x ? x.frames >= WANT_VS_DPDK && x.cpu > 1 : null,
+      note: x ? `CPU per frame: DPDK / vhost-tap ${x.cpu.toFixed(2)}×` : r.backends['vhost-tap'] ? undefined : 'vhost-tap did not run this layout',
+    });
+  }
+  for (const r of results.filter((q) => q.layout === 'packed')) {
+    const split = results.find((q) => q.layout === 'split' && q.dir === r.dir && q.size === r.size)?.backends['vhost-tap']?.median;
+    const packed = r.backends['vhost-tap']?.median;
+    const x = split && packed ? packed.framesPerSec / split.framesPerSec : undefined;
+    out.push({
+      name: `DPDK virtio-user ${r.dir === 'tx' ? 'guest → TAP' : 'TAP → guest'} ${r.size} B: vhost-tap packed vs split, frames/s`,
+      want: `≥ ${WANT_PACKED_VS_SPLIT.toFixed(1)}×`,
+      measured: x ?? null,
+      met: x === undefined ? null : x >= WANT_PACKED_VS_SPLIT,
+      note: x === undefined ? 'vhost-tap did not run the packed ring' : undefined,
+    });
+  }
+  return out;
+}

@@ -1,0 +1,165 @@
+// The device side of one packed virtqueue (virtio 1.x §2.8): the descriptor
+// ring with the driver's and the device's wrap counters, chains through NEXT
+// inside the ring, buffer ids, indirect tables, both event suppression areas,
+// and every rule checked (a broken one stops the queue, never the process).
+// The same face as SplitQueue (virtqueue.h), so the engine and the control
+// queue run either; plain C++, linked as it is by the fuzzers and unit tests.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "memory.h"
+#include "status.h"
+#include "virtio.h"
+#include "virtqueue.h"
+
+namespace vt {
+
+// Walks one packed chain: `count` descriptors of the ring from slot `first`
+// (the pop counted them and checked they are available), or the one
+// indirect descriptor they consist of and then its table, read in order
+// (§2.8.6: NEXT is not used inside an indirect table).
+class PackedChain {
+ public:
+  PackedChain(const MemoryTable& mem, const uint8_t* ring, uint32_t ring_size, uint32_t first, uint32_t count,
+              bool indirect_ok)
+      : mem_(mem), ring_(ring), ring_size_(ring_size), slot_(first), left_(count), indirect_ok_(indirect_ok) {}
+
+  enum class Step { kBuffer, kEnd, kBroken };
+  Step Next(Buffer* out, Violation* v);
+  uint32_t visited_total() const { return visited_total_; }
+
+ private:
+  Step Fail(Violation* v, const char* rule, std::string detail);
+
+  const MemoryTable& mem_;
+  const uint8_t* ring_;
+  uint32_t ring_size_;
+  uint32_t slot_;
+  uint32_t left_;  // ring descriptors still to read
+  bool indirect_ok_;
+  // The indirect table, once entered: contiguous host memory, or (it crosses
+  // regions) read entry by entry from guest address table_addr_.
+  bool in_indirect_ = false;
+  const uint8_t* table_ = nullptr;
+  uint64_t table_addr_ = 0;
+  uint32_t table_size_ = 0;
+  uint32_t table_index_ = 0;
+  uint32_t visited_total_ = 0;
+  bool done_ = false;
+};
+
+class PackedQueue {
+ public:
+  // `last_avail` and `used_idx` are positions with the wrap counter in bit 15
+  // (RING_PACKED_WRAP_BIT); a new ring starts at 0x8000 for both.
+  bool Init(const MemoryTable& mem, const QueueLayout& layout, bool event_idx, bool indirect_ok,
+            uint16_t last_avail, uint16_t used_idx, Violation* v);
+  bool Remap(const MemoryTable& mem, Violation* v);
+
+  enum class Pop { kChain, kEmpty, kBroken };
+  // Takes the next available chain: its head must be available with the
+  // driver's wrap counter, then every descriptor it links with NEXT
+  // ('chain-not-available' otherwise), at most the ring's size of them
+  // ('chain-too-long'); the last names a buffer id below the queue size
+  // ('buffer-id-out-of-range') that is not in use ('buffer-id-in-use').
+  // *token is the head's ring slot, for ReadTxChain / ReadRxChain / Walk.
+  Pop PopAvail(uint16_t* token, Violation* v);
+  // As SplitQueue::PopOrArm: on empty, re-enable kicks and look once more.
+  Pop PopOrArm(uint16_t* token, Violation* v);
+  // Gives back the last n popped chains (they will be popped again).
+  void UndoPop(uint16_t n = 1);
+  void SetInOrder(bool on) { in_order_ = on; }
+
+  PackedChain Walk(uint16_t token) const {
+    return PackedChain(*mem_, desc_, layout_.size, token, token < layout_.size ? slot_count_[token] : 0,
+                       indirect_ok_);
+  }
+  uint16_t BufferId(uint16_t token) const { return token < layout_.size ? slot_id_[token] : 0; }
+  bool ReadTxChain(uint16_t token, uint32_t min_bytes, Chain* out, Violation* v);
+  bool ReadRxChain(uint16_t token, uint32_t min_bytes, size_t max_iov, Chain* out, Violation* v);
+
+  // Writes a used descriptor for buffer `id` at the device's position and
+  // skips over the descriptors the buffer took. With IN_ORDER, chains used
+  // with len 0 (TX) are answered by one used descriptor for the batch,
+  // naming its last buffer, written at PublishUsed() (§2.8.9).
+  void AddUsed(uint32_t id, uint32_t len);
+  uint16_t pending_used() const { return static_cast<uint16_t>(used_count_ - signalled_count_); }
+  // Writes the open IN_ORDER batch, then decides the interrupt from the
+  // driver event suppression area (enable, disable, or a descriptor
+  // position with its wrap counter under EVENT_IDX).
+  bool PublishUsed();
+
+  void DisableNotify();
+  bool EnableNotify();
+
+  bool HasAvail() const;
+  // Positions with the wrap counter in bit 15: the state to save and restore.
+  uint16_t last_avail() const { return Position(next_avail_, avail_wrap_); }
+  uint16_t used_idx() const { return Position(used_pos_, used_wrap_); }
+  uint16_t last_avail_before(uint16_t n) const {
+    if (n == 0 || layout_.size == 0) return last_avail();
+    if (n > layout_.size) n = static_cast<uint16_t>(layout_.size);
+    const Popped& e = history_[(history_next_ + layout_.size - n) % layout_.size];
+    return Position(e.pos, e.wrap);
+  }
+  uint16_t UntilUsedEvent() const;
+  uint32_t size() const { return layout_.size; }
+  const QueueLayout& layout() const { return layout_; }
+  const MemoryTable& memory() const { return *mem_; }
+
+ private:
+  static uint16_t Position(uint32_t pos, bool wrap) {
+    return static_cast<uint16_t>(pos | (wrap ? RING_PACKED_WRAP_BIT : 0));
+  }
+  bool Available(uint16_t flags, bool wrap) const {
+    // §2.8.1: available when AVAIL equals the wrap counter and USED does not.
+    return ((flags & RING_PACKED_DESC_F_AVAIL) != 0) == wrap && ((flags & RING_PACKED_DESC_F_USED) != 0) != wrap;
+  }
+  bool ReadChain(uint16_t token, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out, Violation* v);
+  void WriteUsed(uint32_t id, uint32_t len, uint32_t skip);
+  void CloseInOrderBatch();
+  // A position as a count in [0, 2 * size): laps alternate wrap counters.
+  uint32_t Ext(uint32_t pos, bool wrap) const { return pos + (wrap ? 0 : layout_.size); }
+
+  const MemoryTable* mem_ = nullptr;
+  QueueLayout layout_;
+  uint8_t* desc_ = nullptr;
+  uint8_t* driver_ = nullptr;  // driver event suppression area (the driver writes)
+  uint8_t* device_ = nullptr;  // device event suppression area (the device writes)
+  bool event_idx_ = false;
+  bool indirect_ok_ = false;
+  bool in_order_ = false;
+  uint32_t next_avail_ = 0;
+  bool avail_wrap_ = true;
+  uint32_t used_pos_ = 0;
+  bool used_wrap_ = true;
+  uint16_t used_count_ = 0;       // used descriptors written, free-running
+  uint16_t signalled_count_ = 0;  // used_count_ at the previous PublishUsed()
+  uint32_t signalled_pos_ = 0;    // the device's position then (vring_need_event's "old")
+  bool signalled_wrap_ = true;
+  // Per buffer id: in use (popped, not yet used) and how many ring
+  // descriptors its chain took (what the used side skips).
+  std::vector<uint8_t> id_in_use_;
+  std::vector<uint16_t> id_ndesc_;
+  // Per head slot of a popped chain: its descriptor count and buffer id, as
+  // the pop read them (the chain readers trust these, not a second look).
+  std::vector<uint16_t> slot_count_;
+  std::vector<uint16_t> slot_id_;
+  // The newest pops, for UndoPop: where each began and its buffer id.
+  struct Popped {
+    uint16_t pos;
+    bool wrap;
+    uint16_t id;
+  };
+  std::vector<Popped> history_;
+  uint32_t history_next_ = 0;
+  // IN_ORDER: an open batch of len-0 uses, written as one used descriptor.
+  uint16_t batch_n_ = 0;
+  uint32_t batch_id_ = 0;
+  uint32_t batch_skip_ = 0;
+  bool notify_disabled_ = false;
+};
+
+}  // namespace vt
