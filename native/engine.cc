@@ -328,7 +328,8 @@ void EngineT<Q>::Stop(bool drain_rx) {
   running_ = false;
 }
 
-void Engine::CloseCallFds() {
+template <class Q>
+void EngineT<Q>::CloseCallFds() {
   for (int i = 0; i < 2; i++) {
     if (call_fd_[i] >= 0) close(call_fd_[i]);
     call_fd_[i] = -1;
@@ -337,7 +338,8 @@ void Engine::CloseCallFds() {
   }
 }
 
-SysResult Engine::SetCallFd(bool rx, int fd) {
+template <class Q>
+SysResult EngineT<Q>::SetCallFd(bool rx, int fd) {
   SysResult r;
   (rx ? cfg_.rx : cfg_.tx).call_fd = fd;  // for the next Start(); the worker reads call_fd_ only
   if (!running_) return r;
@@ -355,7 +357,8 @@ SysResult Engine::SetCallFd(bool rx, int fd) {
 }
 
 // Worker thread, between batches: takes call fds SetCallFd() handed over.
-void Engine::TakeCallFds() {
+template <class Q>
+void EngineT<Q>::TakeCallFds() {
   for (int i = 0; i < 2; i++) {
     if (next_call_fd_[i].load(std::memory_order_relaxed) < 0) continue;
     const int fd = next_call_fd_[i].exchange(-1);

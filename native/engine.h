@@ -103,7 +103,7 @@ class Engine {
   // restart: the engine writes its own duplicate, so the caller may close `fd`
   // after this returns. The running worker takes it between batches and sends
   // one interrupt on it. From the thread that starts and stops the engine.
-  SysResult SetCallFd(bool rx, int fd);
+  virtual SysResult SetCallFd(bool rx, int fd) = 0;
 
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
@@ -132,6 +132,7 @@ class EngineT final : public Engine {
   void Stop(bool drain_rx = false) override;
   void Wake() override;
   void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) override;
+  SysResult SetCallFd(bool rx, int fd) override;
 
  private:
   void Run();
