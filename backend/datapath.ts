@@ -84,6 +84,8 @@ type StepEffect =
 interface Work {
   effects: StepEffect[];
   stopped: StoppedPairs;
+  /** `configVersion` when the list began: engines it starts were configured with that. */
+  version: number;
 }
 
 export interface TapDataPathOptions {
@@ -131,6 +133,12 @@ export class TapDataPath {
   private work: Work | undefined;
   /** Every frame is steered to queue 0 (while pairs leave). */
   private steeredToZero = false;
+  /**
+   * Bumped by whatever engines must hear of (RX filter, coalescing, new memory): an engine that
+   * started off the JS thread is told again only when it changed meanwhile, since telling a
+   * running worker contends with it.
+   */
+  private configVersion = 0;
   /** Counters of engines that were stopped, so stats() stays monotonic. */
   private readonly retired = new Map<number, QueueStats>();
   private features = 0n;
@@ -245,6 +253,7 @@ export class TapDataPath {
 
   /** The exact per-frame RX filter for every engine, running or started later (null: accept all). */
   setRxFilter(snapshot: RxFilterSnapshot | null): void {
+    this.configVersion++;
     this.rxFilter = snapshot;
     for (const e of this.engines) e?.setRxFilter(snapshot);
   }
@@ -254,6 +263,7 @@ export class TapDataPath {
    * replaces what setQueueCoalescing() gave queues of that kind.
    */
   setCoalescing(kind: 'rx' | 'tx', maxPackets: number, maxUsecs: number): void {
+    this.configVersion++;
     this.coalescing[kind] = [maxPackets, maxUsecs];
     for (const vq of this.queueCoalescingSet.keys()) if (kindOf(vq) === kind) this.queueCoalescingSet.delete(vq);
     for (const e of this.engines) e?.setCoalescing(kind, maxPackets, maxUsecs);
@@ -263,6 +273,7 @@ export class TapDataPath {
   setQueueCoalescing(vq: number, maxPackets: number, maxUsecs: number): void {
     const e = this.engines[vq >> 1];
     if (!e) throw new DeviceStateError(`virtqueue ${vq} is not running`);
+    this.configVersion++;
     this.queueCoalescingSet.set(vq, [maxPackets, maxUsecs]);
     e.setCoalescing(kindOf(vq), maxPackets, maxUsecs);
   }
@@ -431,7 +442,7 @@ export class TapDataPath {
       }
     } catch (err) {
       // Nothing ran yet: engines made go, engines taken out run on.
-      this.settle({ effects, stopped: new Map() }, [], []);
+      this.settle({ effects, stopped: new Map(), version: this.configVersion }, [], []);
       throw err;
     }
     if (shrinking) add({ op: 'steer', fd: this.fds[0], queue: -1, always: true }, { kind: 'steer', queue: -1 });
@@ -492,7 +503,7 @@ export class TapDataPath {
 
   /** Runs a list on `ops` and applies its outcome, unless abort() got there first. */
   private async run(steps: NativeTapStep[], effects: StepEffect[]): Promise<Work & { ok: boolean[]; error: Error | undefined }> {
-    const w: Work = { effects, stopped: new Map() };
+    const w: Work = { effects, stopped: new Map(), version: this.configVersion };
     this.work = w;
     let r: Awaited<ReturnType<NativeTapOps['run']>>;
     try {
@@ -533,8 +544,10 @@ export class TapDataPath {
           if (done) {
             this.engines[e.p] = e.engine;
             // What changed while it started (filters, coalescing, memory) reaches it now.
-            this.configure(e.p, e.engine);
-            e.engine.wake();
+            if (this.configVersion !== w.version) {
+              this.configure(e.p, e.engine);
+              e.engine.wake();
+            }
           } else {
             e.engine.close();
           }
@@ -600,6 +613,7 @@ export class TapDataPath {
 
   /** Guest memory was replaced: sleeping workers take the new table now. */
   wake(): void {
+    this.configVersion++;
     for (const e of this.engines) e?.wake();
   }
 
