@@ -220,13 +220,14 @@ Napi::Value InspectFd(const Napi::CallbackInfo& info) {
   const int fl = fcntl(fd, F_GETFL);
   const int seals = fcntl(fd, F_GET_SEALS);
   const char* type = "other";
-  if (S_ISREG(st.st_mode)) type = target.rfind("/memfd:", 0) == 0 ? "memfd" : "regular";
+  // The link first: anonymous inodes have carried S_IFREG on some kernels.
+  if (target.rfind("anon_inode:", 0) == 0) type = target == "anon_inode:[eventfd]" ? "eventfd" : "other";
+  else if (S_ISREG(st.st_mode)) type = target.rfind("/memfd:", 0) == 0 ? "memfd" : "regular";
   else if (S_ISSOCK(st.st_mode)) type = "socket";
   else if (S_ISFIFO(st.st_mode)) type = "pipe";
   else if (S_ISCHR(st.st_mode)) type = "chardev";
   else if (S_ISBLK(st.st_mode)) type = "blockdev";
   else if (S_ISDIR(st.st_mode)) type = "directory";
-  else if (target == "anon_inode:[eventfd]") type = "eventfd";
   Napi::Object o = Napi::Object::New(env);
   o.Set("type", type);
   o.Set("link", target);

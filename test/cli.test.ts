@@ -54,6 +54,9 @@ test('usage errors: exit 2, one line, in the CLI flag names', (t) => {
     [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--mtu', '65536'], /--mtu must be from 68 to 65535, got 65536/],
     [['vhost-user', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--tap', 'vtx'], /--socket: .* longer than the 107 bytes/],
     [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--netns', 'vt-no-such-ns'], /--netns: network namespace 'vt-no-such-ns' does not exist/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--socket-mode', '0999'], /--socket-mode must be octal permission bits such as 0660, got '0999'/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--socket-group', 'vt-no-such-group'], /--socket-group: no group 'vt-no-such-group' in \/etc\/group/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--client', '--socket-mode', '0600'], /apply to a socket vhost-tap listens on, not to --client/],
   ];
   for (const [args, re] of cases) {
     const r = runCli(args);
