@@ -283,6 +283,7 @@ export class TapDataPath {
     this.queueCoalescingSet.delete(2 * p + 1);
     e.stop(drainRx);
     const s = e.stats();
+    this.lastIo = s.io;
     e.close();
     for (const [i, kind, live] of [[2 * p, 'rx', s.rx], [2 * p + 1, 'tx', s.tx]] as const) this.retired.set(i, this.merge(i, kind, live));
     return { rx: { lastAvailIdx: s.rx.lastAvailIdx, usedIdx: s.rx.usedIdx }, tx: { lastAvailIdx: s.tx.lastAvailIdx, usedIdx: s.tx.usedIdx } };
