@@ -337,6 +337,7 @@ export class TapDataPath {
   /** A stopped engine of pair p: keeps its counters, releases it, returns where its rings stopped. */
   private retire(p: number, e: NativeEngine): { rx: RingPosition; tx: RingPosition } {
     const s = e.stats();
+    this.lastIo = s.io;
     e.close();
     for (const [i, kind, live] of [[2 * p, 'rx', s.rx], [2 * p + 1, 'tx', s.tx]] as const) this.retired.set(i, this.merge(i, kind, live));
     return { rx: { lastAvailIdx: s.rx.lastAvailIdx, usedIdx: s.rx.usedIdx }, tx: { lastAvailIdx: s.tx.lastAvailIdx, usedIdx: s.tx.usedIdx } };

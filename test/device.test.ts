@@ -413,6 +413,16 @@ test('stats() shape', (t) =>
     t.not(dev.stats().io, 'none', 'a running engine reports its I/O method');
   }));
 
+test('stats().io read only after the engines stopped (as vhost-user\'s final statistics are) still names the method they used', (t) =>
+  withNetns(async (ns) => {
+    const sab = new SharedArrayBuffer(MEM);
+    const dev = new VirtioNetDevice({ memory: sab, tap: ns.ifname(), netns: ns.name, io: 'readv' });
+    t.teardown(() => dev.close());
+    bringUp(dev, sab, bits('VERSION_1', 'MRG_RXBUF'));
+    dev.status = 0;
+    t.is(dev.stats().io, 'readv/writev');
+  }));
+
 // --- lifecycle ---------------------------------------------------------------------------
 
 test('close() twice is fine; after close, methods throw DeviceStateError', (t) =>
