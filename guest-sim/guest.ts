@@ -158,10 +158,11 @@ export const WORKER_YOUNG_GENERATION_MB = 12;
  * live heap is a few MiB (its TCP connections, the responder): 256 MiB is far above anything it
  * keeps, and a Worker that did exceed it ends with ERR_WORKER_OUT_OF_MEMORY ('error'). The limit
  * is here for what it does below it: V8 lets the old generation grow to up to 4 times what
- * survived the last mark-compact before the next one when the limit is 2 GiB or more (the default
- * V8 derives from the machine's memory: 4 GiB on a 24 GiB one), and 1.3 times at 256 MiB. Under steady traffic a
- * Worker promotes garbage (connections that lived across two scavenges) all the time: with the
- * default its heap rose for half an hour after warm-up, a sawtooth with an ever higher top.
+ * survived the last mark-compact before the next one when the limit is 2 GiB or more (the
+ * default V8 derives from the machine's memory: 4 GiB on a 24 GiB one), and 1.3 times at 256 MiB.
+ * Under steady traffic a Worker promotes garbage (connections that lived across two scavenges)
+ * all the time: with the default, its committed heap kept rising for 20 minutes and more after
+ * warm-up, a sawtooth with an ever higher top (issue 24, RESULTS.md).
  */
 export const WORKER_OLD_GENERATION_MB = 256;
 
