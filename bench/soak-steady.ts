@@ -128,27 +128,11 @@ export function flatness(samples: SteadySample[], totalS: number): Record<Compon
   return out;
 }
 
-/** Resident anonymous memory (KiB) of this process, and of its one mapping of guest memory (found by its size). */
-function anonymous(guestBytes: number): { total: number; guest: number } {
-  let total = 0;
-  let guest = 0;
-  let size = 0;
-  let named = false;
-  for (const line of fs.readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
-    const head = /^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$/.exec(line);
-    if (head) {
-      size = Number(BigInt(`0x${head[2]}`) - BigInt(`0x${head[1]}`));
-      named = head[3] !== '';
-      continue;
-    }
-    const a = /^Anonymous:\s+(\d+) kB/.exec(line);
-    if (!a) continue;
-    const kib = Number(a[1]);
-    total += kib;
-    // The SharedArrayBuffer's own mapping: its length, rounded up to pages (plus at most one).
-    if (!named && size >= guestBytes && size <= guestBytes + 2 * 4096) guest += kib;
-  }
-  return { total, guest };
+/** Resident anonymous memory of this process, bytes (the sum of Anonymous: in /proc/self/smaps). */
+function anonymousBytes(): number {
+  let kib = 0;
+  for (const m of fs.readFileSync('/proc/self/smaps', 'utf8').matchAll(/^Anonymous:\s+(\d+) kB/gm)) kib += Number(m[1]);
+  return kib * 1024;
 }
 
 /** The host side: TCP loops into the discard port and out of the source port, and UDP echo from 8 source ports. */
@@ -278,8 +262,10 @@ export async function steadySoak(args: string[]): Promise<number> {
       const m = await guest!.memoryUsage();
       const isolates = [m.main, ...m.workers];
       const sum = (k: 'heapUsed' | 'heapTotal' | 'youngGeneration' | 'external' | 'arrayBuffers'): number => isolates.reduce((a, i) => a + i[k], 0);
-      const anon = anonymous(guestBytes);
-      const anonOutsideGuest = (anon.total - anon.guest) * 1024;
+      // Every page of guest memory was touched at the start and stays resident: it is exactly
+      // guestBytes of the anonymous total. (Its mapping cannot be told apart by size: the kernel
+      // may merge it with a neighbouring anonymous one.)
+      const anonOutsideGuest = anonymousBytes() - Math.ceil(guestBytes / 4096) * 4096;
       const status = fs.readFileSync('/proc/self/status', 'utf8');
       const rss = Number(/^VmRSS:\s+(\d+)/m.exec(status)?.[1] ?? NaN) * 1024;
       const mib = (n: number): number => Math.round((n / MiB) * 100) / 100;

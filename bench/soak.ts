@@ -40,7 +40,7 @@ Options:
                    leave out the resets, the queue-pair changes or the control commands
                    (to find which one a problem comes with)
   --json           print the whole report as JSON at the end
-  --steady         the other mode: 'vhost-tap run''s guest under steady traffic with no
+  --steady         the other mode: the guest of 'vhost-tap run' under steady traffic, no
                    resets, memory of every isolate over time (--steady --help)
   -h, --help       this help`;
 

@@ -159,6 +159,19 @@ export interface GuestMemory {
  */
 export const WORKER_YOUNG_GENERATION_MB = 12;
 
+/**
+ * Old generation limit of a queue-pair Worker (resourceLimits.maxOldGenerationSizeMb). A Worker's
+ * live heap is a few MiB (its TCP connections, the responder): 256 MiB is far above anything it
+ * keeps, and a Worker that did exceed it ends with ERR_WORKER_OUT_OF_MEMORY ('error'). The limit
+ * is here for what it does below it: V8 lets the old generation grow to up to 4 times what
+ * survived the last mark-compact before the next one when the limit is 2 GiB or more (the
+ * default V8 derives from the machine's memory: 4 GiB on a 24 GiB one), and 1.3 times at 256 MiB.
+ * Under steady traffic a Worker promotes garbage (connections that lived across two scavenges)
+ * all the time: with the default, its committed heap kept rising for 20 minutes and more after
+ * warm-up, a sawtooth with an ever higher top (issue 24, RESULTS.md).
+ */
+export const WORKER_OLD_GENERATION_MB = 256;
+
 /** How long memoryUsage() waits for a Worker's answer (it answers between two batches, so within milliseconds). */
 const MEMORY_REPLY_MS = 5000;
 
@@ -362,7 +375,7 @@ export class GuestSim extends EventEmitter {
     const worker = new Worker(path.join(__dirname, 'worker.js'), {
       workerData: { ...cfg, port: port2 },
       transferList: [port2],
-      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB, maxOldGenerationSizeMb: WORKER_OLD_GENERATION_MB },
     });
     const done = new Promise((resolve, reject) => {
       worker.once('exit', resolve);

@@ -5,8 +5,9 @@
 // 16 MiB steps minutes apart; as a least-squares slope over the samples after
 // warm-up against a bound far below one doubling, and against the limit the
 // guest gives it. (Their old space is a sawtooth between mark-compacts, rising
-// for minutes before the first: no slope of a few minutes can judge it; the
-// hour-long soak does, see RESULTS.md.)
+// for minutes before the first, and what V8 let its top grow to only showed
+// after 15 minutes and more: no slope of a few minutes can judge it; the long
+// soak does, see RESULTS.md.)
 
 import test from 'ava';
 import { spawn } from 'node:child_process';
