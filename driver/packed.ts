@@ -6,25 +6,23 @@
 // reclaiming used buffers, and with IN_ORDER a single used descriptor that
 // completes a whole batch. The same face as the split DriverQueue.
 
-import { RING } from '../backend';
+import { PACKED_RING, RING } from '../backend';
 import { DriverMemory, DriverMemoryInput, driverMemory, Region } from './memory';
 import { Buf, checkPart, DeviceBugError, DriverQueue, needEvent, QueueAddrs, UsedElem, Virtqueue } from './virtqueue';
 
-/** Packed ring constants (virtio 1.1 §2.8.10, §2.8.14). */
+/** Packed ring constants, the device side's own (backend/virtio.ts), under the names this driver uses. */
 export const PACKED = {
-  /** Descriptor flag bits: AVAIL and USED hold the wrap counters. */
-  DESC_F_AVAIL: 1 << 7,
-  DESC_F_USED: 1 << 15,
-  /** Event suppression flags (desc_event_flags). */
-  EVENT_ENABLE: 0,
-  EVENT_DISABLE: 1,
+  DESC_F_AVAIL: PACKED_RING.DESC_F_AVAIL,
+  DESC_F_USED: PACKED_RING.DESC_F_USED,
+  EVENT_ENABLE: PACKED_RING.EVENT_FLAGS_ENABLE,
+  EVENT_DISABLE: PACKED_RING.EVENT_FLAGS_DISABLE,
   /** Only with EVENT_IDX: notify once the ring reaches desc_event_off_wrap. */
-  EVENT_DESC: 2,
+  EVENT_DESC: PACKED_RING.EVENT_FLAGS_DESC,
   /** Event suppression area: off_wrap (u16) then flags (u16). */
-  EVENT_SIZE: 4,
-  EVENT_ALIGN: 4,
+  EVENT_SIZE: PACKED_RING.EVENT_AREA_SIZE,
+  EVENT_ALIGN: PACKED_RING.EVENT_AREA_ALIGN,
   /** The ring may have any size up to 2^15: positions and the wrap bit share a u16. */
-  MAX_SIZE: 32768,
+  MAX_SIZE: RING.MAX_SIZE,
 } as const;
 
 const MAX_LEN = 0xffffffff;
