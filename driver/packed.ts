@@ -32,6 +32,12 @@ const W_FLAGS = 7;
 const EV_OFF_WRAP = 0;
 const EV_FLAGS = 1;
 const WRAP_BIT = 15;
+/**
+ * writeDesc() leaves a head's flags as they are until publish(): whatever is there (zero, or
+ * the device's used marks from the lap before) reads as neither available to the device nor
+ * used to us. A placeholder such as 0 would read as "used" on a lap whose wrap counter is 0.
+ */
+const KEEP_FLAGS = -1;
 
 /** Whether a descriptor's flags say "used" for a side whose wrap counter is `wrap`: AVAIL and USED both equal it. */
 function isUsedFlags(flags: number, wrap: number): boolean {
@@ -217,7 +223,7 @@ export class PackedDriverQueue implements Virtqueue {
       const b = bufs[i];
       const flags = (b.write ? RING.DESC_F_WRITE : 0) | (i < n - 1 ? RING.DESC_F_NEXT : 0) | availBits(this.availWrap);
       // Every descriptor but the head is flagged now: the device reads none of them before the head.
-      this.writeDesc(this.nextAvail, b.addr, b.len, id, i === 0 ? 0 : flags);
+      this.writeDesc(this.nextAvail, b.addr, b.len, id, i === 0 ? KEEP_FLAGS : flags);
       if (i === 0) this.pendFlags[this.pendN] = flags;
       this.advanceAvail();
     }
@@ -231,7 +237,7 @@ export class PackedDriverQueue implements Virtqueue {
     if (this.numFree < 1) return -1;
     const id = this.takeId();
     const head = this.nextAvail;
-    this.writeDesc(head, addr, len, id, 0);
+    this.writeDesc(head, addr, len, id, KEEP_FLAGS);
     this.pendFlags[this.pendN] = (write ? RING.DESC_F_WRITE : 0) | availBits(this.availWrap);
     this.advanceAvail();
     this.commit(id, head, 1, write ? len : 0);
@@ -272,7 +278,7 @@ export class PackedDriverQueue implements Virtqueue {
     }
     const id = this.takeId();
     const head = this.nextAvail;
-    this.writeDesc(head, table, tableLen, id, 0);
+    this.writeDesc(head, table, tableLen, id, KEEP_FLAGS);
     this.pendFlags[this.pendN] = RING.DESC_F_INDIRECT | availBits(this.availWrap);
     this.advanceAvail();
     this.commit(id, head, 1, writable);
@@ -453,7 +459,7 @@ export class PackedDriverQueue implements Virtqueue {
     this.desc32[o + 1] = Math.floor(addr / 0x100000000);
     this.desc32[o + 2] = len;
     this.desc16[d * 8 + W_ID] = id;
-    this.desc16[d * 8 + W_FLAGS] = flags;
+    if (flags !== KEEP_FLAGS) this.desc16[d * 8 + W_FLAGS] = flags;
   }
 
   private checkBuf(addr: number, len: number, who: string, i: number): void {
