@@ -245,7 +245,15 @@ export async function dpdkCase(
             step(`dpdk ${dir === 'tx' ? 'guest→TAP' : 'TAP→guest'} ${size} B ${layout} ${b} round ${r + 1}/${rounds}`);
             // A window with no frames is a measurement too (a starved poller on a shared machine):
             // kept, it pulls the median down rather than ending the run.
-            (samples[b] ??= []).push(await runDpdkTrial(env, b, layout, t, size));
+            let s: DpdkSample;
+            try {
+              s = await runDpdkTrial(env, b, layout, t, size);
+            } catch (e) {
+              // Once more on a failed start (testpmd can take a minute to come up on a loaded machine); a second failure ends the run.
+              step(`dpdk ${dir} ${size} B ${layout} ${b}: trial failed (${(e as Error).message.split('\n')[0]}), running it again`);
+              s = await runDpdkTrial(env, b, layout, t, size);
+            }
+            (samples[b] ??= []).push(s);
           }
         }
         const res: DpdkResult = { dir, size, layout, backends: {} };

@@ -6,25 +6,23 @@
 // reclaiming used buffers, and with IN_ORDER a single used descriptor that
 // completes a whole batch. The same face as the split DriverQueue.
 
-import { RING } from '../backend';
+import { PACKED_RING, RING } from '../backend';
 import { DriverMemory, DriverMemoryInput, driverMemory, Region } from './memory';
 import { Buf, checkPart, DeviceBugError, DriverQueue, needEvent, QueueAddrs, UsedElem, Virtqueue } from './virtqueue';
 
-/** Packed ring constants (virtio 1.1 §2.8.10, §2.8.14). */
+/** Packed ring constants, the device side's own (backend/virtio.ts), under the names this driver uses. */
 export const PACKED = {
-  /** Descriptor flag bits: AVAIL and USED hold the wrap counters. */
-  DESC_F_AVAIL: 1 << 7,
-  DESC_F_USED: 1 << 15,
-  /** Event suppression flags (desc_event_flags). */
-  EVENT_ENABLE: 0,
-  EVENT_DISABLE: 1,
+  DESC_F_AVAIL: PACKED_RING.DESC_F_AVAIL,
+  DESC_F_USED: PACKED_RING.DESC_F_USED,
+  EVENT_ENABLE: PACKED_RING.EVENT_FLAGS_ENABLE,
+  EVENT_DISABLE: PACKED_RING.EVENT_FLAGS_DISABLE,
   /** Only with EVENT_IDX: notify once the ring reaches desc_event_off_wrap. */
-  EVENT_DESC: 2,
+  EVENT_DESC: PACKED_RING.EVENT_FLAGS_DESC,
   /** Event suppression area: off_wrap (u16) then flags (u16). */
-  EVENT_SIZE: 4,
-  EVENT_ALIGN: 4,
+  EVENT_SIZE: PACKED_RING.EVENT_AREA_SIZE,
+  EVENT_ALIGN: PACKED_RING.EVENT_AREA_ALIGN,
   /** The ring may have any size up to 2^15: positions and the wrap bit share a u16. */
-  MAX_SIZE: 32768,
+  MAX_SIZE: RING.MAX_SIZE,
 } as const;
 
 const MAX_LEN = 0xffffffff;
@@ -34,6 +32,12 @@ const W_FLAGS = 7;
 const EV_OFF_WRAP = 0;
 const EV_FLAGS = 1;
 const WRAP_BIT = 15;
+/**
+ * writeDesc() leaves a head's flags as they are until publish(): whatever is there (zero, or
+ * the device's used marks from the lap before) reads as neither available to the device nor
+ * used to us. A placeholder such as 0 would read as "used" on a lap whose wrap counter is 0.
+ */
+const KEEP_FLAGS = -1;
 
 /** Whether a descriptor's flags say "used" for a side whose wrap counter is `wrap`: AVAIL and USED both equal it. */
 function isUsedFlags(flags: number, wrap: number): boolean {
@@ -219,7 +223,7 @@ export class PackedDriverQueue implements Virtqueue {
       const b = bufs[i];
       const flags = (b.write ? RING.DESC_F_WRITE : 0) | (i < n - 1 ? RING.DESC_F_NEXT : 0) | availBits(this.availWrap);
       // Every descriptor but the head is flagged now: the device reads none of them before the head.
-      this.writeDesc(this.nextAvail, b.addr, b.len, id, i === 0 ? 0 : flags);
+      this.writeDesc(this.nextAvail, b.addr, b.len, id, i === 0 ? KEEP_FLAGS : flags);
       if (i === 0) this.pendFlags[this.pendN] = flags;
       this.advanceAvail();
     }
@@ -233,7 +237,7 @@ export class PackedDriverQueue implements Virtqueue {
     if (this.numFree < 1) return -1;
     const id = this.takeId();
     const head = this.nextAvail;
-    this.writeDesc(head, addr, len, id, 0);
+    this.writeDesc(head, addr, len, id, KEEP_FLAGS);
     this.pendFlags[this.pendN] = (write ? RING.DESC_F_WRITE : 0) | availBits(this.availWrap);
     this.advanceAvail();
     this.commit(id, head, 1, write ? len : 0);
@@ -274,7 +278,7 @@ export class PackedDriverQueue implements Virtqueue {
     }
     const id = this.takeId();
     const head = this.nextAvail;
-    this.writeDesc(head, table, tableLen, id, 0);
+    this.writeDesc(head, table, tableLen, id, KEEP_FLAGS);
     this.pendFlags[this.pendN] = RING.DESC_F_INDIRECT | availBits(this.availWrap);
     this.advanceAvail();
     this.commit(id, head, 1, writable);
@@ -455,7 +459,7 @@ export class PackedDriverQueue implements Virtqueue {
     this.desc32[o + 1] = Math.floor(addr / 0x100000000);
     this.desc32[o + 2] = len;
     this.desc16[d * 8 + W_ID] = id;
-    this.desc16[d * 8 + W_FLAGS] = flags;
+    if (flags !== KEEP_FLAGS) this.desc16[d * 8 + W_FLAGS] = flags;
   }
 
   private checkBuf(addr: number, len: number, who: string, i: number): void {

@@ -22,8 +22,8 @@ const PROMPT = 'testpmd> ';
 const MEMORY_MB = 128;
 /** Mbufs in testpmd's pool: a 256-entry RX and TX ring, their caches and bursts in flight. */
 const MBUFS = 8192;
-/** testpmd takes a few seconds to start on a loaded 2-core machine (EAL init, mempool). */
-const START_TIMEOUT_MS = 30_000;
+/** testpmd takes a few seconds to start, and tens of seconds on a 2-core machine loaded 10× over (EAL init, mempool, the vhost-user handshake). */
+const START_TIMEOUT_MS = 60_000;
 const COMMAND_TIMEOUT_MS = 15_000;
 
 /** Why this machine cannot run testpmd's virtio-user driver, or undefined when it can. */

@@ -22,7 +22,8 @@ import {
   VirtioNetError,
   type VirtioNetDeviceOptions,
 } from '../backend/index';
-import { DriverQueue } from '../driver/virtqueue';
+import { openVirtqueue, PackedDriverQueue } from '../driver/packed';
+import { DriverQueue, type Virtqueue } from '../driver/virtqueue';
 import { requireRoot, withNetns, type Netns } from '../host/netns';
 
 const MEM = 1 << 20;
@@ -73,12 +74,18 @@ const badState = (t: ExecutionContext, fn: () => unknown, message?: RegExp, what
   throwsTyped(t, fn, DeviceStateError, 'ERR_VHOST_STATE', message, what);
 
 /** Lays out RX, TX (and the control queue) with DriverQueue, after the ring area at 0. */
-function rings(sab: SharedArrayBuffer, count: number): DriverQueue[] {
-  const out: DriverQueue[] = [];
+/** The ring layouts the tests that drive rings run in (RING_PACKED is added to their features). */
+const LAYOUTS = [
+  { name: 'split', features: 0n },
+  { name: 'packed', features: bits('RING_PACKED') },
+];
+
+function rings(sab: SharedArrayBuffer, count: number, packed = false): Virtqueue[] {
+  const out: Virtqueue[] = [];
   let base = 0;
   for (let i = 0; i < count; i++) {
-    const l = DriverQueue.layout(base, QSIZE);
-    out.push(new DriverQueue(sab, { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used }, { eventIdx: false }));
+    const l = packed ? PackedDriverQueue.layout(base, QSIZE) : DriverQueue.layout(base, QSIZE);
+    out.push(openVirtqueue(sab, { size: QSIZE, desc: l.desc, avail: l.avail, used: l.used }, { eventIdx: false, packed }));
     base = l.end;
   }
   if (base > HEAP) throw new Error('rings overlap the heap');
@@ -86,14 +93,14 @@ function rings(sab: SharedArrayBuffer, count: number): DriverQueue[] {
 }
 
 /** The driver's initialisation sequence (virtio 1.x §3.1.1) up to DRIVER_OK. */
-function bringUp(dev: VirtioNetDevice, sab: SharedArrayBuffer, features: bigint): DriverQueue[] {
+function bringUp(dev: VirtioNetDevice, sab: SharedArrayBuffer, features: bigint): Virtqueue[] {
   dev.status = 0;
   dev.status = ACK;
   dev.status = ACK | DRIVER;
   dev.driverFeatures = features;
   dev.status = ACK | DRIVER | FEATURES_OK;
   if (!(dev.status & FEATURES_OK)) throw new Error(`FEATURES_OK refused: ${dev.featuresRefusal}`);
-  const qs = rings(sab, features & bit('CTRL_VQ') ? 3 : 2);
+  const qs = rings(sab, features & bit('CTRL_VQ') ? 3 : 2, (features & bit('RING_PACKED')) !== 0n);
   qs.forEach((q, i) => dev.setQueue(i, q.addrs));
   dev.status = ACK | DRIVER | FEATURES_OK | DRIVER_OK;
   return qs;
@@ -452,11 +459,12 @@ test('driverFeatures cannot be written after close, even if the status allowed i
 
 // --- the control queue through the device ------------------------------------------------
 
-test('control commands are handled and acked through the device', (t) =>
+for (const L of LAYOUTS) {
+test(`${L.name}: control commands are handled and acked through the device`, (t) =>
   withNetns(async (ns) => {
     const sab = new SharedArrayBuffer(MEM);
     const dev = makeDevice(ns, { memory: sab, mac: '52:54:00:00:00:01' });
-    const qs = bringUp(dev, sab, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX', 'CTRL_MAC_ADDR'));
+    const qs = bringUp(dev, sab, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX', 'CTRL_MAC_ADDR') | L.features);
     const cq = qs[2];
     const u8 = new Uint8Array(sab);
     const send = async (bytes: number[]): Promise<number> => {
@@ -487,17 +495,19 @@ test('control commands are handled and acked through the device', (t) =>
 
 // --- a hostile guest ---------------------------------------------------------------------
 
-test('a TX descriptor pointing past guest memory: needs-reset with queue and rule, then reset and re-init work', (t) =>
+test(`${L.name}: a TX descriptor pointing past guest memory: needs-reset with queue and rule, then reset and re-init work`, (t) =>
   withNetns(async (ns) => {
     const sab = new SharedArrayBuffer(MEM);
     const dev = makeDevice(ns, { memory: sab });
-    const features = bits('VERSION_1', 'MRG_RXBUF');
+    const features = bits('VERSION_1', 'MRG_RXBUF') | L.features;
     const [, tx] = bringUp(dev, sab, features);
 
     const len = txFrame(sab, HEAP);
+    // The descriptor's slot: its head index (split), or the ring position it went to (packed).
+    const slot = tx instanceof PackedDriverQueue ? tx.state.nextAvail : -1;
     const head = tx.addBuf(HEAP, len, false);
     // Garbage: the descriptor now points 64 KiB past the end of guest memory.
-    new DataView(sab).setBigUint64(tx.addrs.desc + 16 * head, BigInt(MEM + 0x10000), true);
+    new DataView(sab).setBigUint64(tx.addrs.desc + 16 * (slot >= 0 ? slot : head), BigInt(MEM + 0x10000), true);
     const broken = event<VirtioNetError>(dev, 'needs-reset', 'after a TX descriptor out of bounds');
     tx.publish();
     dev.kick(1);
@@ -526,11 +536,11 @@ test('a TX descriptor pointing past guest memory: needs-reset with queue and rul
     t.is(dev.stats().totals.txPackets, before + 1);
   }));
 
-test('a hostile control queue chain (no ack byte): needs-reset naming the control queue', (t) =>
+test(`${L.name}: a hostile control queue chain (no ack byte): needs-reset naming the control queue`, (t) =>
   withNetns(async (ns) => {
     const sab = new SharedArrayBuffer(MEM);
     const dev = makeDevice(ns, { memory: sab });
-    const qs = bringUp(dev, sab, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX'));
+    const qs = bringUp(dev, sab, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX') | L.features);
     new Uint8Array(sab).set([CTRL.CLASS_RX, CTRL.RX_PROMISC, 0], HEAP);
     qs[2].add([{ addr: HEAP, len: 3, write: false }]);
     const broken = event<VirtioNetError>(dev, 'needs-reset', 'after a control command without an ack byte');
@@ -542,6 +552,7 @@ test('a hostile control queue chain (no ack byte): needs-reset naming the contro
     t.is(err.rule, 'header-too-short');
     t.is(dev.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
     dev.status = 0;
-    bringUp(dev, sab, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX'));
+    bringUp(dev, sab, bits('VERSION_1', 'CTRL_VQ', 'CTRL_RX') | L.features);
     t.is(dev.status, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
   }));
+}

@@ -170,6 +170,11 @@ test('wrap counters: laps of chains that straddle the ring end carry the flipped
     const wrapBefore = q.state.availWrap;
     const id = q.add(bufs);
     t.true(id >= 0, `round ${round}: slots free`);
+    // Added, not published: the head at the next used position reads as neither available nor
+    // used, on laps with wrap counter 1 and 0 alike.
+    t.is(q.pending, 0, `round ${round}: an unpublished head is not a used descriptor`);
+    t.is(q.popUsed(), null);
+    t.is(dev.popAvail(), null, `round ${round}: nor available before publish()`);
     q.publish();
     const c = dev.popAvail();
     t.truthy(c, `round ${round}: the device sees the chain`);

@@ -1,12 +1,13 @@
 // Integration: the simulated guest behind a real vnet-hdr multiqueue TAP in
 // a namespace the test creates. ping and ping -6 from the namespace, UDP echo
-// with every payload size, RX with and without MRG_RXBUF, two queue pairs,
-// and the CLI's `run` lifecycle and error handling.
+// with every payload size, RX with and without MRG_RXBUF, two queue pairs —
+// each on the split and the packed ring, with and without IN_ORDER — and the
+// CLI's `run` lifecycle and error handling.
 
-import test from 'ava';
+import test, { ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 
-import { bits } from '../backend';
+import { bits, has } from '../backend';
 import { GUEST_SUPPORTED, GuestSim } from '../guest-sim/guest';
 import { CLI, runCli, startRun } from './helpers/cli';
 import { Netns, requireRoot, withNetns } from '../host/netns';
@@ -57,56 +58,76 @@ test.serial('vhost-tap run answers 100 pings v4 and v6 with 0% loss and echoes U
   });
 });
 
-test.serial('RX without MRG_RXBUF: one spec-sized chain per frame, full-size frames echoed', async (t) => {
-  await withNetns(async (ns) => {
-    const tap = ns.ifname();
-    const guest = await GuestSim.start({
-      tap,
-      netns: ns.name,
-      ip4: `${GUEST4}/24`,
-      ip6: `${GUEST6}/64`,
-      features: GUEST_SUPPORTED & ~bits('MRG_RXBUF'),
+/** The ring layouts guest-sim can ask for; the device offers them all, and checkLayout() fails a test that got another. */
+const LAYOUTS: { name: string; opts: { packed?: boolean; inOrder?: boolean } }[] = [
+  { name: 'split', opts: {} },
+  { name: 'split+in_order', opts: { inOrder: true } },
+  { name: 'packed', opts: { packed: true } },
+  { name: 'packed+in_order', opts: { packed: true, inOrder: true } },
+];
+
+/** The guest negotiated the layout it asked for. */
+function checkLayout(t: ExecutionContext, guest: GuestSim, L: (typeof LAYOUTS)[number]): void {
+  t.is(has(guest.features, 'RING_PACKED'), !!L.opts.packed, `RING_PACKED negotiated: ${L.name}`);
+  t.is(has(guest.features, 'IN_ORDER'), !!L.opts.inOrder, `IN_ORDER negotiated: ${L.name}`);
+}
+
+for (const L of LAYOUTS) {
+  test.serial(`${L.name}: RX without MRG_RXBUF: one spec-sized chain per frame, full-size frames echoed`, async (t) => {
+    await withNetns(async (ns) => {
+      const tap = ns.ifname();
+      const guest = await GuestSim.start({
+        tap,
+        netns: ns.name,
+        ip4: `${GUEST4}/24`,
+        ip6: `${GUEST6}/64`,
+        features: GUEST_SUPPORTED & ~bits('MRG_RXBUF'),
+        ...L.opts,
+      });
+      checkLayout(t, guest, L);
+      ns.defer(() => void guest.stop());
+      t.is(guest.features & bits('MRG_RXBUF'), 0n);
+      hostSide(ns, tap);
+      const u = udpEcho(ns, GUEST4, [...range(1, 1472, 13), 1472]);
+      t.deepEqual([u.echoed, u.corrupt], [u.sent, 0]);
+      const s = await guest.stop();
+      t.is(s.device.totals.drops, 0, JSON.stringify(s.device.queues));
+      t.true(s.device.queues[0].packets >= u.sent);
     });
-    ns.defer(() => void guest.stop());
-    t.is(guest.features & bits('MRG_RXBUF'), 0n);
-    hostSide(ns, tap);
-    const u = udpEcho(ns, GUEST4, [...range(1, 1472, 13), 1472]);
-    t.deepEqual([u.echoed, u.corrupt], [u.sent, 0]);
-    const s = await guest.stop();
-    t.is(s.device.totals.drops, 0, JSON.stringify(s.device.queues));
-    t.true(s.device.queues[0].packets >= u.sent);
   });
-});
 
-test.serial('RX with MRG_RXBUF and a 9000 MTU: frames span several 2 KiB buffers (num_buffers > 1)', async (t) => {
-  await withNetns(async (ns) => {
-    const tap = ns.ifname();
-    const guest = await GuestSim.start({ tap, netns: ns.name, ip4: `${GUEST4}/24`, mtu: 9000 });
-    ns.defer(() => void guest.stop());
-    t.not(guest.features & bits('MRG_RXBUF'), 0n);
-    hostSide(ns, tap);
-    const u = udpEcho(ns, GUEST4, [1, 2000, 4000, 8972]);
-    t.deepEqual([u.echoed, u.corrupt], [4, 0], 'frames larger than one buffer are merged by the guest and echoed');
-    const s = await guest.stop();
-    t.is(s.device.totals.drops, 0);
+  test.serial(`${L.name}: RX with MRG_RXBUF and a 9000 MTU: frames span several 2 KiB buffers (num_buffers > 1)`, async (t) => {
+    await withNetns(async (ns) => {
+      const tap = ns.ifname();
+      const guest = await GuestSim.start({ tap, netns: ns.name, ip4: `${GUEST4}/24`, mtu: 9000, ...L.opts });
+      checkLayout(t, guest, L);
+      ns.defer(() => void guest.stop());
+      t.not(guest.features & bits('MRG_RXBUF'), 0n);
+      hostSide(ns, tap);
+      const u = udpEcho(ns, GUEST4, [1, 2000, 4000, 8972]);
+      t.deepEqual([u.echoed, u.corrupt], [4, 0], 'frames larger than one buffer are merged by the guest and echoed');
+      const s = await guest.stop();
+      t.is(s.device.totals.drops, 0);
+    });
   });
-});
 
-test.serial('two queue pairs: flows from many source ports reach both RX queues', async (t) => {
-  await withNetns(async (ns) => {
-    const tap = ns.ifname();
-    const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: 2, ip4: `${GUEST4}/24` });
-    ns.defer(() => void guest.stop());
-    t.is(guest.device.activeQueuePairs, 2);
-    hostSide(ns, tap);
-    const u = udpEcho(ns, GUEST4, range(64, 64 + 9), 32);
-    t.deepEqual([u.echoed, u.corrupt], [u.sent, 0]);
-    const s = await guest.stop();
-    const rxPerPair = [s.device.queues[0].packets, s.device.queues[2].packets];
-    t.true(rxPerPair.every((n) => n > 0), `both RX queues carried frames: ${rxPerPair.join(', ')}`);
-    t.true(s.pairs.every((p) => p.txFrames > 0), 'both guest pairs answered');
+  test.serial(`${L.name}: two queue pairs: flows from many source ports reach both RX queues`, async (t) => {
+    await withNetns(async (ns) => {
+      const tap = ns.ifname();
+      const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: 2, ip4: `${GUEST4}/24`, ...L.opts });
+      checkLayout(t, guest, L);
+      ns.defer(() => void guest.stop());
+      t.is(guest.device.activeQueuePairs, 2);
+      hostSide(ns, tap);
+      const u = udpEcho(ns, GUEST4, range(64, 64 + 9), 32);
+      t.deepEqual([u.echoed, u.corrupt], [u.sent, 0]);
+      const s = await guest.stop();
+      const rxPerPair = [s.device.queues[0].packets, s.device.queues[2].packets];
+      t.true(rxPerPair.every((n) => n > 0), `both RX queues carried frames: ${rxPerPair.join(', ')}`);
+      t.true(s.pairs.every((p) => p.txFrames > 0), 'both guest pairs answered');
+    });
   });
-});
+}
 
 test('CLI: bad input is one clear line and a non-zero exit', (t) => {
   const cases: [string[], RegExp][] = [
