@@ -99,7 +99,6 @@ DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
       return Fail(v, "chain-too-long",
                   Fmt("chain visits more than the %u entries of its %s (a loop?)", table_size_, where));
     visited_total_++;
-    if (!in_indirect_) table_entries_++;
     Descriptor d;
     const uint32_t at = index_;
     if (!ReadEntry(at, &d)) return Fail(v, "indirect-out-of-bounds", Fmt("indirect table entry %u unreadable", at));
@@ -122,6 +121,7 @@ DescriptorChain::Step DescriptorChain::Next(Buffer* out, Violation* v) {
                         d.len));
       // The indirect descriptor ends the chain in the main table; the walk
       // continues at entry 0 of the indirect table, which has its own loop bound.
+      table_entries_ = visited_;  // the main table's part ends with this descriptor
       table_ = t;
       indirect_addr_ = d.addr;
       table_size_ = d.len / RING_DESC_SIZE;
@@ -349,8 +349,8 @@ bool SplitQueue::ReadRxChain(uint16_t head, uint32_t min_bytes, size_t max_iov, 
   return ReadChain(head, true, min_bytes, max_iov, out, v);
 }
 
-void SplitQueue::AddUsed(uint32_t id, uint32_t len) {
-  if (in_order_ && len == 0) {
+void SplitQueue::AddUsedInOrder(uint32_t id, uint32_t len) {
+  if (len == 0) {
     // One element for the batch, at its first slot, naming its last chain
     // (§2.7.9): the driver frees every chain up to that one.
     if (batch_n_ == 0) batch_start_ = used_idx_;
@@ -366,6 +366,15 @@ void SplitQueue::AddUsed(uint32_t id, uint32_t len) {
   used_idx_++;
 }
 
+void SplitQueue::AddUsed(uint32_t id, uint32_t len) {
+  // IN_ORDER apart, so that the plain path stays as short as it was.
+  if (__builtin_expect(in_order_, false)) return AddUsedInOrder(id, len);
+  uint8_t* e = used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * (used_idx_ & (layout_.size - 1));
+  Store32(e, id);
+  Store32(e + 4, len);
+  used_idx_++;
+}
+
 void SplitQueue::CloseInOrderBatch() {
   if (batch_n_ == 0) return;
   uint8_t* e = used_ + kRingHeader + uint64_t{RING_USED_ELEM_SIZE} * (batch_start_ & (layout_.size - 1));
@@ -375,7 +384,7 @@ void SplitQueue::CloseInOrderBatch() {
 }
 
 bool SplitQueue::PublishUsed() {
-  CloseInOrderBatch();
+  if (batch_n_ != 0) CloseInOrderBatch();
   if (used_idx_ == signalled_used_ || !used_) return false;
   // Release: the elements (and the buffer contents written before them) are
   // visible to a driver that acquires used.idx.

@@ -51,7 +51,7 @@ class DescriptorChain {
   uint32_t visited_total() const { return visited_total_; }
   // Descriptors of the queue's own table the chain took (an indirect one
   // counts 1): where an IN_ORDER driver's next chain must start.
-  uint32_t table_entries() const { return table_entries_; }
+  uint32_t table_entries() const { return in_indirect_ ? table_entries_ : visited_; }
 
  private:
   Step Fail(Violation* v, const char* rule, std::string detail);
@@ -68,7 +68,7 @@ class DescriptorChain {
   // the NEXT links form a loop (or the guest lied about the chain).
   uint32_t visited_ = 0;
   uint32_t visited_total_ = 0;
-  uint32_t table_entries_ = 0;
+  uint32_t table_entries_ = 0;  // set when the walk enters an indirect table
   bool indirect_ok_;
   bool in_indirect_ = false;
   bool done_ = false;
@@ -217,6 +217,7 @@ class SplitQueue {
   bool ReadChain(uint16_t head, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out,
                  Violation* v);
   void CloseInOrderBatch();
+  void AddUsedInOrder(uint32_t id, uint32_t len);
   static constexpr uint32_t kNoHead = UINT32_MAX;
 
   const MemoryTable* mem_ = nullptr;
@@ -241,9 +242,12 @@ class SplitQueue {
   uint32_t batch_id_ = 0;
 };
 
+// Inlined into each queue's chain reader: the per-chain path of the split
+// ring then costs what it did before the packed ring shared it.
 template <class Walker>
-bool CollectChain(const MemoryTable& mem, Walker& chain, uint16_t head, bool want_writable, uint32_t min_bytes,
-                  size_t max_iov, Chain* out, Violation* v) {
+__attribute__((always_inline)) inline bool CollectChain(const MemoryTable& mem, Walker& chain, uint16_t head,
+                                                        bool want_writable, uint32_t min_bytes, size_t max_iov,
+                                                        Chain* out, Violation* v) {
   out->head = head;
   out->iov.clear();
   out->bytes = 0;

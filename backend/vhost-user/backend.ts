@@ -36,14 +36,15 @@ export interface TapBackendOptions {
 }
 
 /**
- * Offered whatever the TAP can do: the ring features the engines implement, MRG_RXBUF;
+ * Offered whatever the TAP can do: the ring features the engines implement (both ring layouts
+ * and IN_ORDER among them), MRG_RXBUF;
  * GUEST_ANNOUNCE (the VMM announces the guest itself over its control queue; without it QEMU
  * would want SEND_RARP); CTRL_VQ, which the VMM serves itself and never hands over (QEMU
  * decides it alone; cloud-hypervisor keeps a control queue, and with it MQ, only when the
  * back end acks the bit). Not offered: the other CTRL_* commands, STATUS, MAC and MTU (the
  * VMM's config space and options), anything not implemented.
  */
-export const VHOST_USER_BASE_FEATURES: bigint = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'GUEST_ANNOUNCE', 'CTRL_VQ');
+export const VHOST_USER_BASE_FEATURES: bigint = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'RING_PACKED', 'IN_ORDER', 'GUEST_ANNOUNCE', 'CTRL_VQ');
 
 const KNOWN_OPTIONS = new Set(['tap', 'netns', 'queuePairs', 'features', 'busyPollUs', 'io', 'napi', 'mtu']);
 const MAX_BUSY_POLL_US = 1_000_000;

@@ -24,6 +24,8 @@ export interface BootOptions {
   ip4?: string;
   ip6?: string;
   mtu?: number;
+  /** virtio-net-pci packed=on: the guest may negotiate VIRTIO_F_RING_PACKED. */
+  packed?: boolean;
   /** vCPUs, default 2 (multiqueue needs one per queue pair). */
   cpus?: number;
   /** Guest RAM in MiB, default 512; the memfd backend has the same size. */
@@ -331,6 +333,7 @@ export function qemuArgs(opts: BootOptions, image: GuestImage): string[] {
   }
   const dev = [`virtio-net-pci,netdev=n0,mac=${opts.mac ?? randomGuestMac()}`];
   if (queues > 1) dev.push('mq=on');
+  if (opts.packed) dev.push('packed=on');
   if (!opts.msix) dev.push('vectors=0');
   else if (queues > 1) dev.push(`vectors=${2 * queues + 2}`);
   args.push('-device', dev.join(','));
