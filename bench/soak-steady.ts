@@ -25,9 +25,9 @@ source port, --tcp-loops loops each way), a ping flood (ping -f) and UDP echo fr
 every isolate (the main thread's and each queue-pair Worker's); external and
 array-buffer memory (guest memory left out); anonymous memory outside guest memory,
 and the part of it outside the V8 heaps (native allocations). At the end: each
-one's mean over the baseline window (minutes 5-10 of a 60-minute run; for a
-shorter run the same fractions, 1/12 to 1/6 of it) against every sample of the
-second half, and its least-squares slope after warm-up. Exit status 1 when RSS
+one's mean over the baseline window (minutes 5-10; for a run shorter than 30
+minutes, its second sixth) against every sample of the second half, and its
+least-squares slope from the baseline window on. Exit status 1 when RSS
 leaves +-5% of its baseline in the second half. Needs root.
 
 Options:
@@ -101,14 +101,17 @@ export function slope(xs: number[], ys: number[]): number {
   return sxx === 0 ? 0 : sxy / sxx;
 }
 
+/** Warm-up: the heaps and the traffic settle in minutes, whatever the length of the run. */
+const WARMUP_S = 300;
+
 /**
- * Flatness of each component: the baseline is the mean over [T/12, T/6] of a run of T
- * seconds (minutes 5-10 of an hour), judged against every sample in the second half; the
- * slope is over everything after the baseline window starts (the warm-up is before it).
+ * Flatness of each component: the baseline is the mean over minutes 5-10 (for a run of T < 30
+ * minutes, over [T/6, T/3]), judged against every sample in the second half; the slope is over
+ * everything after the baseline window starts (the warm-up is before it).
  */
 export function flatness(samples: SteadySample[], totalS: number): Record<Component, Flatness> {
-  const warm = totalS / 12;
-  const base = samples.filter((s) => s.t >= warm && s.t <= totalS / 6);
+  const warm = Math.min(WARMUP_S, totalS / 6);
+  const base = samples.filter((s) => s.t >= warm && s.t <= 2 * warm);
   const late = samples.filter((s) => s.t >= totalS / 2);
   const after = samples.filter((s) => s.t >= warm);
   const out = {} as Record<Component, Flatness>;
@@ -334,7 +337,8 @@ export async function steadySoak(args: string[]): Promise<number> {
         `\nTCP transfers: ${peerStatus.tcpOk} complete, ${peerStatus.tcpBroken} broken; UDP: ${peerStatus.udpSent} sent, ${peerStatus.udpEchoed} echoed; ` +
           `ping -f: ${report.ping ? `${report.ping.sent} sent, ${report.ping.received} answered` : 'no summary'}`,
       );
-      console.log(`baseline = mean over ${Math.round(totalS / 12)}-${Math.round(totalS / 6)} s; second half from ${Math.round(totalS / 2)} s; slope from ${Math.round(totalS / 12)} s:`);
+      const warm = Math.min(WARMUP_S, totalS / 6);
+      console.log(`baseline = mean over ${Math.round(warm)}-${Math.round(2 * warm)} s; second half from ${Math.round(totalS / 2)} s; slope from ${Math.round(warm)} s:`);
       for (const c of COMPONENTS) {
         const f = flat[c];
         console.log(`  ${c.padEnd(17)} baseline ${f.baseline.toFixed(1).padStart(7)} MiB, second half within ${(f.maxDeviation * 100).toFixed(1).padStart(6)} %, slope ${f.slopePerMin.toFixed(3).padStart(7)} MiB/min`);
