@@ -573,6 +573,7 @@ class Connection : public Napi::ObjectWrap<Connection> {
   // Sends what is queued as far as the socket takes it. The stall clock runs
   // while anything waits; the connection ends when it is over or the socket fails.
   void Flush() {
+    const size_t before_all = out_bytes_;
     while (!out_.empty() && fd_ >= 0) {
       Outgoing& m = out_.front();
       const size_t before = m.off;
@@ -588,7 +589,8 @@ class Connection : public Napi::ObjectWrap<Connection> {
     if (fd_ < 0) return;
     if (out_.empty()) {
       uv_timer_stop(stall_);
-    } else if (!uv_is_active(reinterpret_cast<uv_handle_t*>(stall_))) {
+    } else if (out_bytes_ < before_all || !uv_is_active(reinterpret_cast<uv_handle_t*>(stall_))) {
+      // The clock runs from the peer's last read, not from the first byte that waited.
       uv_timer_start(stall_, &Connection::OnStall, static_cast<uint64_t>(stall_ms_), 0);
     }
     UpdateEvents();
@@ -598,6 +600,11 @@ class Connection : public Napi::ObjectWrap<Connection> {
     auto* self = static_cast<Connection*>(t->data);
     Napi::HandleScope scope(self->env_);
     try {
+      // Timers run before the poll phase: if this side's own event loop was held up, the peer
+      // may have read meanwhile without the writable event being seen yet. Look first.
+      const size_t before = self->out_bytes_;
+      self->Flush();
+      if (self->fd_ < 0 || self->out_.empty() || self->out_bytes_ < before) return;
       char b[160];
       snprintf(b, sizeof b, "the peer read nothing for %.0f ms (%zu bytes of replies waiting); dropping it",
                self->stall_ms_, self->out_bytes_);
