@@ -4,6 +4,7 @@
 // ordering §2.8.21 asks for: a descriptor's flags are read with acquire
 // before its other fields, and written with release after them.
 #include "packed_queue.h"
+#include "ring_access.h"
 
 #include <cinttypes>
 #include <cstdarg>
@@ -14,8 +15,7 @@ namespace vt {
 
 namespace {
 
-// Largest indirect table: no more descriptors than the largest queue.
-constexpr uint32_t kMaxIndirectEntries = RING_MAX_SIZE;
+using namespace ring_access;  // NOLINT: Fmt, Load16/Store16/Store32, kMaxIndirectEntries
 
 // Packed descriptor fields (§2.8.13).
 constexpr uint32_t kOffLen = 8;
@@ -24,26 +24,6 @@ constexpr uint32_t kOffFlags = 14;
 // Event suppression area fields (§2.8.14).
 constexpr uint32_t kOffOffWrap = 0;
 constexpr uint32_t kOffEventFlags = 2;
-
-std::string Fmt(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string Fmt(const char* fmt, ...) {
-  char buf[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return buf;
-}
-
-inline uint16_t Load16(const uint8_t* p, int order) {
-  return Le16(__atomic_load_n(reinterpret_cast<const uint16_t*>(p), order));
-}
-inline void Store16(uint8_t* p, uint16_t v, int order) {
-  __atomic_store_n(reinterpret_cast<uint16_t*>(p), ToLe16(v), order);
-}
-inline void Store32(uint8_t* p, uint32_t v) {
-  __atomic_store_n(reinterpret_cast<uint32_t*>(p), ToLe32(v), __ATOMIC_RELAXED);
-}
 
 struct PackedDesc {
   uint64_t addr;

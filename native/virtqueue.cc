@@ -2,6 +2,7 @@
 // descriptor walker with its validation, avail/used ring access and the
 // notification rules, with the memory ordering DESIGN.md prescribes.
 #include "virtqueue.h"
+#include "ring_access.h"
 
 #include <cinttypes>
 #include <cstdarg>
@@ -11,34 +12,10 @@ namespace vt {
 
 namespace {
 
-// Largest indirect table the spec allows: it may not hold more descriptors
-// than the largest queue.
-constexpr uint32_t kMaxIndirectEntries = RING_MAX_SIZE;
+using namespace ring_access;  // NOLINT: Fmt, Load16/Store16/Store32, kMaxIndirectEntries
 
 // Ring field offsets (virtio 1.x §2.7.6, §2.7.8).
 constexpr uint64_t kRingHeader = 4;  // flags u16, idx u16
-
-std::string Fmt(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-std::string Fmt(const char* fmt, ...) {
-  char buf[256];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(buf, sizeof buf, fmt, ap);
-  va_end(ap);
-  return buf;
-}
-
-// Index and flag fields are naturally aligned (checked at Init), so they can be
-// accessed atomically; the driver side uses Atomics on the same words.
-inline uint16_t Load16(const uint8_t* p, int order) {
-  return Le16(__atomic_load_n(reinterpret_cast<const uint16_t*>(p), order));
-}
-inline void Store16(uint8_t* p, uint16_t v, int order) {
-  __atomic_store_n(reinterpret_cast<uint16_t*>(p), ToLe16(v), order);
-}
-inline void Store32(uint8_t* p, uint32_t v) {
-  __atomic_store_n(reinterpret_cast<uint32_t*>(p), ToLe32(v), __ATOMIC_RELAXED);
-}
 
 // vring_need_event from the spec: has `event` been passed by moving from old to new?
 inline bool NeedEvent(uint16_t event, uint16_t new_idx, uint16_t old_idx) {
