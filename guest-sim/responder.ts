@@ -153,6 +153,16 @@ function checkAddr(what: string, a: { addr: Uint8Array; prefix: number } | undef
   if (!Number.isInteger(a.prefix) || a.prefix < 0 || a.prefix > bytes * 8) throw new RangeError(`Responder: ${what}.prefix must be an integer in 0..${bytes * 8}`);
 }
 
+/**
+ * Copies src[off, off + dst.length) into dst and returns dst: a reused stand-in for src.subarray(),
+ * which would allocate a view per address per reply (under a ping flood, most of the garbage a
+ * queue-pair Worker made, and what drove its scavenges).
+ */
+function take(dst: Uint8Array, src: Uint8Array, off: number): Uint8Array {
+  for (let i = 0; i < dst.length; i++) dst[i] = src[off + i];
+  return dst;
+}
+
 export class Responder {
   readonly mac: Uint8Array;
   readonly ip4: Uint8Array | null;
@@ -177,6 +187,12 @@ export class Responder {
   private readonly nd: NdInfo = { target: 0, lladdr: -1, flags: 0 };
   private readonly udp: UdpInfo = { srcPort: 0, dstPort: 0, length: 0, checksum: 0, payload: 0, payloadLen: 0 };
   private req: Uint8Array = new Uint8Array(0);
+  // The request's addresses the reply carries back, copied out of it (see take()).
+  private readonly peerMac = new Uint8Array(6);
+  private readonly peerIp4 = new Uint8Array(4);
+  private readonly peerIp6 = new Uint8Array(16);
+  private readonly arpSha = new Uint8Array(6);
+  private readonly ndTarget = new Uint8Array(16);
   /** The part of the request's UDP payload the echo being built carries, and whether it goes as USO. */
   private chunkOff = 0;
   private chunkLen = 0;
@@ -218,15 +234,15 @@ export class Responder {
 
     this.fillArp = (buf) => {
       const f = this.req;
-      const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.ARP, this.eth.tci);
-      encodeArp(buf, l3, ARP_OP.REPLY, this.mac, this.ip4!, f.subarray(this.arp.sha, this.arp.sha + 6), f.subarray(this.arp.spa, this.arp.spa + 4));
+      const l3 = encodeEthernet(buf, 0, take(this.peerMac, f, 6), this.mac, ETHERTYPE.ARP, this.eth.tci);
+      encodeArp(buf, l3, ARP_OP.REPLY, this.mac, this.ip4!, take(this.arpSha, f, this.arp.sha), take(this.peerIp4, f, this.arp.spa));
     };
     this.fillEcho4 = (buf) => {
       const f = this.req;
       const ic = this.icmp;
-      const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.IPV4, this.eth.tci);
+      const l3 = encodeEthernet(buf, 0, take(this.peerMac, f, 6), this.mac, ETHERTYPE.IPV4, this.eth.tci);
       const len = ICMP_ECHO_HLEN + ic.dataLen;
-      const l4 = encodeIPv4(buf, l3, this.ip4!, f.subarray(this.v4.src, this.v4.src + 4), IPPROTO.ICMP, len, 64, this.nextIpId());
+      const l4 = encodeIPv4(buf, l3, this.ip4!, take(this.peerIp4, f, this.v4.src), IPPROTO.ICMP, len, 64, this.nextIpId());
       encodeIcmpEchoHeader(buf, l4, ICMP4.ECHO_REPLY, ic.id, ic.seq);
       buf.set(f.subarray(ic.data, ic.data + ic.dataLen), l4 + ICMP_ECHO_HLEN);
       fillIcmp4Checksum(buf, l4, len);
@@ -234,9 +250,9 @@ export class Responder {
     this.fillEcho6 = (buf) => {
       const f = this.req;
       const ic = this.icmp;
-      const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.IPV6, this.eth.tci);
+      const l3 = encodeEthernet(buf, 0, take(this.peerMac, f, 6), this.mac, ETHERTYPE.IPV6, this.eth.tci);
       const len = ICMP_ECHO_HLEN + ic.dataLen;
-      const l4 = encodeIPv6(buf, l3, this.src6, f.subarray(this.v6.src, this.v6.src + 16), IPPROTO.ICMPV6, len, 64);
+      const l4 = encodeIPv6(buf, l3, this.src6, take(this.peerIp6, f, this.v6.src), IPPROTO.ICMPV6, len, 64);
       encodeIcmpEchoHeader(buf, l4, ICMP6.ECHO_REPLY, ic.id, ic.seq);
       buf.set(f.subarray(ic.data, ic.data + ic.dataLen), l4 + ICMP_ECHO_HLEN);
       fillIcmp6Checksum(buf, l3, l4, len);
@@ -247,15 +263,15 @@ export class Responder {
       const len = ND_HLEN + 8;
       // Hop limit 255 is what receivers check to know the NA was not routed (RFC 4861 §7.1.2).
       const l4 = encodeIPv6(buf, l3, this.src6, this.naDstIp, IPPROTO.ICMPV6, len, 255);
-      encodeNa(buf, l4, this.naFlags, f.subarray(this.nd.target, this.nd.target + 16), this.mac);
+      encodeNa(buf, l4, this.naFlags, take(this.ndTarget, f, this.nd.target), this.mac);
       fillIcmp6Checksum(buf, l3, l4, len);
     };
     this.fillUdp4 = (buf) => {
       const f = this.req;
       const u = this.udp;
-      const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.IPV4, this.eth.tci);
+      const l3 = encodeEthernet(buf, 0, take(this.peerMac, f, 6), this.mac, ETHERTYPE.IPV4, this.eth.tci);
       const n = this.chunkLen;
-      const l4 = encodeIPv4(buf, l3, this.ip4!, f.subarray(this.v4.src, this.v4.src + 4), IPPROTO.UDP, UDP_HLEN + n, 64, this.nextIpId());
+      const l4 = encodeIPv4(buf, l3, this.ip4!, take(this.peerIp4, f, this.v4.src), IPPROTO.UDP, UDP_HLEN + n, 64, this.nextIpId());
       encodeUdpHeader(buf, l4, u.dstPort, u.srcPort, n);
       buf.set(f.subarray(this.chunkOff, this.chunkOff + n), l4 + UDP_HLEN);
       if (this.chunkGso) partialUdp4(buf, l3, l4);
@@ -264,9 +280,9 @@ export class Responder {
     this.fillUdp6 = (buf) => {
       const f = this.req;
       const u = this.udp;
-      const l3 = encodeEthernet(buf, 0, f.subarray(6, 12), this.mac, ETHERTYPE.IPV6, this.eth.tci);
+      const l3 = encodeEthernet(buf, 0, take(this.peerMac, f, 6), this.mac, ETHERTYPE.IPV6, this.eth.tci);
       const n = this.chunkLen;
-      const l4 = encodeIPv6(buf, l3, this.src6, f.subarray(this.v6.src, this.v6.src + 16), IPPROTO.UDP, UDP_HLEN + n, 64);
+      const l4 = encodeIPv6(buf, l3, this.src6, take(this.peerIp6, f, this.v6.src), IPPROTO.UDP, UDP_HLEN + n, 64);
       encodeUdpHeader(buf, l4, u.dstPort, u.srcPort, n);
       buf.set(f.subarray(this.chunkOff, this.chunkOff + n), l4 + UDP_HLEN);
       if (this.chunkGso) partialUdp6(buf, l3, l4);

@@ -3,11 +3,13 @@
 // closes) and source (19: sends N bytes of a fixed pattern, then closes).
 // Payload is never copied on the way through, except by echo, whose job is
 // to send back what it got: discard hashes straight from the RX buffers and
-// source generates straight into the TX buffers.
+// source generates straight into the TX buffers, through reused views
+// (views.ts).
 
 import { createHash } from 'node:crypto';
 
 import { TcpConn, TcpHandler, TcpStack } from './tcp';
+import { viewsOf } from './views';
 
 export const ECHO_PORT = 7;
 export const DISCARD_PORT = 9;
@@ -31,13 +33,14 @@ const PATTERN_PERIOD = 251;
 // Long enough that any window of up to 64 KiB + 251 starts inside it: one copy per segment.
 const PATTERN = new Uint8Array(PATTERN_PERIOD * Math.ceil((65536 + 2 * PATTERN_PERIOD) / PATTERN_PERIOD));
 for (let i = 0; i < PATTERN.length; i++) PATTERN[i] = i % PATTERN_PERIOD;
+const PATTERN_VIEWS = viewsOf(PATTERN);
 
 /** Writes stream bytes [streamOff, streamOff+len) of the source pattern into dst. */
 export function fillPattern(dst: Uint8Array, dstOff: number, streamOff: number, len: number): void {
   let s = streamOff % PATTERN_PERIOD;
   while (len > 0) {
     const n = Math.min(len, PATTERN.length - s);
-    dst.set(PATTERN.subarray(s, s + n), dstOff);
+    dst.set(PATTERN_VIEWS.view(s, n), dstOff);
     dstOff += n;
     len -= n;
     s = (s + n) % PATTERN_PERIOD;
@@ -70,7 +73,7 @@ function echo(): TcpHandler {
       let left = len;
       while (left > 0) {
         const n = Math.min(left, ECHO_BUF - w);
-        ring.set(u8.subarray(o, o + n), w);
+        ring.set(viewsOf(u8).view(o, n), w);
         o += n;
         left -= n;
         w = 0;
@@ -94,7 +97,7 @@ function discard(report: (r: DiscardReport) => void): TcpHandler {
   return {
     onData: (_c, u8, off, len) => {
       // Straight from the RX buffer in guest memory.
-      hash.update(u8.subarray(off, off + len));
+      hash.update(viewsOf(u8).view(off, len));
       bytes += len;
     },
     onPeerFin: (c) => {

@@ -15,6 +15,7 @@ import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
 import { DiscardReport, installServices } from './services';
 import { RxFrags, TcpLink, TcpStack, TxHdr } from './tcp';
+import { viewsOf } from './views';
 
 /** TX offloads the guest negotiated (what the device accepts from us). */
 export interface TxOffloads {
@@ -94,6 +95,9 @@ function run(cfg: PairConfig): void {
   const qp = new NetQueuePair(cfg.queues);
   const rxU8 = qp.rxU8;
   const txU8 = qp.txU8;
+  // Frames are handed on as views of their buffers, made once per buffer (see views.ts).
+  const rxViews = viewsOf(rxU8);
+  const txViews = viewsOf(txU8);
   // A non-TCP frame spread over several mergeable buffers is gathered here for the responder (guest-side work).
   const scratch = new Uint8Array(65536 + 64);
   // The continuation buffers of a merged frame; TCP reads them in place.
@@ -123,7 +127,7 @@ function run(cfg: PairConfig): void {
   const out = (len: number, fill: (buf: Uint8Array) => void, hdr: TxHdr = noOffload): boolean => {
     const o = qp.reserve(len);
     if (o < 0) return false;
-    fill(txU8.subarray(o, o + len));
+    fill(txViews.view(o, len));
     if (cap !== undefined) captureTx(o, len, hdr);
     qp.commit(len, hdr);
     return true;
@@ -169,7 +173,7 @@ function run(cfg: PairConfig): void {
       }
       // A GSO super-frame (TCPV4/6) is just one big segment to TCP; its pieces are read in place.
       if (tcp.input(now, rxU8, f.off[0], f.partLen[0], trusted, frags.n > 0 ? frags : null)) continue;
-      const frame = f.parts === 1 ? rxU8.subarray(f.off[0], f.off[0] + f.len) : qp.frameBytes(f, scratch);
+      const frame = f.parts === 1 ? rxViews.view(f.off[0], f.len) : qp.frameBytes(f, scratch);
       responder.handle(frame, out, trusted ? 'trust' : 'verify', gsoType === HDR.GSO_UDP_L4 ? f.hdr.gsoSize : 0);
     }
     return any;
