@@ -160,7 +160,7 @@ test.serial('vhost-tap vhost-user --metrics unix:PATH: two scrapes while a front
     const tap = ns.ifname();
     const sock = `/tmp/vt-met-${process.pid}.sock`;
     const msock = `/tmp/vt-met-${process.pid}.metrics`;
-    const cli = await startCommand('vhost-user', ['--socket', sock, '--tap', tap, '--netns', ns.name, '--metrics', `unix:${msock}`]);
+    const cli = await startCommand('vhost-user', ['--socket', sock, '--tap', tap, '--netns', ns.name, '--metrics', `unix:${msock}`, '--json']);
     ns.defer(() => {
       if (cli.child.exitCode === null) cli.child.kill('SIGKILL');
     });
@@ -214,6 +214,9 @@ test.serial('vhost-tap vhost-user --metrics unix:PATH: two scrapes while a front
     }
     const out = await cli.stop('SIGTERM');
     t.is(out.code, 0, out.stderr);
+    // The drop names the engine reported are exactly the list that names them before one runs.
+    const final = JSON.parse(out.stdout.trim().split('\n').pop()!) as { device: { queues: { kind: 'rx' | 'tx'; drops: Record<string, number> }[] } };
+    for (const q of final.device.queues) t.deepEqual(Object.keys(q.drops).sort(), [...DROP_NAMES[q.kind]].sort(), `${q.kind} drop names`);
     const pairLines = out.stderr.split('\n').filter((l) => /queue pair 0 (running|stopped)/.test(l));
     t.is(pairLines.length, 3, out.stderr);
     t.regex(pairLines[0], /running \(split, 256 entries; rings 0 and 1\)/);

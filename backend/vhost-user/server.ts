@@ -92,6 +92,8 @@ export class VhostUserServer extends EventEmitter {
   readonly client: boolean;
   private listener: VhostUserListener | undefined;
   private current: VhostUserSession | undefined;
+  /** `current` has sent a request (it is a session, not a probe). */
+  private currentActive = false;
   private retry: NodeJS.Timeout | undefined;
   private sessions = 0;
   private refused = 0;
@@ -147,9 +149,9 @@ export class VhostUserServer extends EventEmitter {
     }
   }
 
-  /** Whether a front end is connected now. */
+  /** Whether a front end is connected now (one that sent a request: a probe is not one). */
   get connected(): boolean {
-    return this.current !== undefined;
+    return this.current !== undefined && this.currentActive;
   }
 
   /** What the TAP offloads, and why anything is missing. */
@@ -171,7 +173,7 @@ export class VhostUserServer extends EventEmitter {
 
   /** The connected front end's negotiated features and ring formats (undefined while none is connected). */
   session(): VhostUserSessionState | undefined {
-    const s = this.current?.snapshot();
+    const s = this.currentActive ? this.current?.snapshot() : undefined;
     if (!s) return undefined;
     const packed = has(s.features, 'RING_PACKED');
     return {
@@ -233,8 +235,10 @@ export class VhostUserServer extends EventEmitter {
       return;
     }
     this.current = s;
+    this.currentActive = false;
     s.once('active', () => {
       active = true;
+      this.currentActive = true;
       const n = ++this.sessions;
       this.log(`vhost-user: session ${n}: front end connected`);
       for (const line of held.splice(0)) this.log(line);
@@ -248,6 +252,7 @@ export class VhostUserServer extends EventEmitter {
     s.on('warning', (e: Error) => this.emit('warning', e));
     s.once('end', (reason: string) => {
       this.current = undefined;
+      this.currentActive = false;
       // A silent connection this side dropped (the handshake timeout) held the front end's
       // place: that is said, and ends like a session; one that simply went away was a probe.
       if (active || (!s.endedByConnection && !this.closed)) {
