@@ -14,6 +14,8 @@ export { TapQueues } from './tap';
 export { VhostUserServer } from './vhost-user/server';
 export type { VhostUserServerOptions, VhostUserServerStats, VhostUserServerEvents } from './vhost-user/server';
 export type { Refusal } from './vhost-user/session';
+export { prometheusText, serveMetrics, parseMetricsAddress, DROP_NAMES } from './metrics';
+export type { MetricsSnapshot, MetricsEndpoint, MetricsAddress, VhostUserSessionState } from './metrics';
 export type { TapQueuesOptions } from './tap';
 export {
   VhostTapError,

@@ -2,11 +2,12 @@
 // SIGTERM. Parses the flags, prints the ready line and the statistics, and
 // tears down cleanly; the work is in GuestSim.
 
-import { CTRL, TUN } from '../backend';
+import { CTRL, featureNames, TUN } from '../backend';
 import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
 import { cidr, int, intIn, parse, UsageError } from './args';
+import { listenMetrics, metricsAddress, metricsUrl } from './metrics';
 
 export const RUN_HELP = `Usage: vhost-tap run --tap NAME [options]
 
@@ -45,6 +46,9 @@ Options:
   --pcap FILE         write every frame the device moves, both directions, super-frames
                       whole, to FILE as pcapng (Wireshark, tcpdump -r); each frame's
                       virtio_net_hdr is in its packet comment
+  --metrics ADDR      serve the device and guest counters as Prometheus text at
+                      http://ADDR/metrics while it runs: HOST:PORT (e.g. 127.0.0.1:9100),
+                      [IPV6]:PORT, or unix:/PATH
   --json              print the final statistics as JSON
   -h, --help          this help`;
 
@@ -108,6 +112,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
     'rx-coalesce': { type: 'string' },
     'tx-coalesce': { type: 'string' },
     json: { type: 'boolean' },
+    metrics: { type: 'string' },
   });
   if (o.help) {
     console.log(RUN_HELP);
@@ -142,20 +147,35 @@ export async function cmdRun(argv: string[]): Promise<number> {
   }
   // Without --netns no capability is needed up front: a user's own persistent TAP (ip tuntap
   // add NAME ... user U) opens without one, and opening any other says what it needs.
+  const metricsAt = metricsAddress(o.metrics);
   if (o.netns) requireRoot('run creates a TAP in another network namespace', ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN']);
-  const guest = await GuestSim.start({
-    tap: o.tap,
-    netns: o.netns as string | undefined,
-    queuePairs: queues,
-    mac: o.mac as string | undefined,
-    ip4,
-    ip6,
-    mtu,
-    features,
-    sourceBytes,
-    pcap: o.pcap as string | undefined,
-    sqpoll: o.sqpoll === true,
+  // Listening first: a bad address fails before a TAP exists. Until the guest runs a scrape gets a 500.
+  let running: GuestSim | undefined;
+  const metrics = metricsAt === undefined ? undefined : await listenMetrics(metricsAt, () => {
+    if (!running) throw new Error('the guest is starting');
+    const st = running.stats();
+    return { device: st.device, guest: { featureNames: featureNames(running.features), pairs: st.pairs } };
   });
+  let guest: GuestSim;
+  try {
+    guest = await GuestSim.start({
+      tap: o.tap,
+      netns: o.netns as string | undefined,
+      queuePairs: queues,
+      mac: o.mac as string | undefined,
+      ip4,
+      ip6,
+      mtu,
+      features,
+      sourceBytes,
+      pcap: o.pcap as string | undefined,
+      sqpoll: o.sqpoll === true,
+    });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
+  running = guest;
   guest.on('needs-reset', (e: Error) => console.error(`vhost-tap: ${e.message}`));
   try {
     for (const c of coalesce) {
@@ -166,6 +186,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
       if (ack !== CTRL.OK) throw new Error(`the device refused ${c.q.toUpperCase()} interrupt coalescing (NOTF_COAL not negotiated?)`);
     }
   } catch (e) {
+    await metrics?.close();
     await guest.stop();
     throw e;
   }
@@ -181,8 +202,10 @@ export async function cmdRun(argv: string[]): Promise<number> {
   guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const coalesced = coalesce.map((c) => `, ${c.q} coalescing ${c.maxPackets} packets / ${c.maxUsecs} us`).join('');
-  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}${coalesced}`);
+  const scrape = metrics ? `, metrics on ${metricsUrl(metrics.address)}` : '';
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}${coalesced}${scrape}`);
   const sig = await waitForSignal(failed);
+  await metrics?.close();
   const s = await guest.stop();
   if (workerError) console.error(`vhost-tap: a guest queue-pair worker failed: ${workerError.message}`);
   else if (!o.json) console.log(`stopped on ${sig}`);

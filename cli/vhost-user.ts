@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { bits, TUN, VhostUserServer, VhostUserServerStats } from '../backend';
+import { listenMetrics, metricsAddress, metricsUrl } from './metrics';
 import { OFFLOAD_MASK, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { Netns, requireRoot } from '../host/netns';
 import { intIn, parse, UsageError } from './args';
@@ -40,6 +41,9 @@ Options:
   --busy-poll US      each worker polls this many microseconds before sleeping (default 0)
   --io auto|readv     io_uring batching where the kernel allows it (auto, default) or
                       one readv/writev per frame
+  --metrics ADDR      serve the counters and session state as Prometheus text at
+                      http://ADDR/metrics while it runs: HOST:PORT (e.g. 127.0.0.1:9100),
+                      [IPV6]:PORT, or unix:/PATH
   --trace             print every vhost-user message received (stderr)
   --json              print the final statistics as JSON
   -h, --help          this help
@@ -113,6 +117,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     io: { type: 'string' },
     trace: { type: 'boolean' },
     json: { type: 'boolean' },
+    metrics: { type: 'string' },
   });
   if (o.help) {
     console.log(VHOST_USER_HELP);
@@ -154,26 +159,38 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   if (o.netns !== undefined && (!/^[A-Za-z0-9_.-]+$/.test(String(o.netns)) || !Netns.exists(String(o.netns)))) {
     throw new UsageError(`--netns: network namespace '${String(o.netns)}' does not exist (create it with: ip netns add ${String(o.netns)})`);
   }
+  const metricsAt = metricsAddress(o.metrics);
   // Without --netns no capability is needed up front: a user's own persistent TAP (ip tuntap
   // add NAME ... user U) opens without one, and opening any other says what it needs.
   if (o.netns) requireRoot('vhost-user creates a TAP in another network namespace', ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN']);
   const log = (line: string): void => console.error(line);
-  const server = new VhostUserServer({
-    socket: o.socket,
-    client: !!o.client,
-    socketMode,
-    socketGid,
-    socketUid,
-    tap: o.tap,
-    netns: o.netns as string | undefined,
-    queuePairs: queues,
-    mtu,
-    features,
-    busyPollUs,
-    io: (o.io as 'auto' | 'readv' | undefined) ?? 'auto',
-    log,
-    trace: o.trace ? log : undefined,
+  // Listening first: a bad address fails before a TAP exists. Until the server is up a scrape gets a 500.
+  let server: VhostUserServer | undefined;
+  const metrics = metricsAt === undefined ? undefined : await listenMetrics(metricsAt, () => {
+    if (!server) throw new Error('the back end is starting');
+    return server.metrics();
   });
+  try {
+    server = new VhostUserServer({
+      socket: o.socket,
+      client: !!o.client,
+      socketMode,
+      socketGid,
+      socketUid,
+      tap: o.tap,
+      netns: o.netns as string | undefined,
+      queuePairs: queues,
+      mtu,
+      features,
+      busyPollUs,
+      io: (o.io as 'auto' | 'readv' | undefined) ?? 'auto',
+      log,
+      trace: o.trace ? log : undefined,
+    });
+  } catch (e) {
+    await metrics?.close();
+    throw e;
+  }
   let failure: Error | undefined;
   const failed = new Promise<void>((resolve) =>
     server.on('error', (e: Error) => {
@@ -182,7 +199,10 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     }),
   );
   server.on('warning', (e: Error) => log(`vhost-tap: warning: ${e.message}`));
-  server.on('session-end', (reason: string) => log(`vhost-user: waiting for the next front end (${reason})`));
+  let stopping = false;
+  server.on('session-end', (reason: string) => {
+    if (!stopping) log(`vhost-user: waiting for the next front end (${reason})`);
+  });
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const how = o.client ? `connecting to ${o.socket}` : `listening on ${o.socket}`;
   // The handlers go in before the ready line: whoever waits for it may signal at once.
@@ -196,8 +216,11 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     process.on('SIGTERM', on);
     void failed.then(() => on('error'));
   });
-  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
+  const scrape = metrics ? `, metrics on ${metricsUrl(metrics.address)}` : '';
+  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}${scrape}`);
   await sig;
+  stopping = true;
+  await metrics?.close();
   await server.close();
   // After close: the last session's counters are in (its workers stopped).
   const final = server.stats();

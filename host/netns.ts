@@ -200,6 +200,18 @@ export function haveProgram(name: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' }).status === 0;
 }
 
+/** The Debian package of each program this file runs, for the message when one is missing. */
+const PACKAGE_OF: Record<string, string> = { ip: 'iproute2', ping: 'iputils-ping', tcpdump: 'tcpdump', ethtool: 'ethtool', python3: 'python3' };
+
 function run(cmd: string, args: string[], opts: ExecFileSyncOptions = {}): string {
-  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts }) as string;
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts }) as string;
+  } catch (e) {
+    // Not installed: say which package, not "spawnSync ip ENOENT".
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT' && (e as { status?: number | null }).status == null) {
+      const pkg = PACKAGE_OF[cmd];
+      throw new Error(`the '${cmd}' command is not installed${pkg ? ` (Debian/Ubuntu: apt-get install ${pkg})` : ''}`);
+    }
+    throw e;
+  }
 }

@@ -3,7 +3,8 @@
 // end's memfd, a real TAP in a namespace), driven by test front ends: frames
 // both ways through the mapped rings (an ARP exchange with the namespace's
 // kernel), statistics per queue, one session at a time, client mode with
-// retries, a stale socket file replaced and a live one left alone, and every
+// retries, a stale socket file replaced and a live one left alone (whose probe
+// is no session on the live back end), and every
 // hostile case refused with nothing left behind: no worker, no mapping, no fd.
 
 import test from 'ava';
@@ -275,6 +276,35 @@ test.serial('the socket path: a stale socket file is replaced, a live one or a f
     // Nothing of the refused servers is left: their TAPs were closed again (and the first one's by close()).
     const links = ns.run('ip', ['-o', 'link', 'show']).stdout;
     t.deepEqual(links.split('\n').filter((l) => / vt\S*:/.test(l)), [], links);
+  });
+});
+
+test.serial('a second back end probing the live socket is no session on the first: not counted, not logged, no session-end; the next real front end is session 1', async (t) => {
+  await withNetns(async (ns) => {
+    const sock = sockPath('probe');
+    const { srv, logs } = server(ns, sock);
+    const events: string[] = [];
+    srv.on('session', (n: number) => events.push(`session ${n}`));
+    srv.on('session-end', (r: string) => events.push(`end ${r}`));
+    for (let i = 0; i < 2; i++) {
+      t.throws(() => new VhostUserServer({ socket: sock, tap: ns.ifname(), netns: ns.name }), { message: /another process is listening/ });
+    }
+    await sleep(300);
+    t.is(srv.stats().sessions, 0);
+    t.deepEqual(events, []);
+    t.deepEqual(logs, [], 'the probes logged nothing');
+    const fe = FrontEnd.connect(sock);
+    try {
+      await fe.handshake();
+      t.is(srv.stats().sessions, 1);
+      t.deepEqual(events, ['session 1']);
+      t.is(logs[0], 'vhost-user: session 1: front end connected');
+    } finally {
+      const ended = nextEnd(srv);
+      fe.close();
+      await ended;
+    }
+    t.is(srv.stats().sessions, 1);
   });
 });
 

@@ -9,8 +9,11 @@ import { EventEmitter } from 'node:events';
 import { DeviceStats } from '../datapath';
 import { InvalidArgumentError, VhostUserError } from '../errors';
 import { Capabilities } from '../features';
+import { MetricsSnapshot, VhostUserSessionState } from '../metrics';
 import { addon } from '../native';
+import { featureNames, has } from '../virtio';
 import { TapBackend, TapBackendOptions } from './backend';
+import { protocolFeatureNames } from './protocol';
 import { Refusal, VhostUserSession } from './session';
 import { connectVhostUser, SocketAccess, VhostUserListener } from './socket';
 
@@ -39,7 +42,7 @@ export interface VhostUserServerOptions extends TapBackendOptions {
 }
 
 export interface VhostUserServerStats {
-  /** Sessions served so far (the current one included). */
+  /** Sessions served so far (the current one included): front ends that sent a request. */
   sessions: number;
   /** Whether a front end is connected now. */
   connected: boolean;
@@ -47,13 +50,15 @@ export interface VhostUserServerStats {
   refused: number;
   /** Counters of every queue over all sessions. */
   device: DeviceStats;
+  /** The connected front end's negotiated state; absent while none is connected. */
+  session?: VhostUserSessionState;
 }
 
 /** The events a VhostUserServer emits and their arguments. */
 export interface VhostUserServerEvents {
-  /** A front end connected; `n` counts sessions from 1. */
+  /** A front end sent its first request; `n` counts sessions from 1 (a connection that sends nothing is none). */
   session: [n: number];
-  /** The session ended (the front end closed or died, or a refusal closed it). */
+  /** The session ended (the front end closed or died, or a refusal or the handshake timeout closed it). */
   'session-end': [reason: string];
   /** A request was refused (a REPLY_ACK error or, with action 'close', the session ended). */
   refused: [refusal: Refusal];
@@ -87,6 +92,8 @@ export class VhostUserServer extends EventEmitter {
   readonly client: boolean;
   private listener: VhostUserListener | undefined;
   private current: VhostUserSession | undefined;
+  /** `current` has sent a request (it is a session, not a probe). */
+  private currentActive = false;
   private retry: NodeJS.Timeout | undefined;
   private sessions = 0;
   private refused = 0;
@@ -142,9 +149,9 @@ export class VhostUserServer extends EventEmitter {
     }
   }
 
-  /** Whether a front end is connected now. */
+  /** Whether a front end is connected now (one that sent a request: a probe is not one). */
   get connected(): boolean {
-    return this.current !== undefined;
+    return this.current !== undefined && this.currentActive;
   }
 
   /** What the TAP offloads, and why anything is missing. */
@@ -152,8 +159,37 @@ export class VhostUserServer extends EventEmitter {
     return this.backend.capabilities();
   }
 
+  /** Counters over all sessions and the connected front end's negotiated state: what `--metrics` shows. */
   stats(): VhostUserServerStats {
-    return { sessions: this.sessions, connected: this.connected, refused: this.refused, device: this.backend.stats() };
+    const session = this.session();
+    return { sessions: this.sessions, connected: this.connected, refused: this.refused, device: this.backend.stats(), ...(session ? { session } : {}) };
+  }
+
+  /** stats() as a metrics snapshot: prometheusText(server.metrics()) is what `--metrics` serves. */
+  metrics(): MetricsSnapshot {
+    const { device, ...vhostUser } = this.stats();
+    return { device, vhostUser };
+  }
+
+  /** The connected front end's negotiated features and ring formats (undefined while none is connected). */
+  session(): VhostUserSessionState | undefined {
+    const s = this.currentActive ? this.current?.snapshot() : undefined;
+    if (!s) return undefined;
+    const packed = has(s.features, 'RING_PACKED');
+    return {
+      features: `0x${s.features.toString(16)}`,
+      featureNames: featureNames(s.features),
+      protocolFeatures: `0x${s.protocolFeatures.toString(16)}`,
+      protocolFeatureNames: protocolFeatureNames(s.protocolFeatures),
+      pairs: s.running.map((running, pair) => ({
+        pair,
+        running,
+        layout: packed ? 'packed' : 'split',
+        inOrder: has(s.features, 'IN_ORDER'),
+        eventIdx: has(s.features, 'RING_EVENT_IDX'),
+        size: s.rings[2 * pair]?.num,
+      })),
+    };
   }
 
   /** Ends the session (if any), stops listening (the socket file goes), closes the TAP (it goes too). */
@@ -177,12 +213,18 @@ export class VhostUserServer extends EventEmitter {
     }
     // One front end at a time: the next waits in the backlog until this session ends.
     this.listener?.pause();
-    const n = ++this.sessions;
-    this.log(`vhost-user: session ${n}: front end connected`);
+    // A connection is a session once it sends its first request. Until then it logs nothing:
+    // another back end probing whether this socket is live (connect, close) is no session.
+    let active = false;
+    const held: string[] = [];
+    const log = (line: string): void => {
+      if (active) this.log(line);
+      else held.push(line);
+    };
     let s: VhostUserSession;
     try {
       s = new VhostUserSession(fd, this.backend, {
-        log: this.log,
+        log,
         trace: this.trace,
         handshakeTimeoutMs: this.handshakeTimeoutMs,
         sendStallMs: this.replyTimeoutMs,
@@ -193,6 +235,15 @@ export class VhostUserServer extends EventEmitter {
       return;
     }
     this.current = s;
+    this.currentActive = false;
+    s.once('active', () => {
+      active = true;
+      this.currentActive = true;
+      const n = ++this.sessions;
+      this.log(`vhost-user: session ${n}: front end connected`);
+      for (const line of held.splice(0)) this.log(line);
+      this.emit('session', n);
+    });
     s.on('refused', (r: Refusal) => {
       this.refused++;
       this.emit('refused', r);
@@ -201,10 +252,15 @@ export class VhostUserServer extends EventEmitter {
     s.on('warning', (e: Error) => this.emit('warning', e));
     s.once('end', (reason: string) => {
       this.current = undefined;
-      this.emit('session-end', reason);
+      this.currentActive = false;
+      // A silent connection this side dropped (the handshake timeout) held the front end's
+      // place: that is said, and ends like a session; one that simply went away was a probe.
+      if (active || (!s.endedByConnection && !this.closed)) {
+        if (!active) this.log(`vhost-user: a connection that sent no request was dropped: ${reason}`);
+        this.emit('session-end', reason);
+      }
       this.next();
     });
-    this.emit('session', n);
   }
 
   /** Waits for the next front end. */

@@ -219,7 +219,8 @@ const hex = (n: number | bigint): string => `0x${n.toString(16)}`;
 /**
  * Serves one front end on a connected socket. Emits 'refused' (Refusal), 'ring-broken'
  * ({ ring, rule, detail }), 'pair' (pair, running), 'warning' (Error: the data plane failed
- * to let go of something at the end) and, once, 'end' (reason).
+ * to let go of something at the end), once 'active' (its first message: a connection that
+ * sends none, such as another back end probing the socket, is no session) and, once, 'end' (reason).
  */
 export class VhostUserSession extends EventEmitter {
   private readonly conn: VhostUserConnection;
@@ -231,6 +232,9 @@ export class VhostUserSession extends EventEmitter {
   private protocolFeatures = 0n;
   private regions: MemoryRegion[] | undefined;
   private ended = false;
+  private active = false;
+  /** The connection ended on its own (the peer closed it, a socket error), not by this side's choice. */
+  endedByConnection = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private faultWatch: { close(): void } | undefined;
 
@@ -258,7 +262,10 @@ export class VhostUserSession extends EventEmitter {
       {
         message: (m) => this.onMessage(m),
         refused: (reason, h) => this.refuse(h, reason),
-        closed: (reason) => this.end(reason),
+        closed: (reason) => {
+          this.endedByConnection = true;
+          this.end(reason);
+        },
       },
       { sendStallMs: opts.sendStallMs },
     );
@@ -316,6 +323,10 @@ export class VhostUserSession extends EventEmitter {
     if (this.ended) {
       for (const fd of m.fds) this.closeFd(fd);
       return;
+    }
+    if (!this.active) {
+      this.active = true;
+      this.emit('active');
     }
     this.opts.trace?.(`vhost-user: ${describe(m)}`);
     const taken = new Set<number>();
@@ -704,6 +715,9 @@ export class VhostUserSession extends EventEmitter {
     this.rings[2 * p + 1].base = pos.tx;
     this.rings[2 * p].usedBase = pos.rxUsed;
     this.rings[2 * p + 1].usedBase = pos.txUsed;
+    // Said like the start, so a restart (GET_VRING_BASE, a new kick fd, a disable) reads as one;
+    // the session's end says itself.
+    if (!this.ended) this.opts.log?.(`vhost-user: queue pair ${p} stopped (ring ${2 * p} at avail ${pos.rx}, ring ${2 * p + 1} at avail ${pos.tx})`);
     this.emit('pair', p, false);
     return true;
   }
