@@ -682,6 +682,8 @@ export class TapDataPath {
         packed: has(f, 'RING_PACKED'),
         inOrder: has(f, 'IN_ORDER'),
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
+        hostUdpTunnel: has(f, 'HOST_UDP_TUNNEL_GSO'),
+        hostUdpTunnelCsum: has(f, 'HOST_UDP_TUNNEL_GSO_CSUM'),
         busyPollUs: this.busyPollUs,
         io: this.io,
         sqpoll: this.sqpoll,
