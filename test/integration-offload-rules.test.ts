@@ -5,7 +5,7 @@
 
 import test from 'ava';
 
-import { bits, STATUS, VirtioNetDevice, VirtioNetError } from '../backend';
+import { bits, CTRL, STATUS, VirtioNetDevice, VirtioNetError } from '../backend';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, testFrame } from './helpers/mini-guest';
 import { Netns, withNetns } from '../host/netns';
 
@@ -137,7 +137,8 @@ test.serial('TX headers the kernel refuses are dropped with their reason; the qu
 });
 
 const HOST_GSO = bits('CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_USO');
-const GUEST_GSO = bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
+// With MRG_RXBUF: MiniGuest's 2 KiB RX buffers then hold a super-frame across several chains.
+const GUEST_GSO = bits('MRG_RXBUF', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
 
 test.serial('hostile UDP tunnel headers are dropped before the TAP with a named reason; a good tunnel super-frame goes out', async (t) => {
   await withNetns(async (ns) => {
@@ -203,6 +204,41 @@ test.serial('a tunnel gso_type from a guest that did not negotiate HOST_UDP_TUNN
     t.true(await until(() => (b.g.device.stats().queues[1].drops.tx_hdr_tunnel_not_negotiated ?? 0) === 1), JSON.stringify(b.g.device.stats().queues[1].drops));
     t.is(b.g.device.stats().queues[1].packets, 0);
     t.deepEqual([...a.errors, ...b.errors], []);
+  });
+});
+
+/** The TAP's tunnel segmentation features as ethtool shows them (what TUNSETOFFLOAD set). */
+function tunnelOffloads(ns: Netns, tap: string): { tnl: string; csum: string } {
+  const out = ns.run('ethtool', ['-k', tap]).stdout;
+  const get = (name: string): string => new RegExp(`^${name}: (\\w+)`, 'm').exec(out)?.[1] ?? `missing from: ${out}`;
+  return { tnl: get('tx-udp_tnl-segmentation'), csum: get('tx-udp_tnl-csum-segmentation') };
+}
+
+test.serial('the guest-side tunnel features set TUN_F_UDP_TUNNEL_GSO(_CSUM) on the TAP; GUEST_OFFLOADS_SET switches them with bits 46 and 47', async (t) => {
+  await withNetns(async (ns) => {
+    const want = MINI_FEATURES | HOST_GSO | GUEST_GSO | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM');
+    const { g, tap, errors } = await mini(ns, want);
+    if (!(g.features & bits('GUEST_UDP_TUNNEL_GSO_CSUM'))) {
+      t.fail(`this kernel's TAP lacks UDP tunnel GSO: ${JSON.stringify(g.device.capabilities().missing)}`);
+      return;
+    }
+    t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'on' });
+    const set = (word: bigint): Promise<number> => {
+      const d = new Uint8Array(8);
+      new DataView(d.buffer).setBigUint64(0, word, true);
+      return g.ctrl!.command(CTRL.CLASS_GUEST_OFFLOADS, CTRL.GUEST_OFFLOADS_SET, d);
+    };
+    const plain = bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
+    t.is(await set(plain), CTRL.OK);
+    t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'off', csum: 'off' }, 'plain GSO only');
+    t.is(await set(plain | (1n << 46n)), CTRL.OK);
+    t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'off' }, 'bit 46: GUEST_UDP_TUNNEL_GSO');
+    t.is(await set(plain | (3n << 46n)), CTRL.OK);
+    t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'on' }, 'bits 46 and 47');
+    t.is(await set(plain | (1n << 47n)), CTRL.ERR, '_CSUM without the tunnel offload breaks a dependency');
+    t.is(await set(bits('GUEST_CSUM') | (1n << 46n)), CTRL.ERR, 'the tunnel offload without plain GSO breaks a dependency');
+    t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'on' }, 'a refused command changes nothing');
+    t.deepEqual(errors, []);
   });
 });
 
