@@ -2,7 +2,7 @@
 // SIGTERM. Parses the flags, prints the ready line and the statistics, and
 // tears down cleanly; the work is in GuestSim.
 
-import { CTRL, TUN } from '../backend';
+import { CTRL, type DeviceStats, TUN } from '../backend';
 import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
@@ -47,6 +47,17 @@ Options:
                       virtio_net_hdr is in its packet comment
   --json              print the final statistics as JSON
   -h, --help          this help`;
+
+/**
+ * The ready line's word on GSO over UDP tunnels (features 65..68): what the kernel's TAP can do
+ * and what the driver took; `vhostUser`: the protocol's u64 features cannot carry them.
+ */
+export function udpTunnelNote(s: DeviceStats['udpTunnelGso'], vhostUser = false): string {
+  if (!s.kernel) return 'udp tunnel gso unsupported by this kernel (no TUN_F_UDP_TUNNEL_GSO, Linux < 6.17)';
+  if (vhostUser) return 'udp tunnel gso not offered (vhost-user features are 64 bits)';
+  if (!s.guest && !s.host) return 'udp tunnel gso offered, not negotiated';
+  return `udp tunnel gso ${[s.host ? 'tx' : '', s.guest ? 'rx' : ''].filter(Boolean).join('+')}`;
+}
 
 /** The negotiated offloads in --offloads spelling. */
 export function offloadList(features: bigint): string {
@@ -181,7 +192,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
   guest.on('discard', (d: DiscardEvent) => console.log(`discard: ${d.peer} bytes ${d.bytes} sha256 ${d.sha256}`));
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const coalesced = coalesce.map((c) => `, ${c.q} coalescing ${c.maxPackets} packets / ${c.maxUsecs} us`).join('');
-  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}${coalesced}`);
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}, ${udpTunnelNote(guest.device.stats().udpTunnelGso)}${coalesced}`);
   const sig = await waitForSignal(failed);
   const s = await guest.stop();
   if (workerError) console.error(`vhost-tap: a guest queue-pair worker failed: ${workerError.message}`);

@@ -10,7 +10,7 @@ import { bits, TUN, VhostUserServer, VhostUserServerStats } from '../backend';
 import { OFFLOAD_MASK, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { Netns, requireRoot } from '../host/netns';
 import { intIn, parse, UsageError } from './args';
-import { offloadList } from './run';
+import { offloadList, udpTunnelNote } from './run';
 
 export const VHOST_USER_HELP = `Usage: vhost-tap vhost-user --socket PATH --tap NAME [options]
 
@@ -196,7 +196,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     process.on('SIGTERM', on);
     void failed.then(() => on('error'));
   });
-  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}`);
+  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}, ${udpTunnelNote(server.backend.stats().udpTunnelGso, true)}`);
   await sig;
   await server.close();
   // After close: the last session's counters are in (its workers stopped).

@@ -18,6 +18,7 @@ import {
   validateDriverFeatures,
 } from '../backend/features';
 import { bit, bits, F, type FeatureName, TUN } from '../backend/virtio';
+import { udpTunnelNote } from '../cli/run';
 
 /** Every named bit: a device offering everything, so only the dependency rules can refuse. */
 const ALL: bigint = Object.values(F).reduce((m, b) => m | (1n << BigInt(b)), 0n);
@@ -272,4 +273,12 @@ test('GUEST_OFFLOADS_SET word: bits 46 and 47 stand for features 65 and 66 (virt
   t.is(offloadsToWord(plain | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM')), plain | (3n << 46n));
   for (const f of [0n, plain, plain | bit('GUEST_UDP_TUNNEL_GSO')]) t.is(offloadsFromWord(offloadsToWord(f)), f);
   t.true(offloadsToWord(ALL) < 1n << 64n, 'the word is a u64');
+});
+
+test('the ready line says what holds for UDP tunnel GSO: unsupported by the kernel, offered, or which directions were taken', (t) => {
+  t.regex(udpTunnelNote({ kernel: false, guest: false, host: false, why: 'x' }), /unsupported by this kernel/);
+  t.is(udpTunnelNote({ kernel: true, guest: false, host: false }), 'udp tunnel gso offered, not negotiated');
+  t.is(udpTunnelNote({ kernel: true, guest: true, host: true }), 'udp tunnel gso tx+rx');
+  t.is(udpTunnelNote({ kernel: true, guest: true, host: false }), 'udp tunnel gso rx');
+  t.regex(udpTunnelNote({ kernel: true, guest: false, host: false }, true), /not offered \(vhost-user features are 64 bits\)/);
 });

@@ -223,6 +223,7 @@ test.serial('the guest-side tunnel features set TUN_F_UDP_TUNNEL_GSO(_CSUM) on t
       return;
     }
     t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'on' });
+    t.deepEqual(g.device.stats().udpTunnelGso, { kernel: true, guest: true, host: false });
     const set = (word: bigint): Promise<number> => {
       const d = new Uint8Array(8);
       new DataView(d.buffer).setBigUint64(0, word, true);
@@ -231,6 +232,7 @@ test.serial('the guest-side tunnel features set TUN_F_UDP_TUNNEL_GSO(_CSUM) on t
     const plain = bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
     t.is(await set(plain), CTRL.OK);
     t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'off', csum: 'off' }, 'plain GSO only');
+    t.false(g.device.stats().udpTunnelGso.guest, 'stats follow GUEST_OFFLOADS_SET');
     t.is(await set(plain | (1n << 46n)), CTRL.OK);
     t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'off' }, 'bit 46: GUEST_UDP_TUNNEL_GSO');
     t.is(await set(plain | (3n << 46n)), CTRL.OK);
