@@ -49,6 +49,13 @@ export interface DeviceStats {
   /** Frames the RX filter (RX modes, MAC table, VLAN filter) kept from the guest. */
   filtered: number;
   totals: { rxPackets: number; rxBytes: number; txPackets: number; txBytes: number; drops: number };
+  /**
+   * GSO over UDP tunnels (VXLAN, GENEVE; features 65..68): whether this kernel's TAP has it
+   * (Linux 6.17+; `why` says what is missing when not, and the features are then not offered),
+   * and what the driver took: `guest` the TAP may hand it tunnel super-frames now (GUEST_UDP_TUNNEL_GSO,
+   * switched by GUEST_OFFLOADS_SET), `host` it may send them (HOST_UDP_TUNNEL_GSO).
+   */
+  udpTunnelGso: { kernel: boolean; guest: boolean; host: boolean; why?: string };
 }
 
 /** One virtqueue as an engine runs it: where it lives, its eventfds, where to resume (always given here). */
@@ -638,7 +645,10 @@ export class TapDataPath {
       for (const v of Object.values(q.drops)) totals.drops += v;
     }
     const filtered = queues.reduce((n, q) => n + (q.drops.rx_filtered ?? 0), 0);
-    return { queues, io: this.lastIo, filtered, totals };
+    const kernel = has(this.offloads, 'GUEST_UDP_TUNNEL_GSO') || has(this.offloads, 'HOST_UDP_TUNNEL_GSO');
+    const udpTunnelGso: DeviceStats['udpTunnelGso'] = { kernel, guest: has(this.guestOffloads, 'GUEST_UDP_TUNNEL_GSO'), host: has(this.features, 'HOST_UDP_TUNNEL_GSO') };
+    if (!kernel) udpTunnelGso.why = this.caps.missing.find((m) => m.feature === 'GUEST_UDP_TUNNEL_GSO')?.reason ?? 'not probed';
+    return { queues, io: this.lastIo, filtered, totals, udpTunnelGso };
   }
 
   /** Stops the engines and closes the TAP queues: the TAP goes with the last one. */
@@ -682,6 +692,8 @@ export class TapDataPath {
         packed: has(f, 'RING_PACKED'),
         inOrder: has(f, 'IN_ORDER'),
         rxFrameMax: rxFrameMax(this.guestOffloads, hdrLen, this.mtu),
+        hostUdpTunnel: has(f, 'HOST_UDP_TUNNEL_GSO'),
+        hostUdpTunnelCsum: has(f, 'HOST_UDP_TUNNEL_GSO_CSUM'),
         busyPollUs: this.busyPollUs,
         io: this.io,
         sqpoll: this.sqpoll,

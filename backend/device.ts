@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import { ControlQueueServer } from './ctrlq';
 import { DeviceStats, PairSetup, RingPosition, TapDataPath } from './datapath';
 import { convert, DeviceStateError, InvalidArgumentError, NamespaceError, native, VirtioNetError } from './errors';
-import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, validateDriverFeatures } from './features';
+import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, offloadsFromWord, validateDriverFeatures } from './features';
 import { GuestMemory, toNativeRegions } from './memory';
 import { addon, CtrlAnswer, NativeCtrlCommand, NativeGuestMemory } from './native';
 import { RxFilter, RxFilterState } from './rxfilter';
@@ -112,7 +112,9 @@ const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'm
 const MAX_BUSY_POLL_US = 1_000_000;
 
 /** The largest feature mask: virtio features are 64 bits. */
-const MAX_FEATURES = (1n << 64n) - 1n;
+// virtio 1.4 defines features up to bit 127 (driver_feature_select 0..3); the tunnel
+// offloads are bits 65..68.
+const MAX_FEATURES = (1n << 128n) - 1n;
 
 /** Eventfds one waitCall() takes (its result is a 32-bit mask). */
 const WAIT_FDS = 32;
@@ -245,10 +247,11 @@ export class VirtioNetDevice extends EventEmitter {
   set driverFeatures(v: bigint) {
     this.assertOpen();
     if (typeof v !== 'bigint') throw new InvalidArgumentError('driverFeatures must be a bigint');
-    // The driver writes a 64-bit register (virtio 1.x §4.1.4.3: two 32-bit halves); anything
-    // else is not a feature set, and a negative bigint has infinitely many bits set.
+    // The driver writes 32-bit words through driver_feature_select (virtio 1.x §4.1.4.3; bits
+    // 64..127 since virtio 1.4); anything wider is not a feature set, and a negative bigint has
+    // infinitely many bits set.
     if (v < 0n || v > MAX_FEATURES) {
-      throw new InvalidArgumentError(`driverFeatures must be a 64-bit mask (0 .. 2^64 - 1), got ${v < 0n ? 'a negative value' : `0x${v.toString(16)}`}`);
+      throw new InvalidArgumentError(`driverFeatures must be a 128-bit mask (0 .. 2^128 - 1), got ${v < 0n ? 'a negative value' : `0x${v.toString(16)}`}`);
     }
     if (!(this._status & STATUS.DRIVER) || this._status & STATUS.FEATURES_OK) {
       throw new DeviceStateError('driverFeatures may be written only after DRIVER and before FEATURES_OK (virtio 1.x §3.1.1)');
@@ -684,7 +687,8 @@ export class VirtioNetDevice extends EventEmitter {
         }
         case CTRL.CLASS_GUEST_OFFLOADS: {
           if (!has(f, 'CTRL_GUEST_OFFLOADS') || cmd !== CTRL.GUEST_OFFLOADS_SET || data.length !== 8) return CTRL.ERR;
-          const want = new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true);
+          // The le64 names the tunnel offloads (features 65, 66) at bits 46, 47.
+          const want = offloadsFromWord(new DataView(data.buffer, data.byteOffset, 8).getBigUint64(0, true));
           // Only GUEST_* bits that were negotiated may be switched (virtio 1.x §5.1.6.5.6.1).
           if (want & ~(f & GUEST_OFFLOAD_FEATURES)) return CTRL.ERR;
           if (validateDriverFeatures(want | (f & ~GUEST_OFFLOAD_FEATURES), this.deviceFeatures)) return CTRL.ERR;

@@ -2,7 +2,7 @@
 // TAP), which driver feature sets are valid, and how negotiated GUEST_*
 // features become TUNSETOFFLOAD flags. Pure functions, no I/O except the probe.
 
-import { bit, bits, F, FeatureName, featureNames, has, TUN } from './virtio';
+import { bit, bits, CTRL, F, FeatureName, featureNames, has, TUN } from './virtio';
 
 /** Always offered: the ring and device basics the data plane implements. */
 export const BASE_FEATURES: bigint = bits(
@@ -51,7 +51,19 @@ export const OFFLOADS: ReadonlyArray<{ feature: FeatureName; tun: number }> = [
   // tun takes TUN_F_USO4 and TUN_F_USO6 only as a pair (EINVAL for either alone).
   { feature: 'GUEST_USO4', tun: TUN.F_CSUM | TUN.F_USO4 | TUN.F_USO6 },
   { feature: 'GUEST_USO6', tun: TUN.F_CSUM | TUN.F_USO4 | TUN.F_USO6 },
+  // GSO over UDP tunnels (Linux 6.17+). tun takes TUN_F_UDP_TUNNEL_GSO only beside a plain
+  // GSO flag (TSO4/TSO6/USO), and refuses unknown flags: older kernels say EINVAL, and the
+  // features are then simply not offered. The HOST_ pair needs nothing from TUNSETOFFLOAD
+  // (tun parses a tunnel header whenever TUNSETVNETHDRSZ is 24 or more), but came in the
+  // same release, so the same flags are the evidence.
+  { feature: 'GUEST_UDP_TUNNEL_GSO', tun: TUN.F_CSUM | TUN.F_TSO4 | TUN.F_TSO6 | TUN.F_UDP_TUNNEL_GSO },
+  { feature: 'GUEST_UDP_TUNNEL_GSO_CSUM', tun: TUN.F_CSUM | TUN.F_TSO4 | TUN.F_TSO6 | TUN.F_UDP_TUNNEL_GSO | TUN.F_UDP_TUNNEL_GSO_CSUM },
+  { feature: 'HOST_UDP_TUNNEL_GSO', tun: TUN.F_CSUM | TUN.F_TSO4 | TUN.F_TSO6 | TUN.F_UDP_TUNNEL_GSO },
+  { feature: 'HOST_UDP_TUNNEL_GSO_CSUM', tun: TUN.F_CSUM | TUN.F_TSO4 | TUN.F_TSO6 | TUN.F_UDP_TUNNEL_GSO | TUN.F_UDP_TUNNEL_GSO_CSUM },
 ];
+
+/** The four GSO-over-UDP-tunnel features (bits 65..68). */
+export const UDP_TUNNEL_FEATURES: bigint = bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM', 'HOST_UDP_TUNNEL_GSO', 'HOST_UDP_TUNNEL_GSO_CSUM');
 
 export const OFFLOAD_FEATURES: bigint = OFFLOADS.reduce((m, o) => m | bit(o.feature), 0n);
 
@@ -82,6 +94,16 @@ export function probeOffloads(setOffload: (flags: number) => void): { offered: b
     }
   }
   setOffload(0);
+  // An offload whose prerequisites the kernel lacks cannot be negotiated: say so instead of
+  // offering it (the tunnel offloads need every plain GSO offload of their direction).
+  for (const d of DEPENDENCIES) {
+    if (!has(offered, d.feature) || !d.needs) continue;
+    const lacking = d.needs.filter((n) => !has(offered, n));
+    if (!lacking.length) continue;
+    offered &= ~bit(d.feature);
+    caps.offloads = caps.offloads.filter((o) => o !== d.feature);
+    caps.missing.push({ feature: d.feature, reason: `needs ${lacking.join(' and ')}, which this kernel's TAP lacks` });
+  }
   return { offered, caps };
 }
 
@@ -98,6 +120,11 @@ const DEPENDENCIES: ReadonlyArray<{ feature: FeatureName; needs?: FeatureName[];
   { feature: 'HOST_UFO', needs: ['CSUM'] },
   { feature: 'HOST_USO', needs: ['CSUM'] },
   { feature: 'HOST_ECN', needsAny: ['HOST_TSO4', 'HOST_TSO6'] },
+  // virtio 1.4 §5.1.3.1: a tunnel offload needs every plain GSO offload of its direction.
+  { feature: 'GUEST_UDP_TUNNEL_GSO', needs: ['GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6'] },
+  { feature: 'GUEST_UDP_TUNNEL_GSO_CSUM', needs: ['GUEST_UDP_TUNNEL_GSO'] },
+  { feature: 'HOST_UDP_TUNNEL_GSO', needs: ['HOST_TSO4', 'HOST_TSO6', 'HOST_USO'] },
+  { feature: 'HOST_UDP_TUNNEL_GSO_CSUM', needs: ['HOST_UDP_TUNNEL_GSO'] },
   { feature: 'CTRL_RX', needs: ['CTRL_VQ'] },
   { feature: 'CTRL_VLAN', needs: ['CTRL_VQ'] },
   { feature: 'CTRL_RX_EXTRA', needs: ['CTRL_RX'] },
@@ -139,7 +166,35 @@ export const GUEST_OFFLOAD_FEATURES: bigint = bits(
   'GUEST_UFO',
   'GUEST_USO4',
   'GUEST_USO6',
+  'GUEST_UDP_TUNNEL_GSO',
+  'GUEST_UDP_TUNNEL_GSO_CSUM',
 );
+
+/** Features above 63 that GUEST_OFFLOADS_SET's le64 carries at another bit (virtio 1.4 §5.1.6.5.6.1). */
+const OFFLOAD_WORD_MAP: ReadonlyArray<{ feature: FeatureName; word: number }> = [
+  { feature: 'GUEST_UDP_TUNNEL_GSO', word: CTRL.OFFLOAD_GUEST_UDP_TUNNEL_GSO },
+  { feature: 'GUEST_UDP_TUNNEL_GSO_CSUM', word: CTRL.OFFLOAD_GUEST_UDP_TUNNEL_GSO_CSUM },
+];
+
+/**
+ * GUEST_OFFLOADS_SET's le64 → feature bits: bits below 64 are the features of the same
+ * number, except 46 and 47, which stand for the tunnel features 65 and 66.
+ */
+export function offloadsFromWord(word: bigint): bigint {
+  let f = word & ((1n << 64n) - 1n);
+  for (const m of OFFLOAD_WORD_MAP) {
+    const w = 1n << BigInt(m.word);
+    if (f & w) f = (f & ~w) | bit(m.feature);
+  }
+  return f;
+}
+
+/** The inverse of offloadsFromWord, for drivers that send GUEST_OFFLOADS_SET (guest-sim). */
+export function offloadsToWord(features: bigint): bigint {
+  let w = features & ((1n << 64n) - 1n);
+  for (const m of OFFLOAD_WORD_MAP) if (has(features, m.feature)) w |= 1n << BigInt(m.word);
+  return w;
+}
 
 /** TUNSETOFFLOAD flags for the GUEST_* features the driver can receive. */
 export function tunOffloads(features: bigint): number {
@@ -152,6 +207,11 @@ export function tunOffloads(features: bigint): number {
   // tun refuses one USO flag without the other; a driver taking only one gets
   // neither, and the kernel segments UDP GSO in software before the TAP.
   if (has(features, 'GUEST_USO4') && has(features, 'GUEST_USO6')) f |= TUN.F_USO4 | TUN.F_USO6;
+  // tun takes the tunnel flags only beside a plain GSO flag (EINVAL otherwise).
+  if (has(features, 'GUEST_UDP_TUNNEL_GSO') && f & (TUN.F_TSO4 | TUN.F_TSO6 | TUN.F_USO4)) {
+    f |= TUN.F_UDP_TUNNEL_GSO;
+    if (has(features, 'GUEST_UDP_TUNNEL_GSO_CSUM')) f |= TUN.F_UDP_TUNNEL_GSO_CSUM;
+  }
   return f;
 }
 

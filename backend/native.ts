@@ -236,8 +236,15 @@ export interface NativeEngineOptions {
   memory: NativeGuestMemory;
   /** TAP queue fd (or, in tests, one end of a SOCK_SEQPACKET socketpair). */
   tapFd: number;
-  /** virtio_net_hdr size the guest uses and the TAP was told (10, 12 or 20). */
+  /** virtio_net_hdr size the guest uses and the TAP was told (10, 12, 20 or 24). */
   hdrLen: number;
+  /**
+   * VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO / _CSUM negotiated (need hdrLen 24). Without them a TX
+   * header asking for a UDP tunnel (or its outer checksum) is dropped and counted before the
+   * TAP sees it (tun would take it: it cannot know what was negotiated).
+   */
+  hostUdpTunnel?: boolean;
+  hostUdpTunnelCsum?: boolean;
   /** VIRTIO_NET_F_MRG_RXBUF negotiated: RX frames may span several chains; num_buffers is set. */
   mergeable: boolean;
   /** VIRTIO_F_RING_EVENT_IDX negotiated. */

@@ -14,7 +14,7 @@ export interface TapQueuesOptions {
   netns?: string;
   /** Queues to open (one fd each); 1 .. 256, default 1. */
   queues?: number;
-  /** virtio_net_hdr size every frame carries (TUNSETVNETHDRSZ): 10, 12 or 20; default 12. Little-endian (TUNSETVNETLE). */
+  /** virtio_net_hdr size every frame carries (TUNSETVNETHDRSZ): 10, 12, 20 or 24 (with the UDP tunnel fields); default 12. Little-endian (TUNSETVNETLE). */
   vnetHdrLen?: number;
   /** TUN_F_* offloads the TAP may hand to the reader (TUNSETOFFLOAD); default 0. */
   offloads?: number;
@@ -40,7 +40,7 @@ export class TapQueues {
       throw new InvalidArgumentError(`queues must be an integer from 1 to ${TUN.MAX_QUEUES}, got ${opts.queues}`);
     }
     const hdrLen = opts.vnetHdrLen ?? 12;
-    if (hdrLen !== 10 && hdrLen !== 12 && hdrLen !== 20) throw new InvalidArgumentError(`vnetHdrLen must be 10, 12 or 20, got ${opts.vnetHdrLen}`);
+    if (hdrLen !== 10 && hdrLen !== 12 && hdrLen !== 20 && hdrLen !== 24) throw new InvalidArgumentError(`vnetHdrLen must be 10, 12, 20 or 24, got ${opts.vnetHdrLen}`);
     const offloads = opts.offloads ?? 0;
     if (!Number.isInteger(offloads) || offloads < 0) throw new InvalidArgumentError(`offloads must be a mask of TUN_F_* flags, got ${opts.offloads}`);
     let netnsPath: string | null = null;

@@ -52,6 +52,13 @@ export const F = {
   RSC_EXT: 61,
   STANDBY: 62,
   SPEED_DUPLEX: 63,
+  // GSO over UDP tunnels (VXLAN, GENEVE): virtio 1.4 §5.1.3 "Feature bits", bits above 63.
+  // The driver writes them through driver_feature_select 2 (bits 64..95); vhost-user's
+  // GET/SET_FEATURES carry only a u64, so that back end never offers them.
+  GUEST_UDP_TUNNEL_GSO: 65,
+  GUEST_UDP_TUNNEL_GSO_CSUM: 66,
+  HOST_UDP_TUNNEL_GSO: 67,
+  HOST_UDP_TUNNEL_GSO_CSUM: 68,
 } as const;
 
 export type FeatureName = keyof typeof F;
@@ -149,11 +156,21 @@ export const HDR = {
   F_NEEDS_CSUM: 1,
   F_DATA_VALID: 2,
   F_RSC_INFO: 4,
+  /** The outer UDP checksum is partial (TX) or validated (RX) too; only with a tunnel gso_type. */
+  F_UDP_TUNNEL_CSUM: 8,
   GSO_NONE: 0,
   GSO_TCPV4: 1,
   GSO_UDP: 3,
   GSO_TCPV6: 4,
   GSO_UDP_L4: 5,
+  /**
+   * Or'ed into a TCPV4/TCPV6/UDP_L4 gso_type: the frame is carried by a UDP tunnel. Linux 6.17+
+   * (include/linux/virtio_net.h) reads the bit as the family of the OUTER network header
+   * (IPv4 → 0x20); the spec's driver text says "inner" but its own example (TCPv4 in GENEVE over
+   * IPv4 = 0x21) cannot tell the two apart. vhost-tap follows the kernel it writes to.
+   */
+  GSO_UDP_TUNNEL_IPV4: 0x20,
+  GSO_UDP_TUNNEL_IPV6: 0x40,
   GSO_ECN: 0x80,
   OFF_FLAGS: 0,
   OFF_GSO_TYPE: 1,
@@ -162,13 +179,19 @@ export const HDR = {
   OFF_CSUM_START: 6,
   OFF_CSUM_OFFSET: 8,
   OFF_NUM_BUFFERS: 10,
+  /** struct virtio_net_hdr_v1_hash_tunnel: the tunnel fields follow the hash fields, which are
+   *  there (unused) even without HASH_REPORT (virtio 1.4 §5.1.6: "24 bytes if ..._UDP_TUNNEL_GSO"). */
+  OFF_OUTER_TH_OFFSET: 20,
+  OFF_INNER_NH_OFFSET: 22,
   SIZE_LEGACY: 10,
   SIZE_V1: 12,
   SIZE_HASH: 20,
+  SIZE_TUNNEL: 24,
 } as const;
 
 /** Header size the negotiated features imply (virtio 1.x §5.1.6). */
 export function netHdrSize(features: bigint): number {
+  if (has(features, 'GUEST_UDP_TUNNEL_GSO') || has(features, 'HOST_UDP_TUNNEL_GSO')) return HDR.SIZE_TUNNEL;
   if (has(features, 'HASH_REPORT')) return HDR.SIZE_HASH;
   if (has(features, 'VERSION_1') || has(features, 'MRG_RXBUF')) return HDR.SIZE_V1;
   return HDR.SIZE_LEGACY;
@@ -213,6 +236,13 @@ export const CTRL = {
   CLASS_GUEST_OFFLOADS: 5,
   GUEST_OFFLOADS_SET: 0,
   /**
+   * GUEST_OFFLOADS_SET carries a le64, but the tunnel features are bits 65 and 66: in the
+   * offloads word they sit at 46 and 47 (virtio 1.4 §5.1.6.5.6.1; Linux's
+   * VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO_MAPPED / _CSUM_MAPPED).
+   */
+  OFFLOAD_GUEST_UDP_TUNNEL_GSO: 46,
+  OFFLOAD_GUEST_UDP_TUNNEL_GSO_CSUM: 47,
+  /**
    * TX_SET / RX_SET data: le32 max_packets, le32 max_usecs (struct virtio_net_ctrl_coal).
    * VQ_SET data: le16 vq_index, le16 reserved, then the same; VQ_GET data: le16 vq_index,
    * le16 reserved, and it returns struct virtio_net_ctrl_coal before the ack.
@@ -242,6 +272,10 @@ export const TUN = {
   F_UFO: 0x10,
   F_USO4: 0x20,
   F_USO6: 0x40,
+  /** Linux 6.17+: the TAP may hand over GSO-over-UDP-tunnel super-frames (needs a plain GSO flag too). */
+  F_UDP_TUNNEL_GSO: 0x80,
+  /** ... with the outer UDP checksum partial (needs F_UDP_TUNNEL_GSO). */
+  F_UDP_TUNNEL_GSO_CSUM: 0x100,
   /** Linux's MAX_TAP_QUEUES. */
   MAX_QUEUES: 256,
   /** IFNAMSIZ - 1. */

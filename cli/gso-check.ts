@@ -16,7 +16,9 @@ guest→kernel, a super-frame from the guest must leave the kernel as correct
 wire segments (count, sizes, sequence numbers, IPv4 IDs, flags, checksums,
 payload), captured with tcpdump behind a veth with offloads off; kernel→guest,
 a kernel TCP/UDP GSO send must reach the guest as one super-frame with the
-right virtio_net_hdr. Cases the kernel cannot do are 'unsupported', with why.
+right virtio_net_hdr. The VXLAN_/GENEVE_ cases (<inner>IN<outer>, _CSUM: outer
+UDP checksum on) do the same for TCP inside a UDP tunnel with the 24-byte
+header (Linux 6.17+). Cases the kernel cannot do are 'unsupported', with why.
 Needs root, ip, ethtool, tcpdump and python3. Exit status 1 if any case fails.
 
 Cases: ${CASES.join(', ')}

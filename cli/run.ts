@@ -2,7 +2,7 @@
 // SIGTERM. Parses the flags, prints the ready line and the statistics, and
 // tears down cleanly; the work is in GuestSim.
 
-import { CTRL, featureNames, TUN } from '../backend';
+import { CTRL, type DeviceStats, featureNames, TUN } from '../backend';
 import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
@@ -51,6 +51,17 @@ Options:
                       [IPV6]:PORT, or unix:/PATH
   --json              print the final statistics as JSON
   -h, --help          this help`;
+
+/**
+ * The ready line's word on GSO over UDP tunnels (features 65..68): what the kernel's TAP can do
+ * and what the driver took; `vhostUser`: the protocol's u64 features cannot carry them.
+ */
+export function udpTunnelNote(s: DeviceStats['udpTunnelGso'], vhostUser = false): string {
+  if (!s.kernel) return 'udp tunnel gso unsupported by this kernel (no TUN_F_UDP_TUNNEL_GSO, Linux < 6.17)';
+  if (vhostUser) return 'udp tunnel gso not offered (vhost-user features are 64 bits)';
+  if (!s.guest && !s.host) return 'udp tunnel gso offered, not negotiated';
+  return `udp tunnel gso ${[s.host ? 'tx' : '', s.guest ? 'rx' : ''].filter(Boolean).join('+')}`;
+}
 
 /** The negotiated offloads in --offloads spelling. */
 export function offloadList(features: bigint): string {
@@ -203,7 +214,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const coalesced = coalesce.map((c) => `, ${c.q} coalescing ${c.maxPackets} packets / ${c.maxUsecs} us`).join('');
   const scrape = metrics ? `, metrics on ${metricsUrl(metrics.address)}` : '';
-  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}${coalesced}${scrape}`);
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}, ${udpTunnelNote(guest.device.stats().udpTunnelGso)}${coalesced}${scrape}`);
   const sig = await waitForSignal(failed);
   await metrics?.close();
   const s = await guest.stop();

@@ -11,7 +11,7 @@ import { listenMetrics, metricsAddress, metricsUrl } from './metrics';
 import { OFFLOAD_MASK, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
 import { Netns, requireRoot } from '../host/netns';
 import { intIn, parse, UsageError } from './args';
-import { offloadList } from './run';
+import { offloadList, udpTunnelNote } from './run';
 
 export const VHOST_USER_HELP = `Usage: vhost-tap vhost-user --socket PATH --tap NAME [options]
 
@@ -217,7 +217,7 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
     void failed.then(() => on('error'));
   });
   const scrape = metrics ? `, metrics on ${metricsUrl(metrics.address)}` : '';
-  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}${scrape}`);
+  console.log(`ready: ${how}, tap ${server.backend.tapName}${where}, ${queues} queue pair(s), offloads ${offloadList(server.backend.features)}, ${udpTunnelNote(server.backend.stats().udpTunnelGso, true)}${scrape}`);
   await sig;
   stopping = true;
   await metrics?.close();

@@ -26,7 +26,7 @@ export interface Flow {
   dport: number;
 }
 
-/** virtio_net_hdr (the 12-byte VERSION_1 / MRG_RXBUF form). */
+/** virtio_net_hdr (the 12-byte VERSION_1 / MRG_RXBUF form; the tunnel fields only in the 24-byte form). */
 export interface NetHdr {
   flags: number;
   gsoType: number;
@@ -35,6 +35,31 @@ export interface NetHdr {
   csumStart: number;
   csumOffset: number;
   numBuffers: number;
+  /** struct virtio_net_hdr_v1_hash_tunnel (24 bytes): the outer UDP and inner IP header offsets. */
+  outerTh?: number;
+  innerNh?: number;
+}
+
+/** Writes `h` as a header of `size` bytes (12, or 24 with the tunnel fields) at out[off]. */
+export function encodeNetHdrSized(h: NetHdr, size: number, out: Uint8Array, off: number): void {
+  out.fill(0, off, off + size);
+  encodeNetHdr(h, out, off);
+  if (size >= HDR.SIZE_TUNNEL) {
+    const dv = new DataView(out.buffer, out.byteOffset + off, HDR.SIZE_TUNNEL);
+    dv.setUint16(HDR.OFF_OUTER_TH_OFFSET, h.outerTh ?? 0, true);
+    dv.setUint16(HDR.OFF_INNER_NH_OFFSET, h.innerNh ?? 0, true);
+  }
+}
+
+/** Reads a header of `size` bytes (12, or 24 with the tunnel fields). */
+export function decodeNetHdrSized(b: Uint8Array, off: number, size: number): NetHdr {
+  const h = decodeNetHdr(b, off);
+  if (size >= HDR.SIZE_TUNNEL) {
+    const dv = new DataView(b.buffer, b.byteOffset + off, HDR.SIZE_TUNNEL);
+    h.outerTh = dv.getUint16(HDR.OFF_OUTER_TH_OFFSET, true);
+    h.innerNh = dv.getUint16(HDR.OFF_INNER_NH_OFFSET, true);
+  }
+  return h;
 }
 
 export function encodeNetHdr(h: NetHdr, out: Uint8Array = new Uint8Array(HDR.SIZE_V1), off = 0): Uint8Array {
@@ -63,10 +88,19 @@ export function decodeNetHdr(b: Uint8Array, off = 0): NetHdr {
 }
 
 export function describeHdr(h: NetHdr): string {
-  const fl = [h.flags & HDR.F_NEEDS_CSUM ? 'NEEDS_CSUM' : '', h.flags & HDR.F_DATA_VALID ? 'DATA_VALID' : ''].filter(Boolean).join('|') || '0';
+  const fl =
+    [h.flags & HDR.F_NEEDS_CSUM ? 'NEEDS_CSUM' : '', h.flags & HDR.F_DATA_VALID ? 'DATA_VALID' : '', h.flags & HDR.F_UDP_TUNNEL_CSUM ? 'UDP_TUNNEL_CSUM' : '']
+      .filter(Boolean)
+      .join('|') || '0';
   const names: Record<number, string> = { 0: 'NONE', 1: 'TCPV4', 3: 'UDP', 4: 'TCPV6', 5: 'UDP_L4' };
-  const gt = (names[h.gsoType & 0x7f] ?? `0x${(h.gsoType & 0x7f).toString(16)}`) + (h.gsoType & HDR.GSO_ECN ? '|ECN' : '');
-  return `flags ${fl} gso ${gt} gso_size ${h.gsoSize} hdr_len ${h.hdrLen} csum ${h.csumStart}+${h.csumOffset}`;
+  const tnl = HDR.GSO_UDP_TUNNEL_IPV4 | HDR.GSO_UDP_TUNNEL_IPV6;
+  const gt =
+    (names[h.gsoType & 0x1f] ?? `0x${(h.gsoType & 0x1f).toString(16)}`) +
+    (h.gsoType & HDR.GSO_UDP_TUNNEL_IPV4 ? '|UDP_TUNNEL_IPV4' : '') +
+    (h.gsoType & HDR.GSO_UDP_TUNNEL_IPV6 ? '|UDP_TUNNEL_IPV6' : '') +
+    (h.gsoType & HDR.GSO_ECN ? '|ECN' : '');
+  const t = h.gsoType & tnl ? ` outer_th ${h.outerTh} inner_nh ${h.innerNh}` : '';
+  return `flags ${fl} gso ${gt} gso_size ${h.gsoSize} hdr_len ${h.hdrLen} csum ${h.csumStart}+${h.csumOffset}${t}`;
 }
 
 /** The byte the check puts at payload offset i, so misplaced bytes are seen (251 is prime: no period of 2^k). */
@@ -544,6 +578,161 @@ export function verifyRxFrame(h: NetHdr, f: Uint8Array, e: RxExpect): string[] {
   } else if (!l4ChecksumValid(f, p)) {
     out.push(`bad L4 checksum with flags ${h.flags & HDR.F_DATA_VALID ? 'DATA_VALID' : '0'}`);
   }
+  return summary(out);
+}
+
+// ---------------------------------------------------------------- UDP tunnels (VXLAN, GENEVE)
+
+export type TunnelKind = 'vxlan' | 'geneve';
+/** IANA ports: VXLAN 4789 (RFC 7348), GENEVE 6081 (RFC 8926). */
+export const TUNNEL_PORT: Record<TunnelKind, number> = { vxlan: 4789, geneve: 6081 };
+/** Both headers are 8 bytes without GENEVE options. */
+const TUNNEL_HLEN = 8;
+const ETHERTYPE_TEB = 0x6558;
+
+/** The outer headers of a tunnelled frame: the outer flow (its ports: the tunnel's UDP ports), the VNI. */
+export interface TunnelSpec extends L3Opts {
+  kind: TunnelKind;
+  outer: Flow;
+  vni: number;
+}
+
+/**
+ * Wraps an inner Ethernet frame in outer Ethernet + IP + UDP + VXLAN/GENEVE. The outer UDP
+ * checksum: 'none' 0 (allowed over IPv6 only with the zero-checksum options, RFC 6935),
+ * 'partial' the pseudo-header sum (a driver's UDP_TUNNEL_CSUM), 'full' computed.
+ */
+export function encapsulate(inner: Uint8Array, t: TunnelSpec, csum: 'none' | 'partial' | 'full'): Uint8Array {
+  const l3len = t.outer.v6 ? 40 : 20;
+  const udpLen = UDP_HLEN + TUNNEL_HLEN + inner.length;
+  const b = new Uint8Array(14 + l3len + udpLen);
+  const l4 = writeL2L3(b, t.outer, IPPROTO.UDP, udpLen, t);
+  put16(b, l4, t.outer.sport);
+  put16(b, l4 + 2, t.outer.dport);
+  put16(b, l4 + 4, udpLen);
+  const th = l4 + UDP_HLEN;
+  if (t.kind === 'vxlan') b[th] = 0x08; // I flag: the VNI is valid
+  else put16(b, th + 2, ETHERTYPE_TEB); // GENEVE version 0, no options, protocol: Ethernet
+  b[th + 4] = (t.vni >> 16) & 0xff;
+  b[th + 5] = (t.vni >> 8) & 0xff;
+  b[th + 6] = t.vni & 0xff;
+  b.set(inner, th + TUNNEL_HLEN);
+  if (csum !== 'none') fillL4Csum(b, t.outer.v6, IPPROTO.UDP, l4, csum);
+  return b;
+}
+
+/** The inner frame of a VXLAN/GENEVE frame (GENEVE options skipped), with where its parts are; null when not one. */
+export function decapsulate(f: Uint8Array): { kind: TunnelKind; outer: ParsedFrame; outerTh: number; innerNh: number; inner: Uint8Array; vni: number } | null {
+  const p = parseFrame(f);
+  if (!p || p.proto !== IPPROTO.UDP || p.isFragment) return null;
+  const dport = get16(f, p.l4 + 2);
+  const kind: TunnelKind | undefined = dport === TUNNEL_PORT.vxlan ? 'vxlan' : dport === TUNNEL_PORT.geneve ? 'geneve' : undefined;
+  if (!kind) return null;
+  const th = p.l4 + UDP_HLEN;
+  const hl = kind === 'geneve' ? TUNNEL_HLEN + (f[th] & 0x3f) * 4 : TUNNEL_HLEN;
+  const innerEth = th + hl;
+  if (innerEth + 14 > p.l4 + p.l4Len) return null;
+  const vni = (f[th + 4] << 16) | (f[th + 5] << 8) | f[th + 6];
+  return { kind, outer: p, outerTh: p.l4, innerNh: innerEth + 14, inner: f.subarray(innerEth, p.l4 + p.l4Len), vni };
+}
+
+/**
+ * The header a driver puts before a tunnelled TCP super-frame (virtio 1.4 §5.1.6.2): the
+ * inner TCP's checksum offsets and gso type, the tunnel bit of the OUTER family (as Linux reads
+ * it), outer_th_offset / inner_nh_offset, and UDP_TUNNEL_CSUM when the outer checksum is partial.
+ */
+export function tunnelTxHeader(frame: Uint8Array, mss: number, outerCsum: boolean): NetHdr {
+  const d = decapsulate(frame);
+  if (!d) throw new Error('internal: tunnelTxHeader needs a VXLAN/GENEVE frame');
+  const innerOff = d.innerNh - 14;
+  const ih = txHeader(d.inner, IPPROTO.TCP, 'tso', mss);
+  return {
+    flags: HDR.F_NEEDS_CSUM | (outerCsum ? HDR.F_UDP_TUNNEL_CSUM : 0),
+    gsoType: ih.gsoType | (d.outer.v6 ? HDR.GSO_UDP_TUNNEL_IPV6 : HDR.GSO_UDP_TUNNEL_IPV4),
+    hdrLen: innerOff + ih.hdrLen,
+    gsoSize: mss,
+    csumStart: innerOff + ih.csumStart,
+    csumOffset: ih.csumOffset,
+    numBuffers: 0,
+    outerTh: d.outerTh,
+    innerNh: d.innerNh,
+  };
+}
+
+/** A tunnelled TCP super-frame the guest sent. */
+export interface SentTunnel {
+  tunnel: TunnelSpec;
+  inner: SentTcp;
+  /** Whether the outer UDP checksum was asked for (UDP_TUNNEL_CSUM) or left 0. */
+  outerCsum: boolean;
+  hops: number;
+}
+
+/**
+ * Checks the wire frames the kernel cut a tunnelled TCP super-frame into: per segment the outer
+ * IP header (checksum, TTL, addresses, IPv4 IDs counting up), the outer UDP header (ports kept,
+ * length, checksum valid when asked for, else 0), the tunnel header kept; then the inner
+ * segments as for plain TSO (count, sizes, sequence numbers, inner IDs, flags, checksums, payload).
+ */
+export function verifyTunnelSegments(sent: SentTunnel, frames: Uint8Array[]): string[] {
+  const t = sent.tunnel;
+  const out: string[] = [];
+  const inner: Uint8Array[] = [];
+  frames.forEach((f, i) => {
+    const w = `outer segment ${i}`;
+    const d = decapsulate(f);
+    if (!d) {
+      out.push(`${w}: not a ${t.kind} frame`);
+      return;
+    }
+    const p = d.outer;
+    checkIp(p, f, { ...t, flow: t.outer }, sent.hops, w, out);
+    if (!p.v6 && p.id !== ((t.ipId + i) & 0xffff)) out.push(`${w}: outer IPv4 ID ${p.id}, expected ${(t.ipId + i) & 0xffff}`);
+    if (get16(f, p.l4) !== t.outer.sport || get16(f, p.l4 + 2) !== t.outer.dport) out.push(`${w}: outer UDP ports ${get16(f, p.l4)}→${get16(f, p.l4 + 2)}, expected ${t.outer.sport}→${t.outer.dport}`);
+    if (get16(f, p.l4 + 4) !== p.l4Len) out.push(`${w}: outer UDP length ${get16(f, p.l4 + 4)}, the IP header says ${p.l4Len}`);
+    const c = get16(f, p.l4 + CSUM_OFF.UDP);
+    if (sent.outerCsum && !l4ChecksumValid(f, p)) out.push(`${w}: bad outer UDP checksum 0x${c.toString(16)}`);
+    if (!sent.outerCsum && c !== 0) out.push(`${w}: outer UDP checksum 0x${c.toString(16)}, expected 0 (none asked for)`);
+    if (d.kind !== t.kind || d.vni !== t.vni) out.push(`${w}: tunnel header changed (${d.kind} vni ${d.vni})`);
+    inner.push(d.inner);
+  });
+  return summary([...out, ...verifyTcpSegments(sent.inner, inner).map((x) => `inner ${x}`)]);
+}
+
+/**
+ * Checks a tunnelled TCP super-frame the kernel handed the guest: gso_type (inner type | the
+ * outer family's tunnel bit), outer_th_offset and inner_nh_offset where the headers are,
+ * csum_start at the inner TCP header, the partial inner checksum completing to a valid one,
+ * and the outer UDP checksum: with UDP_TUNNEL_CSUM the pseudo-header sum (completing to a
+ * valid one), else valid or 0.
+ */
+export function verifyTunnelRxFrame(h: NetHdr, f: Uint8Array, e: { innerV6: boolean; gsoSize: number; outerCsum: boolean }): string[] {
+  const d = decapsulate(f);
+  if (!d) return ['not a VXLAN/GENEVE frame'];
+  const out: string[] = [];
+  const p = d.outer;
+  if (!p.ipCsumOk) out.push('bad outer IPv4 header checksum');
+  const tnlBit = p.v6 ? HDR.GSO_UDP_TUNNEL_IPV6 : HDR.GSO_UDP_TUNNEL_IPV4;
+  const want = (e.innerV6 ? HDR.GSO_TCPV6 : HDR.GSO_TCPV4) | tnlBit;
+  if (h.gsoType !== want) out.push(`gso_type 0x${h.gsoType.toString(16)}, expected 0x${want.toString(16)}`);
+  if (h.outerTh !== d.outerTh) out.push(`outer_th_offset ${h.outerTh}, the outer UDP header is at ${d.outerTh}`);
+  if (h.innerNh !== d.innerNh) out.push(`inner_nh_offset ${h.innerNh}, the inner IP header is at ${d.innerNh}`);
+  if (get16(f, p.l4 + 4) !== p.l4Len) out.push(`outer UDP length ${get16(f, p.l4 + 4)}, the IP header says ${p.l4Len}`);
+  const off = d.innerNh - 14;
+  const innerProbs = verifyRxFrame({ ...h, gsoType: h.gsoType & ~(HDR.GSO_UDP_TUNNEL_IPV4 | HDR.GSO_UDP_TUNNEL_IPV6), csumStart: h.csumStart - off, hdrLen: h.hdrLen - off }, d.inner, {
+    proto: IPPROTO.TCP,
+    gsoType: e.innerV6 ? HDR.GSO_TCPV6 : HDR.GSO_TCPV4,
+    gsoSize: e.gsoSize,
+  });
+  out.push(...innerProbs.map((x) => `inner: ${x}`));
+  const c = get16(f, p.l4 + CSUM_OFF.UDP);
+  if (h.flags & HDR.F_UDP_TUNNEL_CSUM) {
+    if (!e.outerCsum) out.push('UDP_TUNNEL_CSUM set, but the tunnel sends no outer checksum');
+    // The inner checksum must be final before the outer one covers it.
+    const done = completeChecksum(f, h.csumStart, h.csumOffset);
+    if (!l4ChecksumValid(completeChecksum(done, d.outerTh, CSUM_OFF.UDP), p)) out.push('partial outer UDP checksum does not complete to a valid one');
+  } else if (e.outerCsum) out.push('the tunnel sends outer checksums, but UDP_TUNNEL_CSUM is not set (the kernel should have segmented it)');
+  else if (c !== 0) out.push(`outer UDP checksum 0x${c.toString(16)} without UDP_TUNNEL_CSUM, expected 0`);
   return summary(out);
 }
 

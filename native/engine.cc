@@ -103,6 +103,57 @@ int ClassifyEinval(const Chain& c, uint32_t hdr_len) {
   return kTapWriteEinval;
 }
 
+size_t ReadIov(const iovec* iov, size_t cnt, size_t offset, void* out, size_t len);
+
+// Ethernet and IP header sizes the tunnel offset checks need.
+constexpr uint32_t kEthHdrLen = 14;
+constexpr uint32_t kIpv4HdrMin = 20;
+constexpr uint32_t kIpv6HdrLen = 40;
+constexpr uint32_t kUdpHdrLen = 8;
+
+// A TX header that asks for GSO over a UDP tunnel (virtio 1.4 §5.1.6.2), checked
+// before the frame goes to the TAP: the TxDrop that refuses it, or -1 when it may
+// go. tun checks the offsets itself, but takes any tunnel header once the header
+// is 24 bytes, whichever direction the guest negotiated; the offset rules here
+// are the kernel's (outer header family from the tunnel bit). Frames without a
+// tunnel bit cost two loads.
+int TunnelHeaderDrop(const Chain& c, uint32_t hdr_len, bool tunnel, bool tunnel_csum) {
+  uint8_t h[HDR_SIZE_TUNNEL] = {};
+  if (c.iov.empty()) return -1;
+  if (c.iov[0].iov_len >= 2) {
+    const uint8_t* p = static_cast<const uint8_t*>(c.iov[0].iov_base);
+    h[0] = p[0];
+    h[1] = p[1];
+  } else {
+    ReadIov(c.iov.data(), c.iov.size(), 0, h, 2);
+  }
+  constexpr uint8_t kTunnelBits = HDR_GSO_UDP_TUNNEL_IPV4 | HDR_GSO_UDP_TUNNEL_IPV6;
+  if (!(h[1] & kTunnelBits) && !(h[0] & HDR_F_UDP_TUNNEL_CSUM)) return -1;
+  if (hdr_len < HDR_SIZE_TUNNEL) return kTxHdrTunnelShortHeader;
+  // One copy, so every check below looks at the same bytes.
+  if (ReadIov(c.iov.data(), c.iov.size(), 0, h, HDR_SIZE_TUNNEL) < HDR_SIZE_TUNNEL) return kTxHdrTunnelShortHeader;
+  const uint8_t flags = h[0], gso = h[1];
+  if ((gso & kTunnelBits) && !tunnel) return kTxHdrTunnelNotNegotiated;
+  if ((flags & HDR_F_UDP_TUNNEL_CSUM) && !tunnel_csum) return kTxHdrTunnelNotNegotiated;
+  const uint8_t inner = gso & static_cast<uint8_t>(~(kTunnelBits | HDR_GSO_ECN));
+  if (!(gso & kTunnelBits) || (gso & kTunnelBits) == kTunnelBits ||
+      (inner != HDR_GSO_TCPV4 && inner != HDR_GSO_TCPV6 && inner != HDR_GSO_UDP_L4) || !(flags & HDR_F_NEEDS_CSUM) ||
+      (flags & HDR_F_DATA_VALID))
+    return kTxHdrTunnelBadType;
+  auto u16 = [&h](uint32_t off) { return static_cast<uint32_t>(h[off] | h[off + 1] << 8); };
+  const uint64_t frame = c.bytes - hdr_len;
+  const uint32_t outer_th = u16(HDR_OFF_OUTER_TH_OFFSET), inner_nh = u16(HDR_OFF_INNER_NH_OFFSET);
+  const uint32_t csum_start = u16(6), csum_offset = u16(8);
+  const uint32_t outer_l3 = (gso & HDR_GSO_UDP_TUNNEL_IPV6) ? kIpv6HdrLen : kIpv4HdrMin;
+  const uint32_t inner_l3 = inner == HDR_GSO_TCPV6 ? kIpv6HdrLen : kIpv4HdrMin;
+  if (uint64_t{outer_th} + kUdpHdrLen > frame || uint64_t{inner_nh} + inner_l3 > frame ||
+      uint64_t{csum_start} + csum_offset + 2 > frame)
+    return kTxHdrTunnelOffsetPastFrame;
+  if (outer_th < kEthHdrLen + outer_l3 || inner_nh < outer_th + kUdpHdrLen || csum_start < inner_nh + inner_l3)
+    return kTxHdrTunnelOffsetOrder;
+  return -1;
+}
+
 int WriteErrorDrop(int err, const Chain& c, uint32_t hdr_len) {
   if (err == EINVAL) return ClassifyEinval(c, hdr_len);
   if (err == EIO) return kTapWriteEio;
@@ -155,8 +206,17 @@ bool FilterAccepts(const RxFilter& f, const iovec* iov, size_t cnt, size_t offse
 }  // namespace
 
 bool Engine::Validate(const EngineConfig& c, std::string* why) {
-  if (c.hdr_len != HDR_SIZE_LEGACY && c.hdr_len != HDR_SIZE_V1 && c.hdr_len != HDR_SIZE_HASH) {
-    *why = "hdrLen must be 10, 12 or 20";
+  if (c.hdr_len != HDR_SIZE_LEGACY && c.hdr_len != HDR_SIZE_V1 && c.hdr_len != HDR_SIZE_HASH &&
+      c.hdr_len != HDR_SIZE_TUNNEL) {
+    *why = "hdrLen must be 10, 12, 20 or 24";
+    return false;
+  }
+  if ((c.host_udp_tunnel || c.host_udp_tunnel_csum) && c.hdr_len != HDR_SIZE_TUNNEL) {
+    *why = "hostUdpTunnel needs the 24-byte header (hdrLen 24)";
+    return false;
+  }
+  if (c.host_udp_tunnel_csum && !c.host_udp_tunnel) {
+    *why = "hostUdpTunnelCsum needs hostUdpTunnel";
     return false;
   }
   if (c.mergeable && c.hdr_len < HDR_SIZE_V1) {
@@ -219,6 +279,7 @@ EngineT<Q>::EngineT(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on
   tx_slots_.resize(kBatch);
   frames_.resize(kBatch);
   results_.resize(kBatch);
+  tx_refused_.resize(kBatch);
 }
 
 template <class Q>
@@ -564,12 +625,16 @@ bool EngineT<Q>::ProcessTx() {
       if (memory_moved) continue;  // RefreshMemory() at the top takes the new table
       break;
     }
-    // A chain in more buffers than one writev takes is dropped in place; the
-    // rest go to the TAP as one batch.
+    // A chain in more buffers than one writev takes, or with a tunnel header
+    // the guest may not send, is dropped in place; the rest go to the TAP as
+    // one batch.
     unsigned nio = 0;
     for (unsigned i = 0; i < n; i++) {
       const Chain& c = tx_slots_[i];
-      if (c.iov.size() <= kMaxIov) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
+      tx_refused_[i] = c.iov.size() > kMaxIov
+                           ? kTxTooManySegments
+                           : TunnelHeaderDrop(c, cfg_.hdr_len, cfg_.host_udp_tunnel, cfg_.host_udp_tunnel_csum);
+      if (tx_refused_[i] < 0) frames_[nio++] = IoFrame{c.iov.data(), static_cast<uint32_t>(c.iov.size())};
     }
     const TapIo::Batch outcome = nio ? io_->Write(frames_.data(), nio, results_.data()) : TapIo::Batch::kDone;
     if (nio) QueueStats::Add(io_batches[io_->method()], 1);
@@ -587,8 +652,8 @@ bool EngineT<Q>::ProcessTx() {
     unsigned k = 0, undo_from = n;
     for (unsigned i = 0; i < n; i++) {
       const Chain& c = tx_slots_[i];
-      if (c.iov.size() > kMaxIov) {
-        tx_counts_.drops[kTxTooManySegments]++;
+      if (tx_refused_[i] >= 0) {
+        tx_counts_.drops[tx_refused_[i]]++;
       } else {
         const int32_t r = results_[k++];
         if (r == kNotDone || r == -EAGAIN || r == -EWOULDBLOCK) {

@@ -45,6 +45,11 @@ struct EngineConfig {
   // rx.layout.packed / tx.layout.packed (VIRTIO_F_RING_PACKED; both alike).
   bool in_order = false;
   uint32_t rx_frame_max = 0;
+  // VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO / _CSUM negotiated. tun accepts any tunnel
+  // header once the header size is 24 (it cannot know which direction the guest
+  // negotiated), so the engine is the one to refuse what the guest may not send.
+  bool host_udp_tunnel = false;
+  bool host_udp_tunnel_csum = false;
   // Before sleeping, poll the rings and the TAP for up to this long (vhost-net's
   // busyloop_timeout): trades CPU for latency and fewer kicks. 0 = never.
   uint32_t busy_poll_us = 0;
@@ -208,6 +213,7 @@ class EngineT final : public Engine {
   std::vector<Chain> tx_slots_;    // the chains of one TX batch
   std::vector<IoFrame> frames_;    // one batch's frames as handed to io_
   std::vector<int32_t> results_;   // and their results
+  std::vector<int> tx_refused_;    // per chain of a TX batch: the TxDrop that keeps it from the TAP, or -1
   Chain scratch_;
   RxStash stash_;
   size_t rx_batch_ = 1;            // adaptive RX batch: reads to post next time

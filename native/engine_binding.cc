@@ -147,6 +147,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.indirect = GetBool(opts, "indirect");
     cfg.in_order = !opts.Get("inOrder").IsUndefined() && GetBool(opts, "inOrder");
     cfg.rx_frame_max = static_cast<uint32_t>(GetRange(opts, "rxFrameMax", 0, UINT32_MAX, ""));
+    cfg.host_udp_tunnel = !opts.Get("hostUdpTunnel").IsUndefined() && GetBool(opts, "hostUdpTunnel");
+    cfg.host_udp_tunnel_csum = !opts.Get("hostUdpTunnelCsum").IsUndefined() && GetBool(opts, "hostUdpTunnelCsum");
     // A second at most: longer is a spinning thread, not a latency trade.
     if (!opts.Get("busyPollUs").IsUndefined())
       cfg.busy_poll_us = static_cast<uint32_t>(GetRange(opts, "busyPollUs", 0, 1000000, ""));

@@ -27,12 +27,26 @@ enum TxDrop : int {
   kTxHdrUsoNoCsum,      // UDP_L4 (USO) without NEEDS_CSUM
   kTxTapFullReordered,  // the TAP refused it after later frames of its batch were
                         // already written (tx_reordered) and stayed full (tap_io.h)
+  // GSO over UDP tunnels (virtio 1.4 §5.1.6.2.1), checked before the write: tun
+  // takes any tunnel header once the header is 24 bytes, whatever was negotiated.
+  kTxHdrTunnelShortHeader,     // a tunnel gso_type or UDP_TUNNEL_CSUM, but the negotiated
+                               // header (10/12/20 bytes) has no tunnel fields
+  kTxHdrTunnelNotNegotiated,   // a tunnel gso_type without HOST_UDP_TUNNEL_GSO, or
+                               // UDP_TUNNEL_CSUM without HOST_UDP_TUNNEL_GSO_CSUM
+  kTxHdrTunnelBadType,         // both IPV4 and IPV6 tunnel bits, an inner type other than
+                               // TCPV4/TCPV6/UDP_L4, no NEEDS_CSUM, DATA_VALID, or
+                               // UDP_TUNNEL_CSUM without a tunnel gso_type
+  kTxHdrTunnelOffsetOrder,     // outer_th_offset before the end of the outer IP header, or
+                               // inner_nh_offset / csum_start before the header they follow
+  kTxHdrTunnelOffsetPastFrame, // an offset (or the inner checksum) outside the frame
   kTxDropCount
 };
 inline constexpr std::array<const char*, kTxDropCount> kTxDropNames = {
     "tap_write_einval",       "tap_write_eio",        "tap_write_efault",        "tap_write_error",
     "tx_too_many_segments",   "tx_hdr_csum_past_frame", "tx_hdr_len_past_frame", "tx_hdr_bad_gso_type",
-    "tx_hdr_gso_size_zero",   "tx_hdr_uso_without_csum", "tx_tap_full_reordered"};
+    "tx_hdr_gso_size_zero",   "tx_hdr_uso_without_csum", "tx_tap_full_reordered",
+    "tx_hdr_tunnel_short_header", "tx_hdr_tunnel_not_negotiated", "tx_hdr_tunnel_bad_type",
+    "tx_hdr_tunnel_offset_order", "tx_hdr_tunnel_offset_past_frame"};
 
 enum RxDrop : int {
   kRxTruncated,   // the frame was larger than the buffers offered; discarded, buffers reused

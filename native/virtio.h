@@ -32,6 +32,11 @@ constexpr int F_IN_ORDER = 35;
 constexpr int F_GUEST_USO4 = 54;
 constexpr int F_GUEST_USO6 = 55;
 constexpr int F_HOST_USO = 56;
+// GSO over UDP tunnels (virtio 1.4 §5.1.3): above 63, so never a uint64_t shift.
+constexpr int F_GUEST_UDP_TUNNEL_GSO = 65;
+constexpr int F_GUEST_UDP_TUNNEL_GSO_CSUM = 66;
+constexpr int F_HOST_UDP_TUNNEL_GSO = 67;
+constexpr int F_HOST_UDP_TUNNEL_GSO_CSUM = 68;
 
 // Split ring (virtio 1.x §2.7).
 constexpr uint32_t RING_MAX_SIZE = 32768;
@@ -58,16 +63,25 @@ constexpr uint16_t RING_PACKED_WRAP_BIT = 1 << 15;
 // virtio_net_hdr (virtio 1.x §5.1.6).
 constexpr uint8_t HDR_F_NEEDS_CSUM = 1;
 constexpr uint8_t HDR_F_DATA_VALID = 2;
+constexpr uint8_t HDR_F_UDP_TUNNEL_CSUM = 8;
 constexpr uint8_t HDR_GSO_NONE = 0;
 constexpr uint8_t HDR_GSO_TCPV4 = 1;
 constexpr uint8_t HDR_GSO_UDP = 3;
 constexpr uint8_t HDR_GSO_TCPV6 = 4;
 constexpr uint8_t HDR_GSO_UDP_L4 = 5;
+// Or'ed into TCPV4/TCPV6/UDP_L4: carried by a UDP tunnel whose OUTER network header
+// is IPv4 / IPv6 (as Linux 6.17+ reads them; see backend/virtio.ts).
+constexpr uint8_t HDR_GSO_UDP_TUNNEL_IPV4 = 0x20;
+constexpr uint8_t HDR_GSO_UDP_TUNNEL_IPV6 = 0x40;
 constexpr uint8_t HDR_GSO_ECN = 0x80;
 constexpr uint32_t HDR_OFF_NUM_BUFFERS = 10;
+// struct virtio_net_hdr_v1_hash_tunnel: outer_th_offset, inner_nh_offset after the hash fields.
+constexpr uint32_t HDR_OFF_OUTER_TH_OFFSET = 20;
+constexpr uint32_t HDR_OFF_INNER_NH_OFFSET = 22;
 constexpr uint32_t HDR_SIZE_LEGACY = 10;
 constexpr uint32_t HDR_SIZE_V1 = 12;
 constexpr uint32_t HDR_SIZE_HASH = 20;
+constexpr uint32_t HDR_SIZE_TUNNEL = 24;
 
 // linux/if_tun.h; Debian 12's headers lack the USO offloads, so all are spelled out.
 constexpr int TUN_IFF_TUN = 0x0001;
@@ -86,6 +100,8 @@ constexpr int TUN_F_TSO_ECN = 0x08;
 constexpr int TUN_F_UFO = 0x10;
 constexpr int TUN_F_USO4 = 0x20;
 constexpr int TUN_F_USO6 = 0x40;
+constexpr int TUN_F_UDP_TUNNEL_GSO = 0x80;       // Linux 6.17+
+constexpr int TUN_F_UDP_TUNNEL_GSO_CSUM = 0x100;  // Linux 6.17+
 constexpr int TUN_MAX_QUEUES = 256;
 
 }  // namespace vt
@@ -103,12 +119,22 @@ constexpr int TUN_MAX_QUEUES = 256;
   X(F_RING_EVENT_IDX, vt::F_RING_EVENT_IDX) X(F_VERSION_1, vt::F_VERSION_1)               \
   X(F_GUEST_USO4, vt::F_GUEST_USO4) X(F_GUEST_USO6, vt::F_GUEST_USO6)                     \
   X(F_HOST_USO, vt::F_HOST_USO)                                                           \
+  X(F_GUEST_UDP_TUNNEL_GSO, vt::F_GUEST_UDP_TUNNEL_GSO)                                   \
+  X(F_GUEST_UDP_TUNNEL_GSO_CSUM, vt::F_GUEST_UDP_TUNNEL_GSO_CSUM)                         \
+  X(F_HOST_UDP_TUNNEL_GSO, vt::F_HOST_UDP_TUNNEL_GSO)                                     \
+  X(F_HOST_UDP_TUNNEL_GSO_CSUM, vt::F_HOST_UDP_TUNNEL_GSO_CSUM)                           \
   X(RING_MAX_SIZE, vt::RING_MAX_SIZE) X(RING_DESC_SIZE, vt::RING_DESC_SIZE)               \
   X(RING_USED_ELEM_SIZE, vt::RING_USED_ELEM_SIZE) X(RING_DESC_F_NEXT, vt::RING_DESC_F_NEXT) \
   X(RING_DESC_F_WRITE, vt::RING_DESC_F_WRITE) X(RING_DESC_F_INDIRECT, vt::RING_DESC_F_INDIRECT) \
   X(RING_AVAIL_F_NO_INTERRUPT, vt::RING_AVAIL_F_NO_INTERRUPT)                             \
   X(RING_USED_F_NO_NOTIFY, vt::RING_USED_F_NO_NOTIFY)                                     \
   X(HDR_F_NEEDS_CSUM, vt::HDR_F_NEEDS_CSUM) X(HDR_F_DATA_VALID, vt::HDR_F_DATA_VALID)     \
+  X(HDR_F_UDP_TUNNEL_CSUM, vt::HDR_F_UDP_TUNNEL_CSUM)                                     \
+  X(HDR_GSO_UDP_TUNNEL_IPV4, vt::HDR_GSO_UDP_TUNNEL_IPV4)                                 \
+  X(HDR_GSO_UDP_TUNNEL_IPV6, vt::HDR_GSO_UDP_TUNNEL_IPV6)                                 \
+  X(HDR_OFF_OUTER_TH_OFFSET, vt::HDR_OFF_OUTER_TH_OFFSET)                                 \
+  X(HDR_OFF_INNER_NH_OFFSET, vt::HDR_OFF_INNER_NH_OFFSET)                                 \
+  X(HDR_SIZE_TUNNEL, vt::HDR_SIZE_TUNNEL)                                                 \
   X(HDR_GSO_NONE, vt::HDR_GSO_NONE) X(HDR_GSO_TCPV4, vt::HDR_GSO_TCPV4)                   \
   X(HDR_GSO_UDP, vt::HDR_GSO_UDP) X(HDR_GSO_TCPV6, vt::HDR_GSO_TCPV6)                     \
   X(HDR_GSO_UDP_L4, vt::HDR_GSO_UDP_L4) X(HDR_GSO_ECN, vt::HDR_GSO_ECN)                   \
@@ -123,4 +149,6 @@ constexpr int TUN_MAX_QUEUES = 256;
   X(TUN_F_TSO4, vt::TUN_F_TSO4) X(TUN_F_TSO6, vt::TUN_F_TSO6)                             \
   X(TUN_F_TSO_ECN, vt::TUN_F_TSO_ECN) X(TUN_F_UFO, vt::TUN_F_UFO)                         \
   X(TUN_F_USO4, vt::TUN_F_USO4) X(TUN_F_USO6, vt::TUN_F_USO6)                             \
+  X(TUN_F_UDP_TUNNEL_GSO, vt::TUN_F_UDP_TUNNEL_GSO)                                       \
+  X(TUN_F_UDP_TUNNEL_GSO_CSUM, vt::TUN_F_UDP_TUNNEL_GSO_CSUM)                             \
   X(TUN_MAX_QUEUES, vt::TUN_MAX_QUEUES)

@@ -59,7 +59,8 @@ test('every feature the data plane knows in C++ is a feature bit in TS (and the 
   for (const [name, b] of Object.entries(F)) {
     t.false(seen.has(b), `F.${name} and F.${seen.get(b)} share bit ${b}`);
     seen.set(b, name);
-    t.true(b >= 0 && b < 64, `F.${name} = ${b}`);
+    // virtio 1.4 numbers features up to 127 (four 32-bit words); the tunnel offloads are 65..68.
+    t.true(b >= 0 && b < 128, `F.${name} = ${b}`);
   }
 });
 
@@ -73,6 +74,8 @@ const SPEC_FEATURES: Record<string, number> = {
   CTRL_RX: 18, CTRL_VLAN: 19, CTRL_RX_EXTRA: 20, GUEST_ANNOUNCE: 21, MQ: 22, CTRL_MAC_ADDR: 23, DEVICE_STATS: 50,
   VQ_NOTF_COAL: 52, NOTF_COAL: 53, GUEST_USO4: 54, GUEST_USO6: 55, HOST_USO: 56, HASH_REPORT: 57, GUEST_HDRLEN: 59,
   RSS: 60, RSC_EXT: 61, STANDBY: 62, SPEED_DUPLEX: 63,
+  // virtio 1.4 §5.1.3 and Linux 6.17+ include/uapi/linux/virtio_net.h.
+  GUEST_UDP_TUNNEL_GSO: 65, GUEST_UDP_TUNNEL_GSO_CSUM: 66, HOST_UDP_TUNNEL_GSO: 67, HOST_UDP_TUNNEL_GSO_CSUM: 68,
 };
 
 test('feature bits match the virtio spec', (t) => {
@@ -81,6 +84,8 @@ test('feature bits match the virtio spec', (t) => {
   t.is(bits('CSUM', 'MAC', 'SPEED_DUPLEX'), 1n | 32n | (1n << 63n));
   t.deepEqual(featureNames(bits('CSUM', 'HOST_USO')), ['CSUM', 'HOST_USO']);
   t.deepEqual(featureNames((1n << 45n) | bit('MAC')), ['MAC', 'bit 45'], 'reserved bits are named by number');
+  t.is(bit('HOST_UDP_TUNNEL_GSO_CSUM'), 1n << 68n);
+  t.deepEqual(featureNames(bits('GUEST_UDP_TUNNEL_GSO', 'HOST_UDP_TUNNEL_GSO') | (1n << 64n)), ['GUEST_UDP_TUNNEL_GSO', 'HOST_UDP_TUNNEL_GSO', 'bit 64']);
 });
 
 test('status, ring, header, config and control-queue numbers match the spec', (t) => {
@@ -93,6 +98,9 @@ test('status, ring, header, config and control-queue numbers match the spec', (t
     F_NEEDS_CSUM: 1, F_DATA_VALID: 2, F_RSC_INFO: 4, GSO_NONE: 0, GSO_TCPV4: 1, GSO_UDP: 3, GSO_TCPV6: 4,
     GSO_UDP_L4: 5, GSO_ECN: 0x80, OFF_FLAGS: 0, OFF_GSO_TYPE: 1, OFF_HDR_LEN: 2, OFF_GSO_SIZE: 4,
     OFF_CSUM_START: 6, OFF_CSUM_OFFSET: 8, OFF_NUM_BUFFERS: 10, SIZE_LEGACY: 10, SIZE_V1: 12, SIZE_HASH: 20,
+    // virtio 1.4 §5.1.6 (struct virtio_net_hdr_v1_hash_tunnel in Linux 6.17+).
+    F_UDP_TUNNEL_CSUM: 8, GSO_UDP_TUNNEL_IPV4: 0x20, GSO_UDP_TUNNEL_IPV6: 0x40,
+    OFF_OUTER_TH_OFFSET: 20, OFF_INNER_NH_OFFSET: 22, SIZE_TUNNEL: 24,
   });
   t.like(CONFIG, { OFF_MAC: 0, OFF_STATUS: 6, OFF_MAX_VQ_PAIRS: 8, OFF_MTU: 10, OFF_SPEED: 12, OFF_DUPLEX: 16, S_LINK_UP: 1, S_ANNOUNCE: 2 });
   t.like(CTRL, {
@@ -100,6 +108,7 @@ test('status, ring, header, config and control-queue numbers match the spec', (t
     CLASS_MAC: 1, MAC_TABLE_SET: 0, MAC_ADDR_SET: 1, CLASS_VLAN: 2, VLAN_ADD: 0, VLAN_DEL: 1, CLASS_ANNOUNCE: 3,
     ANNOUNCE_ACK: 0, CLASS_MQ: 4, MQ_VQ_PAIRS_SET: 0, CLASS_GUEST_OFFLOADS: 5, GUEST_OFFLOADS_SET: 0,
     CLASS_NOTF_COAL: 6, NOTF_COAL_TX_SET: 0, NOTF_COAL_RX_SET: 1, NOTF_COAL_VQ_SET: 2, NOTF_COAL_VQ_GET: 3,
+    OFFLOAD_GUEST_UDP_TUNNEL_GSO: 46, OFFLOAD_GUEST_UDP_TUNNEL_GSO_CSUM: 47,
   });
 });
 
@@ -108,6 +117,7 @@ test('TUN numbers match linux/if_tun.h', (t) => {
     IFF_TUN: 0x0001, IFF_TAP: 0x0002, IFF_NAPI: 0x0010, IFF_NAPI_FRAGS: 0x0020, IFF_MULTI_QUEUE: 0x0100,
     IFF_ATTACH_QUEUE: 0x0200, IFF_DETACH_QUEUE: 0x0400, IFF_NO_PI: 0x1000, IFF_VNET_HDR: 0x4000,
     F_CSUM: 0x01, F_TSO4: 0x02, F_TSO6: 0x04, F_TSO_ECN: 0x08, F_UFO: 0x10, F_USO4: 0x20, F_USO6: 0x40,
+    F_UDP_TUNNEL_GSO: 0x80, F_UDP_TUNNEL_GSO_CSUM: 0x100,
     MAX_QUEUES: 256, MAX_NAME: 15,
   });
 });
@@ -134,4 +144,12 @@ test('netHdrSize: 10 legacy, 12 with VERSION_1 or MRG_RXBUF, 20 with HASH_REPORT
   t.is(netHdrSize(bits('VERSION_1', 'HASH_REPORT')), 20);
   t.is(netHdrSize(bits('VERSION_1', 'MRG_RXBUF', 'HASH_REPORT')), 20);
   t.is(HDR.OFF_NUM_BUFFERS + 2, HDR.SIZE_V1);
+});
+
+test('netHdrSize: 24 with either UDP tunnel GSO feature (the tunnel fields follow the hash fields, there or not)', (t) => {
+  t.is(netHdrSize(bits('VERSION_1', 'GUEST_UDP_TUNNEL_GSO')), 24);
+  t.is(netHdrSize(bits('VERSION_1', 'HOST_UDP_TUNNEL_GSO')), 24);
+  t.is(netHdrSize(bits('VERSION_1', 'MRG_RXBUF', 'HASH_REPORT', 'HOST_UDP_TUNNEL_GSO')), 24);
+  t.is(HDR.OFF_INNER_NH_OFFSET + 2, HDR.SIZE_TUNNEL);
+  t.is(HDR.OFF_OUTER_TH_OFFSET, HDR.SIZE_HASH);
 });

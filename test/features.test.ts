@@ -9,12 +9,16 @@ import {
   MQ_FEATURES,
   OFFLOAD_FEATURES,
   OFFLOADS,
+  offloadsFromWord,
+  offloadsToWord,
   probeOffloads,
+  UDP_TUNNEL_FEATURES,
   rxFrameMax,
   tunOffloads,
   validateDriverFeatures,
 } from '../backend/features';
 import { bit, bits, F, type FeatureName, TUN } from '../backend/virtio';
+import { udpTunnelNote } from '../cli/run';
 
 /** Every named bit: a device offering everything, so only the dependency rules can refuse. */
 const ALL: bigint = Object.values(F).reduce((m, b) => m | (1n << BigInt(b)), 0n);
@@ -183,9 +187,10 @@ test('probeOffloads drops what the kernel refuses and says why', (t) => {
     if (flags & refuse) throw Object.assign(new Error('Invalid argument'), { code: 'EINVAL' });
   });
   const uso = bits('HOST_USO', 'GUEST_USO4', 'GUEST_USO6');
-  t.is(offered, OFFLOAD_FEATURES & ~uso);
-  t.deepEqual(caps.missing.map((m) => m.feature).sort(), ['GUEST_USO4', 'GUEST_USO6', 'HOST_USO']);
-  for (const m of caps.missing) {
+  // The UDP tunnel offloads need USO (virtio 1.4 §5.1.3.1): they go too.
+  t.is(offered, OFFLOAD_FEATURES & ~uso & ~UDP_TUNNEL_FEATURES);
+  t.deepEqual(caps.missing.filter((m) => !/TUNNEL/.test(m.feature)).map((m) => m.feature).sort(), ['GUEST_USO4', 'GUEST_USO6', 'HOST_USO']);
+  for (const m of caps.missing.filter((m) => !/TUNNEL/.test(m.feature))) {
     t.regex(m.reason, /Invalid argument/);
     t.regex(m.reason, /0x[0-9a-f]+/);
   }
@@ -213,4 +218,67 @@ test('probeOffloads with a kernel refusing every flag offers only what needs no 
   t.is(offered & bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_ECN', 'GUEST_UFO', 'GUEST_USO4', 'GUEST_USO6'), 0n);
   t.is(caps.offloads.length + caps.missing.length, OFFLOADS.length);
   t.is(validateDriverFeatures(offered, offered), null);
+});
+
+// --- GSO over UDP tunnels (virtio 1.4, features 65..68) ------------------------------------
+
+test('a kernel without UDP tunnel GSO (TUN_F_UDP_TUNNEL_GSO refused, before 6.17): the four features are not offered, each with the reason', (t) => {
+  const { offered, caps } = probeOffloads((flags) => {
+    if (flags & (TUN.F_UDP_TUNNEL_GSO | TUN.F_UDP_TUNNEL_GSO_CSUM)) throw new Error('Invalid argument');
+  });
+  t.is(offered & UDP_TUNNEL_FEATURES, 0n);
+  t.is(offered, OFFLOAD_FEATURES & ~UDP_TUNNEL_FEATURES);
+  t.deepEqual(caps.missing.map((m) => m.feature).sort(), ['GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM', 'HOST_UDP_TUNNEL_GSO', 'HOST_UDP_TUNNEL_GSO_CSUM']);
+  for (const m of caps.missing) t.regex(m.reason, /TUNSETOFFLOAD 0x1?8[0-9a-f].*Invalid argument/);
+  t.is(validateDriverFeatures(offered, offered), null);
+});
+
+test('a kernel with tunnel GSO but without USO: the tunnel features are not offered (they need USO), and the reason says so', (t) => {
+  const { offered, caps } = probeOffloads((flags) => {
+    if (flags & (TUN.F_USO4 | TUN.F_USO6)) throw new Error('Invalid argument');
+  });
+  t.is(offered & UDP_TUNNEL_FEATURES, 0n);
+  const why = caps.missing.find((m) => m.feature === 'GUEST_UDP_TUNNEL_GSO')?.reason ?? '';
+  t.regex(why, /needs GUEST_USO4 and GUEST_USO6/);
+  t.false(caps.offloads.includes('HOST_UDP_TUNNEL_GSO'));
+  t.is(validateDriverFeatures(offered, offered), null);
+});
+
+test('tunnel feature dependencies (virtio 1.4 §5.1.3.1): every plain GSO offload of the direction, and _CSUM needs the base', (t) => {
+  const guestGso = bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
+  const hostGso = bits('CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_USO');
+  t.is(validateDriverFeatures(guestGso | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM'), ALL), null);
+  t.is(validateDriverFeatures(hostGso | bits('HOST_UDP_TUNNEL_GSO', 'HOST_UDP_TUNNEL_GSO_CSUM'), ALL), null);
+  t.regex(validateDriverFeatures((guestGso & ~bit('GUEST_USO6')) | bit('GUEST_UDP_TUNNEL_GSO'), ALL) ?? '', /GUEST_UDP_TUNNEL_GSO requires GUEST_USO6/);
+  t.regex(validateDriverFeatures(hostGso | bit('HOST_UDP_TUNNEL_GSO_CSUM'), ALL) ?? '', /HOST_UDP_TUNNEL_GSO_CSUM requires HOST_UDP_TUNNEL_GSO/);
+  t.regex(validateDriverFeatures(guestGso | bit('GUEST_UDP_TUNNEL_GSO_CSUM'), ALL) ?? '', /GUEST_UDP_TUNNEL_GSO_CSUM requires GUEST_UDP_TUNNEL_GSO/);
+  t.regex(validateDriverFeatures((hostGso & ~bit('HOST_USO')) | bit('HOST_UDP_TUNNEL_GSO'), ALL) ?? '', /HOST_UDP_TUNNEL_GSO requires HOST_USO/);
+});
+
+test('tunOffloads: GUEST_UDP_TUNNEL_GSO(_CSUM) become TUN_F_UDP_TUNNEL_GSO(_CSUM) (0x80, 0x100), only beside a plain GSO flag', (t) => {
+  const guestGso = bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
+  t.is(tunOffloads(guestGso | bit('GUEST_UDP_TUNNEL_GSO')), 0x01 | 0x02 | 0x04 | 0x20 | 0x40 | 0x80);
+  t.is(tunOffloads(guestGso | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM')), 0x1e7);
+  // CSUM alone: tun refuses the tunnel flags (EINVAL), so they are left out.
+  t.is(tunOffloads(bits('GUEST_CSUM', 'GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM')), TUN.F_CSUM);
+  t.is(tunOffloads(guestGso | bit('GUEST_UDP_TUNNEL_GSO_CSUM')) & 0x100, 0, '_CSUM alone is nothing');
+  t.is(tunOffloads(bits('HOST_UDP_TUNNEL_GSO', 'HOST_UDP_TUNNEL_GSO_CSUM')), 0, 'HOST_ bits describe TX');
+});
+
+test('GUEST_OFFLOADS_SET word: bits 46 and 47 stand for features 65 and 66 (virtio 1.4 §5.1.6.5.6.1), the rest map to themselves', (t) => {
+  t.is(offloadsFromWord(1n << 46n), bit('GUEST_UDP_TUNNEL_GSO'));
+  t.is(offloadsFromWord(1n << 47n), bit('GUEST_UDP_TUNNEL_GSO_CSUM'));
+  const plain = bits('GUEST_CSUM', 'GUEST_TSO4', 'GUEST_USO6');
+  t.is(offloadsFromWord(plain | (3n << 46n)), plain | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM'));
+  t.is(offloadsToWord(plain | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM')), plain | (3n << 46n));
+  for (const f of [0n, plain, plain | bit('GUEST_UDP_TUNNEL_GSO')]) t.is(offloadsFromWord(offloadsToWord(f)), f);
+  t.true(offloadsToWord(ALL) < 1n << 64n, 'the word is a u64');
+});
+
+test('the ready line says what holds for UDP tunnel GSO: unsupported by the kernel, offered, or which directions were taken', (t) => {
+  t.regex(udpTunnelNote({ kernel: false, guest: false, host: false, why: 'x' }), /unsupported by this kernel/);
+  t.is(udpTunnelNote({ kernel: true, guest: false, host: false }), 'udp tunnel gso offered, not negotiated');
+  t.is(udpTunnelNote({ kernel: true, guest: true, host: true }), 'udp tunnel gso tx+rx');
+  t.is(udpTunnelNote({ kernel: true, guest: true, host: false }), 'udp tunnel gso rx');
+  t.regex(udpTunnelNote({ kernel: true, guest: false, host: false }, true), /not offered \(vhost-user features are 64 bits\)/);
 });

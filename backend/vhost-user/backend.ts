@@ -44,6 +44,9 @@ export interface TapBackendOptions {
  * back end acks the bit). Not offered: the other CTRL_* commands, STATUS, MAC and MTU (the
  * VMM's config space and options), anything not implemented.
  */
+/** What GET_FEATURES' u64 can name. */
+export const VHOST_USER_FEATURE_MASK: bigint = (1n << 64n) - 1n;
+
 export const VHOST_USER_BASE_FEATURES: bigint = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'RING_PACKED', 'IN_ORDER', 'GUEST_ANNOUNCE', 'CTRL_VQ');
 
 const KNOWN_OPTIONS = new Set(['tap', 'netns', 'queuePairs', 'features', 'busyPollUs', 'io', 'napi', 'mtu']);
@@ -105,7 +108,9 @@ export class TapBackend implements VhostUserBackend {
       this.dp.close();
       throw e;
     }
-    let offered = VHOST_USER_BASE_FEATURES | this.dp.offloads;
+    // GET_FEATURES / SET_FEATURES carry a u64: features above 63 (the UDP tunnel offloads,
+    // 65..68) cannot be offered over this protocol.
+    let offered = (VHOST_USER_BASE_FEATURES | this.dp.offloads) & VHOST_USER_FEATURE_MASK;
     if (this.queuePairs > 1) offered |= bits('MQ');
     if (opts.features !== undefined) offered &= opts.features;
     this.features = offered;
