@@ -301,6 +301,26 @@ export class TapDataPath {
     native(this.what, () => e.setCallFd(ring, fd));
   }
 
+  /**
+   * Per-queue reset of virtqueue `vq` of running pair vq/2 (VIRTIO_F_RING_RESET): only that
+   * ring stops, the pair's other ring and the other pairs run on. Returns where it stood.
+   */
+  resetQueue(vq: number): RingPosition {
+    const e = this.engines[vq >> 1];
+    if (!e) throw new DeviceStateError(`virtqueue ${vq} is not running`);
+    this.queueCoalescingSet.delete(vq);
+    return native(`virtqueue ${vq}`, () => e.resetQueue(kindOf(vq)));
+  }
+
+  /** Serves reset virtqueue `vq` again with a new ring (from a fresh position); the pair must run. */
+  enableQueue(vq: number, ring: { size: number; desc: number; avail: number; used: number; packed?: boolean }): void {
+    const e = this.engines[vq >> 1];
+    if (!e) throw new DeviceStateError(`virtqueue ${vq} is not running`);
+    native(`virtqueue ${vq}`, () => e.enableQueue(kindOf(vq), ring));
+    // A queue enabled again takes RX_SET's / TX_SET's values (virtio 1.3, Notifications Coalescing).
+    e.setCoalescing(kindOf(vq), ...this.coalescing[kindOf(vq)]);
+  }
+
   /** Starts pair p's engine on its TAP queue, attaching the queue if it was detached. */
   startPair(p: number, setup: PairSetup): void {
     if (this.engines[p]) return;

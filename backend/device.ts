@@ -144,6 +144,8 @@ export class VirtioNetDevice extends EventEmitter {
   private readonly queues: (QueueSetup | undefined)[];
   /** Ring positions of stopped queues, so a pair restarted by VQ_PAIRS_SET resumes where it was. */
   private readonly positions: Map<number, RingPosition> = new Map();
+  /** Virtqueues reset by resetQueue() and not yet enabled again. */
+  private readonly resetQueues = new Set<number>();
   private readonly mtu: number;
   private readonly macBytes: Uint8Array;
   private ctrl: ControlQueueServer | undefined;
@@ -310,7 +312,9 @@ export class VirtioNetDevice extends EventEmitter {
   setQueue(index: number, q: QueueSetup): void {
     this.assertOpen();
     this.checkIndex(index);
-    if (this._status & STATUS.DRIVER_OK) throw new DeviceStateError(`setQueue(${index}) after DRIVER_OK; reset the device first`);
+    if (this._status & STATUS.DRIVER_OK && !this.resetQueues.has(index)) {
+      throw new DeviceStateError(`setQueue(${index}) after DRIVER_OK; reset the device first, or the queue alone with resetQueue(${index}) (VIRTIO_F_RING_RESET)`);
+    }
     if (!q || typeof q !== 'object') throw new InvalidArgumentError('setQueue needs { size, desc, avail, used }');
     const { size, desc, avail, used } = q;
     for (const [name, v] of [['size', size], ['desc', desc], ['avail', avail], ['used', used]] as const) {
@@ -324,6 +328,52 @@ export class VirtioNetDevice extends EventEmitter {
     const bad = this.memory.checkRings([ring]) ?? this.memory.checkRings([ring, ...others]);
     if (bad) throw new InvalidArgumentError(`queue ${index}: ${bad.detail} (${bad.rule})`);
     this.queues[index] = ring;
+  }
+
+  /**
+   * Per-queue reset (VIRTIO_F_RING_RESET, virtio 1.2 §2.6.1; virtio-pci's queue_reset): the
+   * device stops using RX or TX virtqueue `index` of a running pair while every other queue
+   * keeps carrying traffic, and forgets its ring. Nothing is lost uncounted: the worker stops at
+   * a batch boundary, where every chain it took is used and published; chains the driver had
+   * made available and the device had not taken are the driver's again; frames for a reset RX
+   * queue wait in the TAP queue. Then setQueue(index, ...) (any size and addresses) and
+   * enableQueue(index). Needs RING_RESET negotiated and DRIVER_OK; the control queue cannot be
+   * reset here (InvalidArgumentError).
+   */
+  resetQueue(index: number): void {
+    this.assertOpen();
+    this.checkIndex(index);
+    if (index === ctrlq(this.queuePairs)) throw new InvalidArgumentError(`virtqueue ${index} is the control queue: only RX and TX queues can be reset alone`);
+    if (!has(this._driverFeatures, 'RING_RESET')) throw new DeviceStateError(`resetQueue(${index}): the driver did not negotiate VIRTIO_F_RING_RESET`);
+    if (!(this._status & STATUS.DRIVER_OK)) throw new DeviceStateError(`resetQueue(${index}) before DRIVER_OK: queues are not running yet`);
+    if (this.resetQueues.has(index)) return; // already reset: as the register reads 1 until enabled
+    if (!this.dp.running(index >> 1)) throw new DeviceStateError(`resetQueue(${index}): queue pair ${index >> 1} is not active (VQ_PAIRS_SET)`);
+    this.dp.resetQueue(index);
+    this.resetQueues.add(index);
+    this.queues[index] = undefined;
+    this.positions.delete(index);
+  }
+
+  /**
+   * Enables virtqueue `index` again after resetQueue() and setQueue() (virtio-pci's
+   * queue_enable): the device serves its new ring from the start. DeviceStateError when the
+   * queue was not reset or not set up again.
+   */
+  enableQueue(index: number): void {
+    this.assertOpen();
+    this.checkIndex(index);
+    if (!this.resetQueues.has(index)) throw new DeviceStateError(`enableQueue(${index}): the queue was not reset with resetQueue(${index}); it is enabled`);
+    const q = this.queues[index];
+    if (!q) throw new DeviceStateError(`enableQueue(${index}) before setQueue(${index}): give the reset queue its ring first`);
+    if (!this.dp.running(index >> 1)) throw new DeviceStateError(`enableQueue(${index}): queue pair ${index >> 1} is not active (VQ_PAIRS_SET)`);
+    this.dp.enableQueue(index, q);
+    this.resetQueues.delete(index);
+  }
+
+  /** Whether virtqueue `index` is reset (resetQueue()) and not enabled again. */
+  queueReset(index: number): boolean {
+    this.checkIndex(index);
+    return this.resetQueues.has(index);
   }
 
   /**
@@ -497,6 +547,7 @@ export class VirtioNetDevice extends EventEmitter {
    * positions so that a pair started again resumes where it was.
    */
   private setActivePairs(n: number): void {
+    this.assertNoResetQueues(n);
     const changes = new Map<number, PairSetup | null>();
     for (let p = 0; p < this.queuePairs; p++) {
       if (p < n && !this.dp.running(p)) changes.set(p, this.pairSetup(p));
@@ -522,6 +573,7 @@ export class VirtioNetDevice extends EventEmitter {
    * stopped, before the command's ack goes out.
    */
   private async setActivePairsAsync(n: number): Promise<void> {
+    this.assertNoResetQueues(n);
     const changes = new Map<number, PairSetup | null>();
     for (let p = 0; p < this.queuePairs; p++) {
       if (p < n && !this.dp.running(p)) changes.set(p, this.pairSetup(p));
@@ -549,6 +601,16 @@ export class VirtioNetDevice extends EventEmitter {
     await this.dp.setTxFilterAsync(flags, macs);
     if (session !== this.session || this.closed) throw new DeviceStateError('the device was reset during a control command');
     this.dp.setRxFilter(this.rxFilter.snapshot());
+  }
+
+  /** A pair changing state (VQ_PAIRS_SET) must not have a queue reset and not enabled again. */
+  private assertNoResetQueues(n: number): void {
+    for (const i of this.resetQueues) {
+      const p = i >> 1;
+      if (p >= n || !this.dp.running(p)) {
+        throw new DeviceStateError(`queue pair ${p} would start or stop while its virtqueue ${i} is reset; enable it first (enableQueue)`);
+      }
+    }
   }
 
   private pairSetup(p: number): PairSetup {
@@ -624,6 +686,7 @@ export class VirtioNetDevice extends EventEmitter {
     this._driverFeatures = 0n;
     this.featuresError = null;
     this.queues.fill(undefined);
+    this.resetQueues.clear();
     this.activePairs = 1;
     this.resetConfig();
     // Drain stale doorbells so the next initialisation starts quiet (waitCall takes at most

@@ -16,6 +16,9 @@ export const BASE_FEATURES: bigint = bits(
   // Both ring layouts and IN_ORDER: the engines, the control queue and vhost-user serve each.
   'RING_PACKED',
   'IN_ORDER',
+  // Per-queue reset: VirtioNetDevice.resetQueue() / enableQueue() (not over vhost-user, which
+  // has no message for it).
+  'RING_RESET',
   'CTRL_VQ',
   'CTRL_RX',
   'CTRL_VLAN',

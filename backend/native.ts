@@ -383,6 +383,21 @@ export interface NativeEngine {
    */
   setCallFd(queue: 'rx' | 'tx', fd: number): void;
   /**
+   * Per-queue reset (VIRTIO_F_RING_RESET) of this pair's RX or TX ring; the other ring keeps
+   * running. The worker stops serving the ring at its next batch boundary (nothing of it is in
+   * flight there: TX chains are written and used within their batch, RX chains popped but not
+   * filled go back) and this returns where the ring stood. Frames for a reset RX ring wait in
+   * the TAP queue. The ring stays reset across stop()/start() until enableQueue().
+   */
+  resetQueue(queue: 'rx' | 'tx'): { lastAvailIdx: number; usedIdx: number };
+  /**
+   * Serves a reset ring again with a new layout (size may change; packed as the engine's
+   * layout) from the given positions (default: a fresh ring). Throws 'EVHOST_BADARG' with the
+   * rule when the ring does not fit guest memory, overlaps the pair's other ring, or the ring
+   * was not reset.
+   */
+  enableQueue(queue: 'rx' | 'tx', ring: { size: number; desc: number; avail: number; used: number; packed?: boolean; lastAvailIdx?: number; usedIdx?: number }): void;
+  /**
    * Stops the worker and releases what the engine holds now rather than at garbage
    * collection: the thread, its reference to the guest memory and the table it last used
    * (for vhost-user, the front end's mappings). Idempotent; stop() and wake() do nothing

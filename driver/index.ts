@@ -9,6 +9,6 @@ export { DriverQueue, DeviceBugError, needEvent } from './virtqueue';
 export type { QueueAddrs, Buf, UsedElem, Virtqueue } from './virtqueue';
 export { PackedDriverQueue, PACKED, openVirtqueue } from './packed';
 export type { VirtqueueOptions } from './packed';
-export { NetQueuePair, GuestAllocator, negotiate, setUpQueuePair, readNetHdr, writeNetHdr, NO_OFFLOAD } from './net';
+export { NetQueuePair, GuestAllocator, negotiate, setUpQueuePair, resetQueue, readNetHdr, writeNetHdr, NO_OFFLOAD } from './net';
 export type { NetHdr, RxFrame, BufferArea, DriverQueueSetup, NetQueuePairOptions, NetQueuePairStats, QueuePairLayout } from './net';
 export { ControlDriver, CTRL_BUF_BYTES } from './control';

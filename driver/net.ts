@@ -115,12 +115,17 @@ export interface NetQueuePairStats {
   txRingFull: number;
   /** wait() calls that slept. */
   waits: number;
+  /** TX frames queued but not yet used by the device when their queue was reset (resetRing): the device never sent them. */
+  txReclaimedAtReset: number;
+  /** Queue resets this pair went through (resetRing). */
+  queueResets: number;
 }
 
 export class NetQueuePair {
   readonly memory: DriverMemory;
-  readonly rxq: Virtqueue;
-  readonly txq: Virtqueue;
+  /** The rings as this pair drives them now (replaced by resetRing()). */
+  rxq: Virtqueue;
+  txq: Virtqueue;
   readonly hdrLen: number;
   readonly mergeable: boolean;
   /** The RX buffer area's bytes: RxFrame offsets index it. */
@@ -129,14 +134,15 @@ export class NetQueuePair {
   readonly txU8: Uint8Array;
   /** Largest frame (header excluded) one TX slot holds. */
   readonly maxTxFrame: number;
-  readonly stats: NetQueuePairStats = { rxFrames: 0, rxBytes: 0, rxBadHeader: 0, rxShort: 0, txFrames: 0, txBytes: 0, txRingFull: 0, waits: 0 };
+  readonly stats: NetQueuePairStats = { rxFrames: 0, rxBytes: 0, rxBadHeader: 0, rxShort: 0, txFrames: 0, txBytes: 0, txRingFull: 0, waits: 0, txReclaimedAtReset: 0, queueResets: 0 };
 
-  private readonly rx: DriverQueueSetup;
-  private readonly tx: DriverQueueSetup;
+  private rx: DriverQueueSetup;
+  private tx: DriverQueueSetup;
+  private readonly ringOpts: { eventIdx: boolean; packed: boolean; inOrder: boolean };
   private readonly rxArea: BufferArea;
   private readonly txArea: BufferArea;
-  private readonly rxBufOfHead: Int32Array;
-  private readonly txSlotOfHead: Int32Array;
+  private rxBufOfHead: Int32Array;
+  private txSlotOfHead: Int32Array;
   private readonly txFree: Int32Array;
   private txFreeN = 0;
   /** RX buffers not posted because the ring was full when they came back; posted first at the next refill. */
@@ -156,6 +162,7 @@ export class NetQueuePair {
     this.rx = o.rx;
     this.tx = o.tx;
     const ring = { eventIdx: !!o.eventIdx, packed: !!o.packed, inOrder: !!o.inOrder };
+    this.ringOpts = ring;
     this.rxq = openVirtqueue(this.memory, o.rx, ring);
     this.txq = openVirtqueue(this.memory, o.tx, ring);
     this.rxArea = { ...o.rxBuffers };
@@ -178,6 +185,41 @@ export class NetQueuePair {
   start(): void {
     this.refillRx();
     this.flush();
+  }
+
+  /**
+   * The driver's half of a per-queue reset (VIRTIO_F_RING_RESET), after the device reset the
+   * queue (VirtioNetDevice.resetQueue) and before it enables it again: takes every buffer of
+   * the old ring back and starts `setup`'s ring (any size; its memory is cleared here). TX:
+   * frames queued and not yet used were never sent; they are counted in
+   * stats.txReclaimedAtReset and their slots are free again. RX: every buffer is posted on the
+   * new ring (published at the next flush()). Returns the TX frames reclaimed (0 for RX).
+   */
+  resetRing(which: 'rx' | 'tx', setup: DriverQueueSetup): number {
+    if (which !== 'rx' && which !== 'tx') throw new TypeError(`resetRing: which must be 'rx' or 'tx', got ${String(which)}`);
+    clearRing(this.memory, setup, this.ringOpts.packed);
+    const q = openVirtqueue(this.memory, setup, this.ringOpts);
+    this.stats.queueResets++;
+    if (which === 'tx') {
+      this.tx = setup;
+      this.txq = q;
+      this.txSlotOfHead = new Int32Array(setup.size);
+      const lost = this.txArea.count - this.txFreeN - (this.curSlot >= 0 ? 1 : 0);
+      this.txFreeN = 0;
+      for (let i = this.txArea.count - 1; i >= 0; i--) if (i !== this.curSlot) this.txFree[this.txFreeN++] = i;
+      this.txAdded = false;
+      this.stats.txReclaimedAtReset += lost;
+      this.waitFds[1] = setup.callFd;
+      return lost;
+    }
+    this.rx = setup;
+    this.rxq = q;
+    this.rxBufOfHead = new Int32Array(setup.size);
+    this.rxSpareN = 0;
+    for (let i = this.rxArea.count - 1; i >= 0; i--) this.rxSpare[this.rxSpareN++] = i;
+    this.waitFds[0] = setup.callFd;
+    this.refillRx();
+    return 0;
   }
 
   // --- TX --------------------------------------------------------------------------
@@ -461,6 +503,40 @@ export function setUpQueuePair(device: VirtioNetDevice, pair: number, alloc: Gue
     packed,
     inOrder: has(f, 'IN_ORDER'),
   };
+}
+
+/**
+ * A per-queue reset on the driver's side, for queue pair `pair` driven by `qp` (virtio 1.2
+ * §2.6.1.3.2): resets RX or TX virtqueue at the device, carves a new ring of `size` entries
+ * (default: the old size) out of `alloc`, tells the device (setQueue), starts it in `qp`
+ * (resetRing), enables it and publishes. The other queues keep running throughout. Returns the
+ * TX frames that were queued and never sent (counted in qp.stats.txReclaimedAtReset).
+ */
+export function resetQueue(device: VirtioNetDevice, pair: number, qp: NetQueuePair, which: 'rx' | 'tx', alloc: GuestAllocator, size?: number): number {
+  const index = which === 'rx' ? rxq(pair) : txq(pair);
+  const old = which === 'rx' ? qp.rxq : qp.txq;
+  const qsize = size ?? old.size;
+  device.resetQueue(index);
+  const ring = has(device.driverFeatures, 'RING_PACKED') ? alloc.packedRing(qsize) : alloc.ring(qsize);
+  device.setQueue(index, { size: ring.size, desc: ring.desc, avail: ring.avail, used: ring.used });
+  const lost = qp.resetRing(which, { ...ring, ...device.notifier(index) });
+  device.enableQueue(index);
+  qp.flush();
+  // The device looks at an enabled ring at once; the kick covers a worker asleep meanwhile.
+  device.kick(index);
+  return lost;
+}
+
+/** Zeroes a ring's three parts: a ring reused after a reset must not show the old one's indices or flags. */
+function clearRing(mem: DriverMemory, q: QueueAddrs, packed: boolean): void {
+  const parts: [number, number][] = packed
+    ? [[q.desc, 16 * q.size], [q.avail, 4], [q.used, 4]]
+    : [[q.desc, 16 * q.size], [q.avail, 6 + 2 * q.size], [q.used, 6 + 8 * q.size]];
+  for (const [addr, len] of parts) {
+    const r = mem.regionOf(addr, len);
+    if (!r) throw new RangeError(`ring part [${addr}, ${addr + len}) is not inside one region of guest memory`);
+    r.u8.fill(0, addr - r.guestAddr, addr - r.guestAddr + len);
+  }
 }
 
 function areaView(mem: DriverMemory, what: string, a: BufferArea, minSize: number): Uint8Array {

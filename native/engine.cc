@@ -434,6 +434,109 @@ void EngineT<Q>::TakeCallFds() {
   }
 }
 
+template <class Q>
+void EngineT<Q>::ResetQueue(bool rx) {
+  QueueRequest r;
+  r.rx = rx;
+  RunQueueRequest(&r);
+}
+
+template <class Q>
+bool EngineT<Q>::EnableQueue(bool rx, const QueueLayout& layout, uint16_t last_avail, uint16_t used_idx,
+                             std::string* why) {
+  QueueRequest r;
+  r.enable = true;
+  r.rx = rx;
+  r.layout = layout;
+  r.last_avail = last_avail;
+  r.used_idx = used_idx;
+  RunQueueRequest(&r);
+  if (!r.ok) *why = r.why;
+  return r.ok;
+}
+
+template <class Q>
+void EngineT<Q>::RunQueueRequest(QueueRequest* r) {
+  if (!thread_.joinable()) {
+    ApplyQueueRequest(r);
+    return;
+  }
+  std::unique_lock<std::mutex> lk(req_mu_);
+  req_ = r;
+  req_pending_.store(true, std::memory_order_release);
+  lk.unlock();
+  Wake();
+  lk.lock();
+  // The worker takes it at its next round: at most one batch each way away.
+  req_cv_.wait(lk, [r] { return r->done; });
+}
+
+template <class Q>
+void EngineT<Q>::TakeQueueRequest() {
+  if (!req_pending_.load(std::memory_order_acquire)) return;
+  std::lock_guard<std::mutex> g(req_mu_);
+  req_pending_.store(false, std::memory_order_relaxed);
+  if (!req_) return;
+  ApplyQueueRequest(req_);
+  req_->done = true;
+  req_ = nullptr;
+  req_cv_.notify_all();
+}
+
+template <class Q>
+void EngineT<Q>::ApplyQueueRequest(QueueRequest* r) {
+  Q& q = r->rx ? rx_ : tx_;
+  QueueStats& st = r->rx ? rx_stats : tx_stats;
+  QueueConfig& qc = r->rx ? cfg_.rx : cfg_.tx;
+  bool& off = r->rx ? rx_broken_ : tx_broken_;
+  bool& reset = r->rx ? rx_reset_ : tx_reset_;
+  NotifyCoalescer& coal = r->rx ? rx_coal_ : tx_coal_;
+  if (!r->enable) {
+    if (!off) {
+      // At a batch boundary: every used element is published. RX chains in
+      // the stash hold no frame yet; they go back with the rest of the ring.
+      if (r->rx) stash_.GiveBack(rx_);
+      st.last_avail_idx.store(q.last_avail(), std::memory_order_relaxed);
+      st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
+    }
+    if (r->rx) rx_want_tap_ = false;  // frames wait in the TAP queue meanwhile
+    else tx_blocked_ = false;         // chains EAGAIN gave back are the driver's again
+    // A held interrupt is for a ring the driver took back: not sent.
+    (void)coal.Close();
+    off = true;
+    reset = true;
+    r->ok = true;
+    return;
+  }
+  if (!reset) {
+    r->why = "queue " + std::to_string(qc.index) + " was not reset";
+    return;
+  }
+  Violation v;
+  // The new ring must not overlap the other ring while that one is served.
+  const bool other_served = !(r->rx ? tx_broken_ : rx_broken_);
+  const QueueLayout both[2] = {r->layout, r->rx ? cfg_.tx.layout : cfg_.rx.layout};
+  if (!CheckLayouts(*mem_, both, other_served ? 2 : 1, &v) ||
+      !q.Init(*mem_, r->layout, cfg_.event_idx, cfg_.indirect, r->last_avail, r->used_idx, &v)) {
+    r->why = "queue " + std::to_string(qc.index) + ": " + v.detail + " (" + (v.rule ? v.rule : "") + ")";
+    return;
+  }
+  q.SetInOrder(cfg_.in_order);
+  qc.layout = r->layout;
+  qc.last_avail_idx = r->last_avail;
+  qc.used_idx = r->used_idx;
+  st.last_avail_idx.store(r->last_avail, std::memory_order_relaxed);
+  st.used_idx.store(r->used_idx, std::memory_order_relaxed);
+  st.broken = false;
+  if (r->rx) {
+    rx_tap_readable_ = true;  // what waited in the TAP queue is read now
+    rx_batch_ = 1;
+  }
+  reset = false;
+  off = false;
+  r->ok = true;
+}
+
 // Only the offending queue stops: the backend resets the whole device anyway
 // (DEVICE_NEEDS_RESET), and until it does the healthy direction loses nothing
 // by running. A broken queue is never touched again, so nothing the guest
@@ -1012,6 +1115,7 @@ void EngineT<Q>::Loop() {
   while (!stop_.load(std::memory_order_relaxed)) {
     RefreshMemory();
     TakeCallFds();
+    TakeQueueRequest();
     bool more = false;
     if (!tx_broken_) more |= ProcessTx();
     if (!rx_broken_) more |= ProcessRx();

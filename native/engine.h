@@ -5,9 +5,11 @@
 #include <sys/epoll.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -110,6 +112,22 @@ class Engine {
   // one interrupt on it. From the thread that starts and stops the engine.
   virtual SysResult SetCallFd(bool rx, int fd) = 0;
 
+  // Per-queue reset (VIRTIO_F_RING_RESET, virtio 1.2 §2.6.1) of the RX or the
+  // TX ring while the other keeps running; from the thread that starts and
+  // stops the engine, never while Start()/Stop() run. ResetQueue: the worker
+  // stops serving the ring at its next batch boundary, where nothing of it is
+  // in flight (TX chains are written and used within their batch; RX chains
+  // popped but not yet filled go back to the ring, which the driver takes back
+  // whole); the stats keep where it stood. Frames for a reset RX ring wait in
+  // the TAP queue. EnableQueue: serves the ring again with a new layout from
+  // the given positions (its kick and call fds stay); false with a reason when
+  // the layout does not fit guest memory or overlaps the other ring (served).
+  // Both wait for the worker (one batch at most); without a worker they apply
+  // at once.
+  virtual void ResetQueue(bool rx) = 0;
+  virtual bool EnableQueue(bool rx, const QueueLayout& layout, uint16_t last_avail, uint16_t used_idx,
+                           std::string* why) = 0;
+
   QueueStats rx_stats, tx_stats;
   std::atomic<uint64_t> wakeups{0};
   // What the worker uses now (TapIo::name(); string literal).
@@ -138,8 +156,26 @@ class EngineT final : public Engine {
   void Wake() override;
   void SetCoalescing(bool rx, uint32_t max_packets, uint32_t max_usecs) override;
   SysResult SetCallFd(bool rx, int fd) override;
+  void ResetQueue(bool rx) override;
+  bool EnableQueue(bool rx, const QueueLayout& layout, uint16_t last_avail, uint16_t used_idx,
+                   std::string* why) override;
 
  private:
+  // A ResetQueue / EnableQueue for the worker to carry out between rounds.
+  struct QueueRequest {
+    bool enable = false;
+    bool rx = false;
+    QueueLayout layout;
+    uint16_t last_avail = 0, used_idx = 0;
+    bool done = false;
+    bool ok = false;
+    std::string why;
+  };
+  // Hands `r` to the worker and waits for it (or runs it here with no worker).
+  void RunQueueRequest(QueueRequest* r);
+  // Worker thread (or the caller with no worker): carries a request out.
+  void ApplyQueueRequest(QueueRequest* r);
+  void TakeQueueRequest();
   void Run();
   void Loop();
   void DrainRx();
@@ -184,7 +220,14 @@ class EngineT final : public Engine {
   std::shared_ptr<const MemoryTable> mem_;
   uint64_t mem_gen_ = 0;
   Q rx_, tx_;
+  // A ring not served: broken (the guest broke a rule), or reset by the
+  // driver (*_reset_) until it is enabled again.
   bool rx_broken_ = false, tx_broken_ = false;
+  bool rx_reset_ = false, tx_reset_ = false;
+  std::mutex req_mu_;
+  std::condition_variable req_cv_;
+  QueueRequest* req_ = nullptr;  // under req_mu_
+  std::atomic<bool> req_pending_{false};
 
   std::thread thread_;
   std::atomic<bool> stop_{false};

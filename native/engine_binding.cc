@@ -127,6 +127,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter"),
                         InstanceMethod<&EngineWrap::SetCoalescing>("setCoalescing"),
                         InstanceMethod<&EngineWrap::SetCallFd>("setCallFd"),
+                        InstanceMethod<&EngineWrap::ResetQueue>("resetQueue"),
+                        InstanceMethod<&EngineWrap::EnableQueue>("enableQueue"),
                         InstanceMethod<&EngineWrap::Close>("close")});
   }
 
@@ -315,6 +317,56 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
       BadArg(env, "setCallFd(queue, fd): fd must be a non-negative integer");
     const SysResult r = engine_->SetCallFd(dir == "rx", static_cast<int>(d));
     if (!r.ok()) ThrowErrno(env, r.err, r.syscall, "handing the engine a new call fd");
+  }
+
+  // resetQueue('rx' | 'tx'): per-queue reset (VIRTIO_F_RING_RESET); returns
+  // { lastAvailIdx, usedIdx } where the ring stood.
+  Napi::Value ResetQueue(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    const std::string dir = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (dir != "rx" && dir != "tx") BadArg(env, "resetQueue(queue): queue must be 'rx' or 'tx'");
+    {
+      // Not while a helper thread starts or stops this engine.
+      std::lock_guard<std::mutex> g(mu_);
+      engine_->ResetQueue(dir == "rx");
+    }
+    const QueueStats& s = dir == "rx" ? engine_->rx_stats : engine_->tx_stats;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("lastAvailIdx", Napi::Number::New(env, s.last_avail_idx.load()));
+    o.Set("usedIdx", Napi::Number::New(env, s.used_idx.load()));
+    return o;
+  }
+
+  // enableQueue('rx' | 'tx', { size, desc, avail, used, packed?, lastAvailIdx?, usedIdx? }):
+  // serves a reset ring again with this layout (the engine's layout kind).
+  void EnableQueue(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    const std::string dir = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+    if (dir != "rx" && dir != "tx") BadArg(env, "enableQueue(queue, ring): queue must be 'rx' or 'tx'");
+    if (!info[1].IsObject()) BadArg(env, "enableQueue(queue, ring): ring must be { size, desc, avail, used }");
+    Napi::Object q = info[1].As<Napi::Object>();
+    constexpr int64_t kMaxSafe = (int64_t{1} << 53) - 1;
+    QueueLayout l;
+    l.size = static_cast<uint32_t>(GetRange(q, "size", 1, RING_MAX_SIZE, "ring."));
+    l.desc = static_cast<uint64_t>(GetRange(q, "desc", 0, kMaxSafe, "ring."));
+    l.avail = static_cast<uint64_t>(GetRange(q, "avail", 0, kMaxSafe, "ring."));
+    l.used = static_cast<uint64_t>(GetRange(q, "used", 0, kMaxSafe, "ring."));
+    l.packed = !q.Get("packed").IsUndefined() && GetBool(q, "packed");
+    const uint16_t fresh = l.packed ? RING_PACKED_WRAP_BIT : 0;
+    const uint16_t last_avail = q.Get("lastAvailIdx").IsUndefined()
+                                    ? fresh
+                                    : static_cast<uint16_t>(GetRange(q, "lastAvailIdx", 0, 0xffff, "ring."));
+    const uint16_t used_idx =
+        q.Get("usedIdx").IsUndefined() ? fresh : static_cast<uint16_t>(GetRange(q, "usedIdx", 0, 0xffff, "ring."));
+    std::string why;
+    bool ok;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      ok = engine_->EnableQueue(dir == "rx", l, last_avail, used_idx, &why);
+    }
+    if (!ok) BadArg(env, why);
   }
 
   Napi::Value Stats(const Napi::CallbackInfo& info) {

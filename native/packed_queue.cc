@@ -59,7 +59,7 @@ PackedChain::Step PackedChain::Fail(Violation* v, const char* rule, std::string 
   return Step::kBroken;
 }
 
-PackedChain::Step PackedChain::Next(Buffer* out, Violation* v) {
+PackedChain::Step PackedChain::Read(Buffer* out, Violation* v) {
   for (;;) {
     if (done_) return Step::kEnd;
     uint8_t raw[RING_DESC_SIZE];
@@ -138,9 +138,17 @@ bool PackedQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_
   indirect_ok_ = indirect_ok;
   mem_ = nullptr;
   desc_ = driver_ = device_ = nullptr;
+  // No id is in use until the ring is set up (AddUsed answers none).
+  id_ndesc_.clear();
+  slots_.clear();
   if (!l.packed) {
     v->rule = "ring-out-of-bounds";
     v->detail = "a split ring layout given to the packed ring";
+    return false;
+  }
+  if (l.size > RING_MAX_SIZE) {  // before the per-id state is sized by it
+    v->rule = "ring-out-of-bounds";
+    v->detail = Fmt("packed queue size %u is not in 1..%u", l.size, RING_MAX_SIZE);
     return false;
   }
   const uint32_t avail_pos = last_avail & ~RING_PACKED_WRAP_BIT, used_pos = used_idx & ~RING_PACKED_WRAP_BIT;
@@ -155,12 +163,9 @@ bool PackedQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_
   used_pos_ = signalled_pos_ = used_pos;
   used_wrap_ = signalled_wrap_ = (used_idx & RING_PACKED_WRAP_BIT) != 0;
   used_count_ = signalled_count_ = 0;
-  id_in_use_.assign(l.size, 0);
-  id_ndesc_.assign(l.size, 1);
-  slot_count_.assign(l.size, 0);
-  slot_id_.assign(l.size, 0);
-  history_.assign(l.size, Popped{0, true, 0});
-  history_next_ = 0;
+  used_flags_ = used_wrap_ ? RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED : 0;
+  id_ndesc_.assign(l.size, 0);
+  slots_.assign(l.size, Slot{1, 0, 1, 0});
   batch_n_ = 0;
   batch_skip_ = 0;
   notify_disabled_ = false;
@@ -171,6 +176,8 @@ bool PackedQueue::Remap(const MemoryTable& mem, Violation* v) {
   if (!CheckLayout(mem, layout_, v)) {
     mem_ = nullptr;
     desc_ = driver_ = device_ = nullptr;
+    // The ring is gone: no id is in use any more, so AddUsed answers none.
+    id_ndesc_.assign(id_ndesc_.size(), 0);
     return false;
   }
   mem_ = &mem;
@@ -185,22 +192,71 @@ bool PackedQueue::HasAvail() const {
   return Available(Load16(desc_ + uint64_t{next_avail_} * RING_DESC_SIZE + kOffFlags, __ATOMIC_RELAXED), avail_wrap_);
 }
 
-PackedQueue::Pop PackedQueue::PopAvail(uint16_t* token, Violation* v) {
-  if (!desc_) return Pop::kEmpty;
+inline void PackedQueue::Take(uint32_t count, uint16_t id, uint16_t* token) {
+  const uint32_t size = layout_.size, head = next_avail_;
+  id_ndesc_[id] = static_cast<uint16_t>(count);
+  uint32_t pos = head + count;
+  if (pos >= size) {
+    pos -= size;
+    avail_wrap_ = !avail_wrap_;
+  }
+  if (count == 1) {
+    slots_[head] = Slot{1, id, 1, 0};  // head and last slot in one store
+  } else {
+    slots_[head].count = static_cast<uint16_t>(count);
+    slots_[head].id = id;
+    slots_[pos == 0 ? size - 1 : pos - 1].tail_count = static_cast<uint16_t>(count);
+  }
+  next_avail_ = pos;
+  *token = static_cast<uint16_t>(head);
+}
+
+void PackedQueue::StepBack(uint32_t n, uint32_t* pos, bool* wrap) const {
+  const uint32_t size = static_cast<uint32_t>(slots_.size());  // 0 until the ring is set up
+  if (size == 0 || *pos >= size) return;
+  if (n > size) n = size;
+  for (uint32_t i = 0; i < n; i++) {
+    const uint32_t count = slots_[*pos == 0 ? size - 1 : *pos - 1].tail_count;
+    if (count > *pos) {
+      *pos += size - count;
+      *wrap = !*wrap;
+    } else {
+      *pos -= count;
+    }
+  }
+}
+
+__attribute__((noinline, cold)) PackedQueue::Pop PackedQueue::BadId(uint16_t id, Violation* v) const {
+  if (id >= layout_.size) {
+    v->rule = "buffer-id-out-of-range";
+    v->detail = Fmt("chain from ring slot %u has buffer id %u >= queue size %u", next_avail_, id, layout_.size);
+  } else {
+    v->rule = "buffer-id-in-use";
+    v->detail = Fmt("chain from ring slot %u has buffer id %u, which the device has not used yet", next_avail_, id);
+  }
+  return Pop::kBroken;
+}
+
+__attribute__((noinline, cold)) PackedQueue::Pop PackedQueue::LinkBroken(Violation* v, uint32_t pos, uint16_t flags, bool wrap, bool too_long) const {
+  if (too_long) {
+    v->rule = "chain-too-long";
+    v->detail = Fmt("chain from ring slot %u links more than the ring's %u descriptors", next_avail_, layout_.size);
+  } else {
+    v->rule = "chain-not-available";
+    v->detail = Fmt("chain from ring slot %u: descriptor %u (flags 0x%04x) is not available with wrap counter %d",
+                    next_avail_, pos, flags, wrap ? 1 : 0);
+  }
+  return Pop::kBroken;
+}
+
+PackedQueue::Pop PackedQueue::PopLinked(uint16_t head_flags, uint16_t* token, Violation* v) {
   const uint32_t size = layout_.size;
   uint32_t pos = next_avail_;
   bool wrap = avail_wrap_;
-  // Acquire pairs with the driver's release of the flags: the descriptor's
-  // other fields (and the buffer) are visible once it reads as available.
-  uint16_t flags = Load16(desc_ + uint64_t{pos} * RING_DESC_SIZE + kOffFlags, __ATOMIC_ACQUIRE);
-  if (!Available(flags, wrap)) return Pop::kEmpty;
+  uint16_t flags = head_flags;
   uint32_t count = 1;
   while (flags & RING_DESC_F_NEXT) {
-    if (count >= size) {
-      v->rule = "chain-too-long";
-      v->detail = Fmt("chain from ring slot %u links more than the ring's %u descriptors", next_avail_, size);
-      return Pop::kBroken;
-    }
+    if (count >= size) return LinkBroken(v, pos, flags, wrap, true);
     if (++pos == size) {
       pos = 0;
       wrap = !wrap;
@@ -208,46 +264,43 @@ PackedQueue::Pop PackedQueue::PopAvail(uint16_t* token, Violation* v) {
     // The driver makes a chain's head available last (§2.8.21.1), so the rest
     // of a chain whose head is available must be too.
     flags = Load16(desc_ + uint64_t{pos} * RING_DESC_SIZE + kOffFlags, __ATOMIC_ACQUIRE);
-    if (!Available(flags, wrap)) {
-      v->rule = "chain-not-available";
-      v->detail = Fmt("chain from ring slot %u: descriptor %u (flags 0x%04x) is not available with wrap counter %d",
-                      next_avail_, pos, flags, wrap ? 1 : 0);
-      return Pop::kBroken;
-    }
+    if (!Available(flags, wrap)) return LinkBroken(v, pos, flags, wrap, false);
     count++;
   }
+  // The buffer id is the last descriptor's (§2.8.6).
   const uint16_t id = Load16(desc_ + uint64_t{pos} * RING_DESC_SIZE + kOffId, __ATOMIC_RELAXED);
-  if (id >= size) {
-    v->rule = "buffer-id-out-of-range";
-    v->detail = Fmt("chain from ring slot %u has buffer id %u >= queue size %u", next_avail_, id, size);
-    return Pop::kBroken;
-  }
-  if (id_in_use_[id]) {
-    v->rule = "buffer-id-in-use";
-    v->detail = Fmt("chain from ring slot %u has buffer id %u, which the device has not used yet", next_avail_, id);
-    return Pop::kBroken;
-  }
-  id_in_use_[id] = 1;
-  id_ndesc_[id] = static_cast<uint16_t>(count);
-  slot_count_[next_avail_] = static_cast<uint16_t>(count);
-  slot_id_[next_avail_] = id;
-  history_[history_next_] = Popped{static_cast<uint16_t>(next_avail_), avail_wrap_, id};
-  history_next_ = history_next_ + 1 == size ? 0 : history_next_ + 1;
-  *token = static_cast<uint16_t>(next_avail_);
-  if (++pos == size) {
-    pos = 0;
-    wrap = !wrap;
-  }
-  next_avail_ = pos;
-  avail_wrap_ = wrap;
+  if (id >= size || id_ndesc_[id] != 0) return BadId(id, v);
+  Take(count, id, token);
   return Pop::kChain;
 }
 
-PackedQueue::Pop PackedQueue::PopOrArm(uint16_t* token, Violation* v) {
-  Pop p = PopAvail(token, v);
-  if (p != Pop::kEmpty || !EnableNotify()) return p;
+// The per-chain path: a chain of one ring descriptor (a buffer, or an
+// indirect table) is read and recorded here without a call; longer chains,
+// broken ids and (kArm, for PopOrArm) an empty ring go out of line as tail
+// calls, so this stays short for the compiler.
+template <bool kArm>
+__attribute__((always_inline)) inline PackedQueue::Pop PackedQueue::PopNext(uint16_t* token, Violation* v) {
+  if (__builtin_expect(desc_ == nullptr, 0)) return Pop::kEmpty;
+  const uint8_t* d = desc_ + uint64_t{next_avail_} * RING_DESC_SIZE;
+  // Acquire pairs with the driver's release of the flags: the descriptor's
+  // other fields (and the buffer) are visible once it reads as available.
+  const uint16_t flags = Load16(d + kOffFlags, __ATOMIC_ACQUIRE);
+  if (!Available(flags, avail_wrap_)) return kArm ? ArmAndPop(token, v) : Pop::kEmpty;
+  if (__builtin_expect((flags & RING_DESC_F_NEXT) != 0, 0)) return PopLinked(flags, token, v);
+  const uint16_t id = Load16(d + kOffId, __ATOMIC_RELAXED);
+  if (__builtin_expect(id >= layout_.size || id_ndesc_[id] != 0, 0)) return BadId(id, v);
+  Take(1, id, token);
+  return Pop::kChain;
+}
+
+PackedQueue::Pop PackedQueue::PopAvail(uint16_t* token, Violation* v) { return PopNext<false>(token, v); }
+
+PackedQueue::Pop PackedQueue::PopOrArm(uint16_t* token, Violation* v) { return PopNext<true>(token, v); }
+
+PackedQueue::Pop PackedQueue::ArmAndPop(uint16_t* token, Violation* v) {
+  if (!EnableNotify()) return Pop::kEmpty;
   DisableNotify();
-  p = PopAvail(token, v);
+  const Pop p = PopAvail(token, v);
   if (p != Pop::kEmpty) return p;
   // EnableNotify() saw the descriptor available, now it is not: a driver
   // never takes back what it made available; looping on it could spin.
@@ -258,22 +311,21 @@ PackedQueue::Pop PackedQueue::PopOrArm(uint16_t* token, Violation* v) {
 }
 
 void PackedQueue::UndoPop(uint16_t n) {
-  const uint32_t size = layout_.size;
+  const uint32_t size = static_cast<uint32_t>(slots_.size());
   if (n == 0 || size == 0) return;
   if (n > size) n = static_cast<uint16_t>(size);
   for (uint16_t i = 0; i < n; i++) {
-    history_next_ = history_next_ == 0 ? size - 1 : history_next_ - 1;
-    const Popped& e = history_[history_next_];
-    id_in_use_[e.id] = 0;
-    next_avail_ = e.pos;
-    avail_wrap_ = e.wrap;
+    StepBack(1, &next_avail_, &avail_wrap_);
+    id_ndesc_[slots_[next_avail_].id] = 0;
   }
 }
 
 bool PackedQueue::ReadChain(uint16_t token, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out,
                             Violation* v) {
-  PackedChain chain = Walk(token);
-  return CollectChain(*mem_, chain, BufferId(token), want_writable, min_bytes, max_iov, out, v);
+  // One look at the slot for both the walk and the id.
+  const Slot s = token < slots_.size() ? slots_[token] : Slot{0, 0, 0, 0};
+  PackedChain chain(*mem_, desc_, layout_.size, token, s.count, indirect_ok_);
+  return CollectChain(*mem_, chain, s.id, want_writable, min_bytes, max_iov, out, v);
 }
 
 bool PackedQueue::ReadTxChain(uint16_t token, uint32_t min_bytes, Chain* out, Violation* v) {
@@ -284,17 +336,19 @@ bool PackedQueue::ReadRxChain(uint16_t token, uint32_t min_bytes, size_t max_iov
   return ReadChain(token, true, min_bytes, max_iov, out, v);
 }
 
-void PackedQueue::WriteUsed(uint32_t id, uint32_t len, uint32_t skip) {
+inline void PackedQueue::WriteUsed(uint32_t id, uint32_t len, uint32_t skip) {
   uint8_t* d = desc_ + uint64_t{used_pos_} * RING_DESC_SIZE;
   Store32(d + kOffLen, len);
   Store16(d + kOffId, static_cast<uint16_t>(id), __ATOMIC_RELAXED);
   // Release: id, len and the buffer's contents are visible to a driver that
   // sees the flags say "used" (both bits equal to the device's wrap counter).
-  Store16(d + kOffFlags, used_wrap_ ? RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED : 0, __ATOMIC_RELEASE);
+  Store16(d + kOffFlags, used_flags_, __ATOMIC_RELEASE);
   used_pos_ += skip;
-  while (used_pos_ >= layout_.size) {
+  if (used_pos_ >= layout_.size) {
+    // skip is at most the ring's size: one lap at most.
     used_pos_ -= layout_.size;
     used_wrap_ = !used_wrap_;
+    used_flags_ ^= RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED;
   }
 }
 
@@ -306,17 +360,27 @@ void PackedQueue::CloseInOrderBatch() {
 }
 
 void PackedQueue::AddUsed(uint32_t id, uint32_t len) {
-  if (!desc_ || id >= layout_.size) return;  // only popped ids come here
-  id_in_use_[id] = 0;
+  // Only popped ids come here. One not in use (ndesc 0; every id of a queue
+  // that lost its ring is) is not answered: there is nothing to skip.
+  if (id >= id_ndesc_.size()) return;
+  const uint16_t ndesc = id_ndesc_[id];
+  if (ndesc == 0) return;
+  id_ndesc_[id] = 0;
   used_count_++;
-  if (in_order_ && len == 0) {
+  // IN_ORDER apart, so that the plain path stays short.
+  if (__builtin_expect(in_order_, false)) return AddUsedInOrder(id, len, ndesc);
+  WriteUsed(id, len, ndesc);
+}
+
+void PackedQueue::AddUsedInOrder(uint32_t id, uint32_t len, uint16_t ndesc) {
+  if (len == 0) {
     batch_n_++;
     batch_id_ = id;
-    batch_skip_ += id_ndesc_[id];
+    batch_skip_ += ndesc;
     return;
   }
   CloseInOrderBatch();
-  WriteUsed(id, len, id_ndesc_[id]);
+  WriteUsed(id, len, ndesc);
 }
 
 bool PackedQueue::PublishUsed() {

@@ -27,10 +27,16 @@ class PackedChain {
       : mem_(mem), ring_(ring), ring_size_(ring_size), slot_(first), left_(count), indirect_ok_(indirect_ok) {}
 
   enum class Step { kBuffer, kEnd, kBroken };
-  Step Next(Buffer* out, Violation* v);
+  // The end of a chain in the ring is known without a look at it: inline,
+  // so the last step of every chain costs no call.
+  Step Next(Buffer* out, Violation* v) {
+    if (done_ || (left_ == 0 && !in_indirect_)) return Step::kEnd;
+    return Read(out, v);
+  }
   uint32_t visited_total() const { return visited_total_; }
 
  private:
+  Step Read(Buffer* out, Violation* v);
   Step Fail(Violation* v, const char* rule, std::string detail);
 
   const MemoryTable& mem_;
@@ -73,10 +79,10 @@ class PackedQueue {
   void SetInOrder(bool on) { in_order_ = on; }
 
   PackedChain Walk(uint16_t token) const {
-    return PackedChain(*mem_, desc_, layout_.size, token, token < layout_.size ? slot_count_[token] : 0,
+    return PackedChain(*mem_, desc_, layout_.size, token, token < slots_.size() ? slots_[token].count : 0,
                        indirect_ok_);
   }
-  uint16_t BufferId(uint16_t token) const { return token < layout_.size ? slot_id_[token] : 0; }
+  uint16_t BufferId(uint16_t token) const { return token < slots_.size() ? slots_[token].id : 0; }
   bool ReadTxChain(uint16_t token, uint32_t min_bytes, Chain* out, Violation* v);
   bool ReadRxChain(uint16_t token, uint32_t min_bytes, size_t max_iov, Chain* out, Violation* v);
 
@@ -99,10 +105,10 @@ class PackedQueue {
   uint16_t last_avail() const { return Position(next_avail_, avail_wrap_); }
   uint16_t used_idx() const { return Position(used_pos_, used_wrap_); }
   uint16_t last_avail_before(uint16_t n) const {
-    if (n == 0 || layout_.size == 0) return last_avail();
-    if (n > layout_.size) n = static_cast<uint16_t>(layout_.size);
-    const Popped& e = history_[(history_next_ + layout_.size - n) % layout_.size];
-    return Position(e.pos, e.wrap);
+    uint32_t pos = next_avail_;
+    bool wrap = avail_wrap_;
+    StepBack(n, &pos, &wrap);
+    return Position(pos, wrap);
   }
   uint16_t UntilUsedEvent() const;
   uint32_t size() const { return layout_.size; }
@@ -113,13 +119,30 @@ class PackedQueue {
   static uint16_t Position(uint32_t pos, bool wrap) {
     return static_cast<uint16_t>(pos | (wrap ? RING_PACKED_WRAP_BIT : 0));
   }
-  bool Available(uint16_t flags, bool wrap) const {
-    // §2.8.1: available when AVAIL equals the wrap counter and USED does not.
-    return ((flags & RING_PACKED_DESC_F_AVAIL) != 0) == wrap && ((flags & RING_PACKED_DESC_F_USED) != 0) != wrap;
+  // §2.8.1: available when AVAIL equals the wrap counter and USED does not,
+  // i.e. the two bits are exactly AvailBits(wrap).
+  static uint16_t AvailBits(bool wrap) { return wrap ? RING_PACKED_DESC_F_AVAIL : RING_PACKED_DESC_F_USED; }
+  static bool Available(uint16_t flags, bool wrap) {
+    return (flags & (RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED)) == AvailBits(wrap);
   }
+  // The rare pops, out of the per-chain path: a chain of several ring
+  // descriptors, and a head whose buffer id breaks a rule.
+  // PopAvail (and with kArm PopOrArm), inlined into each.
+  template <bool kArm>
+  Pop PopNext(uint16_t* token, Violation* v);
+  Pop ArmAndPop(uint16_t* token, Violation* v);  // PopOrArm's empty case
+  Pop PopLinked(uint16_t head_flags, uint16_t* token, Violation* v);
+  Pop BadId(uint16_t id, Violation* v) const;
+  Pop LinkBroken(Violation* v, uint32_t pos, uint16_t flags, bool wrap, bool too_long) const;
+  // Records a popped chain of `count` descriptors from next_avail_ and moves
+  // next_avail_ past it.
+  void Take(uint32_t count, uint16_t id, uint16_t* token);
+  // Moves (pos, wrap) back over the last n popped chains.
+  void StepBack(uint32_t n, uint32_t* pos, bool* wrap) const;
   bool ReadChain(uint16_t token, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out, Violation* v);
   void WriteUsed(uint32_t id, uint32_t len, uint32_t skip);
   void CloseInOrderBatch();
+  void AddUsedInOrder(uint32_t id, uint32_t len, uint16_t ndesc);
   // A position as a count in [0, 2 * size): laps alternate wrap counters.
   uint32_t Ext(uint32_t pos, bool wrap) const { return pos + (wrap ? 0 : layout_.size); }
 
@@ -139,22 +162,24 @@ class PackedQueue {
   uint16_t signalled_count_ = 0;  // used_count_ at the previous PublishUsed()
   uint32_t signalled_pos_ = 0;    // the device's position then (vring_need_event's "old")
   bool signalled_wrap_ = true;
-  // Per buffer id: in use (popped, not yet used) and how many ring
-  // descriptors its chain took (what the used side skips).
-  std::vector<uint8_t> id_in_use_;
+  // The flags word of a used descriptor at the device's wrap counter (both
+  // bits equal to it), kept with used_wrap_.
+  uint16_t used_flags_ = RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED;
+  // Per buffer id: how many ring descriptors its chain took (what the used
+  // side skips), 0 while the id is not in use (popped, not yet used).
   std::vector<uint16_t> id_ndesc_;
-  // Per head slot of a popped chain: its descriptor count and buffer id, as
-  // the pop read them (the chain readers trust these, not a second look).
-  std::vector<uint16_t> slot_count_;
-  std::vector<uint16_t> slot_id_;
-  // The newest pops, for UndoPop: where each began and its buffer id.
-  struct Popped {
-    uint16_t pos;
-    bool wrap;
+  // Per ring slot, everything a pop records, in one place so that a chain
+  // costs one cache line of device state: at its head slot the chain's
+  // descriptor count and buffer id as the pop read them (the chain readers
+  // trust these, not a second look at guest memory); at its last slot the
+  // count again, so UndoPop and last_avail_before can walk back over pops.
+  struct Slot {
+    uint16_t count;
     uint16_t id;
+    uint16_t tail_count;
+    uint16_t unused;  // pads a slot to 8 bytes: one store for a one-descriptor chain
   };
-  std::vector<Popped> history_;
-  uint32_t history_next_ = 0;
+  std::vector<Slot> slots_;
   // IN_ORDER: an open batch of len-0 uses, written as one used descriptor.
   uint16_t batch_n_ = 0;
   uint32_t batch_id_ = 0;

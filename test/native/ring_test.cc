@@ -947,6 +947,76 @@ CASE(packed_undo_pop_gives_chains_back) {
   CHECK(d.Used(&id, &len) && id == 1 && len == 100);
 }
 
+// UndoPop and last_avail_before walk back over what the pops recorded per
+// ring slot: linked chains, and a chain across the end of the ring (where
+// the wrap counter flips back).
+CASE(packed_undo_pop_walks_back_over_linked_chains_across_the_wrap) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 3);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  d.Post({{0x8000, 64, 0}, {0x9000, 64, 0}}, 0);  // slots 0, 1
+  uint16_t a = 0, b = 0;
+  CHECK(q.PopAvail(&a, &v) == PackedQueue::Pop::kChain);
+  q.AddUsed(0, 0);
+  q.PublishUsed();
+  uint16_t id;
+  uint32_t len;
+  CHECK(d.Used(&id, &len) && id == 0);
+  d.Post({{0xa000, 64, 0}, {0xb000, 64, 0}}, 2);  // slots 2, 0 (the driver's wrap counter flips between)
+  CHECK(q.PopAvail(&b, &v) == PackedQueue::Pop::kChain);
+  CHECK_EQ(b, 2);
+  CHECK_EQ(q.last_avail(), 1);  // slot 1, wrap counter 0
+  CHECK_EQ(q.last_avail_before(1), RING_PACKED_WRAP_BIT | 2);
+  CHECK_EQ(q.last_avail_before(2), RING_PACKED_WRAP_BIT | 0);
+  q.UndoPop(1);
+  CHECK_EQ(q.last_avail(), RING_PACKED_WRAP_BIT | 2);
+  uint16_t b2 = 0;
+  CHECK(q.PopAvail(&b2, &v) == PackedQueue::Pop::kChain);  // id 2 is free again
+  CHECK_EQ(b2, 2);
+  Chain c;
+  CHECK(q.ReadTxChain(b2, 12, &c, &v));
+  CHECK_EQ(c.head, 2);
+  CHECK_EQ(c.iov.size(), 2u);
+  // An id the device does not hold is not answered (nothing to skip over).
+  const uint16_t used_before = q.used_idx();
+  q.AddUsed(1, 0);
+  CHECK_EQ(q.used_idx(), used_before);
+  q.AddUsed(2, 0);
+  q.PublishUsed();
+  CHECK(d.Used(&id, &len) && id == 2);
+  CHECK_EQ(q.used_idx(), 1);  // past both chains: slot 1, wrap counter 0
+}
+
+// A queue whose Init failed holds no ids and no slots: nothing the engine may
+// still call on it reads or writes out of bounds.
+CASE(packed_failed_init_answers_nothing) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, PackedRing(0, 8), false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  QueueLayout big = PackedRing(0, RING_MAX_SIZE + 1);
+  CHECK(!q.Init(t, big, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  QueueLayout off = PackedRing(0xfff0, 8);  // outside guest memory
+  v = Violation{};
+  CHECK(!q.Init(t, off, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  CHECK_RULE(v, "ring-out-of-bounds");
+  uint16_t token;
+  CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kEmpty);
+  q.AddUsed(0, 0);
+  CHECK_EQ(q.pending_used(), 0);
+  CHECK(!q.PublishUsed());
+  q.UndoPop(3);  // more than was popped: a caller's mistake, still inside the ring
+  CHECK((q.last_avail_before(2) & ~RING_PACKED_WRAP_BIT) < 8);
+}
+
 CASE(packed_ctrl_queue_decodes_and_acks) {
   Mem m;
   m.Add(0, 0x10000);
