@@ -804,6 +804,167 @@ for (const h of hostile) {
   });
 }
 
+// ---- hostile packed rings ----------------------------------------------------------------
+// The packed ring's own rules (flags that disagree with the driver's wrap counter inside a
+// chain, a chain longer than the ring, a buffer id out of range or already in flight, which
+// with IN_ORDER is how a driver breaks its promise: the ring order itself cannot be broken),
+// and the split table's rules met through packed descriptors and packed indirect tables.
+// Each stops only its queue: the other direction goes on carrying a frame.
+
+const F_AVAIL = 1 << 7;
+const F_USED = 1 << 15;
+
+interface HostilePacked {
+  name: string;
+  queue: 'rx' | 'tx';
+  rule: string;
+  opts?: RigOptions;
+  /** Buffers before the bad one that the device used (default 0). */
+  usedBefore?: number;
+  setup(r: Rig<PackedRingQueue>): void;
+}
+
+const hostilePacked: HostilePacked[] = [
+  { name: 'a chain descriptor whose AVAIL/USED bits say wrap 0 while the driver is on wrap 1', queue: 'tx', rule: 'chain-not-available',
+    setup: (r) => { const a = r.mem.alloc(64); r.tx.placeRaw([[a, 12, DESC_F_NEXT, 0], [a + 12, 52, 0, 0]], [undefined, F_USED]); r.tx.publish(); } },
+  { name: 'a chain descriptor flagged AVAIL|USED (a used descriptor) in the middle of a chain', queue: 'rx', rule: 'chain-not-available',
+    setup: (r) => { const a = r.mem.alloc(2048); r.rx.placeRaw([[a, 1024, DESC_F_NEXT | DESC_F_WRITE, 0], [a + 1024, 1024, DESC_F_WRITE, 0]], [undefined, F_AVAIL | F_USED]); r.rx.publish(); } },
+  { name: 'a chain longer than the ring (every slot has NEXT)', queue: 'tx', rule: 'chain-too-long',
+    setup: (r) => { const a = r.mem.alloc(16 * 16); r.tx.placeRaw(Array.from({ length: 16 }, (_, i) => [a + 16 * i, 16, DESC_F_NEXT, 0] as [number, number, number, number])); r.tx.publish(); } },
+  { name: 'a buffer id equal to the queue size', queue: 'tx', rule: 'buffer-id-out-of-range',
+    setup: (r) => { const a = r.mem.alloc(64); r.tx.setDesc(16, a, 64, 0); r.tx.post(16); } },
+  { name: 'a buffer id of 0xffff on RX', queue: 'rx', rule: 'buffer-id-out-of-range',
+    setup: (r) => { const a = r.mem.alloc(2048); r.rx.setDesc(0xffff, a, 2048, DESC_F_WRITE); r.rx.post(0xffff); } },
+  { name: 'IN_ORDER: a buffer id made available again while in flight', queue: 'tx', rule: 'buffer-id-in-use', opts: { inOrder: true }, usedBefore: 1,
+    setup: (r) => { const a = r.mem.alloc(64), b = r.mem.alloc(64); r.tx.setDesc(3, a, 64, 0); r.tx.place(3); r.tx.setDesc(3, b, 64, 0); r.tx.place(3); r.tx.publish(); } },
+  { name: 'an indirect table inside an indirect table', queue: 'tx', rule: 'nested-indirect',
+    setup: (r) => {
+      const t1 = r.mem.alloc(32), t2 = r.mem.alloc(16), a = r.mem.alloc(64);
+      r.tx.setDesc(0, a, 64, 0, 0, t2);
+      r.tx.setDesc(0, a, 12, 0, 0, t1); r.tx.setDesc(1, t2, 16, DESC_F_INDIRECT, 0, t1);
+      r.tx.setDesc(0, t1, 32, DESC_F_INDIRECT); r.tx.post(0);
+    } },
+  { name: 'an indirect descriptor with NEXT', queue: 'tx', rule: 'indirect-with-next',
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(64); r.tx.setDesc(0, a, 64, 0, 0, t); r.tx.placeRaw([[t, 16, DESC_F_INDIRECT | DESC_F_NEXT, 0], [a, 64, 0, 0]]); r.tx.publish(); } },
+  { name: 'an indirect descriptor after another in a chain', queue: 'rx', rule: 'indirect-with-next',
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(2048); r.rx.setDesc(0, a, 2048, DESC_F_WRITE, 0, t); r.rx.placeRaw([[a, 12, DESC_F_NEXT | DESC_F_WRITE, 0], [t, 16, DESC_F_INDIRECT, 0]]); r.rx.publish(); } },
+  { name: 'a descriptor past the end of memory', queue: 'tx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, MEM - 4, 100, 0); r.tx.post(0); } },
+  { name: 'a descriptor whose addr + len wraps past 2^64 (RX)', queue: 'rx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.rx.setDesc(0, 2n ** 64n - 0x100n, 0x200, DESC_F_WRITE); r.rx.post(0); } },
+  { name: 'an indirect table entry outside memory', queue: 'tx', rule: 'desc-out-of-bounds',
+    setup: (r) => { const t = r.mem.alloc(16); r.tx.setDesc(0, MEM + 4096, 64, 0, 0, t); r.tx.setDesc(0, t, 16, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'an indirect table outside memory', queue: 'tx', rule: 'indirect-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, MEM - 16, 32, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect len not a multiple of 16', queue: 'tx', rule: 'indirect-bad-len',
+    setup: (r) => { const t = r.mem.alloc(32); r.tx.setDesc(0, t, 24, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect when not negotiated', queue: 'rx', rule: 'indirect-not-negotiated', opts: { indirect: false },
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(2048); r.rx.setDesc(0, a, 2048, DESC_F_WRITE, 0, t); r.rx.setDesc(0, t, 16, DESC_F_INDIRECT); r.rx.post(0); } },
+  { name: 'a writable buffer on TX', queue: 'tx', rule: 'writable-on-tx',
+    setup: (r) => { const a = r.mem.alloc(64), b = r.mem.alloc(64); r.tx.setChain(0, [[a, 64, false], [b, 64, true]]); r.tx.post(0); } },
+  { name: 'readable after writable on RX', queue: 'rx', rule: 'readable-after-writable',
+    setup: (r) => { const a = r.mem.alloc(2048), b = r.mem.alloc(64); r.rx.setChain(0, [[a, 2048, true], [b, 64, false]]); r.rx.post(0); } },
+  { name: 'an empty chain', queue: 'tx', rule: 'empty-chain',
+    setup: (r) => { r.tx.setChain(0, [[HEAP, 0, false]]); r.tx.post(0); } },
+];
+
+for (const h of hostilePacked) {
+  test(`hostile packed ring: ${h.name} -> ${h.rule}`, async (t) => {
+    const r = rigPacked(h.opts);
+    t.teardown(() => r.close());
+    h.setup(r);
+    // The other direction gets one good buffer: it must carry a frame after the break.
+    const good = r.mem.alloc(2048);
+    const other = h.queue === 'rx' ? r.tx : r.rx;
+    if (h.queue === 'rx') {
+      put(r.mem, good, pattern(100, 8));
+      other.setChain(5, [[good, 100, false]]);
+    } else {
+      other.setChain(5, [[good, 2048, true]]);
+    }
+    const snap = r.mem.snapshot();
+    r.engine.start();
+    A.kick(h.queue === 'rx' ? r.rxKick : r.txKick);
+    // Something to read, so an RX queue that wrongly survived would write into guest memory.
+    if (h.queue === 'rx') fs.writeSync(r.peer, pattern(200, 1));
+    t.true(await waitFor(() => r.broken.length > 0), 'onBroken was called');
+    t.is(r.broken.length, 1);
+    const [q, rule, detail] = r.broken[0];
+    t.is(rule, h.rule, detail);
+    t.is(q, h.queue === 'rx' ? 0 : 1);
+    t.true(detail.length > 0);
+    const s = r.engine.stats();
+    t.true(s[h.queue].broken);
+    t.is(r.mem.diffOutside(snap, [r.rx.usedRegion(), r.tx.usedRegion()]), -1, 'guest memory untouched');
+    t.is(h.queue === 'rx' ? r.rx.usedIdx : r.tx.usedIdx, h.usedBefore ?? 0, 'nothing used on the broken queue after the bad buffer');
+    // The other direction keeps running.
+    other.post(5);
+    if (h.queue === 'rx') {
+      A.kick(r.txKick);
+      t.deepEqual(await readPeerWait(r.peer), pattern(100, 8), 'TX still sends');
+      t.true(await waitFor(() => r.tx.usedIdx === 1));
+    } else {
+      while (readPeer(r.peer)) { /* nothing of the broken TX queue may be left to read */ }
+      fs.writeSync(r.peer, pattern(200, 1));
+      A.kick(r.rxKick);
+      t.true(await waitFor(() => r.rx.usedIdx === 1), 'RX still receives');
+      t.is(r.rx.usedElem(0).len, 200);
+    }
+    t.false(r.engine.stats()[h.queue === 'rx' ? 'tx' : 'rx'].broken, 'the other direction keeps running');
+  });
+}
+
+test('packed ring: a head whose AVAIL/USED bits disagree with the wrap counter is not available: the queue waits, breaks nothing, touches nothing', async (t) => {
+  for (const bits of [F_USED, F_AVAIL | F_USED, 0]) {
+    const r = rigPacked();
+    t.teardown(() => r.close());
+    const a = r.mem.alloc(64);
+    put(r.mem, a, pattern(64, 2));
+    r.tx.placeRaw([[a, 64, 0, 0]], [bits]);
+    r.tx.publish();
+    const snap = r.mem.snapshot();
+    r.engine.start();
+    A.kick(r.txKick);
+    await new Promise((res) => setTimeout(res, 50));
+    t.is(readPeer(r.peer), null, `flags 0x${bits.toString(16)}: nothing sent`);
+    t.deepEqual(r.broken, []);
+    t.is(r.engine.stats().tx.packets, 0);
+    t.is(r.mem.diffOutside(snap, [r.tx.usedRegion(), r.rx.usedRegion()]), -1);
+  }
+});
+
+test('packed ring, IN_ORDER: buffer ids in any order are served (the ring order is the promise); one used descriptor names the last id of the batch', async (t) => {
+  const r = rigPacked({ inOrder: true });
+  t.teardown(() => r.close());
+  const ids = [7, 2, 11, 0];
+  ids.forEach((id, i) => {
+    const a = r.mem.alloc(100);
+    put(r.mem, a, pattern(100, i));
+    r.tx.setChain(id, [[a, 100, false]]);
+    r.tx.place(id);
+  });
+  r.tx.publish();
+  r.engine.start();
+  A.kick(r.txKick);
+  for (let i = 0; i < ids.length; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i), `frame ${i} in ring order`);
+  t.true(await waitFor(() => r.tx.usedIdx === ids.length));
+  t.deepEqual(ids.map((_, i) => r.tx.usedElem(i).id), ids);
+  t.deepEqual(r.broken, []);
+  t.is(r.engine.stats().tx.usedIdx, r.tx.positionAfter(ids.length), 'the device skipped the whole batch');
+});
+
+test('packed ring: event suppression areas or a descriptor ring outside guest memory are refused with EVHOST_BADARG', (t) => {
+  const r = rigPacked();
+  t.teardown(() => r.close());
+  const bad = (patch: (o: NativeEngineOptions) => NativeEngineOptions, what: string) =>
+    t.throws(() => new A.Engine(patch(r.opts)), { code: 'EVHOST_BADARG' } as never, what);
+  bad((o) => ({ ...o, tx: { ...o.tx, used: MEM - 2 } }), 'device event area across the end of memory');
+  bad((o) => ({ ...o, rx: { ...o.rx, avail: MEM } }), 'driver event area past the end');
+  bad((o) => ({ ...o, rx: { ...o.rx, avail: 2 ** 52 } }), 'driver event area far outside');
+  bad((o) => ({ ...o, tx: { ...o.tx, desc: MEM - 16 * 8 } }), 'descriptor ring across the end');
+  t.notThrows(() => new A.Engine({ ...r.opts, tx: { ...r.opts.tx, used: MEM - 4 } }).stop(), 'the last 4 bytes are fine');
+});
+
 test('a broken TX queue does not stop RX', async (t) => {
   const r = rig();
   t.teardown(() => r.close());
