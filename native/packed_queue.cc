@@ -98,8 +98,9 @@ PackedChain::Step PackedChain::Read(Buffer* out, Violation* v) {
       if (in_indirect_)
         return Fail(v, "nested-indirect", Fmt("indirect descriptor at entry %u of an indirect table", at));
       if (!indirect_ok_) return Fail(v, "indirect-not-negotiated", Fmt("ring descriptor %u is INDIRECT", at));
-      // An indirect descriptor is a buffer's only ring descriptor (§2.8.6).
-      if ((d.flags & RING_DESC_F_NEXT) || left_ > 0)
+      // An indirect descriptor is a buffer's only ring descriptor (§2.8.6): none
+      // after it, and none before it (it would be the first one visited).
+      if ((d.flags & RING_DESC_F_NEXT) || left_ > 0 || visited_total_ > 1)
         return Fail(v, "indirect-with-next", Fmt("ring descriptor %u has INDIRECT in a chain of several", at));
       if (d.len == 0 || d.len % RING_DESC_SIZE != 0 || d.len / RING_DESC_SIZE > kMaxIndirectEntries)
         return Fail(v, "indirect-bad-len", Fmt("ring descriptor %u: indirect table len %u", at, d.len));

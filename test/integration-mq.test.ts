@@ -2,7 +2,10 @@
 // namespace the test creates: every pair carries traffic, VQ_PAIRS_SET under
 // traffic, RX modes / MAC tables / VLAN filter deliver exactly what they
 // should, GUEST_OFFLOADS changes what the kernel hands the guest, link state
-// reaches the kernel, and reset x100 under traffic leaks nothing.
+// reaches the kernel, and reset x100 under traffic leaks nothing. The tests
+// whose subject is the rings (traffic on every pair, VQ_PAIRS_SET under
+// traffic, interrupt coalescing, reset x100) run on split and packed rings;
+// the RX filter and link tests, which only the control queue drives, on split.
 
 import * as fs from 'node:fs';
 
@@ -12,6 +15,7 @@ import { bits, CTRL, STATUS, VirtioNetDevice } from '../backend';
 import { GuestSim } from '../guest-sim/guest';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, RxFrame, testFrame } from './helpers/mini-guest';
 import { Netns, withNetns } from '../host/netns';
+import { RING_LAYOUTS, type RingLayout } from './helpers/rings';
 import { udpEcho } from './helpers/udp';
 
 const HOST4 = '10.203.2.1';
@@ -23,13 +27,18 @@ function range(from: number, to: number): number[] {
   return Array.from({ length: to - from + 1 }, (_, i) => from + i);
 }
 
-async function miniGuest(ns: Netns, pairs = 1, want = MINI_FEATURES): Promise<{ g: MiniGuest; tap: string }> {
+/** The feature bit that asks for `layout`'s rings. */
+const ringBits = (layout: RingLayout): bigint => (layout === 'packed' ? bits('RING_PACKED') : 0n);
+
+/** A MiniGuest on `layout` rings (RING_PACKED added to `want` for the packed ring). */
+async function miniGuest(ns: Netns, layout: RingLayout, pairs = 1, want = MINI_FEATURES): Promise<{ g: MiniGuest; tap: string }> {
   const tap = ns.ifname();
   const mem = new SharedArrayBuffer(MiniGuest.memoryBytes(pairs));
   const device = new VirtioNetDevice({ memory: mem, tap, netns: ns.name, queuePairs: pairs, mac: GUEST_MAC });
   ns.defer(() => void device.close());
   const g = new MiniGuest(device, mem);
-  await g.init(want);
+  await g.init(want | ringBits(layout));
+  if ((device.driverFeatures & bits('RING_PACKED')) !== ringBits(layout)) throw new Error(`the guest did not get ${layout} rings`);
   return { g, tap };
 }
 
@@ -63,11 +72,13 @@ function macTable(uni: string[], multi: string[]): Uint8Array {
   return Uint8Array.from(out);
 }
 
-test.serial('4 queue pairs: traffic from many host flows reaches every pair', async (t) => {
+for (const layout of RING_LAYOUTS) {
+test.serial(`${layout}: 4 queue pairs: traffic from many host flows reaches every pair`, async (t) => {
   await withNetns(async (ns) => {
     const tap = ns.ifname();
-    const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: 4, ip4: `${GUEST4}/24` });
+    const guest = await GuestSim.start({ tap, netns: ns.name, packed: layout === 'packed', queuePairs: 4, ip4: `${GUEST4}/24` });
     ns.defer(() => void guest.stop());
+    t.is(guest.device.driverFeatures & bits('RING_PACKED'), ringBits(layout), `${layout} rings negotiated`);
     t.is(guest.device.activeQueuePairs, 4);
     ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
     const u = udpEcho(ns, GUEST4, range(64, 71), 64);
@@ -78,11 +89,12 @@ test.serial('4 queue pairs: traffic from many host flows reaches every pair', as
   });
 });
 
-test.serial('VQ_PAIRS_SET 4 -> 1 -> 4 under traffic: the guest keeps answering, losses are accounted for', async (t) => {
+test.serial(`${layout}: VQ_PAIRS_SET 4 -> 1 -> 4 under traffic: the guest keeps answering, losses are accounted for`, async (t) => {
   await withNetns(async (ns) => {
     const tap = ns.ifname();
-    const guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: 4, ip4: `${GUEST4}/24`, mac: GUEST_MAC });
+    const guest = await GuestSim.start({ tap, netns: ns.name, packed: layout === 'packed', queuePairs: 4, ip4: `${GUEST4}/24`, mac: GUEST_MAC });
     ns.defer(() => void guest.stop());
+    t.is(guest.device.driverFeatures & bits('RING_PACKED'), ringBits(layout), `${layout} rings negotiated`);
     ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
     ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
     // A paced sender with unique ids on 32 source ports; replies are matched by id, late ones count.
@@ -115,6 +127,7 @@ setTimeout(() => { clearInterval(timer); setTimeout(() => { console.log(JSON.str
     t.is(after.echoed, after.sent, 'the guest answers on all pairs after the changes');
   });
 });
+}
 
 function tapTxDropped(ns: Netns, tap: string): number {
   const [l] = ns.ipJson<{ stats64: { tx: { dropped: number } } }[]>('-s', 'link', 'show', tap);
@@ -123,7 +136,7 @@ function tapTxDropped(ns: Netns, tap: string): number {
 
 test.serial('RX modes: promiscuous off drops frames for other MACs, on delivers them; NOBCAST, ALLMULTI, NOMULTI', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await miniGuest(ns);
+    const { g, tap } = await miniGuest(ns, 'split');
     const mine = testFrame(GUEST_MAC, 1);
     const other = testFrame(OTHER_MAC, 2);
     const bcast = testFrame('ff:ff:ff:ff:ff:ff', 3);
@@ -153,7 +166,7 @@ test.serial('RX modes: promiscuous off drops frames for other MACs, on delivers 
 
 test.serial('MAC table and ADDR_SET deliver exactly the listed addresses', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await miniGuest(ns);
+    const { g, tap } = await miniGuest(ns, 'split');
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
     const uni = ['52:54:00:00:00:0a', '52:54:00:00:00:0b'];
     const multi = ['33:33:00:00:00:01', '01:00:5e:00:00:fb'];
@@ -183,7 +196,7 @@ test.serial('MAC table and ADDR_SET deliver exactly the listed addresses', async
 
 test.serial('VLAN filter: tagged frames only for added VLAN ids, untagged always', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await miniGuest(ns);
+    const { g, tap } = await miniGuest(ns, 'split');
     const frames = [testFrame(GUEST_MAC, 1), testFrame(GUEST_MAC, 2, 10), testFrame(GUEST_MAC, 3, 20), testFrame(GUEST_MAC, 4, 4095)];
     t.deepEqual(await deliver(ns, g, tap, frames, [1, 2, 3, 4]), [1, 2, 3, 4], 'promiscuous (after reset) takes every VLAN');
     t.is(await ctrl(g, CTRL.CLASS_RX, CTRL.RX_PROMISC, [0]), CTRL.OK);
@@ -199,7 +212,7 @@ test.serial('VLAN filter: tagged frames only for added VLAN ids, untagged always
 
 test.serial('GUEST_OFFLOADS SET changes what the kernel hands the guest', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await miniGuest(ns);
+    const { g, tap } = await miniGuest(ns, 'split');
     ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
     ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
     const sendUdp = (): Promise<RxFrame[]> => {
@@ -237,11 +250,12 @@ function coalCommand(g: MiniGuest, cmd: number, maxPackets: number, maxUsecs: nu
   return ctrl(g, CTRL.CLASS_NOTF_COAL, cmd, new Uint8Array(d.buffer));
 }
 
-test.serial('NOTF_COAL: RX_SET holds RX interrupts in a window, turning it off sends the owed one, reset clears it', async (t) => {
+for (const layout of RING_LAYOUTS) {
+test.serial(`${layout}: NOTF_COAL: RX_SET holds RX interrupts in a window, turning it off sends the owed one, reset clears it`, async (t) => {
   await withNetns(async (ns) => {
     quietNamespace(ns);
-    const want = MINI_FEATURES | bits('NOTF_COAL');
-    const { g, tap } = await miniGuest(ns, 1, want);
+    const want = MINI_FEATURES | bits('NOTF_COAL') | ringBits(layout);
+    const { g, tap } = await miniGuest(ns, layout, 1, want);
     const coal = (cmd: number, maxPackets: number, maxUsecs: number): Promise<number> => coalCommand(g, cmd, maxPackets, maxUsecs);
     const events: unknown[] = [];
     g.device.on('coalescing', (c) => events.push(c));
@@ -269,15 +283,15 @@ test.serial('NOTF_COAL: RX_SET holds RX interrupts in a window, turning it off s
     t.is(await ctrl(g, CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_RX_SET, [1, 0, 0, 0, 1, 0, 0]), CTRL.ERR, 'short: ERR');
     t.is(await coalCommand(g, CTRL.NOTF_COAL_VQ_SET, 1, 1, 0), CTRL.ERR, 'VQ_SET without VQ_NOTF_COAL negotiated: ERR');
     g.device.status = 0;
-    await g.init(MINI_FEATURES);
+    await g.init(MINI_FEATURES | ringBits(layout));
     t.is(await coal(CTRL.NOTF_COAL_RX_SET, 8, 8), CTRL.ERR, 'NOTF_COAL not negotiated: ERR');
   });
 });
 
-test.serial('VQ_NOTF_COAL: VQ_SET / VQ_GET per enabled virtqueue; RX_SET overrides; a pair enabled again takes RX_SET / TX_SET values', async (t) => {
+test.serial(`${layout}: VQ_NOTF_COAL: VQ_SET / VQ_GET per enabled virtqueue; RX_SET overrides; a pair enabled again takes RX_SET / TX_SET values`, async (t) => {
   await withNetns(async (ns) => {
     quietNamespace(ns);
-    const { g, tap } = await miniGuest(ns, 2, MINI_FEATURES | bits('NOTF_COAL', 'VQ_NOTF_COAL'));
+    const { g, tap } = await miniGuest(ns, layout, 2, MINI_FEATURES | bits('NOTF_COAL', 'VQ_NOTF_COAL'));
     const get = async (vq: number): Promise<{ ack: number; maxPackets?: number; maxUsecs?: number }> => {
       const { ack, result } = await g.ctrl!.query(CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_VQ_GET, Uint8Array.from([vq, 0, 0, 0]), 8);
       if (ack !== CTRL.OK) return { ack };
@@ -316,10 +330,11 @@ test.serial('VQ_NOTF_COAL: VQ_SET / VQ_GET per enabled virtqueue; RX_SET overrid
     t.is(await ctrl(g, CTRL.CLASS_NOTF_COAL, CTRL.NOTF_COAL_VQ_GET, [0, 0]), CTRL.ERR, 'VQ_GET too short');
   });
 });
+}
 
 test.serial('setLink(false) makes the kernel see no carrier; the guest sees LINK_UP cleared and a config event', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await miniGuest(ns);
+    const { g, tap } = await miniGuest(ns, 'split');
     const link = (): string => ns.ip('link', 'show', tap);
     t.notRegex(link(), /NO-CARRIER/);
     let configEvents = 0;
@@ -348,9 +363,10 @@ function rssBytes(): number {
   return Number(fs.readFileSync('/proc/self/statm', 'utf8').split(' ')[1]) * 4096;
 }
 
-test.serial('reset x100 under traffic: fds, threads and RSS stay flat; each re-initialisation works', async (t) => {
+for (const layout of RING_LAYOUTS) {
+test.serial(`${layout}: reset x100 under traffic: fds, threads and RSS stay flat; each re-initialisation works`, async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await miniGuest(ns, 2);
+    const { g, tap } = await miniGuest(ns, layout, 2);
     ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
     ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
     const flood = require('node:child_process').spawn('ip', ['netns', 'exec', ns.name, process.execPath, '-e',
@@ -369,7 +385,7 @@ test.serial('reset x100 under traffic: fds, threads and RSS stay flat; each re-i
       g.device.status = 0;
       t.is(g.device.status, 0);
       t.is(g.device.driverFeatures, 0n);
-      await g.init(MINI_FEATURES);
+      await g.init(MINI_FEATURES | ringBits(layout));
       t.truthy(g.device.status & STATUS.DRIVER_OK);
       if (i === 9) base = { fds: countFds(), threads: countThreads(), rss: rssBytes() };
     }
@@ -380,3 +396,4 @@ test.serial('reset x100 under traffic: fds, threads and RSS stay flat; each re-i
     t.true(received >= 100);
   });
 });
+}

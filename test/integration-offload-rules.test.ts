@@ -1,17 +1,22 @@
 // Integration on a real TAP: headers the kernel refuses are dropped with a
 // named reason and the TX queue keeps going; without MRG_RXBUF, RX chains too
 // small for the frames the negotiated offloads allow break a rule
-// (DEVICE_NEEDS_RESET), as the spec's buffer sizes demand.
+// (DEVICE_NEEDS_RESET), as the spec's buffer sizes demand. Each on the split
+// and the packed ring.
 
 import test from 'ava';
 
 import { bits, CTRL, STATUS, VirtioNetDevice, VirtioNetError } from '../backend';
 import { markerOf, MINI_FEATURES, MiniGuest, rawSendScript, testFrame } from './helpers/mini-guest';
 import { Netns, withNetns } from '../host/netns';
+import { RING_LAYOUTS, type RingLayout } from './helpers/rings';
 
 const GUEST_MAC = '52:54:00:12:34:56';
 
-async function mini(ns: Netns, want: bigint): Promise<{ g: MiniGuest; tap: string; errors: VirtioNetError[] }> {
+/** The feature bit that asks for `layout`'s rings. */
+const ringBits = (layout: RingLayout): bigint => (layout === 'packed' ? bits('RING_PACKED') : 0n);
+
+async function mini(ns: Netns, layout: RingLayout, want: bigint): Promise<{ g: MiniGuest; tap: string; errors: VirtioNetError[] }> {
   const tap = ns.ifname();
   const mem = new SharedArrayBuffer(MiniGuest.memoryBytes(1));
   const device = new VirtioNetDevice({ memory: mem, tap, netns: ns.name, mac: GUEST_MAC });
@@ -19,7 +24,8 @@ async function mini(ns: Netns, want: bigint): Promise<{ g: MiniGuest; tap: strin
   const errors: VirtioNetError[] = [];
   device.on('needs-reset', (e: VirtioNetError) => errors.push(e));
   const g = new MiniGuest(device, mem);
-  await g.init(want);
+  await g.init(want | ringBits(layout));
+  if ((device.driverFeatures & bits('RING_PACKED')) !== ringBits(layout)) throw new Error(`the guest did not get ${layout} rings`);
   return { g, tap, errors };
 }
 
@@ -106,9 +112,10 @@ async function until(f: () => boolean, ms = 3000): Promise<boolean> {
   return f();
 }
 
-test.serial('TX headers the kernel refuses are dropped with their reason; the queue keeps running', async (t) => {
+for (const layout of RING_LAYOUTS) {
+test.serial(`${layout}: TX headers the kernel refuses are dropped with their reason; the queue keeps running`, async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap, errors } = await mini(ns, MINI_FEATURES | bits('CSUM', 'HOST_TSO4', 'HOST_USO'));
+    const { g, tap, errors } = await mini(ns, layout, MINI_FEATURES | bits('CSUM', 'HOST_TSO4', 'HOST_USO'));
     const frame = tcpFrame(1400);
     const cases: [string, Uint8Array][] = [
       ['tx_hdr_gso_size_zero', hdr({ flags: 1, gso: 1, hdrLen: 54, gsoSize: 0, csumStart: 34, csumOffset: 16 })],
@@ -136,13 +143,44 @@ test.serial('TX headers the kernel refuses are dropped with their reason; the qu
   });
 });
 
+test.serial(`${layout}: big packets: without MRG_RXBUF, RX chains smaller than a GSO frame break rx-chain-too-small`, async (t) => {
+  await withNetns(async (ns) => {
+    // MiniGuest posts 2 KiB buffers; with GUEST_TSO4 and no MRG_RXBUF the spec asks for 65562.
+    const { g, tap, errors } = await mini(ns, layout, (MINI_FEATURES & ~bits('MRG_RXBUF')) | bits('GUEST_TSO4'));
+    t.true(await until(() => errors.length > 0));
+    t.is(errors[0].queue, 0);
+    t.is(errors[0].rule, 'rx-chain-too-small');
+    t.truthy(g.device.status & STATUS.DEVICE_NEEDS_RESET);
+    t.true(g.device.stats().queues[0].broken);
+    // Only that queue stopped: TX of the same pair still hands frames to the kernel.
+    t.false(g.device.stats().queues[1].broken);
+    const rxBefore = tapRxPackets(ns, tap);
+    g.send(0, tcpFrame(100), hdr({}));
+    t.true(await until(() => tapRxPackets(ns, tap) >= rxBefore + 1), 'TX keeps running after RX broke its rule');
+    // The same buffers are fine when the features allow only MTU-sized frames.
+    g.device.status = 0;
+    errors.length = 0;
+    await g.init((MINI_FEATURES & ~bits('MRG_RXBUF')) | ringBits(layout));
+    // A frame from the kernel must arrive: proof the device took these chains (a fixed sleep
+    // followed by "no error yet" would pass before the device had looked at them).
+    g.drain();
+    ns.exec('python3', rawSendScript(tap, [testFrame(GUEST_MAC, 7)]));
+    const got = await g.collect(10_000, (f) => f.some((x) => markerOf(x.frame) === 7));
+    t.true(got.some((x) => markerOf(x.frame) === 7), 'a frame is received into the MTU-sized chains');
+    t.deepEqual(errors, []);
+    t.is(g.device.status & STATUS.DEVICE_NEEDS_RESET, 0);
+  });
+});
+}
+
+// UDP tunnel headers: the header rules do not depend on the ring layout (split only).
 const HOST_GSO = bits('CSUM', 'HOST_TSO4', 'HOST_TSO6', 'HOST_USO');
 // With MRG_RXBUF: MiniGuest's 2 KiB RX buffers then hold a super-frame across several chains.
 const GUEST_GSO = bits('MRG_RXBUF', 'GUEST_CSUM', 'GUEST_TSO4', 'GUEST_TSO6', 'GUEST_USO4', 'GUEST_USO6');
 
 test.serial('hostile UDP tunnel headers are dropped before the TAP with a named reason; a good tunnel super-frame goes out', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap, errors } = await mini(ns, MINI_FEATURES | HOST_GSO | bits('HOST_UDP_TUNNEL_GSO'));
+    const { g, tap, errors } = await mini(ns, 'split', MINI_FEATURES | HOST_GSO | bits('HOST_UDP_TUNNEL_GSO'));
     if (!(g.features & bits('HOST_UDP_TUNNEL_GSO'))) {
       t.fail(`this kernel's TAP lacks UDP tunnel GSO: ${JSON.stringify(g.device.capabilities().missing)}`);
       return;
@@ -188,13 +226,13 @@ test.serial('hostile UDP tunnel headers are dropped before the TAP with a named 
 test.serial('a tunnel gso_type from a guest that did not negotiate HOST_UDP_TUNNEL_GSO is dropped by name, with the short header or the 24-byte one', async (t) => {
   await withNetns(async (ns) => {
     // No tunnel feature: the header is 12 bytes, it has no tunnel fields.
-    const a = await mini(ns, MINI_FEATURES | HOST_GSO);
+    const a = await mini(ns, 'split', MINI_FEATURES | HOST_GSO);
     t.is(a.g.hdrLen, 12);
     a.g.send(0, vxlanFrame(1400), tunnelHdr(GOOD_TUNNEL));
     t.true(await until(() => (a.g.device.stats().queues[1].drops.tx_hdr_tunnel_short_header ?? 0) === 1), JSON.stringify(a.g.device.stats().queues[1].drops));
     // Only the receive side (GUEST_UDP_TUNNEL_GSO): the header is 24 bytes, and tun would take
     // the frame (it parses tunnel headers whenever the header is 24 bytes), so the engine refuses it.
-    const b = await mini(ns, MINI_FEATURES | HOST_GSO | GUEST_GSO | bits('GUEST_UDP_TUNNEL_GSO'));
+    const b = await mini(ns, 'split', MINI_FEATURES | HOST_GSO | GUEST_GSO | bits('GUEST_UDP_TUNNEL_GSO'));
     if (!(b.g.features & bits('GUEST_UDP_TUNNEL_GSO'))) {
       t.fail(`this kernel's TAP lacks UDP tunnel GSO: ${JSON.stringify(b.g.device.capabilities().missing)}`);
       return;
@@ -217,7 +255,7 @@ function tunnelOffloads(ns: Netns, tap: string): { tnl: string; csum: string } {
 test.serial('the guest-side tunnel features set TUN_F_UDP_TUNNEL_GSO(_CSUM) on the TAP; GUEST_OFFLOADS_SET switches them with bits 46 and 47', async (t) => {
   await withNetns(async (ns) => {
     const want = MINI_FEATURES | HOST_GSO | GUEST_GSO | bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM');
-    const { g, tap, errors } = await mini(ns, want);
+    const { g, tap, errors } = await mini(ns, 'split', want);
     if (!(g.features & bits('GUEST_UDP_TUNNEL_GSO_CSUM'))) {
       t.fail(`this kernel's TAP lacks UDP tunnel GSO: ${JSON.stringify(g.device.capabilities().missing)}`);
       return;
@@ -241,29 +279,5 @@ test.serial('the guest-side tunnel features set TUN_F_UDP_TUNNEL_GSO(_CSUM) on t
     t.is(await set(bits('GUEST_CSUM') | (1n << 46n)), CTRL.ERR, 'the tunnel offload without plain GSO breaks a dependency');
     t.deepEqual(tunnelOffloads(ns, tap), { tnl: 'on', csum: 'on' }, 'a refused command changes nothing');
     t.deepEqual(errors, []);
-  });
-});
-
-test.serial('big packets: without MRG_RXBUF, RX chains smaller than a GSO frame break rx-chain-too-small', async (t) => {
-  await withNetns(async (ns) => {
-    // MiniGuest posts 2 KiB buffers; with GUEST_TSO4 and no MRG_RXBUF the spec asks for 65562.
-    const { g, tap, errors } = await mini(ns, (MINI_FEATURES & ~bits('MRG_RXBUF')) | bits('GUEST_TSO4'));
-    t.true(await until(() => errors.length > 0));
-    t.is(errors[0].queue, 0);
-    t.is(errors[0].rule, 'rx-chain-too-small');
-    t.truthy(g.device.status & STATUS.DEVICE_NEEDS_RESET);
-    t.true(g.device.stats().queues[0].broken);
-    // The same buffers are fine when the features allow only MTU-sized frames.
-    g.device.status = 0;
-    errors.length = 0;
-    await g.init(MINI_FEATURES & ~bits('MRG_RXBUF'));
-    // A frame from the kernel must arrive: proof the device took these chains (a fixed sleep
-    // followed by "no error yet" would pass before the device had looked at them).
-    g.drain();
-    ns.exec('python3', rawSendScript(tap, [testFrame(GUEST_MAC, 7)]));
-    const got = await g.collect(10_000, (f) => f.some((x) => markerOf(x.frame) === 7));
-    t.true(got.some((x) => markerOf(x.frame) === 7), 'a frame is received into the MTU-sized chains');
-    t.deepEqual(errors, []);
-    t.is(g.device.status & STATUS.DEVICE_NEEDS_RESET, 0);
   });
 });

@@ -1,6 +1,7 @@
 // Guest memory as a region table, on real TAPs in throw-away namespaces:
 // frames and RX chains in regions below and above a hole at 4 GiB and across
-// the boundary of two adjacent regions; a buffer touching the hole; memory
+// the boundary of two adjacent regions, and a buffer touching the hole, on
+// split and packed rings; memory
 // replaced (a shared WebAssembly.Memory that grows) under traffic with every
 // frame accounted for; and the control queue on memory of 3 GiB and against a
 // pathological chain while the JS thread keeps running timers.
@@ -12,7 +13,7 @@ import { DriverQueue as SimQueue } from '../driver/virtqueue';
 import { markerOf, rawSendScript, testFrame } from './helpers/mini-guest';
 import { type Netns, withNetns } from '../host/netns';
 import { captureFrames, RegionMem } from './helpers/regions';
-import { DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem } from './helpers/rings';
+import { DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem, makeQueue, RING_LAYOUTS, type RingLayout, type RingQueue } from './helpers/rings';
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
@@ -63,28 +64,31 @@ function threeRegions(): RegionMem {
   ]);
 }
 
-function up(ns: Netns, rm: RegionMem): { dev: VirtioNetDevice; rx: DriverQueue; tx: DriverQueue; tap: string; broken: VirtioNetError[] } {
+function up(ns: Netns, rm: RegionMem, layout: RingLayout): { dev: VirtioNetDevice; rx: RingQueue; tx: RingQueue; tap: string; broken: VirtioNetError[] } {
   quietNamespace(ns);
   const tap = ns.ifname();
   const dev = new VirtioNetDevice({ memory: rm.option(), tap, netns: ns.name });
   ns.defer(() => void dev.close());
   const broken: VirtioNetError[] = [];
   dev.on('needs-reset', (e) => broken.push(e));
-  handshake(dev, bits('VERSION_1', 'MRG_RXBUF'));
+  handshake(dev, bits('VERSION_1', 'MRG_RXBUF') | (layout === 'packed' ? bits('RING_PACKED') : 0n));
+  if (layout === 'packed' && !(dev.driverFeatures & bits('RING_PACKED'))) throw new Error('the device did not take RING_PACKED');
   // The rings in region 0, laid out by the test's raw driver (which writes any address).
   const low = new GuestMem(8 * MiB, 0, rm.regions[0].buffer);
-  const rx = new DriverQueue(low, 64, 0x10000);
-  const tx = new DriverQueue(low, 64, 0x20000);
-  dev.setQueue(0, rx.layout);
-  dev.setQueue(1, tx.layout);
+  const rx = makeQueue(layout, low, 64, 0x10000);
+  const tx = makeQueue(layout, low, 64, 0x20000);
+  const addrs = (q: RingQueue) => ({ size: q.layout.size, desc: q.layout.desc, avail: q.layout.avail, used: q.layout.used });
+  dev.setQueue(0, addrs(rx));
+  dev.setQueue(1, addrs(tx));
   dev.status |= DRIVER_OK;
   return { dev, rx, tx, tap, broken };
 }
 
-test('regions: TX frames from below and above a 4 GiB hole and across an adjacent-region boundary reach the TAP whole and in order', (t) =>
+for (const layout of RING_LAYOUTS) {
+test(`${layout}: regions: TX frames from below and above a 4 GiB hole and across an adjacent-region boundary reach the TAP whole and in order`, (t) =>
   withNetns(async (ns) => {
     const rm = threeRegions();
-    const { dev, tx, tap, broken } = up(ns, rm);
+    const { dev, tx, tap, broken } = up(ns, rm, layout);
     const frames = [1, 2, 3, 4].map((m) => Uint8Array.from(Buffer.from(testFrame('02:aa:00:00:00:01', m), 'hex')));
     const put = (addr: number, bytes: Uint8Array): number => (rm.write(addr, bytes), addr);
     const withHdr = (f: Uint8Array): Uint8Array => Uint8Array.from([...new Uint8Array(HDR), ...f]);
@@ -107,11 +111,13 @@ test('regions: TX frames from below and above a 4 GiB hole and across an adjacen
     t.is(broken.length, 0);
     t.is(dev.stats().totals.txPackets, 4);
   }));
+}
 
-test('regions: RX chains above the hole, across the adjacent boundary and split between regions receive frames intact', (t) =>
+for (const layout of RING_LAYOUTS) {
+test(`${layout}: regions: RX chains above the hole, across the adjacent boundary and split between regions receive frames intact`, (t) =>
   withNetns(async (ns) => {
     const rm = threeRegions();
-    const { dev, rx, tap, broken } = up(ns, rm);
+    const { dev, rx, tap, broken } = up(ns, rm, layout);
     const chains: Array<Array<[number, number, boolean]>> = [
       [[4 * GiB + 0x10000, 2048, true]],
       [[8 * MiB - 1000, 2048, true]],
@@ -147,11 +153,13 @@ test('regions: RX chains above the hole, across the adjacent boundary and split 
     t.is(broken.length, 0);
     t.is(dev.stats().totals.rxPackets, 4);
   }));
+}
 
-test('regions: a TX buffer that runs from a region into the hole → needs-reset naming desc-out-of-bounds', (t) =>
+for (const layout of RING_LAYOUTS) {
+test(`${layout}: regions: a TX buffer that runs from a region into the hole → needs-reset naming desc-out-of-bounds`, (t) =>
   withNetns(async (ns) => {
     const rm = threeRegions();
-    const { dev, tx, broken } = up(ns, rm);
+    const { dev, tx, broken } = up(ns, rm, layout);
     tx.setChain(0, [[12 * MiB - 20, 60, false]]); // region 1 ends at 12 MiB, the hole follows
     tx.post(0);
     dev.kick(1);
@@ -160,6 +168,7 @@ test('regions: a TX buffer that runs from a region into the hole → needs-reset
     t.is(broken[0].queue, 1);
     t.truthy(dev.status & STATUS.DEVICE_NEEDS_RESET);
   }));
+}
 
 test('regions: setQueue refuses a ring across a region boundary or over the hole', (t) =>
   withNetns((ns) => {

@@ -81,6 +81,7 @@ test('the exposition: HELP and TYPE per family, counters *_total with queue and 
     io: 'io"uring\\',
     filtered: 0,
     totals: { rxPackets: 5, rxBytes: 500, txPackets: 7, txBytes: 700, drops: 7 },
+    udpTunnelGso: { kernel: true, guest: false, host: false },
   };
   const text = prometheusText({
     device,

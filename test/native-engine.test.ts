@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 
 import { addon, NativeEngine, NativeEngineOptions } from '../backend/native';
 import { RxFilter, RxFilterSnapshot } from '../backend/rxfilter';
-import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem } from './helpers/rings';
+import { DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DriverQueue, GuestMem, makeQueue, PackedRingQueue, RING_LAYOUTS, type RingLayout, type RingQueue } from './helpers/rings';
 
 const A = addon();
 const ADDON_PATH = path.join(__dirname, '..', '..', 'build', 'Release', 'vhost_tap.node');
@@ -55,12 +55,16 @@ interface RigOptions {
   rxFrameMax?: number;
   sab?: SharedArrayBuffer;
   pattern?: boolean;
+  /** Ring layout (default split); tests that run in both say which in their name. */
+  layout?: RingLayout;
+  inOrder?: boolean;
 }
 
-interface Rig {
+/** A rig whose queues are split DriverQueues (rig()), or of either layout (rigIn()). */
+interface Rig<Q extends RingQueue = RingQueue> {
   mem: GuestMem;
-  rx: DriverQueue;
-  tx: DriverQueue;
+  rx: Q;
+  tx: Q;
   engine: NativeEngine;
   opts: NativeEngineOptions;
   peer: number;
@@ -72,12 +76,22 @@ interface Rig {
   close(): void;
 }
 
-function rig(o: RigOptions = {}): Rig {
+/** A split-ring rig (the split-only tests use DriverQueue's hostile extras). */
+function rig(o: Omit<RigOptions, 'layout'> = {}): Rig<DriverQueue> {
+  return rigIn('split', o) as Rig<DriverQueue>;
+}
+
+/** A packed-ring rig (the packed-only hostile tests place raw descriptors). */
+function rigPacked(o: Omit<RigOptions, 'layout'> = {}): Rig<PackedRingQueue> {
+  return rigIn('packed', o) as Rig<PackedRingQueue>;
+}
+
+function rigIn(layout: RingLayout, o: RigOptions = {}): Rig {
   const qsize = o.qsize ?? 16;
   const mem = new GuestMem(o.memSize ?? 1 << 20, HEAP, o.sab);
   if (o.pattern !== false) mem.fillPattern();
-  const rx = new DriverQueue(mem, qsize, RX_BASE);
-  const tx = new DriverQueue(mem, qsize, TX_BASE);
+  const rx = makeQueue(layout, mem, qsize, RX_BASE, o.inOrder);
+  const tx = makeQueue(layout, mem, qsize, TX_BASE, o.inOrder);
   const [tapFd, peer] = A.seqpacketPair();
   const fds = { rxKick: A.eventfd(), rxCall: A.eventfd(), txKick: A.eventfd(), txCall: A.eventfd() };
   const broken: Array<[number, string, string]> = [];
@@ -89,6 +103,8 @@ function rig(o: RigOptions = {}): Rig {
     eventIdx: o.eventIdx ?? false,
     indirect: o.indirect ?? true,
     rxFrameMax: o.rxFrameMax ?? 1526,
+    packed: layout === 'packed',
+    inOrder: o.inOrder ?? false,
     rx: { index: 0, ...rx.layout, kickFd: fds.rxKick, callFd: fds.rxCall },
     tx: { index: 1, ...tx.layout, kickFd: fds.txKick, callFd: fds.txCall },
     onBroken: (q, rule, detail) => broken.push([q, rule, detail]),
@@ -223,69 +239,75 @@ function postRx(r: Rig, n: number, size: number): number[] {
 
 // ---- happy paths ----------------------------------------------------------------------
 
-test('TX: a frame split over descriptors arrives whole, header bytes intact; used len 0', async (t) => {
-  const r = rig();
-  t.teardown(() => r.close());
-  r.engine.start();
-  const hdr = Buffer.from([1, 4, 0x36, 0, 0xa8, 5, 34, 0, 16, 0, 0x99, 0x88]); // NEEDS_CSUM, TCPV6, odd num_buffers
-  const payload = pattern(1000, 3);
-  const a = r.mem.alloc(8), b = r.mem.alloc(600), c = r.mem.alloc(404);
-  const whole = Buffer.concat([hdr, payload]);
-  put(r.mem, a, whole.subarray(0, 8));
-  put(r.mem, b, whole.subarray(8, 608));
-  put(r.mem, c, whole.subarray(608));
-  r.tx.setChain(0, [[a, 8, false], [b, 600, false], [c, 404, false]]);
-  r.tx.post(0);
-  A.kick(r.txKick);
-  const got = await readPeerWait(r.peer);
-  t.deepEqual(got, whole);
-  t.true(await waitFor(() => r.tx.usedIdx === 1));
-  t.deepEqual(r.tx.usedElem(0), { id: 0, len: 0 });
-  const s = r.engine.stats();
-  t.is(s.tx.packets, 1);
-  t.is(s.tx.bytes, 1000);
-  t.is(s.tx.usedChains, 1);
-  t.is(s.tx.lastAvailIdx, 1);
-  t.is(s.tx.usedIdx, 1);
-  t.true(s.tx.kicks >= 1);
-  t.is(s.io, EXPECTED_IO);
-  t.true(s.running);
-});
-
-test('TX: through an indirect table', async (t) => {
-  const r = rig();
-  t.teardown(() => r.close());
-  r.engine.start();
-  const whole = pattern(12 + 300, 9);
-  const a = r.mem.alloc(12), b = r.mem.alloc(300), table = r.mem.alloc(32);
-  put(r.mem, a, whole.subarray(0, 12));
-  put(r.mem, b, whole.subarray(12));
-  r.tx.setChain(0, [[a, 12, false], [b, 300, false]], table);
-  r.tx.setDesc(5, table, 32, DESC_F_INDIRECT);
-  r.tx.post(5);
-  A.kick(r.txKick);
-  t.deepEqual(await readPeerWait(r.peer), whole);
-  t.true(await waitFor(() => r.tx.usedIdx === 1));
-  t.is(r.tx.usedElem(0).id, 5);
-});
-
-test('TX: a batch of chains is one interrupt; NO_INTERRUPT suppresses it', async (t) => {
-  for (const suppress of [false, true]) {
-    const r = rig();
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: TX: a frame split over descriptors arrives whole, header bytes intact; used len 0`, async (t) => {
+    const r = rigIn(layout);
     t.teardown(() => r.close());
-    r.tx.availFlags = suppress ? 1 : 0;
     r.engine.start();
-    postTx(r, 0, 8);
-    t.true(await waitFor(() => r.tx.usedIdx === 8));
-    for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
+    const hdr = Buffer.from([1, 4, 0x36, 0, 0xa8, 5, 34, 0, 16, 0, 0x99, 0x88]); // NEEDS_CSUM, TCPV6, odd num_buffers
+    const payload = pattern(1000, 3);
+    const a = r.mem.alloc(8), b = r.mem.alloc(600), c = r.mem.alloc(404);
+    const whole = Buffer.concat([hdr, payload]);
+    put(r.mem, a, whole.subarray(0, 8));
+    put(r.mem, b, whole.subarray(8, 608));
+    put(r.mem, c, whole.subarray(608));
+    r.tx.setChain(0, [[a, 8, false], [b, 600, false], [c, 404, false]]);
+    r.tx.post(0);
+    A.kick(r.txKick);
+    const got = await readPeerWait(r.peer);
+    t.deepEqual(got, whole);
+    t.true(await waitFor(() => r.tx.usedIdx === 1));
+    t.deepEqual(r.tx.usedElem(0), { id: 0, len: 0 });
     const s = r.engine.stats();
-    t.is(s.tx.usedChains, 8);
-    t.is(s.tx.interrupts, suppress ? 0 : 1);
-    t.is(A.waitCall([r.txCall], 0), suppress ? 0 : 1);
-    // Idle: kicks are re-enabled (used.flags NO_NOTIFY clear).
-    t.true(await waitFor(() => r.tx.usedFlags === 0));
-  }
-});
+    t.is(s.tx.packets, 1);
+    t.is(s.tx.bytes, 1000);
+    t.is(s.tx.usedChains, 1);
+    t.is(s.tx.lastAvailIdx, r.tx.positionAfter(1));
+    t.is(s.tx.usedIdx, r.tx.usedStat);
+    t.true(s.tx.kicks >= 1);
+    t.is(s.io, EXPECTED_IO);
+    t.true(s.running);
+  });
+}
+
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: TX: through an indirect table`, async (t) => {
+    const r = rigIn(layout);
+    t.teardown(() => r.close());
+    r.engine.start();
+    const whole = pattern(12 + 300, 9);
+    const a = r.mem.alloc(12), b = r.mem.alloc(300), table = r.mem.alloc(32);
+    put(r.mem, a, whole.subarray(0, 12));
+    put(r.mem, b, whole.subarray(12));
+    r.tx.setChain(0, [[a, 12, false], [b, 300, false]], table);
+    r.tx.setDesc(5, table, 32, DESC_F_INDIRECT);
+    r.tx.post(5);
+    A.kick(r.txKick);
+    t.deepEqual(await readPeerWait(r.peer), whole);
+    t.true(await waitFor(() => r.tx.usedIdx === 1));
+    t.is(r.tx.usedElem(0).id, 5);
+  });
+}
+
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: TX: a batch of chains is one interrupt; NO_INTERRUPT suppresses it`, async (t) => {
+    for (const suppress of [false, true]) {
+      const r = rigIn(layout);
+      t.teardown(() => r.close());
+      r.tx.availFlags = suppress ? 1 : 0;
+      r.engine.start();
+      postTx(r, 0, 8);
+      t.true(await waitFor(() => r.tx.usedIdx === 8));
+      for (let i = 0; i < 8; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i));
+      const s = r.engine.stats();
+      t.is(s.tx.usedChains, 8);
+      t.is(s.tx.interrupts, suppress ? 0 : 1);
+      t.is(A.waitCall([r.txCall], 0), suppress ? 0 : 1);
+      // Idle: kicks are re-enabled (used.flags NO_NOTIFY clear).
+      t.true(await waitFor(() => r.tx.usedFlags === 0));
+    }
+  });
+}
 
 test('EVENT_IDX: used_event decides the interrupt; avail_event follows the device', async (t) => {
   const r = rig({ eventIdx: true });
@@ -323,73 +345,79 @@ async function sendOneTx(t: ExecutionContext, r: Rig, i: number): Promise<void> 
   t.true(await waitFor(() => r.tx.usedIdx === i + 1));
 }
 
-test('NOTF_COAL TX: one interrupt per max_packets used; lowering it sends the one now due; max_usecs sends the rest', async (t) => {
-  const r = rig({ qsize: 32 });
-  t.teardown(() => r.close());
-  r.engine.setCoalescing('tx', 4, LONG_US);
-  r.engine.start();
-  for (let i = 0; i < 10; i++) await sendOneTx(t, r, i);
-  t.is(r.engine.stats().tx.interrupts, 2, 'frames 4 and 8 closed a window; 9 and 10 wait');
-  t.is(A.waitCall([r.txCall], 0), 1);
-  // The spec's example: a window holding more packets than the new max_packets is due at once.
-  r.engine.setCoalescing('tx', 2, LONG_US);
-  t.true(await waitFor(() => r.engine.stats().tx.interrupts === 3));
-  t.is(A.waitCall([r.txCall], 5000), 1);
-  // A window that never fills closes when its time is up.
-  r.engine.setCoalescing('tx', 100, 20_000);
-  await sendOneTx(t, r, 10);
-  t.true(await waitFor(() => r.engine.stats().tx.interrupts === 4));
-  t.is(A.waitCall([r.txCall], 5000), 1);
-  // Off again (0 in either field): every batch interrupts.
-  r.engine.setCoalescing('tx', 0, LONG_US);
-  await sendOneTx(t, r, 11);
-  t.true(await waitFor(() => r.engine.stats().tx.interrupts === 5));
-  await sendOneTx(t, r, 12);
-  t.true(await waitFor(() => r.engine.stats().tx.interrupts === 6));
-  t.is(r.engine.stats().tx.usedChains, 13);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: NOTF_COAL TX: one interrupt per max_packets used; lowering it sends the one now due; max_usecs sends the rest`, async (t) => {
+    const r = rigIn(layout, { qsize: 32 });
+    t.teardown(() => r.close());
+    r.engine.setCoalescing('tx', 4, LONG_US);
+    r.engine.start();
+    for (let i = 0; i < 10; i++) await sendOneTx(t, r, i);
+    t.is(r.engine.stats().tx.interrupts, 2, 'frames 4 and 8 closed a window; 9 and 10 wait');
+    t.is(A.waitCall([r.txCall], 0), 1);
+    // The spec's example: a window holding more packets than the new max_packets is due at once.
+    r.engine.setCoalescing('tx', 2, LONG_US);
+    t.true(await waitFor(() => r.engine.stats().tx.interrupts === 3));
+    t.is(A.waitCall([r.txCall], 5000), 1);
+    // A window that never fills closes when its time is up.
+    r.engine.setCoalescing('tx', 100, 20_000);
+    await sendOneTx(t, r, 10);
+    t.true(await waitFor(() => r.engine.stats().tx.interrupts === 4));
+    t.is(A.waitCall([r.txCall], 5000), 1);
+    // Off again (0 in either field): every batch interrupts.
+    r.engine.setCoalescing('tx', 0, LONG_US);
+    await sendOneTx(t, r, 11);
+    t.true(await waitFor(() => r.engine.stats().tx.interrupts === 5));
+    await sendOneTx(t, r, 12);
+    t.true(await waitFor(() => r.engine.stats().tx.interrupts === 6));
+    t.is(r.engine.stats().tx.usedChains, 13);
+  });
+}
 
-test('NOTF_COAL RX: one interrupt per max_packets frames; what a window holds at stop() is signalled then', async (t) => {
-  const r = rig({ qsize: 32 });
-  t.teardown(() => r.close());
-  postRx(r, 32, 1600);
-  r.engine.setCoalescing('rx', 8, LONG_US);
-  r.engine.start();
-  for (let i = 0; i < 20; i++) {
-    fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
-    t.true(await waitFor(() => r.rx.usedIdx === i + 1));
-  }
-  t.is(r.engine.stats().rx.interrupts, 2);
-  r.engine.stop();
-  t.is(r.engine.stats().rx.interrupts, 3, 'the 4 frames of the open window are not left unsignalled');
-  t.is(A.waitCall([r.rxCall], 0), 1);
-  // Kept across stop()/start().
-  r.engine.start();
-  for (let i = 20; i < 28; i++) {
-    fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
-    t.true(await waitFor(() => r.rx.usedIdx === i + 1));
-  }
-  t.true(await waitFor(() => r.engine.stats().rx.interrupts === 4));
-  t.is(r.engine.stats().rx.packets, 28);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: NOTF_COAL RX: one interrupt per max_packets frames; what a window holds at stop() is signalled then`, async (t) => {
+    const r = rigIn(layout, { qsize: 32 });
+    t.teardown(() => r.close());
+    postRx(r, 32, 1600);
+    r.engine.setCoalescing('rx', 8, LONG_US);
+    r.engine.start();
+    for (let i = 0; i < 20; i++) {
+      fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
+      t.true(await waitFor(() => r.rx.usedIdx === i + 1));
+    }
+    t.is(r.engine.stats().rx.interrupts, 2);
+    r.engine.stop();
+    t.is(r.engine.stats().rx.interrupts, 3, 'the 4 frames of the open window are not left unsignalled');
+    t.is(A.waitCall([r.rxCall], 0), 1);
+    // Kept across stop()/start().
+    r.engine.start();
+    for (let i = 20; i < 28; i++) {
+      fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
+      t.true(await waitFor(() => r.rx.usedIdx === i + 1));
+    }
+    t.true(await waitFor(() => r.engine.stats().rx.interrupts === 4));
+    t.is(r.engine.stats().rx.packets, 28);
+  });
+}
 
-test('NOTF_COAL RX: frames left to gather in the TAP while the interrupt is held all land, once, in order', async (t) => {
-  const r = rig({ qsize: 64 });
-  t.teardown(() => r.close());
-  const bufs = postRx(r, 64, 1600);
-  r.engine.setCoalescing('rx', 1000, 20_000);
-  r.engine.start();
-  fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, 0));
-  t.true(await waitFor(() => r.rx.usedIdx === 1));
-  // The guest (notifications on) now waits for the held interrupt: the worker gathers.
-  for (let i = 1; i <= 40; i++) fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
-  t.true(await waitFor(() => r.rx.usedIdx === 41));
-  for (let i = 0; i <= 40; i++) t.is(r.mem.dv.getUint32(bufs[r.rx.usedElem(i).id] + 12 + 14, true), i);
-  t.true(await waitFor(() => r.engine.stats().rx.interrupts >= 1), 'the held interrupt comes');
-  await new Promise((res) => setTimeout(res, 20));
-  t.is(r.rx.usedIdx, 41, 'nothing delivered twice');
-  t.is(r.engine.stats().rx.packets, 41);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: NOTF_COAL RX: frames left to gather in the TAP while the interrupt is held all land, once, in order`, async (t) => {
+    const r = rigIn(layout, { qsize: 64 });
+    t.teardown(() => r.close());
+    const bufs = postRx(r, 64, 1600);
+    r.engine.setCoalescing('rx', 1000, 20_000);
+    r.engine.start();
+    fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, 0));
+    t.true(await waitFor(() => r.rx.usedIdx === 1));
+    // The guest (notifications on) now waits for the held interrupt: the worker gathers.
+    for (let i = 1; i <= 40; i++) fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
+    t.true(await waitFor(() => r.rx.usedIdx === 41));
+    for (let i = 0; i <= 40; i++) t.is(r.mem.dv.getUint32(bufs[r.rx.usedElem(i).id] + 12 + 14, true), i);
+    t.true(await waitFor(() => r.engine.stats().rx.interrupts >= 1), 'the held interrupt comes');
+    await new Promise((res) => setTimeout(res, 20));
+    t.is(r.rx.usedIdx, 41, 'nothing delivered twice');
+    t.is(r.engine.stats().rx.packets, 41);
+  });
+}
 
 test('NOTF_COAL: an interrupt the driver suppressed stays suppressed when the window closes', async (t) => {
   const r = rig({ qsize: 32, eventIdx: true });
@@ -406,21 +434,23 @@ test('NOTF_COAL: an interrupt the driver suppressed stays suppressed when the wi
   t.is(A.waitCall([r.txCall], 5000), 1);
 });
 
-test('NOTF_COAL: the largest window (2^32-1 packets, 2^32-1 us) neither overflows nor holds stop() up', async (t) => {
-  const r = rig({ qsize: 32 });
-  t.teardown(() => r.close());
-  postRx(r, 32, 1600);
-  r.engine.setCoalescing('rx', 2 ** 32 - 1, 2 ** 32 - 1);
-  r.engine.start();
-  for (let i = 0; i < 3; i++) {
-    fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
-    t.true(await waitFor(() => r.rx.usedIdx === i + 1));
-  }
-  t.is(r.engine.stats().rx.interrupts, 0, 'held: the window is 71 minutes long');
-  r.engine.stop(); // the worker sleeps until the window's end: stop() must wake it
-  t.is(r.engine.stats().rx.interrupts, 1, 'and the held interrupt goes out as it stops');
-  t.false(r.engine.stats().running);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: NOTF_COAL: the largest window (2^32-1 packets, 2^32-1 us) neither overflows nor holds stop() up`, async (t) => {
+    const r = rigIn(layout, { qsize: 32 });
+    t.teardown(() => r.close());
+    postRx(r, 32, 1600);
+    r.engine.setCoalescing('rx', 2 ** 32 - 1, 2 ** 32 - 1);
+    r.engine.start();
+    for (let i = 0; i < 3; i++) {
+      fs.writeSync(r.peer, ethFrame(12, { dst: PRIMARY }, i));
+      t.true(await waitFor(() => r.rx.usedIdx === i + 1));
+    }
+    t.is(r.engine.stats().rx.interrupts, 0, 'held: the window is 71 minutes long');
+    r.engine.stop(); // the worker sleeps until the window's end: stop() must wake it
+    t.is(r.engine.stats().rx.interrupts, 1, 'and the held interrupt goes out as it stops');
+    t.false(r.engine.stats().running);
+  });
+}
 
 test('setCoalescing refuses what the driver cannot have sent, with EVHOST_BADARG', (t) => {
   const r = rig();
@@ -435,205 +465,220 @@ test('setCoalescing refuses what the driver cannot have sent, with EVHOST_BADARG
   t.notThrows(() => r.engine.setCoalescing('rx', 2 ** 32 - 1, 2 ** 32 - 1));
 });
 
-test('RX mergeable: a frame spans several small chains; num_buffers written across descriptors', async (t) => {
-  const r = rig({ mergeable: true, hdrLen: 12, rxFrameMax: 1526 });
-  t.teardown(() => r.close());
-  // 8 chains of 256 bytes; chain 0's header is split 8 + 248 so num_buffers straddles descriptors.
-  const bufs: number[][] = [];
-  let d = 0;
-  for (let i = 0; i < 8; i++) {
-    if (i === 0) {
-      const a = r.mem.alloc(8), b = r.mem.alloc(248);
-      bufs.push([a, 8], [b, 248]);
-      r.rx.setChain(d, [[a, 8, true], [b, 248, true]]);
-      r.rx.place(d);
-      d += 2;
-    } else {
-      const a = r.mem.alloc(256);
-      bufs.push([a, 256]);
-      r.rx.setChain(d, [[a, 256, true]]);
-      r.rx.place(d);
-      d += 1;
-    }
-  }
-  r.rx.publish();
-  const snap = r.mem.snapshot();
-  r.engine.start();
-  A.kick(r.rxKick);
-  const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee]), pattern(1000, 5)]);
-  fs.writeSync(r.peer, frame);
-  t.true(await waitFor(() => r.rx.usedIdx === 4));
-  const used = [0, 1, 2, 3].map((i) => r.rx.usedElem(i));
-  t.deepEqual(used, [{ id: 0, len: 256 }, { id: 2, len: 256 }, { id: 3, len: 256 }, { id: 4, len: 1012 - 768 }]);
-  // Reassemble what the guest sees.
-  const got = Buffer.concat(bufs.map(([a, l]) => Buffer.from(r.mem.u8.subarray(a, a + l)))).subarray(0, 1012);
-  t.is(got.readUInt16LE(10), 4);
-  t.deepEqual(got.subarray(0, 10), frame.subarray(0, 10));
-  t.deepEqual(got.subarray(12), frame.subarray(12));
-  // Nothing outside the used buffers and the used ring changed.
-  const allowed: Array<[number, number]> = bufs.map(([a, l]) => [a, a + l] as [number, number]);
-  t.is(r.mem.diffOutside(snap, [...allowed, r.rx.usedRegion(), r.tx.usedRegion()]), -1);
-  const s = r.engine.stats();
-  t.is(s.rx.packets, 1);
-  t.is(s.rx.bytes, 1000);
-  t.is(s.rx.usedChains, 4);
-  t.is(s.rx.interrupts, 1);
-  // The remaining 4 chains are stashed; they are handed back on stop.
-  r.engine.stop();
-  t.is(r.engine.stats().rx.lastAvailIdx, 4);
-  t.false(r.engine.stats().running);
-});
-
-test('RX mergeable: a small ring is read once it holds every buffer it can', async (t) => {
-  const r = rig({ mergeable: true, qsize: 4, rxFrameMax: 1526 });
-  t.teardown(() => r.close());
-  const bufs: number[] = [];
-  for (let i = 0; i < 4; i++) {
-    const a = r.mem.alloc(128);
-    bufs.push(a);
-    r.rx.setChain(i, [[a, 128, true]]);
-    r.rx.place(i);
-  }
-  r.rx.publish();
-  r.engine.start();
-  fs.writeSync(r.peer, pattern(300, 1));
-  t.true(await waitFor(() => r.rx.usedIdx === 3));
-  t.deepEqual([0, 1, 2].map((i) => r.rx.usedElem(i).len), [128, 128, 44]);
-  t.is(r.mem.dv.getUint16(bufs[0] + 10, true), 3);
-});
-
-test('RX mergeable: with too few buffers frames wait in the kernel, then flow when buffers come', async (t) => {
-  const r = rig({ mergeable: true, qsize: 16, rxFrameMax: 1526 });
-  t.teardown(() => r.close());
-  r.engine.start();
-  fs.writeSync(r.peer, pattern(100, 2));
-  fs.writeSync(r.peer, pattern(200, 3));
-  const a = r.mem.alloc(1024);
-  r.rx.setChain(0, [[a, 1024, true]]);
-  r.rx.post(0);
-  A.kick(r.rxKick);
-  await new Promise((res) => setTimeout(res, 50));
-  t.is(r.rx.usedIdx, 0); // 1024 < rxFrameMax and the ring could hold more
-  t.is(r.engine.stats().rx.drops.rx_truncated, 0);
-  const b = r.mem.alloc(1024);
-  r.rx.setChain(1, [[b, 1024, true]]);
-  r.rx.post(1);
-  A.kick(r.rxKick);
-  t.true(await waitFor(() => r.rx.usedIdx === 1));
-  t.deepEqual(r.rx.usedElem(0), { id: 0, len: 100 });
-  const c = r.mem.alloc(1024);
-  r.rx.setChain(2, [[c, 1024, true]]);
-  r.rx.post(2);
-  A.kick(r.rxKick);
-  t.true(await waitFor(() => r.rx.usedIdx === 2));
-  t.deepEqual(r.rx.usedElem(1), { id: 1, len: 200 });
-  t.deepEqual(Buffer.from(r.mem.u8.subarray(b + 12, b + 200)), pattern(200, 3).subarray(12));
-  const s = r.engine.stats();
-  t.is(s.rx.packets, 2);
-  t.is(Object.values(s.rx.drops).reduce((x, y) => x + y, 0), 0);
-});
-
-test('RX without mergeable: one chain per frame; num_buffers = 1 with a 12-byte header, untouched with 10', async (t) => {
-  for (const hdrLen of [12, 10]) {
-    const r = rig({ mergeable: false, hdrLen, rxFrameMax: 1514 + hdrLen });
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: RX mergeable: a frame spans several small chains; num_buffers written across descriptors`, async (t) => {
+    const r = rigIn(layout, { mergeable: true, hdrLen: 12, rxFrameMax: 1526 });
     t.teardown(() => r.close());
-    const a = r.mem.alloc(1600);
-    r.rx.setChain(0, [[a, 1600, true]]);
-    r.rx.post(0);
-    r.engine.start();
-    const frame = pattern(hdrLen + 60, 11);
-    fs.writeSync(r.peer, frame);
-    t.true(await waitFor(() => r.rx.usedIdx === 1));
-    t.deepEqual(r.rx.usedElem(0), { id: 0, len: hdrLen + 60 });
-    const got = Buffer.from(r.mem.u8.subarray(a, a + hdrLen + 60));
-    if (hdrLen === 12) {
-      t.is(got.readUInt16LE(10), 1);
-      t.deepEqual(got.subarray(12), frame.subarray(12));
-    } else {
-      t.deepEqual(got, frame);
+    // 8 chains of 256 bytes; chain 0's header is split 8 + 248 so num_buffers straddles descriptors.
+    const bufs: number[][] = [];
+    let d = 0;
+    for (let i = 0; i < 8; i++) {
+      if (i === 0) {
+        const a = r.mem.alloc(8), b = r.mem.alloc(248);
+        bufs.push([a, 8], [b, 248]);
+        r.rx.setChain(d, [[a, 8, true], [b, 248, true]]);
+        r.rx.place(d);
+        d += 2;
+      } else {
+        const a = r.mem.alloc(256);
+        bufs.push([a, 256]);
+        r.rx.setChain(d, [[a, 256, true]]);
+        r.rx.place(d);
+        d += 1;
+      }
     }
-  }
-});
+    r.rx.publish();
+    const snap = r.mem.snapshot();
+    r.engine.start();
+    A.kick(r.rxKick);
+    const frame = Buffer.concat([Buffer.from([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xee, 0xee]), pattern(1000, 5)]);
+    fs.writeSync(r.peer, frame);
+    t.true(await waitFor(() => r.rx.usedIdx === 4));
+    const used = [0, 1, 2, 3].map((i) => r.rx.usedElem(i));
+    t.deepEqual(used, [{ id: 0, len: 256 }, { id: 2, len: 256 }, { id: 3, len: 256 }, { id: 4, len: 1012 - 768 }]);
+    // Reassemble what the guest sees.
+    const got = Buffer.concat(bufs.map(([a, l]) => Buffer.from(r.mem.u8.subarray(a, a + l)))).subarray(0, 1012);
+    t.is(got.readUInt16LE(10), 4);
+    t.deepEqual(got.subarray(0, 10), frame.subarray(0, 10));
+    t.deepEqual(got.subarray(12), frame.subarray(12));
+    // Nothing outside the used buffers and the used ring changed.
+    const allowed: Array<[number, number]> = bufs.map(([a, l]) => [a, a + l] as [number, number]);
+    t.is(r.mem.diffOutside(snap, [...allowed, r.rx.usedRegion(), r.tx.usedRegion()]), -1);
+    const s = r.engine.stats();
+    t.is(s.rx.packets, 1);
+    t.is(s.rx.bytes, 1000);
+    t.is(s.rx.usedChains, 4);
+    t.is(s.rx.interrupts, 1);
+    // The remaining 4 chains are stashed; they are handed back on stop.
+    r.engine.stop();
+    t.is(r.engine.stats().rx.lastAvailIdx, r.rx.positionAfter(4));
+    t.false(r.engine.stats().running);
+  });
+}
 
-test('TX: EAGAIN leaves chains in the ring until the TAP has room; nothing dropped', async (t) => {
-  const r = rig({ qsize: 128, memSize: 4 << 20 });
-  t.teardown(() => r.close());
-  r.engine.start();
-  const N = 128;
-  for (let i = 0; i < N; i++) {
-    const a = r.mem.alloc(16384);
-    r.mem.dv.setUint32(a + 12, i, true);
-    r.tx.setChain(i, [[a, 16384, false]]);
-    r.tx.place(i);
-  }
-  r.tx.publish();
-  A.kick(r.txKick);
-  await new Promise((res) => setTimeout(res, 100));
-  const mid = r.engine.stats().tx;
-  t.true(mid.usedIdx < N, 'the socket buffer cannot take 2 MiB');
-  for (let i = 0; i < N; i++) {
-    const f = await readPeerWait(r.peer);
-    t.is(f.length, 16384);
-    t.is(f.readUInt32LE(12), i);
-  }
-  t.true(await waitFor(() => r.tx.usedIdx === N));
-  const s = r.engine.stats().tx;
-  t.is(s.packets, N);
-  t.is(Object.values(s.drops).reduce((x, y) => x + y, 0), 0);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: RX mergeable: a small ring is read once it holds every buffer it can`, async (t) => {
+    const r = rigIn(layout, { mergeable: true, qsize: 4, rxFrameMax: 1526 });
+    t.teardown(() => r.close());
+    const bufs: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const a = r.mem.alloc(128);
+      bufs.push(a);
+      r.rx.setChain(i, [[a, 128, true]]);
+      r.rx.place(i);
+    }
+    r.rx.publish();
+    r.engine.start();
+    fs.writeSync(r.peer, pattern(300, 1));
+    t.true(await waitFor(() => r.rx.usedIdx === 3));
+    t.deepEqual([0, 1, 2].map((i) => r.rx.usedElem(i).len), [128, 128, 44]);
+    t.is(r.mem.dv.getUint16(bufs[0] + 10, true), 3);
+  });
+}
 
-test('TX: a write error is counted, the chain is returned, the queue keeps going', async (t) => {
-  const r = rig({ memSize: 4 << 20 });
-  t.teardown(() => r.close());
-  r.engine.start();
-  const big = r.mem.alloc(1 << 21); // larger than a socket can take in one message: EMSGSIZE
-  r.tx.setChain(0, [[big, 1 << 21, false]]);
-  const small = r.mem.alloc(64);
-  r.tx.setChain(1, [[small, 64, false]]);
-  r.tx.post(0, 1);
-  A.kick(r.txKick);
-  t.true(await waitFor(() => r.tx.usedIdx === 2));
-  t.deepEqual(r.tx.usedElem(0), { id: 0, len: 0 });
-  t.is((await readPeerWait(r.peer)).length, 64);
-  const s = r.engine.stats().tx;
-  t.is(s.drops.tap_write_error, 1);
-  t.is(s.packets, 1);
-  t.false(s.broken);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: RX mergeable: with too few buffers frames wait in the kernel, then flow when buffers come`, async (t) => {
+    const r = rigIn(layout, { mergeable: true, qsize: 16, rxFrameMax: 1526 });
+    t.teardown(() => r.close());
+    r.engine.start();
+    fs.writeSync(r.peer, pattern(100, 2));
+    fs.writeSync(r.peer, pattern(200, 3));
+    const a = r.mem.alloc(1024);
+    r.rx.setChain(0, [[a, 1024, true]]);
+    r.rx.post(0);
+    A.kick(r.rxKick);
+    await new Promise((res) => setTimeout(res, 50));
+    t.is(r.rx.usedIdx, 0); // 1024 < rxFrameMax and the ring could hold more
+    t.is(r.engine.stats().rx.drops.rx_truncated, 0);
+    const b = r.mem.alloc(1024);
+    r.rx.setChain(1, [[b, 1024, true]]);
+    r.rx.post(1);
+    A.kick(r.rxKick);
+    t.true(await waitFor(() => r.rx.usedIdx === 1));
+    t.deepEqual(r.rx.usedElem(0), { id: 0, len: 100 });
+    const c = r.mem.alloc(1024);
+    r.rx.setChain(2, [[c, 1024, true]]);
+    r.rx.post(2);
+    A.kick(r.rxKick);
+    t.true(await waitFor(() => r.rx.usedIdx === 2));
+    t.deepEqual(r.rx.usedElem(1), { id: 1, len: 200 });
+    t.deepEqual(Buffer.from(r.mem.u8.subarray(b + 12, b + 200)), pattern(200, 3).subarray(12));
+    const s = r.engine.stats();
+    t.is(s.rx.packets, 2);
+    t.is(Object.values(s.rx.drops).reduce((x, y) => x + y, 0), 0);
+  });
+}
 
-test('guest memory may be a shared WebAssembly.Memory buffer', async (t) => {
-  // lib is ES2022 without DOM, so WebAssembly is not in the type environment.
-  type WasmMemory = new (d: { initial: number; maximum: number; shared: boolean }) => { buffer: SharedArrayBuffer };
-  const Memory = (globalThis as unknown as { WebAssembly: { Memory: WasmMemory } }).WebAssembly.Memory;
-  const wm = new Memory({ initial: 16, maximum: 32, shared: true });
-  t.true(wm.buffer instanceof SharedArrayBuffer);
-  const r = rig({ sab: wm.buffer });
-  t.teardown(() => r.close());
-  r.engine.start();
-  const whole = pattern(80, 4);
-  const a = r.mem.alloc(80);
-  put(r.mem, a, whole);
-  r.tx.setChain(0, [[a, 80, false]]);
-  r.tx.post(0);
-  A.kick(r.txKick);
-  t.deepEqual(await readPeerWait(r.peer), whole);
-  t.true(await waitFor(() => r.tx.usedIdx === 1));
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: RX without mergeable: one chain per frame; num_buffers = 1 with a 12-byte header, untouched with 10`, async (t) => {
+    for (const hdrLen of [12, 10]) {
+      const r = rigIn(layout, { mergeable: false, hdrLen, rxFrameMax: 1514 + hdrLen });
+      t.teardown(() => r.close());
+      const a = r.mem.alloc(1600);
+      r.rx.setChain(0, [[a, 1600, true]]);
+      r.rx.post(0);
+      r.engine.start();
+      const frame = pattern(hdrLen + 60, 11);
+      fs.writeSync(r.peer, frame);
+      t.true(await waitFor(() => r.rx.usedIdx === 1));
+      t.deepEqual(r.rx.usedElem(0), { id: 0, len: hdrLen + 60 });
+      const got = Buffer.from(r.mem.u8.subarray(a, a + hdrLen + 60));
+      if (hdrLen === 12) {
+        t.is(got.readUInt16LE(10), 1);
+        t.deepEqual(got.subarray(12), frame.subarray(12));
+      } else {
+        t.deepEqual(got, frame);
+      }
+    }
+  });
+}
 
-test('start twice throws; stop is idempotent; restart resumes', async (t) => {
-  const r = rig();
-  t.teardown(() => r.close());
-  r.engine.start();
-  t.throws(() => r.engine.start(), { code: 'EVHOST_STATE' } as never);
-  r.engine.stop();
-  r.engine.stop();
-  r.engine.start();
-  const a = r.mem.alloc(20);
-  r.tx.setChain(0, [[a, 20, false]]);
-  r.tx.post(0);
-  A.kick(r.txKick);
-  t.is((await readPeerWait(r.peer)).length, 20);
-});
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: TX: EAGAIN leaves chains in the ring until the TAP has room; nothing dropped`, async (t) => {
+    const r = rigIn(layout, { qsize: 128, memSize: 4 << 20 });
+    t.teardown(() => r.close());
+    r.engine.start();
+    const N = 128;
+    for (let i = 0; i < N; i++) {
+      const a = r.mem.alloc(16384);
+      r.mem.dv.setUint32(a + 12, i, true);
+      r.tx.setChain(i, [[a, 16384, false]]);
+      r.tx.place(i);
+    }
+    r.tx.publish();
+    A.kick(r.txKick);
+    await new Promise((res) => setTimeout(res, 100));
+    t.true(r.tx.usedIdx < N, 'the socket buffer cannot take 2 MiB');
+    for (let i = 0; i < N; i++) {
+      const f = await readPeerWait(r.peer);
+      t.is(f.length, 16384);
+      t.is(f.readUInt32LE(12), i);
+    }
+    t.true(await waitFor(() => r.tx.usedIdx === N));
+    const s = r.engine.stats().tx;
+    t.is(s.packets, N);
+    t.is(Object.values(s.drops).reduce((x, y) => x + y, 0), 0);
+  });
+}
+
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: TX: a write error is counted, the chain is returned, the queue keeps going`, async (t) => {
+    const r = rigIn(layout, { memSize: 4 << 20 });
+    t.teardown(() => r.close());
+    r.engine.start();
+    const big = r.mem.alloc(1 << 21); // larger than a socket can take in one message: EMSGSIZE
+    r.tx.setChain(0, [[big, 1 << 21, false]]);
+    const small = r.mem.alloc(64);
+    r.tx.setChain(1, [[small, 64, false]]);
+    r.tx.post(0, 1);
+    A.kick(r.txKick);
+    t.true(await waitFor(() => r.tx.usedIdx === 2));
+    t.deepEqual(r.tx.usedElem(0), { id: 0, len: 0 });
+    t.is((await readPeerWait(r.peer)).length, 64);
+    const s = r.engine.stats().tx;
+    t.is(s.drops.tap_write_error, 1);
+    t.is(s.packets, 1);
+    t.false(s.broken);
+  });
+}
+
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: guest memory may be a shared WebAssembly.Memory buffer`, async (t) => {
+    // lib is ES2022 without DOM, so WebAssembly is not in the type environment.
+    type WasmMemory = new (d: { initial: number; maximum: number; shared: boolean }) => { buffer: SharedArrayBuffer };
+    const Memory = (globalThis as unknown as { WebAssembly: { Memory: WasmMemory } }).WebAssembly.Memory;
+    const wm = new Memory({ initial: 16, maximum: 32, shared: true });
+    t.true(wm.buffer instanceof SharedArrayBuffer);
+    const r = rigIn(layout, { sab: wm.buffer });
+    t.teardown(() => r.close());
+    r.engine.start();
+    const whole = pattern(80, 4);
+    const a = r.mem.alloc(80);
+    put(r.mem, a, whole);
+    r.tx.setChain(0, [[a, 80, false]]);
+    r.tx.post(0);
+    A.kick(r.txKick);
+    t.deepEqual(await readPeerWait(r.peer), whole);
+    t.true(await waitFor(() => r.tx.usedIdx === 1));
+  });
+}
+
+for (const layout of RING_LAYOUTS) {
+  test(`${layout}: start twice throws; stop is idempotent; restart resumes`, async (t) => {
+    const r = rigIn(layout);
+    t.teardown(() => r.close());
+    r.engine.start();
+    t.throws(() => r.engine.start(), { code: 'EVHOST_STATE' } as never);
+    r.engine.stop();
+    r.engine.stop();
+    r.engine.start();
+    const a = r.mem.alloc(20);
+    r.tx.setChain(0, [[a, 20, false]]);
+    r.tx.post(0);
+    A.kick(r.txKick);
+    t.is((await readPeerWait(r.peer)).length, 20);
+  });
+}
 
 test('constructor rejects bad rings and options with EVHOST_BADARG', (t) => {
   const r = rig();
@@ -670,7 +715,7 @@ interface Hostile {
   rule: string;
   opts?: RigOptions;
   /** Lay out the bad chain; return guest ranges the device may legitimately write besides used rings. */
-  setup(r: Rig): void;
+  setup(r: Rig<DriverQueue>): void;
 }
 
 const MEM = 1 << 20;
@@ -758,6 +803,167 @@ for (const h of hostile) {
     t.is(h.queue === 'rx' ? r.rx.usedIdx : r.tx.usedIdx, 0);
   });
 }
+
+// ---- hostile packed rings ----------------------------------------------------------------
+// The packed ring's own rules (flags that disagree with the driver's wrap counter inside a
+// chain, a chain longer than the ring, a buffer id out of range or already in flight, which
+// with IN_ORDER is how a driver breaks its promise: the ring order itself cannot be broken),
+// and the split table's rules met through packed descriptors and packed indirect tables.
+// Each stops only its queue: the other direction goes on carrying a frame.
+
+const F_AVAIL = 1 << 7;
+const F_USED = 1 << 15;
+
+interface HostilePacked {
+  name: string;
+  queue: 'rx' | 'tx';
+  rule: string;
+  opts?: RigOptions;
+  /** Buffers before the bad one that the device used (default 0). */
+  usedBefore?: number;
+  setup(r: Rig<PackedRingQueue>): void;
+}
+
+const hostilePacked: HostilePacked[] = [
+  { name: 'a chain descriptor whose AVAIL/USED bits say wrap 0 while the driver is on wrap 1', queue: 'tx', rule: 'chain-not-available',
+    setup: (r) => { const a = r.mem.alloc(64); r.tx.placeRaw([[a, 12, DESC_F_NEXT, 0], [a + 12, 52, 0, 0]], [undefined, F_USED]); r.tx.publish(); } },
+  { name: 'a chain descriptor flagged AVAIL|USED (a used descriptor) in the middle of a chain', queue: 'rx', rule: 'chain-not-available',
+    setup: (r) => { const a = r.mem.alloc(2048); r.rx.placeRaw([[a, 1024, DESC_F_NEXT | DESC_F_WRITE, 0], [a + 1024, 1024, DESC_F_WRITE, 0]], [undefined, F_AVAIL | F_USED]); r.rx.publish(); } },
+  { name: 'a chain longer than the ring (every slot has NEXT)', queue: 'tx', rule: 'chain-too-long',
+    setup: (r) => { const a = r.mem.alloc(16 * 16); r.tx.placeRaw(Array.from({ length: 16 }, (_, i) => [a + 16 * i, 16, DESC_F_NEXT, 0] as [number, number, number, number])); r.tx.publish(); } },
+  { name: 'a buffer id equal to the queue size', queue: 'tx', rule: 'buffer-id-out-of-range',
+    setup: (r) => { const a = r.mem.alloc(64); r.tx.setDesc(16, a, 64, 0); r.tx.post(16); } },
+  { name: 'a buffer id of 0xffff on RX', queue: 'rx', rule: 'buffer-id-out-of-range',
+    setup: (r) => { const a = r.mem.alloc(2048); r.rx.setDesc(0xffff, a, 2048, DESC_F_WRITE); r.rx.post(0xffff); } },
+  { name: 'IN_ORDER: a buffer id made available again while in flight', queue: 'tx', rule: 'buffer-id-in-use', opts: { inOrder: true }, usedBefore: 1,
+    setup: (r) => { const a = r.mem.alloc(64), b = r.mem.alloc(64); r.tx.setDesc(3, a, 64, 0); r.tx.place(3); r.tx.setDesc(3, b, 64, 0); r.tx.place(3); r.tx.publish(); } },
+  { name: 'an indirect table inside an indirect table', queue: 'tx', rule: 'nested-indirect',
+    setup: (r) => {
+      const t1 = r.mem.alloc(32), t2 = r.mem.alloc(16), a = r.mem.alloc(64);
+      r.tx.setDesc(0, a, 64, 0, 0, t2);
+      r.tx.setDesc(0, a, 12, 0, 0, t1); r.tx.setDesc(1, t2, 16, DESC_F_INDIRECT, 0, t1);
+      r.tx.setDesc(0, t1, 32, DESC_F_INDIRECT); r.tx.post(0);
+    } },
+  { name: 'an indirect descriptor with NEXT', queue: 'tx', rule: 'indirect-with-next',
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(64); r.tx.setDesc(0, a, 64, 0, 0, t); r.tx.placeRaw([[t, 16, DESC_F_INDIRECT | DESC_F_NEXT, 0], [a, 64, 0, 0]]); r.tx.publish(); } },
+  { name: 'an indirect descriptor after another in a chain', queue: 'rx', rule: 'indirect-with-next',
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(2048); r.rx.setDesc(0, a, 2048, DESC_F_WRITE, 0, t); r.rx.placeRaw([[a, 12, DESC_F_NEXT | DESC_F_WRITE, 0], [t, 16, DESC_F_INDIRECT, 0]]); r.rx.publish(); } },
+  { name: 'a descriptor past the end of memory', queue: 'tx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, MEM - 4, 100, 0); r.tx.post(0); } },
+  { name: 'a descriptor whose addr + len wraps past 2^64 (RX)', queue: 'rx', rule: 'desc-out-of-bounds',
+    setup: (r) => { r.rx.setDesc(0, 2n ** 64n - 0x100n, 0x200, DESC_F_WRITE); r.rx.post(0); } },
+  { name: 'an indirect table entry outside memory', queue: 'tx', rule: 'desc-out-of-bounds',
+    setup: (r) => { const t = r.mem.alloc(16); r.tx.setDesc(0, MEM + 4096, 64, 0, 0, t); r.tx.setDesc(0, t, 16, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'an indirect table outside memory', queue: 'tx', rule: 'indirect-out-of-bounds',
+    setup: (r) => { r.tx.setDesc(0, MEM - 16, 32, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect len not a multiple of 16', queue: 'tx', rule: 'indirect-bad-len',
+    setup: (r) => { const t = r.mem.alloc(32); r.tx.setDesc(0, t, 24, DESC_F_INDIRECT); r.tx.post(0); } },
+  { name: 'indirect when not negotiated', queue: 'rx', rule: 'indirect-not-negotiated', opts: { indirect: false },
+    setup: (r) => { const t = r.mem.alloc(16), a = r.mem.alloc(2048); r.rx.setDesc(0, a, 2048, DESC_F_WRITE, 0, t); r.rx.setDesc(0, t, 16, DESC_F_INDIRECT); r.rx.post(0); } },
+  { name: 'a writable buffer on TX', queue: 'tx', rule: 'writable-on-tx',
+    setup: (r) => { const a = r.mem.alloc(64), b = r.mem.alloc(64); r.tx.setChain(0, [[a, 64, false], [b, 64, true]]); r.tx.post(0); } },
+  { name: 'readable after writable on RX', queue: 'rx', rule: 'readable-after-writable',
+    setup: (r) => { const a = r.mem.alloc(2048), b = r.mem.alloc(64); r.rx.setChain(0, [[a, 2048, true], [b, 64, false]]); r.rx.post(0); } },
+  { name: 'an empty chain', queue: 'tx', rule: 'empty-chain',
+    setup: (r) => { r.tx.setChain(0, [[HEAP, 0, false]]); r.tx.post(0); } },
+];
+
+for (const h of hostilePacked) {
+  test(`hostile packed ring: ${h.name} -> ${h.rule}`, async (t) => {
+    const r = rigPacked(h.opts);
+    t.teardown(() => r.close());
+    h.setup(r);
+    // The other direction gets one good buffer: it must carry a frame after the break.
+    const good = r.mem.alloc(2048);
+    const other = h.queue === 'rx' ? r.tx : r.rx;
+    if (h.queue === 'rx') {
+      put(r.mem, good, pattern(100, 8));
+      other.setChain(5, [[good, 100, false]]);
+    } else {
+      other.setChain(5, [[good, 2048, true]]);
+    }
+    const snap = r.mem.snapshot();
+    r.engine.start();
+    A.kick(h.queue === 'rx' ? r.rxKick : r.txKick);
+    // Something to read, so an RX queue that wrongly survived would write into guest memory.
+    if (h.queue === 'rx') fs.writeSync(r.peer, pattern(200, 1));
+    t.true(await waitFor(() => r.broken.length > 0), 'onBroken was called');
+    t.is(r.broken.length, 1);
+    const [q, rule, detail] = r.broken[0];
+    t.is(rule, h.rule, detail);
+    t.is(q, h.queue === 'rx' ? 0 : 1);
+    t.true(detail.length > 0);
+    const s = r.engine.stats();
+    t.true(s[h.queue].broken);
+    t.is(r.mem.diffOutside(snap, [r.rx.usedRegion(), r.tx.usedRegion()]), -1, 'guest memory untouched');
+    t.is(h.queue === 'rx' ? r.rx.usedIdx : r.tx.usedIdx, h.usedBefore ?? 0, 'nothing used on the broken queue after the bad buffer');
+    // The other direction keeps running.
+    other.post(5);
+    if (h.queue === 'rx') {
+      A.kick(r.txKick);
+      t.deepEqual(await readPeerWait(r.peer), pattern(100, 8), 'TX still sends');
+      t.true(await waitFor(() => r.tx.usedIdx === 1));
+    } else {
+      while (readPeer(r.peer)) { /* nothing of the broken TX queue may be left to read */ }
+      fs.writeSync(r.peer, pattern(200, 1));
+      A.kick(r.rxKick);
+      t.true(await waitFor(() => r.rx.usedIdx === 1), 'RX still receives');
+      t.is(r.rx.usedElem(0).len, 200);
+    }
+    t.false(r.engine.stats()[h.queue === 'rx' ? 'tx' : 'rx'].broken, 'the other direction keeps running');
+  });
+}
+
+test('packed ring: a head whose AVAIL/USED bits disagree with the wrap counter is not available: the queue waits, breaks nothing, touches nothing', async (t) => {
+  for (const bits of [F_USED, F_AVAIL | F_USED, 0]) {
+    const r = rigPacked();
+    t.teardown(() => r.close());
+    const a = r.mem.alloc(64);
+    put(r.mem, a, pattern(64, 2));
+    r.tx.placeRaw([[a, 64, 0, 0]], [bits]);
+    r.tx.publish();
+    const snap = r.mem.snapshot();
+    r.engine.start();
+    A.kick(r.txKick);
+    await new Promise((res) => setTimeout(res, 50));
+    t.is(readPeer(r.peer), null, `flags 0x${bits.toString(16)}: nothing sent`);
+    t.deepEqual(r.broken, []);
+    t.is(r.engine.stats().tx.packets, 0);
+    t.is(r.mem.diffOutside(snap, [r.tx.usedRegion(), r.rx.usedRegion()]), -1);
+  }
+});
+
+test('packed ring, IN_ORDER: buffer ids in any order are served (the ring order is the promise); one used descriptor names the last id of the batch', async (t) => {
+  const r = rigPacked({ inOrder: true });
+  t.teardown(() => r.close());
+  const ids = [7, 2, 11, 0];
+  ids.forEach((id, i) => {
+    const a = r.mem.alloc(100);
+    put(r.mem, a, pattern(100, i));
+    r.tx.setChain(id, [[a, 100, false]]);
+    r.tx.place(id);
+  });
+  r.tx.publish();
+  r.engine.start();
+  A.kick(r.txKick);
+  for (let i = 0; i < ids.length; i++) t.deepEqual(await readPeerWait(r.peer), pattern(100, i), `frame ${i} in ring order`);
+  t.true(await waitFor(() => r.tx.usedIdx === ids.length));
+  t.deepEqual(ids.map((_, i) => r.tx.usedElem(i).id), ids);
+  t.deepEqual(r.broken, []);
+  t.is(r.engine.stats().tx.usedIdx, r.tx.positionAfter(ids.length), 'the device skipped the whole batch');
+});
+
+test('packed ring: event suppression areas or a descriptor ring outside guest memory are refused with EVHOST_BADARG', (t) => {
+  const r = rigPacked();
+  t.teardown(() => r.close());
+  const bad = (patch: (o: NativeEngineOptions) => NativeEngineOptions, what: string) =>
+    t.throws(() => new A.Engine(patch(r.opts)), { code: 'EVHOST_BADARG' } as never, what);
+  bad((o) => ({ ...o, tx: { ...o.tx, used: MEM - 2 } }), 'device event area across the end of memory');
+  bad((o) => ({ ...o, rx: { ...o.rx, avail: MEM } }), 'driver event area past the end');
+  bad((o) => ({ ...o, rx: { ...o.rx, avail: 2 ** 52 } }), 'driver event area far outside');
+  bad((o) => ({ ...o, tx: { ...o.tx, desc: MEM - 16 * 8 } }), 'descriptor ring across the end');
+  t.notThrows(() => new A.Engine({ ...r.opts, tx: { ...r.opts.tx, used: MEM - 4 } }).stop(), 'the last 4 bytes are fine');
+});
 
 test('a broken TX queue does not stop RX', async (t) => {
   const r = rig();

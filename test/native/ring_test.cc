@@ -727,6 +727,8 @@ CASE(packed_rules_each_stop_the_queue_with_their_name) {
        [](PackedDriver& d) { d.Post({{0x4000, 32, RING_DESC_F_INDIRECT}}, 0); }, false, false},
       {"indirect-with-next",
        [](PackedDriver& d) { d.Post({{0x4000, 32, RING_DESC_F_INDIRECT}, {0x8000, 64, 0}}, 0); }, true, false},
+      {"indirect-with-next",  // an indirect descriptor as the last of a chain: also not its only one
+       [](PackedDriver& d) { d.Post({{0x8000, 64, 0}, {0x4000, 32, RING_DESC_F_INDIRECT}}, 0); }, true, false},
       {"indirect-bad-len", [](PackedDriver& d) { d.Post({{0x4000, 20, RING_DESC_F_INDIRECT}}, 0); }, true, false},
       {"indirect-out-of-bounds",
        [](PackedDriver& d) { d.Post({{0xfff0, 32, RING_DESC_F_INDIRECT}}, 0); }, true, false},
