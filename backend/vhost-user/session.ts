@@ -25,6 +25,7 @@ import {
   VRING_INDEX_MASK,
   VRING_NOFD,
 } from './protocol';
+import { macString, rarpFrame } from './announce';
 import { VhostUserConnection } from './socket';
 
 /** A region of the front end's memory as SET_MEM_TABLE describes it (all fit in a JS number). */
@@ -101,10 +102,18 @@ export interface VhostUserBackend {
   faultFd?(): number;
   /** Guest addresses of the regions in which a SIGBUS was contained. */
   faulted?(): number[];
+  /**
+   * Writes one Ethernet frame the device makes itself (the announce of SEND_RARP) into the
+   * network as though the guest had sent it. Without it, PROTOCOL_F_RARP is not offered.
+   */
+  sendFrame?(frame: Buffer): void;
 }
 
-/** Protocol features offered: MQ (GET_QUEUE_NUM), REPLY_ACK. Nothing that is not implemented. */
-export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'REPLY_ACK');
+/**
+ * Protocol features offered: MQ (GET_QUEUE_NUM), REPLY_ACK, RARP (SEND_RARP, when the back end
+ * can send a frame). Nothing that is not implemented.
+ */
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'REPLY_ACK', 'RARP');
 
 /** A refused request, as the 'refused' event reports it. */
 export interface Refusal {
@@ -150,7 +159,6 @@ const BEFORE_OWNER: ReadonlySet<number> = new Set([
 const UNSUPPORTED: Partial<Record<number, string>> = {
   [REQ.SET_LOG_BASE]: 'dirty-page logging (VHOST_F_LOG_ALL, LOG_SHMFD) is not offered',
   [REQ.SET_LOG_FD]: 'dirty-page logging (VHOST_F_LOG_ALL) is not offered',
-  [REQ.SEND_RARP]: 'protocol feature RARP is not offered',
   [REQ.NET_SET_MTU]: 'protocol feature NET_MTU is not offered',
   [REQ.SET_BACKEND_REQ_FD]: 'protocol feature BACKEND_REQ is not offered',
   [REQ.IOTLB_MSG]: 'VIRTIO_F_ACCESS_PLATFORM (IOTLB) is not offered',
@@ -370,7 +378,7 @@ export class VhostUserSession extends EventEmitter {
       case REQ.SET_FEATURES:
         return this.setFeatures(u64(m));
       case REQ.GET_PROTOCOL_FEATURES:
-        return this.conn.replyU64(m.request, OFFERED_PROTOCOL_FEATURES);
+        return this.conn.replyU64(m.request, this.offeredProtocolFeatures);
       case REQ.SET_PROTOCOL_FEATURES:
         return this.setProtocolFeatures(u64(m));
       case REQ.SET_OWNER:
@@ -411,6 +419,8 @@ export class VhostUserSession extends EventEmitter {
         return this.setVringFd(m.request, u64(m), m.fds, taken);
       case REQ.SET_VRING_ENABLE:
         return this.setVringEnable(state(m));
+      case REQ.SEND_RARP:
+        return this.sendRarp(u64(m));
       default: {
         const why = UNSUPPORTED[m.request];
         throw new Refuse(why ? `not supported: ${why}` : `not supported by this back end`);
@@ -451,11 +461,38 @@ export class VhostUserSession extends EventEmitter {
     }
   }
 
+  /** OFFERED_PROTOCOL_FEATURES less what this back end cannot do. */
+  get offeredProtocolFeatures(): bigint {
+    return this.backend.sendFrame ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~protocolBits('RARP');
+  }
+
   private setProtocolFeatures(v: bigint): void {
-    const extra = v & ~OFFERED_PROTOCOL_FEATURES;
+    const extra = v & ~this.offeredProtocolFeatures;
     if (extra) throw new Refuse(`protocol features ${hex(v)} include bits not offered: ${protocolFeatureNames(extra).join(', ')}`);
     if (this.running.some(Boolean) && v !== this.protocolFeatures) throw new Refuse('protocol features change while rings run');
     this.protocolFeatures = v;
+  }
+
+  /**
+   * SEND_RARP: the guest moved here (QEMU sends it after a migration, or for QMP announce-self,
+   * when the guest did not negotiate GUEST_ANNOUNCE); announce its MAC, the first 6 bytes of the
+   * u64 as it lies in the message, with a RARP on the TAP. A frame the TAP does not take is
+   * logged, and the session goes on: the guest still works, switches learn later.
+   */
+  private sendRarp(v: bigint): void {
+    if (!((this.protocolFeatures >> BigInt(PROTOCOL_F.RARP)) & 1n)) throw new Refuse('protocol feature RARP was not negotiated (SET_PROTOCOL_FEATURES)');
+    const payload = Buffer.alloc(8);
+    payload.writeBigUInt64LE(v);
+    const mac = payload.subarray(0, 6);
+    if (mac[0] & 1) throw new Refuse(`SEND_RARP: ${macString(mac)} is a multicast address, not a guest's MAC`);
+    try {
+      this.backend.sendFrame!(rarpFrame(mac));
+    } catch (e) {
+      this.opts.log?.(`vhost-user: announcing ${macString(mac)} (RARP) failed: ${oneLine(e)}`);
+      return;
+    }
+    this.opts.log?.(`vhost-user: announced ${macString(mac)} with a RARP on the TAP (SEND_RARP)`);
+    this.emit('announced', macString(mac));
   }
 
   // --- memory ----------------------------------------------------------------------------
