@@ -171,6 +171,22 @@ export interface NativeGuestMemory {
   /** Guest addresses of the current table's regions in which a SIGBUS was contained. */
   faulted(): number[];
   /**
+   * Maps the front end's dirty-page log (vhost-user SET_LOG_BASE: a memfd, `mmapSize` bytes
+   * from `mmapOffset`), one bit per 4 KiB guest-physical page. Throws EVHOST_BADARG when the
+   * log is smaller than the current memory table needs, or the fd or range is bad.
+   * Not used until dirtyLog(true).
+   */
+  setDirtyLog(fd: number, mmapSize: number, mmapOffset: number): void;
+  /** The same with a log in this process's memory (embedders, tests). */
+  setDirtyLogBuffer(buffer: SharedArrayBuffer): void;
+  /**
+   * Starts (true) or stops (false) marking the dirty log: every write of the device into guest
+   * memory after this returns is marked. Throws EVHOST_STATE when no log was given.
+   */
+  dirtyLog(on: boolean): void;
+  /** Stops marking and lets go of the log. */
+  clearDirtyLog(): void;
+  /**
    * Drops the table: no regions at all (a vhost-user session ended). Its mappings go now, or
    * when the last worker still holding the table lets go of it (stop and close engines first).
    * Nothing can start on a cleared memory until the next replace/replaceFds.

@@ -71,6 +71,11 @@ bool UringWanted() {
   const char* v = getenv("VHOST_TAP_IO");
   return !(v && strcmp(v, "readv") == 0);
 }
+// Test-only: see EngineT::no_dirty_log_.
+bool DirtyLogDisabledForTest() {
+  const char* v = getenv("VHOST_TAP_TEST_NO_DIRTY_LOG");
+  return v && strcmp(v, "1") == 0;
+}
 bool UringPinned() {
   const char* v = getenv("VHOST_TAP_IO");
   return v && strcmp(v, "uring") == 0;
@@ -203,6 +208,7 @@ template <class Q>
 EngineT<Q>::EngineT(const EngineConfig& cfg, BrokenFn on_broken) : cfg_(cfg), on_broken_(std::move(on_broken)) {
   mem_gen_ = cfg_.memory->generation();
   mem_ = cfg_.memory->Get();
+  no_dirty_log_ = DirtyLogDisabledForTest();
   Violation v;
   // Validate() ran first; Init cannot fail here, and if the memory changed in
   // between, RefreshMemory() at the first round re-checks.
@@ -393,12 +399,40 @@ void EngineT<Q>::Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueCon
   st.Publish(counts);
   const uint16_t n = q.pending_used();
   bool notify = q.PublishUsed();
+  // The ring parts written this batch (used elements and index, notification
+  // suppression fields), after they were written.
+  if (const DirtyLog* log = CurrentLog()) LogRing(*log, q);
   // The clock is read only while coalescing: a plain batch pays nothing for it.
   if (coal.engaged()) notify = coal.Published(n, notify, NowNs());
   if (notify) Interrupt(qc, st);
   QueueStats::Add(st.used_chains, n);
   st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
   st.last_avail_idx.store(q.last_avail_before(stashed), std::memory_order_relaxed);
+}
+
+// Off, this is one fence, one load and a branch per batch. The fence orders
+// the batch's writes to guest memory before the load of the log generation:
+// a batch that finds logging off wrote before the session switched it on,
+// hence before the front end got its answer and began copying memory, so the
+// copy carries those bytes. A batch that finds it on marks after writing, as
+// the front end, which clears bits as it copies pages, needs.
+template <class Q>
+const DirtyLog* EngineT<Q>::CurrentLog() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const uint64_t g = cfg_.memory->log_generation();
+  if (__builtin_expect(g != log_gen_, 0)) {
+    log_gen_ = g;
+    log_ = no_dirty_log_ ? nullptr : cfg_.memory->GetLog();
+  }
+  return log_.get();
+}
+
+template <class Q>
+void EngineT<Q>::LogRing(const DirtyLog& log, const Q& q) const {
+  const QueueLayout& l = q.layout();
+  if (l.size == 0) return;
+  log.Mark(l.used, l.used_bytes());
+  if (l.packed) log.Mark(l.desc, l.desc_bytes());
 }
 
 template <class Q>
@@ -722,7 +756,12 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
   for (size_t i = 0; i < nt; i++) frames_[i] = stash_.Span(targets[i].first, targets[i].end - targets[i].first);
   const TapIo::Batch outcome = io_->Read(frames_.data(), static_cast<uint32_t>(nt), results_.data());
   QueueStats::Add(io_batches[io_->method()], 1);
+  // Taken after the reads wrote guest memory (see CurrentLog).
+  const DirtyLog* log = CurrentLog();
   if (outcome == TapIo::Batch::kUnknown) {
+    // What the kernel wrote, or may still write, is unknown: all of it.
+    if (log)
+      for (size_t i = 0; i < nt; i++) log->MarkIov(*mem_, frames_[i].iov, frames_[i].iovcnt, UINT64_MAX);
     // The I/O mechanism failed and the kernel never confirmed its reads were
     // over: these chains may still be written, so they are neither published
     // nor reused nor given back at stop (they are the oldest pops, so the
@@ -758,6 +797,8 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
     const IoFrame& at = frames_[i];
     uint64_t cap = 0;
     for (size_t c = targets[i].first; c < targets[i].end; c++) cap += stash_.chain_bytes(c);
+    // Whatever becomes of the frame, the kernel wrote it (up to the buffers' end).
+    if (log) log->MarkIov(*mem_, at.iov, at.iovcnt, std::min(got, cap));
     if (got < cfg_.hdr_len) {
       rx_counts_.drops[kRxRunt]++;
       continue;
@@ -780,6 +821,11 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
       // and without mergeable buffers a frame cannot spread.
       rx_counts_.drops[kRxTruncated]++;
       continue;
+    }
+    if (log && free != targets[i].first) {
+      // Moved down into earlier chains (after a hole).
+      const IoFrame moved = stash_.Span(free, k);
+      log->MarkIov(*mem_, moved.iov, moved.iovcnt, got);
     }
     free += k;
     *bytes += got;

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "dirty_log.h"
 #include "engine_stats.h"
 #include "memory.h"
 #include "notify_coalesce.h"
@@ -162,6 +163,12 @@ class EngineT final : public Engine {
   void Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
              uint16_t stashed);
   void Interrupt(const QueueConfig& qc, QueueStats& st);
+  // The dirty log to mark for writes made so far (nullptr: logging is off);
+  // called once per batch, after the batch's writes. See engine.cc.
+  const DirtyLog* CurrentLog();
+  // Marks the ring parts the device writes (used ring; packed: descriptor
+  // ring and device event area) whole: a few pages, once per batch.
+  void LogRing(const DirtyLog& log, const Q& q) const;
   // Takes new coalescing parameters, sends interrupts whose window is over;
   // returns the ns until the next window closes (-1: none open).
   int64_t CoalesceRound();
@@ -180,6 +187,14 @@ class EngineT final : public Engine {
   uint64_t mem_gen_ = 0;
   Q rx_, tx_;
   bool rx_broken_ = false, tx_broken_ = false;
+  // The dirty log as last taken from the memory slot, and the slot's log
+  // generation it came from (worker thread only).
+  std::shared_ptr<const DirtyLog> log_;
+  uint64_t log_gen_ = 0;
+  // Test hook (VHOST_TAP_TEST_NO_DIRTY_LOG=1 when the engine is created): the
+  // engine never marks the log, although the front end negotiated it. Only
+  // for proving that a migration test fails without logging.
+  bool no_dirty_log_ = false;
 
   std::thread thread_;
   std::atomic<bool> stop_{false};

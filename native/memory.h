@@ -62,6 +62,19 @@ class MemoryTable {
   // vhost-user: the guest address of front-end virtual address `uva` when
   // [uva, uva + len) lies inside one region's user mapping.
   bool UserToGuest(uint64_t uva, uint64_t len, uint64_t* gpa) const;
+  // The guest address of host byte `p` when it lies in some region: how the
+  // dirty log learns which page an iovec the device wrote through belongs to.
+  bool HostToGuest(const uint8_t* p, uint64_t* gpa) const {
+    for (const Region& r : regions_) {
+      if (p >= r.host && static_cast<uint64_t>(p - r.host) < r.size) {
+        *gpa = r.guest_addr + static_cast<uint64_t>(p - r.host);
+        return true;
+      }
+    }
+    return false;
+  }
+  // One past the highest guest-physical address of any region.
+  uint64_t guest_end() const { return regions_.empty() ? 0 : regions_.back().guest_addr + regions_.back().size; }
 
   const std::vector<Region>& regions() const { return regions_; }
   uint64_t total_bytes() const { return total_; }
@@ -81,6 +94,8 @@ class MemoryTable {
 // sees a new generation() takes the new table with Get() at its next batch
 // boundary. The old table, and what its owners keep mapped, lives until the
 // last reader drops it.
+class DirtyLog;
+
 class MemorySlot {
  public:
   void Set(std::shared_ptr<const MemoryTable> t) {
@@ -93,9 +108,23 @@ class MemorySlot {
   // Changes after every Set(); a cheap check before the (locked) Get().
   uint64_t generation() const { return gen_.load(std::memory_order_acquire); }
 
+  // The dirty log the device marks while live migration copies this memory
+  // (dirty_log.h); nullptr while logging is off. Replaced whole, as the table.
+  void SetLog(std::shared_ptr<const DirtyLog> l) {
+    std::atomic_store_explicit(&log_, std::move(l), std::memory_order_release);
+    log_gen_.fetch_add(1, std::memory_order_seq_cst);
+  }
+  std::shared_ptr<const DirtyLog> GetLog() const {
+    return std::atomic_load_explicit(&log_, std::memory_order_acquire);
+  }
+  // Changes after every SetLog(): the writers' one load per batch.
+  uint64_t log_generation() const { return log_gen_.load(std::memory_order_acquire); }
+
  private:
   std::shared_ptr<const MemoryTable> table_;
   std::atomic<uint64_t> gen_{0};
+  std::shared_ptr<const DirtyLog> log_;
+  std::atomic<uint64_t> log_gen_{0};
 };
 
 // The guest may rewrite its memory while the device reads it. Copying a

@@ -92,7 +92,11 @@ Napi::Function GuestMemoryWrap::Define(Napi::Env env) {
                       InstanceMethod<&GuestMemoryWrap::CheckRings>("checkRings"),
                       InstanceMethod<&GuestMemoryWrap::Read>("read"),
                       InstanceMethod<&GuestMemoryWrap::FaultFd>("faultFd"),
-                      InstanceMethod<&GuestMemoryWrap::Faulted>("faulted")});
+                      InstanceMethod<&GuestMemoryWrap::Faulted>("faulted"),
+                      InstanceMethod<&GuestMemoryWrap::SetDirtyLog>("setDirtyLog"),
+                      InstanceMethod<&GuestMemoryWrap::SetDirtyLogBuffer>("setDirtyLogBuffer"),
+                      InstanceMethod<&GuestMemoryWrap::DirtyLogOn>("dirtyLog"),
+                      InstanceMethod<&GuestMemoryWrap::ClearDirtyLog>("clearDirtyLog")});
 }
 
 GuestMemoryWrap* GuestMemoryWrap::From(const Napi::Value& v, const char* what) {
@@ -262,6 +266,98 @@ void GuestMemoryWrap::Install(std::shared_ptr<const MemoryTable> t, std::vector<
     else i++;
   }
   pinned_.push_back(Pinned{std::move(weak), std::move(refs)});
+}
+
+void GuestMemoryWrap::CheckLogCovers(Napi::Env env, uint64_t bytes) {
+  std::shared_ptr<const MemoryTable> t = slot_->Get();
+  if (!t) return;  // checked again when logging is switched on
+  const uint64_t need = DirtyLogBytesFor(t->guest_end());
+  if (bytes < need)
+    BadArg(env, "dirty log of " + std::to_string(bytes) + " bytes is too small for guest memory up to guest address " +
+                    std::to_string(t->guest_end()) + ": it needs " + std::to_string(need) +
+                    " bytes (one bit per 4 KiB page)");
+}
+
+void GuestMemoryWrap::SetDirtyLog(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object args = Napi::Object::New(env);
+  args.Set("fd", info[0]);
+  args.Set("mmapSize", info[1]);
+  args.Set("mmapOffset", info[2]);
+  const uint64_t fd64 = SafeUint(args, "fd", "setDirtyLog: ");
+  const uint64_t size = SafeUint(args, "mmapSize", "setDirtyLog: ");
+  const uint64_t offset = SafeUint(args, "mmapOffset", "setDirtyLog: ");
+  if (fd64 > INT32_MAX) BadArg(env, "setDirtyLog: 'fd' is not a file descriptor");
+  const int fd = static_cast<int>(fd64);
+  if (size == 0) BadArg(env, "dirty log: mmap_size is 0");
+  if (offset > UINT64_MAX - size) BadArg(env, "dirty log: mmap_offset + mmap_size overflows");
+  CheckLogCovers(env, size);
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowErrno(env, errno, "fstat", "checking the dirty log's fd");
+  if (!S_ISREG(st.st_mode)) BadArg(env, "dirty log: the fd is not a regular file or memfd (shared memory)");
+  if (st.st_size < 0 || offset + size > static_cast<uint64_t>(st.st_size))
+    BadArg(env, "dirty log: mmap_offset " + std::to_string(offset) + " + mmap_size " + std::to_string(size) +
+                    " exceeds the fd's " + std::to_string(st.st_size) + " bytes");
+  // Mapped from 0 so that any offset works; only [offset, offset + size) is used.
+  const uint64_t maplen = offset + size;
+  void* base = mmap(nullptr, maplen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  if (base == MAP_FAILED) ThrowErrno(env, errno, "mmap", "mapping the dirty log");
+  // A front end that shrinks the log's file under the workers: contained as
+  // for guest memory (the marks land in zero pages).
+  const int slot = fault_guard::Register(base, maplen, EnsureFaultFd(env));
+  if (slot < 0) {
+    munmap(base, maplen);
+    ThrowCode(env, "ENOMEM", "too many mappings at once to guard the dirty log against SIGBUS");
+  }
+  std::shared_ptr<void> owner(base, [maplen, slot](void* p) {
+    fault_guard::Unregister(slot);
+    munmap(p, maplen);
+  });
+  const bool on = slot_->GetLog() != nullptr;
+  log_ = std::make_shared<DirtyLog>(static_cast<uint8_t*>(base) + offset, size, std::move(owner));
+  PruneLogPins();
+  // A new base while logging runs (the front end resized it) takes over at once.
+  if (on) slot_->SetLog(log_);
+}
+
+void GuestMemoryWrap::SetDirtyLogBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint8_t* data = nullptr;
+  uint64_t len = 0;
+  SharedBufferMemory(env, info[0], "setDirtyLogBuffer: ", &data, &len);
+  CheckLogCovers(env, len);
+  const bool on = slot_->GetLog() != nullptr;
+  log_ = std::make_shared<DirtyLog>(data, len, nullptr);
+  log_pins_.emplace_back(log_, Napi::Persistent(info[0].As<Napi::Object>()));
+  PruneLogPins();
+  if (on) slot_->SetLog(log_);
+}
+
+void GuestMemoryWrap::DirtyLogOn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsBoolean()) BadArg(env, "dirtyLog takes true or false");
+  if (!info[0].As<Napi::Boolean>().Value()) {
+    slot_->SetLog(nullptr);
+    return;
+  }
+  if (!log_) ThrowCode(env, "EVHOST_STATE", "dirty logging cannot start: no dirty log was given (SET_LOG_BASE)");
+  CheckLogCovers(env, log_->bytes());
+  slot_->SetLog(log_);
+}
+
+void GuestMemoryWrap::ClearDirtyLog(const Napi::CallbackInfo&) {
+  slot_->SetLog(nullptr);
+  // Workers still marking it hold their own reference (and so keep a mapping,
+  // or a pinned buffer, alive) until their next batch.
+  log_.reset();
+  PruneLogPins();
+}
+
+void GuestMemoryWrap::PruneLogPins() {
+  for (size_t i = 0; i < log_pins_.size();) {
+    if (log_pins_[i].first.expired()) log_pins_.erase(log_pins_.begin() + static_cast<ptrdiff_t>(i));
+    else i++;
+  }
 }
 
 // userToGuest(userAddr, len) -> guest address, or -1

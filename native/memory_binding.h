@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "dirty_log.h"
 #include "memory.h"
 
 namespace vt {
@@ -35,6 +36,18 @@ class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
   Napi::Value CheckRings(const Napi::CallbackInfo& info);
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value FaultFd(const Napi::CallbackInfo& info);
+  // setDirtyLog(fd, mmapSize, mmapOffset): maps the front end's dirty log
+  // (vhost-user SET_LOG_BASE) and keeps it until dirtyLog(true) installs it.
+  void SetDirtyLog(const Napi::CallbackInfo& info);
+  // setDirtyLogBuffer(sharedArrayBuffer): the same over memory of this
+  // process (embedders and tests).
+  void SetDirtyLogBuffer(const Napi::CallbackInfo& info);
+  // dirtyLog(on): the device marks the log from its next batch on (on), or
+  // stops marking it; the mapping stays until clearDirtyLog().
+  void DirtyLogOn(const Napi::CallbackInfo& info);
+  void ClearDirtyLog(const Napi::CallbackInfo& info);
+  // Checks a log of `bytes` against the current table; throws when too small.
+  void CheckLogCovers(Napi::Env env, uint64_t bytes);
   Napi::Value Faulted(const Napi::CallbackInfo& info);
   int EnsureFaultFd(Napi::Env env);
 
@@ -55,6 +68,11 @@ class GuestMemoryWrap : public Napi::ObjectWrap<GuestMemoryWrap> {
   int fault_fd_ = -1;
   // The current fd table's guarded mappings: fault_guard slot, guest address.
   std::vector<std::pair<int, uint64_t>> guards_;
+  // The dirty log the front end gave (not necessarily installed in slot_).
+  std::shared_ptr<const DirtyLog> log_;
+  // setDirtyLogBuffer's buffers, each kept while any worker holds its log.
+  std::vector<std::pair<std::weak_ptr<const DirtyLog>, Napi::ObjectReference>> log_pins_;
+  void PruneLogPins();
 };
 
 }  // namespace vt

@@ -12,17 +12,22 @@ import * as fs from 'node:fs';
 
 import { bits } from '../backend';
 import { addon } from '../backend/native';
-import { F_PROTOCOL_FEATURES, PROTOCOL_F, REQ, VRING_NOFD } from '../backend/vhost-user/protocol';
+import { F_LOG_ALL, F_PROTOCOL_FEATURES, PROTOCOL_F, REQ, VRING_NOFD } from '../backend/vhost-user/protocol';
 import { MemoryRegion, OFFERED_PROTOCOL_FEATURES, Refusal, RingLayout, RingStart, VhostUserBackend, VhostUserSession } from '../backend/vhost-user/session';
-import { expectOk, FrontEnd, HOSTILE_CASES, memTable, ringAt, state, testMemory, u64, vringAddr } from './helpers/vhost-user-frontend';
+import { expectOk, FrontEnd, HOSTILE_CASES, LOG_PROTOCOL, logBase, memTable, ringAt, state, testMemory, u64, vringAddr } from './helpers/vhost-user-frontend';
 
 const DEVICE_FEATURES = bits('VERSION_1', 'MRG_RXBUF', 'RING_EVENT_IDX', 'RING_INDIRECT_DESC', 'CSUM', 'GUEST_CSUM', 'HOST_TSO4', 'GUEST_TSO4', 'MQ', 'GUEST_ANNOUNCE');
 const BIT30 = 1n << BigInt(F_PROTOCOL_FEATURES);
 
-/** Records what the session asks of the data plane; checks fds against fstat like the real mapping will. */
+/**
+ * Records what the session asks of the data plane; checks fds against fstat like the real mapping
+ * will. Guest memory and the dirty log are the real native ones (their checks are under test).
+ */
 class FakeBackend implements VhostUserBackend {
   readonly features = DEVICE_FEATURES;
   calls: string[] = [];
+  guestMemory = new (addon().GuestMemory)();
+  logging = false;
   memory: MemoryRegion[] | undefined;
   programmed: bigint | undefined;
   pairs = new Map<number, { rx: RingStart; tx: RingStart; onBroken: (ring: number, rule: string, detail: string) => void }>();
@@ -42,13 +47,27 @@ class FakeBackend implements VhostUserBackend {
       const size = fs.fstatSync(fds[i]).size;
       if (r.mmapOffset + r.size > size) throw new Error(`region ${i}: offset ${r.mmapOffset} + size ${r.size} is beyond the fd's ${size} bytes`);
     });
+    this.guestMemory.replaceFds(regions.map((r, i) => ({ ...r, fd: fds[i] })));
     this.memory = regions;
     this.calls.push(`setMemory(${regions.length})`);
   }
 
   clearMemory(): void {
+    this.guestMemory.clearDirtyLog();
+    this.guestMemory.clear();
     this.memory = undefined;
     this.calls.push('clearMemory');
+  }
+
+  setDirtyLog(fd: number, size: number, offset: number): void {
+    this.guestMemory.setDirtyLog(fd, size, offset);
+    this.calls.push(`setDirtyLog(${size}, ${offset})`);
+  }
+
+  dirtyLog(on: boolean): void {
+    this.guestMemory.dirtyLog(on);
+    this.logging = on;
+    this.calls.push(`dirtyLog(${on})`);
   }
 
   checkRings(ls: RingLayout[]): { rule: string; detail: string } | null {
@@ -143,13 +162,13 @@ async function startPair(h: Harness, mem: ReturnType<typeof testMemory>, p: numb
   }
 }
 
-test.serial('negotiation: features with F_PROTOCOL_FEATURES, MQ, REPLY_ACK and RARP only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
+test.serial('negotiation: features with F_PROTOCOL_FEATURES and LOG_ALL, MQ, LOG_SHMFD, REPLY_ACK and RARP only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
   const h = harness(2);
   try {
     const hs = await h.fe.handshake((1n << 64n) - 1n);
-    t.is(hs.features, DEVICE_FEATURES | BIT30);
+    t.is(hs.features, DEVICE_FEATURES | BIT30 | (1n << BigInt(F_LOG_ALL)));
     t.is(hs.protocol, OFFERED_PROTOCOL_FEATURES);
-    t.is(OFFERED_PROTOCOL_FEATURES, (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.RARP)));
+    t.is(OFFERED_PROTOCOL_FEATURES, (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.RARP)));
     t.is(hs.queues, 4n, 'GET_QUEUE_NUM counts virtqueues: 2 pairs');
     const want = bits('VERSION_1', 'MRG_RXBUF', 'CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'MQ') | BIT30;
     t.is(await h.fe.ack(REQ.SET_FEATURES, u64(want)), 'ok');
@@ -240,6 +259,82 @@ test.serial('QEMU 7.2\'s sequence brings both queue pairs up with translated rin
     mem.close();
   }
   t.is(openFds(), before, 'every fd the session received was closed');
+});
+
+test.serial('live migration, as QEMU 7.2 starts and ends it: SET_LOG_BASE (answered), LOG_ALL and the LOG flag while the rings run, no restart; GET_VRING_BASE stops at the position', async (t) => {
+  const before = openFds();
+  const h = harness(1);
+  const mem = testMemory(MEM, 0n, UVA);
+  const log = testMemory(4096);
+  try {
+    await h.fe.handshake(LOG_PROTOCOL);
+    t.is(h.fe.protocolFeatures, LOG_PROTOCOL, 'LOG_SHMFD is offered');
+    const features = bits('VERSION_1', 'MRG_RXBUF', 'CSUM', 'GUEST_CSUM') | BIT30;
+    await expectOk(h.fe, REQ.SET_FEATURES, u64(features));
+    await expectOk(h.fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+    for (const ring of [0, 1]) await expectOk(h.fe, REQ.SET_VRING_ENABLE, state(ring, 1));
+    await startPair(h, mem, 0, [h.eventfd(), h.eventfd()], [h.eventfd(), h.eventfd()]);
+    t.deepEqual([...h.backend.pairs.keys()], [0]);
+    const calls = h.backend.calls.length;
+
+    // Migration starts: the log (QEMU sends no need_reply but waits for SET_LOG_BASE's own reply).
+    h.fe.send(REQ.SET_LOG_BASE, logBase(32n, 0n), { fds: [log.fd] });
+    const r = await h.fe.nextReply();
+    t.is(r.request, REQ.SET_LOG_BASE);
+    t.is(r.payload.readBigUInt64LE(0), 0n, 'u64 0: the log is mapped');
+    t.false(h.session.snapshot().logging, 'not marking before LOG_ALL');
+    const logAll = 1n << BigInt(F_LOG_ALL);
+    await expectOk(h.fe, REQ.SET_FEATURES, u64(features | logAll));
+    t.true(h.session.snapshot().logging);
+    t.true(h.backend.logging, 'the data plane marks the log');
+    // QEMU turns on used-ring logging per ring with the same addresses; the used ring's guest address.
+    for (const ring of [0, 1]) {
+      const a = ringAt(UVA, BigInt(ring) * 16384n);
+      await expectOk(h.fe, REQ.SET_VRING_ADDR, vringAddr(ring, { ...a, flags: 1, log: BigInt(ring) * 16384n + 8192n }));
+    }
+    // A started ring may not move.
+    t.is(await h.fe.ack(REQ.SET_VRING_ADDR, vringAddr(0, { ...ringAt(UVA, 65536n), flags: 1, log: 65536n + 8192n })), 'nack');
+    t.regex(h.refusals.pop()!.reason, /while it is started moves the ring/);
+    t.deepEqual(h.backend.calls.slice(calls).filter((c) => /start|stop/.test(c)), [], 'the pair ran on through all of it');
+    // A features change beyond LOG_ALL while running is still refused.
+    t.is(await h.fe.ack(REQ.SET_FEATURES, u64(features | logAll | bits('GUEST_TSO4'))), 'nack');
+    h.refusals.pop();
+
+    // The source stops: GET_VRING_BASE answers where the worker stopped.
+    // (The fake worker ran 5 before SET_VRING_CALL restarted it during setup, then 7.)
+    h.backend.advance = 7;
+    t.deepEqual(await h.fe.getVringBase(0), { index: 0, num: 12 });
+    t.deepEqual(await h.fe.getVringBase(1), { index: 1, num: 12 });
+    // A migration that failed: logging goes off again, the mapping stays until the session ends.
+    await expectOk(h.fe, REQ.SET_FEATURES, u64(features));
+    t.false(h.session.snapshot().logging);
+    t.false(h.backend.logging);
+    t.deepEqual(h.refusals, []);
+    t.true(h.session.isOpen);
+  } finally {
+    h.cleanup();
+    mem.close();
+    log.close();
+  }
+  t.is(openFds(), before, 'every fd the session received was closed');
+});
+
+test.serial('SET_LOG_BASE without LOG_SHMFD and without need_reply: logged and ignored, the session goes on', async (t) => {
+  const h = harness(1);
+  const mem = testMemory(MEM, 0n, UVA);
+  try {
+    await h.fe.handshake();
+    h.fe.send(REQ.SET_LOG_BASE, logBase(32n, 0n), { fds: [mem.fd] });
+    t.is(await h.fe.getU64(REQ.GET_QUEUE_NUM), 2n, 'no reply to SET_LOG_BASE; the next request is answered');
+    t.is(h.refusals.length, 1);
+    t.is(h.refusals[0].action, 'ignore');
+    t.regex(h.refusals[0].reason, /LOG_SHMFD/);
+    t.true(h.logs.some((l) => /refused SET_LOG_BASE/.test(l)));
+    t.true(h.session.isOpen);
+  } finally {
+    h.cleanup();
+    mem.close();
+  }
 });
 
 test.serial('a new call fd or memory table while a pair runs restarts it at its position with the new values', async (t) => {

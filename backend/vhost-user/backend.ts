@@ -145,9 +145,28 @@ export class TapBackend implements VhostUserBackend {
     this.dp.wake();
   }
 
+  setDirtyLog(fd: number, mmapSize: number, mmapOffset: number): void {
+    this.assertOpen();
+    // A log before any memory table (no front end does this, but nothing forbids it) is kept
+    // by the GuestMemory the first table then fills.
+    const mem = this.memory ?? new (addon().GuestMemory)();
+    native('dirty log', () => mem.setDirtyLog(fd, mmapSize, mmapOffset));
+    this.memory = mem;
+  }
+
+  dirtyLog(on: boolean): void {
+    if (!this.memory) {
+      if (on) throw new Error('no dirty log was given (SET_LOG_BASE)');
+      return;
+    }
+    const mem = this.memory;
+    native('dirty log', () => mem.dirtyLog(on));
+  }
+
   clearMemory(): void {
     // The session stopped every pair first, and stopped engines are closed: nothing else
     // holds the table, so the mappings go now.
+    this.memory?.clearDirtyLog();
     this.memory?.clear();
     this.memory = undefined;
     this.dp.memory = undefined;

@@ -80,12 +80,14 @@ export const PROTOCOL_F = {
 
 /** Virtio feature bit 30: the back end speaks GET/SET_PROTOCOL_FEATURES (not a device feature). */
 export const F_PROTOCOL_FEATURES = 30;
-/** Virtio feature bit 26: dirty-page logging for migration (VHOST_F_LOG_ALL). Not offered. */
+/** Virtio feature bit 26: dirty-page logging for live migration (VHOST_F_LOG_ALL). */
 export const F_LOG_ALL = 26;
 
 /** SET_VRING_KICK/CALL/ERR u64: vring index in bits 0-7, bit 8 = no fd (poll instead). */
 export const VRING_INDEX_MASK = 0xff;
 export const VRING_NOFD = 0x100;
+/** SET_VRING_ADDR flags bit 0 (VHOST_VRING_F_LOG): log used-ring writes at log_guest_addr. */
+export const VRING_F_LOG = 0x1;
 
 /** The header's size and the codec's limits (native/vhost_user.h). */
 export const HEADER_SIZE = 12;
@@ -94,7 +96,7 @@ export const MAX_MEM_REGIONS = 8;
 
 /**
  * Requests whose answer is their own reply: REPLY_ACK adds nothing to them, and refusing one
- * ends the connection. (SET_LOG_BASE has a reply only with LOG_SHMFD, which is never offered.)
+ * ends the connection. (SET_LOG_BASE has a reply too, with LOG_SHMFD: see the session.)
  */
 export const HAS_REPLY: ReadonlySet<number> = new Set([
   REQ.GET_FEATURES,

@@ -22,6 +22,7 @@ import {
   protocolFeatureNames,
   REQ,
   requestName,
+  VRING_F_LOG,
   VRING_INDEX_MASK,
   VRING_NOFD,
 } from './protocol';
@@ -98,6 +99,18 @@ export interface VhostUserBackend {
    * restarts the pair.
    */
   setCallFd?(pair: number, ring: 'rx' | 'tx', fd: number): void;
+  /**
+   * Maps the front end's dirty-page log (SET_LOG_BASE: `mmapSize` bytes at `mmapOffset` of
+   * `fd`, one bit per 4 KiB guest-physical page); the fd stays the caller's. Throws when the fd
+   * or range is bad or the log is too small for guest memory. Without it, VHOST_F_LOG_ALL and
+   * LOG_SHMFD are not offered.
+   */
+  setDirtyLog?(fd: number, mmapSize: number, mmapOffset: number): void;
+  /**
+   * Starts or stops marking the log (VHOST_F_LOG_ALL negotiated or not): every write of the
+   * workers into guest memory after dirtyLog(true) returns is marked.
+   */
+  dirtyLog?(on: boolean): void;
   /** An eventfd that fires when a SIGBUS was contained in guest memory (-1: none mapped yet). */
   faultFd?(): number;
   /** Guest addresses of the regions in which a SIGBUS was contained. */
@@ -110,17 +123,22 @@ export interface VhostUserBackend {
 }
 
 /**
- * Protocol features offered: MQ (GET_QUEUE_NUM), REPLY_ACK, RARP (SEND_RARP, when the back end
- * can send a frame). Nothing that is not implemented.
+ * Protocol features offered: MQ (GET_QUEUE_NUM), LOG_SHMFD (the dirty log for live migration,
+ * when the back end can map one), REPLY_ACK, RARP (SEND_RARP, when the back end can send a
+ * frame). Nothing that is not implemented.
  */
-export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'REPLY_ACK', 'RARP');
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'LOG_SHMFD', 'REPLY_ACK', 'RARP');
 
 /** A refused request, as the 'refused' event reports it. */
 export interface Refusal {
   request: string;
   reason: string;
-  /** What the session did: answered a REPLY_ACK error and went on, or closed the connection. */
-  action: 'nack' | 'close';
+  /**
+   * What the session did: answered an error (a REPLY_ACK error, or the request's own reply
+   * saying so) and went on, logged it and went on without an answer (a request that has
+   * none), or closed the connection.
+   */
+  action: 'nack' | 'ignore' | 'close';
 }
 
 export interface SessionOptions {
@@ -157,8 +175,6 @@ const BEFORE_OWNER: ReadonlySet<number> = new Set([
 
 /** Why a request the codec knows is refused: what it would need that is not offered. */
 const UNSUPPORTED: Partial<Record<number, string>> = {
-  [REQ.SET_LOG_BASE]: 'dirty-page logging (VHOST_F_LOG_ALL, LOG_SHMFD) is not offered',
-  [REQ.SET_LOG_FD]: 'dirty-page logging (VHOST_F_LOG_ALL) is not offered',
   [REQ.NET_SET_MTU]: 'protocol feature NET_MTU is not offered',
   [REQ.SET_BACKEND_REQ_FD]: 'protocol feature BACKEND_REQ is not offered',
   [REQ.IOTLB_MSG]: 'VIRTIO_F_ACCESS_PLATFORM (IOTLB) is not offered',
@@ -209,6 +225,11 @@ interface Ring {
   started: boolean;
   /** SET_VRING_ENABLE; every ring starts disabled while F_PROTOCOL_FEATURES is in play. */
   enabled: boolean;
+  /**
+   * SET_VRING_ADDR's VHOST_VRING_F_LOG: the front end wants used-ring writes logged, at
+   * log_guest_addr (checked to be the used ring's, or the packed device area's, guest address).
+   */
+  log: boolean;
 }
 
 export interface RingSnapshot {
@@ -241,6 +262,10 @@ export class VhostUserSession extends EventEmitter {
   private ended = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private faultWatch: { close(): void } | undefined;
+  /** SET_LOG_BASE mapped a log; marking runs while this and VHOST_F_LOG_ALL both hold. */
+  private logBase = false;
+  /** Whether the workers mark the log now. */
+  private logging = false;
 
   constructor(
     fd: number,
@@ -258,6 +283,7 @@ export class VhostUserSession extends EventEmitter {
       errFd: -1,
       started: false,
       enabled: false,
+      log: false,
     }));
     this.running = new Array(backend.queuePairs).fill(false);
     this.conn = new VhostUserConnection(
@@ -276,9 +302,22 @@ export class VhostUserSession extends EventEmitter {
     this.handshakeTimer.unref();
   }
 
-  /** Features offered in GET_FEATURES: the device's plus F_PROTOCOL_FEATURES. */
+  /**
+   * Features offered in GET_FEATURES: the device's plus F_PROTOCOL_FEATURES, and
+   * VHOST_F_LOG_ALL when the back end can keep a dirty log (live migration).
+   */
   get offeredFeatures(): bigint {
-    return this.backend.features | (1n << BigInt(F_PROTOCOL_FEATURES));
+    const log = this.backend.setDirtyLog && this.backend.dirtyLog ? 1n << BigInt(F_LOG_ALL) : 0n;
+    return this.backend.features | (1n << BigInt(F_PROTOCOL_FEATURES)) | log;
+  }
+
+  /** Protocol features offered: LOG_SHMFD only with a back end that can map a log. */
+  get offeredProtocolFeatures(): bigint {
+    const canLog = this.backend.setDirtyLog && this.backend.dirtyLog;
+    let offered = canLog ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~(1n << BigInt(PROTOCOL_F.LOG_SHMFD));
+    // RARP only when the data plane can send the announce.
+    if (!this.backend.sendFrame) offered &= ~protocolBits('RARP');
+    return offered;
   }
 
   get isOpen(): boolean {
@@ -293,8 +332,11 @@ export class VhostUserSession extends EventEmitter {
     regions: MemoryRegion[] | undefined;
     rings: RingSnapshot[];
     running: boolean[];
+    /** The workers mark the dirty log (VHOST_F_LOG_ALL negotiated and SET_LOG_BASE given). */
+    logging: boolean;
   } {
     return {
+      logging: this.logging,
       owner: this.owner,
       features: this.features,
       protocolFeatures: this.protocolFeatures,
@@ -333,7 +375,7 @@ export class VhostUserSession extends EventEmitter {
       }
       if (!this.owner && !BEFORE_OWNER.has(m.request)) throw new Refuse('the front end has not sent SET_OWNER yet');
       this.handle(m, taken);
-      if (m.needReply && !HAS_REPLY.has(m.request) && !this.ended) this.conn.replyU64(m.request, 0n);
+      if (m.needReply && !this.hasOwnReply(m.request) && !this.ended) this.conn.replyU64(m.request, 0n);
     } catch (e) {
       if (e instanceof Refuse) this.refuse(m, e.message);
       // A reply that could not be sent: the connection is gone (one line, no stack).
@@ -342,6 +384,15 @@ export class VhostUserSession extends EventEmitter {
     } finally {
       for (const fd of m.fds) if (!taken.has(fd)) this.closeFd(fd);
     }
+  }
+
+  /** Requests answered by a reply of their own (REPLY_ACK adds nothing to them). */
+  private hasOwnReply(request: number): boolean {
+    return HAS_REPLY.has(request) || (request === REQ.SET_LOG_BASE && this.logShmfd);
+  }
+
+  private get logShmfd(): boolean {
+    return ((this.protocolFeatures >> BigInt(PROTOCOL_F.LOG_SHMFD)) & 1n) === 1n;
   }
 
   private get replyAck(): boolean {
@@ -355,10 +406,17 @@ export class VhostUserSession extends EventEmitter {
   private refuse(h: NativeVuHeader, reason: string): void {
     if (this.ended) return;
     const request = h.name ?? requestName(h.request);
-    const nack = h.needReply && this.replyAck && !HAS_REPLY.has(h.request);
-    const refusal: Refusal = { request, reason, action: nack ? 'nack' : 'close' };
-    this.opts.log?.(`vhost-user: refused ${request}: ${reason}${nack ? '' : '; closing the connection'}`);
+    // SET_LOG_BASE with LOG_SHMFD has its own reply, which the front end waits for: it says
+    // the log was refused (a non-zero u64) and the session goes on.
+    const ownReply = h.request === REQ.SET_LOG_BASE && this.logShmfd;
+    // The dirty log is the front end's business during migration; refusing one without an
+    // answer to give is logged and the session goes on (the guest keeps running).
+    const ignore = !ownReply && (h.request === REQ.SET_LOG_BASE || h.request === REQ.SET_LOG_FD) && !(h.needReply && this.replyAck);
+    const nack = ownReply || (h.needReply && this.replyAck && !HAS_REPLY.has(h.request));
+    const refusal: Refusal = { request, reason, action: nack ? 'nack' : ignore ? 'ignore' : 'close' };
+    this.opts.log?.(`vhost-user: refused ${request}: ${reason}${nack || ignore ? '' : '; closing the connection'}`);
     this.emit('refused', refusal);
+    if (ignore) return;
     if (nack) {
       try {
         this.conn.replyU64(h.request, 1n);
@@ -421,6 +479,14 @@ export class VhostUserSession extends EventEmitter {
         return this.setVringEnable(state(m));
       case REQ.SEND_RARP:
         return this.sendRarp(u64(m));
+      case REQ.SET_LOG_BASE:
+        return this.setLogBase(m);
+      case REQ.SET_LOG_FD:
+        // An eventfd the back end could signal after logging: the log is read by the front end
+        // when it syncs, so nothing is ever signalled (the fd is closed).
+        if (m.fds.length !== 1) throw new Refuse(`SET_LOG_FD carries ${m.fds.length} file descriptors, must be 1`);
+        this.opts.trace?.('vhost-user: SET_LOG_FD accepted; the back end never signals it');
+        return;
       default: {
         const why = UNSUPPORTED[m.request];
         throw new Refuse(why ? `not supported: ${why}` : `not supported by this back end`);
@@ -433,10 +499,18 @@ export class VhostUserSession extends EventEmitter {
   private setFeatures(v: bigint): void {
     const extra = v & ~this.offeredFeatures;
     if (extra) {
-      const log = (extra >> BigInt(F_LOG_ALL)) & 1n ? ' (LOG_ALL: dirty-page logging is not implemented)' : '';
+      const log = (extra >> BigInt(F_LOG_ALL)) & 1n ? ' (LOG_ALL: this back end cannot keep a dirty log)' : '';
       throw new Refuse(`features ${hex(v)} include bits not offered: ${featureNames(extra).join(', ')}${log}`);
     }
-    const device = v & ~(1n << BigInt(F_PROTOCOL_FEATURES));
+    const logAll = 1n << BigInt(F_LOG_ALL);
+    // LOG_ALL is the vhost layer's, not the device's: QEMU sets and clears it while the rings
+    // run, when live migration starts and ends, and the workers go on.
+    if (this.running.some(Boolean) && (v ^ this.features) === logAll) {
+      this.features = v;
+      this.applyLogging();
+      return;
+    }
+    const device = v & ~(1n << BigInt(F_PROTOCOL_FEATURES)) & ~logAll;
     // The VMM keeps the control queue (CTRL_VQ and what hangs off it, such as MQ and
     // GUEST_ANNOUNCE) and never sends it; the offload dependencies still hold.
     const ctrl = bit('CTRL_VQ');
@@ -454,16 +528,12 @@ export class VhostUserSession extends EventEmitter {
     if (v !== this.features || !this.featuresSet) this.opts.log?.(`vhost-user: features ${hex(v)} negotiated: ${featureNames(device).join(', ') || 'none'}`);
     this.features = v;
     this.featuresSet = true;
+    this.applyLogging();
     // Without F_PROTOCOL_FEATURES there is no SET_VRING_ENABLE: rings are enabled from the start.
     if (!((v >> BigInt(F_PROTOCOL_FEATURES)) & 1n)) {
       for (const r of this.rings) r.enabled = true;
       for (let p = 0; p < this.running.length; p++) this.tryStartPair(p);
     }
-  }
-
-  /** OFFERED_PROTOCOL_FEATURES less what this back end cannot do. */
-  get offeredProtocolFeatures(): bigint {
-    return this.backend.sendFrame ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~protocolBits('RARP');
   }
 
   private setProtocolFeatures(v: bigint): void {
@@ -493,6 +563,49 @@ export class VhostUserSession extends EventEmitter {
     }
     this.opts.log?.(`vhost-user: announced ${macString(mac)} with a RARP on the TAP (SEND_RARP)`);
     this.emit('announced', macString(mac));
+  }
+
+  // --- dirty-page log (live migration) --------------------------------------------------
+
+  /**
+   * SET_LOG_BASE: u64 mmap_size, u64 mmap_offset and the log's fd. With LOG_SHMFD the front
+   * end waits for a reply (QEMU 7.2 reads it and checks only its request code): u64 0 when the
+   * log is mapped, non-zero when refused (see refuse()).
+   */
+  private setLogBase(m: NativeVuMessage): void {
+    if (!this.logShmfd) throw new Refuse('SET_LOG_BASE needs protocol feature LOG_SHMFD (SET_PROTOCOL_FEATURES) first; the log is not used');
+    if (!this.backend.setDirtyLog) throw new Refuse('this back end cannot keep a dirty log');
+    if (m.fds.length !== 1) throw new Refuse(`SET_LOG_BASE carries ${m.fds.length} file descriptors; the log's fd (one) is missing`);
+    const p = m.payload;
+    if (p.length !== 16) throw new Refuse(`SET_LOG_BASE payload is ${p.length} bytes, must be 16 (mmap_size, mmap_offset)`);
+    const size = p.readBigUInt64LE(0);
+    const offset = p.readBigUInt64LE(8);
+    if (size === 0n) throw new Refuse('SET_LOG_BASE: mmap_size is 0');
+    const sizeN = safe(size, 'SET_LOG_BASE mmap_size');
+    const offsetN = safe(offset, 'SET_LOG_BASE mmap_offset');
+    if (sizeN + offsetN > Number.MAX_SAFE_INTEGER) throw new Refuse(`SET_LOG_BASE: mmap_offset ${hex(offset)} + mmap_size ${hex(size)} wraps`);
+    try {
+      this.backend.setDirtyLog(m.fds[0], sizeN, offsetN);
+    } catch (e) {
+      throw new Refuse(`the dirty log was not mapped: ${oneLine(e)}`);
+    }
+    this.logBase = true;
+    this.opts.log?.(`vhost-user: dirty log of ${sizeN} bytes (offset ${offsetN}) mapped`);
+    this.applyLogging();
+    this.conn.replyU64(REQ.SET_LOG_BASE, 0n);
+  }
+
+  /** Marks the log while VHOST_F_LOG_ALL is negotiated and a log was given. */
+  private applyLogging(): void {
+    const want = this.logBase && ((this.features >> BigInt(F_LOG_ALL)) & 1n) === 1n;
+    if (want === this.logging || !this.backend.dirtyLog) return;
+    try {
+      this.backend.dirtyLog(want);
+    } catch (e) {
+      throw new Refuse(`${want ? 'starting' : 'stopping'} dirty-page logging failed: ${oneLine(e)}`);
+    }
+    this.logging = want;
+    this.opts.log?.(`vhost-user: dirty-page logging ${want ? 'on' : 'off'}`);
   }
 
   // --- memory ----------------------------------------------------------------------------
@@ -567,13 +680,25 @@ export class VhostUserSession extends EventEmitter {
   }
 
   private setVringAddr(m: { index: number; addrFlags: number; desc: bigint; used: bigint; avail: bigint; log: bigint }): void {
-    const r = this.notStarted(m.index, 'SET_VRING_ADDR');
-    if (m.addrFlags !== 0) {
-      throw new Refuse(`ring ${m.index}: flags ${hex(m.addrFlags)}${m.addrFlags & 1 ? ' (VHOST_VRING_F_LOG: dirty-page logging is not implemented)' : ''}; only 0 is accepted`);
-    }
+    const r = this.ring(m.index);
+    if ((m.addrFlags & ~VRING_F_LOG) !== 0) throw new Refuse(`ring ${m.index}: flags ${hex(m.addrFlags)}; only bit 0 (VHOST_VRING_F_LOG) is defined`);
+    const log = (m.addrFlags & VRING_F_LOG) !== 0;
     const addr = { desc: safe(m.desc, `ring ${m.index} descriptor table`), avail: safe(m.avail, `ring ${m.index} available ring`), used: safe(m.used, `ring ${m.index} used ring`) };
-    if (r.num !== undefined && this.regions) this.layoutOrRefuse(m.index, addr, r.num);
+    if (r.started) {
+      // QEMU switches used-ring logging on and off with the same addresses while the ring runs.
+      const same = r.addr && r.addr.desc === addr.desc && r.addr.avail === addr.avail && r.addr.used === addr.used;
+      if (!same) throw new Refuse(`SET_VRING_ADDR for ring ${m.index} while it is started moves the ring; stop it first (GET_VRING_BASE)`);
+    }
+    let layout: RingLayout | undefined;
+    if (r.num !== undefined && this.regions) layout = this.layoutOrRefuse(m.index, addr, r.num);
+    if (log && layout) {
+      // The workers log used-ring writes at the ring's own guest address (the device area for
+      // packed rings, whose written-back descriptors are logged too); log_guest_addr must name it.
+      const at = safe(m.log, `ring ${m.index} log_guest_addr`);
+      if (at !== layout.used) throw new Refuse(`ring ${m.index}: log_guest_addr ${hex(at)} is not the ${layout.packed ? 'device area' : 'used ring'}'s guest address ${hex(layout.used)}`);
+    }
     r.addr = addr;
+    r.log = log;
   }
 
   private setVringBase(s: { index: number; num: number }): void {
@@ -796,6 +921,8 @@ export class VhostUserSession extends EventEmitter {
       r.kickFd = r.callFd = r.errFd = -1;
       r.started = false;
     }
+    this.logging = false;
+    this.logBase = false;
     if (this.regions) {
       try {
         this.backend.clearMemory();

@@ -249,6 +249,75 @@ export interface HostileCase {
 
 const NR = FLAG.VERSION | FLAG.NEED_REPLY;
 
+/** SET_LOG_BASE's payload: u64 mmap_size, u64 mmap_offset. */
+export function logBase(size: bigint, offset: bigint): Buffer {
+  return Buffer.concat([u64(size), u64(offset)]);
+}
+
+/** Protocol features a migrating QEMU agrees: MQ, LOG_SHMFD, REPLY_ACK. */
+export const LOG_PROTOCOL = (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK));
+
+function LOG_SHMFD_CASES(): HostileCase[] {
+  // 1 MiB of guest memory needs 256 pages: a 32-byte log.
+  const withTable = async (fe: FrontEnd, mem: TestMemory): Promise<void> => {
+    await expectOk(fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+  };
+  return [
+    {
+      name: 'SET_LOG_BASE without its fd',
+      protocol: LOG_PROTOCOL,
+      send: (fe) => fe.send(REQ.SET_LOG_BASE, logBase(32n, 0n)),
+      expect: 'nack',
+    },
+    {
+      name: 'SET_LOG_BASE with a log too small for the memory table',
+      protocol: LOG_PROTOCOL,
+      send: async (fe, { mem }) => {
+        await withTable(fe, mem);
+        const log = testMemory(4096);
+        try {
+          fe.send(REQ.SET_LOG_BASE, logBase(31n, 0n), { fds: [log.fd] });
+        } finally {
+          log.close();
+        }
+      },
+      expect: 'nack',
+    },
+    {
+      name: 'SET_LOG_BASE with mmap_offset + mmap_size beyond its fd',
+      protocol: LOG_PROTOCOL,
+      send: async (fe, { mem }) => {
+        await withTable(fe, mem);
+        const log = testMemory(4096);
+        try {
+          fe.send(REQ.SET_LOG_BASE, logBase(64n, 4064n), { fds: [log.fd] });
+        } finally {
+          log.close();
+        }
+      },
+      expect: 'nack',
+    },
+    {
+      name: 'SET_LOG_BASE with mmap_size 0',
+      protocol: LOG_PROTOCOL,
+      send: (fe, { mem }) => fe.send(REQ.SET_LOG_BASE, logBase(0n, 0n), { fds: [mem.fd] }),
+      expect: 'nack',
+    },
+    {
+      name: 'SET_LOG_BASE with an offset that wraps',
+      protocol: LOG_PROTOCOL,
+      send: (fe, { mem }) => fe.send(REQ.SET_LOG_BASE, logBase(32n, (1n << 64n) - 16n), { fds: [mem.fd] }),
+      expect: 'nack',
+    },
+    {
+      name: 'SET_LOG_BASE with an eventfd for the log',
+      protocol: LOG_PROTOCOL,
+      send: (fe, { eventfd }) => fe.send(REQ.SET_LOG_BASE, logBase(32n, 0n), { fds: [eventfd()] }),
+      expect: 'nack',
+    },
+  ];
+}
+
 /** Every malformed input of issue 10's point 3, and a few more. */
 export const HOSTILE_CASES: HostileCase[] = [
   {
@@ -409,8 +478,18 @@ export const HOSTILE_CASES: HostileCase[] = [
     expect: 'nack',
   },
   {
-    name: 'SET_VRING_ADDR with the log flag (logging not offered)',
-    send: (fe, { mem }) => fe.send(REQ.SET_VRING_ADDR, vringAddr(0, { ...ringAt(mem.region.userAddr, 0n), flags: 1 }), { needReply: true }),
+    name: 'SET_VRING_ADDR with an undefined flag (bit 1)',
+    send: (fe, { mem }) => fe.send(REQ.SET_VRING_ADDR, vringAddr(0, { ...ringAt(mem.region.userAddr, 0n), flags: 2 }), { needReply: true }),
+    expect: 'nack',
+  },
+  {
+    name: 'SET_VRING_ADDR with the log flag and a log_guest_addr that is not the used ring',
+    send: async (fe, { mem }) => {
+      await expectOk(fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+      await expectOk(fe, REQ.SET_VRING_NUM, state(0, 256));
+      // The used ring is at guest address 8192 (ringAt); 4096 is the avail ring.
+      fe.send(REQ.SET_VRING_ADDR, vringAddr(0, { ...ringAt(mem.region.userAddr, 0n), flags: 1, log: 4096n }), { needReply: true });
+    },
     expect: 'nack',
   },
   {
@@ -477,8 +556,8 @@ export const HOSTILE_CASES: HostileCase[] = [
     expect: 'nack',
   },
   {
-    name: 'SET_FEATURES with a bit not offered (LOG_ALL)',
-    send: (fe) => fe.send(REQ.SET_FEATURES, u64(1n << 26n), { needReply: true }),
+    name: 'SET_FEATURES with a bit not offered (ACCESS_PLATFORM)',
+    send: (fe) => fe.send(REQ.SET_FEATURES, u64(1n << 33n), { needReply: true }),
     expect: 'nack',
   },
   {
@@ -487,8 +566,8 @@ export const HOSTILE_CASES: HostileCase[] = [
     expect: 'nack',
   },
   {
-    name: 'SET_PROTOCOL_FEATURES with a bit not offered (LOG_SHMFD)',
-    send: (fe) => fe.send(REQ.SET_PROTOCOL_FEATURES, u64((1n << 3n) | (1n << 1n)), { needReply: true }),
+    name: 'SET_PROTOCOL_FEATURES with a bit not offered (PAGEFAULT)',
+    send: (fe) => fe.send(REQ.SET_PROTOCOL_FEATURES, u64((1n << 3n) | (1n << 8n)), { needReply: true }),
     expect: 'nack',
   },
   {
@@ -508,10 +587,13 @@ export const HOSTILE_CASES: HostileCase[] = [
     expect: 'close',
   },
   {
-    name: 'a request the back end does not implement (SET_LOG_BASE with an fd)',
-    send: (fe, { mem }) => fe.raw(message(REQ.SET_LOG_BASE, Buffer.alloc(16), NR), [mem.fd]),
+    name: 'SET_LOG_BASE without LOG_SHMFD agreed',
+    send: (fe, { mem }) => fe.raw(message(REQ.SET_LOG_BASE, logBase(1n << 12n, 0n), NR), [mem.fd]),
     expect: 'nack',
   },
+  // With LOG_SHMFD, SET_LOG_BASE has its own reply (u64 0: mapped); a refusal is that reply
+  // with a non-zero value, whether or not need_reply is set, and the session goes on.
+  ...LOG_SHMFD_CASES(),
   {
     name: 'GET_STATUS (STATUS not offered; its reply cannot be faked)',
     send: (fe) => fe.send(REQ.GET_STATUS),
