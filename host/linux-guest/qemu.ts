@@ -26,6 +26,12 @@ export interface BootOptions {
   mtu?: number;
   /** virtio-net-pci packed=on: the guest may negotiate VIRTIO_F_RING_PACKED. */
   packed?: boolean;
+  /**
+   * virtio-net-pci guest_announce (default on, QEMU's default): off keeps VIRTIO_NET_F_GUEST_ANNOUNCE
+   * from the guest, so after a migration QEMU announces it itself (a RARP, through a vhost-user
+   * back end's SEND_RARP) instead of asking the guest to.
+   */
+  guestAnnounce?: boolean;
   /** vCPUs, default 2 (multiqueue needs one per queue pair). */
   cpus?: number;
   /**
@@ -356,6 +362,7 @@ export function qemuArgs(opts: BootOptions, image: GuestImage): string[] {
   const dev = [`virtio-net-pci,netdev=n0,mac=${opts.mac ?? randomGuestMac()}`];
   if (queues > 1) dev.push('mq=on');
   if (opts.packed) dev.push('packed=on');
+  if (opts.guestAnnounce === false) dev.push('guest_announce=off');
   if (!opts.msix) dev.push('vectors=0');
   else if (queues > 1) dev.push(`vectors=${2 * queues + 2}`);
   args.push('-device', dev.join(','));
