@@ -6,6 +6,8 @@
 // Internal to backend/: what differs between the two (status writes and a
 // control queue, or vhost-user messages) stays with them.
 
+import * as fs from 'node:fs';
+
 import { convert, DeviceStateError, native, PermissionError } from './errors';
 import { Capabilities, GUEST_OFFLOAD_FEATURES, probeOffloads, rxFrameMax, tunOffloads } from './features';
 import { addon, NativeEngine, NativeGuestMemory, NativeQueueConfig, NativeQueueStats, NativeTapOps, NativeTapStep, TAP_STEP } from './native';
@@ -246,6 +248,24 @@ export class TapDataPath {
     const flags = tunOffloads(bits);
     native(this.what, () => addon().tapSetOffload(this.fds[0], flags));
     this.guestOffloads = bits;
+  }
+
+  /**
+   * Writes one frame the device makes itself (an announce) into the TAP on queue 0, as though
+   * the guest had sent it: a zeroed virtio_net_hdr of the size the TAP takes now (no offload
+   * asked), then the frame, in one write(), which the kernel takes whole beside the workers'.
+   */
+  writeFrame(frame: Buffer): void {
+    const fd = this.fds[0];
+    const hdrLen = native(this.what, () => addon().tapGetVnetHdrSz(fd));
+    const all = Buffer.concat([Buffer.alloc(hdrLen), frame]);
+    let n: number;
+    try {
+      n = fs.writeSync(fd, all);
+    } catch (e) {
+      throw new Error(`${this.what}: writing a frame failed: ${(e as Error).message}`);
+    }
+    if (n !== all.length) throw new Error(`${this.what}: the TAP took ${n} of ${all.length} bytes of a frame`);
   }
 
   /** The TAP's carrier, on every queue. */

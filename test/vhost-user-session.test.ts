@@ -33,8 +33,14 @@ class FakeBackend implements VhostUserBackend {
   pairs = new Map<number, { rx: RingStart; tx: RingStart; onBroken: (ring: number, rule: string, detail: string) => void }>();
   /** What stopPair reports: the position the "worker" reached. */
   advance = 5;
+  /** Frames the device sent itself (SEND_RARP's announce). */
+  frames: Buffer[] = [];
 
   constructor(readonly queuePairs = 2) {}
+
+  sendFrame(f: Buffer): void {
+    this.frames.push(Buffer.from(f));
+  }
 
   setMemory(regions: MemoryRegion[], fds: number[]): void {
     regions.forEach((r, i) => {
@@ -156,13 +162,13 @@ async function startPair(h: Harness, mem: ReturnType<typeof testMemory>, p: numb
   }
 }
 
-test.serial('negotiation: features with F_PROTOCOL_FEATURES and LOG_ALL, MQ, LOG_SHMFD and REPLY_ACK only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
+test.serial('negotiation: features with F_PROTOCOL_FEATURES and LOG_ALL, MQ, LOG_SHMFD, REPLY_ACK and RARP only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
   const h = harness(2);
   try {
     const hs = await h.fe.handshake((1n << 64n) - 1n);
     t.is(hs.features, DEVICE_FEATURES | BIT30 | (1n << BigInt(F_LOG_ALL)));
     t.is(hs.protocol, OFFERED_PROTOCOL_FEATURES);
-    t.is(OFFERED_PROTOCOL_FEATURES, (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)));
+    t.is(OFFERED_PROTOCOL_FEATURES, (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.RARP)));
     t.is(hs.queues, 4n, 'GET_QUEUE_NUM counts virtqueues: 2 pairs');
     const want = bits('VERSION_1', 'MRG_RXBUF', 'CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'MQ') | BIT30;
     t.is(await h.fe.ack(REQ.SET_FEATURES, u64(want)), 'ok');
@@ -364,6 +370,60 @@ test.serial('a new call fd or memory table while a pair runs restarts it at its 
     h.cleanup();
     mem.close();
     mem2.close();
+  }
+});
+
+test.serial('SEND_RARP (RARP negotiated) announces the guest MAC: one RARP frame from it to broadcast; refused without RARP, for a multicast MAC, or by a back end that cannot send frames', async (t) => {
+  const mac = Buffer.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+  const payload = Buffer.alloc(8);
+  mac.copy(payload);
+  const h = harness(1);
+  try {
+    const hs = await h.fe.handshake((1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.RARP)));
+    t.is(hs.protocol & (1n << BigInt(PROTOCOL_F.RARP)), 1n << BigInt(PROTOCOL_F.RARP));
+    // As QEMU sends it after a migration: no need_reply. GET_FEATURES as a barrier.
+    h.fe.send(REQ.SEND_RARP, payload);
+    await h.fe.getU64(REQ.GET_FEATURES);
+    t.deepEqual(h.refusals, []);
+    t.is(h.backend.frames.length, 1);
+    const f = h.backend.frames[0];
+    t.is(f.length, 60, 'padded to the Ethernet minimum');
+    t.deepEqual(f.subarray(0, 6), Buffer.alloc(6, 0xff), 'to broadcast');
+    t.deepEqual(f.subarray(6, 12), mac, 'from the guest MAC');
+    t.is(f.readUInt16BE(12), 0x8035, 'EtherType RARP');
+    t.is(f.readUInt16BE(20), 3, 'opcode: request reverse');
+    t.deepEqual(f.subarray(22, 28), mac, 'sender hardware address');
+    t.deepEqual(f.subarray(32, 38), mac, 'target hardware address');
+    t.true(h.logs.some((l) => /announced 52:54:00:12:34:56/.test(l)), h.logs.join('\n'));
+    const mc = Buffer.alloc(8);
+    mc[0] = 0x01;
+    t.is(await h.fe.ack(REQ.SEND_RARP, mc), 'nack');
+    t.regex(h.refusals.at(-1)!.reason, /multicast/);
+    t.is(h.backend.frames.length, 1);
+    t.true(h.session.isOpen);
+  } finally {
+    h.cleanup();
+  }
+  const h2 = harness(1);
+  try {
+    await h2.fe.handshake(1n << BigInt(PROTOCOL_F.REPLY_ACK));
+    t.is(await h2.fe.ack(REQ.SEND_RARP, payload), 'nack');
+    t.regex(h2.refusals.at(-1)!.reason, /RARP was not negotiated/);
+    t.is(h2.backend.frames.length, 0);
+  } finally {
+    h2.cleanup();
+  }
+  // A data plane without sendFrame: RARP is not offered at all.
+  const [a, b] = addon().vhostUser.streamPair();
+  const bare = new FakeBackend(1) as Partial<FakeBackend>;
+  bare.sendFrame = undefined;
+  const s = new VhostUserSession(a, bare as VhostUserBackend);
+  const fe = new FrontEnd(b);
+  try {
+    t.is((await fe.getU64(REQ.GET_PROTOCOL_FEATURES)) & (1n << BigInt(PROTOCOL_F.RARP)), 0n);
+  } finally {
+    s.close('test over');
+    fe.close();
   }
 });
 

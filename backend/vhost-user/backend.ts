@@ -228,6 +228,11 @@ export class TapBackend implements VhostUserBackend {
     return this.memory?.faulted() ?? [];
   }
 
+  sendFrame(frame: Buffer): void {
+    this.assertOpen();
+    this.dp.writeFrame(frame);
+  }
+
   /** Stops every worker, unmaps, closes the TAP (it disappears). */
   close(): void {
     if (this.closed) return;

@@ -26,6 +26,7 @@ import {
   VRING_INDEX_MASK,
   VRING_NOFD,
 } from './protocol';
+import { macString, rarpFrame } from './announce';
 import { VhostUserConnection } from './socket';
 
 /** A region of the front end's memory as SET_MEM_TABLE describes it (all fit in a JS number). */
@@ -114,13 +115,19 @@ export interface VhostUserBackend {
   faultFd?(): number;
   /** Guest addresses of the regions in which a SIGBUS was contained. */
   faulted?(): number[];
+  /**
+   * Writes one Ethernet frame the device makes itself (the announce of SEND_RARP) into the
+   * network as though the guest had sent it. Without it, PROTOCOL_F_RARP is not offered.
+   */
+  sendFrame?(frame: Buffer): void;
 }
 
 /**
  * Protocol features offered: MQ (GET_QUEUE_NUM), LOG_SHMFD (the dirty log for live migration,
- * when the back end can map one), REPLY_ACK. Nothing that is not implemented.
+ * when the back end can map one), REPLY_ACK, RARP (SEND_RARP, when the back end can send a
+ * frame). Nothing that is not implemented.
  */
-export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'LOG_SHMFD', 'REPLY_ACK');
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'LOG_SHMFD', 'REPLY_ACK', 'RARP');
 
 /** A refused request, as the 'refused' event reports it. */
 export interface Refusal {
@@ -168,7 +175,6 @@ const BEFORE_OWNER: ReadonlySet<number> = new Set([
 
 /** Why a request the codec knows is refused: what it would need that is not offered. */
 const UNSUPPORTED: Partial<Record<number, string>> = {
-  [REQ.SEND_RARP]: 'protocol feature RARP is not offered',
   [REQ.NET_SET_MTU]: 'protocol feature NET_MTU is not offered',
   [REQ.SET_BACKEND_REQ_FD]: 'protocol feature BACKEND_REQ is not offered',
   [REQ.IOTLB_MSG]: 'VIRTIO_F_ACCESS_PLATFORM (IOTLB) is not offered',
@@ -315,7 +321,10 @@ export class VhostUserSession extends EventEmitter {
   /** Protocol features offered: LOG_SHMFD only with a back end that can map a log. */
   get offeredProtocolFeatures(): bigint {
     const canLog = this.backend.setDirtyLog && this.backend.dirtyLog;
-    return canLog ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~(1n << BigInt(PROTOCOL_F.LOG_SHMFD));
+    let offered = canLog ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~(1n << BigInt(PROTOCOL_F.LOG_SHMFD));
+    // RARP only when the data plane can send the announce.
+    if (!this.backend.sendFrame) offered &= ~protocolBits('RARP');
+    return offered;
   }
 
   get isOpen(): boolean {
@@ -479,6 +488,8 @@ export class VhostUserSession extends EventEmitter {
         return this.setVringFd(m.request, u64(m), m.fds, taken);
       case REQ.SET_VRING_ENABLE:
         return this.setVringEnable(state(m));
+      case REQ.SEND_RARP:
+        return this.sendRarp(u64(m));
       case REQ.SET_LOG_BASE:
         return this.setLogBase(m);
       case REQ.SET_LOG_FD:
@@ -541,6 +552,28 @@ export class VhostUserSession extends EventEmitter {
     if (extra) throw new Refuse(`protocol features ${hex(v)} include bits not offered: ${protocolFeatureNames(extra).join(', ')}`);
     if (this.running.some(Boolean) && v !== this.protocolFeatures) throw new Refuse('protocol features change while rings run');
     this.protocolFeatures = v;
+  }
+
+  /**
+   * SEND_RARP: the guest moved here (QEMU sends it after a migration, or for QMP announce-self,
+   * when the guest did not negotiate GUEST_ANNOUNCE); announce its MAC, the first 6 bytes of the
+   * u64 as it lies in the message, with a RARP on the TAP. A frame the TAP does not take is
+   * logged, and the session goes on: the guest still works, switches learn later.
+   */
+  private sendRarp(v: bigint): void {
+    if (!((this.protocolFeatures >> BigInt(PROTOCOL_F.RARP)) & 1n)) throw new Refuse('protocol feature RARP was not negotiated (SET_PROTOCOL_FEATURES)');
+    const payload = Buffer.alloc(8);
+    payload.writeBigUInt64LE(v);
+    const mac = payload.subarray(0, 6);
+    if (mac[0] & 1) throw new Refuse(`SEND_RARP: ${macString(mac)} is a multicast address, not a guest's MAC`);
+    try {
+      this.backend.sendFrame!(rarpFrame(mac));
+    } catch (e) {
+      this.opts.log?.(`vhost-user: announcing ${macString(mac)} (RARP) failed: ${oneLine(e)}`);
+      return;
+    }
+    this.opts.log?.(`vhost-user: announced ${macString(mac)} with a RARP on the TAP (SEND_RARP)`);
+    this.emit('announced', macString(mac));
   }
 
   // --- dirty-page log (live migration) --------------------------------------------------

@@ -27,7 +27,8 @@ export interface TransferResult {
   mbps: number;
 }
 
-const PEER = path.join(__dirname, 'tcp-peer.js');
+/** The host end of a transfer (tcp-peer.ts, compiled), run with node inside the namespace. */
+export const PEER = path.join(__dirname, 'tcp-peer.js');
 
 function inNs(ns: string | undefined, cmd: string, args: string[]): [string, string[]] {
   return ns ? ['ip', ['netns', 'exec', ns, cmd, ...args]] : [cmd, args];
@@ -39,7 +40,7 @@ export interface TransferOptions {
 }
 
 /** Runs a child to its end (SIGKILL by pid after `timeoutMs`, or when `signal` aborts). */
-function runChild(
+export function runChild(
   ns: string | undefined,
   cmd: string,
   args: string[],
@@ -104,7 +105,8 @@ export async function waitReachable(ns: string | undefined, addr: string, tries 
   return false;
 }
 
-function parsePeer(r: { code: number | null; stdout: string; stderr: string }, what: string): { bytes: number; sha256: string; ms: number } {
+/** The JSON line tcp-peer prints, or an Error saying how it failed. */
+export function parsePeer(r: { code: number | null; stdout: string; stderr: string }, what: string): { bytes: number; sha256: string; ms: number } {
   const line = r.stdout.split('\n').find((l) => l.startsWith('{'));
   if (r.code !== 0 || !line) throw new Error(`${what}: tcp-peer exited ${r.code}: ${r.stderr.trim()} ${r.stdout.trim()}`);
   return JSON.parse(line) as { bytes: number; sha256: string; ms: number };

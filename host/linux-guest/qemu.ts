@@ -26,8 +26,23 @@ export interface BootOptions {
   mtu?: number;
   /** virtio-net-pci packed=on: the guest may negotiate VIRTIO_F_RING_PACKED. */
   packed?: boolean;
+  /**
+   * virtio-net-pci guest_announce (default on, QEMU's default): off keeps VIRTIO_NET_F_GUEST_ANNOUNCE
+   * from the guest, so after a migration QEMU announces it itself (a RARP, through a vhost-user
+   * back end's SEND_RARP) instead of asking the guest to.
+   */
+  guestAnnounce?: boolean;
   /** vCPUs, default 2 (multiqueue needs one per queue pair). */
   cpus?: number;
+  /**
+   * QEMU's -cpu model, default 'max'. Migration under TCG needs 'qemu64' (with 1 vCPU): with
+   * 'max' the guest's memory arrived corrupted here even with QEMU's own tap back end.
+   */
+  cpuModel?: string;
+  /** A QMP monitor on this unix socket path (QEMU listens; see qmp.ts). */
+  qmp?: string;
+  /** `-incoming URI`: this QEMU waits for a migration stream instead of booting (use LinuxGuest.incoming). */
+  incoming?: string;
   /** Guest RAM in MiB, default 512; the memfd backend has the same size. */
   memMiB?: number;
   /**
@@ -135,6 +150,17 @@ export class LinuxGuest {
         resolve({ code, signal });
       });
     });
+  }
+
+  /**
+   * Starts a QEMU that waits for a migration stream (`-incoming`): it does not boot, so there is
+   * no READY marker to wait for; the guest's console continues here once the migration
+   * completes. Give the same image, MAC and device options as the source.
+   */
+  static incoming(opts: BootOptions & { incoming: string; image: GuestImage; mac: string }): LinuxGuest {
+    const g = new LinuxGuest(opts, opts.image);
+    g.mac = opts.mac;
+    return g;
   }
 
   /** Builds (or takes from the cache) the guest image, starts QEMU and waits until eth0 is up. */
@@ -319,12 +345,14 @@ export function qemuArgs(opts: BootOptions, image: GuestImage): string[] {
   if (opts.ip6) append.push(`vt.ip6=${opts.ip6}`);
   if (opts.mtu) append.push(`vt.mtu=${opts.mtu}`);
   const args = [
-    '-M', 'q35', '-cpu', 'max', '-smp', String(cpus), '-m', `${mem}M`,
+    '-M', 'q35', '-cpu', opts.cpuModel ?? 'max', '-smp', String(cpus), '-m', `${mem}M`,
     // A vhost-user back end maps guest RAM, so RAM must be a shareable fd; every back end gets the same.
     '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`, '-numa', 'node,memdev=mem',
     '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio', '-no-reboot',
     '-kernel', image.kernel, '-initrd', image.initrd, '-append', append.join(' '),
   ];
+  if (opts.qmp) args.push('-qmp', `unix:${opts.qmp},server=on,wait=off`);
+  if (opts.incoming) args.push('-incoming', opts.incoming);
   if (n.kind === 'tap') {
     args.push('-netdev', `tap,id=n0,ifname=${n.ifname},script=no,downscript=no,vhost=${n.vhost ? 'on' : 'off'}${queues > 1 ? `,queues=${queues}` : ''}`);
   } else {
@@ -334,6 +362,7 @@ export function qemuArgs(opts: BootOptions, image: GuestImage): string[] {
   const dev = [`virtio-net-pci,netdev=n0,mac=${opts.mac ?? randomGuestMac()}`];
   if (queues > 1) dev.push('mq=on');
   if (opts.packed) dev.push('packed=on');
+  if (opts.guestAnnounce === false) dev.push('guest_announce=off');
   if (!opts.msix) dev.push('vectors=0');
   else if (queues > 1) dev.push(`vectors=${2 * queues + 2}`);
   args.push('-device', dev.join(','));

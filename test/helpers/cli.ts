@@ -24,9 +24,9 @@ export function startRun(args: string[], timeoutMs = 30_000): Promise<RunningCli
   return startCommand('run', args, timeoutMs);
 }
 
-/** Starts `vhost-tap CMD ...args` and waits for its 'ready:' line (or its exit). */
-export function startCommand(cmd: string, args: string[], timeoutMs = 30_000): Promise<RunningCli> {
-  const child = spawn(process.execPath, [CLI, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Starts `vhost-tap CMD ...args` (with `env` added to this process's) and waits for its 'ready:' line (or its exit). */
+export function startCommand(cmd: string, args: string[], timeoutMs = 30_000, env?: Record<string, string>): Promise<RunningCli> {
+  const child = spawn(process.execPath, [CLI, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env: { ...process.env, ...env } } : {}) });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));

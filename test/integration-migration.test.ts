@@ -1,0 +1,261 @@
+// Integration: live migration of a Linux guest under QEMU 7.2 (TCG, 1 vCPU,
+// -cpu qemu64, memfd memory shared, checksum offload negotiated so the guest
+// trusts what the device wrote) between two QEMUs, each on its own back end,
+// both back ends' TAPs in one bridge in the test's namespace with the host's
+// address on the bridge.
+// - control: QEMU's own tap back end, A → B under 100 MB of TCP: the harness is sound.
+// - vhost-tap: each QEMU on its own `vhost-tap vhost-user` process. While
+//   100 MB flow host → guest the guest migrates A → B: equal SHA-256; then
+//   100 MB guest → host from B; then back to a new QEMU on A's socket under
+//   traffic again. Ping 0% loss after each migration. The guest does not
+//   announce itself (guest_announce=off): QEMU asks the destination back end
+//   (SEND_RARP), whose RARP is seen on the bridge and moves the bridge's
+//   entry for the guest's MAC to B's TAP.
+// - the same migration with the source back end's dirty logging switched off
+//   (the engine's test hook) breaks the guest's data or the guest: the test can fail.
+// The downtime (longest gap between ping replies, and QEMU's own figure) is
+// logged, not asserted.
+
+import test, { ExecutionContext } from 'ava';
+import { execFileSync } from 'node:child_process';
+
+import { has } from '../backend';
+import { addQemuTap, guestToHost, ping, waitReachable } from '../host/linux-guest/host';
+import { buildGuestImage } from '../host/linux-guest/initramfs';
+import { bootOn, GuestInstance, incomingOn, makeBridge, MigratingGuestOptions, migrate, pingAcross, Site, startHostToGuest, stop } from '../host/linux-guest/migration';
+import { randomGuestMac } from '../host/linux-guest/qemu';
+import { Netns, withNetns } from '../host/netns';
+import { RunningCli, startCommand } from './helpers/cli';
+import { readyPython } from './helpers/netns-python';
+
+const HOST4 = '10.203.19.1';
+const GUEST4 = '10.203.19.2';
+/** 100 MB as issue 19 asks; VT_MIGRATION_TCP_BYTES overrides it for quick local runs. */
+const BYTES = Number(process.env.VT_MIGRATION_TCP_BYTES ?? 100e6);
+/** TCG on 2 shared cores moves ~20–300 Mbps; 100 MB may take minutes when the machine is busy. */
+const TRANSFER_TIMEOUT_MS = 600_000;
+const BOOT_TIMEOUT_MS = 300_000;
+/**
+ * Without the dirty log the guest may lose its network instead of its data: how long a transfer
+ * that stalled is given before it counts as broken. Intact ones here took 10–60 s per 100 MB.
+ */
+const BROKEN_TRANSFER_MS = 240_000;
+/** Let the transfer get going before the migration starts, so the migration happens under traffic. */
+const TRAFFIC_LEAD_MS = 1500;
+/** How long the RARP capture listens at most (it ends at the first RARP from the guest). */
+const RARP_CAPTURE_S = 600;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+interface Leg {
+  label: string;
+  port: number;
+}
+
+interface LegResult {
+  dst: GuestInstance;
+  /** Whether the host end finished and the guest's sink printed its hash, and both hashes. */
+  host?: { bytes: number; sha256: string; ms: number };
+  guestSha256?: string;
+  failure?: string;
+  gapMs: number;
+  qemuDowntimeMs: number;
+  totalMs: number;
+  pingAcross: string;
+}
+
+/** Migrates the guest from `from` to a new QEMU on `to` while BYTES flow host → guest. */
+async function migrateUnderTraffic(ns: string, from: GuestInstance, to: Site, opts: MigratingGuestOptions, leg: Leg, transferMs = TRANSFER_TIMEOUT_MS): Promise<LegResult> {
+  const uri = `unix:/tmp/vt-mig-${process.pid}-${leg.port}.sock`;
+  const dst = await incomingOn(to, opts, uri);
+  const transfer = await startHostToGuest(from.guest, ns, GUEST4, leg.port, BYTES, transferMs);
+  await sleep(TRAFFIC_LEAD_MS);
+  const gap = pingAcross(ns, GUEST4);
+  let m;
+  try {
+    m = await migrate(from, dst, uri);
+  } finally {
+    await stop(from);
+  }
+  const out: LegResult = { dst, gapMs: NaN, qemuDowntimeMs: m.downtimeMs, totalMs: m.totalMs, pingAcross: '' };
+  try {
+    out.host = await transfer.host;
+    // The sink prints its hash when the connection ends, right after the host's end closes.
+    out.guestSha256 = await transfer.guestOn(dst.guest, 60_000);
+  } catch (e) {
+    out.failure = (e as Error).message.split('\n')[0];
+  }
+  const g = await gap();
+  out.gapMs = g.longestGapMs;
+  out.pingAcross = `${g.received}/${g.transmitted}`;
+  return out;
+}
+
+function logLeg(t: ExecutionContext, leg: Leg, r: LegResult): void {
+  t.log(
+    `${leg.label}: downtime ${r.gapMs.toFixed(0)} ms (longest gap between ping replies; QEMU: ${r.qemuDowntimeMs} ms stopped), ` +
+      `migration ${r.totalMs} ms, ${BYTES / 1e6} MB host → guest in ${r.host ? `${(r.host.ms / 1000).toFixed(1)} s` : '—'}, ping ${r.pingAcross} across`,
+  );
+}
+
+/** Asserts the leg delivered every byte intact and the guest answers 100 pings afterwards. */
+async function checkLeg(t: ExecutionContext, ns: string, leg: Leg, r: LegResult): Promise<void> {
+  t.is(r.failure, undefined, `${leg.label}: the transfer across the migration finished`);
+  t.is(r.host?.bytes, BYTES);
+  t.is(r.guestSha256, r.host?.sha256, `${leg.label}: the guest received exactly what the host sent across the migration`);
+  const after = await ping(ns, GUEST4, 100, 0.02);
+  t.is(after.received, 100, `${leg.label}: ping after the migration: ${after.output}`);
+  logLeg(t, leg, r);
+}
+
+/** A vhost-tap vhost-user process with its TAP in the bridge. */
+async function vhostTapSite(ns: Netns, port: (ifname: string) => void, name: string, env?: Record<string, string>): Promise<Site & { cli: RunningCli; tap: string }> {
+  const tap = ns.ifname();
+  const socket = `/tmp/vt-migvu-${process.pid}-${name}.sock`;
+  const cli = await startCommand('vhost-user', ['--socket', socket, '--tap', tap, '--netns', ns.name], 30_000, env);
+  const pid = cli.child.pid!;
+  ns.defer(() => {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Already stopped.
+    }
+  });
+  port(tap);
+  return { netdev: { kind: 'vhost-user', socket }, cli, tap };
+}
+
+/** Listens on `ifname` for RARP frames (EtherType 0x8035) until one comes from `mac`; resolves with the frames' bytes. */
+async function captureRarp(ns: Netns, ifname: string, mac: string): Promise<{ done(): Promise<Buffer[]> }> {
+  const py = `
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
+s.bind((${JSON.stringify(ifname)}, 0))
+s.settimeout(1.0)
+print('ready', flush=True)
+end = time.time() + ${RARP_CAPTURE_S}
+while time.time() < end:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    print(f.hex(), flush=True)
+    if f[6:12] == bytes.fromhex(${JSON.stringify(mac.replace(/:/g, ''))}):
+        break
+`;
+  const c = await readyPython(ns, py, `RARP capture on ${ifname}`);
+  return { done: async () => (await c.done()).map((l) => Buffer.from(l, 'hex')) };
+}
+
+/** The bridge port that has learned `mac` (bridge fdb), or undefined. */
+function fdbPort(ns: string, mac: string): string | undefined {
+  const out = execFileSync('bridge', ['-n', ns, 'fdb', 'show'], { encoding: 'utf8' });
+  return out.split('\n').find((l) => l.startsWith(`${mac} dev `))?.split(' ')[2];
+}
+
+function guestOptions(extra: Partial<MigratingGuestOptions> = {}): MigratingGuestOptions {
+  return { image: buildGuestImage(), mac: randomGuestMac(), ip4: `${GUEST4}/24`, bootTimeoutMs: BOOT_TIMEOUT_MS, ...extra };
+}
+
+async function bootChecked(t: ExecutionContext, ns: string, site: Site, opts: MigratingGuestOptions): Promise<GuestInstance> {
+  const a = await bootOn(site, opts);
+  t.log(`guest booted on A in ${(a.guest.bootMs / 1000).toFixed(1)} s`);
+  const f = await a.guest.features();
+  t.true(has(f, 'GUEST_CSUM'), `the guest trusts checksums the device wrote (features 0x${f.toString(16)})`);
+  t.true(await waitReachable(ns, GUEST4), 'the guest answers before the migration');
+  return a;
+}
+
+test.serial("control: a guest on QEMU's own tap back end migrates A → B under 100 MB of TCP with equal SHA-256", async (t) => {
+  t.timeout(1_200_000);
+  await withNetns(async (ns) => {
+    const port = makeBridge(ns.name, ns.ifname(), [`${HOST4}/24`]);
+    const [tapA, tapB] = [ns.ifname(), ns.ifname()];
+    for (const tap of [tapA, tapB]) {
+      addQemuTap(ns.name, tap, 1, []);
+      port(tap);
+    }
+    const opts = guestOptions();
+    const live: GuestInstance[] = [];
+    ns.defer(() => live.forEach((g) => g.guest.killNow()));
+    const a = await bootChecked(t, ns.name, { netdev: { kind: 'tap', ifname: tapA }, netns: ns.name }, opts);
+    live.push(a);
+    const leg = { label: 'A → B', port: 5101 };
+    const r = await migrateUnderTraffic(ns.name, a, { netdev: { kind: 'tap', ifname: tapB }, netns: ns.name }, opts, leg);
+    live.push(r.dst);
+    await checkLeg(t, ns.name, leg, r);
+    await stop(r.dst);
+  });
+});
+
+test.serial('vhost-tap: a guest on vhost-tap vhost-user migrates A → B and back under 100 MB of TCP each time with equal SHA-256; 100 MB guest → host on B; the destination announces the guest (RARP) and the bridge learns it', async (t) => {
+  t.timeout(1_800_000);
+  await withNetns(async (ns) => {
+    const bridge = ns.ifname();
+    const port = makeBridge(ns.name, bridge, [`${HOST4}/24`]);
+    const siteA = await vhostTapSite(ns, port, 'A');
+    const siteB = await vhostTapSite(ns, port, 'B');
+    // The guest does not announce itself: QEMU asks the back end to (SEND_RARP).
+    const opts = guestOptions({ guestAnnounce: false });
+    const live: GuestInstance[] = [];
+    ns.defer(() => live.forEach((g) => g.guest.killNow()));
+
+    const a = await bootChecked(t, ns.name, siteA, opts);
+    live.push(a);
+    t.false(has(await a.guest.features(), 'GUEST_ANNOUNCE'), 'GUEST_ANNOUNCE is off');
+    t.is(fdbPort(ns.name, opts.mac), siteA.tap, "the bridge has the guest's MAC on A's TAP");
+
+    const ab = { label: 'A → B', port: 5201 };
+    const rarp = await captureRarp(ns, bridge, opts.mac);
+    const r1 = await migrateUnderTraffic(ns.name, a, siteB, opts, ab);
+    live.push(r1.dst);
+    await checkLeg(t, ns.name, ab, r1);
+    t.regex(siteA.cli.errors(), /dirty-page logging on/, 'the source back end logged dirty pages during the migration');
+    t.regex(siteB.cli.errors(), new RegExp(`announced ${opts.mac} with a RARP`), 'QEMU asked the destination back end to announce the guest');
+    const frames = await rarp.done();
+    const fromGuest = frames.find((f) => f.subarray(6, 12).equals(Buffer.from(opts.mac.replace(/:/g, ''), 'hex')));
+    t.truthy(fromGuest, `a RARP from the guest's MAC reached the bridge (${frames.length} RARP frames seen)`);
+    t.deepEqual(fromGuest?.subarray(0, 6), Buffer.alloc(6, 0xff), 'to broadcast');
+    t.is(fromGuest?.readUInt16BE(12), 0x8035);
+    t.is(fdbPort(ns.name, opts.mac), siteB.tap, "the bridge moved the guest's MAC to B's TAP");
+
+    const g2h = await guestToHost(r1.dst.guest, ns.name, HOST4, 5202, BYTES, TRANSFER_TIMEOUT_MS);
+    t.is(g2h.bytes, BYTES);
+    t.is(g2h.hostSha256, g2h.guestSha256, 'guest → host from B: the host received exactly what the guest sent');
+    t.log(`guest → host on B: ${BYTES / 1e6} MB in ${(g2h.ms / 1000).toFixed(1)} s`);
+
+    // A's back end served the first QEMU; a new QEMU takes its socket for the way back.
+    const ba = { label: 'B → A', port: 5203 };
+    const r2 = await migrateUnderTraffic(ns.name, r1.dst, siteA, opts, ba);
+    live.push(r2.dst);
+    await checkLeg(t, ns.name, ba, r2);
+    t.is(fdbPort(ns.name, opts.mac), siteA.tap, "the bridge moved the guest's MAC back to A's TAP");
+    t.notRegex(siteA.cli.errors() + siteB.cli.errors(), /refused/, 'neither back end refused anything');
+    await stop(r2.dst);
+  });
+});
+
+test.serial("vhost-tap with the source's dirty logging switched off (test hook): the migrated guest gets corrupted data or loses its network — the test above can fail", async (t) => {
+  t.timeout(1_200_000);
+  await withNetns(async (ns) => {
+    const port = makeBridge(ns.name, ns.ifname(), [`${HOST4}/24`]);
+    // The engine's hook leaves every page it writes unmarked while QEMU believes it logs.
+    const siteA = await vhostTapSite(ns, port, 'A', { VHOST_TAP_TEST_NO_DIRTY_LOG: '1' });
+    const siteB = await vhostTapSite(ns, port, 'B');
+    const opts = guestOptions();
+    const live: GuestInstance[] = [];
+    ns.defer(() => live.forEach((g) => g.guest.killNow()));
+    const a = await bootChecked(t, ns.name, siteA, opts);
+    live.push(a);
+    const leg = { label: 'A → B without the dirty log', port: 5301 };
+    const r = await migrateUnderTraffic(ns.name, a, siteB, opts, leg, BROKEN_TRANSFER_MS);
+    live.push(r.dst);
+    t.regex(siteA.cli.errors(), /dirty-page logging on/, 'QEMU turned logging on (the engine ignored it)');
+    const mismatch = r.failure === undefined && r.guestSha256 !== r.host?.sha256;
+    const broken = r.failure !== undefined || !r.dst.guest.running || (await ping(ns.name, GUEST4, 20, 0.05)).received < 20;
+    t.log(`${leg.label}: ${mismatch ? `SHA-256 mismatch (guest ${r.guestSha256}, host ${r.host?.sha256})` : ''}${broken ? ` broken: ${r.failure ?? 'ping after the migration lost packets'}` : ''}`);
+    logLeg(t, leg, r);
+    t.true(mismatch || broken, `without the dirty log the migration must not look intact: ${JSON.stringify({ failure: r.failure, guest: r.guestSha256, host: r.host?.sha256 })}`);
+    await stop(r.dst);
+  });
+});
