@@ -3,7 +3,7 @@
 // tears down cleanly; the work is in GuestSim.
 
 import { CTRL, TUN } from '../backend';
-import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
+import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads, pinWorkerNurseries } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
 import { cidr, int, intIn, parse, UsageError } from './args';
@@ -143,6 +143,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
   // Without --netns no capability is needed up front: a user's own persistent TAP (ip tuntap
   // add NAME ... user U) opens without one, and opening any other says what it needs.
   if (o.netns) requireRoot('run creates a TAP in another network namespace', ['CAP_NET_ADMIN', 'CAP_SYS_ADMIN']);
+  // A long-running guest's memory should be flat: see pinWorkerNurseries.
+  pinWorkerNurseries();
   const guest = await GuestSim.start({
     tap: o.tap,
     netns: o.netns as string | undefined,
