@@ -12,7 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { parseArgs } from 'node:util';
 
-import { GuestSim } from '../guest-sim/guest';
+import { GuestSim, pinWorkerNurseries } from '../guest-sim/guest';
 import { Netns } from '../host/netns';
 
 export const STEADY_HELP = `Usage: npm run soak -- --steady [options]
@@ -219,6 +219,8 @@ export async function steadySoak(args: string[]): Promise<number> {
   try {
     // What `vhost-tap run --queues N --ip ...` starts (cli/run.ts), with the source service's
     // transfers as long as the peer's, so that connections come and go.
+    // As `vhost-tap run` does.
+    pinWorkerNurseries();
     guest = await GuestSim.start({ tap, netns: ns.name, queuePairs: pairs, ip4: `${GUEST4}/24`, mac: GUEST_MAC, sourceBytes: tcpBytes });
     const errors: string[] = [];
     guest.on('needs-reset', (e: Error) => errors.push(`needs-reset: ${e.message}`));

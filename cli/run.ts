@@ -3,7 +3,7 @@
 // tears down cleanly; the work is in GuestSim.
 
 import { CTRL, type DeviceStats, featureNames, TUN } from '../backend';
-import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads } from '../guest-sim/guest';
+import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads, pinWorkerNurseries } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
 import { cidr, int, intIn, parse, UsageError } from './args';
@@ -169,6 +169,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
   });
   let guest: GuestSim;
   try {
+    // A long-running guest's memory should be flat: see pinWorkerNurseries.
+    pinWorkerNurseries();
     guest = await GuestSim.start({
       tap: o.tap,
       netns: o.netns as string | undefined,

@@ -6,6 +6,7 @@
 import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as v8 from 'node:v8';
 import { MessageChannel, receiveMessageOnPort, Worker } from 'node:worker_threads';
 
 import {
@@ -158,6 +159,24 @@ export interface GuestMemory {
  * it). That was issue 24's growth: +8 then +16 MiB per Worker, in steps minutes apart.
  */
 export const WORKER_YOUNG_GENERATION_MB = 12;
+
+let nurseriesPinned = false;
+
+/**
+ * Makes the young generation of every Worker created from now on in this process stay at its
+ * largest size (its semi-spaces at a third of WORKER_YOUNG_GENERATION_MB) instead of following
+ * the allocation rate. Once a Worker allocates little per frame, V8 shrinks its nursery when
+ * traffic eases and doubles it again on the next burst, each time moving that Worker's committed
+ * heap by up to 8 MiB: a process whose memory is watched for growth (`vhost-tap run`, the steady
+ * soak) then shows steps that are neither a leak nor flat. The flag is process-wide (V8 reads it
+ * when it sets up an isolate's heap), so guest-sim does not set it for an embedder; `vhost-tap
+ * run` and the soak call this before the guest starts.
+ */
+export function pinWorkerNurseries(): void {
+  if (nurseriesPinned) return;
+  nurseriesPinned = true;
+  v8.setFlagsFromString(`--min-semi-space-size=${WORKER_YOUNG_GENERATION_MB / 3}`);
+}
 
 /**
  * Old generation limit of a queue-pair Worker (resourceLimits.maxOldGenerationSizeMb). A Worker's
