@@ -8,6 +8,7 @@
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import * as path from 'node:path';
 
 import { DeviceStats, QueueStats } from './datapath';
 import { InvalidArgumentError } from './errors';
@@ -180,6 +181,10 @@ const REQUEST_TIMEOUT_MS = 10_000;
  */
 export async function serveMetrics(address: string, collect: () => MetricsSnapshot): Promise<MetricsEndpoint> {
   const where = parseMetricsAddress(address);
+  // Binding in a missing directory says EACCES; say what is wrong instead.
+  if ('path' in where && !fs.existsSync(path.dirname(where.path))) {
+    throw new InvalidArgumentError(`metrics address '${address}': cannot listen there: directory '${path.dirname(where.path)}' does not exist; create it first`);
+  }
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -233,9 +238,7 @@ export async function serveMetrics(address: string, collect: () => MetricsSnapsh
             ? 'no local interface has that address'
             : err.code === 'ENOTFOUND'
               ? 'no such host'
-              : err.code === 'ENOENT'
-                ? 'the directory does not exist'
-                : err.message;
+              : err.message;
     throw new InvalidArgumentError(`metrics address '${address}': cannot listen there: ${why}`);
   }
   // A server bound with port 0 would report its real port here.
@@ -255,15 +258,15 @@ export async function serveMetrics(address: string, collect: () => MetricsSnapsh
   };
 }
 
-/** Whether the socket file at `path` is one nobody listens on any more (connecting is refused). */
-function staleSocket(path: string): Promise<boolean> {
+/** Whether the socket file at `file` is one nobody listens on any more (connecting is refused). */
+function staleSocket(file: string): Promise<boolean> {
   try {
-    if (!fs.lstatSync(path).isSocket()) return Promise.resolve(false);
+    if (!fs.lstatSync(file).isSocket()) return Promise.resolve(false);
   } catch {
     return Promise.resolve(false);
   }
   return new Promise((resolve) => {
-    const c = net.connect(path);
+    const c = net.connect(file);
     c.once('connect', () => {
       c.destroy();
       resolve(false);

@@ -6,10 +6,11 @@
 // counters grow; a bad --metrics address is a usage error (exit 2).
 
 import test from 'ava';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
 
-import { DROP_NAMES, parseMetricsAddress, prometheusText } from '../backend';
+import { DROP_NAMES, parseMetricsAddress, prometheusText, serveMetrics } from '../backend';
 import { DeviceStats, QueueStats } from '../backend/datapath';
 import { addon } from '../backend/native';
 import { REQ } from '../backend/vhost-user/protocol';
@@ -131,6 +132,25 @@ test('--metrics address forms: HOST:PORT, [IPV6]:PORT, unix:/PATH; anything else
   for (const bad of ['', '9100', '127.0.0.1', '127.0.0.1:65536', '::1:9100', '[xyz]:1', 'unix:rel.sock', 'http://1.2.3.4:9100']) {
     t.throws(() => parseMetricsAddress(bad), { message: /expected HOST:PORT|absolute path|not an IPv6/ }, bad);
   }
+});
+
+test.serial('serveMetrics on a Unix socket: a live one is refused, a stale socket file is replaced, a missing directory is named; close() removes the file', async (t) => {
+  const file = `/tmp/vt-met-lib-${process.pid}.sock`;
+  const snap = { device: { queues: [], io: 'none', filtered: 0, totals: { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0 } } };
+  // A socket file whose listener is gone: bound, closed without unlinking.
+  const a = addon();
+  a.close(a.vhostUser.listen(file));
+  t.true(fs.existsSync(file));
+  const ep = await serveMetrics(`unix:${file}`, () => snap);
+  try {
+    t.is(ep.address, `unix:${file}`);
+    t.is((await scrape(ep.address)).status, 200, 'the stale file was replaced');
+    await t.throwsAsync(serveMetrics(`unix:${file}`, () => snap), { message: /cannot listen there: the address is in use/ });
+  } finally {
+    await ep.close();
+  }
+  t.false(fs.existsSync(file), 'close() removed the socket file');
+  await t.throwsAsync(serveMetrics('unix:/nonexistent-vt-dir/m.sock', () => snap), { message: /directory '\/nonexistent-vt-dir' does not exist/ });
 });
 
 test.serial('a bad --metrics address is a usage error (exit 2) before any TAP exists: a malformed one, and one another process listens on', async (t) => {

@@ -16,7 +16,7 @@ import { addon } from '../backend/native';
 import { VhostUserListener } from '../backend/vhost-user/socket';
 import { Netns, withNetns } from '../host/netns';
 import { REQ } from '../backend/vhost-user/protocol';
-import { arpRequest, expectOk, FrontEnd, HOSTILE_CASES, MemfdGuest, memTable, playHostileCase, u64 } from './helpers/vhost-user-frontend';
+import { arpRequest, expectOk, FrontEnd, HOSTILE_CASES, MemfdGuest, memTable, playHostileCase, ringAt, state, testMemory, u64, vringAddr } from './helpers/vhost-user-frontend';
 
 const GUEST_MAC = Buffer.from([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 const HOST_IP = [10, 203, 22, 1];
@@ -305,6 +305,38 @@ test.serial('a second back end probing the live socket is no session on the firs
       await ended;
     }
     t.is(srv.stats().sessions, 1);
+  });
+});
+
+test.serial("QEMU's ring order (rings enabled first, a ring's call fd after its kick): the pair starts once, the late call fd is swapped in without a restart, and the log says running once", async (t) => {
+  await withNetns(async (ns) => {
+    const sock = sockPath('qorder');
+    const { srv, logs } = server(ns, sock);
+    const fe = FrontEnd.connect(sock);
+    const mem = testMemory(1 << 20);
+    const fds = [addon().eventfd(), addon().eventfd(), addon().eventfd(), addon().eventfd()];
+    try {
+      await fe.handshake();
+      await expectOk(fe, REQ.SET_FEATURES, u64((1n << 32n) | (1n << 30n)));
+      await expectOk(fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+      // Seen from QEMU 7.2 with --trace: SET_VRING_ENABLE 1 for pair 0's rings before their kicks.
+      for (const ring of [0, 1]) await expectOk(fe, REQ.SET_VRING_ENABLE, state(ring, 1));
+      for (const ring of [0, 1]) {
+        await expectOk(fe, REQ.SET_VRING_NUM, state(ring, 256));
+        await expectOk(fe, REQ.SET_VRING_BASE, state(ring, 0));
+        await expectOk(fe, REQ.SET_VRING_ADDR, vringAddr(ring, ringAt(mem.region.userAddr, BigInt(ring * 16384))));
+        await expectOk(fe, REQ.SET_VRING_KICK, u64(BigInt(ring)), [fds[2 * ring]]);
+        await expectOk(fe, REQ.SET_VRING_CALL, u64(BigInt(ring)), [fds[2 * ring + 1]]);
+      }
+      t.true(srv.backend.running(0));
+      t.deepEqual(logs.filter((l) => /queue pair 0 (running|stopped)/.test(l)).map((l) => l.replace(/ \(.*/, '')), ['vhost-user: queue pair 0 running'], logs.join('\n'));
+    } finally {
+      const ended = nextEnd(srv);
+      fe.close();
+      await ended;
+      for (const fd of fds) addon().close(fd);
+      mem.close();
+    }
   });
 });
 
