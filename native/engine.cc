@@ -94,7 +94,8 @@ int ClassifyEinval(const Chain& c, uint32_t hdr_len) {
   const uint16_t cstart = static_cast<uint16_t>(h[6] | h[7] << 8), coff = static_cast<uint16_t>(h[8] | h[9] << 8);
   if ((flags & HDR_F_NEEDS_CSUM) && uint64_t{cstart} + coff + 2 > frame) return kTxHdrCsumPastFrame;
   if (hdrlen > frame) return kTxHdrLenPastFrame;
-  const uint8_t type = gso & static_cast<uint8_t>(~HDR_GSO_ECN);
+  // The tunnel bits passed TunnelHeaderDrop before the write; name what else tun refused.
+  const uint8_t type = gso & static_cast<uint8_t>(~(HDR_GSO_ECN | HDR_GSO_UDP_TUNNEL_IPV4 | HDR_GSO_UDP_TUNNEL_IPV6));
   if (type != HDR_GSO_NONE && type != HDR_GSO_TCPV4 && type != HDR_GSO_UDP && type != HDR_GSO_TCPV6 &&
       type != HDR_GSO_UDP_L4)
     return kTxHdrBadGsoType;
