@@ -192,7 +192,7 @@ export function offloadsFromWord(word: bigint): bigint {
   return f;
 }
 
-/** The inverse of offloadsFromWord, for drivers that send GUEST_OFFLOADS_SET (guest-sim). */
+/** The inverse of offloadsFromWord: the le64 a driver sends in GUEST_OFFLOADS_SET for a set of GUEST_* features. */
 export function offloadsToWord(features: bigint): bigint {
   let w = features & ((1n << 64n) - 1n);
   for (const m of OFFLOAD_WORD_MAP) if (has(features, m.feature)) w |= 1n << BigInt(m.word);

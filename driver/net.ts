@@ -21,12 +21,19 @@ export interface NetHdr {
   gsoSize: number;
   csumStart: number;
   csumOffset: number;
+  /**
+   * Only in the 24-byte header (GUEST_/HOST_UDP_TUNNEL_GSO negotiated), with a gso_type that has
+   * HDR.GSO_UDP_TUNNEL_IPV4/IPV6 (the outer IP family, as Linux reads it): the offsets of the
+   * outer UDP header and the inner IP header. Written as 0 when absent.
+   */
+  outerTh?: number;
+  innerNh?: number;
 }
 
 /** A header that asks for nothing: a complete frame with a correct checksum. */
 export const NO_OFFLOAD: Readonly<NetHdr> = Object.freeze({ flags: 0, gsoType: HDR.GSO_NONE, hdrLen: 0, gsoSize: 0, csumStart: 0, csumOffset: 0 });
 
-/** Writes `h` as a `len`-byte virtio_net_hdr (10, 12 or 20) at u8[off]; num_buffers and the rest are zero. */
+/** Writes `h` as a `len`-byte virtio_net_hdr (10, 12, 20 or 24) at u8[off]; num_buffers and the rest are zero. */
 export function writeNetHdr(u8: Uint8Array, off: number, h: Readonly<NetHdr>, len: number): void {
   u8[off + HDR.OFF_FLAGS] = h.flags;
   u8[off + HDR.OFF_GSO_TYPE] = h.gsoType;
@@ -35,16 +42,24 @@ export function writeNetHdr(u8: Uint8Array, off: number, h: Readonly<NetHdr>, le
   put16(u8, off + HDR.OFF_CSUM_START, h.csumStart);
   put16(u8, off + HDR.OFF_CSUM_OFFSET, h.csumOffset);
   if (len > HDR.OFF_NUM_BUFFERS) u8.fill(0, off + HDR.OFF_NUM_BUFFERS, off + len);
+  if (len >= HDR.SIZE_TUNNEL) {
+    put16(u8, off + HDR.OFF_OUTER_TH_OFFSET, h.outerTh ?? 0);
+    put16(u8, off + HDR.OFF_INNER_NH_OFFSET, h.innerNh ?? 0);
+  }
 }
 
-/** Reads the virtio_net_hdr at u8[off] into `out`. */
-export function readNetHdr(u8: Uint8Array, off: number, out: NetHdr): NetHdr {
+/** Reads the virtio_net_hdr at u8[off] into `out`; `len` 24 reads the tunnel offsets too. */
+export function readNetHdr(u8: Uint8Array, off: number, out: NetHdr, len: number = HDR.SIZE_V1): NetHdr {
   out.flags = u8[off + HDR.OFF_FLAGS];
   out.gsoType = u8[off + HDR.OFF_GSO_TYPE];
   out.hdrLen = get16(u8, off + HDR.OFF_HDR_LEN);
   out.gsoSize = get16(u8, off + HDR.OFF_GSO_SIZE);
   out.csumStart = get16(u8, off + HDR.OFF_CSUM_START);
   out.csumOffset = get16(u8, off + HDR.OFF_CSUM_OFFSET);
+  if (len >= HDR.SIZE_TUNNEL) {
+    out.outerTh = get16(u8, off + HDR.OFF_OUTER_TH_OFFSET);
+    out.innerNh = get16(u8, off + HDR.OFF_INNER_NH_OFFSET);
+  }
   return out;
 }
 
@@ -156,7 +171,7 @@ export class NetQueuePair {
 
   constructor(o: NetQueuePairOptions) {
     this.memory = driverMemory(o.memory);
-    if (![10, 12, 20].includes(o.hdrLen)) throw new RangeError(`hdrLen must be 10, 12 or 20, got ${o.hdrLen}`);
+    if (![10, 12, 20, 24].includes(o.hdrLen)) throw new RangeError(`hdrLen must be 10, 12, 20 or 24, got ${o.hdrLen}`);
     this.hdrLen = o.hdrLen;
     this.mergeable = !!o.mergeable;
     this.rx = o.rx;
@@ -296,7 +311,7 @@ export class NetQueuePair {
         this.stats.rxBadHeader++;
         continue;
       }
-      readNetHdr(this.rxU8, off, f.hdr);
+      readNetHdr(this.rxU8, off, f.hdr, this.hdrLen);
       const n = this.mergeable ? get16(this.rxU8, off + HDR.OFF_NUM_BUFFERS) : 1;
       f.numBuffers = n;
       f.off[0] = off + this.hdrLen;

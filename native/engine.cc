@@ -95,11 +95,16 @@ int ClassifyEinval(const Chain& c, uint32_t hdr_len) {
   if (got < sizeof h || hdr_len < sizeof h) return kTapWriteEinval;
   const uint64_t frame = c.bytes - hdr_len;
   const uint8_t flags = h[0], gso = h[1];
+  // A tunnel gso_type with a header that has no tunnel fields: tun refuses it
+  // (with the 24-byte one, TunnelHeaderDrop judged it before the write).
+  if ((gso & (HDR_GSO_UDP_TUNNEL_IPV4 | HDR_GSO_UDP_TUNNEL_IPV6)) && hdr_len < HDR_SIZE_TUNNEL)
+    return kTxHdrTunnelShortHeader;
   const uint16_t hdrlen = static_cast<uint16_t>(h[2] | h[3] << 8), gso_size = static_cast<uint16_t>(h[4] | h[5] << 8);
   const uint16_t cstart = static_cast<uint16_t>(h[6] | h[7] << 8), coff = static_cast<uint16_t>(h[8] | h[9] << 8);
   if ((flags & HDR_F_NEEDS_CSUM) && uint64_t{cstart} + coff + 2 > frame) return kTxHdrCsumPastFrame;
   if (hdrlen > frame) return kTxHdrLenPastFrame;
-  const uint8_t type = gso & static_cast<uint8_t>(~HDR_GSO_ECN);
+  // The tunnel bits passed TunnelHeaderDrop before the write; name what else tun refused.
+  const uint8_t type = gso & static_cast<uint8_t>(~(HDR_GSO_ECN | HDR_GSO_UDP_TUNNEL_IPV4 | HDR_GSO_UDP_TUNNEL_IPV6));
   if (type != HDR_GSO_NONE && type != HDR_GSO_TCPV4 && type != HDR_GSO_UDP && type != HDR_GSO_TCPV6 &&
       type != HDR_GSO_UDP_L4)
     return kTxHdrBadGsoType;
@@ -118,13 +123,15 @@ constexpr uint32_t kUdpHdrLen = 8;
 
 // A TX header that asks for GSO over a UDP tunnel (virtio 1.4 §5.1.6.2), checked
 // before the frame goes to the TAP: the TxDrop that refuses it, or -1 when it may
-// go. tun checks the offsets itself, but takes any tunnel header once the header
-// is 24 bytes, whichever direction the guest negotiated; the offset rules here
-// are the kernel's (outer header family from the tunnel bit). Frames without a
-// tunnel bit cost two loads.
+// go. Only with the 24-byte header (a tunnel feature negotiated): tun then takes
+// any tunnel header, whichever direction the guest negotiated, so the engine is
+// the one to hold the guest to what it negotiated; tun checks the offsets too,
+// and the offset rules here are the kernel's (outer header family from the
+// tunnel bit). With a shorter header tun refuses every tunnel gso_type itself
+// (ClassifyEinval names it). Frames without a tunnel bit cost two loads.
 int TunnelHeaderDrop(const Chain& c, uint32_t hdr_len, bool tunnel, bool tunnel_csum) {
   uint8_t h[HDR_SIZE_TUNNEL] = {};
-  if (c.iov.empty()) return -1;
+  if (hdr_len < HDR_SIZE_TUNNEL || c.iov.empty()) return -1;
   if (c.iov[0].iov_len >= 2) {
     const uint8_t* p = static_cast<const uint8_t*>(c.iov[0].iov_base);
     h[0] = p[0];
@@ -134,9 +141,9 @@ int TunnelHeaderDrop(const Chain& c, uint32_t hdr_len, bool tunnel, bool tunnel_
   }
   constexpr uint8_t kTunnelBits = HDR_GSO_UDP_TUNNEL_IPV4 | HDR_GSO_UDP_TUNNEL_IPV6;
   if (!(h[1] & kTunnelBits) && !(h[0] & HDR_F_UDP_TUNNEL_CSUM)) return -1;
-  if (hdr_len < HDR_SIZE_TUNNEL) return kTxHdrTunnelShortHeader;
-  // One copy, so every check below looks at the same bytes.
-  if (ReadIov(c.iov.data(), c.iov.size(), 0, h, HDR_SIZE_TUNNEL) < HDR_SIZE_TUNNEL) return kTxHdrTunnelShortHeader;
+  // One copy, so every check below looks at the same bytes (the chain holds the
+  // whole header: ReadTxChain made sure of that).
+  ReadIov(c.iov.data(), c.iov.size(), 0, h, HDR_SIZE_TUNNEL);
   const uint8_t flags = h[0], gso = h[1];
   if ((gso & kTunnelBits) && !tunnel) return kTxHdrTunnelNotNegotiated;
   if ((flags & HDR_F_UDP_TUNNEL_CSUM) && !tunnel_csum) return kTxHdrTunnelNotNegotiated;

@@ -27,10 +27,11 @@ enum TxDrop : int {
   kTxHdrUsoNoCsum,      // UDP_L4 (USO) without NEEDS_CSUM
   kTxTapFullReordered,  // the TAP refused it after later frames of its batch were
                         // already written (tx_reordered) and stayed full (tap_io.h)
-  // GSO over UDP tunnels (virtio 1.4 §5.1.6.2.1), checked before the write: tun
-  // takes any tunnel header once the header is 24 bytes, whatever was negotiated.
-  kTxHdrTunnelShortHeader,     // a tunnel gso_type or UDP_TUNNEL_CSUM, but the negotiated
-                               // header (10/12/20 bytes) has no tunnel fields
+  // GSO over UDP tunnels (virtio 1.4 §5.1.6.2.1). With the 24-byte header they are
+  // checked before the write: tun takes any tunnel header of that size, whatever
+  // was negotiated. The first is tun's EINVAL, named.
+  kTxHdrTunnelShortHeader,     // a tunnel gso_type, but the negotiated header
+                               // (10/12/20 bytes) has no tunnel fields
   kTxHdrTunnelNotNegotiated,   // a tunnel gso_type without HOST_UDP_TUNNEL_GSO, or
                                // UDP_TUNNEL_CSUM without HOST_UDP_TUNNEL_GSO_CSUM
   kTxHdrTunnelBadType,         // both IPV4 and IPV6 tunnel bits, an inner type other than

@@ -6,7 +6,7 @@
 import test from 'ava';
 
 import { bits, HDR, RING, STATUS, VirtioNetDevice, type WasmMemoryLike } from '../backend';
-import { DriverMemory, driverMemory, DriverQueue, GuestAddressError, GuestAllocator, negotiate, NetQueuePair, setUpQueuePair, type Buf, type NetHdr } from '../driver';
+import { DriverMemory, driverMemory, DriverQueue, GuestAddressError, GuestAllocator, negotiate, NetQueuePair, NO_OFFLOAD, readNetHdr, setUpQueuePair, writeNetHdr, type Buf, type NetHdr } from '../driver';
 import { withNetns } from '../host/netns';
 
 const MiB = 1 << 20;
@@ -303,4 +303,21 @@ test('a NetQueuePair on a real device with regions: rings below 4 GiB, buffers a
     t.is(pair.stats.txFrames, 1);
     t.is(dev.stats().totals.drops, 0);
   });
+});
+
+test('writeNetHdr / readNetHdr: the 24-byte header carries outer_th_offset and inner_nh_offset at 20 and 22 (UDP tunnel GSO); shorter ones do not', (t) => {
+  const u8 = new Uint8Array(64).fill(0xee);
+  const h: NetHdr = { flags: HDR.F_NEEDS_CSUM | HDR.F_UDP_TUNNEL_CSUM, gsoType: HDR.GSO_TCPV4 | HDR.GSO_UDP_TUNNEL_IPV4, hdrLen: 104, gsoSize: 1400, csumStart: 84, csumOffset: 16, outerTh: 34, innerNh: 64 };
+  writeNetHdr(u8, 8, h, 24);
+  t.deepEqual([...u8.subarray(8 + 20, 8 + 24)], [34, 0, 64, 0], 'little-endian at 20 and 22');
+  t.deepEqual([...u8.subarray(8 + 10, 8 + 20)], new Array(10).fill(0), 'num_buffers and the hash fields zero');
+  t.is(u8[8 + 24], 0xee, 'nothing past the header');
+  const back = readNetHdr(u8, 8, { ...NO_OFFLOAD }, 24);
+  t.deepEqual(back, h);
+  t.is(readNetHdr(u8, 8, { ...NO_OFFLOAD }).outerTh, undefined, 'a 12-byte read has no tunnel fields');
+  const m = threeRegions();
+  const a = new GuestAllocator(m);
+  const rxBuffers = { base: 0x20000, count: 8, size: 256 }, txBuffers = { base: 0x10000, count: 4, size: 256 };
+  const n = new NetQueuePair({ memory: m, rx: { ...a.ring(8), kickFd: -1, callFd: -1 }, tx: { ...a.ring(8), kickFd: -1, callFd: -1 }, hdrLen: 24, mergeable: true, eventIdx: false, rxBuffers, txBuffers });
+  t.is(n.hdrLen, 24);
 });

@@ -196,6 +196,18 @@ test.serial('options: the TAP gets the MTU asked for; a features mask without of
   });
 });
 
+test.serial('features above 63 (the UDP tunnel offloads) are never offered over vhost-user: GET_FEATURES carries a u64', async (t) => {
+  await withNetns(async (ns) => {
+    const { srv } = server(ns, sockPath('u64'));
+    t.is(srv.backend.features >> 64n, 0n, featureNames(srv.backend.features).join(','));
+    t.true(srv.backend.features & bits('CSUM', 'HOST_TSO4') ? true : false, 'the plain offloads still are');
+    // The kernel has them (6.17+) or says why not; either way stats() tells, and the offer stays 64-bit.
+    const u = srv.backend.stats().udpTunnelGso;
+    t.false(u.guest || u.host);
+    if (!u.kernel) t.truthy(u.why);
+  });
+});
+
 test.serial('one front end at a time: a second one waits in the backlog and is served when the first leaves', async (t) => {
   await withNetns(async (ns) => {
     const sock = sockPath('one');
