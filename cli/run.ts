@@ -2,7 +2,7 @@
 // SIGTERM. Parses the flags, prints the ready line and the statistics, and
 // tears down cleanly; the work is in GuestSim.
 
-import { CTRL, type DeviceStats, featureNames, TUN } from '../backend';
+import { CTRL, type DeviceStats, featureNames, has, TUN } from '../backend';
 import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads, pinWorkerNurseries } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
@@ -39,6 +39,9 @@ Options:
                       after the first, whichever comes first (as Linux's
                       'ethtool -C eth0 rx-frames P rx-usecs U'); 0 in either: off
   --tx-coalesce P,U   the same for TX interrupts
+  --packed            the guest asks for packed virtqueues (VIRTIO_F_RING_PACKED)
+                      instead of split ones
+  --in-order          the guest asks for VIRTIO_F_IN_ORDER (one used element per batch)
   --sqpoll            io_uring through a kernel thread that polls its submission ring:
                       no system call per batch under load, but that thread takes a
                       core per queue pair while busy (slower on a machine without a
@@ -120,6 +123,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
     'source-bytes': { type: 'string' },
     pcap: { type: 'string' },
     sqpoll: { type: 'boolean' },
+    packed: { type: 'boolean' },
+    'in-order': { type: 'boolean' },
     'rx-coalesce': { type: 'string' },
     'tx-coalesce': { type: 'string' },
     json: { type: 'boolean' },
@@ -183,6 +188,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
       sourceBytes,
       pcap: o.pcap as string | undefined,
       sqpoll: o.sqpoll === true,
+      packed: o.packed === true,
+      inOrder: o['in-order'] === true,
     });
   } catch (e) {
     await metrics?.close();
@@ -216,7 +223,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const coalesced = coalesce.map((c) => `, ${c.q} coalescing ${c.maxPackets} packets / ${c.maxUsecs} us`).join('');
   const scrape = metrics ? `, metrics on ${metricsUrl(metrics.address)}` : '';
-  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}, ${udpTunnelNote(guest.device.stats().udpTunnelGso)}${coalesced}${scrape}`);
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}, ${has(guest.features, 'RING_PACKED') ? 'packed' : 'split'} rings${has(guest.features, 'IN_ORDER') ? ', in-order' : ''}, ${udpTunnelNote(guest.device.stats().udpTunnelGso)}${coalesced}${scrape}`);
   const sig = await waitForSignal(failed);
   await metrics?.close();
   const s = await guest.stop();

@@ -209,6 +209,24 @@ test('setQueue refuses bad sizes, misaligned or out-of-memory parts, bad indices
     invalid(t, () => dev.setQueue(0, null as unknown as typeof ok));
   }));
 
+test('packed: setQueue refuses a descriptor ring or an event suppression area outside memory, and parts over another queue', (t) =>
+  withNetns((ns) => {
+    const dev = makeDevice(ns);
+    dev.status = ACK;
+    dev.status = ACK | DRIVER;
+    dev.driverFeatures = bits('VERSION_1', 'RING_PACKED');
+    dev.status = ACK | DRIVER | FEATURES_OK;
+    t.truthy(dev.status & FEATURES_OK, String(dev.featuresRefusal));
+    const ok = { size: 256, desc: 0x1000, avail: 0x2000, used: 0x2004 };
+    dev.setQueue(0, ok);
+    invalid(t, () => dev.setQueue(0, { ...ok, desc: MEM - 16 * 128 }), /desc ring.*outside/, 'descriptor ring running past the end');
+    invalid(t, () => dev.setQueue(0, { ...ok, avail: MEM }), /driver event.*outside/, 'driver event area past the end');
+    invalid(t, () => dev.setQueue(0, { ...ok, avail: MEM - 2 }), /driver event.*aligned/, 'driver event area misaligned, across the end');
+    invalid(t, () => dev.setQueue(0, { ...ok, used: MEM }), /device event.*outside/, 'device event area past the end');
+    invalid(t, () => dev.setQueue(0, { ...ok, used: 2 ** 40 }), /device event.*outside/, 'device event area far outside');
+    invalid(t, () => dev.setQueue(1, { size: 256, desc: 0x4000, avail: 0x1800, used: 0x5000 }), /overlaps/, "an event area over another queue's ring");
+  }));
+
 test('setQueue after DRIVER_OK → DeviceStateError', (t) =>
   withNetns((ns) => {
     const sab = new SharedArrayBuffer(MEM);

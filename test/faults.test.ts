@@ -17,12 +17,13 @@
 import test, { type ExecutionContext } from 'ava';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { STATUS, TapError, VirtioNetDevice, type VirtioNetError } from '../backend/index';
+import { bits, STATUS, TapError, VirtioNetDevice, type VirtioNetError } from '../backend/index';
 import { GuestSim } from '../guest-sim/guest';
 import { udpEcho } from './helpers/udp';
 import { describeChild, runScenario } from './helpers/child';
 import { requireRoot, withNetns, type Netns } from '../host/netns';
-import { deviceAccounting, startFlood, tapCounters, TrafficGuest, type DeviceAccounting, type TapCounters } from './helpers/traffic-guest';
+import { deviceAccounting, startFlood, tapCounters, TRAFFIC_FEATURES, TrafficGuest, type DeviceAccounting, type TapCounters } from './helpers/traffic-guest';
+import { RING_LAYOUTS, type RingLayout } from './helpers/rings';
 
 const HOST4 = '10.203.12.1';
 const GUEST4 = '10.203.12.2';
@@ -43,18 +44,22 @@ interface Rig {
   dev: VirtioNetDevice;
   g: TrafficGuest;
   mem: SharedArrayBuffer;
+  /** The features the guest asks for at every initialisation (RING_PACKED for the packed ring). */
+  want: bigint;
 }
 
-async function rig(ns: Netns): Promise<Rig> {
+async function rig(ns: Netns, layout: RingLayout = 'split'): Promise<Rig> {
+  const want = TRAFFIC_FEATURES | (layout === 'packed' ? bits('RING_PACKED') : 0n);
   const tap = ns.ifname();
   const mem = new SharedArrayBuffer(TrafficGuest.memoryBytes(PAIRS));
   const dev = new VirtioNetDevice({ memory: mem, tap, netns: ns.name, queuePairs: PAIRS, mac: GUEST_MAC });
   ns.defer(() => void dev.close());
   const g = new TrafficGuest(dev, mem);
-  await g.init();
+  await g.init(want);
+  if ((dev.driverFeatures & bits('RING_PACKED')) !== (want & bits('RING_PACKED'))) throw new Error(`the guest did not get ${layout} rings`);
   ns.ip('addr', 'add', `${HOST4}/24`, 'dev', tap);
   ns.ip('neigh', 'replace', GUEST4, 'lladdr', GUEST_MAC, 'dev', tap, 'nud', 'permanent');
-  return { ns, tap, dev, g, mem };
+  return { ns, tap, dev, g, mem, want };
 }
 
 /** Runs the guest's pump on the event loop until stopped; errors end it and are rethrown by stop(). */
@@ -149,9 +154,10 @@ async function accounted(t: ExecutionContext, r: Rig, what: string, opts: { tap:
   return { dev, tapc };
 }
 
-test.serial('reset in the middle of batches, 6 times under traffic both ways: each re-initialisation works, every frame is accounted for', (t) =>
+for (const layout of RING_LAYOUTS) {
+test.serial(`${layout}: reset in the middle of batches, 6 times under traffic both ways: each re-initialisation works, every frame is accounted for`, (t) =>
   withNetns(async (ns) => {
-    const r = await rig(ns);
+    const r = await rig(ns, layout);
     const tap0 = tapCounters(ns, r.tap);
     const flood = startFlood(ns, GUEST4, 5, FLOOD_PPS);
     const pump = pumping(r.g);
@@ -159,7 +165,7 @@ test.serial('reset in the middle of batches, 6 times under traffic both ways: ea
       await sleep(400);
       // The workers are moving frames both ways right now: reset and bring it up again.
       pump.pause();
-      await r.g.init();
+      await r.g.init(r.want);
       pump.resume();
     }
     const sent = await flood.done;
@@ -179,6 +185,7 @@ test.serial('reset in the middle of batches, 6 times under traffic both ways: ea
     t.true(kernel <= sent.sent + 1000, 'the TAP saw no more frames than were sent (plus the host stack\'s own few)');
     await sessionWorks(t, r, 'after the last reset');
   }));
+}
 
 test.serial('carrier off and on (setLink) and the link set down and up from the host, under traffic: counted, then traffic flows again', (t) =>
   withNetns(async (ns) => {

@@ -1,6 +1,6 @@
 // Regression tests for the defects of issue 12 that backend/ and native/notify.cc
 // fix (4, 5, 7): a stale ring-violation report must not break the next
-// session, feature masks are 64-bit, kick/waitCall refuse non-integers, the
+// session (split and packed rings), feature masks are 64-bit, kick/waitCall refuse non-integers, the
 // constructor and memory checks give typed errors, and a listener may close or
 // reset the device while the device is emitting to it. The ring and control
 // queue defects the core rewrite fixes are in hostile-core.test.ts.
@@ -23,7 +23,8 @@ import {
   waitCall,
   type VirtioNetError,
 } from '../backend/index';
-import { DriverQueue } from '../driver';
+import { DriverQueue, openVirtqueue, PackedDriverQueue, type Virtqueue } from '../driver';
+import { RING_LAYOUTS, type RingLayout } from './helpers/rings';
 import { describeChild, runScenario } from './helpers/child';
 import { requireRoot, withNetns, type Netns } from '../host/netns';
 
@@ -44,16 +45,19 @@ function makeDevice(ns: Netns, memory: SharedArrayBuffer = new SharedArrayBuffer
   return dev;
 }
 
-/** RX and TX rings (zeroed) at the bottom of memory; the driver's handshake up to DRIVER_OK. */
-function bringUp(dev: VirtioNetDevice, sab: SharedArrayBuffer): { rx: DriverQueue; tx: DriverQueue } {
+/** RX and TX rings of `layout` (zeroed) at the bottom of memory; the driver's handshake up to DRIVER_OK. */
+function bringUp(dev: VirtioNetDevice, sab: SharedArrayBuffer, layout: RingLayout = 'split'): { rx: Virtqueue; tx: Virtqueue } {
+  const packed = layout === 'packed';
   dev.status = ACK;
   dev.status = ACK | DRIVER;
-  dev.driverFeatures = bit('VERSION_1');
+  dev.driverFeatures = bit('VERSION_1') | (packed ? bit('RING_PACKED') : 0n);
   dev.status = ACK | DRIVER | FEATURES_OK;
-  const lr = DriverQueue.layout(0, QSIZE);
-  const lt = DriverQueue.layout(lr.end, QSIZE);
-  const rx = new DriverQueue(sab, { size: QSIZE, desc: lr.desc, avail: lr.avail, used: lr.used }, { eventIdx: false });
-  const tx = new DriverQueue(sab, { size: QSIZE, desc: lt.desc, avail: lt.avail, used: lt.used }, { eventIdx: false });
+  if (!(dev.status & FEATURES_OK)) throw new Error(`FEATURES_OK refused: ${dev.featuresRefusal}`);
+  const layoutOf = (base: number) => (packed ? PackedDriverQueue.layout(base, QSIZE) : DriverQueue.layout(base, QSIZE));
+  const lr = layoutOf(0);
+  const lt = layoutOf(lr.end);
+  const rx = openVirtqueue(sab, { size: QSIZE, desc: lr.desc, avail: lr.avail, used: lr.used }, { eventIdx: false, packed });
+  const tx = openVirtqueue(sab, { size: QSIZE, desc: lt.desc, avail: lt.avail, used: lt.used }, { eventIdx: false, packed });
   dev.setQueue(0, rx.addrs);
   dev.setQueue(1, tx.addrs);
   dev.status = ACK | DRIVER | FEATURES_OK | DRIVER_OK;
@@ -61,7 +65,7 @@ function bringUp(dev: VirtioNetDevice, sab: SharedArrayBuffer): { rx: DriverQueu
 }
 
 /** Posts one 12-byte header + 60-byte broadcast frame on TX and kicks. */
-function sendOne(dev: VirtioNetDevice, sab: SharedArrayBuffer, tx: DriverQueue, at: number): void {
+function sendOne(dev: VirtioNetDevice, sab: SharedArrayBuffer, tx: Virtqueue, at: number): void {
   const u8 = new Uint8Array(sab, at, 72);
   u8.fill(0);
   u8.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0, 0, 0, 1, 0x88, 0xb5], 12);
@@ -77,27 +81,46 @@ async function until(cond: () => boolean, what: string, ms = 10_000): Promise<vo
   }
 }
 
+/**
+ * The guest breaks a rule on `q`, and the rule the device names: on the split ring avail.idx
+ * jumps past the queue size; on the packed ring the descriptor at the driver's first slot is
+ * made available (AVAIL set, USED clear: wrap counter 1) with a buffer id past the queue size.
+ */
+function breakRule(sab: SharedArrayBuffer, q: Virtqueue, layout: RingLayout): string {
+  const dv = new DataView(sab);
+  if (layout === 'split') {
+    dv.setUint16(q.addrs.avail + 2, 1000, true);
+    return 'avail-idx-jump';
+  }
+  dv.setBigUint64(q.addrs.desc, BigInt(HEAP), true);
+  dv.setUint32(q.addrs.desc + 8, 72, true);
+  dv.setUint16(q.addrs.desc + 12, 0xffff, true);
+  Atomics.store(new Uint16Array(sab), (q.addrs.desc + 14) / 2, 1 << 7);
+  return 'buffer-id-out-of-range';
+}
+
 // --- 4: a stale report -----------------------------------------------------------------
 
-test('a ring violation reported by the engine of a session the driver already reset does not mark the new session', (t) =>
+for (const layout of RING_LAYOUTS) {
+test(`${layout}: a ring violation reported by the engine of a session the driver already reset does not mark the new session`, (t) =>
   withNetns(async (ns) => {
     const sab = new SharedArrayBuffer(MEM);
     const dev = makeDevice(ns, sab);
     const reports: VirtioNetError[] = [];
     dev.on('needs-reset', (e: VirtioNetError) => reports.push(e));
-    const first = bringUp(dev, sab);
-    // The guest breaks a rule: avail.idx jumps past the queue size.
-    new DataView(sab).setUint16(first.tx.addrs.avail + 2, 1000, true);
+    const first = bringUp(dev, sab, layout);
+    // The guest breaks a rule.
+    breakRule(sab, first.tx, layout);
     dev.kick(txq(0));
     // Without yielding to the event loop, so the report stays queued for the JS thread:
     // wait until the engine has seen the violation (its report is then on its way).
     const end = Date.now() + 10_000;
     while (!dev.stats().queues[1].broken) {
-      if (Date.now() > end) throw new Error('the engine never saw the avail.idx jump');
+      if (Date.now() > end) throw new Error('the engine never saw the broken rule');
     }
     // Still without yielding: the driver resets and brings up a healthy session.
     dev.status = 0;
-    const second = bringUp(dev, sab);
+    const second = bringUp(dev, sab, layout);
     // Now the queued report is delivered (any turn of the loop that polls does it).
     await sleep(50);
     await new Promise((r) => setImmediate(r));
@@ -110,21 +133,24 @@ test('a ring violation reported by the engine of a session the driver already re
     t.is(dev.status & DEVICE_NEEDS_RESET, 0);
   }));
 
-test('a ring violation of the current session still sets DEVICE_NEEDS_RESET (the stale-report guard keeps real reports)', (t) =>
+test(`${layout}: a ring violation of the current session still sets DEVICE_NEEDS_RESET (the stale-report guard keeps real reports)`, (t) =>
   withNetns(async (ns) => {
     const sab = new SharedArrayBuffer(MEM);
     const dev = makeDevice(ns, sab);
     dev.status = 0;
-    bringUp(dev, sab);
+    bringUp(dev, sab, layout);
     dev.status = 0;
-    const { tx } = bringUp(dev, sab);
+    const { tx } = bringUp(dev, sab, layout);
     const got = new Promise<VirtioNetError>((resolve) => dev.once('needs-reset', resolve));
-    new DataView(sab).setUint16(tx.addrs.avail + 2, 1000, true);
+    const rule = breakRule(sab, tx, layout);
     dev.kick(txq(0));
     const e = await Promise.race([got, sleep(10_000).then(() => undefined)]);
-    t.is(e?.rule, 'avail-idx-jump');
+    t.is(e?.rule, rule);
     t.truthy(dev.status & DEVICE_NEEDS_RESET);
+    t.true(dev.stats().queues[1].broken, 'the TX queue stopped');
+    t.false(dev.stats().queues[0].broken, 'the RX queue did not');
   }));
+}
 
 // --- 5: feature masks ------------------------------------------------------------------
 

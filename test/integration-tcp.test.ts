@@ -1,7 +1,8 @@
 // Integration: guest-sim's TCP against the kernel's, through `vhost-tap run`
 // behind a real TAP in a namespace the test creates. 1 GiB each way (host →
 // guest discard with SHA-256 checked, guest → host source with the pattern
-// checked) with TSO on and with --offloads none; TCP echo; super-frames in
+// checked) with TSO on and with --offloads none, and with TSO on packed
+// rings (--packed); TCP echo on split and packed rings; super-frames in
 // the device's TX statistics; USO both ways. The host side is the kernel
 // stack in the namespace, driven by a child Node (or Python, for UDP_SEGMENT)
 // process started with `ip netns exec`.
@@ -125,14 +126,23 @@ function txQueueStats(stdout: string): TxStats {
   return m ? { packets: Number(m[1]), bytes: Number(m[2]) } : { packets: 0, bytes: 0 };
 }
 
-for (const mode of ['tso', 'none'] as const) {
-  const extra = mode === 'none' ? ['--offloads', 'none'] : [];
+// Split rings with and without offloads; packed rings with TSO (the super-frames and
+// mergeable RX buffers are what the layout changes; the small frames of 'none' add only time).
+const VARIANTS = [
+  { ring: 'split', mode: 'tso' },
+  { ring: 'split', mode: 'none' },
+  { ring: 'packed', mode: 'tso' },
+] as const;
 
-  test.serial(`host → guest ${BIG} bytes to TCP discard (port 9), offloads ${mode}: SHA-256 matches`, async (t) => {
+for (const { ring, mode } of VARIANTS) {
+  const extra = [...(mode === 'none' ? ['--offloads', 'none'] : []), ...(ring === 'packed' ? ['--packed'] : [])];
+
+  test.serial(`${ring}: host → guest ${BIG} bytes to TCP discard (port 9), offloads ${mode}: SHA-256 matches`, async (t) => {
     await withNetns(async (ns) => {
       const cli = await startGuest(t, ns, extra);
+      t.regex(cli.ready, new RegExp(`, ${ring} rings$`));
       if (mode === 'tso') t.regex(cli.ready, /offloads .*guest-tso4/);
-      else t.regex(cli.ready, /offloads none$/);
+      else t.regex(cli.ready, /offloads none,/);
       const r = await nsRun(ns, process.execPath, ['-e', SENDER, GUEST4, String(BIG)], 180_000);
       t.is(r.code, 0, r.stderr);
       const sent = JSON.parse(r.stdout) as { sha256: string; ms: number };
@@ -148,9 +158,10 @@ for (const mode of ['tso', 'none'] as const) {
     });
   });
 
-  test.serial(`guest → host ${BIG} bytes from TCP source (port 19), offloads ${mode}: pattern and count verified`, async (t) => {
+  test.serial(`${ring}: guest → host ${BIG} bytes from TCP source (port 19), offloads ${mode}: pattern and count verified`, async (t) => {
     await withNetns(async (ns) => {
       const cli = await startGuest(t, ns, [...extra, '--source-bytes', String(BIG)]);
+      t.regex(cli.ready, new RegExp(`, ${ring} rings$`));
       const r = await nsRun(ns, process.execPath, ['-e', RECEIVER, GUEST4], 180_000);
       t.is(r.code, 0, r.stderr);
       const got = JSON.parse(r.stdout) as { bytes: number; bad: number; ms: number };
@@ -168,9 +179,11 @@ for (const mode of ['tso', 'none'] as const) {
   });
 }
 
-test.serial('TCP echo (port 7) over IPv4 and IPv6 returns the stream intact', async (t) => {
+for (const ring of ['split', 'packed'] as const) {
+test.serial(`${ring}: TCP echo (port 7) over IPv4 and IPv6 returns the stream intact`, async (t) => {
   await withNetns(async (ns) => {
-    const cli = await startGuest(t, ns, []);
+    const cli = await startGuest(t, ns, ring === 'packed' ? ['--packed'] : []);
+    t.regex(cli.ready, new RegExp(`, ${ring} rings$`));
     const script = `
 const net = require('node:net'), crypto = require('node:crypto');
 const [host, total] = [process.argv[1], Number(process.argv[2])];
@@ -188,6 +201,7 @@ s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
     t.is(code, 0, stdout);
   });
 });
+}
 
 /** Sends one UDP_SEGMENT (USO) super-datagram from the host and counts the echoed datagrams. */
 const USO_CLIENT = `

@@ -953,7 +953,7 @@ test('packed ring, IN_ORDER: buffer ids in any order are served (the ring order 
   t.is(r.engine.stats().tx.usedIdx, r.tx.positionAfter(ids.length), 'the device skipped the whole batch');
 });
 
-test('packed ring: event suppression areas or a descriptor ring outside guest memory are refused with EVHOST_BADARG', (t) => {
+test('packed ring: event suppression areas or a descriptor ring outside guest memory, or overlapping, are refused with EVHOST_BADARG', (t) => {
   const r = rigPacked();
   t.teardown(() => r.close());
   const bad = (patch: (o: NativeEngineOptions) => NativeEngineOptions, what: string) =>
@@ -962,6 +962,9 @@ test('packed ring: event suppression areas or a descriptor ring outside guest me
   bad((o) => ({ ...o, rx: { ...o.rx, avail: MEM } }), 'driver event area past the end');
   bad((o) => ({ ...o, rx: { ...o.rx, avail: 2 ** 52 } }), 'driver event area far outside');
   bad((o) => ({ ...o, tx: { ...o.tx, desc: MEM - 16 * 8 } }), 'descriptor ring across the end');
+  bad((o) => ({ ...o, tx: { ...o.tx, used: o.tx.desc + 32 } }), 'device event area inside the descriptor ring');
+  bad((o) => ({ ...o, tx: { ...o.tx, used: o.tx.avail } }), 'device event area over the driver event area');
+  bad((o) => ({ ...o, tx: { ...o.tx, avail: o.rx.desc } }), "driver event area over the other queue's ring");
   t.notThrows(() => new A.Engine({ ...r.opts, tx: { ...r.opts.tx, used: MEM - 4 } }).stop(), 'the last 4 bytes are fine');
 });
 
