@@ -337,6 +337,13 @@ def vhost_user_seeds():
     # Reads of one byte at a time across several messages; a truncated control message.
     out['byte-reads'] = bytes([0x00] * 15 + [0x3f]) + msg(1) + msg(8, state(1, 128)) + msg(20, u64(1500))
     # Hostile: a size past the limit, a reply flag on a request, an unknown request, a stream cut short.
+    # Live migration (QEMU 7.2 starting it): SET_LOG_BASE with its fd (a 32-byte log), LOG_ALL,
+    # SET_VRING_ADDR with the LOG flag and log_guest_addr; then one whose log address is past the log.
+    log_addr = struct.pack('<IIQQQQ', 0, 1, 0x10000, 0x12000, 0x11000, 0x12000)
+    far_addr = struct.pack('<IIQQQQ', 1, 1, 0x10000, 0x12000, 0x11000, 1 << 40)
+    out['migration-log'] = (bytes([0x3e, 0x3e, 0x3e, 0xbe] + [0x3e] * 12) + msg(16, u64(0b1011)) + msg(15) +
+                            msg(6, struct.pack('<QQ', 32, 0)) + msg(2, u64(1 << 32 | 1 << 26 | 1 << 15), V1 | NEED_REPLY) +
+                            msg(9, log_addr, V1 | NEED_REPLY) + msg(9, far_addr))
     out['hostile-headers'] = plain + struct.pack('<III', 2, V1, 5000) + msg(1, b'', V1 | 4) + msg(99) + msg(9, addr(0, 1, 2, 3))[:20]
     return out
 

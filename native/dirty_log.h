@@ -8,6 +8,7 @@
 #include <sys/uio.h>
 
 #include <cstdint>
+#include <atomic>
 #include <memory>
 
 #include "memory.h"

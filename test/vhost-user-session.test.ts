@@ -283,6 +283,10 @@ test.serial('live migration, as QEMU 7.2 starts and ends it: SET_LOG_BASE (answe
     t.is(r.request, REQ.SET_LOG_BASE);
     t.is(r.payload.readBigUInt64LE(0), 0n, 'u64 0: the log is mapped');
     t.false(h.session.snapshot().logging, 'not marking before LOG_ALL');
+    // SET_LOG_FD (an eventfd to signal log updates with): taken and closed, never signalled.
+    t.is(await h.fe.ack(REQ.SET_LOG_FD, undefined, [h.eventfd()]), 'ok');
+    t.is(await h.fe.ack(REQ.SET_LOG_FD), 'nack', 'SET_LOG_FD without its fd');
+    t.regex(h.refusals.pop()!.reason, /SET_LOG_FD.*0 file descriptors/);
     const logAll = 1n << BigInt(F_LOG_ALL);
     await expectOk(h.fe, REQ.SET_FEATURES, u64(features | logAll));
     t.true(h.session.snapshot().logging);

@@ -1,6 +1,9 @@
 // Fuzz target for the vhost-user reader and request decoder (native/vhost_user.h):
 // a byte stream cut into reads of varying size with fds attached at varying
-// points. Checks what a hostile front end must never get: a crash, a read past
+// points; and, for the live-migration messages, the dirty log they set up
+// (native/dirty_log.h): SET_LOG_BASE's size sizes a log, SET_VRING_ADDR's
+// log_guest_addr (LOG flag) and SET_FEATURES' value (LOG_ALL) are marked in it,
+// which must never write outside it. Checks what a hostile front end must never get: a crash, a read past
 // a buffer (the sanitizers), an fd leaked (every fd handed in is closed by the
 // reader or belongs to a message handed out), a message breaking the rules it
 // was accepted under. Built two ways:
@@ -18,6 +21,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../../native/dirty_log.h"
 #include "../../native/vhost_user.h"
 
 namespace vu = vt::vhost_user;
@@ -32,7 +36,46 @@ namespace {
 bool IsOpen(int fd) { return fcntl(fd, F_GETFD) != -1; }
 
 // Outcomes seen, so a run shows it reached every path (accepted, refused, fatal).
-uint64_t g_accepted = 0, g_refused = 0, g_fatal = 0, g_memtables = 0;
+uint64_t g_accepted = 0, g_refused = 0, g_fatal = 0, g_memtables = 0, g_log_marks = 0;
+
+// The largest log this target allocates (a front end's mmap_size is capped to it; the
+// rest of a bigger log would only be more of the same bytes).
+constexpr uint64_t kMaxFuzzLog = 1 << 16;
+
+uint64_t LoadU64(const std::vector<uint8_t>& p, size_t at) {
+  uint64_t v = 0;
+  if (p.size() >= at + 8) memcpy(&v, p.data() + at, 8);
+  return v;
+}
+
+// A log sized by the last SET_LOG_BASE, in its own heap block so that ASan
+// sees any byte marked past its end; then marks what the session would.
+struct FuzzLog {
+  std::vector<uint8_t>* bits = nullptr;
+  std::unique_ptr<vt::DirtyLog> log;
+  ~FuzzLog() { delete bits; }
+
+  void Take(const vu::Message& m) {
+    if (m.hdr.request == vu::kSetLogBase && m.payload.size() == 16) {
+      const uint64_t size = std::min(LoadU64(m.payload, 0), kMaxFuzzLog);
+      delete bits;
+      bits = new std::vector<uint8_t>(size);
+      log = size ? std::make_unique<vt::DirtyLog>(bits->data(), size, nullptr) : nullptr;
+      return;
+    }
+    if (!log) return;
+    if (m.hdr.request == vu::kSetVringAddr && m.kind == vu::PayloadKind::kVringAddr && (m.addr.flags & 1)) {
+      // The used ring of the largest split ring, at the front end's log_guest_addr.
+      log->Mark(m.addr.log, 6 + 8ull * 32768);
+      g_log_marks++;
+    } else if (m.kind == vu::PayloadKind::kU64 && (m.u64 >> 26 & 1)) {
+      // Any u64 with LOG_ALL's bit: as a guest address and a length (a buffer anywhere).
+      log->Mark(m.u64, m.u64 >> 40);
+      log->Mark(m.u64 << 12, 65536);
+      g_log_marks++;
+    }
+  }
+};
 
 // The rules an accepted message must meet, checked independently of the decoder.
 void CheckAccepted(const vu::Message& m) {
@@ -46,6 +89,10 @@ void CheckAccepted(const vu::Message& m) {
     if (m.fds.size() != m.regions.size()) Fail("region and fd counts differ");
     if (m.payload.size() != vu::kMemTableHeaderSize + m.regions.size() * vu::kMemRegionSize) Fail("memory table size wrong");
   }
+  if (m.hdr.request == vu::kSetLogBase) {
+    if (m.payload.size() != 16) Fail("SET_LOG_BASE accepted without its 16-byte payload");
+    if (m.fds.size() > 1) Fail("SET_LOG_BASE accepted with more than one fd");
+  }
   if (m.hdr.request == vu::kSetVringKick || m.hdr.request == vu::kSetVringCall || m.hdr.request == vu::kSetVringErr) {
     if (m.u64 & ~(vu::kVringIndexMask | vu::kVringNoFd)) Fail("vring u64 with stray bits accepted");
     if (m.fds.size() != ((m.u64 & vu::kVringNoFd) ? 0u : 1u)) Fail("vring fd count wrong");
@@ -58,6 +105,7 @@ void RunStream(const uint8_t* data, size_t size, const uint8_t* shape, size_t sh
   if (devnull < 0) Fail("cannot open /dev/null");
   std::vector<int> given;  // every fd handed to the reader
   std::vector<int> kept;   // fds of accepted messages (now ours)
+  FuzzLog flog;
   {
     vu::Reader r(vu::Role::kBackEnd);
     size_t off = 0;
@@ -85,6 +133,7 @@ void RunStream(const uint8_t* data, size_t size, const uint8_t* shape, size_t sh
           CheckAccepted(m);
           g_accepted++;
           if (m.kind == vu::PayloadKind::kMemTable) g_memtables++;
+          flog.Take(m);
           kept.insert(kept.end(), m.fds.begin(), m.fds.end());
           break;
         }
@@ -143,8 +192,38 @@ static std::vector<uint8_t> Generate(std::mt19937_64& rng) {
       }
       default: payload.resize(rng() % 300); break;
     }
-    for (size_t j = (req == vu::kSetMemTable ? 4 : 0); j < payload.size(); j++) payload[j] = static_cast<uint8_t>(rng());
-    if (payload.size() == 8 && rng() % 2) {  // a plausible vring u64
+    const bool shaped = req == vu::kSetLogBase || req == vu::kSetVringAddr || req == vu::kSetFeatures;
+    for (size_t j = (req == vu::kSetMemTable ? 4 : 0); !shaped && j < payload.size(); j++) payload[j] = static_cast<uint8_t>(rng());
+    if (rng() % 6 == 0) {  // live migration: SET_LOG_BASE, SET_VRING_ADDR with LOG, LOG_ALL
+      switch (rng() % 3) {
+        case 0: {
+          req = vu::kSetLogBase;
+          payload.assign(16, 0);
+          const uint64_t size = rng() % 4 == 0 ? rng() : rng() % 4096, offset = rng() % 4 == 0 ? rng() : 0;
+          memcpy(payload.data(), &size, 8);
+          memcpy(payload.data() + 8, &offset, 8);
+          break;
+        }
+        case 1: {
+          req = vu::kSetVringAddr;
+          payload.assign(40, 0);
+          const uint32_t index = static_cast<uint32_t>(rng() % 4), aflags = rng() % 4 == 0 ? static_cast<uint32_t>(rng()) : 1;
+          const uint64_t log = rng() % 2 ? rng() : (rng() % 512) << 12;
+          memcpy(payload.data(), &index, 4);
+          memcpy(payload.data() + 4, &aflags, 4);
+          memcpy(payload.data() + 32, &log, 8);
+          break;
+        }
+        default: {
+          req = vu::kSetFeatures;
+          payload.assign(8, 0);
+          const uint64_t f = rng() | (1ull << 26);
+          memcpy(payload.data(), &f, 8);
+          break;
+        }
+      }
+    }
+    if (payload.size() == 8 && req != vu::kSetFeatures && rng() % 2) {  // a plausible vring u64
       uint64_t v = rng() % 4 == 0 ? rng() : (rng() % 256) | (rng() % 2 ? vu::kVringNoFd : 0);
       memcpy(payload.data(), &v, 8);
     }
@@ -172,9 +251,10 @@ int main(int argc, char** argv) {
       RunStream(stream.data(), stream.size(), shape, sizeof shape);
     }
   }
-  printf("vhost_user_fuzz: %llu streams (seed %llu): %llu messages accepted (%llu memory tables), %llu refused, %llu fatal headers; no finding\n",
+  printf("vhost_user_fuzz: %llu streams (seed %llu): %llu messages accepted (%llu memory tables, %llu dirty-log marks), %llu refused, %llu fatal headers; no finding\n",
          static_cast<unsigned long long>(runs), static_cast<unsigned long long>(seed), static_cast<unsigned long long>(g_accepted),
-         static_cast<unsigned long long>(g_memtables), static_cast<unsigned long long>(g_refused), static_cast<unsigned long long>(g_fatal));
+         static_cast<unsigned long long>(g_memtables), static_cast<unsigned long long>(g_log_marks), static_cast<unsigned long long>(g_refused),
+         static_cast<unsigned long long>(g_fatal));
   return 0;
 }
 #endif
