@@ -162,13 +162,16 @@ async function startPair(h: Harness, mem: ReturnType<typeof testMemory>, p: numb
   }
 }
 
-test.serial('negotiation: features with F_PROTOCOL_FEATURES and LOG_ALL, MQ, LOG_SHMFD, REPLY_ACK and RARP only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
+test.serial('negotiation: features with F_PROTOCOL_FEATURES and LOG_ALL, MQ, LOG_SHMFD, REPLY_ACK, RARP, RESET_DEVICE and STATUS only, the virtqueue count; SET_FEATURES programs the TAP', async (t) => {
   const h = harness(2);
   try {
     const hs = await h.fe.handshake((1n << 64n) - 1n);
     t.is(hs.features, DEVICE_FEATURES | BIT30 | (1n << BigInt(F_LOG_ALL)));
     t.is(hs.protocol, OFFERED_PROTOCOL_FEATURES);
-    t.is(OFFERED_PROTOCOL_FEATURES, (1n << BigInt(PROTOCOL_F.MQ)) | (1n << BigInt(PROTOCOL_F.LOG_SHMFD)) | (1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.RARP)));
+    t.is(
+      OFFERED_PROTOCOL_FEATURES,
+      ['MQ', 'LOG_SHMFD', 'REPLY_ACK', 'RARP', 'RESET_DEVICE', 'STATUS'].reduce((m, n) => m | (1n << BigInt(PROTOCOL_F[n as keyof typeof PROTOCOL_F])), 0n),
+    );
     t.is(hs.queues, 4n, 'GET_QUEUE_NUM counts virtqueues: 2 pairs');
     const want = bits('VERSION_1', 'MRG_RXBUF', 'CSUM', 'GUEST_CSUM', 'GUEST_TSO4', 'MQ') | BIT30;
     t.is(await h.fe.ack(REQ.SET_FEATURES, u64(want)), 'ok');
@@ -428,6 +431,51 @@ test.serial('SEND_RARP (RARP negotiated) announces the guest MAC: one RARP frame
   } finally {
     s.close('test over');
     fe.close();
+  }
+});
+
+test.serial('STATUS: SET_STATUS keeps the status byte, GET_STATUS answers it; RESET_DEVICE stops the rings and forgets their setup and the features, the owner and memory stay; both refused unless negotiated', async (t) => {
+  const h = harness(1);
+  const mem = testMemory(MEM, 0n, UVA);
+  try {
+    await h.fe.handshake((1n << BigInt(PROTOCOL_F.REPLY_ACK)) | (1n << BigInt(PROTOCOL_F.STATUS)) | (1n << BigInt(PROTOCOL_F.RESET_DEVICE)));
+    t.is(await h.fe.getU64(REQ.GET_STATUS), 0n);
+    await expectOk(h.fe, REQ.SET_FEATURES, u64(bits('VERSION_1', 'CSUM') | BIT30));
+    await expectOk(h.fe, REQ.SET_MEM_TABLE, memTable([mem.region]), [mem.fd]);
+    for (const r of [0, 1]) await expectOk(h.fe, REQ.SET_VRING_ENABLE, state(r, 1));
+    await startPair(h, mem, 0, [h.eventfd(), h.eventfd()], [h.eventfd(), h.eventfd()]);
+    t.true(h.backend.pairs.has(0));
+    await expectOk(h.fe, REQ.SET_STATUS, u64(0x0fn));
+    t.is(await h.fe.getU64(REQ.GET_STATUS), 0x0fn);
+    t.is(await h.fe.ack(REQ.SET_STATUS, u64(0x100n)), 'nack', 'not a byte');
+    t.is(await h.fe.getU64(REQ.GET_STATUS), 0x0fn);
+    await expectOk(h.fe, REQ.RESET_DEVICE);
+    t.false(h.backend.pairs.has(0), 'the pair stopped');
+    const snap = h.session.snapshot();
+    t.true(snap.owner);
+    t.truthy(snap.regions, 'the memory table stays');
+    t.is(snap.features, 0n);
+    t.true(snap.rings.every((r) => !r.started && !r.enabled && r.num === undefined && !r.hasKick && !r.hasCall), JSON.stringify(snap.rings));
+    t.is(await h.fe.getU64(REQ.GET_STATUS), 0n);
+    // Set up again after the reset, as a front end would.
+    await expectOk(h.fe, REQ.SET_FEATURES, u64(bits('VERSION_1', 'CSUM') | BIT30));
+    for (const r of [0, 1]) await expectOk(h.fe, REQ.SET_VRING_ENABLE, state(r, 1));
+    await startPair(h, mem, 0, [h.eventfd(), h.eventfd()], [h.eventfd(), h.eventfd()]);
+    t.true(h.backend.pairs.has(0), 'the pair runs again');
+    t.true(h.session.isOpen);
+  } finally {
+    h.cleanup();
+    mem.close();
+  }
+  const h2 = harness(1);
+  try {
+    await h2.fe.handshake(1n << BigInt(PROTOCOL_F.REPLY_ACK));
+    t.is(await h2.fe.ack(REQ.SET_STATUS, u64(1n)), 'nack');
+    t.regex(h2.refusals.at(-1)!.reason, /STATUS was not negotiated/);
+    t.is(await h2.fe.ack(REQ.RESET_DEVICE), 'nack');
+    t.regex(h2.refusals.at(-1)!.reason, /RESET_DEVICE was not negotiated/);
+  } finally {
+    h2.cleanup();
   }
 });
 

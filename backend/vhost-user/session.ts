@@ -125,9 +125,10 @@ export interface VhostUserBackend {
 /**
  * Protocol features offered: MQ (GET_QUEUE_NUM), LOG_SHMFD (the dirty log for live migration,
  * when the back end can map one), REPLY_ACK, RARP (SEND_RARP, when the back end can send a
- * frame). Nothing that is not implemented.
+ * frame), RESET_DEVICE, STATUS (SET/GET_STATUS: the virtio device status byte). Nothing that
+ * is not implemented.
  */
-export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'LOG_SHMFD', 'REPLY_ACK', 'RARP');
+export const OFFERED_PROTOCOL_FEATURES: bigint = protocolBits('MQ', 'LOG_SHMFD', 'REPLY_ACK', 'RARP', 'RESET_DEVICE', 'STATUS');
 
 /** A refused request, as the 'refused' event reports it. */
 export interface Refusal {
@@ -189,13 +190,10 @@ const UNSUPPORTED: Partial<Record<number, string>> = {
   [REQ.GET_INFLIGHT_FD]: 'protocol feature INFLIGHT_SHMFD is not offered',
   [REQ.SET_INFLIGHT_FD]: 'protocol feature INFLIGHT_SHMFD is not offered',
   [REQ.GPU_SET_SOCKET]: 'this is a network device',
-  [REQ.RESET_DEVICE]: 'protocol feature RESET_DEVICE is not offered',
   [REQ.VRING_KICK]: 'protocol feature INBAND_NOTIFICATIONS is not offered',
   [REQ.GET_MAX_MEM_SLOTS]: 'protocol feature CONFIGURE_MEM_SLOTS is not offered',
   [REQ.ADD_MEM_REG]: 'protocol feature CONFIGURE_MEM_SLOTS is not offered',
   [REQ.REM_MEM_REG]: 'protocol feature CONFIGURE_MEM_SLOTS is not offered',
-  [REQ.SET_STATUS]: 'protocol feature STATUS is not offered',
-  [REQ.GET_STATUS]: 'protocol feature STATUS is not offered',
 };
 
 /** A request broke a rule; thrown inside handlers, turned into a refusal once. */
@@ -259,6 +257,8 @@ export class VhostUserSession extends EventEmitter {
   private features = 0n;
   private featuresSet = false;
   private protocolFeatures = 0n;
+  /** The virtio device status byte (SET_STATUS / GET_STATUS). */
+  private status = 0;
   private regions: MemoryRegion[] | undefined;
   private ended = false;
   private active = false;
@@ -406,6 +406,10 @@ export class VhostUserSession extends EventEmitter {
     return ((this.protocolFeatures >> BigInt(PROTOCOL_F.LOG_SHMFD)) & 1n) === 1n;
   }
 
+  private negotiated(name: keyof typeof PROTOCOL_F): boolean {
+    return ((this.protocolFeatures >> BigInt(PROTOCOL_F[name])) & 1n) === 1n;
+  }
+
   private get replyAck(): boolean {
     return ((this.protocolFeatures >> BigInt(PROTOCOL_F.REPLY_ACK)) & 1n) === 1n;
   }
@@ -490,6 +494,14 @@ export class VhostUserSession extends EventEmitter {
         return this.setVringEnable(state(m));
       case REQ.SEND_RARP:
         return this.sendRarp(u64(m));
+      case REQ.SET_STATUS:
+        return this.setStatus(u64(m));
+      case REQ.GET_STATUS:
+        if (!this.negotiated('STATUS')) throw new Refuse('protocol feature STATUS was not negotiated (SET_PROTOCOL_FEATURES)');
+        return this.conn.replyU64(m.request, BigInt(this.status));
+      case REQ.RESET_DEVICE:
+        if (!this.negotiated('RESET_DEVICE')) throw new Refuse('protocol feature RESET_DEVICE was not negotiated (SET_PROTOCOL_FEATURES)');
+        return this.resetDevice();
       case REQ.SET_LOG_BASE:
         return this.setLogBase(m);
       case REQ.SET_LOG_FD:
@@ -552,6 +564,40 @@ export class VhostUserSession extends EventEmitter {
     if (extra) throw new Refuse(`protocol features ${hex(v)} include bits not offered: ${protocolFeatureNames(extra).join(', ')}`);
     if (this.running.some(Boolean) && v !== this.protocolFeatures) throw new Refuse('protocol features change while rings run');
     this.protocolFeatures = v;
+  }
+
+  /**
+   * SET_STATUS (STATUS negotiated): the virtio device status byte. Seen from QEMU 7.2 with
+   * --trace: GET_STATUS then SET_STATUS 0x8 (FEATURES_OK) after SET_FEATURES, GET_STATUS and
+   * SET_STATUS 0xf when the rings start, SET_STATUS 0 when it stops the device. The rings are
+   * driven by the ring messages, so the byte is kept, answered by GET_STATUS, and logged.
+   */
+  private setStatus(v: bigint): void {
+    if (!this.negotiated('STATUS')) throw new Refuse('protocol feature STATUS was not negotiated (SET_PROTOCOL_FEATURES)');
+    if (v > 0xffn) throw new Refuse(`status ${hex(v)} is not a byte`);
+    const next = Number(v);
+    if (next !== this.status) this.opts.log?.(`vhost-user: device status ${hex(next)}${next === 0 ? ' (reset/stopped by the front end)' : ''}`);
+    this.status = next;
+  }
+
+  /**
+   * RESET_DEVICE (RESET_DEVICE negotiated; QEMU sends it where it would send RESET_OWNER, which
+   * QEMU 7.2 did not send here for a net device, neither on a driver reload nor at power-off):
+   * every ring stops and forgets its setup, features are forgotten, the owner and the memory
+   * table stay, as the spec has it; the front end sets the device up again.
+   */
+  private resetDevice(): void {
+    for (let p = 0; p < this.running.length; p++) this.stopPair(p, true);
+    for (const r of this.rings) {
+      this.stopRing(r);
+      for (const fd of [r.callFd, r.errFd]) this.closeFd(fd);
+      Object.assign(r, { num: undefined, addr: undefined, base: 0, usedBase: undefined, callFd: -1, errFd: -1, enabled: false });
+    }
+    this.features = 0n;
+    this.featuresSet = false;
+    this.status = 0;
+    this.applyLogging();
+    this.opts.log?.('vhost-user: device reset by the front end (RESET_DEVICE)');
   }
 
   /**

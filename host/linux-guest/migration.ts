@@ -90,12 +90,29 @@ export class MigrationError extends Error {}
  * Migrates the guest from `src` to `dst` over `uri` (which `dst` was started to listen on) and
  * waits until the destination runs it. The source QEMU is left paused; the caller ends it.
  */
-export async function migrate(src: GuestInstance, dst: GuestInstance, uri: string, timeoutMs = 300_000): Promise<MigrationResult> {
-  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': MIGRATE_MAX_BANDWIDTH });
+export interface MigrateOptions {
+  /** Bytes per second the stream may use (QEMU's max-bandwidth); default MIGRATE_MAX_BANDWIDTH. */
+  maxBandwidth?: number;
+  /** Called once, while the guest still runs on the source, when the first pass has gone through half of its RAM. */
+  halfway?: () => Promise<void>;
+  timeoutMs?: number;
+}
+
+export async function migrate(src: GuestInstance, dst: GuestInstance, uri: string, o: MigrateOptions = {}): Promise<MigrationResult> {
+  const timeoutMs = o.timeoutMs ?? 300_000;
+  await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': o.maxBandwidth ?? MIGRATE_MAX_BANDWIDTH });
   await src.qmp.execute('migrate', { uri });
   const deadline = Date.now() + timeoutMs;
+  let halfway = o.halfway;
   for (;;) {
     const r = await src.qmp.execute<{ status: string; 'error-desc'?: string; downtime?: number; 'total-time'?: number; ram?: Record<string, unknown> }>('query-migrate');
+    const ram = r.ram as { remaining?: number; total?: number } | undefined;
+    // "remaining": what the current pass has still to go through (zero pages included).
+    if (halfway && r.status === 'active' && ram?.remaining !== undefined && ram.total !== undefined && ram.remaining <= ram.total / 2) {
+      const h = halfway;
+      halfway = undefined;
+      await h();
+    }
     if (r.status === 'completed') {
       await waitRunning(dst, Math.max(10_000, deadline - Date.now()));
       return { downtimeMs: r.downtime ?? NaN, totalMs: r['total-time'] ?? NaN, ram: r.ram ?? {} };
@@ -146,6 +163,12 @@ export interface MovingTransfer {
   host: Promise<{ bytes: number; sha256: string; ms: number }>;
   /** The SHA-256 the guest's sink printed, read from the console of whichever QEMU runs the guest at the end. */
   guestOn(g: LinuxGuest, timeoutMs: number): Promise<string>;
+  /**
+   * Stops (SIGSTOP) or resumes the program that reads the sink's data in the guest `g`: while it
+   * is stopped, what arrives waits in the guest's socket receive queue — in the RX buffers the
+   * device wrote (their pages are the skbs' fragments), up to the receive window.
+   */
+  pauseReader(g: LinuxGuest, paused: boolean): Promise<void>;
 }
 
 /** Starts the guest's sink on `guest` and the host's sender in `ns`; returns at once. */
@@ -158,6 +181,8 @@ export async function startHostToGuest(guest: LinuxGuest, ns: string, addr: stri
     tag,
     host,
     guestOn: async (g, ms) => (await g.waitFor((l) => l.startsWith(`${MARK.SINK} ${tag} `), ms, `TCP sink '${tag}' to finish`, true)).split(/\s+/)[2],
+    // One sink runs at a time, so sha256sum names its reader.
+    pauseReader: async (g, paused) => void (await g.check(`kill -${paused ? 'STOP' : 'CONT'} $(pidof sha256sum)`, 30_000)),
   };
 }
 

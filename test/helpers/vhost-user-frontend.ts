@@ -595,8 +595,8 @@ export const HOSTILE_CASES: HostileCase[] = [
   // with a non-zero value, whether or not need_reply is set, and the session goes on.
   ...LOG_SHMFD_CASES(),
   {
-    name: 'GET_STATUS (STATUS not offered; its reply cannot be faked)',
-    send: (fe) => fe.send(REQ.GET_STATUS),
+    name: 'GET_MAX_MEM_SLOTS (CONFIGURE_MEM_SLOTS not offered; its reply cannot be faked)',
+    send: (fe) => fe.send(REQ.GET_MAX_MEM_SLOTS),
     expect: 'close',
   },
   {
