@@ -154,6 +154,8 @@ export class TapDataPath {
   private guestOffloads = 0n;
   private mtu = 1500;
   private rxFilter: RxFilterSnapshot | null = null;
+  /** The guest's hash configuration (hash reports); null until it sends one. */
+  private rssHash: { hashTypes: number; key: Uint8Array } | null = null;
   /** The driver's interrupt coalescing for all RX and all TX queues (RX_SET / TX_SET). */
   private readonly coalescing: Record<'rx' | 'tx', Coalescing> = { rx: [0, 0], tx: [0, 0] };
   /** Per virtqueue, set since (VQ_SET): what differs from `coalescing` while the queue runs. */
@@ -283,6 +285,13 @@ export class TapDataPath {
     this.configVersion++;
     this.rxFilter = snapshot;
     for (const e of this.engines) e?.setRxFilter(snapshot);
+  }
+
+  /** The guest's hash configuration for hash reports, for every engine, running or started later. */
+  setRssHash(config: { hashTypes: number; key: Uint8Array } | null): void {
+    this.configVersion++;
+    this.rssHash = config;
+    for (const e of this.engines) e?.setRssHash(config);
   }
 
   /**
@@ -617,6 +626,7 @@ export class TapDataPath {
   /** The RX filter and coalescing pair p's engine runs with. */
   private configure(p: number, e: NativeEngine): void {
     e.setRxFilter(this.rxFilter);
+    e.setRssHash(this.rssHash);
     for (const vq of [2 * p, 2 * p + 1]) e.setCoalescing(kindOf(vq), ...this.queueCoalescing(vq));
   }
 

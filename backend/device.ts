@@ -14,7 +14,8 @@ import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, offlo
 import { GuestMemory, toNativeRegions } from './memory';
 import { addon, CtrlAnswer, NativeCtrlCommand, NativeGuestMemory } from './native';
 import { RxFilter, RxFilterState } from './rxfilter';
-import { CONFIG, CTRL, ctrlq, has, PACKED_RING, STATUS, TUN } from './virtio';
+import { decodeHashConfig, decodeRssConfig, RSS_MAX_INDIRECTION_TABLE_LENGTH, RSS_MAX_KEY_SIZE, RSS_OFF, RssConfig, SUPPORTED_HASH_TYPES } from './rss';
+import { bit, bits, CONFIG, CTRL, ctrlq, has, PACKED_RING, STATUS, TUN } from './virtio';
 
 export type { DeviceStats, QueueStats } from './datapath';
 
@@ -48,6 +49,18 @@ export interface VirtioNetDeviceOptions {
    * costs a core per queue pair while busy; see README. stats().io says 'io_uring sqpoll' when it runs.
    */
   sqpoll?: boolean;
+  /**
+   * Offer VIRTIO_NET_F_HASH_REPORT: a 20-byte net header whose hash_value / hash_report the
+   * device fills for every received frame from the guest's key and hash types (HASH_CONFIG,
+   * or RSS_CONFIG with RSS). Default false.
+   */
+  hashReport?: boolean;
+  /**
+   * Offer VIRTIO_NET_F_RSS (RSS_CONFIG: key, hash types, indirection table, max_tx_vq).
+   * Experimental, default false: the configuration is checked, sets the active pairs and
+   * drives hash reports, but the queue a frame lands on is still the TAP's own choice.
+   */
+  rss?: boolean;
 }
 
 /** Where a virtqueue lives: its size (a power of two, 1..32768) and the guest addresses of its three parts. */
@@ -83,6 +96,8 @@ export interface VirtioNetDeviceEvents {
   coalescing: [change: { queues: 'rx' | 'tx' | number; maxPackets: number; maxUsecs: number }];
   /** Something went wrong that does not stop the device (e.g. a control command the TAP refused). */
   warning: [error: Error];
+  /** The guest's RSS_CONFIG or HASH_CONFIG was accepted (after its pairs run): what it set. */
+  rss: [config: RssConfig];
 }
 
 type DeviceEvent = keyof VirtioNetDeviceEvents;
@@ -106,7 +121,7 @@ export interface VirtioNetDevice {
 }
 /* eslint-enable @typescript-eslint/no-explicit-any */
 
-const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io', 'sqpoll']);
+const KNOWN_OPTIONS = new Set(['memory', 'tap', 'netns', 'queuePairs', 'mac', 'mtu', 'features', 'busyPollUs', 'napi', 'io', 'sqpoll', 'hashReport', 'rss']);
 
 /** Longest busy-poll window accepted: beyond a second it is a spinning thread, not a latency trade. */
 const MAX_BUSY_POLL_US = 1_000_000;
@@ -157,6 +172,8 @@ export class VirtioNetDevice extends EventEmitter {
    */
   private readonly keepAlive: NodeJS.Timeout;
   private activePairs = 1;
+  /** The guest's last accepted RSS_CONFIG / HASH_CONFIG (RSS_OFF after reset). */
+  private rss: RssConfig = RSS_OFF;
   private closed = false;
   private featuresError: string | null = null;
   /**
@@ -211,6 +228,10 @@ export class VirtioNetDevice extends EventEmitter {
     this.tapName = this.dp.tapName;
     let offered = BASE_FEATURES | this.dp.offloads;
     if (this.queuePairs > 1) offered |= MQ_FEATURES;
+    if (opts.hashReport !== undefined && typeof opts.hashReport !== 'boolean') throw new InvalidArgumentError("option 'hashReport' must be a boolean");
+    if (opts.rss !== undefined && typeof opts.rss !== 'boolean') throw new InvalidArgumentError("option 'rss' must be a boolean");
+    if (opts.hashReport) offered |= bit('HASH_REPORT');
+    if (opts.rss) offered |= bit('RSS');
     if (opts.features !== undefined) offered &= opts.features;
     this.deviceFeatures = offered;
     try {
@@ -223,7 +244,8 @@ export class VirtioNetDevice extends EventEmitter {
       throw convert('eventfd', e);
     }
     this.queues = new Array(2 * this.queuePairs + 1).fill(undefined);
-    this.config = new DataView(new ArrayBuffer(CONFIG.SIZE));
+    // The RSS fields exist in config space only when a feature that has them is offered.
+    this.config = new DataView(new ArrayBuffer((offered & bits('RSS', 'HASH_REPORT')) !== 0n ? CONFIG.SIZE_RSS : CONFIG.SIZE));
     this.resetConfig();
 
     this.keepAlive = setInterval(() => {}, KEEP_ALIVE_MS);
@@ -426,6 +448,12 @@ export class VirtioNetDevice extends EventEmitter {
     this.emit('config');
   }
 
+  /** The guest's last accepted RSS_CONFIG / HASH_CONFIG (a copy); no type enabled after reset. */
+  get rssConfig(): RssConfig {
+    const c = this.rss;
+    return { ...c, key: c.key.slice(), ...(c.table ? { table: c.table.slice() } : {}) };
+  }
+
   /** Queue pairs the driver currently uses (1 until VQ_PAIRS_SET with MQ). */
   get activeQueuePairs(): number {
     return this.activePairs;
@@ -489,6 +517,11 @@ export class VirtioNetDevice extends EventEmitter {
     c.setUint16(CONFIG.OFF_MTU, this.mtu, true);
     c.setUint32(CONFIG.OFF_SPEED, 0xffffffff, true);
     c.setUint8(CONFIG.OFF_DUPLEX, 0xff);
+    if (c.byteLength >= CONFIG.SIZE_RSS) {
+      c.setUint8(CONFIG.OFF_RSS_MAX_KEY_SIZE, RSS_MAX_KEY_SIZE);
+      c.setUint16(CONFIG.OFF_RSS_MAX_INDIRECTION_TABLE_LENGTH, has(this.deviceFeatures, 'RSS') ? RSS_MAX_INDIRECTION_TABLE_LENGTH : 0, true);
+      c.setUint32(CONFIG.OFF_SUPPORTED_HASH_TYPES, SUPPORTED_HASH_TYPES, true);
+    }
   }
 
   /** DRIVER_OK: program the TAP from the negotiated features and start the active pairs. */
@@ -505,6 +538,9 @@ export class VirtioNetDevice extends EventEmitter {
     this.applyRxFilter();
     // Coalescing parameters start at 0 after every reset (virtio 1.3, Notifications Coalescing).
     for (const q of ['rx', 'tx'] as const) this.dp.setCoalescing(q, 0, 0);
+    // No hash type is enabled until the guest configures one: every report is NONE.
+    this.rss = RSS_OFF;
+    this.dp.setRssHash(null);
     if (has(f, 'CTRL_VQ')) {
       const cq = this.queues[ctrlq(this.queuePairs)];
       if (!cq) throw new DeviceStateError(`CTRL_VQ negotiated but the control queue ${ctrlq(this.queuePairs)} was not set up`);
@@ -697,6 +733,41 @@ export class VirtioNetDevice extends EventEmitter {
   }
 
   /**
+   * RSS_CONFIG (with RSS) or HASH_CONFIG (with HASH_REPORT and not RSS): decoded and checked
+   * whole by backend/rss.ts first, so a refused one changes nothing. RSS_CONFIG's max_tx_vq
+   * sets the active pairs as VQ_PAIRS_SET does (Linux sends no VQ_PAIRS_SET once RSS is
+   * negotiated); the ack goes out once the pairs run and the engines have the new hash.
+   */
+  private hashConfig(cmd: number, data: Uint8Array): CtrlAnswer | Promise<CtrlAnswer> {
+    const f = this._driverFeatures;
+    let c: RssConfig | string;
+    if (cmd === CTRL.MQ_RSS_CONFIG) {
+      if (!has(f, 'RSS')) return CTRL.ERR;
+      c = decodeRssConfig(data, has(f, 'MQ') ? this.queuePairs : 1);
+    } else {
+      if (!has(f, 'HASH_REPORT') || has(f, 'RSS')) return CTRL.ERR;
+      c = decodeHashConfig(data);
+    }
+    // Why it was refused is not reported: a guest could flood the log as it can flood the queue.
+    if (typeof c === 'string') return CTRL.ERR;
+    const config = c;
+    const apply = (): CtrlAnswer => {
+      this.rss = config;
+      this.dp.setRssHash(config.hashTypes ? { hashTypes: config.hashTypes, key: config.key } : null);
+      this.emit('rss', { ...config });
+      return CTRL.OK;
+    };
+    if (config.pairs === undefined || config.pairs === this.activePairs) return apply();
+    const n = config.pairs;
+    return this.offThread(
+      this.setActivePairsAsync(n).then(() => {
+        this.emit('queue-pairs', n);
+        return apply();
+      }),
+    );
+  }
+
+  /**
    * One control command; returns the ack (and a result), or a promise of it for a command
    * whose TAP or worker changes run off the JS thread (the ack goes out once they are done).
    * Malformed commands get ERR, never an exception.
@@ -738,6 +809,7 @@ export class VirtioNetDevice extends EventEmitter {
           return CTRL.OK;
         }
         case CTRL.CLASS_MQ: {
+          if (cmd === CTRL.MQ_RSS_CONFIG || cmd === CTRL.MQ_HASH_CONFIG) return this.hashConfig(cmd, data);
           if (!has(f, 'MQ') || cmd !== CTRL.MQ_VQ_PAIRS_SET || data.length !== 2) return CTRL.ERR;
           const n = data[0] | (data[1] << 8);
           if (n < CTRL.MQ_VQ_PAIRS_MIN || n > this.queuePairs) return CTRL.ERR;

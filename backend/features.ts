@@ -138,6 +138,7 @@ const DEPENDENCIES: ReadonlyArray<{ feature: FeatureName; needs?: FeatureName[];
   { feature: 'NOTF_COAL', needs: ['CTRL_VQ'] },
   { feature: 'VQ_NOTF_COAL', needs: ['CTRL_VQ'] },
   { feature: 'RSS', needs: ['CTRL_VQ'] },
+  { feature: 'HASH_REPORT', needs: ['CTRL_VQ'] },
 ];
 
 /**

@@ -10,6 +10,8 @@ export type { VirtioNetDeviceOptions, VirtioNetDeviceEvents, QueueSetup, DeviceS
 export type { GuestMemory, MemoryRegion, WasmMemoryLike } from './memory';
 export type { RxFilterState } from './rxfilter';
 export type { Capabilities } from './features';
+export { HASH_TYPE, HASH_REPORT, HDR_HASH, RSS_MAX_KEY_SIZE, RSS_MAX_INDIRECTION_TABLE_LENGTH, SUPPORTED_HASH_TYPES, encodeRssConfig, encodeHashConfig } from './rss';
+export type { RssConfig } from './rss';
 export { TapQueues } from './tap';
 export { VhostUserServer } from './vhost-user/server';
 export type { VhostUserServerOptions, VhostUserServerStats, VhostUserServerEvents } from './vhost-user/server';

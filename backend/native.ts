@@ -382,6 +382,12 @@ export interface NativeEngine {
    */
   setRxFilter(snapshot: RxFilterSnapshot | null): void;
   /**
+   * The guest's hash configuration for hash reports (backend/rss.ts checked it; key at most
+   * 40 bytes): with a 20-byte header the worker writes hash_value and hash_report into every
+   * RX header, NONE for null or a frame of a type not enabled. Same timing as setRxFilter.
+   */
+  setRssHash(config: { hashTypes: number; key: Uint8Array } | null): void;
+  /**
    * The driver's interrupt coalescing for this pair's RX or TX queue
    * (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET): the worker holds a queue's used-buffer
    * notification until `maxPackets` packets were used or `maxUsecs` microseconds passed

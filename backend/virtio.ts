@@ -206,6 +206,11 @@ export const CONFIG = {
   OFF_SPEED: 12,
   OFF_DUPLEX: 16,
   SIZE: 17,
+  /** With RSS or HASH_REPORT offered: u8 rss_max_key_size, le16 rss_max_indirection_table_length, le32 supported_hash_types. */
+  OFF_RSS_MAX_KEY_SIZE: 17,
+  OFF_RSS_MAX_INDIRECTION_TABLE_LENGTH: 18,
+  OFF_SUPPORTED_HASH_TYPES: 20,
+  SIZE_RSS: 24,
   S_LINK_UP: 1,
   S_ANNOUNCE: 2,
 } as const;
@@ -233,6 +238,10 @@ export const CTRL = {
   MQ_VQ_PAIRS_SET: 0,
   MQ_VQ_PAIRS_MIN: 1,
   MQ_VQ_PAIRS_MAX: 0x8000,
+  /** struct virtio_net_rss_config (backend/rss.ts), with VIRTIO_NET_F_RSS. */
+  MQ_RSS_CONFIG: 1,
+  /** struct virtio_net_hash_config (backend/rss.ts), with VIRTIO_NET_F_HASH_REPORT and not RSS. */
+  MQ_HASH_CONFIG: 2,
   CLASS_GUEST_OFFLOADS: 5,
   GUEST_OFFLOADS_SET: 0,
   /**

@@ -3,7 +3,7 @@
 // virtio_net does. Runs on the main thread, where the device processes the
 // queue, so waiting is asynchronous.
 
-import { CTRL, VirtioNetDevice } from '../backend';
+import { CTRL, encodeHashConfig, encodeRssConfig, VirtioNetDevice } from '../backend';
 import { DriverMemory, DriverMemoryInput } from './memory';
 import { openVirtqueue, VirtqueueOptions } from './packed';
 import { QueueAddrs, Virtqueue } from './virtqueue';
@@ -39,6 +39,22 @@ export class ControlDriver {
   /** Sends one command and resolves with the device's ack (CTRL.OK or CTRL.ERR). */
   async command(cls: number, cmd: number, data: Uint8Array = new Uint8Array(0)): Promise<number> {
     return (await this.query(cls, cmd, data, 0)).ack === CTRL.OK ? CTRL.OK : CTRL.ERR;
+  }
+
+  /**
+   * VIRTIO_NET_CTRL_MQ_RSS_CONFIG (needs VIRTIO_NET_F_RSS): the Toeplitz key (at most the
+   * device's rss_max_key_size), the hash types (HASH_TYPE.* bits within supported_hash_types),
+   * the indirection table (a power-of-two length up to rss_max_indirection_table_length, each
+   * entry a receive queue index below `pairs`), the queue for frames no type matches, and
+   * `pairs` (max_tx_vq), which also sets how many queue pairs run, as VQ_PAIRS_SET does.
+   */
+  setRss(c: { key: Uint8Array; hashTypes: number; table: ArrayLike<number>; unclassifiedQueue?: number; pairs: number }): Promise<number> {
+    return this.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, encodeRssConfig(c));
+  }
+
+  /** VIRTIO_NET_CTRL_MQ_HASH_CONFIG (HASH_REPORT without RSS): key and hash types for hash reports only. */
+  setHashConfig(c: { key: Uint8Array; hashTypes: number }): Promise<number> {
+    return this.command(CTRL.CLASS_MQ, CTRL.MQ_HASH_CONFIG, encodeHashConfig(c));
   }
 
   /**

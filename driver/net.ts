@@ -5,7 +5,7 @@
 // them, and a vCPU-style wait on the call eventfds. Plus the setup steps around
 // it: feature negotiation, carving rings and buffers out of guest memory.
 
-import { CONFIG, HDR, has, kick, netHdrSize, rxq, STATUS, txq, waitCall } from '../backend';
+import { CONFIG, HDR, HDR_HASH, has, kick, netHdrSize, rxq, STATUS, txq, waitCall } from '../backend';
 import type { QueueSetup, VirtioNetDevice } from '../backend';
 import { DriverMemory, DriverMemoryInput, driverMemory, GuestAddressError, Region } from './memory';
 import { openVirtqueue, PackedDriverQueue } from './packed';
@@ -109,6 +109,12 @@ export interface RxFrame {
   hdr: NetHdr;
   /** num_buffers from the header (1 without MRG_RXBUF). */
   numBuffers: number;
+  /**
+   * With VIRTIO_NET_F_HASH_REPORT (20-byte header): hash_value and hash_report (HASH_REPORT.*,
+   * NONE = 0 when the frame's type is not enabled); 0 and 0 with a shorter header.
+   */
+  hashValue: number;
+  hashReport: number;
   /** Frame bytes, virtio_net_hdr excluded. */
   len: number;
   parts: number;
@@ -192,7 +198,7 @@ export class NetQueuePair {
     this.rxSpare = new Int32Array(o.rxBuffers.count);
     for (let i = o.rxBuffers.count - 1; i >= 0; i--) this.rxSpare[this.rxSpareN++] = i;
     const max = o.rx.size;
-    this.frame = { hdr: { ...NO_OFFLOAD }, numBuffers: 1, len: 0, parts: 0, off: new Int32Array(max), partLen: new Int32Array(max) };
+    this.frame = { hdr: { ...NO_OFFLOAD }, numBuffers: 1, hashValue: 0, hashReport: 0, len: 0, parts: 0, off: new Int32Array(max), partLen: new Int32Array(max) };
     this.waitFds = [o.rx.callFd, o.tx.callFd];
   }
 
@@ -314,6 +320,9 @@ export class NetQueuePair {
       readNetHdr(this.rxU8, off, f.hdr, this.hdrLen);
       const n = this.mergeable ? get16(this.rxU8, off + HDR.OFF_NUM_BUFFERS) : 1;
       f.numBuffers = n;
+      const hashed = this.hdrLen >= HDR.SIZE_HASH;
+      f.hashValue = hashed ? (get16(this.rxU8, off + HDR_HASH.OFF_HASH_VALUE) | (get16(this.rxU8, off + HDR_HASH.OFF_HASH_VALUE + 2) << 16)) >>> 0 : 0;
+      f.hashReport = hashed ? get16(this.rxU8, off + HDR_HASH.OFF_HASH_REPORT) : 0;
       f.off[0] = off + this.hdrLen;
       f.partLen[0] = len - this.hdrLen;
       let total = len - this.hdrLen;

@@ -452,6 +452,18 @@ export class GuestSim extends EventEmitter {
     return this.ctrl.command(cls, cmd, data);
   }
 
+  /** RSS_CONFIG (with VIRTIO_NET_F_RSS): see ControlDriver.setRss. */
+  async setRss(c: { key: Uint8Array; hashTypes: number; table: ArrayLike<number>; unclassifiedQueue?: number; pairs: number }): Promise<void> {
+    if (!this.ctrl) throw new Error('the control queue was not negotiated (CTRL_VQ)');
+    if ((await this.ctrl.setRss(c)) !== CTRL.OK) throw new Error('device refused RSS_CONFIG');
+  }
+
+  /** HASH_CONFIG (with VIRTIO_NET_F_HASH_REPORT, without RSS): see ControlDriver.setHashConfig. */
+  async setHashConfig(c: { key: Uint8Array; hashTypes: number }): Promise<void> {
+    if (!this.ctrl) throw new Error('the control queue was not negotiated (CTRL_VQ)');
+    if ((await this.ctrl.setHashConfig(c)) !== CTRL.OK) throw new Error('device refused HASH_CONFIG');
+  }
+
   /** VQ_PAIRS_SET. */
   async setQueuePairs(n: number): Promise<void> {
     const d = new Uint8Array([n & 0xff, n >> 8]);

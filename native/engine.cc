@@ -215,6 +215,36 @@ bool FilterAccepts(const RxFilter& f, const iovec* iov, size_t cnt, size_t offse
   return f.Accepts(eth, vid);
 }
 
+// The hash fields of struct virtio_net_hdr_v1_hash for a frame that landed in
+// `iov` (header at 0, frame at `offset`): tun leaves them as the guest's
+// buffer had them, so they are always written, NONE without a configuration.
+void FillHashReport(const RssHash* hash, const iovec* iov, size_t cnt, size_t offset, uint64_t frame_len) {
+  uint32_t value = 0;
+  uint16_t report = HASH_REPORT_NONE;
+  if (hash && hash->types()) {
+    uint8_t peek[RssHash::kPeek];
+    const size_t want = static_cast<size_t>(std::min<uint64_t>(frame_len, RssHash::kPeek));
+    report = hash->Compute(peek, ReadIov(iov, cnt, offset, peek, want), &value);
+  }
+  uint8_t fields[HDR_HASH_FIELDS_BYTES] = {};
+  const uint32_t v = ToLe32(value);
+  const uint16_t r = ToLe16(report);
+  std::memcpy(fields, &v, 4);
+  std::memcpy(fields + 4, &r, 2);
+  // The header may be split across descriptors: byte by byte through iov.
+  size_t at = HDR_OFF_HASH_VALUE, done = 0;
+  for (size_t i = 0; i < cnt && done < sizeof fields; i++) {
+    if (at >= iov[i].iov_len) {
+      at -= iov[i].iov_len;
+      continue;
+    }
+    const size_t n = std::min(sizeof fields - done, iov[i].iov_len - at);
+    std::memcpy(static_cast<uint8_t*>(iov[i].iov_base) + at, fields + done, n);
+    done += n;
+    at = 0;
+  }
+}
+
 }  // namespace
 
 bool Engine::Validate(const EngineConfig& c, std::string* why) {
@@ -907,7 +937,7 @@ size_t EngineT<Q>::RxBatchable() const {
 // the stash stays the newest pops (what Stop() gives back). The copy only
 // happens after such a hole.
 template <class Q>
-void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check) {
+void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check, const RssHash* hash) {
   struct Target {
     size_t first, end;  // stash chains [first, end)
   };
@@ -990,6 +1020,7 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
       rx_counts_.drops[kRxFiltered]++;
       continue;
     }
+    if (cfg_.hdr_len >= HDR_SIZE_HASH) FillHashReport(hash, at.iov, at.iovcnt, cfg_.hdr_len, got - cfg_.hdr_len);
     const uint32_t k = stash_.Place(rx_, free, targets[i].first, targets[i].end, got, cfg_.mergeable, set_nb);
     if (k == 0) {
       // Read into a chain that holds it, but the first free chain is smaller
@@ -1021,6 +1052,7 @@ bool EngineT<Q>::ProcessRx() {
   // One load per round, not per frame: a new filter applies from the next round.
   const std::shared_ptr<const RxFilter> filter = std::atomic_load(&rx_filter_);
   const RxFilter* check = filter && !filter->AcceptsAll() ? filter.get() : nullptr;
+  const std::shared_ptr<const RssHash> hash = std::atomic_load(&rss_hash_);
   uint32_t attempts = 0;
   uint64_t bytes = 0;
   bool more = false;
@@ -1037,7 +1069,7 @@ bool EngineT<Q>::ProcessRx() {
     }
     rx_want_tap_ = true;
     if (tap_hup_ || !rx_tap_readable_) break;
-    ReadBatch(&attempts, &bytes, check);
+    ReadBatch(&attempts, &bytes, check, hash.get());
     if (rx_broken_) break;
     // As on TX: the guest gets each batch's frames (and can post their
     // buffers again) while the next batch is read.

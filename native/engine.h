@@ -20,6 +20,7 @@
 #include "notify_coalesce.h"
 #include "packed_queue.h"
 #include "rx_filter.h"
+#include "rss_hash.h"
 #include "rx_stash.h"
 #include "status.h"
 #include "tap_io.h"
@@ -100,6 +101,12 @@ class Engine {
   // modified after this call, so the worker reads it without a lock.
   void SetRxFilter(std::shared_ptr<const RxFilter> f) { std::atomic_store(&rx_filter_, std::move(f)); }
 
+  // Replaces the guest's hash configuration (RSS_CONFIG / HASH_CONFIG) the
+  // hash report in each RX header comes from; nullptr: every frame reports
+  // NONE. As SetRxFilter: any thread, taken at the worker's next RX round.
+  // Used only with a header that has the hash fields (hdr_len >= 20).
+  void SetRssHash(std::shared_ptr<const RssHash> h) { std::atomic_store(&rss_hash_, std::move(h)); }
+
   // The driver's interrupt coalescing for the RX or the TX queue
   // (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET; 0 in either turns it off).
   // At any time, from the thread that starts and stops the engine (it wakes
@@ -144,6 +151,7 @@ class Engine {
   // change costs it one reference count, never a lock held by the JS thread
   // across a frame.
   std::shared_ptr<const RxFilter> rx_filter_;
+  std::shared_ptr<const RssHash> rss_hash_;  // same discipline as rx_filter_
 };
 
 template <class Q>
@@ -191,7 +199,7 @@ class EngineT final : public Engine {
   bool ProcessTx();
   bool ProcessRx();
   // One RX read batch: fills frames into the stash; adds to the round's counts.
-  void ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check);
+  void ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* check, const RssHash* hash);
   bool FillRxStash();
   bool RxNeedsMore() const;
   // Number of leading stashed chains that can each take a read of their own.

@@ -125,6 +125,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {InstanceMethod<&EngineWrap::Start>("start"), InstanceMethod<&EngineWrap::Stop>("stop"),
                         InstanceMethod<&EngineWrap::Stats>("stats"), InstanceMethod<&EngineWrap::Wake>("wake"),
                         InstanceMethod<&EngineWrap::SetRxFilter>("setRxFilter"),
+                        InstanceMethod<&EngineWrap::SetRssHash>("setRssHash"),
                         InstanceMethod<&EngineWrap::SetCoalescing>("setCoalescing"),
                         InstanceMethod<&EngineWrap::SetCallFd>("setCallFd"),
                         InstanceMethod<&EngineWrap::ResetQueue>("resetQueue"),
@@ -286,6 +287,25 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     }
     if (!v.IsObject()) BadArg(info.Env(), "setRxFilter takes an RxFilterSnapshot or null");
     engine_->SetRxFilter(ParseRxFilter(v.As<Napi::Object>()));
+  }
+
+  // setRssHash({ hashTypes, key } | null): the guest's hash configuration,
+  // checked by backend/rss.ts; null (or no type enabled) reports NONE.
+  void SetRssHash(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    CheckOpen(env);
+    Napi::Value v = info[0];
+    if (v.IsNull() || v.IsUndefined()) {
+      engine_->SetRssHash(nullptr);
+      return;
+    }
+    if (!v.IsObject()) BadArg(env, "setRssHash takes { hashTypes, key } or null");
+    Napi::Object o = v.As<Napi::Object>();
+    const uint32_t types = static_cast<uint32_t>(GetRange(o, "hashTypes", 0, 0xffffffff, ""));
+    size_t n;
+    const uint8_t* key = BytesField(o, "key", false, &n);
+    if (n > RssHash::kMaxKey) BadArg(env, "setRssHash: key is at most " + std::to_string(RssHash::kMaxKey) + " bytes");
+    engine_->SetRssHash(std::make_shared<const RssHash>(types, key, n));
   }
 
   // setCoalescing('rx' | 'tx', maxPackets, maxUsecs): u32 each, as the

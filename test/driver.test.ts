@@ -160,14 +160,13 @@ test('GuestAllocator: every ring part and buffer area inside one region, skippin
 });
 
 /** A queue pair over three regions with a simulated device on both rings. */
-function pairRig(mergeable: boolean) {
+function pairRig(mergeable: boolean, hdrLen = 12) {
   const m = threeRegions();
   const a = new GuestAllocator(m, MiB - 8192); // the rings at the end of region 0, the buffers in region 2
   const rx = a.ring(8);
   const tx = a.ring(8);
   const rxBuffers = { base: 4 * MiB, count: 8, size: mergeable ? 128 : 2048 };
   const txBuffers = { base: 4 * MiB + 0x10000, count: 4, size: 256 };
-  const hdrLen = 12;
   const pair = new NetQueuePair({ memory: m, rx: { ...rx, kickFd: -1, callFd: -1 }, tx: { ...tx, kickFd: -1, callFd: -1 }, rxBuffers, txBuffers, hdrLen, mergeable, eventIdx: false });
   return { m, pair, rxDev: new SimDevice(m, rx), txDev: new SimDevice(m, tx), hdrLen };
 }
@@ -240,6 +239,27 @@ test('NetQueuePair RX: mergeable frames over num_buffers buffers, header fields,
   t.is(pair.receive(), null);
   t.is(pair.stats.rxBadHeader, 1);
   t.is(pair.stats.rxFrames, 1);
+});
+
+test('NetQueuePair RX with the 20-byte header (HASH_REPORT): hash_value and hash_report read from it; 0 with 12 bytes', (t) => {
+  for (const hdrLen of [20, 12]) {
+    const { m, pair, rxDev } = pairRig(false, hdrLen);
+    m.setUint16(rxDev.q.used, RING.USED_F_NO_NOTIFY);
+    pair.start();
+    const c = rxDev.popAvail()!;
+    const h = new Uint8Array(20);
+    const d = new DataView(h.buffer);
+    d.setUint16(10, 1, true);
+    d.setUint32(12, 0x51ccc178, true);
+    d.setUint16(16, 2, true); // VIRTIO_NET_HASH_REPORT_TCPv4
+    m.write(c.bufs[0].addr, h.subarray(0, hdrLen));
+    m.write(c.bufs[0].addr + hdrLen, new Uint8Array(60));
+    rxDev.pushUsed(c.head, hdrLen + 60);
+    const f = pair.receive()!;
+    t.is(f.len, 60);
+    t.is(f.hashValue, hdrLen === 20 ? 0x51ccc178 : 0);
+    t.is(f.hashReport, hdrLen === 20 ? 2 : 0);
+  }
 });
 
 test('NetQueuePair refuses buffer areas that leave one region and a bad header length', (t) => {
