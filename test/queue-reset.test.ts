@@ -8,7 +8,9 @@ import { spawn } from 'node:child_process';
 
 import { bits, DeviceStateError, InvalidArgumentError, STATUS, VirtioNetDevice } from '../backend';
 import { GuestAllocator, negotiate, NetQueuePair, resetQueue, setUpQueuePair } from '../driver';
+import { GuestSim } from '../guest-sim/guest';
 import { Netns, withNetns } from '../host/netns';
+import { ping, udpEcho } from './helpers/udp';
 
 const MiB = 1024 * 1024;
 
@@ -161,3 +163,24 @@ test('queue reset misuse gets typed errors and changes nothing', async (t) => {
     t.throws(() => dev.resetQueue(0), { instanceOf: DeviceStateError, message: /RING_RESET/ });
   });
 });
+
+for (const packed of [false, true]) {
+  test(`guest-sim (${packed ? 'packed' : 'split'}): resetQueue of its RX then TX queue with new sizes; pings and UDP echo before and after`, async (t) => {
+    await withNetns(async (ns) => {
+      const tap = ns.ifname();
+      const guest = await GuestSim.start({ tap, netns: ns.name, ip4: '10.99.0.2/24', packed });
+      ns.defer(() => void guest.stop());
+      t.not(guest.features & bits('RING_RESET'), 0n);
+      ns.ip('addr', 'add', '10.99.0.1/24', 'dev', tap);
+      t.is(ping(ns, ['-4', '-c', '10', '-i', '0.01', '-W', '2', '10.99.0.2']).loss, 0);
+      t.is(await guest.resetQueue(0, 'rx', 128), 0, 'nothing was waiting in the RX ring');
+      t.is(ping(ns, ['-4', '-c', '10', '-i', '0.01', '-W', '2', '10.99.0.2']).loss, 0);
+      await guest.resetQueue(0, 'tx', 64);
+      t.is(ping(ns, ['-4', '-c', '10', '-i', '0.01', '-W', '2', '10.99.0.2']).loss, 0);
+      const u = udpEcho(ns, '10.99.0.2', [1, 100, 1472]);
+      t.deepEqual([u.echoed, u.corrupt], [3, 0]);
+      const s = await guest.stop();
+      t.false(s.device.queues.some((q) => q.broken));
+    });
+  });
+}
