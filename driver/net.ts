@@ -138,6 +138,8 @@ export interface NetQueuePairStats {
   waits: number;
   /** TX frames queued but not yet used by the device when their queue was reset (resetRing): the device never sent them. */
   txReclaimedAtReset: number;
+  /** RX frames the device had delivered but nobody had taken with receive() when RX was reset (resetRing): counted in rxFrames too, then dropped. */
+  rxDiscardedAtReset: number;
   /** Queue resets this pair went through (resetRing). */
   queueResets: number;
 }
@@ -155,7 +157,7 @@ export class NetQueuePair {
   readonly txU8: Uint8Array;
   /** Largest frame (header excluded) one TX slot holds. */
   readonly maxTxFrame: number;
-  readonly stats: NetQueuePairStats = { rxFrames: 0, rxBytes: 0, rxBadHeader: 0, rxShort: 0, txFrames: 0, txBytes: 0, txRingFull: 0, waits: 0, txReclaimedAtReset: 0, queueResets: 0 };
+  readonly stats: NetQueuePairStats = { rxFrames: 0, rxBytes: 0, rxBadHeader: 0, rxShort: 0, txFrames: 0, txBytes: 0, txRingFull: 0, waits: 0, txReclaimedAtReset: 0, rxDiscardedAtReset: 0, queueResets: 0 };
 
   private rx: DriverQueueSetup;
   private tx: DriverQueueSetup;
@@ -212,12 +214,19 @@ export class NetQueuePair {
    * The driver's half of a per-queue reset (VIRTIO_F_RING_RESET), after the device reset the
    * queue (VirtioNetDevice.resetQueue) and before it enables it again: takes every buffer of
    * the old ring back and starts `setup`'s ring (any size; its memory is cleared here). TX:
-   * frames queued and not yet used were never sent; they are counted in
-   * stats.txReclaimedAtReset and their slots are free again. RX: every buffer is posted on the
-   * new ring (published at the next flush()). Returns the TX frames reclaimed (0 for RX).
+   * what the device used is reclaimed first; frames queued and not used were never sent: they
+   * are counted in stats.txReclaimedAtReset and their slots are free again. RX: frames the
+   * device delivered and nobody took with receive() yet are counted in stats.rxDiscardedAtReset
+   * (take them first to keep them); every buffer is posted on the new ring (published at the
+   * next flush()). Returns the TX frames reclaimed unsent, or the RX frames discarded.
    */
   resetRing(which: 'rx' | 'tx', setup: DriverQueueSetup): number {
     if (which !== 'rx' && which !== 'tx') throw new TypeError(`resetRing: which must be 'rx' or 'tx', got ${String(which)}`);
+    // The device stopped at a batch boundary: everything it used is published in the old ring.
+    let discarded = 0;
+    if (which === 'tx') this.reclaim();
+    else for (let f = this.receive(); f; f = this.receive()) discarded++;
+    this.stats.rxDiscardedAtReset += discarded;
     clearRing(this.memory, setup, this.ringOpts.packed);
     const q = openVirtqueue(this.memory, setup, this.ringOpts);
     this.stats.queueResets++;
@@ -240,7 +249,7 @@ export class NetQueuePair {
     for (let i = this.rxArea.count - 1; i >= 0; i--) this.rxSpare[this.rxSpareN++] = i;
     this.waitFds[0] = setup.callFd;
     this.refillRx();
-    return 0;
+    return discarded;
   }
 
   // --- TX --------------------------------------------------------------------------
@@ -534,7 +543,8 @@ export function setUpQueuePair(device: VirtioNetDevice, pair: number, alloc: Gue
  * §2.6.1.3.2): resets RX or TX virtqueue at the device, carves a new ring of `size` entries
  * (default: the old size) out of `alloc`, tells the device (setQueue), starts it in `qp`
  * (resetRing), enables it and publishes. The other queues keep running throughout. Returns the
- * TX frames that were queued and never sent (counted in qp.stats.txReclaimedAtReset).
+ * TX frames that were queued and never sent (qp.stats.txReclaimedAtReset), or the RX frames
+ * delivered but not yet received, dropped (qp.stats.rxDiscardedAtReset).
  */
 export function resetQueue(device: VirtioNetDevice, pair: number, qp: NetQueuePair, which: 'rx' | 'tx', alloc: GuestAllocator, size?: number): number {
   const index = which === 'rx' ? rxq(pair) : txq(pair);

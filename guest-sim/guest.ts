@@ -21,10 +21,11 @@ import {
   rxq,
   STATUS,
   TUN,
+  txq,
   VirtioNetDevice,
   VirtioNetError,
 } from '../backend';
-import { CTRL_BUF_BYTES, ControlDriver, DriverMemory, DriverQueue, GuestAllocator, negotiate, setUpQueuePair } from '../driver';
+import { CTRL_BUF_BYTES, ControlDriver, DriverMemory, DriverQueue, GuestAllocator, negotiate, PackedDriverQueue, setUpQueuePair, type NetQueuePairOptions } from '../driver';
 import { formatMac, parseIPv4, parseIPv6, parseMac } from './packets';
 import { pcapngHeader } from './pcapng';
 import { CTL, CTL_BYTES, IsolateMemory, isolateMemory, PairConfig, PairMessage } from './worker';
@@ -44,6 +45,8 @@ export const GUEST_SUPPORTED: bigint = bits(
   // Interrupt coalescing, so that a caller (the soak) can ask for it over control();
   // guest-sim itself never does.
   'NOTF_COAL',
+  // Per-queue reset: resetQueue() below.
+  'RING_RESET',
   'MQ',
   'CSUM',
   'GUEST_CSUM',
@@ -231,6 +234,11 @@ export class GuestSim extends EventEmitter {
   private _features = 0n;
   private readonly workers: { worker: Worker; ctl: SharedArrayBuffer; port: import('node:worker_threads').MessagePort; done: Promise<unknown> }[] = [];
   private ctrl: ControlDriver | undefined;
+  /** This session's allocator and each pair's rings, for resetQueue(). */
+  private alloc: GuestAllocator | undefined;
+  private pairQueues: NetQueuePairOptions[] = [];
+  /** resetQueue() callers waiting for a Worker to start its new ring, per pair. */
+  private readonly resetWaiters = new Map<number, ((n: number) => void)[]>();
   private stopped = false;
   /** Counters of the Workers of earlier sessions (before restart()), so stats() stays monotonic. */
   private retiredPairs: GuestStats['pairs'] = [];
@@ -353,10 +361,13 @@ export class GuestSim extends EventEmitter {
     this._features = features;
     this._mac = mac;
     const alloc = new GuestAllocator(new DriverMemory(mem));
+    this.alloc = alloc;
+    this.pairQueues = [];
     const configs: Omit<PairConfig, 'port'>[] = [];
     const u8 = new Uint8Array(mem);
     for (let p = 0; p < usePairs; p++) {
       const queues = setUpQueuePair(device, p, alloc, { queueSize: qsize, rxBufSize, txBufSize: txSlot });
+      this.pairQueues.push(queues);
       // A driver initialises its rings before DRIVER_OK tells the device to look at them:
       // after a restart they still hold the last session's indices.
       for (const q of [queues.rx, queues.tx]) u8.fill(0, q.desc, queues.packed ? q.used + 4 : q.used + 6 + 8 * q.size);
@@ -415,6 +426,48 @@ export class GuestSim extends EventEmitter {
     } else if ('discard' in m) this.emit('discard', { pair, ...m.discard } satisfies DiscardEvent);
     else if ('final' in m) this.emit('pair-stats', pair, m.responder, m.tcp);
     else if ('memory' in m) this.memoryWaiters.get(pair)?.shift()?.(m.memory);
+    else if ('ringReset' in m) this.resetWaiters.get(pair)?.shift()?.(m.ringReset);
+  }
+
+  /**
+   * Per-queue reset (VIRTIO_F_RING_RESET) of pair `pair`'s RX or TX queue while every other
+   * queue runs on, as a Linux driver does it (virtio 1.2 §2.6.1.3.2): the device resets the
+   * queue, the ring is set up again with `size` entries (default: as before; in place when it
+   * fits, else in new guest memory), the pair's Worker takes every buffer of the old ring back
+   * and starts the new one, and the device enables it. Resolves with the TX frames that were
+   * queued and never sent, or the RX frames delivered and not yet taken (the Worker's
+   * NetQueuePair counts them: txReclaimedAtReset / rxDiscardedAtReset); TCP retransmits.
+   */
+  async resetQueue(pair: number, which: 'rx' | 'tx', size?: number): Promise<number> {
+    const queues = this.pairQueues[pair];
+    const w = this.workers[pair];
+    if (!queues || !w || !this.alloc) throw new InvalidArgumentError(`guest-sim: no running queue pair ${pair}`);
+    if (which !== 'rx' && which !== 'tx') throw new InvalidArgumentError(`guest-sim: resetQueue: which must be 'rx' or 'tx', got ${String(which)}`);
+    const index = which === 'rx' ? rxq(pair) : txq(pair);
+    const old = queues[which];
+    const qsize = size ?? old.size;
+    this.device.resetQueue(index);
+    // In place when the new ring fits the old one's space (the allocator laid each ring out
+    // from its desc address), else in new guest memory.
+    const l = queues.packed ? PackedDriverQueue.layout(0, qsize) : DriverQueue.layout(0, qsize, 4096);
+    const ring =
+      qsize <= old.size
+        ? { size: qsize, desc: old.desc + l.desc, avail: old.desc + l.avail, used: old.desc + l.used }
+        : queues.packed
+          ? this.alloc.packedRing(qsize)
+          : this.alloc.ring(qsize);
+    this.device.setQueue(index, { size: ring.size, desc: ring.desc, avail: ring.avail, used: ring.used });
+    const setup = { ...ring, ...this.device.notifier(index) };
+    const n = await new Promise<number>((resolve) => {
+      const q = this.resetWaiters.get(pair) ?? [];
+      this.resetWaiters.set(pair, q);
+      q.push(resolve);
+      w.port.postMessage({ resetRing: { which, setup } });
+    });
+    queues[which] = setup;
+    this.device.enableQueue(index);
+    this.device.kick(index);
+    return n;
   }
 
   /**

@@ -10,7 +10,7 @@ import { getHeapSpaceStatistics } from 'node:v8';
 import { receiveMessageOnPort, workerData, MessagePort } from 'node:worker_threads';
 
 import { HDR } from '../backend';
-import { NetQueuePair, NetQueuePairOptions } from '../driver';
+import { DriverQueueSetup, NetQueuePair, NetQueuePairOptions } from '../driver';
 import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
 import { DiscardReport, installServices } from './services';
@@ -50,6 +50,8 @@ export type PairMessage =
   | { final: true; responder: Record<string, number>; tcp: Record<string, number> }
   | { responder: Record<string, number>; tcp: Record<string, number> }
   | { memory: IsolateMemory }
+  /** resetRing done: TX frames reclaimed unsent, or RX frames discarded. */
+  | { ringReset: number }
   | { discard: DiscardReport }
   | { pcap: Uint8Array };
 
@@ -192,7 +194,13 @@ function run(cfg: PairConfig): void {
     cap?.flush();
     for (let m = receiveMessageOnPort(cfg.port); m; m = receiveMessageOnPort(cfg.port)) {
       if (m.message === 'stats') cfg.port.postMessage({ responder: { ...responder.stats }, tcp: stats() } satisfies PairMessage);
-      else if (m.message === 'memory') {
+      else if (m.message && typeof m.message === 'object' && 'resetRing' in m.message) {
+        // The device reset this queue: the old ring's buffers come back, the new ring starts.
+        const { which, setup } = (m.message as { resetRing: { which: 'rx' | 'tx'; setup: DriverQueueSetup } }).resetRing;
+        const n = qp.resetRing(which, setup);
+        qp.flush();
+        cfg.port.postMessage({ ringReset: n } satisfies PairMessage);
+      } else if (m.message === 'memory') {
         // This Worker's own isolate: the main thread's process.memoryUsage() does not see it.
         cfg.port.postMessage({ memory: isolateMemory() } satisfies PairMessage);
       }

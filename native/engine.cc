@@ -535,10 +535,11 @@ void EngineT<Q>::ApplyQueueRequest(QueueRequest* r) {
   bool& reset = r->rx ? rx_reset_ : tx_reset_;
   NotifyCoalescer& coal = r->rx ? rx_coal_ : tx_coal_;
   if (!r->enable) {
+    // RX chains in the stash hold no frame yet; they go back with the rest of
+    // the ring (also from a broken ring: none may outlive it).
+    if (r->rx) stash_.GiveBack(rx_);
     if (!off) {
-      // At a batch boundary: every used element is published. RX chains in
-      // the stash hold no frame yet; they go back with the rest of the ring.
-      if (r->rx) stash_.GiveBack(rx_);
+      // At a batch boundary: every used element is published.
       st.last_avail_idx.store(q.last_avail(), std::memory_order_relaxed);
       st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
     }
@@ -1130,6 +1131,7 @@ bool EngineT<Q>::BusyPoll() {
   for (uint32_t spin = 0;; spin++) {
     if (stop_.load(std::memory_order_relaxed)) return false;
     if (cfg_.memory->generation() != mem_gen_) return true;
+    if (req_pending_.load(std::memory_order_relaxed)) return true;  // a queue reset or enable waits
     if (!tx_broken_ && !tx_blocked_ && tx_.HasAvail()) return true;
     if (!rx_broken_ && !rx_want_tap_ && rx_.HasAvail()) return true;
     const short want = static_cast<short>((!rx_broken_ && rx_want_tap_ && !tap_hup_ ? POLLIN : 0) |
