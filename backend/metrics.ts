@@ -55,6 +55,11 @@ export const DROP_NAMES: Readonly<Record<'rx' | 'tx', readonly string[]>> = {
     'tx_hdr_gso_size_zero',
     'tx_hdr_uso_without_csum',
     'tx_tap_full_reordered',
+    'tx_hdr_tunnel_short_header',
+    'tx_hdr_tunnel_not_negotiated',
+    'tx_hdr_tunnel_bad_type',
+    'tx_hdr_tunnel_offset_order',
+    'tx_hdr_tunnel_offset_past_frame',
   ],
 };
 
