@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <system_error>
 
 #include "tap.h"
 
@@ -401,7 +402,20 @@ SysResult EngineT<Q>::Start() {
   rx_tap_readable_ = true;
   stop_ = false;
   running_ = true;
-  thread_ = std::thread([this] { Run(); });
+  try {
+    thread_ = std::thread([this] { Run(); });
+  } catch (const std::system_error& e) {
+    // Out of threads (EAGAIN under a thread limit or memory pressure): a
+    // C++ exception must not cross the N-API boundary, where it aborts.
+    running_ = false;
+    r.err = e.code().value() ? e.code().value() : EAGAIN;
+    r.syscall = "pthread_create";
+    CloseCallFds();
+    io_.reset();
+    close(epoll_fd_);
+    close(wake_fd_);
+    epoll_fd_ = wake_fd_ = -1;
+  }
   return r;
 }
 

@@ -3,8 +3,11 @@
 // (each must stop the queue with the right rule and leave guest memory
 // alone), a descriptor fuzz loop, and the notify helpers from Workers.
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as readline from 'node:readline';
 import { Worker } from 'node:worker_threads';
 
 import { addon, NativeEngine, NativeEngineOptions } from '../backend/native';
@@ -122,7 +125,9 @@ function rigIn(layout: RingLayout, o: RigOptions = {}): Rig {
   };
 }
 
-async function waitFor(cond: () => boolean, ms = 5000): Promise<boolean> {
+// Generous: under ASan with the machine loaded a worker can take seconds to
+// get scheduled; this waits for an event, it does not time one.
+async function waitFor(cond: () => boolean, ms = 20000): Promise<boolean> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) return false;
@@ -1596,4 +1601,26 @@ test.serial("io 'auto' changing method at every batch: every frame once and in o
     await rxInOrder(t, q, 14);
     checkBatches(q.engine);
   });
+});
+
+// std::thread throws when the kernel refuses a thread (EAGAIN under RLIMIT_NPROC, a pids
+// cgroup or memory pressure); thrown through N-API that aborts the process. start() must turn
+// it into an errno error instead. The child starts with RLIMIT_NPROC 1, which root passes,
+// builds its engine, becomes uid 65534, which does not pass it, and then starts the engine.
+test('start() with no thread to be had throws EAGAIN from pthread_create, and the process lives', async (t) => {
+  const child = spawn('prlimit', ['--nproc=1:1', process.execPath, path.join(__dirname, 'helpers', 'engine-start-child.js')],
+    { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL'); });
+  const lines = readline.createInterface({ input: child.stdout! });
+  const next = (): Promise<string> => new Promise((resolve, reject) => {
+    lines.once('line', resolve);
+    child.once('exit', (code, sig) => reject(new Error(`child ended (${code ?? sig}) before answering`)));
+  });
+  t.is(await next(), 'ready');
+  const answer = next();
+  child.stdin!.end('go\n');
+  const result = JSON.parse(await answer);
+  t.like(result, { started: false, code: 'EAGAIN', syscall: 'pthread_create' });
+  const [code] = await once(child, 'exit');
+  t.is(code, 0, 'the child ended on its own, not by a signal');
 });
