@@ -1043,10 +1043,13 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
       rx_counts_.drops[kRxTruncated]++;
       continue;
     }
-    if (log && free != targets[i].first) {
-      // Moved down into earlier chains (after a hole).
-      const IoFrame moved = stash_.Span(free, k);
-      log->MarkIov(*mem_, moved.iov, moved.iovcnt, got);
+    if (log) {
+      // Marked again after our own writes (the front end may have fetched
+      // and cleared the bits between the mark above and them): the hash
+      // report and num_buffers in the header, and, when Place moved the
+      // frame down into earlier chains (after a hole), all of it.
+      const IoFrame placed = stash_.Span(free, k);
+      log->MarkIov(*mem_, placed.iov, placed.iovcnt, free != targets[i].first ? got : cfg_.hdr_len);
     }
     free += k;
     *bytes += got;

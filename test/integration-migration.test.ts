@@ -10,9 +10,10 @@
 //   announce itself (guest_announce=off): QEMU asks the destination back end
 //   (SEND_RARP), whose RARP is seen on the bridge and moves the bridge's
 //   entry for the guest's MAC to B's TAP.
-// Not here yet: the same migration with the source's dirty logging switched off
-// (VHOST_TAP_TEST_NO_DIRTY_LOG) failing. Tried three times on this machine, it
-// still delivered 100 MB with equal SHA-256 (see the note at pauseReader).
+// - The proof that this can fail: the same A → B leg with the source back end's
+//   workers marking nothing (test hook VHOST_TAP_TEST_NO_DIRTY_LOG=1) must end
+//   with a hash mismatch or a broken guest. It needs the guest not to zero pages
+//   at allocation (see MIGRATION_KERNEL_ARGS); both tests boot it that way.
 // The downtime (longest gap between ping replies, and QEMU's own figure) is
 // logged, not asserted.
 // The harness was first proven on QEMU's own tap back end (A → B under 100 MB,
@@ -27,7 +28,7 @@ import { has } from '../backend';
 import { guestToHost, ping, waitReachable } from '../host/linux-guest/host';
 import { buildGuestImage } from '../host/linux-guest/initramfs';
 import { bootOn, GuestInstance, incomingOn, makeBridge, MigratingGuestOptions, migrate, pingAcross, Site, startHostToGuest, stop } from '../host/linux-guest/migration';
-import { randomGuestMac } from '../host/linux-guest/qemu';
+import { GUEST_KERNEL_ARGS, randomGuestMac } from '../host/linux-guest/qemu';
 import { Netns, withNetns } from '../host/netns';
 import { RunningCli, startCommand } from './helpers/cli';
 import { readyPython } from './helpers/netns-python';
@@ -43,6 +44,11 @@ const BOOT_TIMEOUT_MS = 300_000;
 const TRAFFIC_LEAD_MS = 1500;
 /** How long the RARP capture listens at most (it ends at the first RARP from the guest). */
 const RARP_CAPTURE_S = 600;
+/**
+ * The proof leg's transfer: with stale pages the data still arrives (TCP trusts the checksum
+ * the device vouched for), so a transfer that has not ended by then counts as a broken guest.
+ */
+const PROOF_TRANSFER_TIMEOUT_MS = 300_000;
 
 /**
  * The migration stream's bandwidth on the legs with a paused reader: slow enough that the
@@ -64,9 +70,9 @@ interface Leg {
    * data that arrives meanwhile waits in RX buffers the device wrote during the migration, so
    * a page the dirty log missed would reach the reader stale (TCP already acknowledged it and
    * cannot repair it). The reader stops when the migration's first pass has gone through half
-   * of RAM, meant to leave such buffers in pages that pass already sent. Measured here: with the
-   * source's logging switched off by the test hook, the data still arrived intact, with and
-   * without this (3 runs), so whether it exposes a missing log is not shown.
+   * of RAM, to leave such buffers in pages that pass already sent. With the source's logging
+   * switched off by the test hook this gives a hash mismatch (the proof test below), as long as
+   * the guest does not zero the buffers' pages when it allocates them (MIGRATION_KERNEL_ARGS).
    */
   pauseReader?: boolean;
 }
@@ -77,6 +83,8 @@ interface LegResult {
   host?: { bytes: number; sha256: string; ms: number };
   guestSha256?: string;
   failure?: string;
+  /** The whole message, with the guest's console tail when it came from the guest. */
+  failureDetail?: string;
   gapMs: number;
   qemuDowntimeMs: number;
   totalMs: number;
@@ -113,6 +121,7 @@ async function migrateUnderTraffic(ns: string, from: GuestInstance, to: Site, op
     out.guestSha256 = await transfer.guestOn(dst.guest, 60_000);
   } catch (e) {
     out.failure = (e as Error).message.split('\n')[0];
+    out.failureDetail = (e as Error).message;
   }
   const g = await gap();
   out.gapMs = g.longestGapMs;
@@ -129,6 +138,7 @@ function logLeg(t: ExecutionContext, leg: Leg, r: LegResult): void {
 
 /** Asserts the leg delivered every byte intact and the guest answers 100 pings afterwards. */
 async function checkLeg(t: ExecutionContext, ns: string, leg: Leg, r: LegResult): Promise<void> {
+  if (r.failureDetail) t.log(r.failureDetail);
   t.is(r.failure, undefined, `${leg.label}: the transfer across the migration finished`);
   t.is(r.host?.bytes, BYTES);
   t.is(r.guestSha256, r.host?.sha256, `${leg.label}: the guest received exactly what the host sent across the migration`);
@@ -182,8 +192,17 @@ function fdbPort(ns: string, mac: string): string | undefined {
   return out.split('\n').find((l) => l.startsWith(`${mac} dev `))?.split(' ')[2];
 }
 
+/**
+ * The guest kernel does not zero pages when it allocates them (init_on_alloc=0; Debian's kernel
+ * has it on by default). Zeroing is a CPU write, which QEMU tracks itself: an RX buffer page
+ * zeroed just before the device filled it was resent by QEMU with the device's data, so a
+ * missing dirty log went unseen (the first three tries with the test hook). Without it, only
+ * the device's own log tells QEMU about those pages.
+ */
+const MIGRATION_KERNEL_ARGS = [...GUEST_KERNEL_ARGS, 'init_on_alloc=0'];
+
 function guestOptions(extra: Partial<MigratingGuestOptions> = {}): MigratingGuestOptions {
-  return { image: buildGuestImage(), mac: randomGuestMac(), ip4: `${GUEST4}/24`, bootTimeoutMs: BOOT_TIMEOUT_MS, ...extra };
+  return { image: buildGuestImage(), mac: randomGuestMac(), ip4: `${GUEST4}/24`, bootTimeoutMs: BOOT_TIMEOUT_MS, kernelArgs: MIGRATION_KERNEL_ARGS, ...extra };
 }
 
 async function bootChecked(t: ExecutionContext, ns: string, site: Site, opts: MigratingGuestOptions): Promise<GuestInstance> {
@@ -239,5 +258,39 @@ test.serial('vhost-tap: a guest on vhost-tap vhost-user migrates A → B and bac
     t.is(fdbPort(ns.name, opts.mac), siteA.tap, "the bridge moved the guest's MAC back to A's TAP");
     t.notRegex(siteA.cli.errors() + siteB.cli.errors(), /refused/, 'neither back end refused anything');
     await stop(r2.dst);
+  });
+});
+
+test.serial('proof that the migration test can fail: with the source back end marking no dirty pages (test hook VHOST_TAP_TEST_NO_DIRTY_LOG=1), the same A → B leg delivers data that differs from what the host sent, or breaks the guest', async (t) => {
+  t.timeout(1_200_000);
+  await withNetns(async (ns) => {
+    const bridge = ns.ifname();
+    const port = makeBridge(ns.name, bridge, [`${HOST4}/24`]);
+    const siteA = await vhostTapSite(ns, port, 'A', { VHOST_TAP_TEST_NO_DIRTY_LOG: '1' });
+    const siteB = await vhostTapSite(ns, port, 'B');
+    const opts = guestOptions({ guestAnnounce: false });
+    const live: GuestInstance[] = [];
+    ns.defer(() => live.forEach((g) => g.guest.killNow()));
+    const a = await bootChecked(t, ns.name, siteA, opts);
+    live.push(a);
+
+    const leg = { label: 'A → B without dirty logging (reader paused during the migration)', port: 5211, pauseReader: true };
+    let r: LegResult | undefined;
+    let broken: string | undefined;
+    try {
+      r = await migrateUnderTraffic(ns.name, a, siteB, opts, leg, PROOF_TRANSFER_TIMEOUT_MS);
+      live.push(r.dst);
+    } catch (e) {
+      broken = `the migration failed: ${(e as Error).message.split('\n')[0]}`;
+    }
+    // QEMU did ask for the log and the session switched it on: only the workers' marking was off.
+    t.regex(siteA.cli.errors(), /dirty-page logging on/, 'the source back end had logging switched on by QEMU');
+    if (r) {
+      logLeg(t, leg, r);
+      if (r.failure) broken = `the transfer did not finish: ${r.failureDetail}`;
+      else if (r.guestSha256 !== r.host?.sha256) t.log(`hash mismatch: the host sent ${r.host?.bytes} bytes with SHA-256 ${r.host?.sha256}, the guest received ${r.guestSha256}`);
+    }
+    if (broken) t.log(`broken guest: ${broken}`);
+    t.true(broken !== undefined || r?.guestSha256 !== r?.host?.sha256, 'without the dirty log the migration corrupted the data in flight or broke the guest');
   });
 });

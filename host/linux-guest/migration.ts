@@ -27,6 +27,11 @@ export const MIGRATION_GUEST = { cpus: 1, cpuModel: 'qemu64', memMiB: 256 } as c
 /** QEMU's own default (32 MiB/s in 7.2) would make a 256 MiB guest take seconds per pass; the stream is a local socket. */
 const MIGRATE_MAX_BANDWIDTH = 4 * 1024 * 1024 * 1024;
 const QUERY_MIGRATE_STEP_MS = 100;
+/**
+ * The console command that stops or resumes the guest's reader. Generous: once, under load 20
+ * on 2 cores, the guest just resumed on the destination did not answer it within 30 s.
+ */
+const PAUSE_COMMAND_TIMEOUT_MS = 120_000;
 
 /** One running QEMU of the migrating guest and its monitor. */
 export interface GuestInstance {
@@ -182,7 +187,7 @@ export async function startHostToGuest(guest: LinuxGuest, ns: string, addr: stri
     host,
     guestOn: async (g, ms) => (await g.waitFor((l) => l.startsWith(`${MARK.SINK} ${tag} `), ms, `TCP sink '${tag}' to finish`, true)).split(/\s+/)[2],
     // One sink runs at a time, so sha256sum names its reader.
-    pauseReader: async (g, paused) => void (await g.check(`kill -${paused ? 'STOP' : 'CONT'} $(pidof sha256sum)`, 30_000)),
+    pauseReader: async (g, paused) => void (await g.check(`kill -${paused ? 'STOP' : 'CONT'} $(pidof sha256sum)`, PAUSE_COMMAND_TIMEOUT_MS)),
   };
 }
 
