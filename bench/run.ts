@@ -640,7 +640,7 @@ export async function main(argv: string[]): Promise<number> {
     guest: g,
     dpdk,
     unavailable,
-    targets: [...targets(results, smallest, mach.syscalls, rounds), ...guestTargets(g, rounds), ...dpdkTargets(dpdk ?? [])],
+    targets: [...targets(results, smallest, mach.syscalls, rounds), ...guestTargets(g, rounds), ...dpdkTargets(dpdk ?? [], dpdkRounds, VERDICT_MIN_ROUNDS)],
   });
   const started = Date.now();
   /** Progress with an estimate of the time left, from the trials done so far. */

@@ -60,7 +60,7 @@ test('packed / split: one ratio per round from that round\'s pair, their median 
   );
   t.is(Number(split.vsDpdk!.frames.toFixed(3)), Number((1000 / 700).toFixed(3)));
 
-  const target = dpdkTargets([split, packed]).find((x) => x.name.includes('packed vs split'))!;
+  const target = dpdkTargets([split, packed], 5, 3).find((x) => x.name.includes('packed vs split'))!;
   t.is(target.measured, v.median);
   t.true(target.met);
   t.regex(target.note!, /rounds 0\.95–1\.10×, ratio of medians 1\.05×; DPDK's back end on the same driver: 1\.00×/);
@@ -78,15 +78,16 @@ test('packed / split: a round whose split trial moved nothing gives no ratio; a 
   t.is(v.rounds.length, 2);
   t.true(v.rounds.every(Number.isFinite));
   t.is(Number(v.median.toFixed(3)), 0.925);
-  const target = dpdkTargets(results).find((x) => x.name.includes('packed vs split'))!;
+  const target = dpdkTargets(results, 3, 3).find((x) => x.name.includes('packed vs split'))!;
   t.false(target.met);
+  t.is(dpdkTargets(results, 2, 3).find((x) => x.name.includes('packed vs split'))!.met, null, 'no verdict from 2 rounds');
   t.true(target.name.startsWith('DPDK virtio-user TAP → guest 64 B'));
 });
 
 test('packed / split: without a packed run (a back end that does not offer it) nothing is claimed', (t) => {
   const samples: DpdkRoundSamples = { split: { dpdk: [sample(700e3)] }, packed: { dpdk: [sample(700e3)] } };
   const results = dpdkResultsOf('tx', 64, 1, samples);
-  const target = dpdkTargets(results).find((x) => x.name.includes('packed vs split'))!;
+  const target = dpdkTargets(results, 1, 1).find((x) => x.name.includes('packed vs split'))!;
   t.is(target.measured, null);
   t.is(target.met, null);
 });
