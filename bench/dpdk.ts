@@ -345,7 +345,8 @@ export async function dpdkCase(
 export function dpdkTable(results: DpdkResult[]): string[] {
   const lines: string[] = [];
   lines.push('');
-  lines.push("DPDK virtio-user driver (dpdk-testpmd, one polling core) against vhost-tap and against DPDK's own back end (one polling core); back-end CPU = the whole back-end process.");
+  const rounds = Math.max(0, ...results.flatMap((r) => DPDK_BACKENDS.map((b) => r.backends[b]?.rounds.length ?? 0)));
+  lines.push(`DPDK virtio-user driver (dpdk-testpmd, one polling core) against vhost-tap and against DPDK's own back end (one polling core); medians of ${rounds} round(s); back-end CPU = the whole back-end process.`);
   const head = ['dir', 'size', 'ring', 'back end', 'frames/s', 'back end ns/f', 'vs DPDK', 'CPU vs DPDK'];
   const rows: string[][] = [head];
   for (const r of results) {

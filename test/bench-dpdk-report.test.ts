@@ -65,6 +65,7 @@ test('packed / split: one ratio per round from that round\'s pair, their median 
   t.true(target.met);
   t.regex(target.note!, /rounds 0\.95–1\.10×, ratio of medians 1\.05×; DPDK's back end on the same driver: 1\.00×/);
   const lines = dpdkTable([split, packed]).join('\n');
+  t.regex(lines, /medians of 5 round\(s\)/);
   t.regex(lines, /guest → TAP\s+1514 B\s+vhost-tap vhost-user 1\.05× \[0\.95–1\.10\] \(medians 1\.05×\)/);
 });
 
