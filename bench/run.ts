@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 
 import { Netns, requireRoot } from '../host/netns';
 import { CONTENDER_NAMES, CONTENDERS, Contender, DEFAULT_CONTENDERS, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
-import { dpdkCase, DpdkResult, dpdkTable, dpdkTargets } from './dpdk';
+import { DPDK_DEFAULT_ROUNDS, dpdkCase, DpdkResult, dpdkTable, dpdkTargets } from './dpdk';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { buildGuestImage, GUEST_BACKEND_NAMES, GUEST_BACKENDS, GuestBackend, guestBackendUnavailable, GuestDir, GuestRig, GuestSample, makeGuestRig, runGuestRound } from './guest';
 import { renderSvg } from './plot';
@@ -45,8 +45,10 @@ Cases:
   dpdk      DPDK's virtio-user driver (dpdk-testpmd, one polling core), split and packed
             ring, 64 and 1514 B, guest → TAP (txonly) and TAP → guest (rxonly), against
             vhost-tap vhost-user and against DPDK's own back end (vhost PMD → TAP PMD, one
-            polling core); frames/s and back-end CPU per frame. Not in the default list:
-            DPDK polls two cores for the whole case.
+            polling core); frames/s and back-end CPU per frame, and packed / split per
+            round (each back end's two layouts back to back, which goes first alternating).
+            5 rounds unless --rounds says. Not in the default list: DPDK polls two cores
+            for the whole case.
   tx and rx run with 1 queue pair at every size and with every other --queues
   count at the smallest size (the queue-scaling comparison).
 
@@ -538,6 +540,7 @@ export async function main(argv: string[]): Promise<number> {
   if (!(duration > 0 && duration <= 600)) throw new BenchUsageError('--duration must be a number of seconds in (0, 600]');
   const warmupMs = nums('warmup', o.warmup as string | undefined, '300')[0];
   const rounds = nums('rounds', o.rounds as string | undefined, '3')[0];
+  const dpdkRounds = o.rounds === undefined ? DPDK_DEFAULT_ROUNDS : rounds;
   const sizes = nums('sizes', o.sizes as string | undefined, '64,512,1514');
   for (const s of sizes) if (s < 60 || s > 1514) throw new BenchUsageError(`--sizes: ${s} is outside 60..1514 (super-frames are the *-gso cases)`);
   const queues = nums('queues', o.queues as string | undefined, '1,2');
@@ -630,14 +633,14 @@ export async function main(argv: string[]): Promise<number> {
   let io: string | null = null;
   const makeReport = (g: BenchReport['guest']): BenchReport => ({
     machine: { ...mach, loadavgAfter: os.loadavg() },
-    options: { duration, warmupMs, rounds, sizes, queues, cases, contenders, ringSize, flows: FLOWS, txqueuelen: env.txqlen, ...(g ? { guestBytes, guestBackends, guestQueues } : {}) },
+    options: { duration, warmupMs, rounds, sizes, queues, cases, contenders, ringSize, flows: FLOWS, txqueuelen: env.txqlen, ...(g ? { guestBytes, guestBackends, guestQueues } : {}), ...(cases.includes('dpdk') ? { dpdkRounds } : {}) },
     io,
     results,
     tcp,
     guest: g,
     dpdk,
     unavailable,
-    targets: [...targets(results, smallest, mach.syscalls, rounds), ...guestTargets(g, rounds), ...dpdkTargets(dpdk ?? [])],
+    targets: [...targets(results, smallest, mach.syscalls, rounds), ...guestTargets(g, rounds), ...dpdkTargets(dpdk ?? [], dpdkRounds, VERDICT_MIN_ROUNDS)],
   });
   const started = Date.now();
   /** Progress with an estimate of the time left, from the trials done so far. */
@@ -730,7 +733,7 @@ export async function main(argv: string[]): Promise<number> {
         fs.writeFileSync(file, recs.data);
         return { dir, gso: false, queues: 1, recs, file };
       };
-      dpdk = await dpdkCase(env, rounds, trialFor, (what) => progress(`[${done}/${total}] ${what}`), unavailable);
+      dpdk = await dpdkCase(env, dpdkRounds, trialFor, (what) => progress(`[${done}/${total}] ${what}`), unavailable);
     }
     progress('done');
     if (process.stderr.isTTY) process.stderr.write('\n');

@@ -17,10 +17,9 @@ namespace {
 
 using namespace ring_access;  // NOLINT: Fmt, Load16/Store16/Store32, kMaxIndirectEntries
 
-// Packed descriptor fields (§2.8.13).
-constexpr uint32_t kOffLen = 8;
-constexpr uint32_t kOffId = 12;
-constexpr uint32_t kOffFlags = 14;
+using packed_desc::kOffFlags;
+using packed_desc::kOffId;
+using packed_desc::kOffLen;
 // Event suppression area fields (§2.8.14).
 constexpr uint32_t kOffOffWrap = 0;
 constexpr uint32_t kOffEventFlags = 2;
@@ -321,7 +320,7 @@ void PackedQueue::UndoPop(uint16_t n) {
   }
 }
 
-bool PackedQueue::ReadChain(uint16_t token, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out,
+__attribute__((always_inline)) inline bool PackedQueue::ReadChain(uint16_t token, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out,
                             Violation* v) {
   // One look at the slot for both the walk and the id.
   const Slot s = token < slots_.size() ? slots_[token] : Slot{0, 0, 0, 0};

@@ -763,6 +763,42 @@ CASE(packed_rules_each_stop_the_queue_with_their_name) {
   }
 }
 
+// The walker's inline path takes a ring descriptor whose buffer lies in one
+// region; one that crosses into the next region goes the long way, and the
+// chain still comes out whole and in order.
+CASE(packed_buffer_across_regions_becomes_several_iovecs) {
+  Mem m;
+  m.Add(0, 0x10000);
+  m.Add(0x10000, 0x10000);  // adjacent
+  m.Add(0x100000000ull, 0x10000);  // 4 GiB, after a hole
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 4);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  // In one region, then across the boundary, then after the hole.
+  d.Post({{0x8000, 12, 0}, {0x10000 - 6, 20, 0}, {0x100000000ull + 64, 100, 0}}, 2);
+  uint16_t token = 0;
+  Chain c;
+  CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+  CHECK(q.ReadTxChain(token, 12, &c, &v));
+  CHECK_EQ(c.head, 2);
+  CHECK_EQ(c.iov.size(), 4u);
+  CHECK_EQ(c.bytes, 132u);
+  if (c.iov.size() == 4u) {
+    CHECK(c.iov[0].iov_base == m.At(0x8000) && c.iov[0].iov_len == 12);
+    CHECK(c.iov[1].iov_base == m.At(0x10000 - 6) && c.iov[1].iov_len == 6);
+    CHECK(c.iov[2].iov_base == m.At(0x10000) && c.iov[2].iov_len == 14);
+    CHECK(c.iov[3].iov_base == t.Contiguous(0x100000000ull + 64, 100) && c.iov[3].iov_len == 100);
+  }
+  // Into the hole after the last region: refused by its rule, not read.
+  d.Post({{0x8000, 12, 0}, {0x100000000ull + 0x10000 - 8, 64, 0}}, 0);
+  CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+  CHECK(!q.ReadTxChain(token, 12, &c, &v));
+  CHECK_RULE(v, "desc-out-of-bounds");
+}
+
 CASE(packed_indirect_table_is_read_in_order) {
   Mem m;
   m.Add(0, 0x10000);
