@@ -55,6 +55,7 @@ test('usage errors: exit 2, one line, in the CLI flag names', (t) => {
     [['vhost-user', '--socket', '/tmp/vtx.sock'], /^vhost-tap: --tap NAME is required/],
     [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--queues', '0'], /--queues must be from 1 to 256/],
     [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--offloads', 'guest-tso4'], /--offloads: offload 'guest-tso4' needs 'guest-csum'/],
+    [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--offloads', 'csum,tso4,tso6,uso,udp-tunnel'], /--offloads: udp-tunnel and guest-udp-tunnel cannot be offered over vhost-user/],
     [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--io', 'epoll'], /--io must be 'auto' or 'readv'/],
     [['vhost-user', '--socket', '/tmp/vtx.sock', '--tap', 'vtx', '--mtu', '65536'], /--mtu must be from 68 to 65535, got 65536/],
     [['vhost-user', '--socket', `/tmp/${'x'.repeat(120)}.sock`, '--tap', 'vtx'], /--socket: .* longer than the 107 bytes/],
