@@ -216,10 +216,14 @@ function run(cfg: PairConfig): void {
         const inner = tunnel.decapsulate(rxU8, f.off[0], f.partLen[0], f.len, f.hdr.gsoType);
         if (inner >= 0) {
           // A tunnel super-frame is one big inner segment, read in place like a plain one.
+          // DATA_VALID says a checksum was validated, not which layers' (tun sets it for
+          // CHECKSUM_UNNECESSARY, whose csum_level may cover only the outer UDP header): the
+          // inner checksum is trusted only when left partial (NEEDS_CSUM), else verified.
+          const innerTrusted = (f.hdr.flags & HDR.F_NEEDS_CSUM) !== 0;
           const skip = inner - f.off[0];
-          if (innerTcp!.input(now, rxU8, inner, f.partLen[0] - skip, trusted, frags.n > 0 ? frags : null)) continue;
+          if (innerTcp!.input(now, rxU8, inner, f.partLen[0] - skip, innerTrusted, frags.n > 0 ? frags : null)) continue;
           const whole = f.parts === 1 ? rxViews.view(f.off[0], f.len) : qp.frameBytes(f, scratch);
-          innerResponder!.handle(whole.subarray(skip), tunnel.out, trusted ? 'trust' : 'verify');
+          innerResponder!.handle(whole.subarray(skip), tunnel.out, innerTrusted ? 'trust' : 'verify');
           continue;
         }
       }
