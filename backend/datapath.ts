@@ -34,6 +34,9 @@ export interface QueueStats {
   reordered: number;
   /** Chains kept back because the I/O mechanism failed unconfirmed (see NativeQueueStats.withheld); normally 0. */
   withheld: number;
+  /** UDP tunnel super-frames (a tunnel gso_type) moved, and their bytes (see NativeQueueStats). */
+  udpTunnelGsoPackets: number;
+  udpTunnelGsoBytes: number;
   /**
    * Chains returned to the guest in the used ring. TX: each is one frame, so
    * usedChains = packets + the sum of drops. RX: a mergeable frame may take several.
@@ -58,6 +61,8 @@ export interface DeviceStats {
    * switched by GUEST_OFFLOADS_SET), `host` it may send them (HOST_UDP_TUNNEL_GSO).
    */
   udpTunnelGso: { kernel: boolean; guest: boolean; host: boolean; why?: string };
+  /** UDP tunnel super-frames moved, all queues: `rx` TAP → guest, `tx` guest → TAP (frames, bytes). */
+  udpTunnelGsoFrames: { rx: { frames: number; bytes: number }; tx: { frames: number; bytes: number } };
 }
 
 /** One virtqueue as an engine runs it: where it lives, its eventfds, where to resume (always given here). */
@@ -695,10 +700,16 @@ export class TapDataPath {
       for (const v of Object.values(q.drops)) totals.drops += v;
     }
     const filtered = queues.reduce((n, q) => n + (q.drops.rx_filtered ?? 0), 0);
+    const udpTunnelGsoFrames = { rx: { frames: 0, bytes: 0 }, tx: { frames: 0, bytes: 0 } };
+    for (const q of queues) {
+      if (q.kind === 'ctrl') continue;
+      udpTunnelGsoFrames[q.kind].frames += q.udpTunnelGsoPackets;
+      udpTunnelGsoFrames[q.kind].bytes += q.udpTunnelGsoBytes;
+    }
     const kernel = has(this.offloads, 'GUEST_UDP_TUNNEL_GSO') || has(this.offloads, 'HOST_UDP_TUNNEL_GSO');
     const udpTunnelGso: DeviceStats['udpTunnelGso'] = { kernel, guest: has(this.guestOffloads, 'GUEST_UDP_TUNNEL_GSO'), host: has(this.features, 'HOST_UDP_TUNNEL_GSO') };
     if (!kernel) udpTunnelGso.why = this.caps.missing.find((m) => m.feature === 'GUEST_UDP_TUNNEL_GSO')?.reason ?? 'not probed';
-    return { queues, io: this.lastIo, filtered, totals, udpTunnelGso };
+    return { queues, io: this.lastIo, filtered, totals, udpTunnelGso, udpTunnelGsoFrames };
   }
 
   /** Stops the engines and closes the TAP queues: the TAP goes with the last one. */
@@ -768,6 +779,8 @@ export class TapDataPath {
       tapFull: (old?.tapFull ?? 0) + (live?.tapFull ?? 0),
       reordered: (old?.reordered ?? 0) + (live?.reordered ?? 0),
       withheld: (old?.withheld ?? 0) + (live?.withheld ?? 0),
+      udpTunnelGsoPackets: (old?.udpTunnelGsoPackets ?? 0) + (live?.udpTunnelGsoPackets ?? 0),
+      udpTunnelGsoBytes: (old?.udpTunnelGsoBytes ?? 0) + (live?.udpTunnelGsoBytes ?? 0),
       usedChains: (old?.usedChains ?? 0) + (live?.usedChains ?? 0),
       drops,
       broken: live?.broken ?? false,

@@ -104,6 +104,8 @@ export function prometheusText(s: MetricsSnapshot): string {
   perQueue('kicks_total', 'Notifications from the guest the device took (kick eventfd reads).', (q) => q.kicks);
   perQueue('tap_full_total', 'TX writes the TAP refused for lack of room (sent again later, in order).', (q) => q.tapFull, 'tx');
   perQueue('reordered_total', 'TX frames that overtook an earlier one because the TAP sndbuf shrank mid-batch.', (q) => q.reordered, 'tx');
+  perQueue('udp_tunnel_gso_frames_total', 'VXLAN/GENEVE super-frames moved (a UDP tunnel gso_type; part of frames_total).', (q) => q.udpTunnelGsoPackets);
+  perQueue('udp_tunnel_gso_bytes_total', 'Bytes of those UDP tunnel super-frames (virtio_net_hdr excluded).', (q) => q.udpTunnelGsoBytes);
   perQueue('withheld_total', 'Chains kept back because the I/O mechanism failed unconfirmed (normally 0).', (q) => q.withheld);
   const drops: [Record<string, string>, number][] = [];
   for (const q of qs) {

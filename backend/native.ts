@@ -43,6 +43,13 @@ export interface NativeQueueStats {
    */
   withheld: number;
   /**
+   * GSO over UDP tunnels: frames moved (part of packets) whose gso_type had a UDP tunnel bit,
+   * i.e. VXLAN/GENEVE super-frames (TX: from the guest; RX: from the TAP), and their bytes
+   * (virtio_net_hdr excluded). Always 0 without the 24-byte header.
+   */
+  udpTunnelGsoPackets: number;
+  udpTunnelGsoBytes: number;
+  /**
    * Dropped frames by reason; every drop has a named counter. Keys are stable snake_case names.
    * RX: 'rx_truncated', 'rx_runt', 'tap_read_error', 'rx_pair_detached' (still queued in the TAP
    * when stop(true) ran before its queue was detached and the guest had no buffers for them;

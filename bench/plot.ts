@@ -80,7 +80,7 @@ export function renderSvg(report: BenchReport): string {
   }));
   const gbpsGroups: Group[] = [
     ...one.map((r) => ({ label: `${r.dir.toUpperCase()} ${r.gso ? '64K' : r.size}`, values: pick((k) => r.contenders[k as 'vhost']?.median.gbps) })),
-    ...(report.tcp ?? []).map((r) => ({ label: `TCP ${r.dir}`, values: pick((k) => r.contenders[k as 'vhost']?.median.gbps) })),
+    ...(report.tcp ?? []).map((r) => ({ label: r.tunnelGso === undefined ? `TCP ${r.dir}` : r.case, values: pick((k) => r.contenders[k as 'vhost']?.median.gbps) })),
   ];
   const W = 1100;
   const H = 320;

@@ -37,6 +37,11 @@ Cases:
   rx-gso    TAP → guest 64 KB TCPv4 GSO frames (GUEST_TSO4)
   tcp-h2g   host kernel TCP → guest-sim's TCP discard (port 9) through vhost-tap
   tcp-g2h   guest-sim's TCP source (port 19) → host kernel TCP through vhost-tap
+  vxlan-h2g, vxlan-g2h
+            the same TCP inside VXLAN (guest-sim terminates the tunnel, the namespace
+            has a vxlan device over the TAP), each with the UDP tunnel GSO features
+            (tunnel super-frames both ways) and without them (MTU-sized segments);
+            the report gives the offload's gain (vhost contender only)
             (vhost-tap contenders only: the baselines have no guest TCP stack)
   guest     a real Linux guest under QEMU (TCG), booted per round for each back end:
             vhost-tap over vhost-user, QEMU's own -netdev tap, and tap,vhost=on where
@@ -58,7 +63,8 @@ Options:
   --rounds N       rounds; contenders alternate within each (default 3)
   --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514)
   --queues LIST    queue pair counts (default 1,2)
-  --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h; also: guest)
+  --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h,vxlan-h2g,vxlan-g2h;
+                   also: guest, dpdk)
   --contenders L   vhost,vhost-readv,vhost-sqpoll,vhost-coal,c,c-uring,node
                    (default all but vhost-sqpoll; vhost = io_uring batching,
                    vhost-readv = the same device with io: 'readv', vhost-sqpoll =
@@ -75,7 +81,7 @@ Options:
   --plot FILE.svg  write a chart of frames/s and Gbps by size
   -h, --help       this help`;
 
-const DEFAULT_CASES = ['tx', 'rx', 'tx-gso', 'rx-gso', 'tcp-h2g', 'tcp-g2h'];
+const DEFAULT_CASES = ['tx', 'rx', 'tx-gso', 'rx-gso', 'tcp-h2g', 'tcp-g2h', 'vxlan-h2g', 'vxlan-g2h'];
 const ALL_CASES = [...DEFAULT_CASES, 'guest', 'dpdk'];
 const FLOWS = 64;
 /**
@@ -142,6 +148,10 @@ export interface TcpMedian {
 export interface TcpResult {
   case: string;
   dir: TcpDir;
+  /** Overlay cases (vxlan-*): whether the UDP tunnel GSO features were negotiated. */
+  tunnelGso?: boolean;
+  /** Overlay with the tunnel offload: its Gbps over the same case's without it (issue 20's target: ≥ 2). */
+  tunnelGsoGain?: number;
   contenders: Partial<Record<Contender, { median: TcpMedian; rounds: TcpSample[] }>>;
 }
 
@@ -384,6 +394,8 @@ export function table(r: BenchReport): string {
       lines.push(row.map((x, j) => (j >= 2 ? x.padStart(tw[j]) : x.padEnd(tw[j]))).join('  '));
       if (i === 0) lines.push(tw.map((n) => '-'.repeat(n)).join('  '));
     }
+    const gains = r.tcp.filter((c) => c.tunnelGsoGain !== undefined);
+    if (gains.length) lines.push(`Overlay (VXLAN): UDP tunnel GSO vs none: ${gains.map((c) => `${c.dir} ${c.tunnelGsoGain!.toFixed(2)}×`).join(', ')} (target ≥ 2×)`);
   }
   if (r.guest) {
     const g = r.guest;
@@ -579,6 +591,9 @@ export async function main(argv: string[]): Promise<number> {
       for (const q of qs) if (q !== 1) specs.push({ id: `${c}-${smallest}-q${q}`, case: c, dir: c, gso: false, size: smallest, queues: q });
     } else if (c === 'tx-gso' || c === 'rx-gso') {
       specs.push({ id: `${c}-q1`, case: c, dir: c === 'tx-gso' ? 'tx' : 'rx', gso: true, size: GSO_FRAME_LEN, queues: 1 });
+    } else if (c === 'vxlan-h2g' || c === 'vxlan-g2h') {
+      if (contenders.includes('vhost')) tcpCases.push(c);
+      else unavailable.push({ case: c, reason: 'the overlay cases run the vhost contender only' });
     } else if (c === 'guest' || c === 'dpdk') {
       // Handled after the frame and TCP cases.
     } else if (!contenders.some((k) => k === 'vhost' || k === 'vhost-readv')) {
@@ -659,7 +674,9 @@ export async function main(argv: string[]): Promise<number> {
     // The coalescing guest asks for RX interrupt coalescing only: it runs the RX cases.
     const runsCase = (k: Contender, spec: CaseSpec): boolean => k !== 'vhost-coal' || spec.dir === 'rx';
     const frameTrials = specs.reduce((n, spec) => n + contenders.filter((k) => runsCase(k, spec)).length, 0);
-    total = frameTrials * rounds + tcpCases.length * rounds * tcpContenders.length + runnableGuest.length * rounds;
+    // An overlay case runs twice per round: with and without the tunnel offload.
+    const tcpTrials = tcpCases.reduce((n, c) => n + (c.startsWith('vxlan-') ? 2 : tcpContenders.length), 0);
+    total = frameTrials * rounds + tcpTrials * rounds + runnableGuest.length * rounds;
     for (const spec of specs) {
       const recs = buildRecords(spec.size, spec.gso, FLOWS, spec.dir);
       const file = path.join(outDir, `frames-${spec.dir}-${spec.gso ? 'gso' : spec.size}.bin`);
@@ -708,7 +725,24 @@ export async function main(argv: string[]): Promise<number> {
       if (spec.dir === 'rx' && samples.c) res.cSourceLimited = samples.c.every((x) => (x.source?.drops ?? 0) === 0);
       results.push(res);
     }
-    for (const c of tcpCases) {
+    for (const c of tcpCases.filter((x) => x.startsWith('vxlan-'))) {
+      const dir: TcpDir = c === 'vxlan-h2g' ? 'h2g' : 'g2h';
+      const samples: Record<'on' | 'off', TcpSample[]> = { on: [], off: [] };
+      for (let r = 0; r < rounds; r++) {
+        // Alternate which goes first, as the contenders do.
+        for (const v of r % 2 === 0 ? (['on', 'off'] as const) : (['off', 'on'] as const)) {
+          step(`${c} tunnel gso ${v} round ${r + 1}/${rounds}`);
+          const s = await runTcp(env, dir, 'auto', { tunnelGso: v === 'on' });
+          if (s.bytes <= 0) throw new Error(`${c} tunnel gso ${v}: no TCP payload moved in the measured window`);
+          samples[v].push(s);
+        }
+      }
+      const on: TcpResult = { case: `${c} tunnel-gso`, dir, tunnelGso: true, contenders: { vhost: { median: summarizeTcp(samples.on), rounds: samples.on } } };
+      const off: TcpResult = { case: `${c} no-offload`, dir, tunnelGso: false, contenders: { vhost: { median: summarizeTcp(samples.off), rounds: samples.off } } };
+      on.tunnelGsoGain = on.contenders.vhost!.median.gbps / off.contenders.vhost!.median.gbps;
+      tcp.push(on, off);
+    }
+    for (const c of tcpCases.filter((x) => !x.startsWith('vxlan-'))) {
       const dir: TcpDir = c === 'tcp-h2g' ? 'h2g' : 'g2h';
       const samples: Partial<Record<Contender, TcpSample[]>> = {};
       for (let r = 0; r < rounds; r++) {

@@ -4,12 +4,16 @@
 // with `ip netns exec`). tcp-h2g: the peer sends to the guest's discard port
 // 9; tcp-g2h: the peer reads from the guest's source port 19. Only vhost-tap
 // contenders run here: the C and Node loops have no guest TCP stack behind
-// them, so there is no baseline to race.
+// them, so there is no baseline to race. The overlay variants (vxlan-h2g,
+// vxlan-g2h) run the same TCP inside VXLAN: guest-sim terminates the tunnel
+// (guest-sim/tunnel.ts) and the namespace's kernel has a vxlan device over the
+// TAP's address; with the UDP tunnel GSO features the flow crosses the TAP in
+// tunnel super-frames, without them in MTU-sized encapsulated segments.
 
 import { ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 
-import { GuestSim } from '../guest-sim/guest';
+import { GuestSim, GUEST_SUPPORTED } from '../guest-sim/guest';
 import { cpuOf, Env, ipNs, signalChild, tids } from './contenders';
 
 export type TcpDir = 'h2g' | 'g2h';
@@ -32,6 +36,16 @@ export interface TcpSample {
 
 const HOST4 = '10.203.9.1';
 const GUEST4 = '10.203.9.2';
+// The overlay: the inner addresses of the kernel's vxlan device and of guest-sim's endpoint.
+const INNER_HOST4 = '10.204.9.1';
+const INNER_GUEST4 = '10.204.9.2';
+const VNI = 909;
+const VXLAN_DEV = 'vtbvx0';
+
+/** An overlay run: TCP inside VXLAN, with or without the UDP tunnel GSO features (65..67). */
+export interface Overlay {
+  tunnelGso: boolean;
+}
 // The source service sends this much per connection: more than any window moves.
 const SOURCE_BYTES = 2 ** 40;
 
@@ -118,13 +132,30 @@ function lines(child: ChildProcess): { next(timeoutMs: number): Promise<string> 
   };
 }
 
-export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv'): Promise<TcpSample> {
+export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv', overlay?: Overlay): Promise<TcpSample> {
   const before = tids();
-  const guest = await GuestSim.start({ tap: env.tap, netns: env.ns, queuePairs: 1, ip4: `${GUEST4}/24`, sourceBytes: SOURCE_BYTES, queueSize: env.ringSize, io });
+  const guest = await GuestSim.start({
+    tap: env.tap,
+    netns: env.ns,
+    queuePairs: 1,
+    ip4: `${GUEST4}/24`,
+    sourceBytes: SOURCE_BYTES,
+    queueSize: env.ringSize,
+    io,
+    ...(overlay ? { tunnel: { kind: 'vxlan' as const, vni: VNI, ip4: `${INNER_GUEST4}/24` }, features: overlay.tunnelGso ? undefined : GUEST_SUPPORTED } : {}),
+  });
   let child: ChildProcess | undefined;
   let err = '';
+  const peerAddr = overlay ? INNER_GUEST4 : GUEST4;
   try {
     ipNs(env, 'addr', 'add', `${HOST4}/24`, 'dev', env.tap);
+    if (overlay) {
+      const u = guest.device.stats().udpTunnelGso;
+      if (overlay.tunnelGso && !(u.guest && u.host)) throw new Error(`the UDP tunnel GSO features were not negotiated: ${JSON.stringify(u)}`);
+      ipNs(env, 'link', 'add', VXLAN_DEV, 'type', 'vxlan', 'id', String(VNI), 'local', HOST4, 'remote', GUEST4, 'dstport', '4789', 'dev', env.tap);
+      ipNs(env, 'addr', 'add', `${INNER_HOST4}/24`, 'dev', VXLAN_DEV);
+      ipNs(env, 'link', 'set', VXLAN_DEV, 'up');
+    }
     // The engine thread names itself vt-pair0 first thing it runs, which may be a moment after
     // it exists on a busy machine; the other new threads are the guest's Worker.
     let fresh: number[] = [];
@@ -136,7 +167,7 @@ export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv'): Promi
     }
     const guestT = fresh.filter((x) => !engine.includes(x));
     if (engine.length !== 1) throw new Error(`expected one engine thread, found ${engine.length}`);
-    child = spawn('ip', ['netns', 'exec', env.ns, process.execPath, '-e', PEER, dir, GUEST4], { stdio: ['pipe', 'pipe', 'pipe'] });
+    child = spawn('ip', ['netns', 'exec', env.ns, process.execPath, '-e', PEER, dir, peerAddr], { stdio: ['pipe', 'pipe', 'pipe'] });
     env.children.add(child);
     child.stderr!.on('data', (d) => (err += d));
     const out = lines(child);
@@ -179,6 +210,13 @@ export async function runTcp(env: Env, dir: TcpDir, io: 'auto' | 'readv'): Promi
       signalChild(c, 'SIGKILL');
       await exited;
       env.children.delete(c);
+    }
+    if (overlay) {
+      try {
+        ipNs(env, 'link', 'del', VXLAN_DEV);
+      } catch {
+        // Not made (the run failed before), or gone with the TAP it was bound to.
+      }
     }
     await guest.stop();
   }

@@ -3,7 +3,7 @@
 // tears down cleanly; the work is in GuestSim.
 
 import { CTRL, type DeviceStats, featureNames, has, TUN } from '../backend';
-import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads, pinWorkerNurseries } from '../guest-sim/guest';
+import { DiscardEvent, GuestSim, OFFLOAD_NAMES, parseOffloads, pinWorkerNurseries, type TunnelOptions } from '../guest-sim/guest';
 import { parseIPv4, parseIPv6 } from '../guest-sim/packets';
 import { Netns, requireRoot } from '../host/netns';
 import { cidr, int, intIn, parse, UsageError } from './args';
@@ -34,6 +34,13 @@ Options:
                       Default: every one the device offers. tso4, tso6 and uso need
                       csum; guest-tso*/guest-uso* need guest-csum.
   --source-bytes N    bytes the TCP source (port 19) sends per connection (default 1073741824)
+  --vxlan VNI,ADDR/PREFIX[,ADDR6/PREFIX]
+                      also be a VXLAN endpoint (UDP 4789) over --ip: the same services,
+                      ping and ARP/ND on these inner addresses (inner MTU = --mtu - 50).
+                      With udp-tunnel / guest-udp-tunnel (taken by default when the
+                      kernel has them) TCP crosses the TAP as tunnel super-frames
+  --geneve VNI,ADDR/PREFIX[,ADDR6/PREFIX]
+                      the same over GENEVE (UDP 6081)
   --rx-coalesce P,U   the guest asks the device for RX interrupt coalescing
                       (NOTF_COAL): one interrupt per P packets or U microseconds
                       after the first, whichever comes first (as Linux's
@@ -103,11 +110,32 @@ export function printStats(s: Awaited<ReturnType<GuestSim['stop']>>, json: boole
   }
   const t = s.device.totals;
   console.log(`device: rx ${t.rxPackets} frames ${t.rxBytes} B, tx ${t.txPackets} frames ${t.txBytes} B, drops ${t.drops}, io ${s.device.io}`);
+  const u = s.device.udpTunnelGsoFrames;
+  if (u.rx.frames + u.tx.frames > 0) console.log(`  udp tunnel super-frames: rx ${u.rx.frames} frames ${u.rx.bytes} B, tx ${u.tx.frames} frames ${u.tx.bytes} B`);
   for (const q of s.device.queues) {
     const drops = Object.entries(q.drops).filter(([, v]) => v > 0).map(([k, v]) => `${k}=${v}`).join(' ');
     console.log(`  queue ${q.index} ${q.kind}: ${q.packets} frames ${q.bytes} B, ${q.interrupts} interrupts, ${q.kicks} kicks${drops ? `, drops ${drops}` : ''}${q.broken ? ', BROKEN' : ''}`);
   }
   s.pairs.forEach((p, i) => console.log(`  guest pair ${i}: rx ${p.rxFrames} frames, tx ${p.txFrames} frames, wakeups ${p.wakeups}`));
+}
+
+/** --vxlan / --geneve VNI,ADDR/PREFIX[,ADDR6/PREFIX]: guest-sim's tunnel endpoint. */
+function tunnelOption(vxlan: string | undefined, geneve: string | undefined, ip4: string | undefined): TunnelOptions | undefined {
+  if (vxlan !== undefined && geneve !== undefined) throw new UsageError('--vxlan and --geneve: one tunnel at a time');
+  const v = vxlan ?? geneve;
+  if (v === undefined) return undefined;
+  const kind = vxlan !== undefined ? 'vxlan' : 'geneve';
+  if (ip4 === undefined) throw new UsageError(`--${kind} needs --ip: the tunnel runs over the guest's IPv4 address`);
+  const [vniText, ...addrs] = v.split(',');
+  const vni = Number(vniText);
+  if (!/^\d+$/.test(vniText) || vni > 0xffffff) throw new UsageError(`--${kind}: VNI '${vniText}' must be an integer from 0 to 16777215`);
+  const t: TunnelOptions = { kind, vni };
+  for (const a of addrs) {
+    if (a.includes(':')) t.ip6 = cidr(kind, a, 6, parseIPv6);
+    else t.ip4 = cidr(kind, a, 4, parseIPv4);
+  }
+  if (!t.ip4 && !t.ip6) throw new UsageError(`--${kind}: give the inner address, e.g. --${kind} 42,10.10.0.2/24`);
+  return t;
 }
 
 export async function cmdRun(argv: string[]): Promise<number> {
@@ -121,6 +149,8 @@ export async function cmdRun(argv: string[]): Promise<number> {
     mtu: { type: 'string' },
     offloads: { type: 'string' },
     'source-bytes': { type: 'string' },
+    vxlan: { type: 'string' },
+    geneve: { type: 'string' },
     pcap: { type: 'string' },
     sqpoll: { type: 'boolean' },
     packed: { type: 'boolean' },
@@ -154,6 +184,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
     }
   }
   const sourceBytes = int('source-bytes', o['source-bytes'], 1 << 30);
+  const tunnel = tunnelOption(o.vxlan as string | undefined, o.geneve as string | undefined, ip4);
   const coalesce = (['rx', 'tx'] as const).flatMap((q) => {
     const v = o[`${q}-coalesce`];
     return v === undefined ? [] : [{ q, ...coalescing(`${q}-coalesce`, String(v)) }];
@@ -186,6 +217,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
       mtu,
       features,
       sourceBytes,
+      tunnel,
       pcap: o.pcap as string | undefined,
       sqpoll: o.sqpoll === true,
       packed: o.packed === true,
@@ -223,7 +255,7 @@ export async function cmdRun(argv: string[]): Promise<number> {
   const where = o.netns ? ` in netns ${o.netns}` : '';
   const coalesced = coalesce.map((c) => `, ${c.q} coalescing ${c.maxPackets} packets / ${c.maxUsecs} us`).join('');
   const scrape = metrics ? `, metrics on ${metricsUrl(metrics.address)}` : '';
-  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}, ${has(guest.features, 'RING_PACKED') ? 'packed' : 'split'} rings${has(guest.features, 'IN_ORDER') ? ', in-order' : ''}, ${udpTunnelNote(guest.device.stats().udpTunnelGso)}${coalesced}${scrape}`);
+  console.log(`ready: tap ${guest.device.tapName}${where}${o.pcap ? `, capturing to ${o.pcap}` : ''}, guest mac ${guest.mac}${o.ip ? `, ip ${o.ip}` : ''}${o.ip6 ? `, ip6 ${o.ip6}` : ''}, ${guest.device.activeQueuePairs} queue pair(s), offloads ${offloadList(guest.features)}, ${has(guest.features, 'RING_PACKED') ? 'packed' : 'split'} rings${has(guest.features, 'IN_ORDER') ? ', in-order' : ''}, ${udpTunnelNote(guest.device.stats().udpTunnelGso)}${tunnel ? `, ${tunnel.kind} vni ${tunnel.vni} inner ${[tunnel.ip4, tunnel.ip6].filter(Boolean).join(' ')}` : ''}${coalesced}${scrape}`);
   const sig = await waitForSignal(failed);
   await metrics?.close();
   const s = await guest.stop();

@@ -31,7 +31,7 @@ Options:
   --queues N          queue pairs (default 1); more than 1 offers multiqueue (MQ)
   --mtu N             MTU of the TAP (default 1500); give the guest's (QEMU: host_mtu=N)
   --offloads LIST     offloads offered: 'none', or a comma-separated list of
-                      ${Object.keys(OFFLOAD_NAMES).join(', ')}.
+                      ${Object.keys(OFFLOAD_NAMES).filter((n) => !n.endsWith('udp-tunnel')).join(', ')}.
                       Default: every one this kernel's TAP takes.
   --client            connect to PATH instead of listening on it
   --socket-mode MODE  permission bits of the socket file, octal (e.g. 0660; default
@@ -149,7 +149,10 @@ export async function cmdVhostUser(argv: string[]): Promise<number> {
   let features: bigint | undefined;
   if (o.offloads !== undefined) {
     try {
-      features = ~ALL_OFFLOADS | (parseOffloads(String(o.offloads)) & OFFLOAD_MASK);
+      const asked = parseOffloads(String(o.offloads)) & OFFLOAD_MASK;
+      // Features 65..67: vhost-user's GET/SET_FEATURES carry 64 bits.
+      if ((asked & (OFFLOAD_NAMES['udp-tunnel'] | OFFLOAD_NAMES['guest-udp-tunnel'])) !== 0n) throw new RangeError("udp-tunnel and guest-udp-tunnel cannot be offered over vhost-user (its features are 64 bits)");
+      features = ~ALL_OFFLOADS | asked;
     } catch (e) {
       throw new UsageError(`--offloads: ${(e as Error).message}`);
     }

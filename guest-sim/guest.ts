@@ -62,6 +62,13 @@ export const GUEST_SUPPORTED: bigint = bits(
   'GUEST_USO6',
 );
 
+/**
+ * GSO over UDP tunnels (features 65..67), taken only by a guest that terminates a tunnel
+ * (GuestOptions.tunnel): with them every frame carries the 24-byte header. Not
+ * HOST_UDP_TUNNEL_GSO_CSUM: guest-sim's outer UDP checksum is 0 (tunnel.ts).
+ */
+export const TUNNEL_SUPPORTED: bigint = bits('HOST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM');
+
 /** `--offloads` names → feature bits (what each lets the guest negotiate). */
 export const OFFLOAD_NAMES: Readonly<Record<string, bigint>> = {
   csum: bits('CSUM'),
@@ -74,6 +81,9 @@ export const OFFLOAD_NAMES: Readonly<Record<string, bigint>> = {
   'guest-ecn': bits('GUEST_ECN'),
   'guest-uso4': bits('GUEST_USO4'),
   'guest-uso6': bits('GUEST_USO6'),
+  // Only with a tunnel endpoint (--vxlan/--geneve); they need every plain GSO offload of their direction.
+  'udp-tunnel': bits('HOST_UDP_TUNNEL_GSO'),
+  'guest-udp-tunnel': bits('GUEST_UDP_TUNNEL_GSO', 'GUEST_UDP_TUNNEL_GSO_CSUM'),
 };
 
 /** Every offload bit guest-sim may negotiate. */
@@ -97,8 +107,22 @@ export function parseOffloads(list: string): bigint {
   };
   for (const n of ['tso4', 'tso6', 'uso']) needs(n, 'csum');
   for (const n of ['guest-tso4', 'guest-tso6', 'guest-uso4', 'guest-uso6']) needs(n, 'guest-csum');
+  for (const n of ['tso4', 'tso6', 'uso']) needs('udp-tunnel', n);
+  for (const n of ['guest-tso4', 'guest-tso6', 'guest-uso4', 'guest-uso6']) needs('guest-udp-tunnel', n);
   if (names.includes('guest-ecn') && !names.includes('guest-tso4') && !names.includes('guest-tso6')) throw new RangeError("offload 'guest-ecn' needs 'guest-tso4' or 'guest-tso6'");
-  return (GUEST_SUPPORTED & ~OFFLOAD_MASK) | m;
+  return ((GUEST_SUPPORTED | TUNNEL_SUPPORTED) & ~OFFLOAD_MASK) | m;
+}
+
+/** Where guest-sim terminates a VXLAN or GENEVE tunnel (see tunnel.ts). */
+export interface TunnelOptions {
+  kind: 'vxlan' | 'geneve';
+  /** Virtual network identifier, 0..2^24-1. */
+  vni: number;
+  /** The inner interface's addresses ('ADDR/PREFIX'); at least one. */
+  ip4?: string;
+  ip6?: string;
+  /** The inner interface's MAC; default the guest's own with the last byte's low bit flipped and the locally administered bit set. */
+  mac?: string;
 }
 
 export interface GuestOptions {
@@ -110,8 +134,14 @@ export interface GuestOptions {
   /** 'ADDR/PREFIX' */
   ip4?: string;
   ip6?: string;
-  /** Mask over GUEST_SUPPORTED: what the guest is willing to negotiate. */
+  /** Mask over GUEST_SUPPORTED (and TUNNEL_SUPPORTED with `tunnel`): what the guest is willing to negotiate. */
   features?: bigint;
+  /**
+   * Also be a VXLAN/GENEVE endpoint over `ip4`: TCP services and ping on the inner addresses.
+   * The UDP tunnel GSO features (TUNNEL_SUPPORTED) are then negotiated when the device offers
+   * them and `features` allows.
+   */
+  tunnel?: TunnelOptions;
   /** Entries per RX/TX ring. */
   queueSize?: number;
   /**
@@ -215,6 +245,19 @@ function alignUp(n: number, a: number): number {
 const RX_BUF_MAX = 65562;
 
 /** TX slot size: a TSO/USO super-frame is up to 64 KiB of IP packet behind Ethernet (+ VLAN) and the 20-byte maximal header. */
+/** What guest-sim may negotiate with these options: the tunnel offloads only for a tunnel endpoint. */
+function supportedFor(opts: GuestOptions): bigint {
+  return opts.tunnel ? GUEST_SUPPORTED | TUNNEL_SUPPORTED : GUEST_SUPPORTED;
+}
+
+/** The inner interface's default MAC: the guest's, locally administered, last bit flipped (distinct, stable). */
+function innerMac(outer: Uint8Array): Uint8Array {
+  const m = Uint8Array.from(outer);
+  m[0] = (m[0] | 0x02) & 0xfe;
+  m[5] ^= 1;
+  return m;
+}
+
 function txSlotFor(f: bigint, mtu: number): number {
   return alignUp(20 + 14 + 4 + ((f & bits('HOST_TSO4', 'HOST_TSO6', 'HOST_USO')) !== 0n ? 65535 : Math.max(mtu, 1500)), 64);
 }
@@ -279,10 +322,20 @@ export class GuestSim extends EventEmitter {
     const mtu = opts.mtu ?? 1500;
     if (opts.ip4) parseCidr(opts.ip4, 4);
     if (opts.ip6) parseCidr(opts.ip6, 6);
+    if (opts.tunnel) {
+      const t = opts.tunnel;
+      if (!opts.ip4) throw new InvalidArgumentError('tunnel: the guest needs an IPv4 address (ip4) for the underlay');
+      if (t.kind !== 'vxlan' && t.kind !== 'geneve') throw new InvalidArgumentError(`tunnel.kind must be 'vxlan' or 'geneve', got ${String(t.kind)}`);
+      if (!Number.isInteger(t.vni) || t.vni < 0 || t.vni > 0xffffff) throw new InvalidArgumentError(`tunnel.vni must be an integer in 0..16777215, got ${t.vni}`);
+      if (!t.ip4 && !t.ip6) throw new InvalidArgumentError('tunnel: give the inner interface an address (ip4 and/or ip6)');
+      if (t.ip4) parseCidr(t.ip4, 4);
+      if (t.ip6) parseCidr(t.ip6, 6);
+      if (mtu - 50 < (t.ip6 ? 1280 : 576)) throw new InvalidArgumentError(`tunnel: mtu ${mtu} leaves the inner interface ${mtu - 50} bytes, too few`);
+    }
 
     // Memory is sized before negotiation (the device needs it to exist), from the
     // worst case the guest may negotiate; the layout in initialise() uses what was negotiated.
-    const wantedMask = GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED);
+    const wantedMask = supportedFor(opts) & (opts.features ?? ~0n);
     const txSlotMax = txSlotFor(wantedMask, mtu);
     const perPair = 2 * (DriverQueue.layout(0, qsize, 4096).end + 4096) + qsize * RX_BUF_MAX + qsize * txSlotMax;
     const memBytes = alignUp(pairs * perPair + DriverQueue.layout(0, CTRL_QUEUE_SIZE, 4096).end + 4096 + CTRL_BUF_BYTES + 4096, 1 << 20);
@@ -336,7 +389,7 @@ export class GuestSim extends EventEmitter {
     const ip4 = opts.ip4 ? parseCidr(opts.ip4, 4) : undefined;
     const ip6 = opts.ip6 ? parseCidr(opts.ip6, 6) : undefined;
     const ringWanted = (opts.packed ? bits('RING_PACKED') : 0n) | (opts.inOrder ? bits('IN_ORDER') : 0n);
-    const features = negotiate(device, (GUEST_SUPPORTED & (opts.features ?? GUEST_SUPPORTED)) | ringWanted);
+    const features = negotiate(device, (supportedFor(opts) & (opts.features ?? ~0n)) | ringWanted);
 
     const mac = has(features, 'MAC') ? formatMac(new Uint8Array(device.config.buffer, 0, 6)) : opts.mac ?? formatMac(new Uint8Array(device.config.buffer, 0, 6));
     const hdrLen = netHdrSize(features);
@@ -383,6 +436,14 @@ export class GuestSim extends EventEmitter {
         tcpRcvBuf,
         sourceBytes: opts.sourceBytes ?? 1 << 30,
         capture: this.pcapFd !== undefined,
+        tunnel: opts.tunnel && {
+          kind: opts.tunnel.kind,
+          vni: opts.tunnel.vni,
+          mac: opts.tunnel.mac ? parseMac(opts.tunnel.mac) : innerMac(parseMac(mac)),
+          ip4: opts.tunnel.ip4 ? parseCidr(opts.tunnel.ip4, 4) : undefined,
+          ip6: opts.tunnel.ip6 ? parseCidr(opts.tunnel.ip6, 6) : undefined,
+          gso: has(features, 'HOST_UDP_TUNNEL_GSO'),
+        },
       });
     }
     if (has(features, 'CTRL_VQ')) {

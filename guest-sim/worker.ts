@@ -15,6 +15,7 @@ import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
 import { DiscardReport, installServices } from './services';
 import { RxFrags, TcpLink, TcpStack, TxHdr } from './tcp';
+import { TUNNEL_ENCAP_LEN, TunnelEndpoint, TunnelKind } from './tunnel';
 import { viewsOf } from './views';
 
 /** TX offloads the guest negotiated (what the device accepts from us). */
@@ -43,6 +44,12 @@ export interface PairConfig {
   sourceBytes: number;
   /** Post every frame sent and received, as pcapng Enhanced Packet Blocks, in { pcap } messages. */
   capture: boolean;
+  /**
+   * Also terminate a VXLAN/GENEVE tunnel over ip4: an inner TCP stack (the same services) and
+   * responder with their own MAC and addresses (see tunnel.ts). `gso`: HOST_UDP_TUNNEL_GSO
+   * was negotiated, so the inner TCP sends tunnel super-frames; otherwise MTU-sized segments.
+   */
+  tunnel?: { kind: TunnelKind; vni: number; mac: Uint8Array; ip4?: { addr: Uint8Array; prefix: number }; ip6?: { addr: Uint8Array; prefix: number }; gso: boolean };
 }
 
 /** Messages a pair Worker posts to the main thread. */
@@ -147,8 +154,40 @@ function run(cfg: PairConfig): void {
     },
     link,
   );
-  installServices(tcp, { sourceBytes: cfg.sourceBytes, report: (r) => cfg.port.postMessage({ discard: r } satisfies PairMessage) });
-  const stats = (): Record<string, number> => ({ ...tcp.stats, connections: tcp.conns.length });
+  const report = (r: DiscardReport): void => cfg.port.postMessage({ discard: r } satisfies PairMessage);
+  installServices(tcp, { sourceBytes: cfg.sourceBytes, report });
+
+  // The tunnel's inner side: the same TCP and services, their frames wrapped by the endpoint.
+  let tunnel: TunnelEndpoint | undefined;
+  let innerTcp: TcpStack | undefined;
+  let innerResponder: Responder | undefined;
+  const tc = cfg.tunnel;
+  if (tc) {
+    if (!cfg.ip4) throw new Error('guest-sim: a tunnel endpoint needs the guest\'s IPv4 address (the underlay)');
+    tunnel = new TunnelEndpoint({ kind: tc.kind, vni: tc.vni, local4: cfg.ip4.addr }, cfg.mac, { u8: txU8, maxFrame: qp.maxTxFrame, reserve: link.reserve, commit: link.commit }, tc.gso);
+    const innerMtu = cfg.mtu - TUNNEL_ENCAP_LEN;
+    innerResponder = new Responder({ mac: tc.mac, ip4: tc.ip4, ip6: tc.ip6, mtu: innerMtu });
+    innerTcp = new TcpStack(
+      {
+        mac: tc.mac,
+        ip4: tc.ip4?.addr,
+        ip6: tc.ip6 && innerResponder.linkLocal ? [tc.ip6.addr, innerResponder.linkLocal] : [],
+        mtu: innerMtu,
+        // The inner checksum may stay partial whatever the tunnel offloads (csum_start points past the
+        // outer headers); inner segments larger than the MSS only with the tunnel offload.
+        offloads: { csum: cfg.offloads.csum, tso4: tc.gso && cfg.offloads.tso4, tso6: tc.gso && cfg.offloads.tso6 },
+        rcvBuf: cfg.tcpRcvBuf,
+      },
+      tunnel.link,
+    );
+    installServices(innerTcp, { sourceBytes: cfg.sourceBytes, report });
+  }
+  const stats = (): Record<string, number> => ({
+    ...tcp.stats,
+    connections: tcp.conns.length,
+    ...(innerTcp && tunnel ? { ...prefixed('inner_', { ...innerTcp.stats, connections: innerTcp.conns.length }), ...tunnel.stats } : {}),
+  });
+  const responderStats = (): Record<string, number> => ({ ...responder.stats, ...(innerResponder ? prefixed('inner_', { ...innerResponder.stats }) : {}) });
   const publishCounters = (): void => {
     const s = qp.stats;
     ctl[CTL.RX_FRAMES] = s.rxFrames;
@@ -173,6 +212,21 @@ function run(cfg: PairConfig): void {
         frags.off[i - 1] = f.off[i];
         frags.len[i - 1] = f.partLen[i];
       }
+      if (tunnel !== undefined) {
+        const inner = tunnel.decapsulate(rxU8, f.off[0], f.partLen[0], f.len, f.hdr.gsoType);
+        if (inner >= 0) {
+          // A tunnel super-frame is one big inner segment, read in place like a plain one.
+          // DATA_VALID says a checksum was validated, not which layers' (tun sets it for
+          // CHECKSUM_UNNECESSARY, whose csum_level may cover only the outer UDP header): the
+          // inner checksum is trusted only when left partial (NEEDS_CSUM), else verified.
+          const innerTrusted = (f.hdr.flags & HDR.F_NEEDS_CSUM) !== 0;
+          const skip = inner - f.off[0];
+          if (innerTcp!.input(now, rxU8, inner, f.partLen[0] - skip, innerTrusted, frags.n > 0 ? frags : null)) continue;
+          const whole = f.parts === 1 ? rxViews.view(f.off[0], f.len) : qp.frameBytes(f, scratch);
+          innerResponder!.handle(whole.subarray(skip), tunnel.out, innerTrusted ? 'trust' : 'verify');
+          continue;
+        }
+      }
       // A GSO super-frame (TCPV4/6) is just one big segment to TCP; its pieces are read in place.
       if (tcp.input(now, rxU8, f.off[0], f.partLen[0], trusted, frags.n > 0 ? frags : null)) continue;
       const frame = f.parts === 1 ? rxViews.view(f.off[0], f.len) : qp.frameBytes(f, scratch);
@@ -187,13 +241,15 @@ function run(cfg: PairConfig): void {
     const rxWork = receive(now);
     const reclaimed = qp.reclaim();
     tcp.timers(now);
+    innerTcp?.timers(now);
     // ACKs for the whole RX batch, window updates, and new data into freed TX buffers.
     if (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || tcp.conns.length > 0) tcp.flush(now);
+    if (innerTcp !== undefined && (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || innerTcp.conns.length > 0)) innerTcp.flush(now);
     qp.flush();
     publishCounters();
     cap?.flush();
     for (let m = receiveMessageOnPort(cfg.port); m; m = receiveMessageOnPort(cfg.port)) {
-      if (m.message === 'stats') cfg.port.postMessage({ responder: { ...responder.stats }, tcp: stats() } satisfies PairMessage);
+      if (m.message === 'stats') cfg.port.postMessage({ responder: responderStats(), tcp: stats() } satisfies PairMessage);
       else if (m.message && typeof m.message === 'object' && 'resetRing' in m.message) {
         // The device reset this queue: the old ring's buffers come back, the new ring starts.
         const { which, setup } = (m.message as { resetRing: { which: 'rx' | 'tx'; setup: DriverQueueSetup } }).resetRing;
@@ -207,14 +263,23 @@ function run(cfg: PairConfig): void {
     }
     if (rxWork) continue;
     let wait = IDLE_WAIT_MS;
-    const t = tcp.nextTimer(performance.now());
+    const tnow = performance.now();
+    const t = tcp.nextTimer(tnow);
     if (t >= 0 && t < wait) wait = t;
+    const ti = innerTcp?.nextTimer(tnow) ?? -1;
+    if (ti >= 0 && ti < wait) wait = ti;
     // Re-arms interrupts and looks again before sleeping (TX slots matter only when TCP waits for them).
-    qp.wait(wait, tcp.blocked);
+    qp.wait(wait, tcp.blocked || (innerTcp?.blocked ?? false));
   }
   publishCounters();
   cap?.flush();
-  cfg.port.postMessage({ final: true, responder: { ...responder.stats }, tcp: stats() } satisfies PairMessage);
+  cfg.port.postMessage({ final: true, responder: responderStats(), tcp: stats() } satisfies PairMessage);
+}
+
+function prefixed(p: string, r: Record<string, number>): Record<string, number> {
+  const o: Record<string, number> = {};
+  for (const k of Object.keys(r)) o[p + k] = r[k];
+  return o;
 }
 
 if (workerData) run(workerData as PairConfig);

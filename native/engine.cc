@@ -130,6 +130,20 @@ constexpr uint32_t kUdpHdrLen = 8;
 // and the offset rules here are the kernel's (outer header family from the
 // tunnel bit). With a shorter header tun refuses every tunnel gso_type itself
 // (ClassifyEinval names it). Frames without a tunnel bit cost two loads.
+// Whether the header at the start of `iov` (hdr_len bytes, the 24-byte form)
+// has a UDP tunnel gso_type: a VXLAN/GENEVE super-frame, for the statistics.
+bool IsUdpTunnelGso(const struct iovec* iov, size_t n, uint32_t hdr_len) {
+  if (hdr_len < HDR_SIZE_TUNNEL || n == 0) return false;
+  uint8_t h[2] = {};
+  if (iov[0].iov_len >= 2) {
+    const uint8_t* p = static_cast<const uint8_t*>(iov[0].iov_base);
+    h[1] = p[1];
+  } else {
+    ReadIov(iov, n, 0, h, 2);
+  }
+  return (h[1] & (HDR_GSO_UDP_TUNNEL_IPV4 | HDR_GSO_UDP_TUNNEL_IPV6)) != 0;
+}
+
 int TunnelHeaderDrop(const Chain& c, uint32_t hdr_len, bool tunnel, bool tunnel_csum) {
   uint8_t h[HDR_SIZE_TUNNEL] = {};
   if (hdr_len < HDR_SIZE_TUNNEL || c.iov.empty()) return -1;
@@ -861,6 +875,10 @@ bool EngineT<Q>::ProcessTx() {
           bytes += c.bytes;
           tx_counts_.packets++;
           tx_counts_.bytes += c.bytes - cfg_.hdr_len;
+          if (IsUdpTunnelGso(c.iov.data(), c.iov.size(), cfg_.hdr_len)) {
+            tx_counts_.udp_tunnel_gso_packets++;
+            tx_counts_.udp_tunnel_gso_bytes += c.bytes - cfg_.hdr_len;
+          }
         }
       }
       packets++;  // attempts count toward the budget, so failing writes cannot hog the worker
@@ -1055,6 +1073,10 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
     *bytes += got;
     rx_counts_.packets++;
     rx_counts_.bytes += got - cfg_.hdr_len;
+    if (IsUdpTunnelGso(at.iov, at.iovcnt, cfg_.hdr_len)) {
+      rx_counts_.udp_tunnel_gso_packets++;
+      rx_counts_.udp_tunnel_gso_bytes += got - cfg_.hdr_len;
+    }
   }
   stash_.Consume(free);
   if (empty) rx_tap_readable_ = false;  // wait for EPOLLIN (level-triggered: queued frames still wake us)

@@ -65,6 +65,8 @@ Napi::Object QueueStatsObject(Napi::Env env, const QueueStats& s, const char* co
   o.Set("tapFull", num(s.tap_full.load(std::memory_order_relaxed)));
   o.Set("reordered", num(s.reordered.load(std::memory_order_relaxed)));
   o.Set("withheld", num(s.withheld.load(std::memory_order_relaxed)));
+  o.Set("udpTunnelGsoPackets", num(s.udp_tunnel_gso_packets.load(std::memory_order_relaxed)));
+  o.Set("udpTunnelGsoBytes", num(s.udp_tunnel_gso_bytes.load(std::memory_order_relaxed)));
   Napi::Object drops = Napi::Object::New(env);
   for (size_t i = 0; i < ndrops; i++) drops.Set(names[i], num(s.drops[i].load(std::memory_order_relaxed)));
   o.Set("drops", drops);

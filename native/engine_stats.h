@@ -70,6 +70,10 @@ struct BatchCounts {
   uint64_t tap_full = 0;   // TX: writes the TAP refused for lack of room (sent again later)
   uint64_t reordered = 0;  // TX: frames written after an earlier frame of their batch was refused
   uint64_t withheld = 0;   // chains of a batch whose I/O failed unconfirmed (tap_io.h kUnknown)
+  // GSO over UDP tunnels: frames moved whose gso_type had a UDP tunnel bit
+  // (VXLAN/GENEVE super-frames), and their bytes; part of packets/bytes.
+  uint64_t udp_tunnel_gso_packets = 0;
+  uint64_t udp_tunnel_gso_bytes = 0;
   std::array<uint64_t, kMaxDropCount> drops{};
 };
 
@@ -82,6 +86,8 @@ struct QueueStats {
   std::atomic<uint64_t> tap_full{0};
   std::atomic<uint64_t> reordered{0};
   std::atomic<uint64_t> withheld{0};
+  std::atomic<uint64_t> udp_tunnel_gso_packets{0};
+  std::atomic<uint64_t> udp_tunnel_gso_bytes{0};
   std::atomic<bool> broken{false};
   std::atomic<uint32_t> last_avail_idx{0};
   std::atomic<uint32_t> used_idx{0};
@@ -98,6 +104,8 @@ struct QueueStats {
     Add(tap_full, b.tap_full);
     Add(reordered, b.reordered);
     Add(withheld, b.withheld);
+    Add(udp_tunnel_gso_packets, b.udp_tunnel_gso_packets);
+    Add(udp_tunnel_gso_bytes, b.udp_tunnel_gso_bytes);
     for (size_t i = 0; i < kMaxDropCount; i++) Add(drops[i], b.drops[i]);
     b = BatchCounts{};
   }
