@@ -38,6 +38,7 @@ Options:
   --tcp-loops N    TCP loops each way (default 2)
   --tcp-mib N      MiB per TCP transfer (default 8)
   --json           print the whole report as JSON at the end
+  --json-file P    also write it to the file P
   -h, --help       this help`;
 
 const HOST4 = '10.203.32.1';
@@ -60,6 +61,8 @@ export interface SteadySample {
   /** Young generation (part of heapTotal), summed over every isolate, and per isolate as above. */
   youngGeneration: number;
   isolateYoung: number[];
+  /** Per isolate as above, each V8 heap space: committed and used. */
+  isolateSpaces: Record<string, { committed: number; used: number }>[];
   external: number;
   /** ArrayBuffer memory of every isolate, guest memory (a SharedArrayBuffer the main isolate counts) left out. */
   arrayBuffers: number;
@@ -185,6 +188,7 @@ export async function steadySoak(args: string[]): Promise<number> {
       'tcp-loops': { type: 'string' },
       'tcp-mib': { type: 'string' },
       json: { type: 'boolean' },
+      'json-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -283,6 +287,7 @@ export async function steadySoak(args: string[]): Promise<number> {
         isolateHeapTotal: isolates.map((i) => mib(i.heapTotal)),
         youngGeneration: mib(sum('youngGeneration')),
         isolateYoung: isolates.map((i) => mib(i.youngGeneration)),
+        isolateSpaces: isolates.map((i) => Object.fromEntries(Object.entries(i.spaces).map(([k, v]) => [k, { committed: mib(v.committed), used: mib(v.used) }]))),
         external: mib(sum('external')),
         arrayBuffers: mib(sum('arrayBuffers') - guestBytes),
         anonOutsideGuest: mib(anonOutsideGuest),
@@ -292,11 +297,16 @@ export async function steadySoak(args: string[]): Promise<number> {
       samples.push(row);
       if (!o.json) {
         if (samples.length === 1) {
-          console.log('   t s   RSS MiB  heap used  committed (main, Workers: used/committed)  young gen  external  arrayBufs  anon outside guest  native   TCP ok  broken    UDP sent   echoed');
+          console.log('   t s   RSS MiB  heap used  committed (main, Workers: used/committed)  Workers\' old space used/committed  young gen  external  arrayBufs  anon outside guest  native   TCP ok  broken    UDP sent   echoed');
         }
         const f = (n: number, w: number): string => n.toFixed(1).padStart(w);
         console.log(
           `${String(row.t).padStart(6)} ${f(row.rss, 9)} ${f(row.heapUsed, 10)} ${f(row.heapTotal, 10)} ${`(${row.isolateHeapUsed.map((u, i) => `${u.toFixed(1)}/${row.isolateHeapTotal[i].toFixed(1)}`).join(' ')})`.padEnd(30)} ` +
+            `${row.isolateSpaces
+              .slice(1)
+              .map((sp) => `${(sp.old_space?.used ?? 0).toFixed(1)}/${(sp.old_space?.committed ?? 0).toFixed(1)}`)
+              .join(' ')
+              .padEnd(34)} ` +
             `${f(row.youngGeneration, 9)} ${f(row.external, 9)} ${f(row.arrayBuffers, 10)} ${f(row.anonOutsideGuest, 19)} ${f(row.native, 7)} ${String(row.tcpOk).padStart(8)} ${String(row.tcpBroken).padStart(7)} ` +
             `${String(row.udpSent).padStart(11)} ${String(row.udpEchoed).padStart(8)}`,
         );
@@ -333,6 +343,7 @@ export async function steadySoak(args: string[]): Promise<number> {
       errors,
       samples,
     };
+    if (o['json-file']) fs.writeFileSync(o['json-file'], JSON.stringify(report, null, 2));
     if (o.json) console.log(JSON.stringify(report, null, 2));
     else {
       console.log(
