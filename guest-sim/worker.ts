@@ -13,6 +13,7 @@ import { HDR } from '../backend';
 import { DriverQueueSetup, NetQueuePair, NetQueuePairOptions } from '../driver';
 import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
+import { OldGenerationKeeper } from './old-generation';
 import { DiscardReport, installServices } from './services';
 import { RxFrags, TcpLink, TcpStack, TxHdr } from './tcp';
 import { viewsOf } from './views';
@@ -65,6 +66,8 @@ export interface IsolateMemory {
   arrayBuffers: number;
   /** Each V8 heap space (old_space, new_space, code_space...): committed (space_size) and used bytes. */
   spaces: Record<string, { committed: number; used: number }>;
+  /** A queue-pair Worker: full collections it ran to keep its old generation small (old-generation.ts). */
+  collections?: number;
 }
 
 /** This thread's isolate's IsolateMemory. */
@@ -197,6 +200,7 @@ function run(cfg: PairConfig): void {
     return any;
   };
 
+  const oldGeneration = new OldGenerationKeeper();
   // One slice of work: batches until the slice is used up, then back to the event loop.
   const slice = (): void => {
     const sliceEnd = performance.now() + EVENT_LOOP_SLICE_MS;
@@ -227,7 +231,7 @@ function run(cfg: PairConfig): void {
           cfg.port.postMessage({ ringReset: n } satisfies PairMessage);
         } else if (m.message === 'memory') {
           // This Worker's own isolate: the main thread's process.memoryUsage() does not see it.
-          cfg.port.postMessage({ memory: isolateMemory() } satisfies PairMessage);
+          cfg.port.postMessage({ memory: { ...isolateMemory(), collections: oldGeneration.collections } } satisfies PairMessage);
         }
       }
       if (rxWork) continue;
@@ -237,6 +241,7 @@ function run(cfg: PairConfig): void {
       // Re-arms interrupts and looks again before sleeping (TX slots matter only when TCP waits for them).
       qp.wait(wait, tcp.blocked);
     }
+    oldGeneration.check(performance.now());
     // setImmediate, not a timer: the event loop runs what is due (V8's tasks) and comes straight back.
     setImmediate(slice);
   };

@@ -1,0 +1,67 @@
+// Keeps a queue-pair Worker's old generation near what it keeps alive: a full
+// collection whenever it has grown by OLD_GENERATION_SLACK_BYTES since its low
+// point, instead of V8's own limit (what survived the last mark-compact plus 8
+// MiB plus the nursery's size; issue 24).
+
+import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+/**
+ * How far a Worker's old generation may grow past its low point (what survived the last full
+ * collection) before the Worker collects it. V8 lets it grow by at least 8 MiB plus the nursery's
+ * size (4 MiB here) before a mark-compact; under steady traffic a Worker promotes 0.2-1 MiB a
+ * minute (connections alive across two scavenges), so each Worker's committed heap was a
+ * sawtooth of 12 MiB with a period of ~15 minutes, and two Workers at their tops at once put
+ * `vhost-tap run` 9% above where it had been minutes before (issue 24). 1 MiB makes it a
+ * mark-compact of the Worker's few MiB of live heap (10-30 ms) every few minutes.
+ */
+export const OLD_GENERATION_SLACK_BYTES = 1 << 20;
+
+/** How often a Worker looks at its old generation (reading the heap statistics allocates a little). */
+export const OLD_GENERATION_CHECK_MS = 1000;
+
+/** The young generation's spaces; every other space is the old generation. */
+const YOUNG_SPACES = new Set(['new_space', 'new_large_object_space']);
+
+function oldGenerationUsed(): number {
+  let used = 0;
+  for (const s of getHeapSpaceStatistics()) if (!YOUNG_SPACES.has(s.space_name)) used += s.space_used_size;
+  return used;
+}
+
+/**
+ * V8's gc() for this isolate. Node offers it only with --expose-gc, which V8 reads when it makes
+ * a context: the flag is set for as long as it takes to make one (and left as it was found, on
+ * when this isolate already had gc()).
+ */
+function collector(): () => void {
+  const own = (globalThis as { gc?: () => void }).gc;
+  if (typeof own === 'function') return own;
+  setFlagsFromString('--expose-gc');
+  try {
+    return runInNewContext('gc') as () => void;
+  } finally {
+    setFlagsFromString('--no-expose-gc');
+  }
+}
+
+export class OldGenerationKeeper {
+  private readonly gc = collector();
+  private low = oldGenerationUsed();
+  private nextCheck = 0;
+  /** Full collections this keeper ran. */
+  collections = 0;
+
+  /** Collects when the old generation grew by more than the slack; call it often, it looks once per OLD_GENERATION_CHECK_MS. */
+  check(now: number): void {
+    if (now < this.nextCheck) return;
+    this.nextCheck = now + OLD_GENERATION_CHECK_MS;
+    const used = oldGenerationUsed();
+    if (used < this.low) this.low = used;
+    else if (used - this.low > OLD_GENERATION_SLACK_BYTES) {
+      this.gc();
+      this.collections++;
+      this.low = oldGenerationUsed();
+    }
+  }
+}
