@@ -1,19 +1,18 @@
 // Keeps a queue-pair Worker's old generation near what it keeps alive: a full
 // collection whenever it has grown by OLD_GENERATION_SLACK_BYTES since its low
-// point, instead of V8's own limit (what survived the last mark-compact plus 8
-// MiB plus the nursery's size; issue 24).
+// point, instead of waiting for V8's own limit (issue 24).
 
 import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
 /**
  * How far a Worker's old generation may grow past its low point (what survived the last full
- * collection) before the Worker collects it. V8 lets it grow by at least 8 MiB plus the nursery's
- * size (4 MiB here) before a mark-compact; under steady traffic a Worker promotes 0.2-1 MiB a
- * minute (connections alive across two scavenges), so each Worker's committed heap was a
- * sawtooth of 12 MiB with a period of ~15 minutes, and two Workers at their tops at once put
- * `vhost-tap run` 9% above where it had been minutes before (issue 24). 1 MiB makes it a
- * mark-compact of the Worker's few MiB of live heap (10-30 ms) every few minutes.
+ * collection) before the Worker collects it. Under steady traffic a Worker promotes 0.1-1 MiB a
+ * minute (connections alive across two scavenges), and V8 waits for several MiB of it before it
+ * marks (its limit grows by at least 8 MiB past what survived, less only near the heap's maximum):
+ * each Worker's heap was a sawtooth with a period of 10-15 minutes, and two Workers near their
+ * tops at once put `vhost-tap run` 9% above where it had been minutes before (issue 24). 1 MiB
+ * makes it a mark-compact of the Worker's few MiB of live heap (15-60 ms) every few minutes.
  */
 export const OLD_GENERATION_SLACK_BYTES = 1 << 20;
 

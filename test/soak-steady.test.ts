@@ -3,13 +3,14 @@
 // with no resets, must not grow. What grew in issue 24 were the queue-pair
 // Workers' V8 heaps: first their young generation (a nursery doubling in 8 and
 // 16 MiB steps, now capped by resourceLimits: checked against that cap), then
-// their old generation, which V8 let grow by 8 MiB plus the nursery's size past
-// what survived before collecting it, promoting a little under this traffic
-// every second: a rise of ~1 MiB/min per Worker for 10-15 minutes. Each Worker
-// now collects it after 1 MiB (guest-sim/old-generation.ts); the check is the
-// least-squares slope of the Workers' committed old generation after warm-up.
-// (Their young generation is left out of that slope: V8 gives back and takes
-// again half of a nursery, 4 MiB, as the allocation rate crosses its threshold.)
+// their old generation, which V8 let grow by several MiB before collecting it,
+// a Worker promoting a little under this traffic every second: a rise for 10-15
+// minutes per cycle. Each Worker now collects it after 1 MiB
+// (guest-sim/old-generation.ts); the checks are on how far the Workers' old
+// generation in use moves after warm-up, and on the slope of what they commit
+// for it. (Their young generation is left out of that slope: V8 gives back and
+// takes again half of a nursery, 4 MiB, as the allocation rate crosses its
+// threshold.)
 
 import test from 'ava';
 import { spawn } from 'node:child_process';
