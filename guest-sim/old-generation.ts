@@ -9,8 +9,7 @@ import { runInNewContext } from 'node:vm';
  * How far a Worker's old generation may grow past its low point (what survived the last full
  * collection) before the Worker collects it. Under steady traffic a Worker promotes 0.1-1 MiB a
  * minute (connections alive across two scavenges), and V8 waits for several MiB of it before it
- * marks (its limit grows by at least 8 MiB past what survived, less only near the heap's maximum):
- * each Worker's heap was a sawtooth with a period of 10-15 minutes, and two Workers near their
+ * marks (4-5 MiB per Worker in the soaks here): each Worker's heap was a sawtooth with a period of 10-15 minutes, and two Workers near their
  * tops at once put `vhost-tap run` 9% above where it had been minutes before (issue 24). 1 MiB
  * makes it a mark-compact of the Worker's few MiB of live heap (15-60 ms) every few minutes.
  */
