@@ -27,20 +27,28 @@ function oldGenerationUsed(): number {
   return used;
 }
 
+/** Tries at getting gc() (another Worker may switch the flag off between our switching it on and our context). */
+const COLLECTOR_ATTEMPTS = 20;
+
 /**
  * V8's gc() for this isolate. Node offers it only with --expose-gc, which V8 reads when it makes
  * a context: the flag is set for as long as it takes to make one (and left as it was found, on
- * when this isolate already had gc()).
+ * when this isolate already had gc()). The flag is process-wide: Workers starting together race
+ * on it, so each tries again; undefined if it never got it (the Worker then runs without).
  */
-function collector(): () => void {
+function collector(): (() => void) | undefined {
   const own = (globalThis as { gc?: () => void }).gc;
   if (typeof own === 'function') return own;
-  setFlagsFromString('--expose-gc');
-  try {
-    return runInNewContext('gc') as () => void;
-  } finally {
-    setFlagsFromString('--no-expose-gc');
+  for (let i = 0; i < COLLECTOR_ATTEMPTS; i++) {
+    setFlagsFromString('--expose-gc');
+    try {
+      const gc = runInNewContext('typeof gc === "function" ? gc : undefined') as (() => void) | undefined;
+      if (gc) return gc;
+    } finally {
+      setFlagsFromString('--no-expose-gc');
+    }
   }
+  return undefined;
 }
 
 export class OldGenerationKeeper {
@@ -52,7 +60,7 @@ export class OldGenerationKeeper {
 
   /** Collects when the old generation grew by more than the slack; call it often, it looks once per OLD_GENERATION_CHECK_MS. */
   check(now: number): void {
-    if (now < this.nextCheck) return;
+    if (this.gc === undefined || now < this.nextCheck) return;
     this.nextCheck = now + OLD_GENERATION_CHECK_MS;
     const used = oldGenerationUsed();
     if (used < this.low) this.low = used;
