@@ -38,6 +38,7 @@ Options:
   --tcp-loops N    TCP loops each way (default 2)
   --tcp-mib N      MiB per TCP transfer (default 8)
   --json           print the whole report as JSON at the end
+  --json-file P    also write it to the file P
   -h, --help       this help`;
 
 const HOST4 = '10.203.32.1';
@@ -60,6 +61,10 @@ export interface SteadySample {
   /** Young generation (part of heapTotal), summed over every isolate, and per isolate as above. */
   youngGeneration: number;
   isolateYoung: number[];
+  /** Per isolate as above, each V8 heap space: committed and used. */
+  isolateSpaces: Record<string, { committed: number; used: number }>[];
+  /** Per Worker: full collections it ran to keep its old generation small. */
+  workerCollections: number[];
   external: number;
   /** ArrayBuffer memory of every isolate, guest memory (a SharedArrayBuffer the main isolate counts) left out. */
   arrayBuffers: number;
@@ -185,6 +190,7 @@ export async function steadySoak(args: string[]): Promise<number> {
       'tcp-loops': { type: 'string' },
       'tcp-mib': { type: 'string' },
       json: { type: 'boolean' },
+      'json-file': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -263,8 +269,19 @@ export async function steadySoak(args: string[]): Promise<number> {
     const start = Date.now();
     const endAt = start + minutes * 60_000;
     const samples: SteadySample[] = [];
+    let lateReports = 0;
     const sample = async (): Promise<void> => {
-      const m = await guest!.memoryUsage();
+      // On a machine loaded by others a Worker can be starved past memoryUsage()'s 5 s: ask again
+      // (a Worker that stays silent fails the soak on the third try).
+      let m: Awaited<ReturnType<GuestSim['memoryUsage']>> | undefined;
+      for (let attempt = 1; m === undefined; attempt++) {
+        try {
+          m = await guest!.memoryUsage();
+        } catch (e) {
+          if (attempt >= 3) throw e;
+          lateReports++;
+        }
+      }
       const isolates = [m.main, ...m.workers];
       const sum = (k: 'heapUsed' | 'heapTotal' | 'youngGeneration' | 'external' | 'arrayBuffers'): number => isolates.reduce((a, i) => a + i[k], 0);
       // Every page of guest memory was touched at the start and stays resident: it is exactly
@@ -283,6 +300,8 @@ export async function steadySoak(args: string[]): Promise<number> {
         isolateHeapTotal: isolates.map((i) => mib(i.heapTotal)),
         youngGeneration: mib(sum('youngGeneration')),
         isolateYoung: isolates.map((i) => mib(i.youngGeneration)),
+        workerCollections: m.workers.map((w) => w.collections ?? 0),
+        isolateSpaces: isolates.map((i) => Object.fromEntries(Object.entries(i.spaces).map(([k, v]) => [k, { committed: mib(v.committed), used: mib(v.used) }]))),
         external: mib(sum('external')),
         arrayBuffers: mib(sum('arrayBuffers') - guestBytes),
         anonOutsideGuest: mib(anonOutsideGuest),
@@ -292,11 +311,16 @@ export async function steadySoak(args: string[]): Promise<number> {
       samples.push(row);
       if (!o.json) {
         if (samples.length === 1) {
-          console.log('   t s   RSS MiB  heap used  committed (main, Workers: used/committed)  young gen  external  arrayBufs  anon outside guest  native   TCP ok  broken    UDP sent   echoed');
+          console.log('   t s   RSS MiB  heap used  committed (main, Workers: used/committed)  Workers\' old space used/committed, GCs  young gen  external  arrayBufs  anon outside guest  native   TCP ok  broken    UDP sent   echoed');
         }
         const f = (n: number, w: number): string => n.toFixed(1).padStart(w);
         console.log(
           `${String(row.t).padStart(6)} ${f(row.rss, 9)} ${f(row.heapUsed, 10)} ${f(row.heapTotal, 10)} ${`(${row.isolateHeapUsed.map((u, i) => `${u.toFixed(1)}/${row.isolateHeapTotal[i].toFixed(1)}`).join(' ')})`.padEnd(30)} ` +
+            `${row.isolateSpaces
+              .slice(1)
+              .map((sp, i) => `${(sp.old_space?.used ?? 0).toFixed(1)}/${(sp.old_space?.committed ?? 0).toFixed(1)} gc ${row.workerCollections[i]}`)
+              .join(' ')
+              .padEnd(34)} ` +
             `${f(row.youngGeneration, 9)} ${f(row.external, 9)} ${f(row.arrayBuffers, 10)} ${f(row.anonOutsideGuest, 19)} ${f(row.native, 7)} ${String(row.tcpOk).padStart(8)} ${String(row.tcpBroken).padStart(7)} ` +
             `${String(row.udpSent).padStart(11)} ${String(row.udpEchoed).padStart(8)}`,
         );
@@ -330,9 +354,11 @@ export async function steadySoak(args: string[]): Promise<number> {
       device: stats.device.totals,
       flatness: flat,
       flat: ok,
+      lateReports,
       errors,
       samples,
     };
+    if (o['json-file']) fs.writeFileSync(o['json-file'], JSON.stringify(report, null, 2));
     if (o.json) console.log(JSON.stringify(report, null, 2));
     else {
       console.log(

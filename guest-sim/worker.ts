@@ -13,6 +13,7 @@ import { HDR } from '../backend';
 import { DriverQueueSetup, NetQueuePair, NetQueuePairOptions } from '../driver';
 import { PcapngBuffer } from './pcapng';
 import { Responder } from './responder';
+import { OldGenerationKeeper } from './old-generation';
 import { DiscardReport, installServices } from './services';
 import { RxFrags, TcpLink, TcpStack, TxHdr } from './tcp';
 import { TUNNEL_ENCAP_LEN, TunnelEndpoint, TunnelKind } from './tunnel';
@@ -70,14 +71,22 @@ export interface IsolateMemory {
   youngGeneration: number;
   external: number;
   arrayBuffers: number;
+  /** Each V8 heap space (old_space, new_space, code_space...): committed (space_size) and used bytes. */
+  spaces: Record<string, { committed: number; used: number }>;
+  /** A queue-pair Worker: full collections it ran to keep its old generation small (old-generation.ts). */
+  collections?: number;
 }
 
 /** This thread's isolate's IsolateMemory. */
 export function isolateMemory(): IsolateMemory {
   const { heapUsed, heapTotal, external, arrayBuffers } = process.memoryUsage();
   let youngGeneration = 0;
-  for (const s of getHeapSpaceStatistics()) if (s.space_name === 'new_space' || s.space_name === 'new_large_object_space') youngGeneration += s.space_size;
-  return { heapUsed, heapTotal, youngGeneration, external, arrayBuffers };
+  const spaces: IsolateMemory['spaces'] = {};
+  for (const s of getHeapSpaceStatistics()) {
+    spaces[s.space_name] = { committed: s.space_size, used: s.space_used_size };
+    if (s.space_name === 'new_space' || s.space_name === 'new_large_object_space') youngGeneration += s.space_size;
+  }
+  return { heapUsed, heapTotal, youngGeneration, external, arrayBuffers, spaces };
 }
 
 /** Indices into the shared Float64Array of counters. */
@@ -97,6 +106,16 @@ export const CTL_BYTES = 8 + 8 * CTL.SIZE;
 
 /** How long a Worker sleeps before re-checking for a stop request it may have missed. */
 const IDLE_WAIT_MS = 500;
+
+/**
+ * Longest a Worker works before it returns to its event loop once (it also returns after every
+ * sleep longer than that). V8 runs part of its garbage collector as tasks on the isolate's own
+ * thread, which Node runs from that thread's event loop: the memory reducer (which gives back
+ * what a heap no longer needs), incremental marking steps, scavenges started ahead of time. A
+ * Worker that never returned to its loop never ran them (issue 24). One setImmediate turn costs
+ * ~10 us: every 50 ms, 0.02%.
+ */
+const EVENT_LOOP_SLICE_MS = 50;
 
 function run(cfg: PairConfig): void {
   const stopWord = new Int32Array(cfg.ctl, 0, 1);
@@ -235,45 +254,57 @@ function run(cfg: PairConfig): void {
     return any;
   };
 
-  for (;;) {
-    if (Atomics.load(stopWord, 0) !== 0) break;
-    const now = performance.now();
-    const rxWork = receive(now);
-    const reclaimed = qp.reclaim();
-    tcp.timers(now);
-    innerTcp?.timers(now);
-    // ACKs for the whole RX batch, window updates, and new data into freed TX buffers.
-    if (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || tcp.conns.length > 0) tcp.flush(now);
-    if (innerTcp !== undefined && (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || innerTcp.conns.length > 0)) innerTcp.flush(now);
-    qp.flush();
-    publishCounters();
-    cap?.flush();
-    for (let m = receiveMessageOnPort(cfg.port); m; m = receiveMessageOnPort(cfg.port)) {
-      if (m.message === 'stats') cfg.port.postMessage({ responder: responderStats(), tcp: stats() } satisfies PairMessage);
-      else if (m.message && typeof m.message === 'object' && 'resetRing' in m.message) {
-        // The device reset this queue: the old ring's buffers come back, the new ring starts.
-        const { which, setup } = (m.message as { resetRing: { which: 'rx' | 'tx'; setup: DriverQueueSetup } }).resetRing;
-        const n = qp.resetRing(which, setup);
-        qp.flush();
-        cfg.port.postMessage({ ringReset: n } satisfies PairMessage);
-      } else if (m.message === 'memory') {
-        // This Worker's own isolate: the main thread's process.memoryUsage() does not see it.
-        cfg.port.postMessage({ memory: isolateMemory() } satisfies PairMessage);
+  const oldGeneration = new OldGenerationKeeper();
+  // One slice of work: batches until the slice is used up, then back to the event loop.
+  const slice = (): void => {
+    const sliceEnd = performance.now() + EVENT_LOOP_SLICE_MS;
+    for (;;) {
+      if (Atomics.load(stopWord, 0) !== 0) {
+        publishCounters();
+        cap?.flush();
+        cfg.port.postMessage({ final: true, responder: responderStats(), tcp: stats() } satisfies PairMessage);
+        return;
       }
+      const now = performance.now();
+      if (now >= sliceEnd) break;
+      const rxWork = receive(now);
+      const reclaimed = qp.reclaim();
+      tcp.timers(now);
+      innerTcp?.timers(now);
+      // ACKs for the whole RX batch, window updates, and new data into freed TX buffers.
+      if (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || tcp.conns.length > 0) tcp.flush(now);
+      if (innerTcp !== undefined && (rxWork || reclaimed > 0 || qp.txq.unpublished > 0 || innerTcp.conns.length > 0)) innerTcp.flush(now);
+      qp.flush();
+      publishCounters();
+      cap?.flush();
+      for (let m = receiveMessageOnPort(cfg.port); m; m = receiveMessageOnPort(cfg.port)) {
+        if (m.message === 'stats') cfg.port.postMessage({ responder: responderStats(), tcp: stats() } satisfies PairMessage);
+        else if (m.message && typeof m.message === 'object' && 'resetRing' in m.message) {
+          // The device reset this queue: the old ring's buffers come back, the new ring starts.
+          const { which, setup } = (m.message as { resetRing: { which: 'rx' | 'tx'; setup: DriverQueueSetup } }).resetRing;
+          const n = qp.resetRing(which, setup);
+          qp.flush();
+          cfg.port.postMessage({ ringReset: n } satisfies PairMessage);
+        } else if (m.message === 'memory') {
+          // This Worker's own isolate: the main thread's process.memoryUsage() does not see it.
+          cfg.port.postMessage({ memory: { ...isolateMemory(), collections: oldGeneration.collections } } satisfies PairMessage);
+        }
+      }
+      if (rxWork) continue;
+      let wait = IDLE_WAIT_MS;
+      const tnow = performance.now();
+      const t = tcp.nextTimer(tnow);
+      if (t >= 0 && t < wait) wait = t;
+      const ti = innerTcp?.nextTimer(tnow) ?? -1;
+      if (ti >= 0 && ti < wait) wait = ti;
+      // Re-arms interrupts and looks again before sleeping (TX slots matter only when TCP waits for them).
+      qp.wait(wait, tcp.blocked || (innerTcp?.blocked ?? false));
     }
-    if (rxWork) continue;
-    let wait = IDLE_WAIT_MS;
-    const tnow = performance.now();
-    const t = tcp.nextTimer(tnow);
-    if (t >= 0 && t < wait) wait = t;
-    const ti = innerTcp?.nextTimer(tnow) ?? -1;
-    if (ti >= 0 && ti < wait) wait = ti;
-    // Re-arms interrupts and looks again before sleeping (TX slots matter only when TCP waits for them).
-    qp.wait(wait, tcp.blocked || (innerTcp?.blocked ?? false));
-  }
-  publishCounters();
-  cap?.flush();
-  cfg.port.postMessage({ final: true, responder: responderStats(), tcp: stats() } satisfies PairMessage);
+    oldGeneration.check(performance.now());
+    // setImmediate, not a timer: the event loop runs what is due (V8's tasks) and comes straight back.
+    setImmediate(slice);
+  };
+  slice();
 }
 
 function prefixed(p: string, r: Record<string, number>): Record<string, number> {
