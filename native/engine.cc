@@ -1049,6 +1049,7 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
 
 template <class Q>
 bool EngineT<Q>::ProcessRx() {
+  const std::lock_guard<std::mutex> round(rx_round_mu_);
   rx_.DisableNotify();
   // One load per round, not per frame: a new filter applies from the next round.
   const std::shared_ptr<const RxFilter> filter = std::atomic_load(&rx_filter_);

@@ -107,6 +107,13 @@ class Engine {
   // Used only with a header that has the hash fields (hdr_len >= 20).
   void SetRssHash(std::shared_ptr<const RssHash> h) { std::atomic_store(&rss_hash_, std::move(h)); }
 
+  // Returns once no RX round that began before the call is still running: every
+  // frame the worker publishes afterwards was hashed with what SetRssHash()
+  // stored before this call. Any thread; waits for one round at most (the
+  // round's budgets bound it). The ack of RSS_CONFIG / HASH_CONFIG waits on it,
+  // so that no frame after the ack carries the old hash.
+  void SyncRx() { std::lock_guard<std::mutex> g(rx_round_mu_); }
+
   // The driver's interrupt coalescing for the RX or the TX queue
   // (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET; 0 in either turns it off).
   // At any time, from the thread that starts and stops the engine (it wakes
@@ -152,6 +159,8 @@ class Engine {
   // across a frame.
   std::shared_ptr<const RxFilter> rx_filter_;
   std::shared_ptr<const RssHash> rss_hash_;  // same discipline as rx_filter_
+  // Held by the worker for each RX round (uncontended but for SyncRx()).
+  std::mutex rx_round_mu_;
 };
 
 template <class Q>

@@ -179,8 +179,21 @@ async function sendAll(ns: Netns, g: MiniGuest, tap: string, fl: Flow[]): Promis
   return got;
 }
 
-function checkHashes(t: import('ava').ExecutionContext, fl: Flow[], got: Map<number, RxFrame>, types: number, key: Uint8Array): void {
+/** Where RSS puts a frame: the table's entry for its hash, or unclassified_queue when nothing was hashed. */
+interface Steer {
+  table: number[];
+  unclassifiedQueue: number;
+}
+
+const queueOf = (e: { report: number; value: number }, s: Steer): number => (e.report === HASH_REPORT.NONE ? s.unclassifiedQueue : s.table[e.value & (s.table.length - 1)]);
+
+/**
+ * Every flow arrived with the hash and report type the test computes, and (with `steer`)
+ * on the receive queue the guest's table names for that hash.
+ */
+function checkHashes(t: import('ava').ExecutionContext, fl: Flow[], got: Map<number, RxFrame>, types: number, key: Uint8Array, steer?: Steer): void {
   let bad = 0;
+  let misplaced = 0;
   for (const f of fl) {
     const r = got.get(f.id);
     if (!r) {
@@ -198,8 +211,13 @@ function checkHashes(t: import('ava').ExecutionContext, fl: Flow[], got: Map<num
       if (bad < 5) t.fail(`${f.kind} flow ${f.id.toString(16)}: got hash 0x${value.toString(16)} report ${report}, expected 0x${e.value.toString(16)} report ${e.report}`);
     }
     t.is(d.getUint16(18, true), 0, 'padding is 0');
+    if (steer && r.pair !== queueOf(e, steer)) {
+      misplaced++;
+      if (misplaced < 5) t.fail(`${f.kind} flow ${f.id.toString(16)} (hash 0x${e.value.toString(16)}, report ${e.report}) arrived on queue ${r.pair}, the table names ${queueOf(e, steer)}`);
+    }
   }
   t.is(bad, 0, `${bad} of ${fl.length} frames wrong or missing`);
+  if (steer) t.is(misplaced, 0, `${misplaced} of ${fl.length} frames on another queue than the table names`);
 }
 
 test.serial('config space: rss_max_key_size, rss_max_indirection_table_length, supported_hash_types', async (t) => {
@@ -219,9 +237,12 @@ test.serial('RSS_CONFIG through the device: hostile ones get ERR and change noth
     t.is(await send(rss({ pairs: 1, table: [0], hashTypes: HASH_TYPE.IPv4 })), CTRL.OK);
     t.is(dev.activeQueuePairs, 1);
     const before = dev.rssConfig;
+    const steeringBefore = dev.stats().rss;
+    t.is(steeringBefore.steering, 'ebpf');
     for (const [what, bytes] of hostileRss) {
       t.is(await send(bytes), CTRL.ERR, what);
       t.deepEqual(dev.rssConfig, before, `${what}: configuration unchanged`);
+      t.deepEqual(dev.stats().rss, steeringBefore, `${what}: steering unchanged`);
       t.is(dev.activeQueuePairs, 1, `${what}: pairs unchanged`);
     }
     t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_HASH_CONFIG, encodeHashConfig({ hashTypes: ALL, key: MS_RSS_KEY })), CTRL.ERR, 'HASH_CONFIG with RSS negotiated');
@@ -232,12 +253,41 @@ test.serial('RSS_CONFIG through the device: hostile ones get ERR and change noth
   });
 });
 
-test.serial('hash reports (RSS_CONFIG): 1000 flows of every kind arrive with the hash and type the test computes', async (t) => {
+test.serial('RSS (RSS_CONFIG): 1000 flows of every kind land on the queue the table names for the test\'s hash, with that hash and type reported', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await hashGuest(ns, { rss: true, pairs: 2 });
-    t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss()), CTRL.OK);
+    const { g, tap, dev } = await hashGuest(ns, { rss: true, pairs: 2 });
+    // Unclassified frames (ARP) go to queue 1, so a program that hashed nothing would show.
+    const steer: Steer = { table: [1, 0, 0, 1, 1, 1, 0, 0], unclassifiedQueue: 1 };
+    t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss(steer)), CTRL.OK);
+    t.is(dev.stats().rss.steering, 'ebpf', `the steering program runs (${dev.stats().rss.why ?? ''})`);
     const fl = flows(1000, 1);
-    checkHashes(t, fl, await sendAll(ns, g, tap, fl), ALL, MS_RSS_KEY);
+    const got = await sendAll(ns, g, tap, fl);
+    checkHashes(t, fl, got, ALL, MS_RSS_KEY, steer);
+    const onQueue = [0, 0];
+    for (const r of got.values()) onQueue[r.pair]++;
+    t.true(onQueue[0] > 100 && onQueue[1] > 100, `both queues get flows (${onQueue.join(', ')})`);
+  });
+});
+
+test.serial('RSS: only the enabled hash types steer; the rest fall back to the IP hash or to unclassified_queue; RSS off gives steering back to the kernel', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap, dev } = await hashGuest(ns, { rss: true, pairs: 2 });
+    const key = Uint8Array.from({ length: 40 }, (_, i) => (i * 53 + 7) & 0xff);
+    const fl = flows(300, 3);
+    for (const [types, steer] of [
+      [HASH_TYPE.TCPv4 | HASH_TYPE.IPv6, { table: [0, 1], unclassifiedQueue: 1 }],
+      [HASH_TYPE.UDPv4 | HASH_TYPE.TCPv6 | HASH_TYPE.UDPv6, { table: [1, 0, 1, 1], unclassifiedQueue: 0 }],
+      [HASH_TYPE.IPv4, { table: [0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0], unclassifiedQueue: 1 }],
+    ] as Array<[number, Steer]>) {
+      t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss({ hashTypes: types, key, ...steer })), CTRL.OK);
+      t.is(dev.stats().rss.steering, 'ebpf');
+      checkHashes(t, fl, await sendAll(ns, g, tap, fl), types, key, steer);
+    }
+    // No key, no type: RSS off. Every frame reports NONE; the kernel's steering is back.
+    t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss({ hashTypes: 0, key: new Uint8Array(0) })), CTRL.OK);
+    t.is(dev.stats().rss.steering, 'off');
+    checkHashes(t, fl, await sendAll(ns, g, tap, fl), 0, key);
+    t.is(dev.stats().rss.fallbacks, 0);
   });
 });
 
