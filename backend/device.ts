@@ -712,7 +712,8 @@ export class VirtioNetDevice extends EventEmitter {
     // reset whatever the TAP says. A TAP that refuses (deleted from outside: EBADFD) is
     // reported as a warning here and fails the next DRIVER_OK with a TapError.
     let tapFailure: unknown;
-    for (const step of [() => this.dp.attachAll(), () => this.dp.setCarrier(false)]) {
+    // RSS ends with the session: the kernel's own steering until the next driver configures it.
+    for (const step of [() => this.dp.attachAll(), () => this.dp.clearRss(), () => this.dp.setCarrier(false)]) {
       try {
         step();
       } catch (e) {
