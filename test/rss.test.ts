@@ -6,6 +6,8 @@
 
 import { spawn } from 'node:child_process';
 
+import * as path from 'node:path';
+
 import test from 'ava';
 
 import { bits, CONFIG, CTRL, VirtioNetDevice } from '../backend';
@@ -461,5 +463,29 @@ test.serial('RSS under traffic: the table (and key, and types) change while fram
     // The test saw each configuration alone steer many frames, so the checks above bite.
     for (const [j, n] of exact.entries()) t.true(n >= 100, `configuration ${j} alone steered ${n} frames`);
     t.is(dev.stats().rss.steering, 'ebpf');
+  });
+});
+
+test.serial('RSS where the steering program cannot load (no CAP_BPF): the command is still OK, the kernel steers, stats().rss and a warning say so, hash reports stay exact', async (t) => {
+  await withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const fl = flows(40, 5).filter((f) => f.kind === 'udp4' || f.kind === 'tcp4');
+    const child = path.join(__dirname, 'helpers', 'rss-fallback-child.js');
+    // Root less CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: with unprivileged BPF off (this machine's
+    // kernel.unprivileged_bpf_disabled) bpf() answers EPERM.
+    const r = ns.run('setpriv', ['--bounding-set=-bpf,-perfmon,-sys_admin', process.execPath, child, tap, ...fl.map((f) => Buffer.from(frameOf(f)).toString('hex'))], 120_000);
+    t.is(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { ack: number; ok: number; rss: { steering: string; fallbacks: number; why?: string }; warnings: string[]; hashes: { frame: string; value: number; report: number }[] };
+    t.is(out.ack, out.ok, 'RSS_CONFIG acked OK');
+    t.is(out.rss.steering, 'kernel');
+    t.is(out.rss.fallbacks, 1);
+    t.regex(out.rss.why ?? '', /EPERM/);
+    t.is(out.warnings.filter((w) => /steering program could not load/.test(w)).length, 1, out.warnings.join('\n'));
+    t.is(out.hashes.length, fl.length, 'every frame arrived');
+    for (const h of out.hashes) {
+      const f = fl.find((x) => Buffer.from(frameOf(x)).toString('hex') === h.frame)!;
+      const e = expected(f, ALL, MS_RSS_KEY);
+      t.deepEqual({ value: h.value, report: h.report }, e, `${f.kind} flow ${f.id.toString(16)}`);
+    }
   });
 });
