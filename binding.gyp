@@ -8,6 +8,7 @@
         "native/tap.cc",
         "native/tap_binding.cc",
         "native/tap_ops_binding.cc",
+        "native/rss_steering.cc",
         "native/notify.cc",
         "native/memory.cc",
         "native/memory_binding.cc",

@@ -21,6 +21,19 @@ import { has, netHdrSize } from './virtio';
  */
 const DISCARD_MAX = 65536;
 
+/** A name for an errno the steering program's load failed with, and what it usually means. */
+function errnoName(err: number): string {
+  const known: Record<number, string> = {
+    1: 'EPERM: loading BPF programs needs CAP_BPF (or CAP_SYS_ADMIN) here',
+    13: 'EACCES: the verifier refused the program',
+    22: 'EINVAL: the kernel refused the program',
+    7: 'E2BIG: the program is too large for this kernel',
+    12: 'ENOMEM: no memory (or memlock limit) for the map',
+    38: 'ENOSYS: this kernel has no bpf()',
+  };
+  return known[err] ?? `errno ${err}`;
+}
+
 export interface QueueStats {
   index: number;
   kind: 'rx' | 'tx' | 'ctrl';
@@ -47,6 +60,27 @@ export interface QueueStats {
   broken: boolean;
 }
 
+/**
+ * RSS steering: which part picks each received frame's queue. 'off': the kernel's own flow
+ * steering, as the guest configured no RSS; 'ebpf': the guest's RSS_CONFIG compiled into the
+ * TAP's steering program; 'kernel': the guest configured RSS but its program could not load
+ * (`why`), so the kernel's own flow steering runs (hash reports stay exact, queues do not
+ * follow the guest's table). `fallbacks` counts configurations that fell back so.
+ */
+export interface RssSteeringStats {
+  steering: 'off' | 'ebpf' | 'kernel';
+  fallbacks: number;
+  why?: string;
+}
+
+/** What the RSS steering program is built from (backend/rss.ts checked it). */
+export interface RssSteering {
+  hashTypes: number;
+  key: Uint8Array;
+  table: Uint16Array;
+  unclassifiedQueue: number;
+}
+
 export interface DeviceStats {
   queues: QueueStats[];
   /** I/O method the workers use. */
@@ -63,6 +97,8 @@ export interface DeviceStats {
   udpTunnelGso: { kernel: boolean; guest: boolean; host: boolean; why?: string };
   /** UDP tunnel super-frames moved, all queues: `rx` TAP → guest, `tx` guest → TAP (frames, bytes). */
   udpTunnelGsoFrames: { rx: { frames: number; bytes: number }; tx: { frames: number; bytes: number } };
+  /** RSS steering: which part picks the queues, and how often the program could not load. */
+  rss: RssSteeringStats;
 }
 
 /** One virtqueue as an engine runs it: where it lives, its eventfds, where to resume (always given here). */
@@ -92,6 +128,7 @@ type StepEffect =
   | { kind: 'start'; p: number; engine: NativeEngine }
   | { kind: 'stop'; p: number; engine: NativeEngine }
   | { kind: 'offload'; bits: bigint }
+  | { kind: 'rss'; on: boolean }
   | { kind: 'none' };
 
 /** A list of steps running off the JS thread, and what its outcome will change here. */
@@ -161,6 +198,9 @@ export class TapDataPath {
   private rxFilter: RxFilterSnapshot | null = null;
   /** The guest's hash configuration (hash reports); null until it sends one. */
   private rssHash: { hashTypes: number; key: Uint8Array } | null = null;
+  /** The RSS steering program attached to the TAP (its fd, ours to close), or -1. */
+  private rssProg = -1;
+  private readonly rssStats: RssSteeringStats = { steering: 'off', fallbacks: 0 };
   /** The driver's interrupt coalescing for all RX and all TX queues (RX_SET / TX_SET). */
   private readonly coalescing: Record<'rx' | 'tx', Coalescing> = { rx: [0, 0], tx: [0, 0] };
   /** Per virtqueue, set since (VQ_SET): what differs from `coalescing` while the queue runs. */
@@ -297,6 +337,70 @@ export class TapDataPath {
     this.configVersion++;
     this.rssHash = config;
     for (const e of this.engines) e?.setRssHash(config);
+  }
+
+  /**
+   * The guest's RSS_CONFIG or HASH_CONFIG, applied off the JS thread so that its ack can
+   * follow it: the engines take `hash` for their hash reports; with `steering` the RSS
+   * program for it is loaded and attached to the TAP (replacing the one before under RCU:
+   * each frame the kernel steers runs the old program or the new one), null detaches it
+   * (the kernel's own steering), undefined leaves steering as it is. Resolves once every
+   * running worker ended the RX round it was in, so every frame published afterwards carries
+   * the new hash. A program that cannot load (no CAP_BPF, the verifier) leaves the kernel's
+   * own steering: stats().rss says 'kernel' and why, and the result carries that reason.
+   */
+  async setRssAsync(hash: { hashTypes: number; key: Uint8Array } | null, steering: RssSteering | null | undefined): Promise<{ fellBack?: string }> {
+    this.assertIdle();
+    this.setRssHash(hash);
+    const steps: NativeTapStep[] = [];
+    const effects: StepEffect[] = [];
+    if (steering) {
+      steps.push({ op: 'rss', fd: this.fds[0], ...steering });
+      effects.push({ kind: 'rss', on: true });
+    } else if (steering === null && (this.rssProg >= 0 || this.rssStats.steering !== 'off')) {
+      steps.push({ op: 'program', fd: this.fds[0], prog: -1 });
+      effects.push({ kind: 'rss', on: false });
+    }
+    for (const e of this.engines) {
+      if (!e) continue;
+      steps.push({ op: 'rxsync', engine: e });
+      effects.push({ kind: 'none' });
+    }
+    const was = this.rssStats.steering;
+    const w = await this.run(steps, effects);
+    if (w.error) throw w.error;
+    // Said once when it starts, not at every command of a guest that keeps sending them.
+    return this.rssStats.steering === 'kernel' && was !== 'kernel' ? { fellBack: this.rssStats.why } : {};
+  }
+
+  /**
+   * Steering back to the kernel's own, on the JS thread (a device reset: the next driver
+   * starts without RSS). Throws a TAP refusal after letting go of the program either way.
+   */
+  clearRss(): void {
+    this.setRssHash(null);
+    if (this.rssProg < 0 && this.rssStats.steering === 'off') return;
+    try {
+      native(this.what, () => addon().tapSetSteeringProgram(this.fds[0], -1));
+    } finally {
+      this.rssSteered(-1, false, '');
+    }
+  }
+
+  /** What an 'rss' or 'program' step did: `prog` the program now attached (or -errno / -1). */
+  private rssSteered(prog: number, on: boolean, note: string | undefined): void {
+    if (this.rssProg >= 0 && this.rssProg !== prog) addon().close(this.rssProg);
+    this.rssProg = prog >= 0 ? prog : -1;
+    delete this.rssStats.why;
+    if (!on) {
+      this.rssStats.steering = 'off';
+    } else if (prog >= 0) {
+      this.rssStats.steering = 'ebpf';
+    } else {
+      this.rssStats.steering = 'kernel';
+      this.rssStats.fallbacks++;
+      this.rssStats.why = `${errnoName(-prog)}${note ? ` (${note})` : ''}`;
+    }
   }
 
   /**
@@ -452,7 +556,7 @@ export class TapDataPath {
     }
     if (steered) {
       try {
-        native(this.what, () => a.tapSteerAllTo(this.fds[0], -1));
+        native(this.what, () => a.tapSetSteeringProgram(this.fds[0], this.rssProg));
       } catch (e) {
         failure ??= e;
       }
@@ -507,7 +611,8 @@ export class TapDataPath {
       this.settle({ effects, stopped: new Map(), version: this.configVersion }, [], []);
       throw err;
     }
-    if (shrinking) add({ op: 'steer', fd: this.fds[0], queue: -1, always: true }, { kind: 'steer', queue: -1 });
+    // Back to the guest's RSS program when one runs, else the kernel's own steering.
+    if (shrinking) add({ op: 'program', fd: this.fds[0], prog: this.rssProg, always: true }, { kind: 'steer', queue: -1 });
     const w = await this.run(steps, effects);
     // A worker that could not start leaves its queue attached: it would take frames nobody reads.
     const orphans = effects.filter((e, i): e is StepEffect & { kind: 'start' } => e.kind === 'start' && e.p > 0 && !w.ok[i] && this.attached[e.p]);
@@ -549,7 +654,7 @@ export class TapDataPath {
     this.settle(w, r?.status ?? [], r?.result ?? []);
     if (this.steeredToZero) {
       try {
-        native(this.what, () => addon().tapSteerAllTo(this.fds[0], -1));
+        native(this.what, () => addon().tapSetSteeringProgram(this.fds[0], this.rssProg));
         this.steeredToZero = false;
       } catch {
         // A TAP that refuses (deleted from outside) refuses the rest too; the caller reports that.
@@ -579,7 +684,7 @@ export class TapDataPath {
     }
     if (this.work !== w) throw new DeviceStateError('the change was cut short by a reset or close of the device');
     this.work = undefined;
-    this.settle(w, r.status, r.result);
+    this.settle(w, r.status, r.result, r.note);
     return { ...w, ok: r.status.map((s) => s === TAP_STEP.DONE), error: r.error ? convert(this.what, r.error) : undefined };
   }
 
@@ -588,10 +693,13 @@ export class TapDataPath {
    * start did not run is released; one whose stop did not run still runs and goes back to
    * `engines`.
    */
-  private settle(w: Work, status: number[], result: number[]): void {
+  private settle(w: Work, status: number[], result: number[], note: string[] = []): void {
     w.effects.forEach((e, i) => {
       const done = status[i] === TAP_STEP.DONE;
       switch (e.kind) {
+        case 'rss':
+          if (done) this.rssSteered(e.on ? result[i] : -1, e.on, note[i]);
+          break;
         case 'attach':
           if (done) this.attached[e.p] = e.attach;
           break;
@@ -709,7 +817,7 @@ export class TapDataPath {
     const kernel = has(this.offloads, 'GUEST_UDP_TUNNEL_GSO') || has(this.offloads, 'HOST_UDP_TUNNEL_GSO');
     const udpTunnelGso: DeviceStats['udpTunnelGso'] = { kernel, guest: has(this.guestOffloads, 'GUEST_UDP_TUNNEL_GSO'), host: has(this.features, 'HOST_UDP_TUNNEL_GSO') };
     if (!kernel) udpTunnelGso.why = this.caps.missing.find((m) => m.feature === 'GUEST_UDP_TUNNEL_GSO')?.reason ?? 'not probed';
-    return { queues, io: this.lastIo, filtered, totals, udpTunnelGso, udpTunnelGsoFrames };
+    return { queues, io: this.lastIo, filtered, totals, udpTunnelGso, udpTunnelGsoFrames, rss: { ...this.rssStats } };
   }
 
   /** Stops the engines and closes the TAP queues: the TAP goes with the last one. */
@@ -718,6 +826,8 @@ export class TapDataPath {
     this.closed = true;
     this.stopAll();
     const a = addon();
+    if (this.rssProg >= 0) a.close(this.rssProg);
+    this.rssProg = -1;
     for (const fd of this.fds) {
       try {
         a.close(fd);

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 
 import { ControlQueueServer } from './ctrlq';
 import { DeviceStats, PairSetup, RingPosition, TapDataPath } from './datapath';
-import { convert, DeviceStateError, InvalidArgumentError, NamespaceError, native, VirtioNetError } from './errors';
+import { convert, DeviceStateError, InvalidArgumentError, NamespaceError, native, TapError, VirtioNetError } from './errors';
 import { BASE_FEATURES, Capabilities, GUEST_OFFLOAD_FEATURES, MQ_FEATURES, offloadsFromWord, validateDriverFeatures } from './features';
 import { GuestMemory, toNativeRegions } from './memory';
 import { addon, CtrlAnswer, NativeCtrlCommand, NativeGuestMemory } from './native';
@@ -538,9 +538,10 @@ export class VirtioNetDevice extends EventEmitter {
     this.applyRxFilter();
     // Coalescing parameters start at 0 after every reset (virtio 1.3, Notifications Coalescing).
     for (const q of ['rx', 'tx'] as const) this.dp.setCoalescing(q, 0, 0);
-    // No hash type is enabled until the guest configures one: every report is NONE.
+    // No hash type is enabled until the guest configures one: every report is NONE, and
+    // the kernel's own steering picks queues.
     this.rss = RSS_OFF;
-    this.dp.setRssHash(null);
+    this.dp.clearRss();
     if (has(f, 'CTRL_VQ')) {
       const cq = this.queues[ctrlq(this.queuePairs)];
       if (!cq) throw new DeviceStateError(`CTRL_VQ negotiated but the control queue ${ctrlq(this.queuePairs)} was not set up`);
@@ -711,7 +712,8 @@ export class VirtioNetDevice extends EventEmitter {
     // reset whatever the TAP says. A TAP that refuses (deleted from outside: EBADFD) is
     // reported as a warning here and fails the next DRIVER_OK with a TapError.
     let tapFailure: unknown;
-    for (const step of [() => this.dp.attachAll(), () => this.dp.setCarrier(false)]) {
+    // RSS ends with the session: the kernel's own steering until the next driver configures it.
+    for (const step of [() => this.dp.attachAll(), () => this.dp.clearRss(), () => this.dp.setCarrier(false)]) {
       try {
         step();
       } catch (e) {
@@ -751,13 +753,20 @@ export class VirtioNetDevice extends EventEmitter {
     // Why it was refused is not reported: a guest could flood the log as it can flood the queue.
     if (typeof c === 'string') return CTRL.ERR;
     const config = c;
-    const apply = (): CtrlAnswer => {
+    const session = this.session;
+    const apply = async (): Promise<CtrlAnswer> => {
+      // RSS_CONFIG steers with its table; one with no key and no hash type turns RSS off
+      // (the kernel's own steering again). HASH_CONFIG leaves steering alone.
+      const steering = config.table === undefined ? undefined : config.key.length === 0 && config.hashTypes === 0 ? null : { hashTypes: config.hashTypes, key: config.key, table: config.table, unclassifiedQueue: config.unclassifiedQueue ?? 0 };
+      const r = await this.dp.setRssAsync(config.hashTypes ? { hashTypes: config.hashTypes, key: config.key } : null, steering);
+      if (session !== this.session || this.closed) throw new DeviceStateError('the device was reset during a control command');
       this.rss = config;
-      this.dp.setRssHash(config.hashTypes ? { hashTypes: config.hashTypes, key: config.key } : null);
+      if (r.fellBack) this.emit('warning', new TapError(`RSS: the steering program could not load (${r.fellBack}); the kernel's own flow steering picks the receive queues instead of the guest's indirection table (hash reports stay exact); stats().rss.steering says 'kernel'`));
+      // The ack goes out right after this (same tick), once the engines run the new hash.
       this.emit('rss', { ...config });
       return CTRL.OK;
     };
-    if (config.pairs === undefined || config.pairs === this.activePairs) return apply();
+    if (config.pairs === undefined || config.pairs === this.activePairs) return this.offThread(apply());
     const n = config.pairs;
     return this.offThread(
       this.setActivePairsAsync(n).then(() => {

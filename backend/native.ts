@@ -339,6 +339,12 @@ export type NativeTapStep = { always?: boolean } & (
   | { op: 'offload'; fd: number; flags: number }
   | { op: 'start'; engine: NativeEngine }
   | { op: 'stop'; engine: NativeEngine; drain: boolean }
+  /** Waits for the worker's current RX round: frames published after it carry the hash config set before. */
+  | { op: 'rxsync'; engine: NativeEngine }
+  /** Loads and attaches the RSS steering program; result: its fd, or -errno (then the kernel steers; note says why). */
+  | { op: 'rss'; fd: number; hashTypes: number; key: Uint8Array; table: Uint16Array; unclassifiedQueue: number }
+  /** Attaches a loaded steering program by fd (-1: the kernel's own steering). */
+  | { op: 'program'; fd: number; prog: number }
 );
 
 /** What each step of a list did: TAP_STEP.PENDING (did not run), DONE, FAILED or SKIPPED (after a failure). */
@@ -354,7 +360,7 @@ export interface NativeTapOps {
    * the first failure (`failed` its index, `error` an errno Error; later steps are skipped
    * unless `always`). `cancelled`: cancel() stopped it.
    */
-  run(steps: NativeTapStep[]): Promise<{ status: number[]; result: number[]; failed: number; error: Error | null; cancelled: boolean }>;
+  run(steps: NativeTapStep[]): Promise<{ status: number[]; result: number[]; note: string[]; failed: number; error: Error | null; cancelled: boolean }>;
   /**
    * Stops the last list once its current step has ended (waits for that step only) and
    * returns what its steps did, finished or not; null when there was none or cancel() already
@@ -482,6 +488,8 @@ export interface Addon {
    */
   tapLock(name: string, netnsPath: string | null): number;
   tapSteerAllTo(fd: number, queue: number): void;
+  /** TUNSETSTEERINGEBPF with a loaded program's fd (tun takes its own reference); -1 removes it. */
+  tapSetSteeringProgram(fd: number, prog: number): void;
   /** TUNSETTXFILTER: flags (TUN_FLT_ALLMULTI = 1) and a Buffer of 6-byte addresses. */
   tapSetTxFilter(fd: number, flags: number, macs: Uint8Array): void;
   /** TUNSETSNDBUF */

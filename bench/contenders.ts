@@ -10,7 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
-import { bits, rxq, STATUS, txq, VirtioNetDevice, ctrlq, CTRL, TUN, TapQueues, eventfd, kick } from '../backend';
+import { bits, rxq, STATUS, txq, VirtioNetDevice, ctrlq, CTRL, TUN, TapQueues, eventfd, kick, HDR, RSS_MAX_INDIRECTION_TABLE_LENGTH, SUPPORTED_HASH_TYPES } from '../backend';
 import { ControlDriver, CTRL_BUF_BYTES, DriverQueue } from '../driver';
 import { GUEST_MAC, HDR_LEN, Records } from './frames';
 import { NodeLoopConfig } from './node-loop';
@@ -25,16 +25,20 @@ import { TCTL, TCTL_BYTES, TrafficConfig } from './traffic-worker';
 // io_uring submission ring; its CPU counts as backend CPU): opt-in, since it
 // needs a spare core per pair. 'vhost-coal' is the device with a guest that
 // asks for RX interrupt coalescing (NOTF_COAL, GUEST_COALESCING), as a Linux
-// guest does with `ethtool -C eth0 rx-usecs 50 rx-frames 64`.
-export type Contender = 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'vhost-coal' | 'c' | 'c-uring' | 'node';
-export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'vhost-coal', 'c', 'c-uring', 'node'];
-/** What runs when --contenders is not given: everything but vhost-sqpoll. */
-export const DEFAULT_CONTENDERS: Contender[] = CONTENDERS.filter((k) => k !== 'vhost-sqpoll');
+// guest does with `ethtool -C eth0 rx-usecs 50 rx-frames 64`. 'vhost-rss' is the
+// device with a guest that negotiates RSS and HASH_REPORT and configures RSS over all
+// its pairs (RX cases only; opt-in): the TAP's steering program picks each frame's
+// queue and the worker writes each frame's hash into its 20-byte header.
+export type Contender = 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'vhost-coal' | 'vhost-rss' | 'c' | 'c-uring' | 'node';
+export const CONTENDERS: Contender[] = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'vhost-coal', 'vhost-rss', 'c', 'c-uring', 'node'];
+/** What runs when --contenders is not given: everything but vhost-sqpoll and vhost-rss. */
+export const DEFAULT_CONTENDERS: Contender[] = CONTENDERS.filter((k) => k !== 'vhost-sqpoll' && k !== 'vhost-rss');
 export const CONTENDER_NAMES: Record<Contender, string> = {
   vhost: 'vhost-tap',
   'vhost-readv': 'vhost-tap readv',
   'vhost-sqpoll': 'vhost-tap sqpoll',
   'vhost-coal': 'vhost-tap coalesced',
+  'vhost-rss': 'vhost-tap RSS',
   c: 'C loop',
   'c-uring': 'C io_uring',
   node: 'Node loop',
@@ -295,10 +299,20 @@ async function window<T>(env: Env, snap: () => T): Promise<{ a: T; b: T; wallNs:
  */
 export const GUEST_COALESCING = { maxPackets: 64, maxUsecs: 50 };
 
-export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto', sqpoll = false, coalesce = false): Promise<Sample> {
+/**
+ * The RSS the 'vhost-rss' guest configures: every hash type the device offers, the key
+ * Windows and Linux use by default, and a 128-entry table spreading hashes over all pairs.
+ */
+const GUEST_RSS_KEY = Uint8Array.from([
+  0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b, 0x0e, 0xc2, 0x41, 0x67, 0x25, 0x3d, 0x43, 0xa3, 0x8f, 0xb0, 0xd0, 0xca, 0x2b, 0xcb,
+  0xae, 0x7b, 0x30, 0xb4, 0x77, 0xcb, 0x2d, 0xa3, 0x80, 0x30, 0xf2, 0x0c, 0x6a, 0x42, 0xb7, 0x3b, 0xbe, 0xac, 0x01, 0xfa,
+]);
+
+export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto', sqpoll = false, coalesce = false, rss = false): Promise<Sample> {
   const mq = t.queues > 1;
-  const L = layout(t, env.ringSize, mq || coalesce);
-  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io, sqpoll });
+  const L = layout(t, env.ringSize, mq || coalesce || rss);
+  const hdrLen = rss ? HDR.SIZE_HASH : HDR_LEN;
+  const device = new VirtioNetDevice({ memory: L.mem, tap: env.tap, netns: env.ns, queuePairs: t.queues, mac: GUEST_MAC, mtu: 1500, io, sqpoll, rss, hashReport: rss });
   const workers: Spawned[] = [];
   const callFds: number[] = [];
   let source: Source | undefined;
@@ -311,6 +325,7 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
     if (t.dir === 'rx' && t.gso) want |= bits('GUEST_CSUM', 'GUEST_TSO4');
     if (mq) want |= bits('CTRL_VQ', 'MQ');
     if (coalesce) want |= bits('CTRL_VQ', 'NOTF_COAL');
+    if (rss) want |= bits('CTRL_VQ', 'RSS', 'HASH_REPORT');
     if ((device.deviceFeatures & want) !== want) throw new Error(`device does not offer every feature the bench needs (missing 0x${(want & ~device.deviceFeatures).toString(16)})`);
     device.driverFeatures = want;
     device.status |= STATUS.FEATURES_OK;
@@ -332,6 +347,12 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
       const ack = await ctrl.command(CTRL.CLASS_MQ, CTRL.MQ_VQ_PAIRS_SET, new Uint8Array([t.queues & 0xff, t.queues >> 8]));
       if (ack !== CTRL.OK) throw new Error('device refused VQ_PAIRS_SET');
     }
+    if (ctrl && rss) {
+      const table = Array.from({ length: RSS_MAX_INDIRECTION_TABLE_LENGTH }, (_, i) => i % t.queues);
+      if ((await ctrl.setRss({ key: GUEST_RSS_KEY, hashTypes: SUPPORTED_HASH_TYPES, table, pairs: t.queues })) !== CTRL.OK) throw new Error('device refused RSS_CONFIG');
+      const s = device.stats().rss;
+      if (s.steering !== 'ebpf') throw new ContenderUnavailable(`the RSS steering program did not load (${s.why ?? s.steering})`);
+    }
     if (ctrl && coalesce) {
       const d = new DataView(new ArrayBuffer(8));
       d.setUint32(0, GUEST_COALESCING.maxPackets, true);
@@ -351,7 +372,7 @@ export async function runVhost(env: Env, t: Trial, io: 'auto' | 'readv' = 'auto'
         ctl: new SharedArrayBuffer(TCTL_BYTES),
         q: { size: env.ringSize, ...(t.dir === 'tx' ? p.tx : p.rx), ...n },
         eventIdx: true,
-        hdrLen: HDR_LEN,
+        hdrLen,
         base: p.base,
         slot: p.slot,
         len: p.len,

@@ -8,8 +8,8 @@
 import { CONTENDER_NAMES } from './contenders';
 import type { BenchReport } from './run';
 
-const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'vhost-coal', 'c', 'c-uring', 'node'];
-const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', 'vhost-coal': '#08519c', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
+const KEYS = ['vhost', 'vhost-readv', 'vhost-sqpoll', 'vhost-coal', 'vhost-rss', 'c', 'c-uring', 'node'];
+const COLORS: Record<string, string> = { vhost: '#1f77b4', 'vhost-readv': '#9ecae1', 'vhost-sqpoll': '#6baed6', 'vhost-coal': '#08519c', 'vhost-rss': '#17becf', c: '#7f7f7f', 'c-uring': '#2ca02c', node: '#ff7f0e' };
 /** The table's names, so chart and table call each contender the same. */
 const NAMES: Record<string, string> = CONTENDER_NAMES;
 

@@ -65,12 +65,14 @@ Options:
   --queues LIST    queue pair counts (default 1,2)
   --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h,vxlan-h2g,vxlan-g2h;
                    also: guest, dpdk)
-  --contenders L   vhost,vhost-readv,vhost-sqpoll,vhost-coal,c,c-uring,node
+  --contenders L   vhost,vhost-readv,vhost-sqpoll,vhost-coal,vhost-rss,c,c-uring,node
                    (default all but vhost-sqpoll; vhost = io_uring batching,
                    vhost-readv = the same device with io: 'readv', vhost-sqpoll =
                    with option sqpoll (its kernel thread's CPU counted; needs a
                    spare core), vhost-coal = the guest asks for RX interrupt
                    coalescing, 64 packets or 50 µs (NOTF_COAL; RX cases only),
+                   vhost-rss = the guest configures RSS over all pairs and
+                   gets hash reports (RX cases only; not in the default list),
                    c = C write()/read() loop, c-uring = C io_uring)
   --ring N         virtqueue size (default 256)
   --guest-bytes N  guest case: TCP payload per direction per round (default 100000000)
@@ -262,7 +264,7 @@ function summarizeGuest(rounds: GuestSample[]): GuestMedian {
   };
 }
 
-function ratiosOf(res: CaseResult, k: 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'vhost-coal'): Ratios {
+function ratiosOf(res: CaseResult, k: 'vhost' | 'vhost-readv' | 'vhost-sqpoll' | 'vhost-coal' | 'vhost-rss'): Ratios {
   const out: Ratios = {};
   const v = res.contenders[k]?.median;
   if (!v) return out;
@@ -672,7 +674,7 @@ export async function main(argv: string[]): Promise<number> {
     execFileSync('ip', ['netns', 'exec', ns.name, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
     const tcpContenders = contenders.filter((k) => k === 'vhost' || k === 'vhost-readv');
     // The coalescing guest asks for RX interrupt coalescing only: it runs the RX cases.
-    const runsCase = (k: Contender, spec: CaseSpec): boolean => k !== 'vhost-coal' || spec.dir === 'rx';
+    const runsCase = (k: Contender, spec: CaseSpec): boolean => (k !== 'vhost-coal' && k !== 'vhost-rss') || spec.dir === 'rx';
     const frameTrials = specs.reduce((n, spec) => n + contenders.filter((k) => runsCase(k, spec)).length, 0);
     // An overlay case runs twice per round: with and without the tunnel offload.
     const tcpTrials = tcpCases.reduce((n, c) => n + (c.startsWith('vxlan-') ? 2 : tcpContenders.length), 0);
@@ -700,6 +702,8 @@ export async function main(argv: string[]): Promise<number> {
                 ? runVhost(env, trial, 'auto', true)
                 : k === 'vhost-coal'
                 ? runVhost(env, trial, 'auto', false, true)
+                : k === 'vhost-rss'
+                ? runVhost(env, trial, 'auto', false, false, true)
                 : k === 'c'
                   ? runC(env, trial)
                   : k === 'c-uring'

@@ -1088,6 +1088,12 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
 
 template <class Q>
 bool EngineT<Q>::ProcessRx() {
+  // Odd while the round runs (SyncRx()); seq_cst before the hash is loaded below.
+  rx_round_.fetch_add(1, std::memory_order_seq_cst);
+  struct RoundEnd {
+    std::atomic<uint64_t>& n;
+    ~RoundEnd() { n.fetch_add(1, std::memory_order_release); }
+  } round_end{rx_round_};
   rx_.DisableNotify();
   // One load per round, not per frame: a new filter applies from the next round.
   const std::shared_ptr<const RxFilter> filter = std::atomic_load(&rx_filter_);

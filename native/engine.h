@@ -10,6 +10,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+
+#include <unistd.h>
 #include <string>
 #include <thread>
 #include <vector>
@@ -107,6 +109,17 @@ class Engine {
   // Used only with a header that has the hash fields (hdr_len >= 20).
   void SetRssHash(std::shared_ptr<const RssHash> h) { std::atomic_store(&rss_hash_, std::move(h)); }
 
+  // Returns once no RX round that began before the call is still running: every
+  // frame the worker publishes afterwards was hashed with what SetRssHash()
+  // stored before this call. Any thread; waits for one round at most (the
+  // round's budgets bound it). The ack of RSS_CONFIG / HASH_CONFIG waits on it,
+  // so that no frame after the ack carries the old hash.
+  void SyncRx() {
+    const uint64_t v = rx_round_.load(std::memory_order_seq_cst);
+    if ((v & 1) == 0) return;  // between rounds: the next one loads what was stored
+    while (rx_round_.load(std::memory_order_acquire) == v) usleep(kSyncRxPollUs);
+  }
+
   // The driver's interrupt coalescing for the RX or the TX queue
   // (VIRTIO_NET_CTRL_NOTF_COAL_RX_SET / TX_SET; 0 in either turns it off).
   // At any time, from the thread that starts and stops the engine (it wakes
@@ -152,6 +165,12 @@ class Engine {
   // across a frame.
   std::shared_ptr<const RxFilter> rx_filter_;
   std::shared_ptr<const RssHash> rss_hash_;  // same discipline as rx_filter_
+  // Bumped by the worker as each RX round starts (odd) and ends (even), so
+  // SyncRx() can tell whether a round is running and wait for it to end; a
+  // counter, not a lock: the worker never waits for SyncRx().
+  std::atomic<uint64_t> rx_round_{0};
+  // How often SyncRx() looks again while a round runs (rounds are bounded by budgets).
+  static constexpr useconds_t kSyncRxPollUs = 50;
 };
 
 template <class Q>

@@ -221,6 +221,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     std::lock_guard<std::mutex> g(mu_);
     if (engine_) engine_->Stop(drain_rx);
   }
+  void SyncRxAnyThread() {
+    std::lock_guard<std::mutex> g(mu_);
+    if (engine_) engine_->SyncRx();
+  }
 
  private:
   void Shutdown() {
@@ -427,6 +431,7 @@ EngineWrap* EngineFromValue(Napi::Value v) {
 
 SysResult StartEngineAnyThread(EngineWrap* w) { return w->StartAnyThread(); }
 void StopEngineAnyThread(EngineWrap* w, bool drain_rx) { w->StopAnyThread(drain_rx); }
+void SyncRxAnyThread(EngineWrap* w) { w->SyncRxAnyThread(); }
 
 void InitEngine(Napi::Env env, Napi::Object exports) { exports.Set("Engine", EngineWrap::Define(env)); }
 

@@ -16,5 +16,7 @@ EngineWrap* EngineFromValue(Napi::Value v);
 // environment's teardown by the wrap's lock; a closed engine is refused (EBADFD).
 SysResult StartEngineAnyThread(EngineWrap* w);
 void StopEngineAnyThread(EngineWrap* w, bool drain_rx);
+// Engine::SyncRx() from a helper thread (nothing when the engine is closed).
+void SyncRxAnyThread(EngineWrap* w);
 
 }  // namespace vt

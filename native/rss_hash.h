@@ -52,6 +52,11 @@ class RssHash {
 
   uint32_t types() const { return types_; }
 
+  // The XOR of the key windows byte value `v` selects at input byte `p`
+  // (p < kMaxInput): the steering program (rss_steering.cc) hashes with the
+  // same tables, so its queue choice and the hash report cannot disagree.
+  uint32_t Lookup(size_t p, uint8_t v) const { return table_[p][v]; }
+
   // Hash value and report type of the frame whose first `len` bytes (at most
   // kPeek are read) are `f`, starting with its Ethernet header.
   uint16_t Compute(const uint8_t* f, size_t len, uint32_t* value) const {

@@ -331,10 +331,15 @@ SysResult TapSteerAllTo(int fd, int queue) {
     if (prog < 0) return Fail("bpf(BPF_PROG_LOAD)", kStepIoctl, errno);
   }
   // tun holds its own reference to the program; ours goes right away.
-  const int r = ::ioctl(fd, kTunSetSteeringEbpf, &prog);
-  const int err = errno;
+  const SysResult r = TapSetSteeringProgram(fd, prog);
   if (prog >= 0) ::close(prog);
-  if (r < 0) return Fail("ioctl(TUNSETSTEERINGEBPF)", kStepIoctl, err);
+  return r;
+}
+
+SysResult TapSetSteeringProgram(int fd, int prog) {
+  // tun swaps the program under RCU: each frame runs either the old program
+  // or the new one, never none.
+  if (::ioctl(fd, kTunSetSteeringEbpf, &prog) < 0) return Fail("ioctl(TUNSETSTEERINGEBPF)", kStepIoctl, errno);
   return Ok();
 }
 

@@ -64,6 +64,9 @@ SysResult TapSetCarrier(int fd, bool up);
 // program set with TUNSETSTEERINGEBPF); a negative queue removes the program
 // and the kernel's own flow steering applies again.
 SysResult TapSteerAllTo(int fd, int queue);
+// Attaches a loaded steering program (its fd; tun takes its own reference)
+// to the TAP, for every queue; -1 removes it (the kernel's own steering).
+SysResult TapSetSteeringProgram(int fd, int prog);
 // `macs` holds `count` 6-byte addresses back to back.
 SysResult TapSetTxFilter(int fd, uint16_t flags, const uint8_t* macs, uint16_t count);
 SysResult TapSetSndBuf(int fd, int bytes);

@@ -295,6 +295,15 @@ Napi::Value TapSteerAllToJs(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value TapSetSteeringProgramJs(const Napi::CallbackInfo& info) {
+  int fd = ArgFd(info, 0);
+  if (!info[1].IsNumber()) ThrowCode(info.Env(), "EVHOST_BADARG", "prog must be a program fd (-1 to remove steering)");
+  const int prog = info[1].As<Napi::Number>().Int32Value();
+  SysResult r = TapSetSteeringProgram(fd, prog < 0 ? -1 : prog);
+  if (!r.ok()) ThrowTap(info.Env(), r, std::string("setting the steering program via ") + FdDesc(fd), nullptr);
+  return info.Env().Undefined();
+}
+
 Napi::Value TapSetTxFilterJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = ArgFd(info, 0);
@@ -415,6 +424,7 @@ void InitTap(Napi::Env env, Napi::Object exports) {
   add("tapSetCarrier", TapSetCarrierJs);
   add("tapDiscardQueued", TapDiscardQueuedJs);
   add("tapSteerAllTo", TapSteerAllToJs);
+  add("tapSetSteeringProgram", TapSetSteeringProgramJs);
   add("tapSetTxFilter", TapSetTxFilterJs);
   add("tapSetSndBuf", TapSetSndBufJs);
   add("close", CloseJs);

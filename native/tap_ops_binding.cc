@@ -13,7 +13,10 @@
 // close wait for one step at most, never for a whole list.
 #include <napi.h>
 
+#include <unistd.h>
+
 #include <cerrno>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -21,6 +24,7 @@
 
 #include "engine_binding.h"
 #include "errors.h"
+#include "rss_steering.h"
 #include "tap.h"
 
 namespace vt {
@@ -32,7 +36,7 @@ namespace {
 // Steps one list may hold: a change of all 256 pairs is 2 steps a pair plus steering.
 constexpr uint32_t kMaxSteps = 4096;
 
-enum class Op { kAttach, kDetach, kSteer, kDiscard, kTxFilter, kOffload, kStart, kStop };
+enum class Op { kAttach, kDetach, kSteer, kDiscard, kTxFilter, kOffload, kStart, kStop, kRss, kProgram, kRxSync };
 
 struct Step {
   Op op;
@@ -40,6 +44,7 @@ struct Step {
   int64_t arg = 0;             // steer: queue (-1: none); discard: max frames; offload/txfilter: flags; stop: drain
   std::vector<uint8_t> bytes;  // txfilter: MAC addresses
   EngineWrap* engine = nullptr;
+  std::shared_ptr<RssSteeringConfig> rss;  // rss: what to compile
   // Runs even after an earlier step failed (steering put back), but not after cancel().
   bool always = false;
 };
@@ -52,7 +57,8 @@ struct Run {
   std::mutex mu;
   bool cancelled = false;
   std::vector<int32_t> status;
-  std::vector<double> result;  // discard: frames read and dropped
+  std::vector<double> result;  // discard: frames read and dropped; rss: program fd, or -errno
+  std::vector<std::string> note;  // rss: why the program did not load
   int failed = -1;
   SysResult err;
 };
@@ -69,11 +75,38 @@ std::string Doing(const Step& s) {
     case Op::kOffload: return "setting TAP offloads on " + FdDesc(s.fd);
     case Op::kStart: return "starting the engine worker";
     case Op::kStop: return "stopping the engine worker";
+    case Op::kRss: return "setting the RSS steering program via " + FdDesc(s.fd);
+    case Op::kProgram: return "setting the steering program via " + FdDesc(s.fd);
+    case Op::kRxSync: return "waiting for the engine worker's RX round";
   }
   return "";
 }
 
-SysResult RunStep(const Step& s, double* result) {
+// Loads the RSS program and attaches it; when it cannot load (no CAP_BPF, a
+// verifier that refuses it) the kernel's own steering takes over and the step
+// still succeeds: result -errno, `note` the reason. Only a TAP that refuses
+// the ioctl fails the step.
+SysResult RunRss(const Step& s, double* result, std::string* note) {
+  int prog = -1;
+  std::string verifier;
+  const SysResult load = RssSteeringLoad(*s.rss, &prog, &verifier);
+  if (!load.ok()) {
+    const SysResult off = TapSetSteeringProgram(s.fd, -1);
+    if (!off.ok()) return off;
+    *result = -load.err;
+    *note = std::string(load.syscall) + (verifier.empty() ? "" : ": " + verifier);
+    return SysResult{};
+  }
+  const SysResult r = TapSetSteeringProgram(s.fd, prog);
+  if (!r.ok()) {
+    ::close(prog);
+    return r;
+  }
+  *result = prog;
+  return r;
+}
+
+SysResult RunStep(const Step& s, double* result, std::string* note) {
   switch (s.op) {
     case Op::kAttach: return TapSetQueue(s.fd, true);
     case Op::kDetach: return TapSetQueue(s.fd, false);
@@ -89,6 +122,9 @@ SysResult RunStep(const Step& s, double* result) {
     case Op::kOffload: return TapSetOffload(s.fd, static_cast<unsigned>(s.arg));
     case Op::kStart: return StartEngineAnyThread(s.engine);
     case Op::kStop: StopEngineAnyThread(s.engine, s.arg != 0); return SysResult{};
+    case Op::kRss: return RunRss(s, result, note);
+    case Op::kProgram: return TapSetSteeringProgram(s.fd, static_cast<int>(s.arg));
+    case Op::kRxSync: SyncRxAnyThread(s.engine); return SysResult{};
   }
   return SysResult{};
 }
@@ -118,7 +154,7 @@ class RunWorker : public Napi::AsyncWorker {
         run_->status[i] = kSkipped;
         continue;
       }
-      const SysResult r = RunStep(steps_[i], &run_->result[i]);
+      const SysResult r = RunStep(steps_[i], &run_->result[i], &run_->note[i]);
       run_->status[i] = r.ok() ? kDone : kFailed;
       if (!r.ok() && !failed) {
         failed = true;
@@ -135,12 +171,15 @@ class RunWorker : public Napi::AsyncWorker {
     std::lock_guard<std::mutex> g(run_->mu);
     Napi::Array status = Napi::Array::New(env, steps_.size());
     Napi::Array result = Napi::Array::New(env, steps_.size());
+    Napi::Array note = Napi::Array::New(env, steps_.size());
     for (uint32_t i = 0; i < steps_.size(); i++) {
       status.Set(i, Napi::Number::New(env, run_->status[i]));
       result.Set(i, Napi::Number::New(env, run_->result[i]));
+      note.Set(i, Napi::String::New(env, run_->note[i]));
     }
     out.Set("status", status);
     out.Set("result", result);
+    out.Set("note", note);
     out.Set("cancelled", Napi::Boolean::New(env, run_->cancelled));
     if (run_->failed >= 0) {
       const SysResult& r = run_->err;
@@ -203,6 +242,12 @@ class TapOpsWrap : public Napi::ObjectWrap<TapOpsWrap> {
   //   { op: 'txfilter', fd, flags, macs } TUNSETTXFILTER
   //   { op: 'offload', fd, flags }        TUNSETOFFLOAD
   //   { op: 'start', engine } / { op: 'stop', engine, drain }
+  //   { op: 'rxsync', engine }            wait for the worker's RX round (Engine::SyncRx)
+  //   { op: 'rss', fd, hashTypes, key, table, unclassifiedQueue }
+  //                                       load and attach the RSS steering program; result:
+  //                                       its fd (the caller closes it), or -errno when it
+  //                                       could not load and the kernel's steering runs (note: why)
+  //   { op: 'program', fd, prog }         attach a loaded program (-1: the kernel's own steering)
   // with `always: true` to run even after an earlier step failed. After a failure the
   // other steps are skipped; `failed` is its index, `error` an errno Error.
   Napi::Value RunSteps(const Napi::CallbackInfo& info) {
@@ -221,8 +266,8 @@ class TapOpsWrap : public Napi::ObjectWrap<TapOpsWrap> {
       const std::string op = opv.IsString() ? opv.As<Napi::String>().Utf8Value() : "";
       Step s{};
       s.always = o.Get("always").ToBoolean().Value();
-      if (op == "start" || op == "stop") {
-        s.op = op == "start" ? Op::kStart : Op::kStop;
+      if (op == "start" || op == "stop" || op == "rxsync") {
+        s.op = op == "start" ? Op::kStart : op == "stop" ? Op::kStop : Op::kRxSync;
         Napi::Value e = o.Get("engine");
         s.engine = EngineFromValue(e);
         if (!s.engine) BadArg(env, "TapOps step " + std::to_string(i) + ": 'engine' must be an Engine");
@@ -237,6 +282,29 @@ class TapOpsWrap : public Napi::ObjectWrap<TapOpsWrap> {
         } else if (op == "steer") {
           s.op = Op::kSteer;
           s.arg = IntField(o, "queue", -1, 0xffff, i);
+        } else if (op == "program") {
+          s.op = Op::kProgram;
+          s.arg = IntField(o, "prog", -1, INT32_MAX, i);
+        } else if (op == "rss") {
+          s.op = Op::kRss;
+          s.rss = std::make_shared<RssSteeringConfig>();
+          s.rss->hash_types = static_cast<uint32_t>(IntField(o, "hashTypes", 0, 0xffffffffLL, i));
+          s.rss->unclassified = static_cast<uint16_t>(IntField(o, "unclassifiedQueue", 0, 0xffff, i));
+          Napi::Value k = o.Get("key");
+          Napi::Value tb = o.Get("table");
+          if (!k.IsTypedArray() || k.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+              k.As<Napi::Uint8Array>().ByteLength() > sizeof s.rss->key)
+            BadArg(env, "TapOps step " + std::to_string(i) + ": 'key' must be a Uint8Array of at most " +
+                            std::to_string(sizeof s.rss->key) + " bytes");
+          if (!tb.IsTypedArray() || tb.As<Napi::TypedArray>().TypedArrayType() != napi_uint16_array)
+            BadArg(env, "TapOps step " + std::to_string(i) + ": 'table' must be a Uint16Array");
+          Napi::Uint8Array ku = k.As<Napi::Uint8Array>();
+          Napi::Uint16Array tu = tb.As<Napi::Uint16Array>();
+          std::memcpy(s.rss->key, ku.Data(), ku.ByteLength());
+          s.rss->key_len = ku.ByteLength();
+          s.rss->table.assign(tu.Data(), tu.Data() + tu.ElementLength());
+          std::string why;
+          if (!RssSteeringCheck(*s.rss, &why)) BadArg(env, "TapOps step " + std::to_string(i) + ": " + why);
         } else if (op == "discard") {
           s.op = Op::kDiscard;
           s.arg = IntField(o, "max", 0, 1000000000, i);
@@ -261,6 +329,7 @@ class TapOpsWrap : public Napi::ObjectWrap<TapOpsWrap> {
     auto run = std::make_shared<Run>();
     run->status.assign(steps.size(), kPending);
     run->result.assign(steps.size(), 0);
+    run->note.assign(steps.size(), std::string());
     auto* w = new RunWorker(env, run, std::move(steps), std::move(keep));
     Napi::Promise p = w->Promise();
     run_ = std::move(run);

@@ -84,6 +84,7 @@ test('the exposition: HELP and TYPE per family, counters *_total with queue and 
     totals: { rxPackets: 5, rxBytes: 500, txPackets: 7, txBytes: 700, drops: 7 },
     udpTunnelGso: { kernel: true, guest: false, host: false },
     udpTunnelGsoFrames: { rx: { frames: 0, bytes: 0 }, tx: { frames: 0, bytes: 0 } },
+    rss: { steering: 'off' as const, fallbacks: 0 },
   };
   const text = prometheusText({
     device,
@@ -137,7 +138,7 @@ test('--metrics address forms: HOST:PORT, [IPV6]:PORT, unix:/PATH; anything else
 
 test.serial('serveMetrics on a Unix socket: a live one is refused, a stale socket file is replaced, a missing directory is named; close() removes the file', async (t) => {
   const file = `/tmp/vt-met-lib-${process.pid}.sock`;
-  const snap = { device: { queues: [], io: 'none', filtered: 0, totals: { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0 }, udpTunnelGso: { kernel: true, guest: false, host: false }, udpTunnelGsoFrames: { rx: { frames: 0, bytes: 0 }, tx: { frames: 0, bytes: 0 } } } };
+  const snap = { device: { queues: [], io: 'none', filtered: 0, totals: { rxPackets: 0, rxBytes: 0, txPackets: 0, txBytes: 0, drops: 0 }, udpTunnelGso: { kernel: true, guest: false, host: false }, udpTunnelGsoFrames: { rx: { frames: 0, bytes: 0 }, tx: { frames: 0, bytes: 0 } }, rss: { steering: 'off' as const, fallbacks: 0 } } };
   // A socket file whose listener is gone: bound, closed without unlinking.
   const a = addon();
   a.close(a.vhostUser.listen(file));

@@ -4,6 +4,10 @@
 // the test's own Toeplitz hash (test/helpers/toeplitz.ts, checked against the
 // published vectors) computes from the guest's key.
 
+import { spawn } from 'node:child_process';
+
+import * as path from 'node:path';
+
 import test from 'ava';
 
 import { bits, CONFIG, CTRL, VirtioNetDevice } from '../backend';
@@ -179,8 +183,21 @@ async function sendAll(ns: Netns, g: MiniGuest, tap: string, fl: Flow[]): Promis
   return got;
 }
 
-function checkHashes(t: import('ava').ExecutionContext, fl: Flow[], got: Map<number, RxFrame>, types: number, key: Uint8Array): void {
+/** Where RSS puts a frame: the table's entry for its hash, or unclassified_queue when nothing was hashed. */
+interface Steer {
+  table: number[];
+  unclassifiedQueue: number;
+}
+
+const queueOf = (e: { report: number; value: number }, s: Steer): number => (e.report === HASH_REPORT.NONE ? s.unclassifiedQueue : s.table[e.value & (s.table.length - 1)]);
+
+/**
+ * Every flow arrived with the hash and report type the test computes, and (with `steer`)
+ * on the receive queue the guest's table names for that hash.
+ */
+function checkHashes(t: import('ava').ExecutionContext, fl: Flow[], got: Map<number, RxFrame>, types: number, key: Uint8Array, steer?: Steer): void {
   let bad = 0;
+  let misplaced = 0;
   for (const f of fl) {
     const r = got.get(f.id);
     if (!r) {
@@ -198,8 +215,13 @@ function checkHashes(t: import('ava').ExecutionContext, fl: Flow[], got: Map<num
       if (bad < 5) t.fail(`${f.kind} flow ${f.id.toString(16)}: got hash 0x${value.toString(16)} report ${report}, expected 0x${e.value.toString(16)} report ${e.report}`);
     }
     t.is(d.getUint16(18, true), 0, 'padding is 0');
+    if (steer && r.pair !== queueOf(e, steer)) {
+      misplaced++;
+      if (misplaced < 5) t.fail(`${f.kind} flow ${f.id.toString(16)} (hash 0x${e.value.toString(16)}, report ${e.report}) arrived on queue ${r.pair}, the table names ${queueOf(e, steer)}`);
+    }
   }
   t.is(bad, 0, `${bad} of ${fl.length} frames wrong or missing`);
+  if (steer) t.is(misplaced, 0, `${misplaced} of ${fl.length} frames on another queue than the table names`);
 }
 
 test.serial('config space: rss_max_key_size, rss_max_indirection_table_length, supported_hash_types', async (t) => {
@@ -219,9 +241,12 @@ test.serial('RSS_CONFIG through the device: hostile ones get ERR and change noth
     t.is(await send(rss({ pairs: 1, table: [0], hashTypes: HASH_TYPE.IPv4 })), CTRL.OK);
     t.is(dev.activeQueuePairs, 1);
     const before = dev.rssConfig;
+    const steeringBefore = dev.stats().rss;
+    t.is(steeringBefore.steering, 'ebpf');
     for (const [what, bytes] of hostileRss) {
       t.is(await send(bytes), CTRL.ERR, what);
       t.deepEqual(dev.rssConfig, before, `${what}: configuration unchanged`);
+      t.deepEqual(dev.stats().rss, steeringBefore, `${what}: steering unchanged`);
       t.is(dev.activeQueuePairs, 1, `${what}: pairs unchanged`);
     }
     t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_HASH_CONFIG, encodeHashConfig({ hashTypes: ALL, key: MS_RSS_KEY })), CTRL.ERR, 'HASH_CONFIG with RSS negotiated');
@@ -232,12 +257,41 @@ test.serial('RSS_CONFIG through the device: hostile ones get ERR and change noth
   });
 });
 
-test.serial('hash reports (RSS_CONFIG): 1000 flows of every kind arrive with the hash and type the test computes', async (t) => {
+test.serial('RSS (RSS_CONFIG): 1000 flows of every kind land on the queue the table names for the test\'s hash, with that hash and type reported', async (t) => {
   await withNetns(async (ns) => {
-    const { g, tap } = await hashGuest(ns, { rss: true, pairs: 2 });
-    t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss()), CTRL.OK);
+    const { g, tap, dev } = await hashGuest(ns, { rss: true, pairs: 2 });
+    // Unclassified frames (ARP) go to queue 1, so a program that hashed nothing would show.
+    const steer: Steer = { table: [1, 0, 0, 1, 1, 1, 0, 0], unclassifiedQueue: 1 };
+    t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss(steer)), CTRL.OK);
+    t.is(dev.stats().rss.steering, 'ebpf', `the steering program runs (${dev.stats().rss.why ?? ''})`);
     const fl = flows(1000, 1);
-    checkHashes(t, fl, await sendAll(ns, g, tap, fl), ALL, MS_RSS_KEY);
+    const got = await sendAll(ns, g, tap, fl);
+    checkHashes(t, fl, got, ALL, MS_RSS_KEY, steer);
+    const onQueue = [0, 0];
+    for (const r of got.values()) onQueue[r.pair]++;
+    t.true(onQueue[0] > 100 && onQueue[1] > 100, `both queues get flows (${onQueue.join(', ')})`);
+  });
+});
+
+test.serial('RSS: only the enabled hash types steer; the rest fall back to the IP hash or to unclassified_queue; RSS off gives steering back to the kernel', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap, dev } = await hashGuest(ns, { rss: true, pairs: 2 });
+    const key = Uint8Array.from({ length: 40 }, (_, i) => (i * 53 + 7) & 0xff);
+    const fl = flows(300, 3);
+    for (const [types, steer] of [
+      [HASH_TYPE.TCPv4 | HASH_TYPE.IPv6, { table: [0, 1], unclassifiedQueue: 1 }],
+      [HASH_TYPE.UDPv4 | HASH_TYPE.TCPv6 | HASH_TYPE.UDPv6, { table: [1, 0, 1, 1], unclassifiedQueue: 0 }],
+      [HASH_TYPE.IPv4, { table: [0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0], unclassifiedQueue: 1 }],
+    ] as Array<[number, Steer]>) {
+      t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss({ hashTypes: types, key, ...steer })), CTRL.OK);
+      t.is(dev.stats().rss.steering, 'ebpf');
+      checkHashes(t, fl, await sendAll(ns, g, tap, fl), types, key, steer);
+    }
+    // No key, no type: RSS off. Every frame reports NONE; the kernel's steering is back.
+    t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss({ hashTypes: 0, key: new Uint8Array(0) })), CTRL.OK);
+    t.is(dev.stats().rss.steering, 'off');
+    checkHashes(t, fl, await sendAll(ns, g, tap, fl), 0, key);
+    t.is(dev.stats().rss.fallbacks, 0);
   });
 });
 
@@ -258,5 +312,180 @@ test.serial('hash reports (HASH_CONFIG, no RSS): only enabled types are hashed, 
     t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_HASH_CONFIG, encodeHashConfig({ hashTypes: HASH_TYPE.TCP_EX, key: key2 })), CTRL.ERR);
     t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss({ pairs: 1, table: [0] })), CTRL.ERR, 'RSS_CONFIG without RSS negotiated');
     checkHashes(t, fl, await sendAll(ns, g, tap, fl), ALL, key2);
+  });
+});
+
+/**
+ * A sender inside the namespace: `flows`' frames in bursts, round after round, each stamped
+ * (in the payload's filler, after the marker) with a running number and CLOCK_MONOTONIC just
+ * before it is handed to the kernel (the clock process.hrtime.bigint() reads). Ends when its
+ * stdin closes; prints how many frames it sent.
+ */
+function stampedSender(ns: Netns, tap: string, fl: Flow[]): { child: import('node:child_process').ChildProcess; sent: Promise<number> } {
+  const py = `import socket,sys,select,struct,time
+s=socket.socket(socket.AF_PACKET,socket.SOCK_RAW)
+s.bind((sys.argv[1],0))
+fs=[bytearray.fromhex(h) for h in sys.argv[2:]]
+n=0
+while True:
+    r,_,_=select.select([sys.stdin],[],[],0)
+    if r and not sys.stdin.buffer.read1(64): break
+    for f in fs:
+        struct.pack_into('<IQ',f,len(f)-24+5,n,time.monotonic_ns())
+        s.send(f)
+        n+=1
+    time.sleep(0.005)
+print(n)`;
+  const child = spawn('ip', ['netns', 'exec', ns.name, 'python3', '-c', py, tap, ...fl.map((f) => Buffer.from(frameOf(f)).toString('hex'))], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  const sent = new Promise<number>((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve(Number(out.trim())) : reject(new Error(`sender exited ${code}`)))));
+  return { child, sent };
+}
+
+test.serial('RSS under traffic: the table (and key, and types) change while frames flow; flows move, nothing is lost uncounted, no frame after the ack has the old hash', async (t) => {
+  await withNetns(async (ns) => {
+    const { g, tap, dev } = await hashGuest(ns, { rss: true, pairs: 2 });
+    const key2 = Uint8Array.from({ length: 40 }, (_, i) => (i * 91 + 3) & 0xff);
+    const T = [0, 1, 1, 0, 1, 0, 0, 1];
+    const configs: Array<{ types: number; key: Uint8Array } & Steer> = [
+      { types: ALL, key: MS_RSS_KEY, table: T, unclassifiedQueue: 0 },
+      // The same hash, every entry flipped: every flow moves.
+      { types: ALL, key: MS_RSS_KEY, table: T.map((q) => 1 - q), unclassifiedQueue: 1 },
+      // A new key: new hashes, new queues.
+      { types: ALL, key: key2, table: T, unclassifiedQueue: 0 },
+      // Fewer types: TCPv6 and UDPv4 flows fall back to the IP hash / unclassified_queue.
+      { types: HASH_TYPE.TCPv4 | HASH_TYPE.UDPv6 | HASH_TYPE.IPv4, key: key2, table: [1, 0], unclassifiedQueue: 1 },
+    ];
+    const fl = flows(80, 9).filter((f) => ['tcp4', 'udp4', 'tcp6', 'udp6'].includes(f.kind));
+    const byId = new Map(fl.map((f, i) => [f.id, i]));
+    // Per configuration: when its command went out, and (at its 'rss' event, which comes right
+    // before the ack in the same tick) the time and each RX ring's published count.
+    const tCmd: bigint[] = [];
+    const tEvent: bigint[] = [];
+    const published: number[][] = [];
+    dev.on('rss', () => {
+      tEvent.push(process.hrtime.bigint());
+      published.push([0, 1].map((p) => g.rxPublished(p)));
+    });
+    const apply = async (c: (typeof configs)[number]): Promise<void> => {
+      tCmd.push(process.hrtime.bigint());
+      t.is(await g.ctrl!.command(CTRL.CLASS_MQ, CTRL.MQ_RSS_CONFIG, rss({ hashTypes: c.types, key: c.key, table: c.table, unclassifiedQueue: c.unclassifiedQueue })), CTRL.OK);
+    };
+    await apply(configs[0]);
+    g.drain();
+    const got: RxFrame[] = [];
+    const sender = stampedSender(ns, tap, fl);
+    ns.defer(() => sender.child.kill());
+    const collectFor = async (ms: number): Promise<void> => {
+      got.push(...(await g.collect(ms)));
+    };
+    // Each configuration gets this many frames to itself (counted as they arrive: the sender's
+    // pace under load is not known); the wait for them is bounded, not asserted.
+    const PER_CONFIG = 600;
+    const collectFrames = async (n: number): Promise<void> => {
+      const until = got.length + n;
+      const end = Date.now() + 60_000;
+      while (got.length < until && Date.now() < end) await collectFor(20);
+    };
+    await collectFrames(PER_CONFIG);
+    for (const c of configs.slice(1)) {
+      // The command goes out while frames flow; the guest keeps taking frames meanwhile.
+      let acked = false;
+      const done = apply(c).finally(() => (acked = true));
+      while (!acked) await collectFor(5);
+      await done;
+      await collectFrames(PER_CONFIG);
+    }
+    sender.child.stdin!.end();
+    const sent = await sender.sent;
+    const wantBy = Date.now() + 5000;
+    const kernelDrops = (): number => Number(ns.exec('cat', [`/sys/class/net/${tap}/statistics/tx_dropped`]).trim());
+    const deviceDrops = (): number => dev.stats().totals.drops;
+    while (got.length + kernelDrops() + deviceDrops() < sent && Date.now() < wantBy) await collectFor(50);
+
+    // Nothing lost that a counter does not name, nothing twice.
+    const stamp = (r: RxFrame): { flow: number; n: number; t0: bigint } => {
+      const off = r.frame.length - 24;
+      const d = new DataView(r.frame.buffer, r.frame.byteOffset + off);
+      return { flow: byId.get(d.getUint32(0))!, n: d.getUint32(5, true), t0: d.getBigUint64(9, true) };
+    };
+    const seen = new Map<number, { r: RxFrame; s: ReturnType<typeof stamp> }>();
+    let others = 0;
+    for (const r of got) {
+      const s = stamp(r);
+      // The kernel's own frames on the TAP (IPv6 router and multicast listener messages).
+      if (s.flow === undefined) {
+        others++;
+        continue;
+      }
+      t.false(seen.has(s.n), `frame ${s.n} arrived once`);
+      seen.set(s.n, { r, s });
+    }
+    t.log(`sent ${sent}, received ${seen.size} (and ${others} of the kernel's own), dropped by the TAP (tx_dropped) ${kernelDrops()}, by the device ${deviceDrops()}`);
+    t.is(seen.size + kernelDrops() + deviceDrops(), sent, 'every frame sent arrived or was counted as dropped');
+
+    // Hashes: a frame published after configuration k's ack carries k's hash, or (published
+    // just before k+1's ack) k+1's; never an earlier one's.
+    const expect = (f: Flow, k: number): { report: number; value: number } => expected(f, configs[k].types, configs[k].key);
+    let badHash = 0;
+    // Queues: a frame is steered while its sender hands it to the kernel, between its stamp
+    // and the next frame's. A configuration may steer from its command on, and certainly no
+    // longer once the next one's ack went out: the frame's queue is one of those configurations'.
+    let badQueue = 0;
+    const exact = new Array<number>(configs.length).fill(0);
+    for (const { r, s } of seen.values()) {
+      const f = fl[s.flow];
+      let k = 0;
+      while (k + 1 < published.length && published[k + 1][r.pair] <= r.seq) k++;
+      const okHash = [k, k + 1].filter((j) => j < configs.length).map((j) => expect(f, j));
+      const d = new DataView(r.hdr.buffer, r.hdr.byteOffset, 20);
+      const value = d.getUint32(HDR_HASH.OFF_HASH_VALUE, true);
+      const report = d.getUint16(HDR_HASH.OFF_HASH_REPORT, true);
+      if (!okHash.some((e) => e.value === value && e.report === report)) {
+        if (++badHash < 5) t.fail(`frame ${s.n} (${f.kind}) at ring ${r.pair} #${r.seq}, after ack ${k}: hash 0x${value.toString(16)} report ${report}, expected configuration ${k}'s 0x${okHash[0].value.toString(16)}`);
+      }
+      const next = seen.get(s.n + 1)?.s.t0;
+      const may: number[] = [];
+      for (let j = 0; j < configs.length; j++) {
+        const from = tCmd[j];
+        const until = j + 1 < tEvent.length ? tEvent[j + 1] : undefined;
+        if ((until === undefined || s.t0 < until) && (next === undefined || next > from)) may.push(j);
+      }
+      if (may.length === 1) exact[may[0]]++;
+      if (!may.some((j) => queueOf(expect(f, j), configs[j]) === r.pair)) {
+        if (++badQueue < 5) t.fail(`frame ${s.n} (${f.kind}) on queue ${r.pair}; configurations ${may.join(', ')} name ${may.map((j) => queueOf(expect(f, j), configs[j])).join(', ')}`);
+      }
+    }
+    t.is(badHash, 0, `${badHash} frames with a hash older than the last ack before them`);
+    t.is(badQueue, 0, `${badQueue} frames on a queue no configuration in force when they were sent names`);
+    t.log(`frames steered by exactly one configuration: ${exact.join(', ')}`);
+    // The test saw each configuration alone steer many frames, so the checks above bite.
+    for (const [j, n] of exact.entries()) t.true(n >= 100, `configuration ${j} alone steered ${n} frames`);
+    t.is(dev.stats().rss.steering, 'ebpf');
+  });
+});
+
+test.serial('RSS where the steering program cannot load (no CAP_BPF): the command is still OK, the kernel steers, stats().rss and a warning say so, hash reports stay exact', async (t) => {
+  await withNetns(async (ns) => {
+    const tap = ns.ifname();
+    const fl = flows(40, 5).filter((f) => f.kind === 'udp4' || f.kind === 'tcp4');
+    const child = path.join(__dirname, 'helpers', 'rss-fallback-child.js');
+    // Root less CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: with unprivileged BPF off (this machine's
+    // kernel.unprivileged_bpf_disabled) bpf() answers EPERM.
+    const r = ns.run('setpriv', ['--bounding-set=-bpf,-perfmon,-sys_admin', process.execPath, child, tap, ...fl.map((f) => Buffer.from(frameOf(f)).toString('hex'))], 120_000);
+    t.is(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { ack: number; ok: number; rss: { steering: string; fallbacks: number; why?: string }; warnings: string[]; hashes: { frame: string; value: number; report: number }[] };
+    t.is(out.ack, out.ok, 'RSS_CONFIG acked OK');
+    t.is(out.rss.steering, 'kernel');
+    t.is(out.rss.fallbacks, 1);
+    t.regex(out.rss.why ?? '', /EPERM/);
+    t.is(out.warnings.filter((w) => /steering program could not load/.test(w)).length, 1, out.warnings.join('\n'));
+    t.is(out.hashes.length, fl.length, 'every frame arrived');
+    for (const h of out.hashes) {
+      const f = fl.find((x) => Buffer.from(frameOf(x)).toString('hex') === h.frame)!;
+      const e = expected(f, ALL, MS_RSS_KEY);
+      t.deepEqual({ value: h.value, report: h.report }, e, `${f.kind} flow ${f.id.toString(16)}`);
+    }
   });
 });

@@ -17,6 +17,8 @@ export interface RxFrame {
   pair: number;
   hdr: Uint8Array;
   frame: Uint8Array;
+  /** Where it stood in its RX ring's used order (0 = the first entry since init). */
+  seq: number;
 }
 
 export class MiniGuest {
@@ -25,7 +27,7 @@ export class MiniGuest {
   ctrl: ControlDriver | undefined;
   /** With init's `ctrlFlood`: the control ring driven directly, for many commands in flight at once. */
   private flood: { q: Virtqueue; buf: number } | undefined;
-  private rx: { q: Virtqueue; bufOf: Int32Array; base: number }[] = [];
+  private rx: { q: Virtqueue; bufOf: Int32Array; base: number; popped: number }[] = [];
   private tx: { q: Virtqueue; base: number; next: number }[] = [];
   features = 0n;
   hdrLen = 12;
@@ -91,7 +93,7 @@ export class MiniGuest {
       d.setQueue(ctrlq(d.queuePairs), { size, desc: l.desc, avail: l.avail, used: l.used });
     }
     if (next > this.mem.byteLength) throw new Error('MiniGuest: guest memory too small');
-    this.rx = layouts.map(({ r, rb }) => ({ q: openVirtqueue(this.mem, r, ringOpts), bufOf: new Int32Array(QSIZE), base: rb }));
+    this.rx = layouts.map(({ r, rb }) => ({ q: openVirtqueue(this.mem, r, ringOpts), bufOf: new Int32Array(QSIZE), base: rb, popped: 0 }));
     this.tx = layouts.map(({ t, tb }) => ({ q: openVirtqueue(this.mem, t, ringOpts), base: tb, next: 0 }));
     const ca = ctrlAddrs && { size: ctrlAddrs.size, desc: ctrlAddrs.desc, avail: ctrlAddrs.avail, used: ctrlAddrs.used };
     this.ctrl = ca && !opts.ctrlFlood ? new ControlDriver(d, this.mem, ctrlq(d.queuePairs), ca, ringOpts, ctrlAddrs!.buf) : undefined;
@@ -166,12 +168,23 @@ export class MiniGuest {
         any = true;
         const i = r.bufOf[u.id];
         const a = r.base + i * RX_BUF;
-        out.push({ pair: p, hdr: this.u8.slice(a, a + this.hdrLen), frame: this.u8.slice(a + this.hdrLen, a + u.len) });
+        out.push({ pair: p, hdr: this.u8.slice(a, a + this.hdrLen), frame: this.u8.slice(a + this.hdrLen, a + u.len), seq: r.popped++ });
         r.bufOf[r.q.addBuf(a, RX_BUF, true)] = i;
       }
       if (any && r.q.publish()) this.device.kick(rxq(p));
     });
     return out;
+  }
+
+  /**
+   * How many entries the device has published on pair p's RX ring so far (split rings): a
+   * frame whose RxFrame.seq is at least this was published after the call.
+   */
+  rxPublished(p: number): number {
+    const r = this.rx[p];
+    if (has(this.features, 'RING_PACKED')) throw new Error('rxPublished: split rings only');
+    const used = Atomics.load(new Uint16Array(this.mem, r.q.addrs.used, 2), 1);
+    return r.popped + ((used - r.popped) & 0xffff);
   }
 
   /** Collects frames until `until(frames)` holds or `ms` passes (a bound on waiting, not an assertion). */
