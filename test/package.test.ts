@@ -40,8 +40,41 @@ function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = 
 /** Files a clone has: tracked ones plus new ones not ignored (so an uncommitted file is packed as it would be once committed). */
 async function sourceFiles(): Promise<string[]> {
   const r = await run('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], ROOT);
-  if (r.code !== 0) throw new Error(`git ls-files failed (the package test needs a git checkout): ${r.out}`);
+  // No git (a machine with only Node, npm and g++; code -1 is spawn's ENOENT) or no checkout (an
+  // unpacked source archive): the tree less what .gitignore names, which is what git would list.
+  if (r.code === -1 || (r.code !== 0 && !fs.existsSync(path.join(ROOT, '.git')))) return treeFiles();
+  if (r.code !== 0) throw new Error(`git ls-files failed (the package test needs a git checkout or a tree without .git): ${r.out}`);
   return r.out.split('\0').filter((f) => f !== '' && fs.existsSync(path.join(ROOT, f)));
+}
+
+/** The files under ROOT that the top-level .gitignore does not name (its patterns are names or name globs; a trailing / means a directory). */
+function treeFiles(): string[] {
+  const glob = (p: string): RegExp => new RegExp(`^${p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]')}$`);
+  const rules = fs
+    .readFileSync(path.join(ROOT, '.gitignore'), 'utf8')
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l !== '' && !l.startsWith('#'))
+    .map((l) => ({ dir: l.endsWith('/'), parts: l.replace(/\/$/, '').replace(/^\//, '').split('/').map(glob) }));
+  const ignored = (rel: string, dir: boolean): boolean =>
+    rules.some((r) => {
+      if (r.dir && !dir) return false;
+      const segs = rel.split('/');
+      // One segment: any name at any depth; more: the path from the top.
+      if (r.parts.length === 1) return r.parts[0].test(segs[segs.length - 1]);
+      return segs.length === r.parts.length && r.parts.every((re, i) => re.test(segs[i]));
+    });
+  const out: string[] = [];
+  const walk = (rel: string): void => {
+    for (const e of fs.readdirSync(path.join(ROOT, rel), { withFileTypes: true })) {
+      const f = rel === '' ? e.name : `${rel}/${e.name}`;
+      if (e.name === '.git' || ignored(f, e.isDirectory())) continue;
+      if (e.isDirectory()) walk(f);
+      else if (e.isFile()) out.push(f);
+    }
+  };
+  walk('');
+  return out;
 }
 
 test.serial('npm pack from a clean copy, npm install of the tarball into a fresh project, the example runs there', async (t) => {
