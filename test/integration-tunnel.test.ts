@@ -9,11 +9,12 @@
 // GENEVE cases where it is not.
 
 import test, { ExecutionContext } from 'ava';
-import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 import { GuestSim, GUEST_SUPPORTED } from '../guest-sim/guest';
 import { Netns, withNetns } from '../host/netns';
+import { nsRun, RECEIVER, SENDER } from './helpers/tcp-peers';
 
 const HOST4 = '10.203.20.1';
 const GUEST4 = '10.203.20.2';
@@ -23,68 +24,6 @@ const VNI = 4242;
 const MTU = 1500;
 /** 200 MB as the issue asks; VT_TUNNEL_BYTES overrides it for quick local runs. */
 const BYTES = Number(process.env.VT_TUNNEL_BYTES ?? 200e6);
-
-function nsRun(ns: Netns, cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn('ip', ['netns', 'exec', ns.name, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    ns.defer(() => {
-      if (child.exitCode === null) child.kill('SIGKILL');
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-const SENDER = `
-const net = require('node:net'), crypto = require('node:crypto');
-const [host, total] = [process.argv[1], Number(process.argv[2])];
-const chunk = crypto.randomBytes(1 << 20);
-const h = crypto.createHash('sha256');
-const t0 = process.hrtime.bigint();
-const s = net.connect({ host, port: 9 }, () => {
-  let sent = 0, k = 0;
-  const pump = () => {
-    while (sent < total) {
-      chunk[0] = k & 255; chunk[1] = (k >> 8) & 255; k++;
-      const n = Math.min(chunk.length, total - sent);
-      const b = Buffer.from(chunk.subarray(0, n));
-      h.update(b); sent += n;
-      if (!s.write(b)) return s.once('drain', pump);
-    }
-    s.end();
-  };
-  pump();
-});
-s.on('close', () => console.log(JSON.stringify({ sha256: h.digest('hex'), ms: Number(process.hrtime.bigint() - t0) / 1e6 })));
-s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
-
-const RECEIVER = `
-const net = require('node:net'), crypto = require('node:crypto');
-const host = process.argv[1];
-const P = 251, pat = Buffer.alloc(P * 1100); for (let i = 0; i < pat.length; i++) pat[i] = i % P;
-let n = 0, bad = -1;
-const t0 = process.hrtime.bigint();
-const s = net.connect({ host, port: 19 });
-s.on('data', (d) => {
-  for (let o = 0; o < d.length && bad < 0; ) {
-    const k = Math.min(d.length - o, pat.length - P);
-    const st = (n + o) % P;
-    if (!d.subarray(o, o + k).equals(pat.subarray(st, st + k))) {
-      for (let j = 0; j < k; j++) if (d[o + j] !== (n + o + j) % P) { bad = n + o + j; break; }
-    }
-    o += k;
-  }
-  n += d.length;
-});
-s.on('end', () => console.log(JSON.stringify({ bytes: n, bad, ms: Number(process.hrtime.bigint() - t0) / 1e6 })));
-s.on('error', (e) => { console.error(e.message); process.exit(1); });`;
 
 type Kind = 'vxlan' | 'geneve';
 
