@@ -232,9 +232,9 @@ function nodeHeaders() {
   const dir = candidates.find((d) => fs.existsSync(path.join(d, 'node_api.h')));
   if (!dir) {
     fail(
-      `Node's C headers (node_api.h) were not found (looked in ${candidates.join(', ')}). ` +
-        "Install Node from nodejs.org's tarball or a package that includes its headers (Debian: nodejs's include/node, " +
-        'or libnode-dev), or set npm_config_nodedir to a Node source/headers tree, or install make and python3 so that node-gyp downloads them.',
+      `Node's headers (node_api.h) were not found in ${candidates.join(', ')}: ` +
+        "install a Node that ships them (nodejs.org's tarball and NodeSource's nodejs have <prefix>/include/node; Debian's own nodejs needs libnode-dev), " +
+        'or set npm_config_nodedir to a Node headers tree, or install make and python3 so that node-gyp downloads them.',
     );
   }
   return path.resolve(dir);
@@ -251,7 +251,8 @@ function run(cmd, args) {
 }
 
 async function buildDirect() {
-  const cxx = process.env.CXX || 'g++';
+  // CXX may carry a wrapper or flags ("ccache g++"): its first word is the program.
+  const [cxx, ...cxxArgs] = (process.env.CXX || 'g++').trim().split(/\s+/);
   if (!process.env.CXX && !which('g++')) fail('no C++ compiler: install g++ (Debian: apt-get install g++), or set CXX');
   const t = readTarget();
   const headers = nodeHeaders();
@@ -283,6 +284,7 @@ async function buildDirect() {
     while (next < sources.length && !failed) {
       const i = next++;
       const args = [
+        ...cxxArgs,
         ...cflags,
         ...defines.map((d) => `-D${d}`),
         ...includes.map((d) => `-I${d}`),
@@ -306,7 +308,7 @@ async function buildDirect() {
 
   // Linked under a temporary name, then renamed: an interrupted build never leaves a "current" addon.
   const tmp = `${OUT}.tmp-${process.pid}`;
-  const r = await run(cxx, ['-o', tmp, ...objects, ...ldflags, `-Wl,-soname=${TARGET}.node`, ...(t.libraries || [])]);
+  const r = await run(cxx, [...cxxArgs, '-o', tmp, ...objects, ...ldflags, `-Wl,-soname=${TARGET}.node`, ...(t.libraries || [])]);
   if (r.stderr) process.stderr.write(r.stderr);
   if (r.status !== 0) {
     fs.rmSync(tmp, { force: true });
