@@ -115,6 +115,7 @@ test.serial('npm pack from a clean copy, npm install of the tarball into a fresh
     'dist/guest-sim/worker.js',
     'dist/bench/run.js',
     'bench/baseline.c',
+    'scripts/build-addon.js',
   ]) {
     t.true(files.includes(f), `tarball has ${f}`);
   }
