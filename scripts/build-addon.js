@@ -63,8 +63,15 @@ function runNodeGyp() {
     gyp = process.env.npm_config_node_gyp;
   }
   if (!gyp) fail('node-gyp was not found (it is a dependency: run npm install)');
-  console.log('build-addon: make and python3 found: node-gyp rebuild');
-  const r = spawnSync(process.execPath, [gyp, 'rebuild'], { cwd: ROOT, stdio: 'inherit' });
+  // The running node's own headers, when it has them, so that node-gyp does not download any
+  // (a machine may not reach nodejs.org); an npm nodedir setting wins.
+  const args = [gyp, 'rebuild'];
+  const prefix = path.join(path.dirname(process.execPath), '..');
+  if (!process.env.npm_config_nodedir && fs.existsSync(path.join(prefix, 'include', 'node', 'common.gypi'))) {
+    args.push(`--nodedir=${path.resolve(prefix)}`);
+  }
+  console.log(`build-addon: make and python3 found: node-gyp rebuild${args.length > 2 ? ` (${args[2]})` : ''}`);
+  const r = spawnSync(process.execPath, args, { cwd: ROOT, stdio: 'inherit' });
   process.exit(r.status === null ? 1 : r.status);
 }
 
