@@ -91,6 +91,11 @@ let hooked = false;
 export class Testpmd {
   readonly pid: number;
   private out = '';
+  /**
+   * stdout alone: prompts and command answers are looked for here. In `out` a line testpmd
+   * writes to stderr can land inside a prompt ("testp" … "md> "), which then never matches.
+   */
+  private stdout = '';
   private exited: Promise<number | null>;
   private done = false;
 
@@ -99,7 +104,11 @@ export class Testpmd {
     readonly prefix: string,
   ) {
     this.pid = child.pid!;
-    child.stdout!.on('data', (d: Buffer) => (this.out += d.toString()));
+    child.stdout!.on('data', (d: Buffer) => {
+      const text = d.toString();
+      this.stdout += text;
+      this.out += text;
+    });
     child.stderr!.on('data', (d: Buffer) => (this.out += d.toString()));
     this.exited = new Promise((resolve) =>
       child.once('exit', (code) => {
@@ -137,7 +146,7 @@ export class Testpmd {
     const child = spawn('ip', ['netns', 'exec', o.netns, 'stdbuf', '-oL', TESTPMD, ...eal, '--', ...app], { stdio: ['pipe', 'pipe', 'pipe'] });
     const t = new Testpmd(child, o.prefix);
     try {
-      await t.waitFor(() => t.out.includes(PROMPT), START_TIMEOUT_MS, 'its first prompt');
+      await t.waitFor(() => t.stdout.includes(PROMPT), START_TIMEOUT_MS, 'its first prompt');
     } catch (e) {
       t.kill();
       throw e;
@@ -153,10 +162,10 @@ export class Testpmd {
   /** Runs one command at the prompt and resolves with what it printed before the next prompt. */
   async command(cmd: string, timeoutMs = COMMAND_TIMEOUT_MS): Promise<string> {
     if (this.done) throw new Error(`testpmd exited before '${cmd}': ${this.tail()}`);
-    const start = this.out.lastIndexOf(PROMPT) + PROMPT.length;
+    const start = this.stdout.lastIndexOf(PROMPT) + PROMPT.length;
     this.child.stdin!.write(`${cmd}\n`);
-    await this.waitFor(() => this.out.indexOf(PROMPT, start) >= 0, timeoutMs, `the answer to '${cmd}'`);
-    return this.out.slice(start, this.out.indexOf(PROMPT, start));
+    await this.waitFor(() => this.stdout.indexOf(PROMPT, start) >= 0, timeoutMs, `the answer to '${cmd}'`);
+    return this.stdout.slice(start, this.stdout.indexOf(PROMPT, start));
   }
 
   /** `show port stats PORT`: the driver's counters. */

@@ -91,11 +91,11 @@ async function run(t: import('ava').ExecutionContext, io: 'auto' | 'readv', sndb
     dev.on('needs-reset', (e) => broken.push(e));
 
     // The slow reader: everything the TAP receives from the device goes out of
-    // `slow` through a 20 Mbit/s token bucket with a queue long enough for all N.
+    // `slow` through a 5 Mbit/s token bucket (slow enough that even a writer starved of CPU outruns it) with a queue long enough for all N.
     ns.ip('link', 'add', slow, 'type', 'veth', 'peer', 'name', peer);
     ns.ip('link', 'set', slow, 'up');
     ns.ip('link', 'set', peer, 'up');
-    ns.exec('tc', ['qdisc', 'add', 'dev', slow, 'root', 'tbf', 'rate', '20mbit', 'burst', '16kb', 'limit', '200mb']);
+    ns.exec('tc', ['qdisc', 'add', 'dev', slow, 'root', 'tbf', 'rate', '5mbit', 'burst', '16kb', 'limit', '200mb']);
     ns.exec('tc', ['qdisc', 'add', 'dev', tap, 'ingress']);
     ns.exec('tc', ['filter', 'add', 'dev', tap, 'parent', 'ffff:', 'protocol', 'all', 'u32', 'match', 'u32', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', slow]);
 
