@@ -13,7 +13,7 @@
 // threshold.)
 
 import test from 'ava';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
@@ -51,6 +51,13 @@ test('soak --steady: the Workers of a guest under steady traffic do not grow', a
   t.timeout((MINUTES * 60 + 120) * 1000);
   const child = spawn(process.execPath, [SOAK, '--steady', '--minutes', String(MINUTES), '--sample', String(SAMPLE_S), '--tcp-loops', '3', '--tcp-mib', String(TCP_MIB), '--json'], {
     stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  // On any failure (a timeout, an assertion, the child killed) the child goes, and so does a
+  // namespace it could not delete itself (SIGKILL leaves no finally): its names start so.
+  const nsPrefix = `vtst${child.pid!.toString(36)}`;
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    for (const n of fs.readdirSync('/run/netns').filter((x) => x.startsWith(nsPrefix))) spawnSync('ip', ['netns', 'delete', n]);
   });
   let out = '';
   let err = '';
@@ -101,7 +108,7 @@ test('soak --steady: the Workers of a guest under steady traffic do not grow', a
   const youngMax = Math.max(...rep.samples.flatMap((s) => s.isolateYoung.slice(1)));
   t.true(youngMax <= (2 * WORKER_YOUNG_GENERATION_MB) / 3 + 1, `a Worker's young generation reached ${youngMax} MiB (limit ${WORKER_YOUNG_GENERATION_MB} MiB in all)`);
   t.deepEqual(
-    fs.readdirSync('/run/netns').filter((n) => n.startsWith(`vtst${child.pid!.toString(36)}`)),
+    fs.readdirSync('/run/netns').filter((n) => n.startsWith(nsPrefix)),
     [],
     'the soak deleted its namespace',
   );
