@@ -141,6 +141,7 @@ bool PackedQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_
   // No id is in use until the ring is set up (AddUsed answers none).
   id_ndesc_.clear();
   slots_.clear();
+  shadow_n_ = 0;
   if (!l.packed) {
     v->rule = "ring-out-of-bounds";
     v->detail = "a split ring layout given to the packed ring";
@@ -166,6 +167,7 @@ bool PackedQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_
   used_flags_ = used_wrap_ ? RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED : 0;
   id_ndesc_.assign(l.size, 0);
   slots_.assign(l.size, Slot{1, 0, 1, 0});
+  shadow_.resize(l.size);
   batch_n_ = 0;
   batch_skip_ = 0;
   notify_disabled_ = false;
@@ -176,8 +178,10 @@ bool PackedQueue::Remap(const MemoryTable& mem, Violation* v) {
   if (!CheckLayout(mem, layout_, v)) {
     mem_ = nullptr;
     desc_ = driver_ = device_ = nullptr;
-    // The ring is gone: no id is in use any more, so AddUsed answers none.
+    // The ring is gone: no id is in use any more, so AddUsed answers none,
+    // and what was decided for it is not written anywhere.
     id_ndesc_.assign(id_ndesc_.size(), 0);
+    shadow_n_ = 0;
     return false;
   }
   mem_ = &mem;
@@ -337,18 +341,32 @@ bool PackedQueue::ReadRxChain(uint16_t token, uint32_t min_bytes, size_t max_iov
 }
 
 inline void PackedQueue::WriteUsed(uint32_t id, uint32_t len, uint32_t skip) {
-  uint8_t* d = desc_ + uint64_t{used_pos_} * RING_DESC_SIZE;
-  Store32(d + kOffLen, len);
-  Store16(d + kOffId, static_cast<uint16_t>(id), __ATOMIC_RELAXED);
-  // Release: id, len and the buffer's contents are visible to a driver that
-  // sees the flags say "used" (both bits equal to the device's wrap counter).
-  Store16(d + kOffFlags, used_flags_, __ATOMIC_RELEASE);
+  // Cannot be full (one entry per id in use); if it were, writing out is still right.
+  if (__builtin_expect(shadow_n_ == shadow_.size(), false)) FlushUsed();
+  shadow_[shadow_n_++] = ShadowUsed{used_pos_, len, static_cast<uint16_t>(id), used_flags_};
   used_pos_ += skip;
   if (used_pos_ >= layout_.size) {
     // skip is at most the ring's size: one lap at most.
     used_pos_ -= layout_.size;
     used_wrap_ = !used_wrap_;
     used_flags_ ^= RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED;
+  }
+}
+
+void PackedQueue::FlushUsed() {
+  const uint32_t n = shadow_n_;
+  if (n == 0) return;
+  shadow_n_ = 0;
+  for (uint32_t i = n; i-- > 0;) {
+    const ShadowUsed& u = shadow_[i];
+    uint8_t* d = desc_ + uint64_t{u.pos} * RING_DESC_SIZE;
+    Store32(d + kOffLen, u.len);
+    Store16(d + kOffId, u.id, __ATOMIC_RELAXED);
+    // Release: id, len and the buffer's contents are visible to a driver that
+    // sees the flags say "used" (both bits equal to the device's wrap counter).
+    // The batch's first slot goes last: the driver, which takes used
+    // descriptors in ring order, sees none of the batch before all of it.
+    Store16(d + kOffFlags, u.flags, __ATOMIC_RELEASE);
   }
 }
 
@@ -386,6 +404,7 @@ void PackedQueue::AddUsedInOrder(uint32_t id, uint32_t len, uint16_t ndesc) {
 bool PackedQueue::PublishUsed() {
   if (!desc_) return false;
   CloseInOrderBatch();
+  FlushUsed();
   if (used_count_ == signalled_count_) return false;
   // Full fence: the used descriptors must be visible before we read the
   // driver's event area, or both sides may decide nobody needs waking.

@@ -179,6 +179,7 @@ class PackedQueue {
   void StepBack(uint32_t n, uint32_t* pos, bool* wrap) const;
   bool ReadChain(uint16_t token, bool want_writable, uint32_t min_bytes, size_t max_iov, Chain* out, Violation* v);
   void WriteUsed(uint32_t id, uint32_t len, uint32_t skip);
+  void FlushUsed();
   void CloseInOrderBatch();
   void AddUsedInOrder(uint32_t id, uint32_t len, uint16_t ndesc);
   // A position as a count in [0, 2 * size): laps alternate wrap counters.
@@ -218,6 +219,20 @@ class PackedQueue {
     uint16_t unused;  // pads a slot to 8 bytes: one store for a one-descriptor chain
   };
   std::vector<Slot> slots_;
+  // Used descriptors decided but not yet in the ring. The driver polls the
+  // flags of the slot after its last used one, in the cache lines the device
+  // writes used descriptors to; written one by one as chains complete, a
+  // line could travel to the driver and back once per chain. PublishUsed()
+  // writes them in one pass instead, the first one's flags last (no slot is
+  // the driver's before then). At most one per buffer id in use: the ring's size.
+  struct ShadowUsed {
+    uint32_t pos;
+    uint32_t len;
+    uint16_t id;
+    uint16_t flags;
+  };
+  std::vector<ShadowUsed> shadow_;
+  uint32_t shadow_n_ = 0;
   // IN_ORDER: an open batch of len-0 uses, written as one used descriptor.
   uint16_t batch_n_ = 0;
   uint32_t batch_id_ = 0;

@@ -914,6 +914,53 @@ CASE(packed_event_suppression_both_areas) {
   CHECK(q.PublishUsed());  // slot 4 with wrap counter 0
 }
 
+// Used descriptors reach the ring at PublishUsed(), all of a batch in one
+// pass (across a wrap too): a driver polling its next used slot sees nothing
+// of the batch before then, and all of it after, in ring order.
+CASE(packed_used_descriptors_appear_at_publish) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 4);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  uint16_t token = 0, id = 0;
+  uint32_t len = 0;
+  Chain c;
+  d.Post({{0x8000, 64, RING_DESC_F_WRITE}}, 0);
+  d.Post({{0x8100, 64, RING_DESC_F_WRITE}}, 1);
+  d.Post({{0x8200, 64, RING_DESC_F_WRITE}}, 2);
+  for (uint16_t i = 0; i < 3; i++) {
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+    CHECK(q.ReadRxChain(token, 12, 8, &c, &v));
+  }
+  q.AddUsed(0, 10);
+  q.AddUsed(1, 11);
+  q.PublishUsed();
+  CHECK(d.Used(&id, &len) && id == 0 && len == 10);
+  CHECK(d.Used(&id, &len) && id == 1 && len == 11);
+  // Slots 3 and 0 (the wrap counter flips between): two chains decided, none written.
+  d.Post({{0x8300, 64, RING_DESC_F_WRITE}}, 3);
+  d.Post({{0x8400, 64, RING_DESC_F_WRITE}}, 0);
+  for (uint16_t i = 0; i < 2; i++) {
+    CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+    CHECK(q.ReadRxChain(token, 12, 8, &c, &v));
+  }
+  q.AddUsed(2, 12);
+  q.AddUsed(3, 13);
+  q.AddUsed(0, 14);
+  CHECK_EQ(q.used_idx(), 1);  // the device's position moved on: slot 1, wrap counter 0
+  CHECK(!d.Used(&id, &len));
+  CHECK_EQ(q.pending_used(), 3);
+  q.PublishUsed();
+  CHECK(d.Used(&id, &len) && id == 2 && len == 12);
+  CHECK(d.Used(&id, &len) && id == 3 && len == 13);
+  CHECK(d.Used(&id, &len) && id == 0 && len == 14);
+  CHECK(!d.Used(&id, &len));
+}
+
 CASE(packed_in_order_skips_a_batch_with_one_used_descriptor) {
   Mem m;
   m.Add(0, 0x10000);
