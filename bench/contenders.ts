@@ -64,6 +64,8 @@ export interface Env {
   durationMs: number;
   ringSize: number;
   txqlen: number;
+  /** dpdk case: back ends pinned to CPU 0 and the driver's poller to CPU 1 (--pin). */
+  pin?: boolean;
   /** Children the harness must end on SIGINT, by pid. */
   children: Set<ChildProcess>;
 }

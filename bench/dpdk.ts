@@ -36,6 +36,14 @@ export interface DpdkSample {
 /** The lcore the driver's forwarding thread polls on, and the one DPDK's back end polls on: one core each. */
 const DRIVER_LCORES: [number, number] = [0, 1];
 const BACKEND_LCORES: [number, number] = [1, 0];
+/**
+ * With --pin: the CPU every back end runs on (vhost-tap's whole process; DPDK's polling lcore)
+ * and the one the driver's poller runs on. Left to the scheduler, a back end woken by the
+ * driver's kick may be placed on the driver's CPU and share it until the next rebalance, which
+ * moves single trials by tens of percent either way.
+ */
+const PIN_BACKEND_CPU = 0;
+const PIN_DRIVER_CPU = 1;
 const READY_MS = 30_000;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -77,7 +85,11 @@ interface BackEnd {
 /** `vhost-tap vhost-user` on env.tap in env.ns, listening on `sock`; resolves once it printed its ready line. */
 async function startVhostTap(env: Env, sock: string): Promise<BackEnd> {
   const cli = path.join(__dirname, '..', 'cli', 'main.js');
-  const child: ChildProcess = spawn(process.execPath, [cli, 'vhost-user', '--socket', sock, '--tap', env.tap, '--netns', env.ns, '--trace'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const args = [cli, 'vhost-user', '--socket', sock, '--tap', env.tap, '--netns', env.ns, '--trace'];
+  // taskset execs: the child's pid is still the back end's.
+  const child: ChildProcess = env.pin
+    ? spawn('taskset', ['-c', String(PIN_BACKEND_CPU), process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   env.children.add(child);
   let out = '';
   let err = '';
@@ -114,6 +126,7 @@ async function startDpdkBackend(env: Env, sock: string): Promise<BackEnd> {
     vdevs: [`net_vhost0,iface=${sock},queues=1`, `net_tap0,iface=${env.tap}`],
     forwardMode: 'io',
     lcores: BACKEND_LCORES,
+    ...(env.pin ? { pollCpu: PIN_BACKEND_CPU } : {}),
   });
   try {
     ipNs(env, 'link', 'set', 'dev', env.tap, 'txqueuelen', String(env.txqlen), 'up');
@@ -155,6 +168,7 @@ export async function runDpdkTrial(env: Env, backend: DpdkBackend, layout: DpdkL
       forwardMode: t.dir === 'tx' ? 'txonly' : 'rxonly',
       txpkts: size,
       lcores: DRIVER_LCORES,
+      ...(env.pin ? { pollCpu: PIN_DRIVER_CPU } : {}),
     });
     await driver.command('start');
     if (t.dir === 'rx') source = startSource(env, t);
@@ -302,6 +316,7 @@ export async function dpdkCase(
   trialFor: (dir: 'tx' | 'rx', size: number) => Trial,
   step: (what: string) => void,
   unavailable: { case: string; reason: string }[],
+  sizes: number[] = DPDK_SIZES,
 ): Promise<DpdkResult[]> {
   const results: DpdkResult[] = [];
   const said = new Set<string>();
@@ -314,7 +329,7 @@ export async function dpdkCase(
     return !why;
   };
   for (const dir of ['tx', 'rx'] as const) {
-    for (const size of DPDK_SIZES) {
+    for (const size of sizes) {
       const t = trialFor(dir, size);
       const samples: DpdkRoundSamples = { split: {}, packed: {} };
       for (let r = 0; r < rounds; r++) {

@@ -69,6 +69,8 @@ export interface TestpmdOptions {
   txpkts?: number;
   /** The lcore ids: the first polls (forwards), the second is the main lcore that reads commands; both float over every CPU. */
   lcores?: [number, number];
+  /** The CPU the polling lcore is pinned to (default: it floats over every CPU, as the main lcore always does). */
+  pollCpu?: number;
   /** More testpmd application arguments (after `--`). */
   args?: string[];
 }
@@ -140,7 +142,8 @@ export class Testpmd {
     // Each lcore thread may run on any CPU, as the back ends it is compared with do: pinned to
     // one CPU, a poller on a machine shared with other work gets that CPU's share and no more.
     const cpus = `(0-${os.cpus().length - 1})`;
-    const eal = ['--lcores', `${fwd}@${cpus},${main}@${cpus}`, '--main-lcore', String(main), '--no-huge', '--single-file-segments', '-m', String(MEMORY_MB), '--no-pci', '--iova-mode=va', '--file-prefix', o.prefix];
+    const pollCpus = o.pollCpu === undefined ? cpus : String(o.pollCpu);
+    const eal = ['--lcores', `${fwd}@${pollCpus},${main}@${cpus}`, '--main-lcore', String(main), '--no-huge', '--single-file-segments', '-m', String(MEMORY_MB), '--no-pci', '--iova-mode=va', '--file-prefix', o.prefix];
     for (const v of o.vdevs) eal.push('--vdev', v);
     const app = ['-i', `--forward-mode=${o.forwardMode}`, '--nb-cores=1', `--total-num-mbufs=${MBUFS}`, `--txpkts=${o.txpkts ?? 64}`, ...(o.args ?? [])];
     const child = spawn('ip', ['netns', 'exec', o.netns, 'stdbuf', '-oL', TESTPMD, ...eal, '--', ...app], { stdio: ['pipe', 'pipe', 'pipe'] });
