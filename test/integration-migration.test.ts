@@ -136,9 +136,30 @@ function logLeg(t: ExecutionContext, leg: Leg, r: LegResult): void {
   );
 }
 
+/**
+ * What a failed leg leaves to go on: where the destination's vCPU is (halted, or spinning at
+ * one address) and each back end's last log lines. Once seen (a fresh machine's run at load 6):
+ * the destination ran, but its console stayed silent for two minutes.
+ */
+async function diagnose(t: ExecutionContext, r: LegResult, backEnds: Record<string, RunningCli>): Promise<void> {
+  try {
+    const s = await r.dst.qmp.execute<{ status: string }>('query-status');
+    const regs = await r.dst.qmp.execute<string>('human-monitor-command', { 'command-line': 'info registers' });
+    const rip = /RIP=([0-9a-f]+)/.exec(regs)?.[1];
+    const hlt = /HLT=(\d)/.exec(regs)?.[1];
+    t.log(`destination: ${s.status}, RIP ${rip ?? '?'}, HLT ${hlt ?? '?'}`);
+  } catch (e) {
+    t.log(`destination: QMP did not answer (${(e as Error).message.split('\n')[0]})`);
+  }
+  for (const [name, cli] of Object.entries(backEnds)) t.log(`back end ${name}, last lines:\n${cli.errors().split('\n').slice(-25).join('\n')}`);
+}
+
 /** Asserts the leg delivered every byte intact and the guest answers 100 pings afterwards. */
-async function checkLeg(t: ExecutionContext, ns: string, leg: Leg, r: LegResult): Promise<void> {
-  if (r.failureDetail) t.log(r.failureDetail);
+async function checkLeg(t: ExecutionContext, ns: string, leg: Leg, r: LegResult, backEnds: Record<string, RunningCli> = {}): Promise<void> {
+  if (r.failureDetail) {
+    t.log(r.failureDetail);
+    await diagnose(t, r, backEnds);
+  }
   t.is(r.failure, undefined, `${leg.label}: the transfer across the migration finished`);
   t.is(r.host?.bytes, BYTES);
   t.is(r.guestSha256, r.host?.sha256, `${leg.label}: the guest received exactly what the host sent across the migration`);
@@ -235,7 +256,7 @@ test.serial('vhost-tap: a guest on vhost-tap vhost-user migrates A → B and bac
     const rarp = await captureRarp(ns, bridge, opts.mac);
     const r1 = await migrateUnderTraffic(ns.name, a, siteB, opts, ab);
     live.push(r1.dst);
-    await checkLeg(t, ns.name, ab, r1);
+    await checkLeg(t, ns.name, ab, r1, { A: siteA.cli, B: siteB.cli });
     t.regex(siteA.cli.errors(), /dirty-page logging on/, 'the source back end logged dirty pages during the migration');
     t.regex(siteB.cli.errors(), new RegExp(`announced ${opts.mac} with a RARP`), 'QEMU asked the destination back end to announce the guest');
     const frames = await rarp.done();
@@ -254,7 +275,7 @@ test.serial('vhost-tap: a guest on vhost-tap vhost-user migrates A → B and bac
     const ba = { label: 'B → A', port: 5203 };
     const r2 = await migrateUnderTraffic(ns.name, r1.dst, siteA, opts, ba);
     live.push(r2.dst);
-    await checkLeg(t, ns.name, ba, r2);
+    await checkLeg(t, ns.name, ba, r2, { A: siteA.cli, B: siteB.cli });
     t.is(fdbPort(ns.name, opts.mac), siteA.tap, "the bridge moved the guest's MAC back to A's TAP");
     t.notRegex(siteA.cli.errors() + siteB.cli.errors(), /refused/, 'neither back end refused anything');
     await stop(r2.dst);
