@@ -64,7 +64,8 @@ Options:
   --pin            dpdk case: every back end on CPU 0 (vhost-tap's whole process, DPDK's
                    polling lcore) and the driver's poller on CPU 1, instead of where the
                    scheduler puts them (a back end woken on the driver's CPU shares it)
-  --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514)
+  --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514;
+                   the dpdk case: 64,1514)
   --queues LIST    queue pair counts (default 1,2)
   --cases LIST     cases to run (default tx,rx,tx-gso,rx-gso,tcp-h2g,tcp-g2h,vxlan-h2g,vxlan-g2h;
                    also: guest, dpdk)
@@ -434,7 +435,10 @@ export function table(r: BenchReport): string {
     }
     lines.push('vs QEMU tap: ratio of Mbps. CPU vs QEMU tap: QEMU tap\'s host CPU per byte over vhost-tap\'s (above 1: vhost-tap costs the host less per byte).');
   }
-  if (r.dpdk?.length) lines.push(...dpdkTable(r.dpdk));
+  if (r.dpdk?.length) {
+    lines.push(...dpdkTable(r.dpdk));
+    if (r.options.pin === true) lines.push('dpdk: pinned (--pin): the back ends on CPU 0, the driver\'s poller on CPU 1.');
+  }
   for (const u of r.unavailable) lines.push(`${u.case}: unavailable — ${u.reason}`);
   lines.push('vs …: ratio of frames/s. CPU vs …: ratio of frames per second of backend CPU (efficiency, robust to a busy machine).');
   lines.push('C loop: one write()/read() per frame. C uring: batches of 64 io_uring requests on a registered fd (the fastest single-thread user-space way).');

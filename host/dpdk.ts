@@ -67,7 +67,7 @@ export interface TestpmdOptions {
   forwardMode: string;
   /** txonly frame length in bytes (Ethernet header and FCS-less payload), default 64. */
   txpkts?: number;
-  /** The lcore ids: the first polls (forwards), the second is the main lcore that reads commands; both float over every CPU. */
+  /** The lcore ids: the first polls (forwards), the second is the main lcore that reads commands; both float over every CPU unless pollCpu is given. */
   lcores?: [number, number];
   /** The CPU the polling lcore is pinned to (default: it floats over every CPU, as the main lcore always does). */
   pollCpu?: number;
@@ -139,8 +139,9 @@ export class Testpmd {
     if (missing) throw new Error(missing);
     if (!/^[A-Za-z0-9_-]+$/.test(o.prefix)) throw new Error(`DPDK file prefix '${o.prefix}' must be letters, digits, '_' and '-'`);
     const [fwd, main] = o.lcores ?? [0, 1];
-    // Each lcore thread may run on any CPU, as the back ends it is compared with do: pinned to
-    // one CPU, a poller on a machine shared with other work gets that CPU's share and no more.
+    // By default each lcore thread may run on any CPU, as the back ends it is compared with do:
+    // pinned to one CPU, a poller on a machine shared with other work gets that CPU's share and
+    // no more. pollCpu pins the poller (the bench's --pin, for a machine with nothing else on it).
     const cpus = `(0-${os.cpus().length - 1})`;
     const pollCpus = o.pollCpu === undefined ? cpus : String(o.pollCpu);
     const eal = ['--lcores', `${fwd}@${pollCpus},${main}@${cpus}`, '--main-lcore', String(main), '--no-huge', '--single-file-segments', '-m', String(MEMORY_MB), '--no-pci', '--iova-mode=va', '--file-prefix', o.prefix];
