@@ -625,7 +625,7 @@ void EngineT<Q>::Break(Q& q, QueueStats& st, const QueueConfig& qc, const Violat
 // coalescing), and the batch's counts are published.
 template <class Q>
 void EngineT<Q>::Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
-                   uint16_t stashed) {
+                   uint16_t stashed, uint16_t oldest_stashed_id) {
   st.Publish(counts);
   const uint16_t n = q.pending_used();
   bool notify = q.PublishUsed();
@@ -637,7 +637,7 @@ void EngineT<Q>::Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueCon
   if (notify) Interrupt(qc, st);
   QueueStats::Add(st.used_chains, n);
   st.used_idx.store(q.used_idx(), std::memory_order_relaxed);
-  st.last_avail_idx.store(q.last_avail_before(stashed), std::memory_order_relaxed);
+  st.last_avail_idx.store(q.last_avail_before(stashed, oldest_stashed_id), std::memory_order_relaxed);
 }
 
 // Off, this is one fence, one load and a branch per batch. The fence orders
@@ -890,14 +890,14 @@ bool EngineT<Q>::ProcessTx() {
     // round: a guest then refills its ring while the next batch is written,
     // instead of waiting for the whole round (with a 256-entry ring and a
     // 256-frame budget the two took turns, each idle while the other worked).
-    Flush(tx_, tx_stats, tx_counts_, cfg_.tx, tx_coal_, 0);
+    Flush(tx_, tx_stats, tx_counts_, cfg_.tx, tx_coal_, 0, 0);
     FallBackIfFailed();
     if (broke || tx_blocked_) break;
     // Drained, unless frames went back to the ring without EAGAIN (the I/O
     // mechanism failed under them): those go now, the guest will not kick again.
     if (drained && undo_from == n) break;
   }
-  Flush(tx_, tx_stats, tx_counts_, cfg_.tx, tx_coal_, 0);
+  Flush(tx_, tx_stats, tx_counts_, cfg_.tx, tx_coal_, 0, 0);
   return more;
 }
 
@@ -1086,6 +1086,14 @@ void EngineT<Q>::ReadBatch(uint32_t* attempts, uint64_t* bytes, const RxFilter* 
   FallBackIfFailed();
 }
 
+// The stash's chains are RX's newest pops: the queue's resume point (what
+// stats() shows as last_avail_idx) is before them.
+template <class Q>
+void EngineT<Q>::FlushRx() {
+  const size_t n = stash_.chains();
+  Flush(rx_, rx_stats, rx_counts_, cfg_.rx, rx_coal_, static_cast<uint16_t>(n), n ? stash_.chain_id(0) : 0);
+}
+
 template <class Q>
 bool EngineT<Q>::ProcessRx() {
   // Odd while the round runs (SyncRx()); seq_cst before the hash is loaded below.
@@ -1119,9 +1127,9 @@ bool EngineT<Q>::ProcessRx() {
     if (rx_broken_) break;
     // As on TX: the guest gets each batch's frames (and can post their
     // buffers again) while the next batch is read.
-    Flush(rx_, rx_stats, rx_counts_, cfg_.rx, rx_coal_, static_cast<uint16_t>(stash_.chains()));
+    FlushRx();
   }
-  Flush(rx_, rx_stats, rx_counts_, cfg_.rx, rx_coal_, static_cast<uint16_t>(stash_.chains()));
+  FlushRx();
   return more;
 }
 

@@ -228,8 +228,11 @@ class EngineT final : public Engine {
   void PinLostMemory();
   void FallBackIfFailed();
   void Break(Q& q, QueueStats& st, const QueueConfig& qc, const Violation& v);
+  // `stashed`: chains popped and not yet used (RX's stash; their oldest has
+  // buffer id `oldest_stashed_id`), which the resume point goes back over.
   void Flush(Q& q, QueueStats& st, BatchCounts& counts, const QueueConfig& qc, NotifyCoalescer& coal,
-             uint16_t stashed);
+             uint16_t stashed, uint16_t oldest_stashed_id);
+  void FlushRx();
   void Interrupt(const QueueConfig& qc, QueueStats& st);
   // The dirty log to mark for writes made so far (nullptr: logging is off);
   // called once per batch, after the batch's writes. See engine.cc.

@@ -139,7 +139,7 @@ bool PackedQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_
   mem_ = nullptr;
   desc_ = driver_ = device_ = nullptr;
   // No id is in use until the ring is set up (AddUsed answers none).
-  id_ndesc_.clear();
+  id_use_.clear();
   slots_.clear();
   shadow_n_ = 0;
   if (!l.packed) {
@@ -165,7 +165,7 @@ bool PackedQueue::Init(const MemoryTable& mem, const QueueLayout& l, bool event_
   used_wrap_ = signalled_wrap_ = (used_idx & RING_PACKED_WRAP_BIT) != 0;
   used_count_ = signalled_count_ = 0;
   used_flags_ = used_wrap_ ? RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED : 0;
-  id_ndesc_.assign(l.size, 0);
+  id_use_.assign(l.size, IdUse{0, 0});
   slots_.assign(l.size, Slot{1, 0, 1, 0});
   shadow_.resize(l.size);
   batch_n_ = 0;
@@ -180,7 +180,7 @@ bool PackedQueue::Remap(const MemoryTable& mem, Violation* v) {
     desc_ = driver_ = device_ = nullptr;
     // The ring is gone: no id is in use any more, so AddUsed answers none,
     // and what was decided for it is not written anywhere.
-    id_ndesc_.assign(id_ndesc_.size(), 0);
+    id_use_.assign(id_use_.size(), IdUse{0, 0});
     shadow_n_ = 0;
     return false;
   }
@@ -198,7 +198,7 @@ bool PackedQueue::HasAvail() const {
 
 inline void PackedQueue::Take(uint32_t count, uint16_t id, uint16_t* token) {
   const uint32_t size = layout_.size, head = next_avail_;
-  id_ndesc_[id] = static_cast<uint16_t>(count);
+  id_use_[id] = IdUse{static_cast<uint16_t>(count), static_cast<uint16_t>(head)};
   uint32_t pos = head + count;
   if (pos >= size) {
     pos -= size;
@@ -273,7 +273,7 @@ PackedQueue::Pop PackedQueue::PopLinked(uint16_t head_flags, uint16_t* token, Vi
   }
   // The buffer id is the last descriptor's (§2.8.6).
   const uint16_t id = Load16(desc_ + uint64_t{pos} * RING_DESC_SIZE + kOffId, __ATOMIC_RELAXED);
-  if (id >= size || id_ndesc_[id] != 0) return BadId(id, v);
+  if (id >= size || id_use_[id].ndesc != 0) return BadId(id, v);
   Take(count, id, token);
   return Pop::kChain;
 }
@@ -292,7 +292,7 @@ __attribute__((always_inline)) inline PackedQueue::Pop PackedQueue::PopNext(uint
   if (!Available(flags, avail_wrap_)) return kArm ? ArmAndPop(token, v) : Pop::kEmpty;
   if (__builtin_expect((flags & RING_DESC_F_NEXT) != 0, 0)) return PopLinked(flags, token, v);
   const uint16_t id = Load16(d + kOffId, __ATOMIC_RELAXED);
-  if (__builtin_expect(id >= layout_.size || id_ndesc_[id] != 0, 0)) return BadId(id, v);
+  if (__builtin_expect(id >= layout_.size || id_use_[id].ndesc != 0, 0)) return BadId(id, v);
   Take(1, id, token);
   return Pop::kChain;
 }
@@ -320,7 +320,7 @@ void PackedQueue::UndoPop(uint16_t n) {
   if (n > size) n = static_cast<uint16_t>(size);
   for (uint16_t i = 0; i < n; i++) {
     StepBack(1, &next_avail_, &avail_wrap_);
-    id_ndesc_[slots_[next_avail_].id] = 0;
+    id_use_[slots_[next_avail_].id].ndesc = 0;
   }
 }
 
@@ -380,10 +380,10 @@ void PackedQueue::CloseInOrderBatch() {
 void PackedQueue::AddUsed(uint32_t id, uint32_t len) {
   // Only popped ids come here. One not in use (ndesc 0; every id of a queue
   // that lost its ring is) is not answered: there is nothing to skip.
-  if (id >= id_ndesc_.size()) return;
-  const uint16_t ndesc = id_ndesc_[id];
+  if (id >= id_use_.size()) return;
+  const uint16_t ndesc = id_use_[id].ndesc;
   if (ndesc == 0) return;
-  id_ndesc_[id] = 0;
+  id_use_[id].ndesc = 0;
   used_count_++;
   // IN_ORDER apart, so that the plain path stays short.
   if (__builtin_expect(in_order_, false)) return AddUsedInOrder(id, len, ndesc);

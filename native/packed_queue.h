@@ -148,6 +148,17 @@ class PackedQueue {
     StepBack(n, &pos, &wrap);
     return Position(pos, wrap);
   }
+  // The same in one step, for the engine's every batch, when the caller
+  // knows the buffer id of the oldest of those n pops (its RX stash does):
+  // that chain's head slot, with the wrap counter it was popped under.
+  uint16_t last_avail_before(uint16_t n, uint16_t oldest_id) const {
+    if (n == 0) return last_avail();
+    if (oldest_id >= id_use_.size() || id_use_[oldest_id].ndesc == 0) return last_avail_before(n);
+    // The n chains lie between their first head and next_avail_, at most one
+    // lap: at or past the head, next_avail_ has wrapped since.
+    const uint32_t head = id_use_[oldest_id].head;
+    return Position(head, head < next_avail_ ? avail_wrap_ : !avail_wrap_);
+  }
   uint16_t UntilUsedEvent() const;
   uint32_t size() const { return layout_.size; }
   const QueueLayout& layout() const { return layout_; }
@@ -205,8 +216,13 @@ class PackedQueue {
   // bits equal to it), kept with used_wrap_.
   uint16_t used_flags_ = RING_PACKED_DESC_F_AVAIL | RING_PACKED_DESC_F_USED;
   // Per buffer id: how many ring descriptors its chain took (what the used
-  // side skips), 0 while the id is not in use (popped, not yet used).
-  std::vector<uint16_t> id_ndesc_;
+  // side skips), 0 while the id is not in use (popped, not yet used), and
+  // the ring slot its chain began at. One 4-byte store per pop.
+  struct IdUse {
+    uint16_t ndesc;
+    uint16_t head;
+  };
+  std::vector<IdUse> id_use_;
   // Per ring slot, everything a pop records, in one place so that a chain
   // costs one cache line of device state: at its head slot the chain's
   // descriptor count and buffer id as the pop read them (the chain readers

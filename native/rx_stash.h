@@ -21,6 +21,7 @@ class RxStash {
   uint64_t bytes() const { return bytes_; }
   size_t iovs() const { return iov_.size(); }
   uint64_t chain_bytes(size_t i) const { return chains_[i].bytes; }
+  uint16_t chain_id(size_t i) const { return chains_[i].head; }  // the buffer id (Chain::head)
   // The buffers of chains [first, first + count) as one frame target.
   IoFrame Span(size_t first, size_t count) const;
 

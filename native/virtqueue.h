@@ -125,7 +125,8 @@ bool CollectChain(const MemoryTable& mem, Walker& chain, uint16_t head, bool wan
 //   Init / Remap, PopOrArm(&token) then ReadTxChain / ReadRxChain(token) or
 //   Walk(token), UndoPop(n), AddUsed(id, len), pending_used(), PublishUsed(),
 //   DisableNotify / EnableNotify, HasAvail(), UntilUsedEvent(),
-//   last_avail() / used_idx() (the state to save and restore), SetInOrder().
+//   last_avail() / used_idx() (the state to save and restore),
+//   last_avail_before(n, oldest_id), SetInOrder().
 // A token is what a pop hands to the chain readers: the head index here, the
 // head's ring slot for the packed ring; Chain::head is the buffer id.
 class SplitQueue {
@@ -194,8 +195,11 @@ class SplitQueue {
   bool EnableNotify();
 
   uint16_t last_avail() const { return last_avail_; }
-  // Where the device would resume had it not taken its last n pops.
+  // Where the device would resume had it not taken its last n pops. The
+  // packed ring needs the oldest one's buffer id to say it in one step;
+  // here every pop is one step of the index.
   uint16_t last_avail_before(uint16_t n) const { return static_cast<uint16_t>(last_avail_ - n); }
+  uint16_t last_avail_before(uint16_t n, uint16_t /*oldest_id*/) const { return last_avail_before(n); }
   // Whether the driver made more available than the device took: a hint, as AvailIdx().
   bool HasAvail() const { return AvailIdx() != last_avail_; }
   // avail.idx as the driver last published it: a hint for "is there more?"

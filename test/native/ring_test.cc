@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -1075,6 +1076,91 @@ CASE(packed_undo_pop_walks_back_over_linked_chains_across_the_wrap) {
   q.PublishUsed();
   CHECK(d.Used(&id, &len) && id == 2);
   CHECK_EQ(q.used_idx(), 1);  // past both chains: slot 1, wrap counter 0
+}
+
+// last_avail_before(n) is the position before the last n pops (the engine's
+// "next to pop once the stash is given back"), walked back to; given the
+// oldest one's buffer id, it is that chain's head slot and wrap counter, in
+// one step. Both are checked against the driver's own record of where each
+// popped chain began, over chains of one to three descriptors, undone pops
+// (ids popped again) and many laps of a ring whose size is not a power of two,
+// including a stash of the whole ring (head slot = next_avail).
+CASE(packed_last_avail_before_follows_pops_undos_and_laps) {
+  Mem m;
+  m.Add(0, 0x10000);
+  const MemoryTable& t = m.Build();
+  const QueueLayout l = PackedRing(0, 7);
+  PackedQueue q;
+  Violation v;
+  CHECK(q.Init(t, l, false, false, RING_PACKED_WRAP_BIT, RING_PACKED_WRAP_BIT, &v));
+  PackedDriver d(m, l);
+  struct Posted {
+    uint16_t id, pos;  // pos: where the chain begins, wrap counter in bit 15
+  };
+  std::deque<Posted> posted;  // made available, not yet popped, in ring order
+  std::deque<Posted> held;    // popped, not yet used, in pop order
+  std::vector<bool> id_busy(l.size, false);
+  uint32_t free_descs = l.size, rng = 12345, laps_before = 0, whole_ring_held = 0;
+  auto next_rand = [&rng](uint32_t n) {
+    rng = rng * 1103515245u + 12345u;
+    return (rng >> 16) % n;
+  };
+  for (int step = 0; step < 3000; step++) {
+    // The driver posts a chain when it has the descriptors and an id.
+    const uint32_t len = 1 + next_rand(3);
+    if (len <= free_descs) {
+      uint16_t id = 0;
+      while (id < l.size && id_busy[id]) id++;
+      if (id < l.size) {
+        const uint16_t pos = static_cast<uint16_t>(d.next | (d.wrap ? RING_PACKED_WRAP_BIT : 0));
+        std::vector<PackedDriver::Buf> bufs(len, PackedDriver::Buf{0x8000, 64, RING_DESC_F_WRITE});
+        d.Post(bufs, id);
+        id_busy[id] = true;
+        free_descs -= len;
+        posted.push_back({id, pos});
+      }
+    }
+    // The device pops some, sometimes gives the newest back, uses the oldest.
+    for (uint32_t k = next_rand(3); k > 0 && !posted.empty(); k--) {
+      uint16_t token = 0;
+      CHECK(q.PopAvail(&token, &v) == PackedQueue::Pop::kChain);
+      CHECK_EQ(q.BufferId(token), posted.front().id);
+      held.push_back(posted.front());
+      posted.pop_front();
+    }
+    if (!held.empty() && next_rand(4) == 0) {
+      const uint32_t k = 1 + next_rand(static_cast<uint32_t>(held.size()));
+      q.UndoPop(static_cast<uint16_t>(k));
+      for (uint32_t i = 0; i < k; i++) {
+        posted.push_front(held.back());
+        held.pop_back();
+      }
+    }
+    CHECK_EQ(q.last_avail_before(0), q.last_avail());
+    for (uint32_t k = 1; k <= held.size(); k++) {
+      const Posted& oldest = held[held.size() - k];
+      CHECK_EQ(q.last_avail_before(static_cast<uint16_t>(k)), oldest.pos);
+      CHECK_EQ(q.last_avail_before(static_cast<uint16_t>(k), oldest.id), oldest.pos);
+    }
+    if (!held.empty() && (held.front().pos & ~RING_PACKED_WRAP_BIT) == (q.last_avail() & ~RING_PACKED_WRAP_BIT))
+      whole_ring_held++;
+    const uint16_t driver_pos = static_cast<uint16_t>(d.next | (d.wrap ? RING_PACKED_WRAP_BIT : 0));
+    if (held.empty()) CHECK_EQ(q.last_avail(), posted.empty() ? driver_pos : posted.front().pos);
+    for (uint32_t k = next_rand(3); k > 0 && !held.empty(); k--) {
+      q.AddUsed(held.front().id, 0);
+      held.pop_front();
+    }
+    q.PublishUsed();
+    uint16_t id;
+    uint32_t used_len;
+    while (d.Used(&id, &used_len)) {
+      free_descs += d.ndesc[id];
+      id_busy[id] = false;
+      if (d.used_next < d.ndesc[id]) laps_before++;
+    }
+  }
+  CHECK(laps_before > 100);  // the walk crossed the ring's end many times
+  CHECK(whole_ring_held > 0);
 }
 
 // A queue whose Init failed holds no ids and no slots: nothing the engine may
