@@ -249,8 +249,9 @@ export interface Source {
   stop(): Promise<{ sent: number; drops: number }>;
 }
 
-export function startSource(env: Env, t: Trial): Source {
-  const child = spawn('ip', ['netns', 'exec', env.ns, path.join(env.outDir, 'pktsrc'), env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec), t.gso ? 'gso' : 'plain', 'pace'], {
+export function startSource(env: Env, t: Trial, cpu?: number): Source {
+  const pin = cpu === undefined ? [] : ['taskset', '-c', String(cpu)];
+  const child = spawn('ip', ['netns', 'exec', env.ns, ...pin, path.join(env.outDir, 'pktsrc'), env.tap, t.file, String(t.recs.reclen), String(t.recs.nrec), t.gso ? 'gso' : 'plain', 'pace'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   env.children.add(child);

@@ -40,7 +40,9 @@ const BACKEND_LCORES: [number, number] = [1, 0];
  * With --pin: the CPU every back end runs on (vhost-tap's whole process; DPDK's polling lcore)
  * and the one the driver's poller runs on. Left to the scheduler, a back end woken by the
  * driver's kick may be placed on the driver's CPU and share it until the next rebalance, which
- * moves single trials by tens of percent either way.
+ * moves single trials by tens of percent either way. The TAP → guest source goes on the back
+ * end's CPU too: left alone it mostly ran there, but now and then moved onto the driver's CPU
+ * and took turns with its poller for a while, in some trials and not others.
  */
 const PIN_BACKEND_CPU = 0;
 const PIN_DRIVER_CPU = 1;
@@ -171,7 +173,7 @@ export async function runDpdkTrial(env: Env, backend: DpdkBackend, layout: DpdkL
       ...(env.pin ? { pollCpu: PIN_DRIVER_CPU } : {}),
     });
     await driver.command('start');
-    if (t.dir === 'rx') source = startSource(env, t);
+    if (t.dir === 'rx') source = startSource(env, t, env.pin ? PIN_BACKEND_CPU : undefined);
     const d = driver;
     const count = async (): Promise<number> => (t.dir === 'tx' ? tapRxPackets(env) : (await d.portStats()).rxPackets);
     await sleep(env.warmupMs);

@@ -62,8 +62,9 @@ Options:
   --warmup MS      warm-up before each measured window (default 300)
   --rounds N       rounds; contenders alternate within each (default 3)
   --pin            dpdk case: every back end on CPU 0 (vhost-tap's whole process, DPDK's
-                   polling lcore) and the driver's poller on CPU 1, instead of where the
-                   scheduler puts them (a back end woken on the driver's CPU shares it)
+                   polling lcore) with the TAP → guest frame source, and the driver's poller
+                   on CPU 1, instead of where the scheduler puts them (a back end woken on
+                   the driver's CPU shares it)
   --sizes LIST     frame sizes in bytes, Ethernet header included (default 64,512,1514;
                    the dpdk case: 64,1514)
   --queues LIST    queue pair counts (default 1,2)
@@ -437,7 +438,7 @@ export function table(r: BenchReport): string {
   }
   if (r.dpdk?.length) {
     lines.push(...dpdkTable(r.dpdk));
-    if (r.options.pin === true) lines.push('dpdk: pinned (--pin): the back ends on CPU 0, the driver\'s poller on CPU 1.');
+    if (r.options.pin === true) lines.push('dpdk: pinned (--pin): the back ends and the TAP → guest source on CPU 0, the driver\'s poller on CPU 1.');
   }
   for (const u of r.unavailable) lines.push(`${u.case}: unavailable — ${u.reason}`);
   lines.push('vs …: ratio of frames/s. CPU vs …: ratio of frames per second of backend CPU (efficiency, robust to a busy machine).');
