@@ -253,6 +253,12 @@ const fps = (s: DpdkSample): number => (s.frames * 1e9) / s.wallNs;
 /** Each layout's samples per back end, indexed by round (a hole where a combination did not run). */
 export type DpdkRoundSamples = Record<DpdkLayout, Partial<Record<DpdkBackend, (DpdkSample | undefined)[]>>>;
 
+/** How many trials dpdkCase will run (for the progress line's count and estimate). */
+export function dpdkTrialCount(rounds: number, sizes: number[] = DPDK_SIZES): number {
+  const perRound = dpdkRoundOrder(0).filter(([b, layout]) => !dpdkCaseUnavailable(b, layout)).length;
+  return 2 * sizes.length * rounds * perRound;
+}
+
 /**
  * The trials of round `r`, in order: per back end its split and packed trial back to back (the
  * pair whose ratio is the packed-vs-split figure: both see the same moment of a shared machine),
@@ -316,7 +322,7 @@ export async function dpdkCase(
   env: Env,
   rounds: number,
   trialFor: (dir: 'tx' | 'rx', size: number) => Trial,
-  step: (what: string) => void,
+  step: (what: string, again?: boolean) => void,
   unavailable: { case: string; reason: string }[],
   sizes: number[] = DPDK_SIZES,
 ): Promise<DpdkResult[]> {
@@ -345,7 +351,7 @@ export async function dpdkCase(
             s = await runDpdkTrial(env, b, layout, t, size);
           } catch (e) {
             // Once more on a failed start (testpmd can take a minute to come up on a loaded machine); a second failure ends the run.
-            step(`dpdk ${dir} ${size} B ${layout} ${b}: trial failed (${(e as Error).message.split('\n')[0]}), running it again`);
+            step(`dpdk ${dir} ${size} B ${layout} ${b}: trial failed (${(e as Error).message.split('\n')[0]}), running it again`, true);
             s = await runDpdkTrial(env, b, layout, t, size);
           }
           // Indexed by round, so that a round's split and packed samples pair up.

@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 
 import { Netns, requireRoot } from '../host/netns';
 import { CONTENDER_NAMES, CONTENDERS, Contender, DEFAULT_CONTENDERS, ContenderUnavailable, Env, runC, runNode, runVhost, Sample, signalChild, syscallNs, Trial } from './contenders';
-import { DPDK_DEFAULT_ROUNDS, DPDK_SIZES, dpdkCase, DpdkResult, dpdkTable, dpdkTargets } from './dpdk';
+import { DPDK_DEFAULT_ROUNDS, DPDK_SIZES, dpdkCase, DpdkResult, dpdkTable, dpdkTargets, dpdkTrialCount } from './dpdk';
 import { buildRecords, GSO_FRAME_LEN } from './frames';
 import { buildGuestImage, GUEST_BACKEND_NAMES, GUEST_BACKENDS, GuestBackend, guestBackendUnavailable, GuestDir, GuestRig, GuestSample, makeGuestRig, runGuestRound } from './guest';
 import { renderSvg } from './plot';
@@ -688,7 +688,10 @@ export async function main(argv: string[]): Promise<number> {
     const frameTrials = specs.reduce((n, spec) => n + contenders.filter((k) => runsCase(k, spec)).length, 0);
     // An overlay case runs twice per round: with and without the tunnel offload.
     const tcpTrials = tcpCases.reduce((n, c) => n + (c.startsWith('vxlan-') ? 2 : tcpContenders.length), 0);
-    total = frameTrials * rounds + tcpTrials * rounds + runnableGuest.length * rounds;
+    // The issue's two sizes for the dpdk case, unless --sizes names others.
+    const dpdkSizes = o.sizes === undefined ? DPDK_SIZES : sizes;
+    const dpdkTrials = cases.includes('dpdk') ? dpdkTrialCount(dpdkRounds, dpdkSizes) : 0;
+    total = frameTrials * rounds + tcpTrials * rounds + runnableGuest.length * rounds + dpdkTrials;
     for (const spec of specs) {
       const recs = buildRecords(spec.size, spec.gso, FLOWS, spec.dir);
       const file = path.join(outDir, `frames-${spec.dir}-${spec.gso ? 'gso' : spec.size}.bin`);
@@ -781,9 +784,8 @@ export async function main(argv: string[]): Promise<number> {
         fs.writeFileSync(file, recs.data);
         return { dir, gso: false, queues: 1, recs, file };
       };
-      // The issue's two sizes, unless --sizes names others.
-      const dpdkSizes = o.sizes === undefined ? DPDK_SIZES : sizes;
-      dpdk = await dpdkCase(env, dpdkRounds, trialFor, (what) => progress(`[${done}/${total}] ${what}`), unavailable, dpdkSizes);
+      // A trial run again after a failed start is not another one of the total.
+      dpdk = await dpdkCase(env, dpdkRounds, trialFor, (what, again) => (again ? progress(what) : step(what)), unavailable, dpdkSizes);
     }
     progress('done');
     if (process.stderr.isTTY) process.stderr.write('\n');

@@ -5,7 +5,7 @@
 
 import test from 'ava';
 
-import { DpdkBackend, DpdkLayout, DpdkRoundSamples, dpdkResultsOf, dpdkRoundOrder, DpdkSample, dpdkTable, dpdkTargets } from '../bench/dpdk';
+import { dpdkCaseUnavailable, DpdkBackend, DpdkLayout, DpdkRoundSamples, dpdkResultsOf, dpdkRoundOrder, DpdkSample, dpdkTable, dpdkTargets, dpdkTrialCount } from '../bench/dpdk';
 
 /** A sample of `fps` frames/s over one second, `cpuNs` back-end CPU per frame. */
 const sample = (fps: number, cpuNs = 1000): DpdkSample => ({ frames: fps, bytes: fps * 64, wallNs: 1e9, backendCpuNs: fps * cpuNs });
@@ -31,6 +31,13 @@ test('a round runs each back end split and packed back to back; the first layout
     t.true(pos(r0, 'split') < pos(r0, 'packed'));
     t.true(pos(r1, 'packed') < pos(r1, 'split'));
   }
+});
+
+test('the progress line counts every trial the case will run: two directions, each size, each round, each runnable back end and layout', (t) => {
+  // On a machine without DPDK the case runs nothing; with it, both back ends run both layouts.
+  const perRound = dpdkCaseUnavailable() ? 0 : 4;
+  t.is(dpdkTrialCount(5, [64, 1514]), 2 * 2 * 5 * perRound);
+  t.is(dpdkTrialCount(3, [1514]), 2 * 1 * 3 * perRound);
 });
 
 test('packed / split: one ratio per round from that round\'s pair, their median and range, beside the ratio of the medians', (t) => {
