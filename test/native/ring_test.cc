@@ -1100,7 +1100,7 @@ CASE(packed_last_avail_before_follows_pops_undos_and_laps) {
   std::deque<Posted> posted;  // made available, not yet popped, in ring order
   std::deque<Posted> held;    // popped, not yet used, in pop order
   std::vector<bool> id_busy(l.size, false);
-  uint32_t free_descs = l.size, rng = 12345, laps_before = 0, whole_ring_held = 0;
+  uint32_t free_descs = l.size, rng = 12345, laps = 0, whole_ring_held = 0;
   auto next_rand = [&rng](uint32_t n) {
     rng = rng * 1103515245u + 12345u;
     return (rng >> 16) % n;
@@ -1156,10 +1156,10 @@ CASE(packed_last_avail_before_follows_pops_undos_and_laps) {
     while (d.Used(&id, &used_len)) {
       free_descs += d.ndesc[id];
       id_busy[id] = false;
-      if (d.used_next < d.ndesc[id]) laps_before++;
+      if (d.used_next < d.ndesc[id]) laps++;
     }
   }
-  CHECK(laps_before > 100);  // the walk crossed the ring's end many times
+  CHECK(laps > 100);  // the walk crossed the ring's end many times
   CHECK(whole_ring_held > 0);
 }
 
