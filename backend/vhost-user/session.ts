@@ -909,7 +909,10 @@ export class VhostUserSession extends EventEmitter {
     }
     this.running[p] = true;
     const format = [a.packed ? 'packed' : 'split', ...(has(this.features, 'IN_ORDER') ? ['in-order'] : []), ...(has(this.features, 'RING_EVENT_IDX') ? ['event-idx'] : [])];
-    this.opts.log?.(`vhost-user: queue pair ${p} running (${format.join(', ')}, ${a.size} entries; rings ${2 * p} and ${2 * p + 1})`);
+    // Where each ring starts (avail/used): after a migration or a reconnect, the positions the
+    // front end and the guest's memory gave, to compare with where the previous back end stopped.
+    const at = (r: RingStart): string => (r.packed ? `${r.lastAvailIdx & 0x7fff}.${r.lastAvailIdx >> 15}/${r.usedIdx & 0x7fff}.${r.usedIdx >> 15}` : `${r.lastAvailIdx}/${r.usedIdx}`);
+    this.opts.log?.(`vhost-user: queue pair ${p} running (${format.join(', ')}, ${a.size} entries; rings ${2 * p} and ${2 * p + 1} from avail/used ${at(a)} and ${at(b)})`);
     this.emit('pair', p, true);
     return true;
   }
@@ -925,7 +928,7 @@ export class VhostUserSession extends EventEmitter {
     this.rings[2 * p + 1].usedBase = pos.txUsed;
     // Said like the start, so a restart (GET_VRING_BASE, a new kick fd, a disable) reads as one;
     // the session's end says itself.
-    if (!this.ended) this.opts.log?.(`vhost-user: queue pair ${p} stopped (ring ${2 * p} at avail ${pos.rx}, ring ${2 * p + 1} at avail ${pos.tx})`);
+    if (!this.ended) this.opts.log?.(`vhost-user: queue pair ${p} stopped (ring ${2 * p} at avail ${pos.rx}, ring ${2 * p + 1} at avail ${pos.tx}; used ${pos.rxUsed} and ${pos.txUsed})`);
     this.emit('pair', p, false);
     return true;
   }
