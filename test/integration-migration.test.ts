@@ -211,8 +211,8 @@ const DIAGNOSE_STEP_MS = 250;
 /**
  * What a failed leg leaves to go on: where the destination's vCPU is (halted, or where it runs,
  * sampled a dozen times and resolved against the guest's module symbols), the interrupt counts
- * over the sampling, and each back end's last log lines. Twice seen (load 6 and an ASan run):
- * the destination ran, but its console stayed silent for two minutes, the vCPU in module space.
+ * over the sampling, the rings and the kernel's log as they are in guest memory, and each back
+ * end's last log lines.
  */
 async function diagnose(t: ExecutionContext, r: LegResult, backEnds: Record<string, RunningCli>, syms: GuestSymbol[]): Promise<void> {
   const hmp = (cmd: string): Promise<string> => r.dst.qmp.execute<string>('human-monitor-command', { 'command-line': cmd });
@@ -325,10 +325,12 @@ async function checkLeg(t: ExecutionContext, ns: string, leg: Leg, r: LegResult,
 /**
  * Attempts of a scenario whose destination guest wedged. Seen here: after a migration under
  * traffic the destination guest sometimes stops running its console (the vCPU busy at one place,
- * or the guest panics and QEMU exits), about once in ten legs with vhost-tap's back end, and in 1
- * of 2 runs of the same A → B leg on QEMU's own TAP back end (no vhost-tap involved) — QEMU 7.2's
- * TCG migration or the guest, not the device. A wedge is only retried with a fresh guest; wrong
- * data, lost pings or a stalled transfer on a guest that still answers fail at once.
+ * or the guest panics and QEMU exits): 2 of 14 A → B legs with vhost-tap's back end on one day,
+ * and 1 of 2 runs of the same leg on QEMU's own TAP back end (no vhost-tap involved), so at least
+ * part of it is QEMU 7.2's TCG migration or the guest. Whether every wedge is, is not known: the
+ * diagnosis each one logs (the guest kernel's log above all) is there to tell. A wedge is only
+ * retried with a fresh guest; wrong data, lost pings or a stalled transfer on a guest that still
+ * answers fail at once.
  */
 const WEDGE_ATTEMPTS = 3;
 
