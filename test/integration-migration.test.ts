@@ -50,7 +50,7 @@ const TRAFFIC_LEAD_MS = 1500;
 const RARP_CAPTURE_S = 600;
 /**
  * The proof leg's transfer: with stale pages the data still arrives (TCP trusts the checksum
- * the device vouched for), so a transfer that has not ended by then counts as a broken guest.
+ * the device vouched for), so a transfer that has not ended by then fails the proof.
  */
 const PROOF_TRANSFER_TIMEOUT_MS = 300_000;
 
