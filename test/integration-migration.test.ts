@@ -325,7 +325,7 @@ async function checkLeg(t: ExecutionContext, ns: string, leg: Leg, r: LegResult,
 /**
  * Attempts of a scenario whose destination guest wedged. Seen here: after a migration under
  * traffic the destination guest sometimes stops running its console (the vCPU busy at one place,
- * or the guest panics and QEMU exits): 2 of 14 A → B legs with vhost-tap's back end on one day,
+ * or the guest panics and QEMU exits): 2 of 15 A → B legs with vhost-tap's back end on one day,
  * and 1 of 2 runs of the same leg on QEMU's own TAP back end (no vhost-tap involved), so at least
  * part of it is QEMU 7.2's TCG migration or the guest. Whether every wedge is, is not known: the
  * diagnosis each one logs (the guest kernel's log above all) is there to tell. A wedge is only
