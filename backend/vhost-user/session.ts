@@ -11,7 +11,7 @@ import { EventEmitter } from 'node:events';
 import { VhostUserError } from '../errors';
 import { validateDriverFeatures } from '../features';
 import { addon, NativeFdInfo, NativeVuHeader, NativeVuMessage } from '../native';
-import { bit, F, featureNames, has, packedRingSizes, RING, splitRingSizes } from '../virtio';
+import { bit, F, featureNames, has, PACKED_RING, packedRingSizes, RING, splitRingSizes } from '../virtio';
 import {
   F_LOG_ALL,
   F_PROTOCOL_FEATURES,
@@ -50,6 +50,11 @@ export interface RingLayout {
 }
 
 /** Everything a worker needs to run one ring. */
+/** A packed ring position as vhost-user carries it: the index in bits 0-14, its wrap counter in bit 15. */
+function packedPosition(v: number): { index: number; wrap: number } {
+  return { index: v & (PACKED_RING.WRAP_BIT - 1), wrap: v & PACKED_RING.WRAP_BIT ? 1 : 0 };
+}
+
 export interface RingStart extends RingLayout {
   index: number;
   kickFd: number;
@@ -768,7 +773,8 @@ export class VhostUserSession extends EventEmitter {
       const used = s.num >>> 16;
       r.base = avail;
       r.usedBase = used === 0 ? undefined : used;
-      this.opts.log?.(`vhost-user: ring ${s.index}: packed ring base ${hex(s.num)} (avail ${avail & 0x7fff} wrap ${avail >> 15}, used ${used === 0 ? 'as avail' : `${used & 0x7fff} wrap ${used >> 15}`})`);
+      const say = (v: number): string => `${packedPosition(v).index} wrap ${packedPosition(v).wrap}`;
+      this.opts.log?.(`vhost-user: ring ${s.index}: packed ring base ${hex(s.num)} (avail ${say(avail)}, used ${used === 0 ? 'as avail' : say(used)})`);
       return;
     }
     if (s.num > MAX_RING_INDEX) throw new Refuse(`ring ${s.index}: base ${s.num} is not a 16-bit split-ring index (packed rings were not negotiated)`);
@@ -911,7 +917,8 @@ export class VhostUserSession extends EventEmitter {
     const format = [a.packed ? 'packed' : 'split', ...(has(this.features, 'IN_ORDER') ? ['in-order'] : []), ...(has(this.features, 'RING_EVENT_IDX') ? ['event-idx'] : [])];
     // Where each ring starts (avail/used): after a migration or a reconnect, the positions the
     // front end and the guest's memory gave, to compare with where the previous back end stopped.
-    const at = (r: RingStart): string => (r.packed ? `${r.lastAvailIdx & 0x7fff}.${r.lastAvailIdx >> 15}/${r.usedIdx & 0x7fff}.${r.usedIdx >> 15}` : `${r.lastAvailIdx}/${r.usedIdx}`);
+    const pos = (v: number, packed?: boolean): string => (packed ? `${packedPosition(v).index}.${packedPosition(v).wrap}` : `${v}`);
+    const at = (r: RingStart): string => `${pos(r.lastAvailIdx, r.packed)}/${pos(r.usedIdx, r.packed)}`;
     this.opts.log?.(`vhost-user: queue pair ${p} running (${format.join(', ')}, ${a.size} entries; rings ${2 * p} and ${2 * p + 1} from avail/used ${at(a)} and ${at(b)})`);
     this.emit('pair', p, true);
     return true;
