@@ -226,7 +226,40 @@ export interface RatioSpread {
   max: number;
   /** One per round, in round order. */
   rounds: number[];
+  /** The rounds' geometric mean (a ratio's natural average). */
+  geomean: number;
+  /**
+   * A 95% interval of that geometric mean (Student's t over the ratios' logarithms), from 2 rounds
+   * on: where it holds 1.0, the rounds do not tell the two layouts apart.
+   */
+  interval95?: [number, number];
 }
+
+// Student's t, two-sided 95%, for 1..30 degrees of freedom; above that two
+// terms of its Cornish-Fisher expansion around the normal quantile, within
+// 0.001 of it.
+const T975 = [
+  12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131, 2.12, 2.11,
+  2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042,
+];
+const Z975 = 1.959964;
+const t975 = (df: number): number =>
+  T975[df - 1] ?? Z975 + (Z975 ** 3 + Z975) / (4 * df) + (5 * Z975 ** 5 + 16 * Z975 ** 3 + 3 * Z975) / (96 * df * df);
+
+/** The geometric mean of positive ratios and, from two on, its 95% interval. */
+export function geometricSpread(ratios: number[]): { geomean: number; interval95?: [number, number] } {
+  const logs = ratios.map(Math.log);
+  const n = logs.length;
+  const mean = logs.reduce((a, b) => a + b, 0) / n;
+  if (n < 2) return { geomean: Math.exp(mean) };
+  const sd = Math.sqrt(logs.reduce((a, x) => a + (x - mean) ** 2, 0) / (n - 1));
+  const half = (t975(n - 1) * sd) / Math.sqrt(n);
+  return { geomean: Math.exp(mean), interval95: [Math.exp(mean - half), Math.exp(mean + half)] };
+}
+
+/** How the table and the target print a RatioSpread's geometric mean and interval. */
+const geometricText = (x: RatioSpread): string =>
+  `geometric mean ${x.geomean.toFixed(2)}×${x.interval95 ? `, 95% ${x.interval95[0].toFixed(2)}–${x.interval95[1].toFixed(2)}` : ''}`;
 
 export interface DpdkResult {
   dir: 'tx' | 'rx';
@@ -307,6 +340,7 @@ export function dpdkResultsOf(dir: 'tx' | 'rx', size: number, rounds: number, sa
       min: Math.min(...ratios),
       max: Math.max(...ratios),
       rounds: ratios,
+      ...geometricSpread(ratios),
       ofMedians: mp.framesPerSec / ms.framesPerSec,
     };
   }
@@ -398,11 +432,13 @@ export function dpdkTable(results: DpdkResult[]): string[] {
   const pairs = results.filter((r) => r.packedVsSplit);
   if (pairs.length) {
     lines.push('');
-    lines.push('Packed / split ring, frames/s: per round, the two trials of one back end back to back; median of the rounds [lowest–highest], and the ratio of the two medians.');
+    lines.push(
+      'Packed / split ring, frames/s: per round, the two trials of one back end back to back; median of the rounds [lowest–highest], the ratio of the two medians, and the rounds\' geometric mean with its 95% interval (one that holds 1.0: the rounds do not tell the layouts apart).',
+    );
     for (const r of pairs) {
       const cells = DPDK_BACKENDS.filter((b) => r.packedVsSplit![b]).map((b) => {
         const x = r.packedVsSplit![b]!;
-        return `${DPDK_BACKEND_NAMES[b]} ${x.median.toFixed(2)}× [${x.min.toFixed(2)}–${x.max.toFixed(2)}] (medians ${x.ofMedians.toFixed(2)}×)`;
+        return `${DPDK_BACKEND_NAMES[b]} ${x.median.toFixed(2)}× [${x.min.toFixed(2)}–${x.max.toFixed(2)}] (medians ${x.ofMedians.toFixed(2)}×; ${geometricText(x)})`;
       });
       lines.push(`  ${(r.dir === 'tx' ? 'guest → TAP' : 'TAP → guest').padEnd(11)}  ${String(r.size).padStart(4)} B  ${cells.join(';  ')}`);
     }
@@ -448,7 +484,7 @@ export function dpdkTargets(results: DpdkResult[], rounds: number, minRounds: nu
       note:
         x === undefined
           ? 'vhost-tap did not run both layouts'
-          : `rounds ${x.min.toFixed(2)}–${x.max.toFixed(2)}×, ratio of medians ${x.ofMedians.toFixed(2)}×${d ? `; DPDK's back end on the same driver: ${d.median.toFixed(2)}×` : ''}`,
+          : `rounds ${x.min.toFixed(2)}–${x.max.toFixed(2)}×, ratio of medians ${x.ofMedians.toFixed(2)}×, ${geometricText(x)}${d ? `; DPDK's back end on the same driver: ${d.median.toFixed(2)}×` : ''}`,
     });
   }
   return out;

@@ -5,7 +5,19 @@
 
 import test from 'ava';
 
-import { dpdkCaseUnavailable, DpdkBackend, DpdkLayout, DpdkRoundSamples, dpdkResultsOf, dpdkRoundOrder, DpdkSample, dpdkTable, dpdkTargets, dpdkTrialCount } from '../bench/dpdk';
+import {
+  dpdkCaseUnavailable,
+  DpdkBackend,
+  DpdkLayout,
+  DpdkRoundSamples,
+  dpdkResultsOf,
+  dpdkRoundOrder,
+  DpdkSample,
+  dpdkTable,
+  dpdkTargets,
+  dpdkTrialCount,
+  geometricSpread,
+} from '../bench/dpdk';
 
 /** A sample of `fps` frames/s over one second, `cpuNs` back-end CPU per frame. */
 const sample = (fps: number, cpuNs = 1000): DpdkSample => ({ frames: fps, bytes: fps * 64, wallNs: 1e9, backendCpuNs: fps * cpuNs });
@@ -60,6 +72,12 @@ test('packed / split: one ratio per round from that round\'s pair, their median 
   t.is(Number(v.max.toFixed(3)), 1.1);
   // Medians 1000k split and 1050k packed: 1.05 here too, but from different rounds.
   t.is(Number(v.ofMedians.toFixed(3)), 1.05);
+  // exp(mean of the logs) and exp(mean ± t(0.975, 4 df) · sd / √5) over the logs, worked out by hand.
+  t.is(Number(v.geomean.toFixed(4)), 1.0287);
+  t.deepEqual(
+    v.interval95!.map((x) => Number(x.toFixed(3))),
+    [0.96, 1.103],
+  );
   const d = packed.packedVsSplit!.dpdk!;
   t.deepEqual(
     d.rounds.map((x) => Number(x.toFixed(3))),
@@ -70,10 +88,10 @@ test('packed / split: one ratio per round from that round\'s pair, their median 
   const target = dpdkTargets([split, packed], 5, 3).find((x) => x.name.includes('packed vs split'))!;
   t.is(target.measured, v.median);
   t.true(target.met);
-  t.regex(target.note!, /rounds 0\.95–1\.10×, ratio of medians 1\.05×; DPDK's back end on the same driver: 1\.00×/);
+  t.regex(target.note!, /rounds 0\.95–1\.10×, ratio of medians 1\.05×, geometric mean 1\.03×, 95% 0\.96–1\.10; DPDK's back end on the same driver: 1\.00×/);
   const lines = dpdkTable([split, packed]).join('\n');
   t.regex(lines, /medians of 5 round\(s\)/);
-  t.regex(lines, /guest → TAP\s+1514 B\s+vhost-tap vhost-user 1\.05× \[0\.95–1\.10\] \(medians 1\.05×\)/);
+  t.regex(lines, /guest → TAP\s+1514 B\s+vhost-tap vhost-user 1\.05× \[0\.95–1\.10\] \(medians 1\.05×; geometric mean 1\.03×, 95% 0\.96–1\.10\)/);
 });
 
 test('packed / split: a round whose split trial moved nothing gives no ratio; a median below 1 is not met', (t) => {
@@ -90,6 +108,26 @@ test('packed / split: a round whose split trial moved nothing gives no ratio; a 
   t.false(target.met);
   t.is(dpdkTargets(results, 2, 3).find((x) => x.name.includes('packed vs split'))!.met, null, 'no verdict from 2 rounds');
   t.true(target.name.startsWith('DPDK virtio-user TAP → guest 64 B'));
+});
+
+test('packed / split: the geometric mean has an interval from two rounds on, widening with fewer rounds; equal ratios give none wider than themselves', (t) => {
+  t.deepEqual(geometricSpread([0.93]), { geomean: 0.93 }, 'one round: no interval');
+  // Two rounds, 0.9 and 0.95: t(0.975, 1 df) = 12.706, so the interval spans parity many times over.
+  const two = geometricSpread([0.9, 0.95]);
+  t.is(Number(two.geomean.toFixed(4)), 0.9247);
+  t.deepEqual(
+    two.interval95!.map((x) => Number(x.toFixed(3))),
+    [0.656, 1.304],
+  );
+  const same = geometricSpread([1.02, 1.02, 1.02]);
+  t.is(Number(same.interval95![0].toFixed(6)), 1.02);
+  t.is(Number(same.interval95![1].toFixed(6)), 1.02);
+  // 40 rounds (past the t table): the same spread of ratios gives a narrower interval than 5 rounds.
+  const five = [1.05, 0.95, 1.05, 1.1, 1];
+  const forty = Array.from({ length: 8 }, () => five).flat();
+  const w = (x: [number, number]): number => x[1] - x[0];
+  t.true(w(geometricSpread(forty).interval95!) < w(geometricSpread(five).interval95!) / 2);
+  t.true(geometricSpread(forty).interval95![0] > 1, 'forty rounds of these ratios tell packed ahead');
 });
 
 test('packed / split: without a packed run (a back end that does not offer it) nothing is claimed', (t) => {
