@@ -246,8 +246,12 @@ const Z975 = 1.959964;
 const t975 = (df: number): number =>
   T975[df - 1] ?? Z975 + (Z975 ** 3 + Z975) / (4 * df) + (5 * Z975 ** 5 + 16 * Z975 ** 3 + 3 * Z975) / (96 * df * df);
 
-/** The geometric mean of positive ratios and, from two on, its 95% interval. */
+/**
+ * The geometric mean of ratios and, from two on, its 95% interval. A round whose packed trial
+ * moved nothing (ratio 0, kept: it is a measurement) has no logarithm: mean 0, no interval.
+ */
 export function geometricSpread(ratios: number[]): { geomean: number; interval95?: [number, number] } {
+  if (ratios.some((x) => !(x > 0))) return { geomean: 0 };
   const logs = ratios.map(Math.log);
   const n = logs.length;
   const mean = logs.reduce((a, b) => a + b, 0) / n;

@@ -112,6 +112,7 @@ test('packed / split: a round whose split trial moved nothing gives no ratio; a 
 
 test('packed / split: the geometric mean has an interval from two rounds on, widening with fewer rounds; equal ratios give none wider than themselves', (t) => {
   t.deepEqual(geometricSpread([0.93]), { geomean: 0.93 }, 'one round: no interval');
+  t.deepEqual(geometricSpread([1.01, 0, 0.99]), { geomean: 0 }, 'a round with no packed frames: no logarithm, no interval (not NaN)');
   // Two rounds, 0.9 and 0.95: t(0.975, 1 df) = 12.706, so the interval spans parity many times over.
   const two = geometricSpread([0.9, 0.95]);
   t.is(Number(two.geomean.toFixed(4)), 0.9247);
