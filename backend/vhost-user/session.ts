@@ -49,12 +49,12 @@ export interface RingLayout {
   packed?: boolean;
 }
 
-/** Everything a worker needs to run one ring. */
 /** A packed ring position as vhost-user carries it: the index in bits 0-14, its wrap counter in bit 15. */
 function packedPosition(v: number): { index: number; wrap: number } {
   return { index: v & (PACKED_RING.WRAP_BIT - 1), wrap: v & PACKED_RING.WRAP_BIT ? 1 : 0 };
 }
 
+/** Everything a worker needs to run one ring. */
 export interface RingStart extends RingLayout {
   index: number;
   kickFd: number;
@@ -773,7 +773,10 @@ export class VhostUserSession extends EventEmitter {
       const used = s.num >>> 16;
       r.base = avail;
       r.usedBase = used === 0 ? undefined : used;
-      const say = (v: number): string => `${packedPosition(v).index} wrap ${packedPosition(v).wrap}`;
+      const say = (v: number): string => {
+        const { index, wrap } = packedPosition(v);
+        return `${index} wrap ${wrap}`;
+      };
       this.opts.log?.(`vhost-user: ring ${s.index}: packed ring base ${hex(s.num)} (avail ${say(avail)}, used ${used === 0 ? 'as avail' : say(used)})`);
       return;
     }
@@ -917,7 +920,11 @@ export class VhostUserSession extends EventEmitter {
     const format = [a.packed ? 'packed' : 'split', ...(has(this.features, 'IN_ORDER') ? ['in-order'] : []), ...(has(this.features, 'RING_EVENT_IDX') ? ['event-idx'] : [])];
     // Where each ring starts (avail/used): after a migration or a reconnect, the positions the
     // front end and the guest's memory gave, to compare with where the previous back end stopped.
-    const pos = (v: number, packed?: boolean): string => (packed ? `${packedPosition(v).index}.${packedPosition(v).wrap}` : `${v}`);
+    const pos = (v: number, packed?: boolean): string => {
+      if (!packed) return `${v}`;
+      const { index, wrap } = packedPosition(v);
+      return `${index}.${wrap}`;
+    };
     const at = (r: RingStart): string => `${pos(r.lastAvailIdx, r.packed)}/${pos(r.usedIdx, r.packed)}`;
     this.opts.log?.(`vhost-user: queue pair ${p} running (${format.join(', ')}, ${a.size} entries; rings ${2 * p} and ${2 * p + 1} from avail/used ${at(a)} and ${at(b)})`);
     this.emit('pair', p, true);
